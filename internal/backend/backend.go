@@ -1,0 +1,70 @@
+// Package backend defines how the daemon drives a data plane (vxlan, host-gw,
+// ...), and holds the registry that maps a backend type name to its factory.
+package backend
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/netip"
+	"sort"
+
+	"github.com/flannelgo/flannel/internal/config"
+	"github.com/flannelgo/flannel/internal/lease"
+)
+
+// ExternalInterface is the node's underlay: where encapsulated or routed
+// traffic leaves, and the address other nodes send it to.
+type ExternalInterface struct {
+	Iface       *net.Interface
+	IfaceAddr   netip.Addr // IPv4 address on Iface, if any
+	IfaceV6Addr netip.Addr // IPv6 address on Iface, if any
+	ExtAddr     netip.Addr // advertised IPv4 (--public-ip, else IfaceAddr)
+	ExtV6Addr   netip.Addr // advertised IPv6 (--public-ipv6, else IfaceV6Addr)
+}
+
+// Backend prepares a data plane for one network. It never talks to the
+// datastore: the daemon acquires the lease with the attributes the backend
+// returns and hands the lease back.
+type Backend interface {
+	// RegisterNetwork creates local devices and returns a Network whose
+	// LeaseAttrs the daemon publishes.
+	RegisterNetwork(ctx context.Context, cfg *config.Config) (Network, error)
+}
+
+// Network is a registered data plane.
+type Network interface {
+	// LeaseAttrs is what this node publishes (backend type and data; the
+	// daemon fills in the public addresses).
+	LeaseAttrs() lease.Attrs
+	// Activate configures local devices for this node's own lease.
+	Activate(ctx context.Context, own *lease.Lease) error
+	// MTU is the MTU pods must use on this network.
+	MTU() int
+	// HandleEvents programs or removes peers. Events never include the
+	// node's own lease. Errors for one peer are logged and do not stop
+	// others; they are reported again on the next event for that peer.
+	HandleEvents(ctx context.Context, events []lease.Event)
+}
+
+// Factory builds a backend for the given underlay and raw backend config.
+type Factory func(ext *ExternalInterface, raw json.RawMessage) (Backend, error)
+
+// Registry maps a backend type name ("vxlan") to its factory. It is built in
+// main, not at package init, so tests can register exactly what they need.
+type Registry map[string]Factory
+
+// New builds the backend named typ.
+func (r Registry) New(typ string, ext *ExternalInterface, raw json.RawMessage) (Backend, error) {
+	f, ok := r[typ]
+	if !ok {
+		names := make([]string, 0, len(r))
+		for n := range r {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		return nil, fmt.Errorf("unknown backend type %q (supported: %v)", typ, names)
+	}
+	return f(ext, raw)
+}

@@ -1,0 +1,36 @@
+// Package subnet defines the seam between the daemon and the datastore that
+// records which node owns which subnet (etcd, or the Kubernetes API).
+package subnet
+
+import (
+	"context"
+	"errors"
+
+	"github.com/flannelgo/flannel/internal/config"
+	"github.com/flannelgo/flannel/internal/lease"
+)
+
+// ErrNoFreeSubnet is wrapped by AcquireLease when every subnet is taken.
+var ErrNoFreeSubnet = errors.New("no free subnet")
+
+// Manager hands out and tracks subnet leases. Implementations never touch
+// netlink; they only talk to their datastore.
+type Manager interface {
+	// GetNetworkConfig returns the validated network configuration.
+	GetNetworkConfig(ctx context.Context) (*config.Config, error)
+	// AcquireLease returns this node's lease: its existing one when the
+	// datastore still holds a lease with the same public address, otherwise a
+	// newly allocated free subnet. attrs is what the node publishes.
+	AcquireLease(ctx context.Context, attrs *lease.Attrs) (*lease.Lease, error)
+	// RenewLease extends the lease's lifetime and updates l.Expiration.
+	RenewLease(ctx context.Context, l *lease.Lease) error
+	// WatchLeases sends batches of events until ctx ends. The first batch is
+	// the full current set as Added events (possibly empty). After any gap
+	// (outage, compaction) the manager re-lists and sends the difference,
+	// including Removed events for leases that vanished meanwhile, so the
+	// receiver's view converges without it keeping its own bookkeeping.
+	// It returns only when ctx is done.
+	WatchLeases(ctx context.Context, events chan<- []lease.Event) error
+	// Name identifies the manager in logs ("etcd", "kube").
+	Name() string
+}

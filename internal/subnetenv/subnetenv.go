@@ -1,0 +1,132 @@
+// Package subnetenv reads and writes subnet.env, the contract between
+// flanneld (writer) and the flannel CNI plugin (reader).
+package subnetenv
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// Env is the content of subnet.env. Subnet fields hold the gateway address
+// with the subnet's length (10.244.1.1/24), as upstream writes them.
+type Env struct {
+	Network     netip.Prefix
+	Subnet      netip.Prefix
+	IPv6Network netip.Prefix
+	IPv6Subnet  netip.Prefix
+	MTU         int
+	IPMasq      bool
+}
+
+// Marshal renders the file in upstream's order.
+func (e *Env) Marshal() []byte {
+	var b bytes.Buffer
+	if e.Network.IsValid() {
+		fmt.Fprintf(&b, "FLANNEL_NETWORK=%s\n", e.Network)
+	}
+	if e.Subnet.IsValid() {
+		fmt.Fprintf(&b, "FLANNEL_SUBNET=%s\n", e.Subnet)
+	}
+	if e.IPv6Network.IsValid() {
+		fmt.Fprintf(&b, "FLANNEL_IPV6_NETWORK=%s\n", e.IPv6Network)
+	}
+	if e.IPv6Subnet.IsValid() {
+		fmt.Fprintf(&b, "FLANNEL_IPV6_SUBNET=%s\n", e.IPv6Subnet)
+	}
+	fmt.Fprintf(&b, "FLANNEL_MTU=%d\n", e.MTU)
+	fmt.Fprintf(&b, "FLANNEL_IPMASQ=%v\n", e.IPMasq)
+	return b.Bytes()
+}
+
+// Write replaces path atomically (temp file in the same directory, then
+// rename), so a reader never sees half a file.
+func Write(path string, e *Env) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("write subnet file %s: %w", path, err)
+	}
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
+	if err != nil {
+		return fmt.Errorf("write subnet file %s: %w", path, err)
+	}
+	defer os.Remove(tmp.Name()) // no-op after a successful rename
+	if _, err := tmp.Write(e.Marshal()); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write subnet file %s: %w", path, err)
+	}
+	if err := tmp.Chmod(0o644); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write subnet file %s: %w", path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("write subnet file %s: %w", path, err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("write subnet file %s: %w", path, err)
+	}
+	return nil
+}
+
+// Read parses subnet.env. Unknown keys are ignored, as a shell would.
+func Read(path string) (*Env, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	e, err := Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return e, nil
+}
+
+// Parse parses subnet.env content.
+func Parse(data []byte) (*Env, error) {
+	e := &Env{}
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		if !ok {
+			return nil, fmt.Errorf("line %d: expected KEY=VALUE, got %q", n, line)
+		}
+		if err := e.set(k, strings.Trim(v, `"'`)); err != nil {
+			return nil, fmt.Errorf("line %d: %s: %w", n, k, err)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+	if !e.Subnet.IsValid() && !e.IPv6Subnet.IsValid() {
+		return nil, fmt.Errorf("neither FLANNEL_SUBNET nor FLANNEL_IPV6_SUBNET is set")
+	}
+	return e, nil
+}
+
+func (e *Env) set(k, v string) error {
+	var err error
+	switch k {
+	case "FLANNEL_NETWORK":
+		e.Network, err = netip.ParsePrefix(v)
+	case "FLANNEL_SUBNET":
+		e.Subnet, err = netip.ParsePrefix(v)
+	case "FLANNEL_IPV6_NETWORK":
+		e.IPv6Network, err = netip.ParsePrefix(v)
+	case "FLANNEL_IPV6_SUBNET":
+		e.IPv6Subnet, err = netip.ParsePrefix(v)
+	case "FLANNEL_MTU":
+		e.MTU, err = strconv.Atoi(v)
+	case "FLANNEL_IPMASQ":
+		e.IPMasq, err = strconv.ParseBool(v)
+	}
+	return err
+}
