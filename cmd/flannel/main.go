@@ -1,0 +1,20 @@
+// Command flannel is the CNI plugin of type "flannel": it reads the node's
+// subnet.env and delegates to bridge + host-local (see internal/cniplugin).
+package main
+
+import (
+	"github.com/containernetworking/cni/pkg/skel"
+
+	"github.com/flannelgo/flannel/internal/cniplugin"
+	"github.com/flannelgo/flannel/internal/version"
+)
+
+func main() {
+	p := &cniplugin.Plugin{}
+	skel.PluginMainFuncs(skel.CNIFuncs{
+		Add:    p.Add,
+		Del:    p.Del,
+		Check:  p.Check,
+		Status: p.Status,
+	}, cniplugin.VersionInfo(), "CNI flannel plugin "+version.Version)
+}

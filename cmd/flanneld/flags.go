@@ -1,0 +1,145 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	"k8s.io/klog/v2"
+)
+
+// options mirrors upstream flanneld's command line, name for name.
+type options struct {
+	etcdEndpoints, etcdPrefix              string
+	etcdKeyfile, etcdCertfile, etcdCAFile  string
+	etcdUsername, etcdPassword             string
+	iface, ifaceRegex                      stringSlice
+	ifaceCanReach                          string
+	publicIP, publicIPv6                   string
+	subnetFile                             string
+	subnetLeaseRenewMargin                 int
+	ipMasq, ipMasqFullyRandomDisable       bool
+	iptablesResync                         int
+	iptablesForwardRules, ipBlackholeRoute bool
+	netConfigPath                          string
+	healthzIP                              string
+	healthzPort                            int
+	version, help                          bool
+
+	kubeSubnetMgr, setNodeNetworkUnavailable         bool
+	kubeAPIURL, kubeconfigFile, kubeAnnotationPrefix string
+}
+
+// stringSlice is a repeatable flag (--iface=eth0 --iface=eth1).
+type stringSlice []string
+
+func (s *stringSlice) String() string { return strings.Join(*s, ",") }
+func (s *stringSlice) Set(v string) error {
+	*s = append(*s, v)
+	return nil
+}
+
+func newFlagSet(o *options) *flag.FlagSet {
+	fs := flag.NewFlagSet("flanneld", flag.ContinueOnError)
+	fs.StringVar(&o.etcdEndpoints, "etcd-endpoints", "http://127.0.0.1:4001,http://127.0.0.1:2379", "a comma-delimited list of etcd endpoints")
+	fs.StringVar(&o.etcdPrefix, "etcd-prefix", "/coreos.com/network", "etcd prefix")
+	fs.StringVar(&o.etcdKeyfile, "etcd-keyfile", "", "SSL key file used to secure etcd communication")
+	fs.StringVar(&o.etcdCertfile, "etcd-certfile", "", "SSL certification file used to secure etcd communication")
+	fs.StringVar(&o.etcdCAFile, "etcd-cafile", "", "SSL Certificate Authority file used to secure etcd communication")
+	fs.StringVar(&o.etcdUsername, "etcd-username", "", "username for BasicAuth to etcd")
+	fs.StringVar(&o.etcdPassword, "etcd-password", "", "password for BasicAuth to etcd")
+	fs.Var(&o.iface, "iface", "interface to use (IP or name) for inter-host communication; may be repeated, tried in order")
+	fs.Var(&o.ifaceRegex, "iface-regex", "regex matching the first interface (IP or name) to use for inter-host communication; may be repeated")
+	fs.StringVar(&o.ifaceCanReach, "iface-can-reach", "", "use the interface the kernel would use to reach this address")
+	fs.StringVar(&o.publicIP, "public-ip", "", "IP accessible by other nodes for inter-host communication")
+	fs.StringVar(&o.publicIPv6, "public-ipv6", "", "IPv6 accessible by other nodes for inter-host communication")
+	fs.StringVar(&o.subnetFile, "subnet-file", "/run/flannel/subnet.env", "filename where env variables (subnet, MTU, ...) will be written to")
+	fs.IntVar(&o.subnetLeaseRenewMargin, "subnet-lease-renew-margin", 60, "subnet lease renewal margin, in minutes, ranging from 1 to 1439")
+	fs.BoolVar(&o.ipMasq, "ip-masq", false, "setup IP masquerade rule for traffic destined outside of overlay network")
+	fs.BoolVar(&o.ipMasqFullyRandomDisable, "ip-masq-fully-random-disable", false, "do not use --random-fully in the masquerade rules")
+	fs.IntVar(&o.iptablesResync, "iptables-resync", 5, "resync period for iptables rules, in seconds")
+	fs.BoolVar(&o.iptablesForwardRules, "iptables-forward-rules", true, "add default accept rules to FORWARD chain in iptables")
+	fs.BoolVar(&o.ipBlackholeRoute, "ip-blackhole-route", false, "add a blackhole route for this node's subnet, taking over when the pod bridge is gone")
+	fs.StringVar(&o.netConfigPath, "net-config-path", "/etc/kube-flannel/net-conf.json", "path to the network configuration file (kube subnet manager)")
+	fs.StringVar(&o.healthzIP, "healthz-ip", "0.0.0.0", "the IP address for the healthz server to listen on")
+	fs.IntVar(&o.healthzPort, "healthz-port", 0, "the port for the healthz server to listen on (0 to disable)")
+	fs.BoolVar(&o.version, "version", false, "print version and exit")
+	fs.BoolVar(&o.help, "help", false, "print this message")
+	fs.BoolVar(&o.kubeSubnetMgr, "kube-subnet-mgr", false, "contact the Kubernetes API for subnet assignment instead of etcd")
+	fs.StringVar(&o.kubeAPIURL, "kube-api-url", "", "Kubernetes API server URL; when empty, in-cluster config is used")
+	fs.StringVar(&o.kubeconfigFile, "kubeconfig-file", "", "kubeconfig file location")
+	fs.StringVar(&o.kubeAnnotationPrefix, "kube-annotation-prefix", "flannel.alpha.coreos.com", "Kubernetes annotation prefix")
+	fs.BoolVar(&o.setNodeNetworkUnavailable, "set-node-network-unavailable", true, "set the node's NetworkUnavailable condition to false once ready")
+	klog.InitFlags(fs)
+	return fs
+}
+
+// parseFlags parses the command line, then fills every flag not given there
+// from FLANNELD_<FLAG> (upper case, '-' as '_'), as upstream does.
+func parseFlags(args []string) (*options, *flag.FlagSet, error) {
+	o := &options{}
+	fs := newFlagSet(o)
+	if err := fs.Parse(args); err != nil {
+		return nil, nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, nil, fmt.Errorf("unexpected arguments %q: flanneld takes only flags", fs.Args())
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		if set[f.Name] || envErr != nil {
+			return
+		}
+		key := "FLANNELD_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v, ok := os.LookupEnv(key); ok {
+			if err := fs.Set(f.Name, v); err != nil {
+				envErr = fmt.Errorf("environment variable %s=%q: %w", key, v, err)
+			}
+		}
+	})
+	return o, fs, envErr
+}
+
+// validate refuses flag values that would otherwise fail late or silently.
+func (o *options) validate() error {
+	if o.subnetLeaseRenewMargin < 1 || o.subnetLeaseRenewMargin > 1439 {
+		return fmt.Errorf("--subnet-lease-renew-margin=%d: must be between 1 and 1439 minutes", o.subnetLeaseRenewMargin)
+	}
+	if o.iptablesResync < 1 {
+		return fmt.Errorf("--iptables-resync=%d: must be at least 1 second", o.iptablesResync)
+	}
+	if o.kubeSubnetMgr {
+		return fmt.Errorf("--kube-subnet-mgr is not yet supported by this build; use the etcd subnet manager (--etcd-endpoints)")
+	}
+	for name, v := range map[string]string{"public-ip": o.publicIP, "public-ipv6": o.publicIPv6} {
+		if v == "" {
+			continue
+		}
+		a, err := netip.ParseAddr(v)
+		if err != nil {
+			return fmt.Errorf("--%s=%q: not an IP address", name, v)
+		}
+		if (name == "public-ip") != a.Is4() {
+			return fmt.Errorf("--%s=%q: wrong address family", name, v)
+		}
+	}
+	return nil
+}
+
+func (o *options) renewMargin() time.Duration {
+	return time.Duration(o.subnetLeaseRenewMargin) * time.Minute
+}
+
+func (o *options) resync() time.Duration { return time.Duration(o.iptablesResync) * time.Second }
+
+// parseAddr turns an optional address flag into netip.Addr (invalid if empty;
+// validate has already refused malformed values).
+func parseAddr(s string) netip.Addr {
+	a, _ := netip.ParseAddr(s)
+	return a
+}

@@ -1,0 +1,82 @@
+package main
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestDefaultsMatchUpstream(t *testing.T) {
+	o, _, err := parseFlags(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.etcdEndpoints != "http://127.0.0.1:4001,http://127.0.0.1:2379" || o.etcdPrefix != "/coreos.com/network" ||
+		o.subnetFile != "/run/flannel/subnet.env" || o.renewMargin() != 60*time.Minute || o.resync() != 5*time.Second ||
+		!o.iptablesForwardRules || o.ipMasq || o.healthzPort != 0 || o.healthzIP != "0.0.0.0" ||
+		o.netConfigPath != "/etc/kube-flannel/net-conf.json" || o.kubeAnnotationPrefix != "flannel.alpha.coreos.com" {
+		t.Fatalf("defaults differ from upstream: %+v", o)
+	}
+}
+
+func TestEnvironmentFillsUnsetFlags(t *testing.T) {
+	t.Setenv("FLANNELD_ETCD_PREFIX", "/from/env")
+	t.Setenv("FLANNELD_IP_MASQ", "true")
+	t.Setenv("FLANNELD_IFACE", "eth1")
+	t.Setenv("FLANNELD_SUBNET_FILE", "/ignored/because/flag/wins")
+	o, _, err := parseFlags([]string{"--subnet-file=/tmp/s.env", "--iface=eth9"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.etcdPrefix != "/from/env" || !o.ipMasq || o.subnetFile != "/tmp/s.env" {
+		t.Fatalf("env handling: %+v", o)
+	}
+	if got := o.iface.String(); got != "eth9" {
+		t.Fatalf("--iface from the command line must win over FLANNELD_IFACE, got %q", got)
+	}
+}
+
+func TestRepeatableIface(t *testing.T) {
+	o, _, err := parseFlags([]string{"--iface=eth0", "--iface=198.51.100.2", "--iface-regex=^en", "--iface-regex=^eth"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(o.iface) != 2 || o.iface[1] != "198.51.100.2" || len(o.ifaceRegex) != 2 {
+		t.Fatalf("repeatable flags: %+v %+v", o.iface, o.ifaceRegex)
+	}
+}
+
+func TestValidateRefuses(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--subnet-lease-renew-margin=0"}, "between 1 and 1439"},
+		{[]string{"--subnet-lease-renew-margin=1440"}, "between 1 and 1439"},
+		{[]string{"--iptables-resync=0"}, "at least 1 second"},
+		{[]string{"--kube-subnet-mgr"}, "not yet supported"},
+		{[]string{"--public-ip=fd00::1"}, "wrong address family"},
+		{[]string{"--public-ip=nope"}, "not an IP address"},
+	} {
+		o, _, err := parseFlags(tc.args)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := o.validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: error %v, want %q", tc.args, err, tc.want)
+		}
+	}
+}
+
+func TestBadEnvValueIsReported(t *testing.T) {
+	t.Setenv("FLANNELD_IPTABLES_RESYNC", "soon")
+	if _, _, err := parseFlags(nil); err == nil || !strings.Contains(err.Error(), "FLANNELD_IPTABLES_RESYNC") {
+		t.Fatalf("error %v should name the variable", err)
+	}
+}
+
+func TestUnexpectedArgs(t *testing.T) {
+	if _, _, err := parseFlags([]string{"extra"}); err == nil {
+		t.Fatal("positional argument accepted")
+	}
+}

@@ -1,0 +1,98 @@
+// Command flanneld is the flannel node daemon: it leases a subnet for this
+// node, sets up the backend and keeps routes to every other node's subnet.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"k8s.io/klog/v2"
+
+	"github.com/flannelgo/flannel/internal/backend"
+	"github.com/flannelgo/flannel/internal/backend/vxlan"
+	"github.com/flannelgo/flannel/internal/daemon"
+	"github.com/flannelgo/flannel/internal/iface"
+	"github.com/flannelgo/flannel/internal/metrics"
+	etcdmgr "github.com/flannelgo/flannel/internal/subnet/etcd"
+	"github.com/flannelgo/flannel/internal/version"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	o, fs, err := parseFlags(args)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "flanneld: %v\n", err)
+		return 2
+	}
+	if o.help {
+		fs.SetOutput(os.Stdout)
+		fs.PrintDefaults()
+		return 0
+	}
+	if o.version {
+		fmt.Println(version.Version)
+		return 0
+	}
+	defer klog.Flush()
+	if err := o.validate(); err != nil {
+		klog.Errorf("%v", err)
+		return 2
+	}
+	klog.Infof("flanneld %s starting", version.Version)
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := serve(ctx, o); err != nil {
+		klog.Errorf("%v", err)
+		return 1
+	}
+	return 0
+}
+
+func serve(ctx context.Context, o *options) error {
+	m := metrics.New()
+	if o.healthzPort > 0 {
+		addr := net.JoinHostPort(o.healthzIP, strconv.Itoa(o.healthzPort))
+		if err := m.Serve(ctx, addr); err != nil {
+			return err
+		}
+	}
+	mgr, err := etcdmgr.New(etcdmgr.Options{
+		Endpoints: strings.Split(o.etcdEndpoints, ","), Prefix: o.etcdPrefix,
+		KeyFile: o.etcdKeyfile, CertFile: o.etcdCertfile, CAFile: o.etcdCAFile,
+		Username: o.etcdUsername, Password: o.etcdPassword,
+	})
+	if err != nil {
+		return fmt.Errorf("etcd subnet manager: %w", err)
+	}
+	defer mgr.Close()
+	d := daemon.New(daemon.Options{
+		Iface: iface.Options{
+			Ifaces: o.iface, IfaceRegex: o.ifaceRegex, IfaceCanReach: o.ifaceCanReach,
+			PublicIP: parseAddr(o.publicIP), PublicIPv6: parseAddr(o.publicIPv6),
+		},
+		SubnetFile: o.subnetFile, RenewMargin: o.renewMargin(),
+		IPMasq: o.ipMasq, FullyRandomDisable: o.ipMasqFullyRandomDisable,
+		ForwardRules: o.iptablesForwardRules, Resync: o.resync(), BlackholeRoute: o.ipBlackholeRoute,
+	}, mgr, backends(), m)
+	return d.Run(ctx)
+}
+
+// backends lists the data planes this build supports.
+func backends() backend.Registry {
+	return backend.Registry{vxlan.TypeName: vxlan.New}
+}

@@ -1,0 +1,142 @@
+package vxlan
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"k8s.io/klog/v2"
+)
+
+// deviceSpec is what the VXLAN device must look like.
+type deviceSpec struct {
+	name     string
+	vni      int
+	port     int
+	vtepDev  int
+	srcAddr  netip.Addr
+	learning bool
+	gbp      bool
+	mtu      int
+}
+
+// ensureDevice reuses a compatible device left by a previous run, which
+// keeps its MAC (and so every peer's FDB entry for us) valid across
+// restarts; an incompatible one is replaced.
+func ensureDevice(h *netlink.Handle, s deviceSpec) (*netlink.Vxlan, error) {
+	existing, err := h.LinkByName(s.name)
+	if err == nil {
+		if vx, ok := existing.(*netlink.Vxlan); ok && compatible(vx, s) {
+			if vx.MTU != s.mtu {
+				if err := h.LinkSetMTU(vx, s.mtu); err != nil {
+					return nil, fmt.Errorf("set MTU %d on %s: %w", s.mtu, s.name, err)
+				}
+			}
+			klog.Infof("reusing existing VXLAN device %s (VNI %d, MAC %s)", s.name, s.vni, vx.HardwareAddr)
+			return refresh(h, s.name)
+		}
+		klog.Warningf("VXLAN device %s exists with different settings; recreating it", s.name)
+		if err := h.LinkDel(existing); err != nil {
+			return nil, fmt.Errorf("delete incompatible device %s: %w", s.name, err)
+		}
+	} else if !isNotFound(err) {
+		return nil, fmt.Errorf("look up device %s: %w", s.name, err)
+	}
+	vx := &netlink.Vxlan{
+		LinkAttrs:    netlink.LinkAttrs{Name: s.name, MTU: s.mtu},
+		VxlanId:      s.vni,
+		VtepDevIndex: s.vtepDev,
+		Port:         s.port,
+		Learning:     s.learning,
+		GBP:          s.gbp,
+	}
+	if s.srcAddr.IsValid() {
+		vx.SrcAddr = net.IP(s.srcAddr.AsSlice())
+	}
+	if err := h.LinkAdd(vx); err != nil {
+		return nil, fmt.Errorf("create VXLAN device %s (VNI %d, port %d): %w", s.name, s.vni, effectivePort(s.port), err)
+	}
+	klog.Infof("created VXLAN device %s (VNI %d, port %d, MTU %d)", s.name, s.vni, effectivePort(s.port), s.mtu)
+	return refresh(h, s.name)
+}
+
+func refresh(h *netlink.Handle, name string) (*netlink.Vxlan, error) {
+	l, err := h.LinkByName(name)
+	if err != nil {
+		return nil, fmt.Errorf("read back device %s: %w", name, err)
+	}
+	vx, ok := l.(*netlink.Vxlan)
+	if !ok {
+		return nil, fmt.Errorf("device %s is a %s, not vxlan", name, l.Type())
+	}
+	return vx, nil
+}
+
+func compatible(vx *netlink.Vxlan, s deviceSpec) bool {
+	src, _ := netip.AddrFromSlice(vx.SrcAddr)
+	return vx.VxlanId == s.vni &&
+		vx.VtepDevIndex == s.vtepDev &&
+		effectivePort(vx.Port) == effectivePort(s.port) &&
+		vx.Learning == s.learning &&
+		vx.GBP == s.gbp &&
+		src.Unmap() == s.srcAddr
+}
+
+func effectivePort(p int) int {
+	if p == 0 {
+		return kernelDefaultPort
+	}
+	return p
+}
+
+// ensureOnlyAddress gives the device exactly one IPv4 address: a leftover
+// address from a previous subnet would make the kernel answer for it.
+func ensureOnlyAddress(h *netlink.Handle, link netlink.Link, want netip.Prefix) error {
+	addrs, err := h.AddrList(link, netlink.FAMILY_V4)
+	if err != nil {
+		return fmt.Errorf("list addresses of %s: %w", link.Attrs().Name, err)
+	}
+	have := false
+	for _, a := range addrs {
+		p, ok := prefixOf(a.IPNet)
+		if ok && p == want {
+			have = true
+			continue
+		}
+		klog.Infof("removing stale address %s from %s", a.IPNet, link.Attrs().Name)
+		if err := h.AddrDel(link, &a); err != nil {
+			return fmt.Errorf("remove stale address %s from %s: %w", a.IPNet, link.Attrs().Name, err)
+		}
+	}
+	if !have {
+		addr := &netlink.Addr{IPNet: ipNet(want)}
+		if err := h.AddrAdd(link, addr); err != nil {
+			return fmt.Errorf("add address %s to %s: %w", want, link.Attrs().Name, err)
+		}
+	}
+	return nil
+}
+
+func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
+	if n == nil {
+		return netip.Prefix{}, false
+	}
+	a, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	ones, _ := n.Mask.Size()
+	return netip.PrefixFrom(a.Unmap(), ones), true
+}
+
+func ipNet(p netip.Prefix) *net.IPNet {
+	bits := p.Addr().BitLen()
+	return &net.IPNet{IP: net.IP(p.Addr().AsSlice()), Mask: net.CIDRMask(p.Bits(), bits)}
+}
+
+func isNotFound(err error) bool {
+	var nf netlink.LinkNotFoundError
+	return errors.As(err, &nf)
+}

@@ -1,0 +1,56 @@
+// Package cniplugin implements the flannel CNI plugin ("type": "flannel"):
+// it turns subnet.env, written by flanneld, into the configuration of a
+// delegate plugin (bridge + host-local by default) and runs that delegate.
+package cniplugin
+
+import (
+	"encoding/json"
+	"fmt"
+
+	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/cni/pkg/version"
+)
+
+// Defaults match upstream flannel's CNI plugin, so existing conflists work.
+const (
+	DefaultSubnetFile = "/run/flannel/subnet.env"
+	DefaultDataDir    = "/var/lib/cni/flannel"
+)
+
+// VersionInfo lists the CNI spec versions the plugin speaks.
+func VersionInfo() version.PluginInfo {
+	return version.PluginSupports("0.3.1", "0.4.0", "1.0.0", "1.1.0")
+}
+
+// NetConf is the flannel plugin's network configuration. The generic maps
+// (delegate, ipam, runtimeConfig) are kept loose on purpose: their keys
+// belong to the delegate plugins and are passed through untouched.
+type NetConf struct {
+	CNIVersion    string          `json:"cniVersion,omitempty"`
+	Name          string          `json:"name"`
+	Type          string          `json:"type"`
+	SubnetFile    string          `json:"subnetFile,omitempty"`
+	DataDir       string          `json:"dataDir,omitempty"`
+	Delegate      map[string]any  `json:"delegate,omitempty"`
+	IPAM          map[string]any  `json:"ipam,omitempty"`
+	RuntimeConfig map[string]any  `json:"runtimeConfig,omitempty"`
+	PrevResult    json.RawMessage `json:"prevResult,omitempty"`
+}
+
+// ParseNetConf decodes the plugin's stdin and fills in the defaults.
+// It does not judge the delegate map: DEL must work with whatever ADD saved,
+// even when today's configuration would be refused.
+func ParseNetConf(data []byte) (*NetConf, error) {
+	n := &NetConf{}
+	if err := json.Unmarshal(data, n); err != nil {
+		return nil, types.NewError(types.ErrDecodingFailure,
+			fmt.Sprintf("failed to parse flannel CNI network config: %v", err), "")
+	}
+	if n.SubnetFile == "" {
+		n.SubnetFile = DefaultSubnetFile
+	}
+	if n.DataDir == "" {
+		n.DataDir = DefaultDataDir
+	}
+	return n, nil
+}

@@ -1,0 +1,219 @@
+package config
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+)
+
+// DefaultBackend is the backend used when net-conf.json names none.
+// Upstream falls back to "udp"; VXLAN is what every shipped manifest uses and
+// what this project supports first, so an absent Backend means VXLAN here.
+const DefaultBackend = "vxlan"
+
+const (
+	defaultSubnetLen     = 24
+	defaultIPv6SubnetLen = 64
+	// Longest subnets that still leave a node usable host addresses
+	// (network, gateway, one pod, broadcast for IPv4).
+	maxSubnetLen     = 30
+	maxIPv6SubnetLen = 126
+)
+
+// wireConfig is net-conf.json as written by operators. Pointers tell
+// "absent" from "zero" where the default depends on it.
+type wireConfig struct {
+	Network        string
+	SubnetLen      int
+	SubnetMin      string
+	SubnetMax      string
+	EnableIPv4     *bool
+	EnableIPv6     bool
+	IPv6Network    string
+	IPv6SubnetLen  int
+	IPv6SubnetMin  string
+	IPv6SubnetMax  string
+	EnableNFTables bool
+	Backend        json.RawMessage
+}
+
+// family holds the names and limits that differ between the IPv4 and IPv6
+// halves of the config, so one validator serves both.
+type family struct {
+	v6                                         bool
+	networkField, lenField, minField, maxField string
+	defaultLen, maxLen                         int
+	example                                    string
+}
+
+var (
+	familyV4 = family{
+		networkField: "Network", lenField: "SubnetLen", minField: "SubnetMin", maxField: "SubnetMax",
+		defaultLen: defaultSubnetLen, maxLen: maxSubnetLen, example: "10.244.0.0/16",
+	}
+	familyV6 = family{
+		v6:           true,
+		networkField: "IPv6Network", lenField: "IPv6SubnetLen", minField: "IPv6SubnetMin", maxField: "IPv6SubnetMax",
+		defaultLen: defaultIPv6SubnetLen, maxLen: maxIPv6SubnetLen, example: "fd00:10:244::/56",
+	}
+)
+
+// Parse decodes net-conf.json (or the value of <prefix>/config in etcd),
+// fills in every default and refuses configurations flanneld cannot run.
+// Unknown fields are ignored, as upstream does.
+func Parse(data []byte) (*Config, error) {
+	var w wireConfig
+	if err := json.Unmarshal(data, &w); err != nil {
+		return nil, fmt.Errorf("error parsing subnet config: %w", err)
+	}
+	c := &Config{EnableIPv4: true, EnableIPv6: w.EnableIPv6, EnableNFTables: w.EnableNFTables}
+	if w.EnableIPv4 != nil {
+		c.EnableIPv4 = *w.EnableIPv4
+	}
+	if !c.EnableIPv4 && !c.EnableIPv6 {
+		return nil, errors.New("EnableIPv4 and EnableIPv6 are both false: enable at least one address family")
+	}
+	if c.EnableIPv4 {
+		r, err := familyV4.resolve(w.Network, w.SubnetLen, w.SubnetMin, w.SubnetMax)
+		if err != nil {
+			return nil, err
+		}
+		c.Network, c.SubnetLen, c.SubnetMin, c.SubnetMax = r.network, r.subnetLen, r.min, r.max
+	}
+	if c.EnableIPv6 {
+		r, err := familyV6.resolve(w.IPv6Network, w.IPv6SubnetLen, w.IPv6SubnetMin, w.IPv6SubnetMax)
+		if err != nil {
+			return nil, err
+		}
+		c.IPv6Network, c.IPv6SubnetLen, c.IPv6SubnetMin, c.IPv6SubnetMax = r.network, r.subnetLen, r.min, r.max
+	}
+	var err error
+	if c.Backend, c.BackendType, err = parseBackend(w.Backend); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+type resolved struct {
+	network   netip.Prefix
+	subnetLen int
+	min, max  netip.Addr
+}
+
+// resolve validates one address family's network, subnet length and range,
+// applying upstream's defaults.
+func (f family) resolve(network string, subnetLen int, minS, maxS string) (resolved, error) {
+	var r resolved
+	var err error
+	if r.network, err = f.parseNetwork(network); err != nil {
+		return r, err
+	}
+	if r.subnetLen, err = f.subnetLen(r.network, subnetLen); err != nil {
+		return r, err
+	}
+	r.min = nthSubnetAddr(r.network.Addr(), 1, r.subnetLen) // the second subnet
+	r.max = alignDown(lastAddr(r.network), r.subnetLen)     // the last subnet
+	if minS != "" {
+		if r.min, err = f.parseBound(f.minField, minS, r.network, r.subnetLen); err != nil {
+			return r, err
+		}
+	}
+	if maxS != "" {
+		if r.max, err = f.parseBound(f.maxField, maxS, r.network, r.subnetLen); err != nil {
+			return r, err
+		}
+	}
+	if r.min.Compare(r.max) > 0 {
+		return r, fmt.Errorf("%s %s is after %s %s: the range holds no /%d subnets of %s %s",
+			f.minField, r.min, f.maxField, r.max, r.subnetLen, f.networkField, r.network)
+	}
+	return r, nil
+}
+
+func (f family) parseNetwork(s string) (netip.Prefix, error) {
+	if s == "" {
+		if f.v6 {
+			return netip.Prefix{}, fmt.Errorf("IPv6Network is required when EnableIPv6 is true (e.g. \"IPv6Network\": %q)", f.example)
+		}
+		return netip.Prefix{}, fmt.Errorf("Network is required when EnableIPv4 is true (e.g. \"Network\": %q); set \"EnableIPv4\": false for an IPv6-only network", f.example)
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%s %q is not a CIDR such as %s: %w", f.networkField, s, f.example, err)
+	}
+	if f.v6 && (!p.Addr().Is6() || p.Addr().Is4In6()) {
+		return netip.Prefix{}, fmt.Errorf("IPv6Network %s is not an IPv6 network (put IPv4 networks in Network)", s)
+	}
+	if !f.v6 && !p.Addr().Is4() {
+		return netip.Prefix{}, fmt.Errorf("Network %s is not an IPv4 network (put IPv6 networks in IPv6Network and set \"EnableIPv6\": true)", s)
+	}
+	if m := p.Masked(); m != p {
+		return netip.Prefix{}, fmt.Errorf("%s %s is not a network address (host bits are set): did you mean %s?", f.networkField, s, m)
+	}
+	return p, nil
+}
+
+func (f family) subnetLen(network netip.Prefix, given int) (int, error) {
+	n := given
+	if given == 0 {
+		n = f.defaultLen
+		// Small networks get subnets two bits longer, so they still hold a few.
+		if network.Bits() > f.defaultLen-2 {
+			n = network.Bits() + 2
+		}
+	}
+	switch {
+	case given < 0:
+		return 0, fmt.Errorf("%s %d must be a positive prefix length", f.lenField, given)
+	case n <= network.Bits():
+		return 0, fmt.Errorf("%s %d must be longer than the network's prefix length %d (%s %s)", f.lenField, n, network.Bits(), f.networkField, network)
+	case n > f.maxLen && given == 0:
+		return 0, fmt.Errorf("%s %s is too small: its default %s /%d leaves no usable host addresses (at most /%d); use a /%d or larger network",
+			f.networkField, network, f.lenField, n, f.maxLen, f.maxLen-2)
+	case n > f.maxLen:
+		return 0, fmt.Errorf("%s %d leaves no usable host addresses: it must be at most %d", f.lenField, n, f.maxLen)
+	}
+	return n, nil
+}
+
+// parseBound checks a SubnetMin/SubnetMax style field: an address of the
+// right family, inside the network, at the start of a subnet.
+func (f family) parseBound(field, s string, network netip.Prefix, subnetLen int) (netip.Addr, error) {
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("%s %q is not an IP address: %w", field, s, err)
+	}
+	if a.Zone() != "" || a.Is4() == f.v6 || a.Is4In6() {
+		return netip.Addr{}, fmt.Errorf("%s %s is not an address of %s %s", field, s, f.networkField, network)
+	}
+	if !network.Contains(a) {
+		return netip.Addr{}, fmt.Errorf("%s %s is outside %s %s", field, s, f.networkField, network)
+	}
+	if al := alignDown(a, subnetLen); al != a {
+		return netip.Addr{}, fmt.Errorf("%s %s is not the start of a /%d subnet (%s %d): did you mean %s?", field, s, subnetLen, f.lenField, subnetLen, al)
+	}
+	return a, nil
+}
+
+// parseBackend returns the raw Backend object and its lower-cased type.
+func parseBackend(raw json.RawMessage) (json.RawMessage, string, error) {
+	if len(raw) == 0 || bytes.Equal(bytes.TrimSpace(raw), []byte("null")) {
+		return json.RawMessage(`{"Type":"` + DefaultBackend + `"}`), DefaultBackend, nil
+	}
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &obj); err != nil {
+		return nil, "", fmt.Errorf("Backend: must be a JSON object such as {\"Type\":\"vxlan\"}, got %s", raw)
+	}
+	var typ struct{ Type *string }
+	if err := json.Unmarshal(raw, &typ); err != nil {
+		return nil, "", fmt.Errorf("Backend: Type must be a string such as \"vxlan\": %w", err)
+	}
+	bt := DefaultBackend
+	if typ.Type != nil && strings.TrimSpace(*typ.Type) != "" {
+		bt = strings.ToLower(strings.TrimSpace(*typ.Type))
+	}
+	return raw, bt, nil
+}

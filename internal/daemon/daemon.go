@@ -1,0 +1,190 @@
+// Package daemon is flanneld's run loop: it wires the subnet manager, the
+// backend, the traffic rules and subnet.env together. It is the only place
+// that knows about all of them.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/flannelgo/flannel/internal/backend"
+	"github.com/flannelgo/flannel/internal/config"
+	"github.com/flannelgo/flannel/internal/iface"
+	"github.com/flannelgo/flannel/internal/lease"
+	"github.com/flannelgo/flannel/internal/metrics"
+	"github.com/flannelgo/flannel/internal/subnet"
+	"github.com/flannelgo/flannel/internal/subnetenv"
+	"github.com/flannelgo/flannel/internal/traffic"
+)
+
+// Options are the daemon's settings, taken from flanneld's flags.
+type Options struct {
+	Iface              iface.Options
+	SubnetFile         string
+	RenewMargin        time.Duration
+	IPMasq             bool
+	FullyRandomDisable bool
+	ForwardRules       bool
+	Resync             time.Duration
+	BlackholeRoute     bool
+}
+
+// Daemon runs one node's flannel network.
+type Daemon struct {
+	opts     Options
+	mgr      subnet.Manager
+	backends backend.Registry
+	metrics  *metrics.Metrics
+}
+
+// New wires a daemon; nothing happens until Run.
+func New(opts Options, mgr subnet.Manager, backends backend.Registry, m *metrics.Metrics) *Daemon {
+	return &Daemon{opts: opts, mgr: mgr, backends: backends, metrics: m}
+}
+
+// Run sets the node up and then follows other nodes until ctx ends. On
+// return the data path is left in place, so pods keep talking while the
+// daemon restarts.
+func (d *Daemon) Run(ctx context.Context) error {
+	var cfg *config.Config
+	err := retry(ctx, "read network config from "+d.mgr.Name(), d.metrics, func() error {
+		var err error
+		cfg, err = d.mgr.GetNetworkConfig(ctx)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	klog.Infof("network config: Network=%v SubnetLen=%d IPv6Network=%v backend=%s", cfg.Network, cfg.SubnetLen, cfg.IPv6Network, cfg.BackendType)
+
+	opts := d.opts.Iface
+	opts.EnableIPv4, opts.EnableIPv6 = cfg.EnableIPv4, cfg.EnableIPv6
+	ext, err := iface.Select(opts)
+	if err != nil {
+		return fmt.Errorf("choose external interface: %w", err)
+	}
+	klog.Info(iface.LogLine(ext))
+
+	be, err := d.backends.New(cfg.BackendType, ext, cfg.Backend)
+	if err != nil {
+		return fmt.Errorf("create %s backend: %w", cfg.BackendType, err)
+	}
+	nw, err := be.RegisterNetwork(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("register %s network: %w", cfg.BackendType, err)
+	}
+	own, err := d.acquire(ctx, nw, ext)
+	if err != nil {
+		return err
+	}
+	if err := nw.Activate(ctx, own); err != nil {
+		return fmt.Errorf("activate %s for %s: %w", cfg.BackendType, own.Key(), err)
+	}
+	rules, err := d.startRules(ctx, cfg, own)
+	if err != nil {
+		return err
+	}
+	if d.opts.BlackholeRoute {
+		if err := addBlackholeRoutes(own); err != nil {
+			return err
+		}
+	}
+	if err := d.writeSubnetFile(cfg, own, nw.MTU()); err != nil {
+		return err
+	}
+	klog.Infof("wrote %s (subnet %s, MTU %d)", d.opts.SubnetFile, own.Key(), nw.MTU())
+
+	renewNow := make(chan struct{}, 1)
+	go d.renewLoop(ctx, own, renewNow)
+	d.followPeers(ctx, nw, own, renewNow)
+	d.shutdown(rules, cfg)
+	return nil
+}
+
+// acquire publishes this node with the backend's attributes. Running out
+// of subnets is final; datastore outages are retried.
+func (d *Daemon) acquire(ctx context.Context, nw backend.Network, ext *backend.ExternalInterface) (*lease.Lease, error) {
+	attrs := nw.LeaseAttrs()
+	attrs.PublicIP, attrs.PublicIPv6 = ext.ExtAddr, ext.ExtV6Addr
+	var own *lease.Lease
+	err := retry(ctx, "acquire subnet lease from "+d.mgr.Name(), d.metrics, func() error {
+		var err error
+		own, err = d.mgr.AcquireLease(ctx, &attrs)
+		if errors.Is(err, subnet.ErrNoFreeSubnet) {
+			return permanent{err}
+		}
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	klog.Infof("acquired lease %s, expires %s", own, own.Expiration.Format(time.RFC3339))
+	d.metrics.LeaseExpiry.Set(float64(own.Expiration.Unix()))
+	return own, nil
+}
+
+func (d *Daemon) startRules(ctx context.Context, cfg *config.Config, own *lease.Lease) (traffic.Manager, error) {
+	if !d.opts.IPMasq && !d.opts.ForwardRules {
+		return nil, nil
+	}
+	tc := traffic.Config{
+		Masquerade: d.opts.IPMasq, FullyRandom: !d.opts.FullyRandomDisable, Forward: d.opts.ForwardRules,
+	}
+	if cfg.EnableIPv4 {
+		tc.Network, tc.Subnet = cfg.Network, own.Subnet
+	}
+	if cfg.EnableIPv6 {
+		tc.IPv6Network, tc.IPv6Subnet = cfg.IPv6Network, own.IPv6Subnet
+	}
+	newRules, kind := traffic.NewIPTables, "iptables"
+	if cfg.EnableNFTables {
+		newRules, kind = traffic.NewNFTables, "nftables"
+	}
+	rules, err := newRules(tc)
+	if err != nil {
+		return nil, fmt.Errorf("set up %s rules: %w", kind, err)
+	}
+	if _, err := rules.Apply(ctx); err != nil {
+		return nil, fmt.Errorf("install %s masquerade/forward rules: %w", kind, err)
+	}
+	go rules.Run(ctx, d.opts.Resync)
+	klog.Infof("%s rules installed (masquerade=%v, forward=%v), re-checked every %s", kind, d.opts.IPMasq, d.opts.ForwardRules, d.opts.Resync)
+	return rules, nil
+}
+
+func (d *Daemon) writeSubnetFile(cfg *config.Config, own *lease.Lease, mtu int) error {
+	env := &subnetenv.Env{MTU: mtu, IPMasq: d.opts.IPMasq}
+	if cfg.EnableIPv4 {
+		env.Network, env.Subnet = cfg.Network, gateway(own.Subnet)
+	}
+	if cfg.EnableIPv6 {
+		env.IPv6Network, env.IPv6Subnet = cfg.IPv6Network, gateway(own.IPv6Subnet)
+	}
+	return subnetenv.Write(d.opts.SubnetFile, env)
+}
+
+// gateway is the subnet's first host address with the subnet's length, the
+// form upstream writes (10.244.1.1/24) and the CNI plugin expects.
+func gateway(p netip.Prefix) netip.Prefix {
+	return netip.PrefixFrom(p.Addr().Next(), p.Bits())
+}
+
+// shutdown leaves routes, devices and iptables rules in place on purpose:
+// pods keep their connectivity while the daemon restarts. The nftables table
+// is removed, as upstream does in nftables mode.
+func (d *Daemon) shutdown(rules traffic.Manager, cfg *config.Config) {
+	d.metrics.SetReady(false)
+	if rules != nil && cfg.EnableNFTables {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := rules.Cleanup(ctx); err != nil {
+			klog.Errorf("remove nftables rules on shutdown: %v", err)
+		}
+	}
+	klog.Info("shutting down; routes and devices are left in place so pod traffic keeps flowing")
+}

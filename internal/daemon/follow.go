@@ -1,0 +1,101 @@
+package daemon
+
+import (
+	"context"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/flannelgo/flannel/internal/backend"
+	"github.com/flannelgo/flannel/internal/lease"
+)
+
+// followPeers feeds other nodes' lease events to the backend until ctx
+// ends. The node becomes ready once the first (complete) batch is applied.
+func (d *Daemon) followPeers(ctx context.Context, nw backend.Network, own *lease.Lease, renewNow chan<- struct{}) {
+	events := make(chan []lease.Event)
+	go func() {
+		if err := d.mgr.WatchLeases(ctx, events); err != nil && ctx.Err() == nil {
+			klog.Errorf("watching leases stopped: %v", err)
+		}
+	}()
+	peers := map[string]bool{}
+	first := true
+	for {
+		var batch []lease.Event
+		select {
+		case <-ctx.Done():
+			return
+		case batch = <-events:
+		}
+		others := d.otherNodes(batch, own, renewNow)
+		for _, ev := range others {
+			d.metrics.LeaseEvents.WithLabelValues(ev.Type.String()).Inc()
+			if ev.Type == lease.Removed {
+				delete(peers, ev.Lease.Key())
+			} else {
+				peers[ev.Lease.Key()] = true
+			}
+		}
+		start := time.Now()
+		nw.HandleEvents(ctx, others)
+		klog.V(2).Infof("applied %d lease events in %s", len(others), time.Since(start))
+		d.metrics.Peers.Set(float64(len(peers)))
+		if first {
+			first = false
+			d.metrics.SetReady(true)
+			klog.Infof("ready: %d peers programmed", len(peers))
+		}
+	}
+}
+
+// otherNodes drops this node's own lease from a batch. If the own lease was
+// deleted behind our back, it asks the renew loop to re-create it at once.
+func (d *Daemon) otherNodes(batch []lease.Event, own *lease.Lease, renewNow chan<- struct{}) []lease.Event {
+	out := make([]lease.Event, 0, len(batch))
+	for _, ev := range batch {
+		if ev.Lease.Key() != own.Key() {
+			out = append(out, ev)
+			continue
+		}
+		if ev.Type == lease.Removed {
+			klog.Warningf("this node's lease %s was removed from the datastore; re-creating it", own.Key())
+			select {
+			case renewNow <- struct{}{}:
+			default:
+			}
+		}
+	}
+	return out
+}
+
+// renewLoop renews the lease RenewMargin before it expires, and at once
+// when asked to.
+func (d *Daemon) renewLoop(ctx context.Context, own *lease.Lease, renewNow <-chan struct{}) {
+	const retryEvery = 10 * time.Second
+	wait := time.Until(own.Expiration.Add(-d.opts.RenewMargin))
+	for {
+		timer := time.NewTimer(max(wait, 0))
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return
+		case <-renewNow:
+			timer.Stop()
+		case <-timer.C:
+		}
+		if err := d.mgr.RenewLease(ctx, own); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			d.metrics.LeaseRenewals.WithLabelValues("error").Inc()
+			klog.Errorf("renew lease %s: %v (retrying in %s; it expires %s)", own.Key(), err, retryEvery, own.Expiration.Format(time.RFC3339))
+			wait = retryEvery
+			continue
+		}
+		d.metrics.LeaseRenewals.WithLabelValues("ok").Inc()
+		d.metrics.LeaseExpiry.Set(float64(own.Expiration.Unix()))
+		klog.Infof("renewed lease %s until %s", own.Key(), own.Expiration.Format(time.RFC3339))
+		wait = time.Until(own.Expiration.Add(-d.opts.RenewMargin))
+	}
+}

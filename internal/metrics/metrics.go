@@ -1,0 +1,109 @@
+// Package metrics serves /healthz, /readyz and Prometheus metrics for
+// flanneld.
+package metrics
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"k8s.io/klog/v2"
+)
+
+// Metrics holds the daemon's health state and its Prometheus collectors.
+type Metrics struct {
+	ready    atomic.Bool
+	registry *prometheus.Registry
+
+	Ready          prometheus.Gauge
+	Peers          prometheus.Gauge
+	LeaseEvents    *prometheus.CounterVec
+	LeaseRenewals  *prometheus.CounterVec
+	LeaseExpiry    prometheus.Gauge
+	RuleRepairs    prometheus.Counter
+	DatastoreFails prometheus.Counter
+}
+
+// New creates a fresh registry with flanneld's collectors.
+func New() *Metrics {
+	m := &Metrics{
+		registry: prometheus.NewRegistry(),
+		Ready: prometheus.NewGauge(prometheus.GaugeOpts{Name: "flannel_ready",
+			Help: "1 when the lease, data plane, traffic rules and subnet file are in place."}),
+		Peers: prometheus.NewGauge(prometheus.GaugeOpts{Name: "flannel_peers",
+			Help: "Number of remote subnets currently programmed."}),
+		LeaseEvents: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flannel_lease_events_total",
+			Help: "Lease events received from the subnet manager, by type."}, []string{"type"}),
+		LeaseRenewals: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flannel_lease_renewals_total",
+			Help: "Attempts to renew this node's lease, by result."}, []string{"result"}),
+		LeaseExpiry: prometheus.NewGauge(prometheus.GaugeOpts{Name: "flannel_lease_expiration_timestamp_seconds",
+			Help: "When this node's lease expires unless renewed (Unix time)."}),
+		RuleRepairs: prometheus.NewCounter(prometheus.CounterOpts{Name: "flannel_traffic_rule_repairs_total",
+			Help: "Times masquerade/forward rules were found missing and restored."}),
+		DatastoreFails: prometheus.NewCounter(prometheus.CounterOpts{Name: "flannel_datastore_errors_total",
+			Help: "Failed calls to the subnet manager's datastore."}),
+	}
+	m.registry.MustRegister(m.Ready, m.Peers, m.LeaseEvents, m.LeaseRenewals, m.LeaseExpiry, m.RuleRepairs, m.DatastoreFails,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// SetReady flips /readyz and the flannel_ready gauge.
+func (m *Metrics) SetReady(ready bool) {
+	m.ready.Store(ready)
+	if ready {
+		m.Ready.Set(1)
+	} else {
+		m.Ready.Set(0)
+	}
+}
+
+// IsReady reports what /readyz answers.
+func (m *Metrics) IsReady() bool { return m.ready.Load() }
+
+// Handler serves /healthz (the process is alive), /readyz and /metrics.
+func (m *Metrics) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !m.IsReady() {
+			http.Error(w, "not ready: lease, data plane, traffic rules or subnet file not in place yet", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	mux.Handle("/metrics", promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{}))
+	return mux
+}
+
+// Serve listens on addr until ctx ends. The listener is opened before it
+// returns, so a port already in use is reported at start-up.
+func (m *Metrics) Serve(ctx context.Context, addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("healthz listen on %s: %w (choose another --healthz-port)", addr, err)
+	}
+	srv := &http.Server{Handler: m.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		shutdown, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(shutdown)
+	}()
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			klog.Errorf("healthz server on %s stopped: %v", addr, err)
+		}
+	}()
+	klog.Infof("serving /healthz, /readyz and /metrics on %s", addr)
+	return nil
+}

@@ -1,0 +1,275 @@
+package etcd
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/connectivity"
+	"k8s.io/klog/v2"
+
+	"github.com/flannelgo/flannel/internal/lease"
+)
+
+// Watch tuning. The connection grace lets etcd restart (a rolling upgrade)
+// without a full re-list on every node: the client resumes the watch by
+// itself. A longer loss of the connection is an outage: we drop the watch and
+// re-list once etcd is back, which also copes with a restored or replaced
+// etcd.
+const (
+	defaultConnGrace = 5 * time.Second
+	backoffMin       = 200 * time.Millisecond
+	backoffMax       = 5 * time.Second
+	stableWatch      = 30 * time.Second // a watch that lived this long resets the back-off
+)
+
+var errConnLost = errors.New("connection to etcd lost")
+
+// WatchLeases follows <prefix>/subnets/ until ctx ends; see subnet.Manager.
+// It returns ctx.Err(), or an error if the manager is closed.
+func (m *Manager) WatchLeases(ctx context.Context, events chan<- []lease.Event) error {
+	w := &watcher{m: m, out: events, first: true}
+	health := outage{
+		down: func(err error) { klog.Errorf("etcd unreachable at %s: %v; retrying", m.endpoints(), err) },
+		up: func(d time.Duration) {
+			klog.Infof("etcd at %s reachable again after %s; re-listed leases", m.endpoints(), d.Round(time.Second))
+		},
+	}
+	var bo backoff
+	for {
+		cli, err := m.client()
+		if errors.Is(err, errClosed) {
+			return err
+		}
+		var rev int64
+		if err == nil {
+			rev, err = w.resync(ctx, cli)
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err != nil {
+			health.fail(err)
+			if sleep(ctx, bo.next()) != nil {
+				return ctx.Err()
+			}
+			continue
+		}
+		health.ok()
+		started := time.Now()
+		err = w.follow(ctx, cli, rev)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		switch {
+		case errors.Is(err, errConnLost):
+			health.fail(err)
+		case errors.Is(err, rpctypes.ErrCompacted):
+			klog.Infof("watch of %s fell behind an etcd compaction; re-listing", m.subnetsPrefix())
+		default:
+			klog.Infof("watch of %s interrupted: %v; re-listing", m.subnetsPrefix(), err)
+		}
+		if time.Since(started) > stableWatch {
+			bo = backoff{}
+		}
+		if sleep(ctx, bo.next()) != nil {
+			return ctx.Err()
+		}
+	}
+}
+
+// watcher remembers what the receiver has been told, so that after a gap it
+// can send only the difference.
+type watcher struct {
+	m     *Manager
+	out   chan<- []lease.Event
+	known map[string]lease.Lease // by key below <prefix>/subnets/
+	first bool
+}
+
+// resync lists all leases and sends the full set the first time, the
+// difference to what was sent before afterwards.
+func (w *watcher) resync(ctx context.Context, cli *clientv3.Client) (int64, error) {
+	rev, recs, err := w.m.list(ctx, cli)
+	if err != nil {
+		return 0, err
+	}
+	cur := make(map[string]lease.Lease, len(recs))
+	for _, r := range recs {
+		cur[r.name] = r.l
+	}
+	batch := diff(w.known, cur)
+	w.known = cur
+	if len(batch) > 0 || w.first {
+		w.first = false
+		if batch == nil {
+			batch = []lease.Event{}
+		}
+		return rev, w.send(ctx, batch)
+	}
+	return rev, nil
+}
+
+// diff lists removals before additions: when a key changes shape (IPv4-only
+// to dual stack) the receiver must drop the old route before adding the new.
+func diff(old, cur map[string]lease.Lease) []lease.Event {
+	var removed, added []lease.Event
+	for _, name := range sortedKeys(old) {
+		if _, ok := cur[name]; !ok {
+			removed = append(removed, lease.Event{Type: lease.Removed, Lease: old[name]})
+		}
+	}
+	for _, name := range sortedKeys(cur) {
+		if o, ok := old[name]; !ok || !sameAttrs(o.Attrs, cur[name].Attrs) {
+			added = append(added, lease.Event{Type: lease.Added, Lease: cur[name]})
+		}
+	}
+	return append(removed, added...)
+}
+
+func sortedKeys(m map[string]lease.Lease) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+func sameAttrs(a, b lease.Attrs) bool {
+	return a.PublicIP == b.PublicIP && a.PublicIPv6 == b.PublicIPv6 && a.BackendType == b.BackendType &&
+		bytes.Equal(a.BackendData, b.BackendData) && bytes.Equal(a.BackendV6Data, b.BackendV6Data)
+}
+
+func (w *watcher) send(ctx context.Context, batch []lease.Event) error {
+	select {
+	case w.out <- batch:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// follow streams changes after rev until the watch breaks. It returns why.
+func (w *watcher) follow(ctx context.Context, cli *clientv3.Client, rev int64) error {
+	// Without a leader etcd cannot serve fresh data: have it cancel the watch
+	// so that we notice and re-list.
+	wctx, cancel := context.WithCancelCause(clientv3.WithRequireLeader(ctx))
+	defer cancel(nil)
+	go func() {
+		if err := connLost(wctx, cli.ActiveConnection(), w.m.connGrace); err != nil {
+			cancel(err)
+		}
+	}()
+	prefix := w.m.subnetsPrefix()
+	// Removed events are built from what the receiver was sent, so the watch
+	// needs no previous values (WithPrevKV would double its traffic).
+	for resp := range cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
+		if err := resp.Err(); err != nil {
+			return err
+		}
+		if batch := w.apply(resp.Events); len(batch) > 0 {
+			if err := w.send(ctx, batch); err != nil {
+				return err
+			}
+		}
+	}
+	if err := context.Cause(wctx); err != nil {
+		return err
+	}
+	return errors.New("etcd client closed the watch")
+}
+
+// apply folds watch events into known and returns what the receiver must
+// hear; puts that do not change attributes (a renewal re-creating its key)
+// are not news.
+func (w *watcher) apply(evs []*clientv3.Event) []lease.Event {
+	var batch []lease.Event
+	exp := time.Now().Add(w.m.opts.LeaseTTL)
+	for _, ev := range evs {
+		name := strings.TrimPrefix(string(ev.Kv.Key), w.m.subnetsPrefix())
+		old, had := w.known[name]
+		if ev.Type == mvccpb.PUT {
+			if r, ok := w.m.decode(ev.Kv, exp); ok {
+				w.known[name] = r.l
+				if !had || !sameAttrs(old.Attrs, r.l.Attrs) {
+					batch = append(batch, lease.Event{Type: lease.Added, Lease: r.l})
+				}
+				continue
+			}
+		}
+		// A delete, an expiry, or a value overwritten with garbage: the
+		// lease is gone as far as the receiver is concerned.
+		if had {
+			delete(w.known, name)
+			batch = append(batch, lease.Event{Type: lease.Removed, Lease: old})
+		}
+	}
+	return batch
+}
+
+// connLost returns an error once conn has been out of READY for longer than
+// grace, and nil when ctx ends first. The clientv3 watch would otherwise
+// retry silently forever.
+func connLost(ctx context.Context, conn *grpc.ClientConn, grace time.Duration) error {
+	for {
+		s := conn.GetState()
+		if s == connectivity.Ready {
+			if !conn.WaitForStateChange(ctx, s) {
+				return nil
+			}
+			continue
+		}
+		tctx, cancel := context.WithTimeout(ctx, grace)
+		for s != connectivity.Ready && conn.WaitForStateChange(tctx, s) {
+			s = conn.GetState()
+		}
+		cancel()
+		if ctx.Err() != nil {
+			return nil
+		}
+		if s != connectivity.Ready {
+			return fmt.Errorf("%w (gRPC state %s for over %s)", errConnLost, s, grace)
+		}
+	}
+}
+
+// outage reports an outage once when it starts and once when it ends, not
+// at every retry.
+type outage struct {
+	down  func(error)
+	up    func(time.Duration)
+	since time.Time
+}
+
+func (o *outage) fail(err error) {
+	if o.since.IsZero() {
+		o.since = time.Now()
+		o.down(err)
+	}
+}
+
+func (o *outage) ok() {
+	if !o.since.IsZero() {
+		o.up(time.Since(o.since))
+		o.since = time.Time{}
+	}
+}
+
+// backoff doubles from backoffMin to backoffMax, with jitter so that nodes
+// do not return to a recovering etcd in lockstep.
+type backoff struct{ cur time.Duration }
+
+func (b *backoff) next() time.Duration {
+	b.cur = min(max(2*b.cur, backoffMin), backoffMax)
+	return b.cur*4/5 + rand.N(b.cur*2/5)
+}

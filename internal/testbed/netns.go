@@ -1,0 +1,262 @@
+package testbed
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// netnsDir is where iproute2 and vishvananda/netns keep named namespaces.
+const netnsDir = "/run/netns"
+
+// NSPath is the bind-mount path of a named namespace, as CNI plugins want it.
+func NSPath(ns string) string { return filepath.Join(netnsDir, ns) }
+
+// InNamespace runs fn on an OS thread switched into the named namespace.
+// fn runs on a goroutine of its own so that, should switching back fail, the
+// thread dies with the goroutine instead of returning to the Go scheduler in
+// the wrong namespace.
+func InNamespace(ns string, fn func() error) error {
+	target, err := netns.GetFromName(ns)
+	if err != nil {
+		return fmt.Errorf("open namespace %s: %w", ns, err)
+	}
+	defer target.Close()
+	return inHandle(target, ns, fn)
+}
+
+func inHandle(target netns.NsHandle, label string, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("get current namespace: %w", err)
+			return
+		}
+		defer orig.Close()
+		if err := netns.Set(target); err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("enter namespace %s: %w", label, err)
+			return
+		}
+		ferr := fn()
+		if err := netns.Set(orig); err != nil {
+			// Thread stays locked: it is destroyed when this goroutine ends.
+			errc <- errors.Join(ferr, fmt.Errorf("leave namespace %s: %w", label, err))
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	return <-errc
+}
+
+// createNS makes a new named network namespace with lo up. It goes
+// through `ip netns add` so that /run/netns is set up the way iproute2
+// expects (a shared mount point), whoever creates the first namespace.
+func createNS(ns string) error {
+	if _, err := os.Stat(NSPath(ns)); err == nil {
+		return fmt.Errorf("create namespace %s: it exists already", ns)
+	}
+	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		return fmt.Errorf("create namespace %s: %w: %s", ns, err, strings.TrimSpace(string(out)))
+	}
+	return withHandle(ns, func(h *netlink.Handle) error { return linkUp(h, "lo") })
+}
+
+// deleteNS removes a named namespace; a missing one is not an error.
+func deleteNS(ns string) error {
+	p := NSPath(ns)
+	if _, err := os.Stat(p); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	err := netns.DeleteNamed(ns)
+	if err == nil || errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	// A half-created namespace may be a plain file that was never mounted.
+	if errors.Is(err, unix.EINVAL) {
+		if rerr := os.Remove(p); rerr == nil || errors.Is(rerr, os.ErrNotExist) {
+			return nil
+		}
+	}
+	return fmt.Errorf("delete namespace %s: %w", ns, err)
+}
+
+// listNS returns the named namespaces that start with prefix.
+func listNS(prefix string) ([]string, error) {
+	ents, err := os.ReadDir(netnsDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list namespaces: %w", err)
+	}
+	var out []string
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), prefix) {
+			out = append(out, e.Name())
+		}
+	}
+	return out, nil
+}
+
+// withHandle runs fn with a netlink handle bound to the named namespace.
+func withHandle(ns string, fn func(h *netlink.Handle) error) error {
+	nsh, err := netns.GetFromName(ns)
+	if err != nil {
+		return fmt.Errorf("open namespace %s: %w", ns, err)
+	}
+	defer nsh.Close()
+	h, err := netlink.NewHandleAt(nsh)
+	if err != nil {
+		return fmt.Errorf("netlink handle in %s: %w", ns, err)
+	}
+	defer h.Close()
+	if err := fn(h); err != nil {
+		return fmt.Errorf("in namespace %s: %w", ns, err)
+	}
+	return nil
+}
+
+func linkUp(h *netlink.Handle, name string) error {
+	l, err := h.LinkByName(name)
+	if err != nil {
+		return fmt.Errorf("find link %s: %w", name, err)
+	}
+	if err := h.LinkSetUp(l); err != nil {
+		return fmt.Errorf("set %s up: %w", name, err)
+	}
+	return nil
+}
+
+// vethPair creates nameA in nsA with its peer nameB directly in nsB, so
+// neither end ever exists in the caller's namespace. Both ends get mtu.
+func vethPair(nsA, nameA, nsB, nameB string, mtu int) error {
+	peer, err := netns.GetFromName(nsB)
+	if err != nil {
+		return fmt.Errorf("open namespace %s: %w", nsB, err)
+	}
+	defer peer.Close()
+	return withHandle(nsA, func(h *netlink.Handle) error {
+		v := &netlink.Veth{
+			LinkAttrs:     netlink.LinkAttrs{Name: nameA, MTU: mtu},
+			PeerName:      nameB,
+			PeerMTU:       uint32(mtu),
+			PeerNamespace: netlink.NsFd(int(peer)),
+		}
+		if err := h.LinkAdd(v); err != nil {
+			return fmt.Errorf("add veth %s (peer %s in %s): %w", nameA, nameB, nsB, err)
+		}
+		return nil
+	})
+}
+
+// deletePort deletes link name in ns if it exists.
+func deletePort(ns, name string) error {
+	if _, err := os.Stat(NSPath(ns)); err != nil {
+		return nil
+	}
+	return withHandle(ns, func(h *netlink.Handle) error {
+		l, err := h.LinkByName(name)
+		if err != nil {
+			var nf netlink.LinkNotFoundError
+			if errors.As(err, &nf) {
+				return nil
+			}
+			return err
+		}
+		return h.LinkDel(l)
+	})
+}
+
+// addAddr puts addr on link; IPv6 addresses skip duplicate address
+// detection so they are usable at once.
+func addAddr(h *netlink.Handle, link string, addr netip.Prefix) error {
+	l, err := h.LinkByName(link)
+	if err != nil {
+		return fmt.Errorf("find link %s: %w", link, err)
+	}
+	a := &netlink.Addr{IPNet: prefixToIPNet(addr)}
+	if addr.Addr().Is6() {
+		a.Flags = unix.IFA_F_NODAD
+	}
+	if err := h.AddrAdd(l, a); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("add address %s to %s: %w", addr, link, err)
+	}
+	return nil
+}
+
+func addRoute(h *netlink.Handle, dst netip.Prefix, gw netip.Addr) error {
+	r := &netlink.Route{Dst: prefixToIPNet(dst.Masked()), Gw: gw.AsSlice()}
+	if dst.Bits() == 0 {
+		r.Dst = nil
+		if dst.Addr().Is6() {
+			r.Family = unix.AF_INET6
+		} else {
+			r.Family = unix.AF_INET
+		}
+	}
+	if err := h.RouteAdd(r); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("add route %s via %s: %w", dst, gw, err)
+	}
+	return nil
+}
+
+// setSysctls writes net sysctls (keys like "net.ipv4.ip_forward") inside ns.
+// /proc/sys/net follows the namespace of the thread that opens it.
+func setSysctls(ns string, kv map[string]string) error {
+	return InNamespace(ns, func() error {
+		for k, v := range kv {
+			p := filepath.Join("/proc/sys", strings.ReplaceAll(k, ".", "/"))
+			if err := os.WriteFile(p, []byte(v), 0o644); err != nil {
+				return fmt.Errorf("sysctl %s=%s in %s: %w", k, v, ns, err)
+			}
+		}
+		return nil
+	})
+}
+
+// Exec runs argv inside ns through `ip netns exec` and returns the combined
+// output; the error includes that output.
+func Exec(ctx context.Context, ns string, argv ...string) ([]byte, error) {
+	if len(argv) == 0 {
+		return nil, fmt.Errorf("exec in %s: no command", ns)
+	}
+	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns}, argv...)...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return out, fmt.Errorf("%s (in %s): %w: %s", strings.Join(argv, " "), ns, err, strings.TrimSpace(string(out)))
+	}
+	return out, nil
+}
+
+// Ping sends one echo request of size payload bytes from ns to to, with a
+// one-second timeout. dontFragment forbids fragmentation (path MTU probes).
+func Ping(ctx context.Context, fromNS string, to netip.Addr, size int, dontFragment bool) error {
+	argv := []string{"ping", "-n", "-c1", "-W1", "-s", strconv.Itoa(size)}
+	if dontFragment {
+		argv = append(argv, "-M", "do")
+	}
+	argv = append(argv, to.String())
+	_, err := Exec(ctx, fromNS, argv...)
+	return err
+}
+
+func prefixToIPNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}

@@ -1,0 +1,393 @@
+package testbed
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/procfs"
+	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
+)
+
+const (
+	stopGrace = 10 * time.Second // SIGTERM to SIGKILL
+	killWait  = 5 * time.Second  // SIGKILL to giving up
+	pollEvery = 100 * time.Millisecond
+)
+
+// Proc is a process the testbed started inside a namespace, in a session
+// (and process group) of its own. Its pid is recorded in the state dir until it exits, so
+// another process (Load, Cleanup) can stop it after this one is gone.
+type Proc struct {
+	Pid       int
+	Role      string // "etcd", "flanneld-n1", or "" for StartProcess
+	NS        string
+	Argv      []string
+	LogFile   string
+	StartTime uint64 // clock ticks since boot; tells a reused pid apart
+
+	cmd     *exec.Cmd // nil when adopted from a pid file
+	pidFile string
+	done    chan struct{}
+	err     error
+	poll    sync.Once
+
+	mu     sync.Mutex
+	exited bool // our child exited but is not reaped: its pid is still ours
+}
+
+type procSpec struct {
+	ns, logFile, role string
+	env, argv         []string
+}
+
+// StartProcess starts argv inside ns with stdout and stderr appended to
+// logFile. ctx bounds only the start: the process runs until Stop, Kill or
+// Close. The environment is inherited without ETCD_* and FLANNELD_*
+// variables, so the lab does not depend on the caller's shell.
+func (tb *Testbed) StartProcess(ctx context.Context, ns, logFile string, argv ...string) (*Proc, error) {
+	return tb.startProc(ctx, procSpec{ns: ns, logFile: logFile, argv: argv})
+}
+
+// StartProcessEnv is StartProcess with extra KEY=VALUE environment entries.
+func (tb *Testbed) StartProcessEnv(ctx context.Context, ns, logFile string, env []string, argv ...string) (*Proc, error) {
+	return tb.startProc(ctx, procSpec{ns: ns, logFile: logFile, env: env, argv: argv})
+}
+
+func (tb *Testbed) startProc(ctx context.Context, s procSpec) (*Proc, error) {
+	if len(s.argv) == 0 {
+		return nil, fmt.Errorf("start process in %s: no command", s.ns)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("start %s in %s: %w", s.argv[0], s.ns, err)
+	}
+	if err := os.MkdirAll(filepath.Dir(s.logFile), 0o755); err != nil {
+		return nil, fmt.Errorf("start %s: log dir: %w", s.argv[0], err)
+	}
+	log, err := os.OpenFile(s.logFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("start %s: open log: %w", s.argv[0], err)
+	}
+	defer log.Close()
+	// `ip netns exec` also remounts /sys for the namespace, so the process
+	// sees its own interfaces there; it execs argv, keeping the pid.
+	cmd := exec.Command("ip", append([]string{"netns", "exec", s.ns}, s.argv...)...)
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.Env = append(labEnviron(), s.env...)
+	// A session of its own: the process outlives a `flannelctl lab up` that
+	// exits, and its group can be signalled as a whole.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s in %s: %w", s.argv[0], s.ns, err)
+	}
+	p := &Proc{
+		Pid: cmd.Process.Pid, Role: s.role, NS: s.ns, Argv: s.argv, LogFile: s.logFile,
+		cmd: cmd, done: make(chan struct{}),
+	}
+	// Our unreaped child: its /proc entry cannot belong to anyone else.
+	if st, err := procStat(p.Pid); err == nil {
+		p.StartTime = st.Starttime
+	}
+	p.pidFile = filepath.Join(pidDir(tb.Opts.StateDir), strconv.Itoa(p.Pid)+".json")
+	if err := p.writePidFile(); err != nil {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		return nil, fmt.Errorf("start %s in %s: %w", s.argv[0], s.ns, err)
+	}
+	go p.reap()
+	tb.mu.Lock()
+	tb.procs[p] = struct{}{}
+	tb.mu.Unlock()
+	klog.V(2).Infof("lab %s: started %s in %s, pid %d, log %s", tb.Name, strings.Join(s.argv, " "), s.ns, p.Pid, s.logFile)
+	return p, nil
+}
+
+func labEnviron() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, "ETCD_") || strings.HasPrefix(kv, "ETCDCTL_") || strings.HasPrefix(kv, "FLANNELD_") {
+			continue
+		}
+		env = append(env, kv)
+	}
+	return env
+}
+
+// reap waits for our child without reaping it first (WNOWAIT), marks it
+// exited under mu, then reaps it: signal() holds mu, so it never signals a
+// pid that could have been reused.
+func (p *Proc) reap() {
+	var info unix.Siginfo
+	for {
+		err := unix.Waitid(unix.P_PID, p.Pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
+		if !errors.Is(err, unix.EINTR) {
+			break
+		}
+	}
+	p.mu.Lock()
+	p.exited = true
+	p.mu.Unlock()
+	p.err = p.cmd.Wait()
+	p.removePidFile()
+	close(p.done)
+}
+
+// Done is closed once the process has exited.
+func (p *Proc) Done() <-chan struct{} {
+	if p.cmd == nil {
+		p.poll.Do(func() { go p.pollAdopted() })
+	}
+	return p.done
+}
+
+// Running reports whether the process is still alive.
+func (p *Proc) Running() bool {
+	select {
+	case <-p.Done():
+		return false
+	default:
+		return true
+	}
+}
+
+// Wait waits for the process to exit and returns its exit error (always
+// nil for a process adopted from a pid file).
+func (p *Proc) Wait() error {
+	<-p.Done()
+	return p.err
+}
+
+// Stop sends SIGTERM to the process group, waits up to 10 s, then SIGKILL.
+func (p *Proc) Stop() error {
+	if err := p.signal(unix.SIGTERM); err != nil {
+		return err
+	}
+	select {
+	case <-p.Done():
+		return nil
+	case <-time.After(stopGrace):
+		klog.Warningf("pid %d (%s) ignored SIGTERM for %s, killing it", p.Pid, p.Argv[0], stopGrace)
+	}
+	return p.Kill()
+}
+
+// Kill sends SIGKILL to the process group and waits for the exit.
+func (p *Proc) Kill() error {
+	if err := p.signal(unix.SIGKILL); err != nil {
+		return err
+	}
+	select {
+	case <-p.Done():
+		return nil
+	case <-time.After(killWait):
+		return fmt.Errorf("pid %d (%s) still alive %s after SIGKILL", p.Pid, p.Argv[0], killWait)
+	}
+}
+
+func (p *Proc) signal(sig unix.Signal) error {
+	if p.cmd != nil {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if p.exited {
+			return nil
+		}
+		return ignoreESRCH(unix.Kill(-p.Pid, sig))
+	}
+	st, ok := p.adoptedStat()
+	if !ok {
+		return nil
+	}
+	target := p.Pid
+	if st.PGRP == p.Pid {
+		target = -p.Pid
+	}
+	return ignoreESRCH(unix.Kill(target, sig))
+}
+
+func ignoreESRCH(err error) error {
+	if err == nil || errors.Is(err, unix.ESRCH) {
+		return nil
+	}
+	return fmt.Errorf("signal: %w", err)
+}
+
+// Pid files: <state>/pids/<pid>.json, one per running process.
+
+func pidDir(stateDir string) string { return filepath.Join(stateDir, "pids") }
+
+func (p *Proc) writePidFile() error {
+	data, err := json.Marshal(p)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(p.pidFile), 0o755); err != nil {
+		return fmt.Errorf("pid file: %w", err)
+	}
+	if err := os.WriteFile(p.pidFile, data, 0o644); err != nil {
+		return fmt.Errorf("pid file: %w", err)
+	}
+	return nil
+}
+
+func (p *Proc) removePidFile() {
+	if err := os.Remove(p.pidFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+		klog.Warningf("remove pid file: %v", err)
+	}
+}
+
+// readPidFiles loads the processes recorded in stateDir that are still
+// alive and still ours; stale pid files are removed.
+func readPidFiles(stateDir string) ([]*Proc, error) {
+	files, err := filepath.Glob(filepath.Join(pidDir(stateDir), "*.json"))
+	if err != nil {
+		return nil, err
+	}
+	var out []*Proc
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("read pid file: %w", err)
+		}
+		p := &Proc{pidFile: f, done: make(chan struct{})}
+		if err := json.Unmarshal(data, p); err != nil || p.Pid <= 0 || len(p.Argv) == 0 {
+			klog.Warningf("ignoring unreadable pid file %s", f)
+			continue
+		}
+		if _, ok := p.adoptedStat(); !ok {
+			p.removePidFile()
+			continue
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// adoptedStat returns the process's stat if pid still names the process
+// we started: same start time, and a command line that is ours (argv, or
+// `ip netns exec` just before it execs argv). A dead one is never ours.
+func (p *Proc) adoptedStat() (procfs.ProcStat, bool) {
+	st, err := procStat(p.Pid)
+	if err != nil || st.Starttime != p.StartTime || st.State == "Z" || st.State == "X" {
+		return st, false
+	}
+	pr, err := procfs.NewProc(p.Pid)
+	if err != nil {
+		return st, false
+	}
+	cmdline, err := pr.CmdLine()
+	if err != nil || len(cmdline) == 0 {
+		return st, false
+	}
+	// cmdline[1] covers an interpreter running a script.
+	want := filepath.Base(p.Argv[0])
+	for i, arg := range cmdline[:min(2, len(cmdline))] {
+		if b := filepath.Base(arg); b == want || (i == 0 && b == "ip") {
+			return st, true
+		}
+	}
+	return st, false
+}
+
+func (p *Proc) pollAdopted() {
+	t := time.NewTicker(pollEvery)
+	defer t.Stop()
+	for {
+		if _, ok := p.adoptedStat(); !ok {
+			p.removePidFile()
+			close(p.done)
+			return
+		}
+		<-t.C
+	}
+}
+
+func procStat(pid int) (procfs.ProcStat, error) {
+	pr, err := procfs.NewProc(pid)
+	if err != nil {
+		return procfs.ProcStat{}, err
+	}
+	return pr.Stat()
+}
+
+// adoptProcs takes over the processes recorded in the state dir (after
+// Load), so Close and Stop* work from another process.
+func (tb *Testbed) adoptProcs() error {
+	procs, err := readPidFiles(tb.Opts.StateDir)
+	if err != nil {
+		return err
+	}
+	tb.mu.Lock()
+	defer tb.mu.Unlock()
+	for _, p := range procs {
+		tb.procs[p] = struct{}{}
+		switch {
+		case p.Role == roleEtcd:
+			tb.etcd = p
+		case strings.HasPrefix(p.Role, roleFlanneld):
+			for _, n := range tb.Nodes {
+				if p.Role == roleFlanneld+n.Name {
+					n.flanneld = p
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func (tb *Testbed) procsIn(ns string) []*Proc {
+	tb.mu.Lock()
+	defer tb.mu.Unlock()
+	var out []*Proc
+	for p := range tb.procs {
+		if p.NS == ns {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// stopAll stops every process: flanneld and the others first, etcd last
+// (a stopping flanneld may still talk to it).
+func (tb *Testbed) stopAll() error {
+	tb.mu.Lock()
+	var first []*Proc
+	for p := range tb.procs {
+		if p != tb.etcd {
+			first = append(first, p)
+		}
+	}
+	etcd := tb.etcd
+	tb.mu.Unlock()
+	err := stopConcurrently(first)
+	if etcd != nil {
+		err = errors.Join(err, etcd.Stop())
+	}
+	tb.mu.Lock()
+	for p := range tb.procs {
+		if !p.Running() {
+			delete(tb.procs, p)
+		}
+	}
+	tb.mu.Unlock()
+	return err
+}
+
+func stopConcurrently(procs []*Proc) error {
+	errs := make([]error, len(procs))
+	var wg sync.WaitGroup
+	for i, p := range procs {
+		wg.Go(func() { errs[i] = p.Stop() })
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}

@@ -1,0 +1,420 @@
+// Package testbed builds real multi-node flannel clusters out of network
+// namespaces on one machine: an underlay (one or two L2 segments, with a
+// router namespace between them), nodes, pods, etcd and flanneld processes.
+// It serves the end-to-end tests and `flannelctl lab`, so it never depends
+// on package testing: everything takes a context and returns errors.
+//
+// Nothing is ever created in the caller's (root) namespace: veth pairs are
+// created directly between the namespaces they join. Every namespace of a
+// testbed called NAME is named fl-NAME-<role>, so several testbeds coexist
+// and a crashed one can be removed by name (Cleanup).
+package testbed
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sync"
+
+	"k8s.io/klog/v2"
+)
+
+// Defaults for Options.
+const (
+	DefaultUnderlayMTU = 1500
+	DefaultStateRoot   = "/run/flannelctl/lab"
+	// maxHostOctet keeps node addresses below the outside host (.200) and
+	// the router (.254).
+	maxHostOctet = 199
+)
+
+// Options describe a testbed.
+type Options struct {
+	// Name is a short lab name, [a-z0-9]{1,6}; namespaces are fl-<Name>-*.
+	Name string
+	// Nodes is the number of nodes New creates (more can join with AddNode).
+	Nodes int
+	// Segments is 1 (one L2 underlay) or 2 (two L2 segments joined by a
+	// router namespace; odd nodes on segment 1, even nodes on segment 2).
+	Segments int
+	// UnderlayMTU is the MTU of the underlay bridges and node eth0.
+	UnderlayMTU int
+	// IPv6 adds an IPv6 underlay next to the IPv4 one.
+	IPv6 bool
+	// StateDir holds subnet files, logs, etcd data, pid files and
+	// topology.json. Default /run/flannelctl/lab/<Name>.
+	StateDir string
+	// FlanneldPath is the flanneld binary; default: "flanneld" from PATH.
+	FlanneldPath string
+	// EtcdPath is the etcd binary; default /usr/bin/etcd.
+	EtcdPath string
+	// KeepState leaves logs, subnet files and etcd data in StateDir on
+	// Close, for a post-mortem; the next New there starts afresh.
+	KeepState bool
+}
+
+// Host is a namespace with an underlay address.
+type Host struct {
+	Name  string     // role inside the lab: hub, rtr, out, n1, ...
+	NS    string     // network namespace, fl-<lab>-<Name>
+	Addr  netip.Addr // IPv4 underlay address
+	Addr6 netip.Addr // IPv6 underlay address; invalid without Options.IPv6
+}
+
+// Node is a cluster node: a namespace with eth0 on the underlay, where
+// flanneld runs and pods attach.
+type Node struct {
+	Host
+	Index      int    // 1-based
+	Segment    int    // 1 or 2
+	Iface      string // underlay interface inside NS ("eth0")
+	Dir        string // per-node state directory
+	SubnetFile string // subnet.env written by this node's flanneld
+	LogFile    string // flanneld's stdout+stderr
+	Pods       []*Pod // changed by AddPod/RemovePod under the testbed's lock
+
+	flanneld *Proc
+}
+
+// Pod is a pod namespace attached to a node.
+type Pod struct {
+	Name  string // n<i>-p<j>
+	NS    string
+	Index int   // 1-based within its node
+	Node  *Node `json:"-"`
+	IP    netip.Addr
+	IP6   netip.Addr
+}
+
+// Testbed is one lab. Its methods are safe for concurrent use.
+type Testbed struct {
+	Name    string
+	Opts    Options
+	Hub     *Host
+	Router  *Host
+	Outside *Host
+	Nodes   []*Node
+
+	// PodNetworker wires pods to their node; New sets a hand-made one
+	// (bridge cni0 + veth). Replace it before AddPod to use a CNI plugin.
+	PodNetworker PodNetworker `json:"-"`
+
+	mu    sync.Mutex
+	procs map[*Proc]struct{}
+	etcd  *Proc
+}
+
+var labName = regexp.MustCompile(`^[a-z0-9]{1,6}$`)
+
+func (o *Options) setDefaults() error {
+	if !labName.MatchString(o.Name) {
+		return fmt.Errorf("lab name %q: use 1 to 6 characters a-z, 0-9", o.Name)
+	}
+	if o.Segments == 0 {
+		o.Segments = 1
+	}
+	if o.Segments != 1 && o.Segments != 2 {
+		return fmt.Errorf("lab %s: segments must be 1 or 2, not %d", o.Name, o.Segments)
+	}
+	if o.Nodes < 0 || 10+o.Nodes > maxHostOctet {
+		return fmt.Errorf("lab %s: nodes must be between 0 and %d", o.Name, maxHostOctet-10)
+	}
+	if o.UnderlayMTU == 0 {
+		o.UnderlayMTU = DefaultUnderlayMTU
+	}
+	if o.UnderlayMTU < 1280 || o.UnderlayMTU > 65535 {
+		return fmt.Errorf("lab %s: underlay MTU %d out of range 1280..65535", o.Name, o.UnderlayMTU)
+	}
+	if o.StateDir == "" {
+		o.StateDir = filepath.Join(DefaultStateRoot, o.Name)
+	}
+	if o.EtcdPath == "" {
+		o.EtcdPath = "/usr/bin/etcd"
+	}
+	return nil
+}
+
+// nsPrefix is the prefix of every namespace of lab name.
+func nsPrefix(name string) string { return "fl-" + name + "-" }
+
+func (tb *Testbed) nsName(role string) string { return nsPrefix(tb.Name) + role }
+
+// New builds the underlay, the router (with two segments) and opts.Nodes
+// nodes. It first checks that the lab's address ranges are free on this
+// machine and that no namespace of a lab with this name is left over. On
+// any error it removes whatever it made.
+func New(ctx context.Context, opts Options) (*Testbed, error) {
+	if err := opts.setDefaults(); err != nil {
+		return nil, err
+	}
+	if err := CheckRangesFree(opts.Name); err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat(topologyPath(opts.StateDir)); err == nil {
+		return nil, fmt.Errorf("lab %s: %s exists from an earlier run; run `flannelctl lab down --name %s` first",
+			opts.Name, topologyPath(opts.StateDir), opts.Name)
+	}
+	// What is left is the kept state of a closed lab: start afresh (an old
+	// etcd data dir would bring back old leases).
+	if err := removeState(opts.StateDir, false); err != nil {
+		return nil, fmt.Errorf("lab %s: %w", opts.Name, err)
+	}
+	if err := os.MkdirAll(opts.StateDir, 0o755); err != nil {
+		return nil, fmt.Errorf("lab %s: create state dir: %w", opts.Name, err)
+	}
+	tb := &Testbed{Name: opts.Name, Opts: opts, PodNetworker: HandWired{}, procs: map[*Proc]struct{}{}}
+	if err := tb.build(ctx); err != nil {
+		if cerr := tb.Close(context.WithoutCancel(ctx)); cerr != nil {
+			klog.Errorf("lab %s: removing a half-built lab: %v", tb.Name, cerr)
+		}
+		return nil, fmt.Errorf("lab %s: %w", opts.Name, err)
+	}
+	klog.Infof("lab %s: %d nodes on %d segment(s), state in %s", tb.Name, len(tb.Nodes), opts.Segments, opts.StateDir)
+	return tb, nil
+}
+
+func (tb *Testbed) build(ctx context.Context) error {
+	if err := tb.buildHub(); err != nil {
+		return err
+	}
+	if tb.Opts.Segments == 2 {
+		if err := tb.buildRouter(); err != nil {
+			return err
+		}
+	}
+	for i := 0; i < tb.Opts.Nodes; i++ {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if _, err := tb.AddNode(ctx); err != nil {
+			return err
+		}
+	}
+	return tb.save()
+}
+
+// AddNode creates one more node (a node joining the cluster later).
+func (tb *Testbed) AddNode(ctx context.Context) (*Node, error) {
+	tb.mu.Lock()
+	idx := 1
+	for _, n := range tb.Nodes {
+		idx = max(idx, n.Index+1)
+	}
+	if 10+idx > maxHostOctet {
+		tb.mu.Unlock()
+		return nil, fmt.Errorf("add node: no address left for node %d", idx)
+	}
+	n := tb.newNode(idx)
+	// Registered before it is wired so that Close removes a half-made node.
+	tb.Nodes = append(tb.Nodes, n)
+	tb.mu.Unlock()
+
+	if err := os.MkdirAll(n.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("add node %s: %w", n.Name, err)
+	}
+	if err := tb.wireNode(n); err != nil {
+		return nil, fmt.Errorf("add node %s: %w", n.Name, err)
+	}
+	if err := tb.save(); err != nil {
+		return nil, err
+	}
+	klog.V(2).Infof("lab %s: node %s at %s (segment %d)", tb.Name, n.Name, n.Addr, n.Segment)
+	return n, nil
+}
+
+// RemoveNode stops the node's processes and deletes its pods and namespace.
+func (tb *Testbed) RemoveNode(ctx context.Context, n *Node) error {
+	var errs []error
+	for _, p := range tb.procsIn(n.NS) {
+		errs = append(errs, p.Stop())
+	}
+	for _, p := range tb.podsOf(n) {
+		errs = append(errs, tb.RemovePod(ctx, p))
+	}
+	// Deleting the hub's end removes the pair now; a deleted namespace
+	// releases its interfaces only later, and a node joining next would
+	// reuse the port name.
+	errs = append(errs, deletePort(tb.Hub.NS, n.Name), deleteNS(n.NS))
+	// The log stays for a post-mortem; a stale subnet.env would fool
+	// WaitSubnetFile on a node that rejoins under the same name.
+	if err := os.Remove(n.SubnetFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("remove node %s: %w", n.Name, err)
+	}
+	tb.mu.Lock()
+	for i, m := range tb.Nodes {
+		if m == n {
+			tb.Nodes = append(tb.Nodes[:i:i], tb.Nodes[i+1:]...)
+			break
+		}
+	}
+	tb.mu.Unlock()
+	return tb.save()
+}
+
+// Node returns the node with the given 1-based index, or nil.
+func (tb *Testbed) Node(index int) *Node {
+	tb.mu.Lock()
+	defer tb.mu.Unlock()
+	for _, n := range tb.Nodes {
+		if n.Index == index {
+			return n
+		}
+	}
+	return nil
+}
+
+func (tb *Testbed) newNode(idx int) *Node {
+	name := fmt.Sprintf("n%d", idx)
+	seg := 1
+	if tb.Opts.Segments == 2 && idx%2 == 0 {
+		seg = 2
+	}
+	dir := filepath.Join(tb.Opts.StateDir, "nodes", name)
+	n := &Node{
+		Host:       Host{Name: name, NS: tb.nsName(name), Addr: segmentAddr(seg, 10+idx)},
+		Index:      idx,
+		Segment:    seg,
+		Iface:      "eth0",
+		Dir:        dir,
+		SubnetFile: filepath.Join(dir, "subnet.env"),
+		LogFile:    filepath.Join(dir, "flanneld.log"),
+	}
+	if tb.Opts.IPv6 {
+		n.Addr6 = segmentAddr6(seg, 10+idx)
+	}
+	return n
+}
+
+// AddOutside creates the "outside" host on segment 1 (198.51.100.200), a
+// machine outside the cluster for masquerade tests. It is idempotent.
+func (tb *Testbed) AddOutside(ctx context.Context) (*Host, error) {
+	tb.mu.Lock()
+	if tb.Outside != nil {
+		h := tb.Outside
+		tb.mu.Unlock()
+		return h, nil
+	}
+	h := &Host{Name: "out", NS: tb.nsName("out"), Addr: segmentAddr(1, 200)}
+	if tb.Opts.IPv6 {
+		h.Addr6 = segmentAddr6(1, 200)
+	}
+	tb.Outside = h
+	tb.mu.Unlock()
+	if err := tb.wireOutside(h); err != nil {
+		return nil, fmt.Errorf("add outside host: %w", err)
+	}
+	return h, tb.save()
+}
+
+// Close stops every process the testbed started, deletes its namespaces
+// (pods first) and its state directory; with Options.KeepState the logs,
+// subnet files and etcd data stay (until the next New with that
+// directory). It is idempotent.
+func (tb *Testbed) Close(ctx context.Context) error {
+	var errs []error
+	errs = append(errs, tb.stopAll())
+	for _, ns := range tb.namespaces() {
+		errs = append(errs, deleteNS(ns))
+	}
+	// New refused to start while any fl-<name>-* existed, so all of them
+	// are ours, including ones made by a half-finished step.
+	rest, err := listNS(nsPrefix(tb.Name))
+	errs = append(errs, err)
+	for _, ns := range sortPodsFirst(rest) {
+		errs = append(errs, deleteNS(ns))
+	}
+	errs = append(errs, removeState(tb.Opts.StateDir, tb.Opts.KeepState))
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("close lab %s: %w", tb.Name, err)
+	}
+	return nil
+}
+
+// namespaces lists the testbed's namespaces, pods first, hub last.
+func (tb *Testbed) namespaces() []string {
+	tb.mu.Lock()
+	defer tb.mu.Unlock()
+	var out []string
+	for _, n := range tb.Nodes {
+		for _, p := range n.Pods {
+			out = append(out, p.NS)
+		}
+	}
+	for _, n := range tb.Nodes {
+		out = append(out, n.NS)
+	}
+	for _, h := range []*Host{tb.Outside, tb.Router, tb.Hub} {
+		if h != nil {
+			out = append(out, h.NS)
+		}
+	}
+	return out
+}
+
+func (tb *Testbed) podsOf(n *Node) []*Pod {
+	tb.mu.Lock()
+	defer tb.mu.Unlock()
+	return append([]*Pod(nil), n.Pods...)
+}
+
+// topology.json lets another process (flannelctl lab status/down) load the lab.
+
+func topologyPath(stateDir string) string { return filepath.Join(stateDir, "topology.json") }
+
+func (tb *Testbed) save() error {
+	// Under the lock for the whole write: concurrent saves must not
+	// interleave, and the last one must describe the latest state.
+	tb.mu.Lock()
+	defer tb.mu.Unlock()
+	data, err := json.MarshalIndent(tb, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode topology: %w", err)
+	}
+	p := topologyPath(tb.Opts.StateDir)
+	tmp := p + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+		return fmt.Errorf("write topology: %w", err)
+	}
+	if err := os.Rename(tmp, p); err != nil {
+		return fmt.Errorf("write topology: %w", err)
+	}
+	return nil
+}
+
+// Load reads the topology of a running lab written by New (possibly in
+// another process) and adopts the processes recorded in its state dir, so
+// Close, StopFlanneld and StopEtcd work on it. stateDir "" means the default.
+func Load(name, stateDir string) (*Testbed, error) {
+	if stateDir == "" {
+		stateDir = filepath.Join(DefaultStateRoot, name)
+	}
+	data, err := os.ReadFile(topologyPath(stateDir))
+	if err != nil {
+		return nil, fmt.Errorf("load lab %s: %w (is it up?)", name, err)
+	}
+	tb := &Testbed{PodNetworker: HandWired{}, procs: map[*Proc]struct{}{}}
+	if err := json.Unmarshal(data, tb); err != nil {
+		return nil, fmt.Errorf("load lab %s: %s: %w", name, topologyPath(stateDir), err)
+	}
+	if tb.Name != name {
+		return nil, fmt.Errorf("load lab %s: %s describes lab %q", name, topologyPath(stateDir), tb.Name)
+	}
+	tb.Opts.StateDir = stateDir
+	for _, n := range tb.Nodes {
+		for _, p := range n.Pods {
+			p.Node = n
+		}
+	}
+	if err := tb.adoptProcs(); err != nil {
+		return nil, fmt.Errorf("load lab %s: %w", name, err)
+	}
+	return tb, nil
+}

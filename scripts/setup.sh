@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what building and testing need on a fresh Debian machine with Go:
+# Debian packages (etcd, iperf3, iptables, nftables, ...) and the pinned
+# reference CNI tools. Idempotent: already-present tools are not reinstalled.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/local/go/bin"
+
+pkgs=(etcd-server etcd-client iperf3 iproute2 iptables nftables tcpdump iputils-ping)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+if [ -x scripts/install-cni-tools.sh ]; then
+  scripts/install-cni-tools.sh "${CNI_BIN_DIR:-/opt/cni/bin}"
+fi
+echo "setup: done"
