@@ -1,0 +1,243 @@
+// Package e2e proves flanneld's claims on real kernels: every test builds a
+// cluster of network namespaces with internal/testbed, runs the real
+// flanneld binary in each node against a real etcd, and checks traffic and
+// kernel state. Tests skip (with the reason) when not run as root or when a
+// binary they need is missing.
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/flannelgo/flannel/internal/subnetenv"
+	"github.com/flannelgo/flannel/internal/testbed"
+)
+
+// binaries are built once per test binary run, in TestMain.
+type binaries struct {
+	dir      string
+	flanneld string
+	buildErr error
+}
+
+var bins binaries
+
+func TestMain(m *testing.M) {
+	code := func() int {
+		dir, err := os.MkdirTemp("", "flannel-e2e-bin-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "e2e: temp dir:", err)
+			return 1
+		}
+		defer os.RemoveAll(dir)
+		bins = binaries{dir: dir, flanneld: filepath.Join(dir, "flanneld")}
+		if os.Geteuid() == 0 {
+			bins.buildErr = goBuild(bins.flanneld, "./cmd/flanneld")
+		}
+		return m.Run()
+	}()
+	os.Exit(code)
+}
+
+// goBuild builds pkg (relative to the module root) into out.
+func goBuild(out, pkg string) error {
+	cmd := exec.Command("go", "build", "-o", out, pkg)
+	cmd.Dir = "../.."
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build %s: %w\n%s", pkg, err, b)
+	}
+	return nil
+}
+
+// needLab skips unless the machine can run a namespace cluster.
+func needLab(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("e2e needs root: it creates network namespaces")
+	}
+	for _, bin := range []string{"ip", "ping", "/usr/bin/etcd"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			t.Skipf("e2e needs %s (run scripts/setup.sh): %v", bin, err)
+		}
+	}
+	if bins.buildErr != nil {
+		t.Fatalf("building flanneld: %v", bins.buildErr)
+	}
+}
+
+// cluster is a testbed with etcd running and a network config in it.
+type cluster struct {
+	*testbed.Testbed
+	t *testing.T
+}
+
+type clusterOpts struct {
+	nodes    int
+	segments int
+	mtu      int
+	ipv6     bool
+	config   string // net-conf JSON; default vxlan over 10.244.0.0/16
+}
+
+const defaultConfig = `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}`
+
+// newCluster builds the namespaces and starts etcd; flanneld is started by
+// the test. Everything goes away when the test ends, also on failure.
+func newCluster(t *testing.T, name string, o clusterOpts) *cluster {
+	t.Helper()
+	needLab(t)
+	if o.config == "" {
+		o.config = defaultConfig
+	}
+	ctx := testCtx(t, 2*time.Minute)
+	state := filepath.Join(t.TempDir(), "lab")
+	tb, err := testbed.New(ctx, testbed.Options{
+		Name: name, Nodes: o.nodes, Segments: o.segments, UnderlayMTU: o.mtu, IPv6: o.ipv6,
+		StateDir: state, FlanneldPath: bins.flanneld, KeepState: true,
+	})
+	if err != nil {
+		t.Fatalf("build testbed: %v", err)
+	}
+	c := &cluster{Testbed: tb, t: t}
+	t.Cleanup(func() {
+		if t.Failed() {
+			c.dumpLogs()
+		}
+		if err := tb.Close(context.Background()); err != nil {
+			t.Errorf("remove testbed %s: %v", name, err)
+		}
+	})
+	if err := tb.StartEtcd(ctx); err != nil {
+		t.Fatalf("start etcd: %v", err)
+	}
+	if err := tb.PutConfig(ctx, "", o.config); err != nil {
+		t.Fatalf("put network config: %v", err)
+	}
+	return c
+}
+
+func testCtx(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// dumpLogs prints the tail of every flanneld log, for a failed test.
+func (c *cluster) dumpLogs() {
+	for _, n := range c.Nodes {
+		b, err := os.ReadFile(n.LogFile)
+		if err != nil {
+			continue
+		}
+		lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+		if len(lines) > 40 {
+			lines = lines[len(lines)-40:]
+		}
+		c.t.Logf("--- flanneld log of %s (last %d lines)\n%s", n.Name, len(lines), strings.Join(lines, "\n"))
+	}
+}
+
+// start runs flanneld on each node and waits for its subnet.env.
+func (c *cluster) start(nodes []*testbed.Node, args ...string) map[*testbed.Node]*subnetenv.Env {
+	c.t.Helper()
+	ctx := testCtx(c.t, time.Minute)
+	for _, n := range nodes {
+		_ = os.Remove(n.SubnetFile) // a stale file would satisfy the wait
+		if err := c.StartFlanneld(ctx, n, args...); err != nil {
+			c.t.Fatalf("%v", err)
+		}
+	}
+	envs := map[*testbed.Node]*subnetenv.Env{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	errs := make(chan error, len(nodes))
+	for _, n := range nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			env, err := c.WaitSubnetFile(ctx, n)
+			if err != nil {
+				errs <- fmt.Errorf("node %s: %w", n.Name, err)
+				return
+			}
+			mu.Lock()
+			envs[n] = env
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		c.t.Fatal(err)
+	}
+	return envs
+}
+
+// addPods gives every node one pod.
+func (c *cluster) addPods(nodes []*testbed.Node) []*testbed.Pod {
+	c.t.Helper()
+	ctx := testCtx(c.t, time.Minute)
+	var pods []*testbed.Pod
+	for _, n := range nodes {
+		p, err := c.AddPod(ctx, n)
+		if err != nil {
+			c.t.Fatalf("%v", err)
+		}
+		pods = append(pods, p)
+	}
+	return pods
+}
+
+// eventually polls cond until it returns nil or the time is up.
+func eventually(t *testing.T, within time.Duration, what string, cond func() error) time.Duration {
+	t.Helper()
+	start := time.Now()
+	var err error
+	for time.Since(start) < within {
+		if err = cond(); err == nil {
+			return time.Since(start)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("%s: not within %s: %v", what, within, err)
+	return 0
+}
+
+// ping checks one echo from a namespace, retrying briefly: the first
+// packet to a new peer may race the neighbour programming.
+func ping(ctx context.Context, fromNS string, to netip.Addr, size int, df bool) error {
+	var err error
+	for range 3 {
+		if err = testbed.Ping(ctx, fromNS, to, size, df); err == nil {
+			return nil
+		}
+	}
+	return err
+}
+
+// allPairsPing checks every ordered pair of pods on different nodes.
+func allPairsPing(t *testing.T, pods []*testbed.Pod) int {
+	t.Helper()
+	ctx := testCtx(t, time.Minute)
+	pairs := 0
+	for _, a := range pods {
+		for _, b := range pods {
+			if a.Node == b.Node {
+				continue
+			}
+			pairs++
+			if err := ping(ctx, a.NS, b.IP, 56, false); err != nil {
+				t.Errorf("pod %s (%s) -> pod %s (%s): %v", a.Name, a.IP, b.Name, b.IP, err)
+			}
+		}
+	}
+	return pairs
+}

@@ -1,0 +1,85 @@
+package e2e
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/flannelgo/flannel/internal/testbed"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// vxlanPeer is what a node's kernel holds for one remote VXLAN lease.
+type vxlanPeer struct {
+	route bool // <subnet> via <subnet addr> dev flannel.1 onlink
+	neigh bool // <subnet addr> lladdr <mac> PERMANENT on flannel.1
+	fdb   bool // <mac> dst <publicIP> on flannel.1
+}
+
+func (p vxlanPeer) any() bool { return p.route || p.neigh || p.fdb }
+func (p vxlanPeer) all() bool { return p.route && p.neigh && p.fdb }
+
+func (p vxlanPeer) String() string {
+	return fmt.Sprintf("route=%v neighbour=%v fdb=%v", p.route, p.neigh, p.fdb)
+}
+
+// withNS runs fn with a netlink handle inside the node's namespace.
+func withNS(ns string, fn func(h *netlink.Handle) error) error {
+	nsh, err := netns.GetFromPath(testbed.NSPath(ns))
+	if err != nil {
+		return fmt.Errorf("open namespace %s: %w", ns, err)
+	}
+	defer nsh.Close()
+	h, err := netlink.NewHandleAt(nsh)
+	if err != nil {
+		return fmt.Errorf("netlink in %s: %w", ns, err)
+	}
+	defer h.Close()
+	return fn(h)
+}
+
+// vxlanState reads what node ns has programmed for the peer holding subnet
+// and advertising publicIP.
+func vxlanState(ns, dev string, subnet netip.Prefix, publicIP netip.Addr) (vxlanPeer, error) {
+	var st vxlanPeer
+	err := withNS(ns, func(h *netlink.Handle) error {
+		link, err := h.LinkByName(dev)
+		if err != nil {
+			return fmt.Errorf("%s in %s: %w", dev, ns, err)
+		}
+		idx := link.Attrs().Index
+		routes, err := h.RouteList(link, unix.AF_INET)
+		if err != nil {
+			return err
+		}
+		gw := net.IP(subnet.Addr().AsSlice())
+		for _, r := range routes {
+			if r.Dst != nil && r.Dst.String() == subnet.String() && r.Gw.Equal(gw) {
+				st.route = true
+			}
+		}
+		neighs, err := h.NeighList(idx, unix.AF_INET)
+		if err != nil {
+			return err
+		}
+		var mac net.HardwareAddr
+		for _, n := range neighs {
+			if n.IP.Equal(gw) && n.State&netlink.NUD_PERMANENT != 0 {
+				st.neigh, mac = true, n.HardwareAddr
+			}
+		}
+		fdbs, err := h.NeighList(idx, unix.AF_BRIDGE)
+		if err != nil {
+			return err
+		}
+		for _, f := range fdbs {
+			if f.IP.Equal(net.IP(publicIP.AsSlice())) && (mac == nil || f.HardwareAddr.String() == mac.String()) {
+				st.fdb = true
+			}
+		}
+		return nil
+	})
+	return st, err
+}
