@@ -15,7 +15,11 @@ if [ -n "$unformatted" ]; then
 fi
 echo "== unit and component tests (-race)"
 go test -race -count=1 -timeout 15m $(go list ./... | grep -v /test/e2e)
-echo "== end-to-end tests"
-go test -count=1 -timeout 25m -v ./test/e2e/ 2>&1 | tee /tmp/flannel-e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|e2e:' || true
-tail -n 3 /tmp/flannel-e2e.log
-grep -q '^ok' /tmp/flannel-e2e.log
+echo "== end-to-end tests (log: /tmp/flannel-e2e.log)"
+rc=0
+go test -count=1 -timeout 25m -v ./test/e2e/... >/tmp/flannel-e2e.log 2>&1 || rc=$?
+grep -E '^\s*(--- (PASS|FAIL|SKIP)|PASS$|FAIL|ok |panic:)|_test\.go:[0-9]+:' /tmp/flannel-e2e.log || true
+if [ "$rc" -ne 0 ]; then
+  echo "end-to-end tests failed (exit $rc); the full log is /tmp/flannel-e2e.log"
+fi
+exit "$rc"

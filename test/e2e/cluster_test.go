@@ -58,7 +58,7 @@ func goBuild(out, pkg string) error {
 }
 
 // needLab skips unless the machine can run a namespace cluster.
-func needLab(t *testing.T) {
+func needLab(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("e2e needs root: it creates network namespaces")
@@ -76,7 +76,7 @@ func needLab(t *testing.T) {
 // cluster is a testbed with etcd running and a network config in it.
 type cluster struct {
 	*testbed.Testbed
-	t *testing.T
+	t testing.TB
 }
 
 type clusterOpts struct {
@@ -91,7 +91,7 @@ const defaultConfig = `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}`
 
 // newCluster builds the namespaces and starts etcd; flanneld is started by
 // the test. Everything goes away when the test ends, also on failure.
-func newCluster(t *testing.T, name string, o clusterOpts) *cluster {
+func newCluster(t testing.TB, name string, o clusterOpts) *cluster {
 	t.Helper()
 	needLab(t)
 	if o.config == "" {
@@ -124,7 +124,7 @@ func newCluster(t *testing.T, name string, o clusterOpts) *cluster {
 	return c
 }
 
-func testCtx(t *testing.T, d time.Duration) context.Context {
+func testCtx(t testing.TB, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx

@@ -1,0 +1,81 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os/exec"
+	"testing"
+	"time"
+
+	"github.com/flannelgo/flannel/internal/testbed"
+)
+
+// BenchmarkVXLANThroughput measures, in one run, iperf3 TCP throughput
+// pod-to-pod across two VXLAN nodes and node-to-node over the bare
+// underlay, and reports their ratio: the cost of the overlay on this
+// machine. Not part of CI; run it with scripts/bench.sh.
+func BenchmarkVXLANThroughput(b *testing.B) {
+	if _, err := exec.LookPath("iperf3"); err != nil {
+		b.Skip("needs iperf3 (scripts/setup.sh installs it)")
+	}
+	c := newCluster(b, "bch", clusterOpts{nodes: 2})
+	c.start(c.Nodes)
+	pods := c.addPods(c.Nodes)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	var overlay, underlay float64
+	for i := 0; i < b.N; i++ {
+		u, err := iperf(ctx, c.Testbed, c.Nodes[0].NS, c.Nodes[1].NS, c.Nodes[1].Addr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		o, err := iperf(ctx, c.Testbed, pods[0].NS, pods[1].NS, pods[1].IP)
+		if err != nil {
+			b.Fatal(err)
+		}
+		underlay += u
+		overlay += o
+	}
+	underlay /= float64(b.N)
+	overlay /= float64(b.N)
+	b.ReportMetric(underlay/1e9, "underlay-Gbit/s")
+	b.ReportMetric(overlay/1e9, "vxlan-Gbit/s")
+	b.ReportMetric(overlay/underlay, "vxlan/underlay")
+	fmt.Printf("pod-to-pod over VXLAN %.2f Gbit/s, node-to-node underlay %.2f Gbit/s, ratio %.3f\n",
+		overlay/1e9, underlay/1e9, overlay/underlay)
+}
+
+// iperf runs a 5-second iperf3 TCP test from clientNS to a server in
+// serverNS at addr and returns the received bits per second.
+func iperf(ctx context.Context, tb *testbed.Testbed, clientNS, serverNS string, addr netip.Addr) (float64, error) {
+	srv := exec.CommandContext(ctx, "ip", "netns", "exec", serverNS, "iperf3", "-s", "-1", "-B", addr.String())
+	if err := srv.Start(); err != nil {
+		return 0, fmt.Errorf("start iperf3 server in %s: %w", serverNS, err)
+	}
+	defer func() { _ = srv.Process.Kill(); _ = srv.Wait() }()
+	var out []byte
+	var err error
+	for range 20 { // until the server listens
+		out, err = testbed.Exec(ctx, clientNS, "iperf3", "-J", "-t", "5", "-c", addr.String())
+		if err == nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("iperf3 %s -> %s: %w", clientNS, addr, err)
+	}
+	var res struct {
+		End struct {
+			SumReceived struct {
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+		} `json:"end"`
+	}
+	if err := json.Unmarshal(out, &res); err != nil {
+		return 0, fmt.Errorf("parse iperf3 output: %w", err)
+	}
+	return res.End.SumReceived.BitsPerSecond, nil
+}
