@@ -22,6 +22,7 @@ import (
 	"github.com/flannelgo/flannel/internal/iface"
 	"github.com/flannelgo/flannel/internal/metrics"
 	etcdmgr "github.com/flannelgo/flannel/internal/subnet/etcd"
+	"github.com/flannelgo/flannel/internal/subnetenv"
 	"github.com/flannelgo/flannel/internal/version"
 )
 
@@ -71,11 +72,14 @@ func serve(ctx context.Context, o *options) error {
 			return err
 		}
 	}
-	mgr, err := etcdmgr.New(etcdmgr.Options{
+	opts := etcdmgr.Options{
 		Endpoints: strings.Split(o.etcdEndpoints, ","), Prefix: o.etcdPrefix,
 		KeyFile: o.etcdKeyfile, CertFile: o.etcdCertfile, CAFile: o.etcdCAFile,
 		Username: o.etcdUsername, Password: o.etcdPassword,
-	})
+	}
+	prev := previousSubnets(o.subnetFile)
+	opts.PreviousSubnet, opts.PreviousIPv6Subnet = prev.Subnet, prev.IPv6Subnet
+	mgr, err := etcdmgr.New(opts)
 	if err != nil {
 		return fmt.Errorf("etcd subnet manager: %w", err)
 	}
@@ -90,6 +94,18 @@ func serve(ctx context.Context, o *options) error {
 		ForwardRules: o.iptablesForwardRules, Resync: o.resync(), BlackholeRoute: o.ipBlackholeRoute,
 	}, mgr, backends(), m)
 	return d.Run(ctx)
+}
+
+// previousSubnets reads what the last run wrote to subnet.env: a restarted
+// node proves with it which lease is its own. A missing or broken file
+// just means no proof.
+func previousSubnets(path string) subnetenv.Env {
+	env, err := subnetenv.Read(path)
+	if err != nil {
+		return subnetenv.Env{}
+	}
+	klog.V(1).Infof("%s from an earlier run names subnet %v %v", path, env.Subnet, env.IPv6Subnet)
+	return *env
 }
 
 // backends lists the data planes this build supports.

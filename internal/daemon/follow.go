@@ -20,6 +20,7 @@ func (d *Daemon) followPeers(ctx context.Context, nw backend.Network, own *lease
 		}
 	}()
 	peers := map[string]bool{}
+	twins := map[string]bool{} // leases already reported for sharing our address
 	first := true
 	for {
 		var batch []lease.Event
@@ -30,6 +31,7 @@ func (d *Daemon) followPeers(ctx context.Context, nw backend.Network, own *lease
 		}
 		others := d.otherNodes(batch, own, renewNow)
 		for _, ev := range others {
+			reportSameAddress(ev, own, twins)
 			d.metrics.LeaseEvents.WithLabelValues(ev.Type.String()).Inc()
 			if ev.Type == lease.Removed {
 				delete(peers, ev.Lease.Key())
@@ -98,4 +100,25 @@ func (d *Daemon) renewLoop(ctx context.Context, own *lease.Lease, renewNow <-cha
 		klog.Infof("renewed lease %s until %s", own.Key(), own.Expiration.Format(time.RFC3339))
 		wait = time.Until(own.Expiration.Add(-d.opts.RenewMargin))
 	}
+}
+
+// reportSameAddress logs, once per lease, another node that advertises this
+// node's public address: the VXLAN FDB (or host-gw route) for one of the two
+// subnets then leads to the wrong machine.
+func reportSameAddress(ev lease.Event, own *lease.Lease, reported map[string]bool) {
+	key := ev.Lease.Key()
+	if ev.Type == lease.Removed {
+		delete(reported, key)
+		return
+	}
+	a, b := ev.Lease.Attrs, own.Attrs
+	same := (b.PublicIP.IsValid() && !b.PublicIP.IsUnspecified() && a.PublicIP == b.PublicIP) ||
+		(b.PublicIPv6.IsValid() && a.PublicIPv6 == b.PublicIPv6)
+	if !same || reported[key] {
+		return
+	}
+	reported[key] = true
+	klog.Errorf("duplicate public address: lease %s (another node) advertises the same address as this node's lease %s (%s): "+
+		"one of them will not receive its traffic; give each node its own address with --iface, --iface-regex, --iface-can-reach or --public-ip",
+		key, own.Key(), b.PublicIP)
 }

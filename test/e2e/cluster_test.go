@@ -149,8 +149,8 @@ func (c *cluster) dumpLogs() {
 func (c *cluster) start(nodes []*testbed.Node, args ...string) map[*testbed.Node]*subnetenv.Env {
 	c.t.Helper()
 	ctx := testCtx(c.t, time.Minute)
+	started := time.Now()
 	for _, n := range nodes {
-		_ = os.Remove(n.SubnetFile) // a stale file would satisfy the wait
 		if err := c.StartFlanneld(ctx, n, args...); err != nil {
 			c.t.Fatalf("%v", err)
 		}
@@ -163,7 +163,7 @@ func (c *cluster) start(nodes []*testbed.Node, args ...string) map[*testbed.Node
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			env, err := c.WaitSubnetFile(ctx, n)
+			env, err := c.waitFreshSubnetFile(ctx, n, started)
 			if err != nil {
 				errs <- fmt.Errorf("node %s: %w", n.Name, err)
 				return
@@ -179,6 +179,28 @@ func (c *cluster) start(nodes []*testbed.Node, args ...string) map[*testbed.Node
 		c.t.Fatal(err)
 	}
 	return envs
+}
+
+// waitFreshSubnetFile waits for a subnet.env written after since: the one
+// of an earlier run stays in place, as on a real node, since flanneld reads
+// it to recognise its own lease.
+func (c *cluster) waitFreshSubnetFile(ctx context.Context, n *testbed.Node, since time.Time) (*subnetenv.Env, error) {
+	p := c.Flanneld(n)
+	for {
+		if st, err := os.Stat(n.SubnetFile); err == nil && !st.ModTime().Before(since) {
+			if env, err := subnetenv.Read(n.SubnetFile); err == nil {
+				return env, nil
+			}
+		}
+		select {
+		case <-p.Done():
+			log, _ := os.ReadFile(n.LogFile)
+			return nil, fmt.Errorf("flanneld exited (%v) before writing %s:\n%s", p.Wait(), n.SubnetFile, log)
+		case <-ctx.Done():
+			return nil, fmt.Errorf("no fresh %s: %w", n.SubnetFile, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // addPods gives every node one pod.

@@ -70,7 +70,11 @@ func (m *Manager) tryAcquire(ctx context.Context, cli *clientv3.Client, cfg *con
 	if err != nil {
 		return nil, err
 	}
-	if own := findOwn(cfg, attrs, recs); own != nil {
+	own, err := m.ownLease(ctx, cli, cfg, attrs, recs)
+	if err != nil {
+		return nil, err
+	}
+	if own != nil {
 		key := m.subnetsPrefix() + own.name
 		l, err := m.put(ctx, cli, key, value, clientv3.Compare(clientv3.ModRevision(key), "=", own.kv.ModRevision))
 		if l == nil || err != nil {
@@ -82,6 +86,7 @@ func (m *Manager) tryAcquire(ctx context.Context, cli *clientv3.Client, cfg *con
 			m.revoke(ctx, cli, clientv3.LeaseID(own.kv.Lease))
 		}
 		klog.Infof("reusing lease %s from an earlier run", l)
+		m.startAlive(ctx, own.name)
 		return l, nil
 	}
 	v4, v6, err := pickFree(cfg, takenBy(recs), rand.IntN)
@@ -94,6 +99,12 @@ func (m *Manager) tryAcquire(ctx context.Context, cli *clientv3.Client, cfg *con
 	}
 	l.Attrs = attrs
 	klog.Infof("allocated lease %s", l)
+	if twin := sameAddress(cfg, attrs, recs); twin != nil {
+		klog.Errorf("duplicate public address: lease %s (this node) and lease %s (another running node) both advertise %s: "+
+			"traffic for one of them will reach the other; give each node its own address with --iface, --iface-regex, --iface-can-reach or --public-ip",
+			l.Key(), twin.name, describeNode(attrs))
+	}
+	m.startAlive(ctx, l.Key())
 	return l, nil
 }
 
@@ -261,9 +272,24 @@ func takenErr(key string, value []byte) error {
 	return fmt.Errorf("subnet %s is now held by %s: another node took it while our lease was expired; restart flanneld to acquire a new subnet", key, holder)
 }
 
-// findOwn returns the lease this node held before, if it still fits the
-// network; one that no longer fits is left to expire.
-func findOwn(cfg *config.Config, attrs lease.Attrs, recs []record) *record {
+// ownLease returns the lease this node held before, if it still fits the
+// network (one that no longer fits is left to expire). A lease with this
+// node's address whose holder is running is another node's, unless
+// subnet.env names it.
+func (m *Manager) ownLease(ctx context.Context, cli *clientv3.Client, cfg *config.Config, attrs lease.Attrs, recs []record) (*record, error) {
+	r := sameAddress(cfg, attrs, recs)
+	if r == nil || m.previouslyOurs(r.l) {
+		return r, nil
+	}
+	alive, err := m.isAlive(ctx, cli, r.name)
+	if err != nil || alive {
+		return nil, err
+	}
+	return r, nil
+}
+
+// sameAddress finds a fitting lease that advertises this node's address.
+func sameAddress(cfg *config.Config, attrs lease.Attrs, recs []record) *record {
 	for i := range recs {
 		r := &recs[i]
 		if sameNode(r.l.Attrs, attrs, cfg.EnableIPv6) && fits(cfg, r.l) {
@@ -271,6 +297,11 @@ func findOwn(cfg *config.Config, attrs lease.Attrs, recs []record) *record {
 		}
 	}
 	return nil
+}
+
+func (m *Manager) previouslyOurs(l lease.Lease) bool {
+	prev4, prev6 := m.opts.PreviousSubnet.Masked(), m.opts.PreviousIPv6Subnet.Masked()
+	return (prev4.IsValid() && prev4 == l.Subnet) || (prev6.IsValid() && prev6 == l.IPv6Subnet)
 }
 
 // sameNode compares public addresses, the identity upstream uses too.

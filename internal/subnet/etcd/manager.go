@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net/netip"
 	"strings"
 	"sync"
 	"time"
@@ -59,6 +60,10 @@ type Options struct {
 	KeyFile, CertFile, CAFile string        // --etcd-keyfile, --etcd-certfile, --etcd-cafile
 	Username, Password        string        // --etcd-username, --etcd-password
 	LeaseTTL                  time.Duration // TTL of each lease's etcd lease; upstream uses 24h
+	// PreviousSubnet and PreviousIPv6Subnet are what this node's
+	// subnet.env held from its last run, if anything: proof that a lease
+	// with this node's address and that subnet is its own.
+	PreviousSubnet, PreviousIPv6Subnet netip.Prefix
 }
 
 // Manager implements subnet.Manager on etcd.
@@ -76,6 +81,9 @@ type Manager struct {
 
 	badMu   sync.Mutex
 	badKeys map[string]bool // keys already reported as unparsable
+
+	// markers counts holdAlive loops; Close waits for them to revoke.
+	markers sync.WaitGroup
 }
 
 var _ subnet.Manager = (*Manager)(nil)
@@ -142,6 +150,7 @@ func (m *Manager) Name() string { return "etcd" }
 // Close releases the connection. Leases stay in etcd until they expire, so a
 // restarted node finds and keeps its subnet.
 func (m *Manager) Close() error {
+	m.waitMarkers(3 * time.Second)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.closed = true

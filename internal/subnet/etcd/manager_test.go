@@ -160,7 +160,16 @@ func TestAcquireWritesUpstreamKeyAndValue(t *testing.T) {
 func TestAcquireReusesLeaseOnRestart(t *testing.T) {
 	s := startEtcd(t)
 	s.put(configKey, netConf)
-	first := acquire(t, s.manager(t, Options{}), vxlanAttrs("198.51.100.2", "ae:00:00:00:00:01"))
+	ctx, stop := context.WithCancel(testCtx(t))
+	m1 := s.manager(t, Options{})
+	first, err := m1.AcquireLease(ctx, vxlanAttrs("198.51.100.2", "ae:00:00:00:00:01"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The process ends (its liveness marker goes), and without a
+	// subnet.env (a reboot clears /run) the node still finds its lease.
+	stop()
+	m1.Close()
 
 	// The node restarts with a new VTEP MAC: it keeps its subnet and
 	// publishes the new MAC.
@@ -180,6 +189,25 @@ func TestAcquireReusesLeaseOnRestart(t *testing.T) {
 	third := acquire(t, s.manager(t, Options{}), vxlanAttrs("198.51.100.3", "ae:00:00:00:00:03"))
 	if third.Subnet == first.Subnet {
 		t.Fatalf("a node with another PublicIP got the same subnet %s", third.Subnet)
+	}
+}
+
+// Two running nodes with one public address (Vagrant's NAT NIC): the second
+// gets its own subnet instead of silently taking over the first one's; a
+// restarted node whose subnet.env names its lease keeps it even while its
+// old marker has not expired yet.
+func TestAcquireDuplicateAddress(t *testing.T) {
+	s := startEtcd(t)
+	s.put(configKey, netConf)
+	first := acquire(t, s.manager(t, Options{}), vxlanAttrs("198.51.100.2", "ae:00:00:00:00:01"))
+	second := acquire(t, s.manager(t, Options{}), vxlanAttrs("198.51.100.2", "ae:00:00:00:00:02"))
+	if second.Subnet == first.Subnet {
+		t.Fatalf("a second running node with address 198.51.100.2 took the first one's subnet %s", first.Subnet)
+	}
+	again := acquire(t, s.manager(t, Options{PreviousSubnet: netip.PrefixFrom(first.Subnet.Addr().Next(), 24)}),
+		vxlanAttrs("198.51.100.2", "ae:00:00:00:00:03"))
+	if again.Subnet != first.Subnet {
+		t.Fatalf("restart with subnet.env naming %s got %s", first.Subnet, again.Subnet)
 	}
 }
 
@@ -287,7 +315,7 @@ func TestAcquireDualStack(t *testing.T) {
 	if err := json.Unmarshal(resp.Kvs[0].Value, &got); err != nil || got.PublicIPv6 != attrs.PublicIPv6 {
 		t.Errorf("value %s: PublicIPv6 = %v (%v)", resp.Kvs[0].Value, got.PublicIPv6, err)
 	}
-	again := acquire(t, s.manager(t, Options{}), attrs)
+	again := acquire(t, s.manager(t, Options{PreviousSubnet: l.Subnet, PreviousIPv6Subnet: l.IPv6Subnet}), attrs)
 	if again.Key() != l.Key() {
 		t.Errorf("restart got %s, want %s", again.Key(), l.Key())
 	}

@@ -127,7 +127,7 @@ func TestWatchLeases(t *testing.T) {
 	expectEvents(t, got, "added "+b.Key())
 
 	// Node b restarts with a new MAC: one Added with the new attributes.
-	acquire(t, s.manager(t, Options{}), vxlanAttrs("198.51.100.2", "ae:00:00:00:00:bb"))
+	acquire(t, s.manager(t, Options{PreviousSubnet: b.Subnet}), vxlanAttrs("198.51.100.2", "ae:00:00:00:00:bb"))
 	got = w.batch(10 * time.Second)
 	expectEvents(t, got, "added "+b.Key())
 	if !strings.Contains(string(got[0].Lease.Attrs.BackendData), "ae:00:00:00:00:bb") {
