@@ -17,6 +17,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/flannelgo/flannel/internal/backend"
+	"github.com/flannelgo/flannel/internal/backend/hostgw"
 	"github.com/flannelgo/flannel/internal/backend/vxlan"
 	"github.com/flannelgo/flannel/internal/daemon"
 	"github.com/flannelgo/flannel/internal/iface"
@@ -110,5 +111,5 @@ func previousSubnets(path string) subnetenv.Env {
 
 // backends lists the data planes this build supports.
 func backends() backend.Registry {
-	return backend.Registry{vxlan.TypeName: vxlan.New}
+	return backend.Registry{vxlan.TypeName: vxlan.New, hostgw.TypeName: hostgw.New}
 }

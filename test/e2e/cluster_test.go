@@ -76,7 +76,8 @@ func needLab(t testing.TB) {
 // cluster is a testbed with etcd running and a network config in it.
 type cluster struct {
 	*testbed.Testbed
-	t testing.TB
+	t   testing.TB
+	raw []*testbed.Proc // flanneld processes started with startRaw
 }
 
 type clusterOpts struct {
@@ -163,7 +164,7 @@ func (c *cluster) start(nodes []*testbed.Node, args ...string) map[*testbed.Node
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			env, err := c.waitFreshSubnetFile(ctx, n, started)
+			env, err := waitFresh(ctx, c.Flanneld(n), n, started)
 			if err != nil {
 				errs <- fmt.Errorf("node %s: %w", n.Name, err)
 				return
@@ -181,11 +182,10 @@ func (c *cluster) start(nodes []*testbed.Node, args ...string) map[*testbed.Node
 	return envs
 }
 
-// waitFreshSubnetFile waits for a subnet.env written after since: the one
+// waitFresh waits for a subnet.env written after since: the one
 // of an earlier run stays in place, as on a real node, since flanneld reads
 // it to recognise its own lease.
-func (c *cluster) waitFreshSubnetFile(ctx context.Context, n *testbed.Node, since time.Time) (*subnetenv.Env, error) {
-	p := c.Flanneld(n)
+func waitFresh(ctx context.Context, p *testbed.Proc, n *testbed.Node, since time.Time) (*subnetenv.Env, error) {
 	for {
 		if st, err := os.Stat(n.SubnetFile); err == nil && !st.ModTime().Before(since) {
 			if env, err := subnetenv.Read(n.SubnetFile); err == nil {

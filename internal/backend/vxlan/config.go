@@ -24,6 +24,10 @@ const (
 	kernelDefaultPort = 8472
 	// overheadV4 is outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
 	overheadV4 = 50
+	// overheadV6 is the same with an outer IPv6 header (40).
+	overheadV6 = 70
+	// minMTUv6 is the smallest link MTU IPv6 allows (RFC 8200).
+	minMTUv6 = 1280
 )
 
 func parseOptions(raw json.RawMessage) (Options, error) {

@@ -7,7 +7,10 @@ import (
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
+
+	"github.com/flannelgo/flannel/internal/backend"
 )
 
 // deviceSpec is what the VXLAN device must look like.
@@ -91,18 +94,26 @@ func effectivePort(p int) int {
 	return p
 }
 
-// ensureOnlyAddress gives the device exactly one IPv4 address: a leftover
+// ensureOnlyAddress gives the device exactly one address of want's family
+// (IPv6 link-local addresses, which the kernel manages, aside): a leftover
 // address from a previous subnet would make the kernel answer for it.
 func ensureOnlyAddress(h *netlink.Handle, link netlink.Link, want netip.Prefix) error {
-	addrs, err := h.AddrList(link, netlink.FAMILY_V4)
+	family := netlink.FAMILY_V4
+	if want.Addr().Is6() {
+		family = netlink.FAMILY_V6
+	}
+	addrs, err := h.AddrList(link, family)
 	if err != nil {
 		return fmt.Errorf("list addresses of %s: %w", link.Attrs().Name, err)
 	}
 	have := false
 	for _, a := range addrs {
-		p, ok := prefixOf(a.IPNet)
+		p, ok := backend.PrefixOf(a.IPNet)
 		if ok && p == want {
 			have = true
+			continue
+		}
+		if ok && p.Addr().IsLinkLocalUnicast() {
 			continue
 		}
 		klog.Infof("removing stale address %s from %s", a.IPNet, link.Attrs().Name)
@@ -110,30 +121,19 @@ func ensureOnlyAddress(h *netlink.Handle, link netlink.Link, want netip.Prefix) 
 			return fmt.Errorf("remove stale address %s from %s: %w", a.IPNet, link.Attrs().Name, err)
 		}
 	}
-	if !have {
-		addr := &netlink.Addr{IPNet: ipNet(want)}
-		if err := h.AddrAdd(link, addr); err != nil {
-			return fmt.Errorf("add address %s to %s: %w", want, link.Attrs().Name, err)
-		}
+	if have {
+		return nil
+	}
+	addr := &netlink.Addr{IPNet: backend.IPNet(want)}
+	if want.Addr().Is6() {
+		// Duplicate address detection would hold the address back as
+		// tentative for a second or more; the lease already makes it unique.
+		addr.Flags = unix.IFA_F_NODAD
+	}
+	if err := h.AddrAdd(link, addr); err != nil {
+		return fmt.Errorf("add address %s to %s: %w", want, link.Attrs().Name, err)
 	}
 	return nil
-}
-
-func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
-	if n == nil {
-		return netip.Prefix{}, false
-	}
-	a, ok := netip.AddrFromSlice(n.IP)
-	if !ok {
-		return netip.Prefix{}, false
-	}
-	ones, _ := n.Mask.Size()
-	return netip.PrefixFrom(a.Unmap(), ones), true
-}
-
-func ipNet(p netip.Prefix) *net.IPNet {
-	bits := p.Addr().BitLen()
-	return &net.IPNet{IP: net.IP(p.Addr().AsSlice()), Mask: net.CIDRMask(p.Bits(), bits)}
 }
 
 func isNotFound(err error) bool {

@@ -7,62 +7,67 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
+
+	"github.com/flannelgo/flannel/internal/backend"
 )
 
 // reconcile deletes routes, neighbours and FDB entries that look like ours
 // but match no current peer: left by an earlier run for leases that expired
 // while this node's daemon was down.
-func (n *network) reconcile() {
-	wantRoutes := map[netip.Prefix]bool{}
+func (s *stack) reconcile() {
+	keepRoutes := map[netip.Prefix]bool{s.own: true}
 	wantNeigh := map[netip.Addr]bool{}
 	wantFDB := map[string]bool{}
-	for _, p := range n.peers {
-		wantRoutes[p.subnet] = true
+	for _, p := range s.peers {
+		keepRoutes[p.subnet] = true
 		if !p.direct {
 			wantNeigh[p.subnet.Addr()] = true
-			wantFDB[p.mac] = true
+			wantFDB[fdbKey(p.mac, p.publicIP)] = true
 		}
 	}
-	n.reconcileRoutes(wantRoutes)
-	n.reconcileNeighbours(netlink.FAMILY_V4, func(ne netlink.Neigh) bool {
+	s.reconcileRoutes(keepRoutes)
+	family := netlink.FAMILY_V4
+	if s.v6 {
+		family = netlink.FAMILY_V6
+	}
+	s.reconcileNeighbours(family, "neighbour", func(ne netlink.Neigh) bool {
 		a, ok := netip.AddrFromSlice(ne.IP)
 		return ok && wantNeigh[a.Unmap()]
 	})
-	n.reconcileNeighbours(unix.AF_BRIDGE, func(ne netlink.Neigh) bool {
-		return wantFDB[ne.HardwareAddr.String()]
+	s.reconcileNeighbours(unix.AF_BRIDGE, "fdb entry", func(ne netlink.Neigh) bool {
+		a, _ := netip.AddrFromSlice(ne.IP)
+		return wantFDB[fdbKey(ne.HardwareAddr.String(), a.Unmap())]
 	})
 }
 
-func (n *network) reconcileRoutes(want map[netip.Prefix]bool) {
-	for _, link := range []int{n.dev.Index, n.b.ext.Iface.Index} {
-		routes, err := n.b.nl.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{LinkIndex: link}, netlink.RT_FILTER_OIF)
-		if err != nil {
-			klog.Errorf("vxlan: list routes for reconciliation: %v", err)
-			return
-		}
-		for _, r := range routes {
-			dst, ok := prefixOf(r.Dst)
-			if !ok || r.Gw == nil || want[dst] || dst == n.own || !n.cfg.Network.Contains(dst.Addr()) {
-				continue
-			}
-			klog.Infof("vxlan: removing stale route %s via %s", dst, r.Gw)
-			logGone("route", dst.String(), n.b.nl.RouteDel(&r))
-		}
+// fdbKey identifies an FDB entry: the same MAC towards an old address is
+// stale too.
+func fdbKey(mac string, dst netip.Addr) string { return mac + " " + dst.String() }
+
+func (s *stack) reconcileRoutes(keep map[netip.Prefix]bool) {
+	stale, err := backend.StaleRoutes(s.b.nl, []int{s.dev.Index, s.b.ext.Iface.Index}, s.network, keep)
+	if err != nil {
+		klog.Errorf("vxlan: %s routes left from an earlier run are not cleaned up: %v", s.family(), err)
+		return
+	}
+	for _, r := range stale {
+		klog.Infof("vxlan: removing stale route %s via %s", r.Dst, r.Gw)
+		s.logGone("route", r.Dst.String(), s.b.nl.RouteDel(&r))
 	}
 }
 
-func (n *network) reconcileNeighbours(family int, wanted func(netlink.Neigh) bool) {
-	neighs, err := n.b.nl.NeighList(n.dev.Index, family)
+func (s *stack) reconcileNeighbours(family int, what string, wanted func(netlink.Neigh) bool) {
+	neighs, err := s.b.nl.NeighList(s.dev.Index, family)
 	if err != nil {
-		klog.Errorf("vxlan: list neighbours for reconciliation: %v", err)
+		klog.Errorf("vxlan: list neighbours of %s for reconciliation: %v", s.dev.Name, err)
 		return
 	}
 	for _, ne := range neighs {
-		if ne.LinkIndex != n.dev.Index || ne.State&netlink.NUD_PERMANENT == 0 || wanted(ne) || isZeroMAC(ne.HardwareAddr) {
+		if ne.LinkIndex != s.dev.Index || ne.State&netlink.NUD_PERMANENT == 0 || wanted(ne) || isZeroMAC(ne.HardwareAddr) {
 			continue
 		}
-		klog.Infof("vxlan: removing stale neighbour %s lladdr %s", ne.IP, ne.HardwareAddr)
-		logGone("neighbour", ne.IP.String(), n.b.nl.NeighDel(&ne))
+		klog.Infof("vxlan: removing stale %s %s lladdr %s on %s", what, ne.IP, ne.HardwareAddr, s.dev.Name)
+		s.logGone(what, ne.IP.String(), s.b.nl.NeighDel(&ne))
 	}
 }
 

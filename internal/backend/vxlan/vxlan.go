@@ -1,17 +1,16 @@
-// Package vxlan is the VXLAN backend: one flannel.<VNI> device per node and,
-// for each peer, a route, a permanent neighbour and an FDB entry, laid out
-// exactly as upstream flanneld does so that both interoperate.
+// Package vxlan is the VXLAN backend: one flannel.<VNI> device (and, with
+// IPv6, one flannel-v6.<VNI> device) per node and, for each peer, a route, a
+// permanent neighbour and an FDB entry, laid out exactly as upstream
+// flanneld does so that both interoperate.
 package vxlan
 
 import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/netip"
 	"sync"
 
 	"github.com/vishvananda/netlink"
-	"k8s.io/klog/v2"
 
 	"github.com/flannelgo/flannel/internal/backend"
 	"github.com/flannelgo/flannel/internal/config"
@@ -51,57 +50,118 @@ func NewWithHandle(h *netlink.Handle, ext *backend.ExternalInterface, raw json.R
 	return &Backend{ext: ext, opts: opts, nl: h}, nil
 }
 
-// RegisterNetwork creates (or adopts) flannel.<VNI>.
+// RegisterNetwork creates (or adopts) flannel.<VNI> when the network has
+// IPv4 and flannel-v6.<VNI> when it has IPv6. Each device sends from the
+// external interface's address of its own family. Both devices are checked
+// before either is touched.
 func (b *Backend) RegisterNetwork(ctx context.Context, cfg *config.Config) (backend.Network, error) {
-	if !cfg.EnableIPv4 || cfg.EnableIPv6 {
-		return nil, fmt.Errorf("vxlan: only IPv4 networks are supported so far; set EnableIPv4 and leave EnableIPv6 off")
+	if !cfg.EnableIPv4 && !cfg.EnableIPv6 {
+		return nil, fmt.Errorf("vxlan: the network enables neither IPv4 nor IPv6")
 	}
-	if !b.ext.IfaceAddr.Is4() {
-		return nil, fmt.Errorf("vxlan: interface %s has no IPv4 address to send VXLAN traffic from", b.ext.Iface.Name)
+	var specs []deviceSpec
+	if cfg.EnableIPv4 {
+		s, err := b.spec(false)
+		if err != nil {
+			return nil, err
+		}
+		specs = append(specs, s)
+	}
+	if cfg.EnableIPv6 {
+		s, err := b.spec(true)
+		if err != nil {
+			return nil, err
+		}
+		specs = append(specs, s)
+	}
+	n := &network{}
+	for _, spec := range specs {
+		dev, err := ensureDevice(b.nl, spec)
+		if err != nil {
+			return nil, fmt.Errorf("vxlan: %w", err)
+		}
+		s := &stack{b: b, v6: spec.srcAddr.Is6(), dev: dev, mtu: spec.mtu, network: cfg.Network, peers: map[string]peer{}}
+		if s.v6 {
+			s.network, n.v6 = cfg.IPv6Network, s
+		} else {
+			n.v4 = s
+		}
+	}
+	return n, nil
+}
+
+// spec is the device one address family needs, with its MTU: the Backend
+// MTU option, else the external interface's MTU less the encapsulation.
+func (b *Backend) spec(v6 bool) (deviceSpec, error) {
+	name, src, overhead, family := fmt.Sprintf("flannel.%d", b.opts.VNI), b.ext.IfaceAddr.Unmap(), overheadV4, "IPv4"
+	if v6 {
+		name, src, overhead, family = fmt.Sprintf("flannel-v6.%d", b.opts.VNI), b.ext.IfaceV6Addr, overheadV6, "IPv6"
+	}
+	if !src.IsValid() || src.Is6() != v6 || src.Is4In6() {
+		return deviceSpec{}, fmt.Errorf("vxlan: interface %s has no %s address to send %s VXLAN traffic from; add one or choose another interface with --iface",
+			b.ext.Iface.Name, family, family)
 	}
 	mtu := b.opts.MTU
 	if mtu == 0 {
-		mtu = b.ext.Iface.MTU - overheadV4
+		mtu = b.ext.Iface.MTU - overhead
 	}
-	dev, err := ensureDevice(b.nl, deviceSpec{
-		name: fmt.Sprintf("flannel.%d", b.opts.VNI), vni: b.opts.VNI, port: b.opts.Port,
-		vtepDev: b.ext.Iface.Index, srcAddr: b.ext.IfaceAddr,
+	if v6 && mtu < minMTUv6 {
+		return deviceSpec{}, fmt.Errorf("vxlan: MTU %d for %s is below the IPv6 minimum of %d; raise the MTU of %s (now %d) or set the Backend MTU option",
+			mtu, name, minMTUv6, b.ext.Iface.Name, b.ext.Iface.MTU)
+	}
+	return deviceSpec{
+		name: name, vni: b.opts.VNI, port: b.opts.Port,
+		vtepDev: b.ext.Iface.Index, srcAddr: src,
 		learning: b.opts.Learning, gbp: b.opts.GBP, mtu: mtu,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("vxlan: %w", err)
-	}
-	return &network{b: b, cfg: cfg, dev: dev, mtu: mtu, peers: map[string]peer{}}, nil
+	}, nil
 }
 
 type network struct {
-	b   *Backend
-	cfg *config.Config
-	dev *netlink.Vxlan
-	mtu int
-	own netip.Prefix
-
 	mu         sync.Mutex
-	peers      map[string]peer // by lease key: what is programmed now
+	v4, v6     *stack // nil when the network lacks that family
 	reconciled bool
 }
 
-func (n *network) MTU() int { return n.mtu }
-
-func (n *network) LeaseAttrs() lease.Attrs {
-	data, _ := json.Marshal(leaseData{VNI: n.b.opts.VNI, VtepMAC: n.dev.HardwareAddr.String()})
-	return lease.Attrs{BackendType: TypeName, BackendData: data}
+func (n *network) stacks() []*stack {
+	var out []*stack
+	for _, s := range []*stack{n.v4, n.v6} {
+		if s != nil {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
-// Activate gives the device the subnet's network address as a /32, the
-// source address of traffic the node itself sends into the overlay.
-func (n *network) Activate(ctx context.Context, own *lease.Lease) error {
-	n.own = own.Subnet
-	if err := ensureOnlyAddress(n.b.nl, n.dev, netip.PrefixFrom(own.Subnet.Addr(), 32)); err != nil {
-		return fmt.Errorf("vxlan: %w", err)
+// MTU is the smaller of the two devices' MTUs in dual stack: pods get one
+// MTU for both families.
+func (n *network) MTU() int {
+	mtu := 0
+	for _, s := range n.stacks() {
+		if mtu == 0 || s.mtu < mtu {
+			mtu = s.mtu
+		}
 	}
-	if err := n.b.nl.LinkSetUp(n.dev); err != nil {
-		return fmt.Errorf("vxlan: bring up %s: %w", n.dev.Name, err)
+	return mtu
+}
+
+func (n *network) LeaseAttrs() lease.Attrs {
+	a := lease.Attrs{BackendType: TypeName}
+	if n.v4 != nil {
+		a.BackendData = n.v4.leaseData()
+	}
+	if n.v6 != nil {
+		a.BackendV6Data = n.v6.leaseData()
+	}
+	return a
+}
+
+// Activate gives each device its subnet's network address as a host
+// prefix, the source address of traffic the node itself sends into the
+// overlay.
+func (n *network) Activate(ctx context.Context, own *lease.Lease) error {
+	for _, s := range n.stacks() {
+		if err := s.activate(own); err != nil {
+			return fmt.Errorf("vxlan: %w", err)
+		}
 	}
 	return nil
 }
@@ -112,42 +172,15 @@ func (n *network) Activate(ctx context.Context, own *lease.Lease) error {
 func (n *network) HandleEvents(ctx context.Context, events []lease.Event) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	for _, ev := range events {
-		n.handle(ev)
+	for _, s := range n.stacks() {
+		for _, ev := range events {
+			s.handle(ev)
+		}
 	}
 	if !n.reconciled {
 		n.reconciled = true
-		n.reconcile()
-	}
-}
-
-func (n *network) handle(ev lease.Event) {
-	key := ev.Lease.Key()
-	old, had := n.peers[key]
-	if ev.Type == lease.Removed {
-		if had {
-			n.remove(old)
-			delete(n.peers, key)
-			klog.Infof("vxlan: removed peer %s", old)
+		for _, s := range n.stacks() {
+			s.reconcile()
 		}
-		return
 	}
-	p, err := n.peerFor(&ev.Lease)
-	if err != nil {
-		klog.Errorf("vxlan: cannot program peer %s: %v", ev.Lease.String(), err)
-		return
-	}
-	if had && old == p {
-		return
-	}
-	if had {
-		n.remove(old)
-		delete(n.peers, key)
-	}
-	if err := n.program(p); err != nil {
-		klog.Errorf("vxlan: program peer %s: %v", p, err)
-		return
-	}
-	n.peers[key] = p
-	klog.Infof("vxlan: added peer %s", p)
 }

@@ -5,110 +5,45 @@ import (
 	"encoding/json"
 	"net"
 	"net/netip"
-	"os"
-	"os/exec"
 	"strings"
 	"testing"
 
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
-
 	"github.com/flannelgo/flannel/internal/backend"
-	"github.com/flannelgo/flannel/internal/config"
+	bt "github.com/flannelgo/flannel/internal/backend/backendtest"
 	"github.com/flannelgo/flannel/internal/lease"
 )
 
-// testNode is a namespace with eth0 on a shared veth link, standing in for
-// a flannel node.
-type testNode struct {
-	ns   string
-	h    *netlink.Handle
-	ext  *backend.ExternalInterface
-	addr netip.Addr
-}
+var ctx = context.Background()
 
-func run(t *testing.T, argv ...string) string {
+func run(t *testing.T, argv ...string) string { t.Helper(); return bt.Run(t, argv...) }
+
+// twoNodes builds tbk-vx-<tag>-a and -b on one bridge, IPv4 only.
+func twoNodes(t *testing.T, tag string) (*bt.Node, *bt.Node) {
 	t.Helper()
-	out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s: %v\n%s", strings.Join(argv, " "), err, out)
-	}
-	return string(out)
+	lab := bt.NewLab(t, "tbk-vx-"+tag)
+	seg := lab.Segment("br0", 1500)
+	return lab.Node("a", seg, "198.51.100.11/24"), lab.Node("b", seg, "198.51.100.12/24")
 }
 
-// twoNodes creates tvx-<tag>-a and -b joined by a veth pair, never touching
-// the root namespace.
-func twoNodes(t *testing.T, tag string) (*testNode, *testNode) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create network namespaces")
-	}
-	a, b := "tvx-"+tag+"-a", "tvx-"+tag+"-b"
-	for _, ns := range []string{a, b} {
-		exec.Command("ip", "netns", "del", ns).Run()
-		run(t, "ip", "netns", "add", ns)
-		t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
-	}
-	run(t, "ip", "-n", a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", b)
-	return mkNode(t, a, "198.51.100.11"), mkNode(t, b, "198.51.100.12")
-}
-
-func mkNode(t *testing.T, ns, addr string) *testNode {
-	t.Helper()
-	run(t, "ip", "-n", ns, "addr", "add", addr+"/24", "dev", "eth0")
-	run(t, "ip", "-n", ns, "link", "set", "eth0", "up")
-	run(t, "ip", "-n", ns, "link", "set", "lo", "up")
-	nsh, err := netns.GetFromName(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { nsh.Close() })
-	h, err := netlink.NewHandleAt(nsh)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(h.Close)
-	link, err := h.LinkByName("eth0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ip := netip.MustParseAddr(addr)
-	iface := &net.Interface{Name: "eth0", Index: link.Attrs().Index, MTU: link.Attrs().MTU}
-	return &testNode{ns: ns, h: h, addr: ip, ext: &backend.ExternalInterface{Iface: iface, IfaceAddr: ip, ExtAddr: ip}}
-}
-
-func testConfig(t *testing.T) *config.Config {
-	return &config.Config{EnableIPv4: true, Network: netip.MustParsePrefix("10.244.0.0/16"), SubnetLen: 24, BackendType: "vxlan"}
-}
-
-// up registers and activates a network on n with the given subnet and
+// up registers and activates an IPv4 network on n with the given subnet and
 // returns it with the lease other nodes would see.
-func up(t *testing.T, n *testNode, raw, subnet string) (backend.Network, lease.Lease) {
+func up(t *testing.T, n *bt.Node, raw, subnet string) (backend.Network, lease.Lease) {
 	t.Helper()
-	be, err := NewWithHandle(n.h, n.ext, json.RawMessage(raw))
-	if err != nil {
-		t.Fatal(err)
-	}
-	nw, err := be.RegisterNetwork(context.Background(), testConfig(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	attrs := nw.LeaseAttrs()
-	attrs.PublicIP = n.addr
-	l := lease.Lease{Subnet: netip.MustParsePrefix(subnet), Attrs: attrs}
-	if err := nw.Activate(context.Background(), &l); err != nil {
-		t.Fatal(err)
-	}
-	return nw, l
+	return upFamilies(t, n, raw, true, false, subnet, "")
 }
 
-func added(ls ...lease.Lease) []lease.Event {
-	var evs []lease.Event
-	for _, l := range ls {
-		evs = append(evs, lease.Event{Type: lease.Added, Lease: l})
+func upFamilies(t *testing.T, n *bt.Node, raw string, v4, v6 bool, subnet4, subnet6 string) (backend.Network, lease.Lease) {
+	t.Helper()
+	be, err := NewWithHandle(n.H, n.Ext, json.RawMessage(raw))
+	if err != nil {
+		t.Fatal(err)
 	}
-	return evs
+	return bt.Up(t, n, be, bt.Config(TypeName, v4, v6), subnet4, subnet6)
 }
+
+func added(ls ...lease.Lease) []lease.Event { return bt.Added(ls...) }
+
+func pfx(s string) netip.Prefix { return netip.MustParsePrefix(s) }
 
 func TestDeviceAndPeerShape(t *testing.T) {
 	a, b := twoNodes(t, "shape")
@@ -117,41 +52,44 @@ func TestDeviceAndPeerShape(t *testing.T) {
 	if nwA.MTU() != 1450 {
 		t.Fatalf("MTU %d, want 1450 on a 1500 underlay", nwA.MTU())
 	}
-	dev := run(t, "ip", "-d", "-n", a.ns, "link", "show", "flannel.1")
+	if la.Attrs.BackendV6Data != nil {
+		t.Errorf("IPv4-only lease carries BackendV6Data %s", la.Attrs.BackendV6Data)
+	}
+	dev := run(t, "ip", "-d", "-n", a.NS, "link", "show", "flannel.1")
 	for _, want := range []string{"mtu 1450", "vxlan id 1", "local 198.51.100.11", "dev eth0", "dstport 8472", "nolearning"} {
 		if !strings.Contains(dev, want) {
 			t.Errorf("flannel.1 lacks %q:\n%s", want, dev)
 		}
 	}
-	if got := run(t, "ip", "-n", a.ns, "-4", "-o", "addr", "show", "dev", "flannel.1"); !strings.Contains(got, "10.244.1.0/32") {
+	if got := run(t, "ip", "-n", a.NS, "-4", "-o", "addr", "show", "dev", "flannel.1"); !strings.Contains(got, "10.244.1.0/32") {
 		t.Errorf("flannel.1 address: %s", got)
 	}
-	nwA.HandleEvents(context.Background(), added(lb))
-	nwB.HandleEvents(context.Background(), added(la))
+	nwA.HandleEvents(ctx, added(lb))
+	nwB.HandleEvents(ctx, added(la))
 
-	macB := mustMAC(t, lb)
-	assertContains(t, run(t, "ip", "-n", a.ns, "route", "show", "10.244.2.0/24"), "10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink")
-	assertContains(t, run(t, "ip", "-n", a.ns, "neigh", "show", "dev", "flannel.1"), "10.244.2.0 lladdr "+macB+" PERMANENT")
-	assertContains(t, run(t, "bridge", "-n", a.ns, "fdb", "show", "dev", "flannel.1"), macB+" dst 198.51.100.12 self permanent")
+	macB := mustMAC(t, lb.Attrs.BackendData)
+	assertContains(t, run(t, "ip", "-n", a.NS, "route", "show", "10.244.2.0/24"), "10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink")
+	assertContains(t, run(t, "ip", "-n", a.NS, "neigh", "show", "dev", "flannel.1"), "10.244.2.0 lladdr "+macB+" PERMANENT")
+	assertContains(t, run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel.1"), macB+" dst 198.51.100.12 self permanent")
 
 	// Encapsulated traffic: A's VTEP address to B's, through the overlay.
-	run(t, "ip", "netns", "exec", a.ns, "ping", "-c1", "-W2", "10.244.2.0")
+	run(t, "ip", "netns", "exec", a.NS, "ping", "-c1", "-W2", "10.244.2.0")
 
-	nwA.HandleEvents(context.Background(), []lease.Event{{Type: lease.Removed, Lease: lb}})
-	if got := run(t, "ip", "-n", a.ns, "route", "show", "10.244.2.0/24"); got != "" {
+	nwA.HandleEvents(ctx, bt.Removed(lb))
+	if got := run(t, "ip", "-n", a.NS, "route", "show", "10.244.2.0/24"); got != "" {
 		t.Errorf("route left after removal: %s", got)
 	}
-	if got := run(t, "ip", "-n", a.ns, "neigh", "show", "dev", "flannel.1"); strings.Contains(got, macB) {
+	if got := run(t, "ip", "-n", a.NS, "neigh", "show", "dev", "flannel.1"); strings.Contains(got, macB) {
 		t.Errorf("neighbour left after removal: %s", got)
 	}
-	if got := run(t, "bridge", "-n", a.ns, "fdb", "show", "dev", "flannel.1"); strings.Contains(got, macB) {
+	if got := run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel.1"); strings.Contains(got, macB) {
 		t.Errorf("fdb entry left after removal: %s", got)
 	}
 }
 
-func mustMAC(t *testing.T, l lease.Lease) string {
+func mustMAC(t *testing.T, data json.RawMessage) string {
 	t.Helper()
-	mac, err := decodeLeaseData(l.Attrs.BackendData)
+	mac, err := decodeLeaseData(data)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,50 +103,72 @@ func assertContains(t *testing.T, got, want string) {
 	}
 }
 
+func assertLacks(t *testing.T, got, unwanted string) {
+	t.Helper()
+	if strings.Contains(got, unwanted) {
+		t.Errorf("unwanted %q in:\n%s", unwanted, got)
+	}
+}
+
 // A restarted daemon adopts the device (same MAC, so peers' FDB entries stay
 // valid) and drops state for leases that vanished while it was down.
 func TestRestartReusesDeviceAndReconciles(t *testing.T) {
 	a, b := twoNodes(t, "rst")
 	nwA, la := up(t, a, `{}`, "10.244.1.0/24")
 	_, lb := up(t, b, `{}`, "10.244.2.0/24")
-	ghost := lease.Lease{Subnet: netip.MustParsePrefix("10.244.9.0/24"), Attrs: lease.Attrs{
+	ghost := lease.Lease{Subnet: pfx("10.244.9.0/24"), Attrs: lease.Attrs{
 		PublicIP: netip.MustParseAddr("198.51.100.99"), BackendType: "vxlan",
 		BackendData: json.RawMessage(`{"VNI":1,"VtepMAC":"ae:00:00:00:00:99"}`)}}
-	nwA.HandleEvents(context.Background(), added(lb, ghost))
-	assertContains(t, run(t, "ip", "-n", a.ns, "route"), "10.244.9.0/24")
+	nwA.HandleEvents(ctx, added(lb, ghost))
+	assertContains(t, run(t, "ip", "-n", a.NS, "route"), "10.244.9.0/24")
+	// An FDB entry for a live peer's MAC towards an address it no longer has.
+	run(t, "bridge", "-n", a.NS, "fdb", "append", mustMAC(t, lb.Attrs.BackendData), "dev", "flannel.1", "dst", "198.51.100.77", "self", "permanent")
 
 	nwA2, la2 := up(t, a, `{}`, "10.244.1.0/24")
-	if mustMAC(t, la2) != mustMAC(t, la) {
-		t.Fatalf("device recreated on restart: MAC %s became %s", mustMAC(t, la), mustMAC(t, la2))
+	if mustMAC(t, la2.Attrs.BackendData) != mustMAC(t, la.Attrs.BackendData) {
+		t.Fatalf("device recreated on restart: MAC %s became %s", mustMAC(t, la.Attrs.BackendData), mustMAC(t, la2.Attrs.BackendData))
 	}
-	nwA2.HandleEvents(context.Background(), added(lb))
-	routes := run(t, "ip", "-n", a.ns, "route")
-	if strings.Contains(routes, "10.244.9.0") {
-		t.Errorf("stale route survived restart:\n%s", routes)
-	}
-	if got := run(t, "bridge", "-n", a.ns, "fdb", "show", "dev", "flannel.1"); strings.Contains(got, "ae:00:00:00:00:99") {
-		t.Errorf("stale fdb entry survived restart:\n%s", got)
-	}
-	if got := run(t, "ip", "-n", a.ns, "neigh", "show", "dev", "flannel.1"); strings.Contains(got, "10.244.9.0") {
-		t.Errorf("stale neighbour survived restart:\n%s", got)
-	}
+	nwA2.HandleEvents(ctx, added(lb))
+	routes := run(t, "ip", "-n", a.NS, "route")
+	assertLacks(t, routes, "10.244.9.0")
+	fdb := run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel.1")
+	assertLacks(t, fdb, "ae:00:00:00:00:99")
+	assertLacks(t, fdb, "198.51.100.77")
+	assertContains(t, fdb, mustMAC(t, lb.Attrs.BackendData)+" dst 198.51.100.12")
+	assertLacks(t, run(t, "ip", "-n", a.NS, "neigh", "show", "dev", "flannel.1"), "10.244.9.0")
 	assertContains(t, routes, "10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink")
 }
 
-// A peer whose VTEP MAC changed (its device was recreated) is re-pointed,
-// and the old FDB entry does not linger.
+// A peer whose VTEP MAC changed (its device was recreated) or whose public
+// address changed is re-pointed, and the old FDB entry does not linger.
 func TestPeerChange(t *testing.T) {
 	a, b := twoNodes(t, "chg")
 	nwA, _ := up(t, a, `{}`, "10.244.1.0/24")
 	_, lb := up(t, b, `{}`, "10.244.2.0/24")
-	nwA.HandleEvents(context.Background(), added(lb))
-	old := mustMAC(t, lb)
+	nwA.HandleEvents(ctx, added(lb))
+	old := mustMAC(t, lb.Attrs.BackendData)
 	changed := lb
 	changed.Attrs.BackendData = json.RawMessage(`{"VNI":1,"VtepMAC":"ae:00:00:00:00:42"}`)
-	nwA.HandleEvents(context.Background(), added(changed))
-	fdb := run(t, "bridge", "-n", a.ns, "fdb", "show", "dev", "flannel.1")
+	nwA.HandleEvents(ctx, added(changed))
+	fdb := run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel.1")
 	if strings.Contains(fdb, old) || !strings.Contains(fdb, "ae:00:00:00:00:42 dst 198.51.100.12") {
 		t.Errorf("fdb after MAC change:\n%s", fdb)
+	}
+	assertContains(t, run(t, "ip", "-n", a.NS, "neigh", "show", "dev", "flannel.1"), "10.244.2.0 lladdr ae:00:00:00:00:42 PERMANENT")
+
+	changed.Attrs.PublicIP = netip.MustParseAddr("198.51.100.22")
+	nwA.HandleEvents(ctx, added(changed))
+	fdb = run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel.1")
+	assertContains(t, fdb, "ae:00:00:00:00:42 dst 198.51.100.22")
+	assertLacks(t, fdb, "198.51.100.12")
+
+	// A lease that no longer describes a usable peer drops what was there.
+	broken := changed
+	broken.Attrs.BackendType = "host-gw"
+	nwA.HandleEvents(ctx, added(broken))
+	assertLacks(t, run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel.1"), "ae:00:00:00:00:42")
+	if got := run(t, "ip", "-n", a.NS, "route", "show", "10.244.2.0/24"); got != "" {
+		t.Errorf("route left for a peer that switched backend: %s", got)
 	}
 }
 
@@ -216,10 +176,211 @@ func TestDirectRouting(t *testing.T) {
 	a, b := twoNodes(t, "dr")
 	nwA, _ := up(t, a, `{"DirectRouting":true}`, "10.244.1.0/24")
 	_, lb := up(t, b, `{}`, "10.244.2.0/24")
-	nwA.HandleEvents(context.Background(), added(lb))
-	assertContains(t, run(t, "ip", "-n", a.ns, "route", "show", "10.244.2.0/24"), "10.244.2.0/24 via 198.51.100.12 dev eth0")
-	if got := run(t, "bridge", "-n", a.ns, "fdb", "show", "dev", "flannel.1"); strings.Contains(got, mustMAC(t, lb)) {
-		t.Errorf("direct peer got an fdb entry:\n%s", got)
+	nwA.HandleEvents(ctx, added(lb))
+	assertContains(t, run(t, "ip", "-n", a.NS, "route", "show", "10.244.2.0/24"), "10.244.2.0/24 via 198.51.100.12 dev eth0")
+	assertLacks(t, run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel.1"), mustMAC(t, lb.Attrs.BackendData))
+}
+
+// With DirectRouting, a peer on the same segment gets a plain route and one
+// behind the router goes through the overlay. A peer that moves between
+// the two is re-programmed both ways, and pods keep reaching each other.
+func TestDirectRoutingAcrossSegments(t *testing.T) {
+	lab := bt.NewLab(t, "tbk-vx-drx")
+	seg1 := lab.Segment("br1", 1500, "198.51.100.1/24")
+	seg2 := lab.Segment("br2", 1500, "203.0.113.1/24")
+	a := lab.Node("a", seg1, "198.51.100.11/24")
+	b := lab.Node("b", seg1, "198.51.100.12/24")
+	c := lab.Node("c", seg2, "203.0.113.13/24")
+	const opts = `{"DirectRouting":true}`
+	nwA, la := up(t, a, opts, "10.244.1.0/24")
+	nwB, lb := up(t, b, opts, "10.244.2.0/24")
+	nwC, lc := up(t, c, opts, "10.244.3.0/24")
+	pa := lab.Pod(a, nwA.MTU(), pfx("10.244.1.0/24"))
+	pb := lab.Pod(b, nwB.MTU(), pfx("10.244.2.0/24"))
+	pc := lab.Pod(c, nwC.MTU(), pfx("10.244.3.0/24"))
+	nwA.HandleEvents(ctx, added(lb, lc))
+	nwB.HandleEvents(ctx, added(la, lc))
+	nwC.HandleEvents(ctx, added(la, lb))
+
+	assertContains(t, run(t, "ip", "-n", a.NS, "route", "show", "10.244.2.0/24"), "10.244.2.0/24 via 198.51.100.12 dev eth0")
+	assertContains(t, run(t, "ip", "-n", a.NS, "route", "show", "10.244.3.0/24"), "10.244.3.0/24 via 10.244.3.0 dev flannel.1 onlink")
+	assertContains(t, run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel.1"), mustMAC(t, lc.Attrs.BackendData)+" dst 203.0.113.13")
+	bt.Ping(t, pa.NS, pb.Addr)
+	bt.Ping(t, pa.NS, pc.Addr)
+
+	// b moves behind the router: its VTEP is recreated with the new local
+	// address (new MAC), and a must switch it to the overlay.
+	oldMAC := mustMAC(t, lb.Attrs.BackendData)
+	b.Move(seg2, "203.0.113.12/24")
+	nwB, lb = up(t, b, opts, "10.244.2.0/24")
+	nwB.HandleEvents(ctx, added(la, lc))
+	nwA.HandleEvents(ctx, added(lb))
+	newMAC := mustMAC(t, lb.Attrs.BackendData)
+	assertContains(t, run(t, "ip", "-n", a.NS, "route", "show", "10.244.2.0/24"), "10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink")
+	assertContains(t, run(t, "ip", "-n", a.NS, "neigh", "show", "dev", "flannel.1"), "10.244.2.0 lladdr "+newMAC+" PERMANENT")
+	fdb := run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel.1")
+	assertContains(t, fdb, newMAC+" dst 203.0.113.12")
+	assertLacks(t, fdb, oldMAC)
+	assertLacks(t, run(t, "ip", "-n", a.NS, "route"), "via 198.51.100.12")
+	bt.Ping(t, pa.NS, pb.Addr)
+
+	// And back onto a's segment: direct again, overlay state gone.
+	b.Move(seg1, "198.51.100.12/24")
+	nwB, lb = up(t, b, opts, "10.244.2.0/24")
+	nwB.HandleEvents(ctx, added(la, lc))
+	nwA.HandleEvents(ctx, added(lb))
+	assertContains(t, run(t, "ip", "-n", a.NS, "route", "show", "10.244.2.0/24"), "10.244.2.0/24 via 198.51.100.12 dev eth0")
+	assertLacks(t, run(t, "ip", "-n", a.NS, "neigh", "show", "dev", "flannel.1"), "10.244.2.0 ")
+	fdb = run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel.1")
+	assertLacks(t, fdb, newMAC)
+	assertLacks(t, fdb, "203.0.113.12")
+	bt.Ping(t, pa.NS, pb.Addr)
+	bt.Ping(t, pa.NS, pc.Addr)
+}
+
+// IPv6-only: a flannel-v6.1 device over the IPv6 underlay, peers programmed
+// from the IPv6 half of their leases.
+func TestIPv6Only(t *testing.T) {
+	lab := bt.NewLab(t, "tbk-vx-v6")
+	seg := lab.Segment("br0", 1500)
+	a := lab.Node("a", seg, "fd00:198:51:100::11/64")
+	b := lab.Node("b", seg, "fd00:198:51:100::12/64")
+	nwA, la := upFamilies(t, a, `{}`, false, true, "", "fd00:10:244:1::/64")
+	nwB, lb := upFamilies(t, b, `{}`, false, true, "", "fd00:10:244:2::/64")
+	if nwA.MTU() != 1430 {
+		t.Errorf("MTU %d, want 1430 (1500 - 70) over an IPv6 underlay", nwA.MTU())
+	}
+	if la.Attrs.BackendData != nil || la.Attrs.BackendV6Data == nil {
+		t.Errorf("IPv6-only lease attrs: BackendData %s, BackendV6Data %s", la.Attrs.BackendData, la.Attrs.BackendV6Data)
+	}
+	if _, err := a.H.LinkByName("flannel.1"); err == nil {
+		t.Error("IPv6-only network created flannel.1")
+	}
+	dev := run(t, "ip", "-d", "-n", a.NS, "link", "show", "flannel-v6.1")
+	for _, want := range []string{"mtu 1430", "vxlan id 1", "local fd00:198:51:100::11", "dev eth0", "dstport 8472", "nolearning"} {
+		assertContains(t, dev, want)
+	}
+	assertContains(t, run(t, "ip", "-n", a.NS, "-6", "-o", "addr", "show", "dev", "flannel-v6.1"), "fd00:10:244:1::/128")
+	pa := lab.Pod(a, nwA.MTU(), pfx("fd00:10:244:1::/64"))
+	pb := lab.Pod(b, nwB.MTU(), pfx("fd00:10:244:2::/64"))
+	nwA.HandleEvents(ctx, added(lb))
+	nwB.HandleEvents(ctx, added(la))
+
+	macB := mustMAC(t, lb.Attrs.BackendV6Data)
+	assertContains(t, run(t, "ip", "-6", "-n", a.NS, "route", "show", "fd00:10:244:2::/64"), "fd00:10:244:2::/64 via fd00:10:244:2:: dev flannel-v6.1")
+	assertContains(t, run(t, "ip", "-6", "-n", a.NS, "route", "show", "fd00:10:244:2::/64"), "onlink")
+	assertContains(t, run(t, "ip", "-6", "-n", a.NS, "neigh", "show", "dev", "flannel-v6.1"), "fd00:10:244:2:: lladdr "+macB+" PERMANENT")
+	assertContains(t, run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel-v6.1"), macB+" dst fd00:198:51:100::12 self permanent")
+	bt.Ping(t, pa.NS, pb.Addr6)
+	bt.Ping(t, pa.NS, pb.Addr6, "-s", "1382", "-M", "do") // 1430 - 40 - 8: a full-size packet
+
+	nwA.HandleEvents(ctx, bt.Removed(lb))
+	if got := run(t, "ip", "-6", "-n", a.NS, "route", "show", "fd00:10:244:2::/64"); got != "" {
+		t.Errorf("route left after removal: %s", got)
+	}
+	assertLacks(t, run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel-v6.1"), macB)
+	assertLacks(t, run(t, "ip", "-6", "-n", a.NS, "neigh", "show", "dev", "flannel-v6.1"), macB)
+}
+
+// Dual stack: IPv4 over the IPv4 underlay on flannel.1 and IPv6 over the
+// IPv6 underlay on flannel-v6.1; pods get the smaller MTU. Then DirectRouting
+// turns on after a restart: both families switch to plain routes, and the
+// overlay state of the earlier run is cleaned up.
+func TestDualStack(t *testing.T) {
+	lab := bt.NewLab(t, "tbk-vx-ds")
+	seg := lab.Segment("br0", 1500)
+	a := lab.Node("a", seg, "198.51.100.11/24", "fd00:198:51:100::11/64")
+	b := lab.Node("b", seg, "198.51.100.12/24", "fd00:198:51:100::12/64")
+	nwA, la := upFamilies(t, a, `{}`, true, true, "10.244.1.0/24", "fd00:10:244:1::/64")
+	nwB, lb := upFamilies(t, b, `{}`, true, true, "10.244.2.0/24", "fd00:10:244:2::/64")
+	if nwA.MTU() != 1430 {
+		t.Errorf("dual-stack MTU %d, want min(1450, 1430)", nwA.MTU())
+	}
+	assertContains(t, run(t, "ip", "-n", a.NS, "link", "show", "flannel.1"), "mtu 1450")
+	assertContains(t, run(t, "ip", "-n", a.NS, "link", "show", "flannel-v6.1"), "mtu 1430")
+	if mustMAC(t, la.Attrs.BackendData) == mustMAC(t, la.Attrs.BackendV6Data) {
+		t.Errorf("both devices report MAC %s", mustMAC(t, la.Attrs.BackendData))
+	}
+	pa := lab.Pod(a, nwA.MTU(), pfx("10.244.1.0/24"), pfx("fd00:10:244:1::/64"))
+	pb := lab.Pod(b, nwB.MTU(), pfx("10.244.2.0/24"), pfx("fd00:10:244:2::/64"))
+	nwA.HandleEvents(ctx, added(lb))
+	nwB.HandleEvents(ctx, added(la))
+	assertContains(t, run(t, "ip", "-n", a.NS, "route", "show", "10.244.2.0/24"), "via 10.244.2.0 dev flannel.1 onlink")
+	assertContains(t, run(t, "ip", "-6", "-n", a.NS, "route", "show", "fd00:10:244:2::/64"), "via fd00:10:244:2:: dev flannel-v6.1")
+	assertContains(t, run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel.1"), mustMAC(t, lb.Attrs.BackendData)+" dst 198.51.100.12")
+	assertContains(t, run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel-v6.1"), mustMAC(t, lb.Attrs.BackendV6Data)+" dst fd00:198:51:100::12")
+	bt.Ping(t, pa.NS, pb.Addr)
+	bt.Ping(t, pa.NS, pb.Addr6)
+
+	nwA2, _ := upFamilies(t, a, `{"DirectRouting":true}`, true, true, "10.244.1.0/24", "fd00:10:244:1::/64")
+	nwA2.HandleEvents(ctx, added(lb))
+	assertContains(t, run(t, "ip", "-n", a.NS, "route", "show", "10.244.2.0/24"), "10.244.2.0/24 via 198.51.100.12 dev eth0")
+	assertContains(t, run(t, "ip", "-6", "-n", a.NS, "route", "show", "fd00:10:244:2::/64"), "fd00:10:244:2::/64 via fd00:198:51:100::12 dev eth0")
+	assertLacks(t, run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel-v6.1"), mustMAC(t, lb.Attrs.BackendV6Data))
+	assertLacks(t, run(t, "ip", "-6", "-n", a.NS, "neigh", "show", "dev", "flannel-v6.1"), "fd00:10:244:2::")
+	bt.Ping(t, pa.NS, pb.Addr)
+	bt.Ping(t, pa.NS, pb.Addr6)
+}
+
+// A 9000-byte underlay gives 8950-byte pods, and full-size packets cross
+// the overlay unfragmented; the Backend MTU option overrides the default.
+func TestJumboMTUAndOverride(t *testing.T) {
+	lab := bt.NewLab(t, "tbk-vx-mtu")
+	seg := lab.Segment("br0", 9000)
+	a := lab.Node("a", seg, "198.51.100.11/24")
+	b := lab.Node("b", seg, "198.51.100.12/24")
+	nwA, la := up(t, a, `{}`, "10.244.1.0/24")
+	nwB, lb := up(t, b, `{}`, "10.244.2.0/24")
+	if nwA.MTU() != 8950 {
+		t.Fatalf("MTU %d on a 9000 underlay, want 8950", nwA.MTU())
+	}
+	assertContains(t, run(t, "ip", "-n", a.NS, "link", "show", "flannel.1"), "mtu 8950")
+	pa := lab.Pod(a, nwA.MTU(), pfx("10.244.1.0/24"))
+	pb := lab.Pod(b, nwB.MTU(), pfx("10.244.2.0/24"))
+	nwA.HandleEvents(ctx, added(lb))
+	nwB.HandleEvents(ctx, added(la))
+	bt.Ping(t, pa.NS, pb.Addr, "-s", "8922", "-M", "do") // 8950 - 20 - 8
+	if err := bt.TryPing(pa.NS, pb.Addr, 0, "-s", "8923", "-M", "do"); err == nil {
+		t.Error("a packet one byte over the pod MTU went through unfragmented")
+	}
+
+	nwO, _ := up(t, a, `{"MTU":1400}`, "10.244.1.0/24")
+	if nwO.MTU() != 1400 {
+		t.Errorf("MTU option 1400 gave %d", nwO.MTU())
+	}
+	assertContains(t, run(t, "ip", "-n", a.NS, "link", "show", "flannel.1"), "mtu 1400")
+}
+
+// Settings that cannot work fail before any device is touched.
+func TestRegisterRefuses(t *testing.T) {
+	ext := &backend.ExternalInterface{
+		Iface:     &net.Interface{Name: "eth0", Index: 1, MTU: 1500},
+		IfaceAddr: netip.MustParseAddr("198.51.100.11"), IfaceV6Addr: netip.MustParseAddr("fd00:198:51:100::11"),
+	}
+	v4only := &backend.ExternalInterface{Iface: ext.Iface, IfaceAddr: ext.IfaceAddr}
+	v6only := &backend.ExternalInterface{Iface: ext.Iface, IfaceV6Addr: ext.IfaceV6Addr}
+	small := &backend.ExternalInterface{Iface: &net.Interface{Name: "eth0", Index: 1, MTU: 1340}, IfaceAddr: ext.IfaceAddr, IfaceV6Addr: ext.IfaceV6Addr}
+	for _, tc := range []struct {
+		name   string
+		ext    *backend.ExternalInterface
+		raw    string
+		v4, v6 bool
+		want   string
+	}{
+		{"dual stack, MTU option below IPv6 minimum", ext, `{"MTU":1000}`, true, true, "below the IPv6 minimum"},
+		{"IPv6 on a 1340 underlay", small, `{}`, false, true, "MTU 1270 for flannel-v6.1 is below the IPv6 minimum"},
+		{"IPv6 without an IPv6 address", v4only, `{}`, true, true, "eth0 has no IPv6 address"},
+		{"IPv4 without an IPv4 address", v6only, `{}`, true, false, "eth0 has no IPv4 address"},
+		{"no family", ext, `{}`, false, false, "neither"},
+	} {
+		be, err := NewWithHandle(nil, tc.ext, json.RawMessage(tc.raw))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = be.RegisterNetwork(ctx, bt.Config(TypeName, tc.v4, tc.v6))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: error %v, want one containing %q", tc.name, err, tc.want)
+		}
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"strings"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -74,9 +75,27 @@ func (m *Manager) tryAcquire(ctx context.Context, cli *clientv3.Client, cfg *con
 	if err != nil {
 		return nil, err
 	}
+	// The liveness marker is written in the same transaction as the lease,
+	// so a node with our address never sees the lease without it.
+	marker, err := m.grantMarker(ctx, cli)
+	if err != nil {
+		return nil, err
+	}
+	l, err := m.claim(ctx, cli, cfg, attrs, value, rev, recs, own, marker)
+	if l == nil || err != nil {
+		m.revoke(ctx, cli, marker)
+		return nil, err
+	}
+	m.startAlive(ctx, l.Key(), marker)
+	return l, nil
+}
+
+// claim reuses own or creates a free lease, with the marker attached.
+func (m *Manager) claim(ctx context.Context, cli *clientv3.Client, cfg *config.Config, attrs lease.Attrs, value []byte,
+	rev int64, recs []record, own *record, marker clientv3.LeaseID) (*lease.Lease, error) {
 	if own != nil {
 		key := m.subnetsPrefix() + own.name
-		l, err := m.put(ctx, cli, key, value, clientv3.Compare(clientv3.ModRevision(key), "=", own.kv.ModRevision))
+		l, err := m.put(ctx, cli, key, value, marker, clientv3.Compare(clientv3.ModRevision(key), "=", own.kv.ModRevision))
 		if l == nil || err != nil {
 			return nil, err
 		}
@@ -86,14 +105,13 @@ func (m *Manager) tryAcquire(ctx context.Context, cli *clientv3.Client, cfg *con
 			m.revoke(ctx, cli, clientv3.LeaseID(own.kv.Lease))
 		}
 		klog.Infof("reusing lease %s from an earlier run", l)
-		m.startAlive(ctx, own.name)
 		return l, nil
 	}
 	v4, v6, err := pickFree(cfg, takenBy(recs), rand.IntN)
 	if err != nil {
 		return nil, fmt.Errorf("%w (see them with: etcdctl get --prefix --keys-only %s)", err, m.subnetsPrefix())
 	}
-	l, err := m.create(ctx, cli, v4, v6, value, rev)
+	l, err := m.create(ctx, cli, v4, v6, value, rev, marker)
 	if l == nil || err != nil {
 		return nil, err
 	}
@@ -104,12 +122,11 @@ func (m *Manager) tryAcquire(ctx context.Context, cli *clientv3.Client, cfg *con
 			"traffic for one of them will reach the other; give each node its own address with --iface, --iface-regex, --iface-can-reach or --public-ip",
 			l.Key(), twin.name, describeNode(attrs))
 	}
-	m.startAlive(ctx, l.Key())
 	return l, nil
 }
 
 // create claims v4/v6 unless some key took either of them since rev.
-func (m *Manager) create(ctx context.Context, cli *clientv3.Client, v4, v6 netip.Prefix, value []byte, rev int64) (*lease.Lease, error) {
+func (m *Manager) create(ctx context.Context, cli *clientv3.Client, v4, v6 netip.Prefix, value []byte, rev int64, marker clientv3.LeaseID) (*lease.Lease, error) {
 	name := lease.MakeKey(v4, v6)
 	key := m.subnetsPrefix() + name
 	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(key), "=", 0)}
@@ -123,7 +140,7 @@ func (m *Manager) create(ctx context.Context, cli *clientv3.Client, v4, v6 netip
 		// range can express: fail if any lease changed since the listing.
 		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(m.subnetsPrefix()), "<", rev+1).WithPrefix())
 	}
-	l, err := m.put(ctx, cli, key, value, cmps...)
+	l, err := m.put(ctx, cli, key, value, marker, cmps...)
 	if l == nil || err != nil {
 		return nil, err
 	}
@@ -131,16 +148,21 @@ func (m *Manager) create(ctx context.Context, cli *clientv3.Client, v4, v6 netip
 	return l, nil
 }
 
-// put writes value at key under a fresh etcd lease if cmps hold. It returns
-// a nil lease (and revokes the unused etcd lease) when they do not.
-func (m *Manager) put(ctx context.Context, cli *clientv3.Client, key string, value []byte, cmps ...clientv3.Cmp) (*lease.Lease, error) {
+// put writes value at key under a fresh etcd lease if cmps hold, and with a
+// non-zero marker the key's liveness marker too. It returns a nil lease
+// (and revokes the unused etcd lease) when they do not hold.
+func (m *Manager) put(ctx context.Context, cli *clientv3.Client, key string, value []byte, marker clientv3.LeaseID, cmps ...clientv3.Cmp) (*lease.Lease, error) {
 	rctx, cancel := context.WithTimeout(ctx, requestTimeout)
 	defer cancel()
 	granted, err := cli.Grant(rctx, m.ttlSeconds())
 	if err != nil {
 		return nil, m.etcdErr("grant an etcd lease", err)
 	}
-	resp, err := cli.Txn(rctx).If(cmps...).Then(clientv3.OpPut(key, string(value), clientv3.WithLease(granted.ID))).Commit()
+	ops := []clientv3.Op{clientv3.OpPut(key, string(value), clientv3.WithLease(granted.ID))}
+	if marker != 0 {
+		ops = append(ops, clientv3.OpPut(m.aliveKey(strings.TrimPrefix(key, m.subnetsPrefix())), "", clientv3.WithLease(marker)))
+	}
+	resp, err := cli.Txn(rctx).If(cmps...).Then(ops...).Commit()
 	if err != nil || !resp.Succeeded {
 		m.revoke(ctx, cli, granted.ID)
 	}
@@ -230,7 +252,7 @@ func (m *Manager) recreate(ctx context.Context, cli *clientv3.Client, l *lease.L
 		if err != nil {
 			return fmt.Errorf("renew lease %s: encode attributes: %w", l, err)
 		}
-		got, err := m.create(ctx, cli, l.Subnet, l.IPv6Subnet, value, rev)
+		got, err := m.create(ctx, cli, l.Subnet, l.IPv6Subnet, value, rev, 0)
 		if err != nil {
 			return fmt.Errorf("renew lease %s: %w", l, err)
 		}
@@ -248,7 +270,7 @@ func (m *Manager) rewrite(ctx context.Context, cli *clientv3.Client, l *lease.Le
 	if err != nil {
 		return fmt.Errorf("renew lease %s: encode attributes: %w", l, err)
 	}
-	got, err := m.put(ctx, cli, key, value, cmp)
+	got, err := m.put(ctx, cli, key, value, 0, cmp)
 	if err != nil {
 		return fmt.Errorf("renew lease %s: %w", l, err)
 	}

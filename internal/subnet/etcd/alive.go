@@ -31,11 +31,30 @@ func (m *Manager) isAlive(ctx context.Context, cli *clientv3.Client, leaseName s
 	return resp.Count > 0, nil
 }
 
-// startAlive runs holdAlive in the background until ctx ends.
-func (m *Manager) startAlive(ctx context.Context, leaseName string) {
+// grantMarker grants the etcd lease a new marker hangs on.
+func (m *Manager) grantMarker(ctx context.Context, cli *clientv3.Client) (clientv3.LeaseID, error) {
+	rctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	defer cancel()
+	g, err := cli.Grant(rctx, aliveTTL)
+	if err != nil {
+		return 0, m.etcdErr("grant a liveness lease", err)
+	}
+	return g.ID, nil
+}
+
+// startAlive keeps the marker written with the lease (on etcd lease id)
+// alive in the background until ctx ends, re-creating it after an outage.
+func (m *Manager) startAlive(ctx context.Context, leaseName string, id clientv3.LeaseID) {
 	m.markers.Add(1)
 	go func() {
 		defer m.markers.Done()
+		cli, err := m.client()
+		if err == nil {
+			err = m.keepMarker(ctx, cli, id)
+		}
+		if err != nil && ctx.Err() == nil {
+			klog.V(1).Infof("liveness marker for %s: %v (re-creating)", leaseName, err)
+		}
 		m.holdAlive(ctx, leaseName)
 	}()
 }
@@ -70,28 +89,29 @@ func (m *Manager) holdAliveOnce(ctx context.Context, leaseName string) error {
 	if err != nil {
 		return err
 	}
-	rctx, cancel := context.WithTimeout(ctx, requestTimeout)
-	g, err := cli.Grant(rctx, aliveTTL)
-	cancel()
+	id, err := m.grantMarker(ctx, cli)
 	if err != nil {
-		return fmt.Errorf("grant: %w", err)
+		return err
 	}
-	defer func() {
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-		defer cancel()
-		_, _ = cli.Revoke(rctx, g.ID)
-	}()
-	rctx, cancel = context.WithTimeout(ctx, requestTimeout)
-	_, err = cli.Put(rctx, m.aliveKey(leaseName), "", clientv3.WithLease(g.ID))
+	rctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	_, err = cli.Put(rctx, m.aliveKey(leaseName), "", clientv3.WithLease(id))
 	cancel()
 	if err != nil {
+		m.revoke(ctx, cli, id)
 		return fmt.Errorf("put: %w", err)
 	}
-	ch, err := cli.KeepAlive(ctx, g.ID)
+	return m.keepMarker(ctx, cli, id)
+}
+
+// keepMarker refreshes etcd lease id until ctx ends or etcd lets it lapse,
+// then revokes it so that a restart of this node finds its lease free.
+func (m *Manager) keepMarker(ctx context.Context, cli *clientv3.Client, id clientv3.LeaseID) error {
+	defer m.revoke(context.WithoutCancel(ctx), cli, id)
+	ch, err := cli.KeepAlive(ctx, id)
 	if err != nil {
 		return fmt.Errorf("keepalive: %w", err)
 	}
 	for range ch {
 	}
-	return fmt.Errorf("keepalive of etcd lease %x ended", g.ID)
+	return fmt.Errorf("keepalive of etcd lease %x ended", id)
 }

@@ -1,0 +1,164 @@
+package hostgw
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"k8s.io/klog/v2"
+
+	"github.com/flannelgo/flannel/internal/backend"
+	"github.com/flannelgo/flannel/internal/lease"
+)
+
+// family is one address family's routes. The IPv4 half reads a lease's
+// Subnet and PublicIP, the IPv6 half IPv6Subnet and PublicIPv6.
+type family struct {
+	b       *Backend
+	v6      bool
+	network netip.Prefix // the cluster network of this family
+	local   netip.Addr   // this node's address on the external interface
+	own     netip.Prefix
+
+	routes map[string]route // by lease key: what is installed now
+	// offSegment holds, by lease key, the public address a peer was last
+	// reported unreachable at, so that the error is logged once per peer
+	// and address rather than on every re-list.
+	offSegment map[string]netip.Addr
+}
+
+func newFamily(b *Backend, v6 bool, network netip.Prefix, local netip.Addr) *family {
+	return &family{b: b, v6: v6, network: network, local: local, routes: map[string]route{}, offSegment: map[string]netip.Addr{}}
+}
+
+func (f *family) name() string {
+	if f.v6 {
+		return "IPv6"
+	}
+	return "IPv4"
+}
+
+// publicField names the lease field the next hop comes from, as operators
+// see it in etcd and node annotations.
+func (f *family) publicField() string {
+	if f.v6 {
+		return "PublicIPv6"
+	}
+	return "PublicIP"
+}
+
+// route is one peer's route; comparable, so a change is detected with ==.
+type route struct {
+	subnet netip.Prefix
+	gw     netip.Addr
+}
+
+func (r route) String() string { return fmt.Sprintf("%s via %s", r.subnet, r.gw) }
+
+func (f *family) netlinkRoute(r route) *netlink.Route {
+	return &netlink.Route{Dst: backend.IPNet(r.subnet), Gw: net.IP(r.gw.AsSlice()), LinkIndex: f.b.ext.Iface.Index}
+}
+
+func (f *family) routeFor(l *lease.Lease) (route, error) {
+	if l.Attrs.BackendType != TypeName {
+		return route{}, fmt.Errorf("it uses backend %q; every node of a network must use the same backend", l.Attrs.BackendType)
+	}
+	subnet, gw := l.Subnet, l.Attrs.PublicIP.Unmap()
+	if f.v6 {
+		subnet, gw = l.IPv6Subnet, l.Attrs.PublicIPv6
+	}
+	if !subnet.IsValid() || !gw.IsValid() || gw.Is6() != f.v6 {
+		return route{}, fmt.Errorf("lease has no %s subnet or %s; a dual-stack network needs both on every node", f.name(), f.publicField())
+	}
+	return route{subnet: subnet, gw: gw}, nil
+}
+
+func (f *family) handle(ev lease.Event) {
+	key := ev.Lease.Key()
+	if ev.Type == lease.Removed {
+		delete(f.offSegment, key)
+		if old, had := f.routes[key]; had {
+			f.forget(key)
+			klog.Infof("host-gw: removed route %s", old)
+		}
+		return
+	}
+	r, err := f.routeFor(&ev.Lease)
+	if err != nil {
+		klog.Errorf("host-gw: cannot route to %s peer %s: %v", f.name(), ev.Lease.String(), err)
+		f.forget(key)
+		return
+	}
+	if err := backend.CheckOnSegment(f.b.nl, f.b.ext.Iface.Index, r.gw); err != nil {
+		// A route already installed for this peer now leads nowhere.
+		f.forget(key)
+		f.reportOffSegment(key, r, err)
+		return
+	}
+	delete(f.offSegment, key)
+	if err := f.b.nl.RouteReplace(f.netlinkRoute(r)); err != nil {
+		klog.Errorf("host-gw: add route %s dev %s: %v", r, f.b.ext.Iface.Name, err)
+		f.forget(key)
+		return
+	}
+	old, had := f.routes[key]
+	f.routes[key] = r
+	switch {
+	case !had:
+		klog.Infof("host-gw: added route %s dev %s", r, f.b.ext.Iface.Name)
+	case old != r:
+		// RouteReplace has normally swapped the old route out already;
+		// this catches a kernel that kept both next hops.
+		if err := f.b.nl.RouteDel(f.netlinkRoute(old)); err != nil && !backend.IsGone(err) {
+			klog.Errorf("host-gw: delete old route %s dev %s: %v", old, f.b.ext.Iface.Name, err)
+		}
+		klog.Infof("host-gw: re-routed %s (was %s)", r, old)
+	}
+}
+
+// reportOffSegment tells the operator, once per peer and address, why the
+// peer gets no route and what to do about it.
+func (f *family) reportOffSegment(key string, r route, why error) {
+	if last, seen := f.offSegment[key]; seen && last == r.gw {
+		return
+	}
+	f.offSegment[key] = r.gw
+	klog.Errorf("host-gw: peer %s (%s %s) is not on this node's L2 segment (this node is %s on %s): %v. "+
+		"No route is installed for it, since one would black-hole its pods' traffic. "+
+		"host-gw needs all nodes on one L2 segment; use the vxlan backend, or vxlan with \"DirectRouting\": true "+
+		"to keep plain routes between nodes that share a segment",
+		r.subnet, f.publicField(), r.gw, f.local, f.b.ext.Iface.Name, why)
+}
+
+// forget deletes the route installed for key, if any.
+func (f *family) forget(key string) {
+	old, had := f.routes[key]
+	if !had {
+		return
+	}
+	delete(f.routes, key)
+	if err := f.b.nl.RouteDel(f.netlinkRoute(old)); err != nil && !backend.IsGone(err) {
+		klog.Errorf("host-gw: delete route %s dev %s: %v", old, f.b.ext.Iface.Name, err)
+	}
+}
+
+// reconcile removes routes on the external interface into the cluster
+// network that no current peer accounts for.
+func (f *family) reconcile() {
+	keep := map[netip.Prefix]bool{f.own: true}
+	for _, r := range f.routes {
+		keep[r.subnet] = true
+	}
+	stale, err := backend.StaleRoutes(f.b.nl, []int{f.b.ext.Iface.Index}, f.network, keep)
+	if err != nil {
+		klog.Errorf("host-gw: %s routes left from an earlier run are not cleaned up: %v", f.name(), err)
+		return
+	}
+	for _, r := range stale {
+		klog.Infof("host-gw: removing stale route %s via %s", r.Dst, r.Gw)
+		if err := f.b.nl.RouteDel(&r); err != nil && !backend.IsGone(err) {
+			klog.Errorf("host-gw: delete stale route %s via %s: %v", r.Dst, r.Gw, err)
+		}
+	}
+}

@@ -1,0 +1,53 @@
+package backend
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"syscall"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// StaleRoutes lists the routes a flannel backend would have installed on
+// the given links that no current peer accounts for: main table, protocol
+// "boot" (what netlink writes by default, and what upstream flanneld
+// writes), a gateway, and a destination inside network that keep does not
+// hold. Routes of other protocols (a routing daemon's, DHCP's) are never
+// reported, so an operator's own routes into the pod range survive.
+func StaleRoutes(h *netlink.Handle, links []int, network netip.Prefix, keep map[netip.Prefix]bool) ([]netlink.Route, error) {
+	if !network.IsValid() {
+		return nil, nil
+	}
+	family := netlink.FAMILY_V4
+	if network.Addr().Is6() {
+		family = netlink.FAMILY_V6
+	}
+	var stale []netlink.Route
+	for _, link := range links {
+		routes, err := h.RouteListFiltered(family, &netlink.Route{LinkIndex: link}, netlink.RT_FILTER_OIF)
+		if err != nil {
+			return nil, fmt.Errorf("list routes on %s: %w", linkName(h, link), err)
+		}
+		for _, r := range routes {
+			dst, ok := PrefixOf(r.Dst)
+			if !ok || r.Gw == nil || r.Protocol != unix.RTPROT_BOOT || keep[dst.Masked()] || !within(dst, network) {
+				continue
+			}
+			stale = append(stale, r)
+		}
+	}
+	return stale, nil
+}
+
+// within says whether p is network itself or a part of it.
+func within(p, network netip.Prefix) bool {
+	return p.Bits() >= network.Bits() && network.Masked().Contains(p.Addr())
+}
+
+// IsGone says whether a delete failed only because the object was already
+// absent, which callers treat as success.
+func IsGone(err error) bool {
+	return errors.Is(err, syscall.ESRCH) || errors.Is(err, syscall.ENOENT)
+}
