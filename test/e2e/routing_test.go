@@ -212,3 +212,20 @@ func flannelDevices(t *testing.T, ns string) []string {
 	}
 	return names
 }
+
+// --ip-blackhole-route drops traffic to unused addresses of the node's own
+// subnet instead of sending it back out; the Backend MTU option wins over
+// the computed one.
+func TestBlackholeRouteAndMTUOverride(t *testing.T) {
+	c := newCluster(t, "bhm", clusterOpts{nodes: 1,
+		config: `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","MTU":1400}}`})
+	n := c.Nodes[0]
+	env := c.start(c.Nodes, "--ip-blackhole-route")[n]
+	if env.MTU != 1400 {
+		t.Errorf("FLANNEL_MTU=%d, want the Backend MTU 1400", env.MTU)
+	}
+	b, err := testbed.Exec(testCtx(t, time.Minute), n.NS, "ip", "route", "show", "type", "blackhole")
+	if err != nil || !strings.Contains(string(b), env.Subnet.Masked().String()) {
+		t.Errorf("no blackhole route for %s (%v):\n%s", env.Subnet.Masked(), err, b)
+	}
+}
