@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"math"
 	"time"
 
 	"k8s.io/klog/v2"
@@ -75,7 +76,7 @@ func (d *Daemon) otherNodes(batch []lease.Event, own *lease.Lease, renewNow chan
 // when asked to.
 func (d *Daemon) renewLoop(ctx context.Context, own *lease.Lease, renewNow <-chan struct{}) {
 	const retryEvery = 10 * time.Second
-	wait := time.Until(own.Expiration.Add(-d.opts.RenewMargin))
+	wait := d.untilRenewal(own)
 	for {
 		timer := time.NewTimer(max(wait, 0))
 		select {
@@ -98,8 +99,17 @@ func (d *Daemon) renewLoop(ctx context.Context, own *lease.Lease, renewNow <-cha
 		d.metrics.LeaseRenewals.WithLabelValues("ok").Inc()
 		d.metrics.LeaseExpiry.Set(float64(own.Expiration.Unix()))
 		klog.Infof("renewed lease %s until %s", own.Key(), own.Expiration.Format(time.RFC3339))
-		wait = time.Until(own.Expiration.Add(-d.opts.RenewMargin))
+		wait = d.untilRenewal(own)
 	}
+}
+
+// untilRenewal is how long to wait before renewing own. A lease without
+// expiry (the Kubernetes manager's) is renewed only when asked to.
+func (d *Daemon) untilRenewal(own *lease.Lease) time.Duration {
+	if own.Expiration.IsZero() {
+		return time.Duration(math.MaxInt64)
+	}
+	return time.Until(own.Expiration.Add(-d.opts.RenewMargin))
 }
 
 // reportSameAddress logs, once per lease, another node that advertises this

@@ -1,0 +1,165 @@
+package daemon
+
+import (
+	"context"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/flannelgo/flannel/internal/config"
+	"github.com/flannelgo/flannel/internal/lease"
+	"github.com/flannelgo/flannel/internal/metrics"
+)
+
+// fakeManager feeds scripted lease batches and counts renewals.
+type fakeManager struct {
+	batches chan []lease.Event
+	mu      sync.Mutex
+	renews  int
+}
+
+func (f *fakeManager) Name() string { return "fake" }
+func (f *fakeManager) GetNetworkConfig(context.Context) (*config.Config, error) {
+	return &config.Config{}, nil
+}
+func (f *fakeManager) AcquireLease(context.Context, *lease.Attrs) (*lease.Lease, error) {
+	return nil, nil
+}
+func (f *fakeManager) RenewLease(_ context.Context, l *lease.Lease) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.renews++
+	if !l.Expiration.IsZero() {
+		l.Expiration = time.Now().Add(time.Hour)
+	}
+	return nil
+}
+func (f *fakeManager) WatchLeases(ctx context.Context, out chan<- []lease.Event) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case b := <-f.batches:
+			out <- b
+		}
+	}
+}
+func (f *fakeManager) renewCount() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.renews
+}
+
+// fakeNetwork records what the daemon hands to the backend.
+type fakeNetwork struct {
+	mu      sync.Mutex
+	handled [][]lease.Event
+}
+
+func (n *fakeNetwork) LeaseAttrs() lease.Attrs                      { return lease.Attrs{} }
+func (n *fakeNetwork) Activate(context.Context, *lease.Lease) error { return nil }
+func (n *fakeNetwork) MTU() int                                     { return 1450 }
+func (n *fakeNetwork) HandleEvents(_ context.Context, evs []lease.Event) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.handled = append(n.handled, evs)
+}
+func (n *fakeNetwork) batches() [][]lease.Event {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return append([][]lease.Event(nil), n.handled...)
+}
+
+func mkLease(subnet, publicIP string) *lease.Lease {
+	return &lease.Lease{Subnet: netip.MustParsePrefix(subnet), Attrs: lease.Attrs{PublicIP: netip.MustParseAddr(publicIP), BackendType: "vxlan"}}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// The backend never sees the node's own lease; readiness comes with the
+// first batch; the own lease's removal makes the daemon renew at once.
+func TestFollowPeers(t *testing.T) {
+	mgr := &fakeManager{batches: make(chan []lease.Event)}
+	m := metrics.New()
+	d := New(Options{RenewMargin: time.Minute}, mgr, nil, m)
+	own := mkLease("10.244.1.0/24", "198.51.100.11")
+	own.Expiration = time.Now().Add(time.Hour)
+	peer := mkLease("10.244.2.0/24", "198.51.100.12")
+	nw := &fakeNetwork{}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	renewNow := make(chan struct{}, 1)
+	go d.renewLoop(ctx, own, renewNow)
+	go d.followPeers(ctx, nw, own, renewNow)
+
+	if m.IsReady() {
+		t.Fatal("ready before the first batch")
+	}
+	mgr.batches <- []lease.Event{{Type: lease.Added, Lease: *own}, {Type: lease.Added, Lease: *peer}}
+	waitFor(t, "first batch applied", func() bool { return len(nw.batches()) == 1 })
+	if got := nw.batches()[0]; len(got) != 1 || got[0].Lease.Key() != peer.Key() {
+		t.Errorf("backend got %v, want only the peer", got)
+	}
+	waitFor(t, "ready", m.IsReady)
+	if v := gauge(t, m.Peers); v != 1 {
+		t.Errorf("flannel_peers = %v, want 1", v)
+	}
+	if mgr.renewCount() != 0 {
+		t.Fatalf("renewed %d times before the margin", mgr.renewCount())
+	}
+
+	mgr.batches <- []lease.Event{{Type: lease.Removed, Lease: *own}, {Type: lease.Removed, Lease: *peer}}
+	waitFor(t, "own lease re-created", func() bool { return mgr.renewCount() == 1 })
+	waitFor(t, "second batch applied", func() bool { return len(nw.batches()) == 2 })
+	if v := gauge(t, m.Peers); v != 0 {
+		t.Errorf("flannel_peers = %v after removal, want 0", v)
+	}
+}
+
+// A lease that is due within the margin is renewed at once; one without
+// expiry (Kubernetes) is never renewed on a timer.
+func TestRenewTiming(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		expiry time.Time
+		want   int
+	}{
+		{"due", time.Now().Add(30 * time.Second), 1},
+		{"no expiry", time.Time{}, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mgr := &fakeManager{}
+			d := New(Options{RenewMargin: time.Minute}, mgr, nil, metrics.New())
+			own := mkLease("10.244.1.0/24", "198.51.100.11")
+			own.Expiration = tc.expiry
+			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+			defer cancel()
+			d.renewLoop(ctx, own, make(chan struct{}))
+			if got := mgr.renewCount(); got != tc.want {
+				t.Errorf("renewed %d times, want %d", got, tc.want)
+			}
+		})
+	}
+}
+
+func gauge(t *testing.T, g prometheus.Gauge) float64 {
+	t.Helper()
+	var out dto.Metric
+	if err := g.Write(&out); err != nil {
+		t.Fatal(err)
+	}
+	return out.GetGauge().GetValue()
+}
