@@ -1,0 +1,243 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+
+	"k8s.io/klog/v2"
+
+	"github.com/flannelgo/flannel/internal/lab"
+)
+
+// labCmd is one `flannelctl lab` subcommand.
+type labCmd struct {
+	name, args, help string
+	run              func(ctx context.Context, c *labCtx) int
+	flags            func(fs *flag.FlagSet, c *labCtx)
+}
+
+// labCtx carries the parsed flags and output streams of one invocation.
+type labCtx struct {
+	name, stateRoot string
+	spec            lab.Spec
+	podMTU, binDir  string
+	stateDir        string // serve only
+	verbosity       int
+	args            []string
+	stdout, stderr  io.Writer
+}
+
+func labCommands() []labCmd {
+	return []labCmd{
+		{name: "up", help: upHelp, run: labUp, flags: upFlags},
+		{name: "status", help: "Shows the lab process, etcd, each node's flanneld, subnet and MTU, and the pods.\nExits 1 when any of them is down.", run: labStatus},
+		{name: "check", help: checkHelp, run: labCheck},
+		{name: "exec", args: " POD|NODE -- CMD [ARGS...]", help: "Runs CMD in the namespace of a pod (n1-p1) or node (n1), with this terminal's\nstdin/stdout/stderr; exits with CMD's exit code.", run: labExec},
+		{name: "down", help: "Stops the lab process (which stops flanneld and etcd and deletes the namespaces),\nthen removes whatever is left: also after the lab process crashed.", run: labDown},
+		{name: "serve", help: "The lab process; `flannelctl lab up` starts it. Not for direct use.", run: labServe, flags: serveFlags},
+	}
+}
+
+func runLab(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
+		fmt.Fprint(stdout, usage)
+		return 2
+	}
+	for _, cmd := range labCommands() {
+		if cmd.name != args[0] {
+			continue
+		}
+		c := &labCtx{stdout: stdout, stderr: stderr}
+		fs := flag.NewFlagSet("flannelctl lab "+cmd.name, flag.ContinueOnError)
+		fs.SetOutput(stderr)
+		fs.StringVar(&c.name, "name", "", "lab name, 1-6 characters a-z 0-9 (default: the only lab, else \"lab\")")
+		fs.StringVar(&c.stateRoot, "state-root", "", "directory holding labs' state (default /run/flannelctl/lab)")
+		// Of klog's flags only -v: the rest would drown --help.
+		kfs := flag.NewFlagSet("klog", flag.ContinueOnError)
+		klog.InitFlags(kfs)
+		fs.Var(kfs.Lookup("v").Value, "v", "log verbosity (the lab process logs to <state>/lab.log)")
+		fs.Usage = func() {
+			fmt.Fprintf(stderr, "usage: flannelctl lab %s [flags]%s\n\n%s\n\nflags:\n", cmd.name, cmd.args, cmd.help)
+			fs.PrintDefaults()
+		}
+		if cmd.flags != nil {
+			cmd.flags(fs, c)
+		}
+		if err := fs.Parse(args[1:]); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return 0
+			}
+			return 2
+		}
+		c.args = fs.Args()
+		if f := fs.Lookup("v"); f != nil {
+			c.verbosity, _ = strconv.Atoi(f.Value.String())
+		}
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+		defer stop()
+		return cmd.run(ctx, c)
+	}
+	fmt.Fprintf(stderr, "flannelctl lab: unknown command %q\n\n%s", args[0], usage)
+	return 2
+}
+
+const upHelp = `Builds a flannel cluster in network namespaces on this machine and leaves it
+running: an underlay (one L2 segment, or two joined by a router), an embedded
+etcd in the hub namespace, the real flanneld in every node, and pods created
+through the real flannel CNI plugin (flannel -> bridge + host-local, portmap).
+A lab process (flannelctl lab serve) holds etcd and supervises flanneld; its
+state is in <state-root>/<name>.
+
+Binaries: flanneld and the CNI plugin "flannel" are taken from --bin-dir, else
+from the directory of this flannelctl, else built with 'go build' into
+<state-root>/<name>/bin when run inside the source tree. The reference plugins
+come from --cni-bin-dir (scripts/install-cni-tools.sh installs them).`
+
+const checkHelp = `Pings every pod from every pod and every node from every pod, finds the MTU
+boundary of each pod pair (largest DF ping payload that arrives) and compares it
+with what FLANNEL_MTU promises (FLANNEL_MTU-28) and with the pods' own MTU, and
+traces one cross-node pair hop by hop (route, neighbour, FDB). Exits 0 only
+when everything matches; otherwise lists what failed and why.`
+
+func upFlags(fs *flag.FlagSet, c *labCtx) {
+	fs.IntVar(&c.spec.Nodes, "nodes", lab.DefaultNodes, "number of nodes")
+	fs.StringVar(&c.spec.Backend, "backend", lab.DefaultBackend, "flannel backend: vxlan or host-gw")
+	fs.IntVar(&c.spec.PodsPerNode, "pods-per-node", lab.DefaultPodsPerNode, "pods created on each node through the flannel CNI plugin")
+	fs.IntVar(&c.spec.Segments, "segments", 1, "1: one L2 underlay; 2: two segments joined by a router namespace")
+	fs.IntVar(&c.spec.UnderlayMTU, "underlay-mtu", 1500, "MTU of the underlay links")
+	fs.StringVar(&c.podMTU, "pod-mtu", "auto", "pod MTU: auto (FLANNEL_MTU) or a number, set as the CNI delegate's mtu")
+	fs.StringVar(&c.binDir, "bin-dir", "", "directory with flanneld and flannel (default: next to flannelctl, else built with go build from the source tree)")
+	fs.StringVar(&c.spec.CNIBinDir, "cni-bin-dir", "/opt/cni/bin", "directory with the reference CNI plugins bridge, host-local, portmap")
+	fs.DurationVar(&c.spec.Timeout, "timeout", 0, "give up when the lab is not up within this time (default 5m)")
+}
+
+func serveFlags(fs *flag.FlagSet, c *labCtx) {
+	fs.StringVar(&c.stateDir, "state-dir", "", "the lab's state directory")
+}
+
+// dir is the state dir of the lab the command is about.
+func (c *labCtx) dir() (string, error) {
+	name, err := lab.Resolve(c.stateRoot, c.name)
+	if err != nil {
+		return "", err
+	}
+	return lab.StateDir(c.stateRoot, name), nil
+}
+
+func (c *labCtx) failed(err error) int {
+	fmt.Fprintf(c.stderr, "flannelctl lab: %v\n", err)
+	return 1
+}
+
+func labUp(ctx context.Context, c *labCtx) int {
+	if len(c.args) > 0 {
+		fmt.Fprintf(c.stderr, "flannelctl lab up: unexpected arguments %q\n", c.args)
+		return 2
+	}
+	mtu, err := lab.ParsePodMTU(c.podMTU)
+	if err != nil {
+		return c.failed(err)
+	}
+	c.spec.PodMTU = mtu
+	c.spec.Name = c.name
+	if c.spec.Name == "" {
+		c.spec.Name = lab.DefaultName
+	}
+	err = lab.Up(ctx, c.spec, lab.UpOptions{StateRoot: c.stateRoot, BinDir: c.binDir, Out: c.stdout, Verbosity: c.verbosity})
+	if err != nil {
+		return c.failed(err)
+	}
+	return 0
+}
+
+func labStatus(ctx context.Context, c *labCtx) int {
+	dir, err := c.dir()
+	if err != nil {
+		return c.failed(err)
+	}
+	err = lab.Status(ctx, c.stdout, dir)
+	switch {
+	case errors.Is(err, lab.ErrDegraded):
+		return 1
+	case err != nil:
+		return c.failed(err)
+	}
+	return 0
+}
+
+func labCheck(ctx context.Context, c *labCtx) int {
+	dir, err := c.dir()
+	if err != nil {
+		return c.failed(err)
+	}
+	err = lab.Check(ctx, c.stdout, dir)
+	switch {
+	case errors.Is(err, lab.ErrCheckFailed):
+		return 1
+	case err != nil:
+		return c.failed(err)
+	}
+	return 0
+}
+
+func labExec(ctx context.Context, c *labCtx) int {
+	args := c.args
+	if len(args) < 2 {
+		fmt.Fprintln(c.stderr, "usage: flannelctl lab exec [--name N] POD|NODE -- CMD [ARGS...]")
+		return 2
+	}
+	target, argv := args[0], args[1:]
+	if argv[0] == "--" {
+		argv = argv[1:]
+	}
+	// The command's own interrupt handling decides; the lab tool waits.
+	signal.Ignore(syscall.SIGINT)
+	dir, err := c.dir()
+	if err != nil {
+		return c.failed(err)
+	}
+	code, err := lab.Exec(context.WithoutCancel(ctx), dir, target, argv)
+	if err != nil {
+		return c.failed(err)
+	}
+	return code
+}
+
+func labDown(ctx context.Context, c *labCtx) int {
+	name, err := lab.Resolve(c.stateRoot, c.name)
+	if err != nil {
+		return c.failed(err)
+	}
+	if err := lab.Down(context.WithoutCancel(ctx), c.stdout, name, lab.StateDir(c.stateRoot, name)); err != nil {
+		return c.failed(err)
+	}
+	return 0
+}
+
+func labServe(ctx context.Context, c *labCtx) int {
+	if c.stateDir == "" {
+		fmt.Fprintln(c.stderr, "flannelctl lab serve is started by `flannelctl lab up`; it needs --state-dir")
+		return 2
+	}
+	// Started by `lab up` with the progress pipe as fd 3; without it (run
+	// by hand) progress goes to stdout.
+	var progress io.Writer = c.stdout
+	if f := os.NewFile(lab.ProgressFD, "progress"); f != nil {
+		if _, err := f.Stat(); err == nil {
+			progress = f
+		}
+	}
+	signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
+	if err := lab.Serve(ctx, c.stateDir, progress); err != nil {
+		klog.Errorf("%v", err)
+		return 1
+	}
+	return 0
+}
