@@ -7,6 +7,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -25,7 +26,7 @@ import (
 type binaries struct {
 	dir      string
 	flanneld string
-	buildErr error
+	buildErr error // of flanneld or the flannel CNI plugin
 }
 
 var bins binaries
@@ -40,7 +41,8 @@ func TestMain(m *testing.M) {
 		defer os.RemoveAll(dir)
 		bins = binaries{dir: dir, flanneld: filepath.Join(dir, "flanneld")}
 		if os.Geteuid() == 0 {
-			bins.buildErr = goBuild(bins.flanneld, "./cmd/flanneld")
+			bins.buildErr = errors.Join(goBuild(bins.flanneld, "./cmd/flanneld"),
+				goBuild(filepath.Join(dir, "flannel"), "./cmd/flannel"))
 		}
 		return m.Run()
 	}()
@@ -69,7 +71,10 @@ func needLab(t testing.TB) {
 		}
 	}
 	if bins.buildErr != nil {
-		t.Fatalf("building flanneld: %v", bins.buildErr)
+		t.Fatalf("building the binaries: %v", bins.buildErr)
+	}
+	if err := pods().CheckBinaries(); err != nil {
+		t.Skipf("e2e creates pods through CNI: %v", err)
 	}
 }
 
@@ -107,6 +112,8 @@ func newCluster(t testing.TB, name string, o clusterOpts) *cluster {
 	if err != nil {
 		t.Fatalf("build testbed: %v", err)
 	}
+	// Pods are made as a kubelet would: through the flannel CNI plugin.
+	tb.PodNetworker = pods()
 	c := &cluster{Testbed: tb, t: t}
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -124,6 +131,8 @@ func newCluster(t testing.TB, name string, o clusterOpts) *cluster {
 	}
 	return c
 }
+
+func pods() *testbed.CNIPods { return &testbed.CNIPods{PluginDir: bins.dir} }
 
 func testCtx(t testing.TB, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)

@@ -70,6 +70,14 @@ func TestInterfaceSelection(t *testing.T) {
 				}
 			}
 			c.stopAll(t)
+			// The next phase starts from an empty datastore, so nodes get
+			// new subnets: cni0 with the old gateway address must go (the
+			// bridge plugin refuses a bridge holding another address).
+			for _, n := range c.Nodes {
+				if _, err := testbed.Exec(context.Background(), n.NS, "ip", "link", "del", "cni0"); err != nil {
+					t.Error(err)
+				}
+			}
 		})
 	}
 }
