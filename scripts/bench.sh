@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
-scripts/setup.sh
+scripts/setup.sh --lab
 go test -count=1 -run '^$' -bench 'VXLANThroughput' -benchtime "${BENCH_RUNS:-3}x" ./test/e2e/ 2>&1 | grep -v '^I[0-9]'

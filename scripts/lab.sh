@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
-scripts/setup.sh
+scripts/setup.sh --lab
 mkdir -p bin
 for prog in flanneld flannel flannelctl; do
   go build -o "bin/$prog" "./cmd/$prog"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing need on a fresh Debian machine with Go:
 # Debian packages (etcd, iperf3, iptables, nftables, ...) and the pinned
-# reference CNI tools. Idempotent: already-present tools are not reinstalled.
+# reference CNI tools, and (unless --lab) kube-apiserver and Helm for the
+# Kubernetes tests. Idempotent: already-present tools are not reinstalled.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
@@ -16,7 +17,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-if [ -x scripts/install-cni-tools.sh ]; then
-  scripts/install-cni-tools.sh "${CNI_BIN_DIR:-/opt/cni/bin}"
+scripts/install-cni-tools.sh "${CNI_BIN_DIR:-/opt/cni/bin}"
+# The Kubernetes tests need a real kube-apiserver and the chart tests Helm,
+# both built from source once and cached (minutes on a fresh machine).
+# `setup.sh --lab` skips them: the lab does not need them.
+if [ "${1:-}" != "--lab" ]; then
+  echo "setup: kube-apiserver (cached after the first build)"
+  scripts/build-kube-apiserver.sh >/dev/null
+  echo "setup: helm (cached after the first build)"
+  scripts/install-helm.sh >/dev/null
 fi
 echo "setup: done"

@@ -9,7 +9,7 @@ scripts/setup.sh
 echo "== go vet"
 go vet ./...
 echo "== gofmt"
-unformatted=$(gofmt -l cmd internal test 2>/dev/null || true)
+unformatted=$(gofmt -l cmd internal test deploy 2>/dev/null || true)
 if [ -n "$unformatted" ]; then
   echo "gofmt needed on:"; echo "$unformatted"; exit 1
 fi

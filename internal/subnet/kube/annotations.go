@@ -1,0 +1,260 @@
+package kube
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/flannelgo/flannel/internal/config"
+	"github.com/flannelgo/flannel/internal/lease"
+)
+
+// DefaultAnnotationPrefix is upstream's --kube-annotation-prefix default.
+const DefaultAnnotationPrefix = "flannel.alpha.coreos.com"
+
+// keys are the node annotations under one prefix; the names after the slash
+// are upstream flannel's, so mixed clusters read each other's nodes.
+type keys struct {
+	backendType, backendData, backendV6Data string
+	publicIP, publicIPv6                    string
+	subnetManager                           string
+	publicIPOverwrite, publicIPv6Overwrite  string
+}
+
+func newKeys(prefix string) (keys, error) {
+	prefix = strings.TrimSuffix(prefix, "/")
+	k := keys{
+		backendType:         prefix + "/backend-type",
+		backendData:         prefix + "/backend-data",
+		backendV6Data:       prefix + "/backend-v6-data",
+		publicIP:            prefix + "/public-ip",
+		publicIPv6:          prefix + "/public-ipv6",
+		subnetManager:       prefix + "/kube-subnet-manager",
+		publicIPOverwrite:   prefix + "/public-ip-overwrite",
+		publicIPv6Overwrite: prefix + "/public-ipv6-overwrite",
+	}
+	// The longest key decides whether every key is a valid annotation name.
+	if errs := validation.IsQualifiedName(k.publicIPv6Overwrite); len(errs) > 0 {
+		return keys{}, fmt.Errorf("--kube-annotation-prefix %q does not make valid annotation names: %s", prefix, strings.Join(errs, "; "))
+	}
+	return k, nil
+}
+
+// desired is the annotation set a node publishes for attrs; a nil value
+// removes an annotation left over from an earlier configuration (an IPv6
+// address after IPv6 was turned off).
+func (k keys) desired(attrs lease.Attrs, cfg *config.Config) map[string]*string {
+	str := func(s string) *string { return &s }
+	data := func(raw json.RawMessage) *string {
+		// Upstream writes "null" for backends without data (host-gw).
+		if len(bytes.TrimSpace(raw)) == 0 {
+			return str("null")
+		}
+		return str(string(raw))
+	}
+	out := map[string]*string{
+		k.subnetManager: str("true"),
+		k.backendType:   str(attrs.BackendType),
+		k.backendData:   data(attrs.BackendData),
+		k.publicIP:      nil,
+		k.publicIPv6:    nil,
+		k.backendV6Data: nil,
+	}
+	if cfg.EnableIPv6 {
+		out[k.backendV6Data] = data(attrs.BackendV6Data)
+	}
+	if attrs.PublicIP.IsValid() {
+		out[k.publicIP] = str(attrs.PublicIP.String())
+	}
+	if attrs.PublicIPv6.IsValid() {
+		out[k.publicIPv6] = str(attrs.PublicIPv6.String())
+	}
+	return out
+}
+
+// changes returns the part of want that differs from have: the merge
+// patch to send, or nil when the node already says it all.
+func changes(have map[string]string, want map[string]*string) map[string]*string {
+	out := map[string]*string{}
+	for key, v := range want {
+		cur, ok := have[key]
+		switch {
+		case v == nil && ok, v != nil && (!ok || cur != *v):
+			out[key] = v
+		}
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return out
+}
+
+// overwrite applies the node's public-ip(v6)-overwrite annotations, which
+// operators set when the address flanneld detects is not the one peers
+// must use (NAT, a second NIC).
+func (k keys) overwrite(node *corev1.Node, attrs lease.Attrs) (lease.Attrs, error) {
+	for _, o := range []struct {
+		key  string
+		v6   bool
+		slot *netip.Addr
+	}{{k.publicIPOverwrite, false, &attrs.PublicIP}, {k.publicIPv6Overwrite, true, &attrs.PublicIPv6}} {
+		s, ok := node.Annotations[o.key]
+		if !ok || s == "" {
+			continue
+		}
+		ip, err := netip.ParseAddr(strings.TrimSpace(s))
+		if err != nil || ip.Is6() != o.v6 || ip.Is4In6() {
+			fam := "IPv4"
+			if o.v6 {
+				fam = "IPv6"
+			}
+			return attrs, fmt.Errorf("node %q annotation %s=%q is not an %s address: fix or remove it", node.Name, o.key, s, fam)
+		}
+		*o.slot = ip
+	}
+	return attrs, nil
+}
+
+// podCIDRs returns the node's pod CIDRs by family. Spec.PodCIDRs is the
+// dual-stack field; Spec.PodCIDR is its first element, kept for old
+// clusters.
+func podCIDRs(node *corev1.Node) (v4, v6 netip.Prefix, err error) {
+	cidrs := node.Spec.PodCIDRs
+	if len(cidrs) == 0 && node.Spec.PodCIDR != "" {
+		cidrs = []string{node.Spec.PodCIDR}
+	}
+	for _, c := range cidrs {
+		p, perr := netip.ParsePrefix(strings.TrimSpace(c))
+		if perr != nil {
+			return netip.Prefix{}, netip.Prefix{}, fmt.Errorf("node %q pod cidr %q: %w", node.Name, c, perr)
+		}
+		p = p.Masked()
+		if p.Addr().Is4() {
+			if !v4.IsValid() {
+				v4 = p
+			}
+		} else if !v6.IsValid() {
+			v6 = p
+		}
+	}
+	return v4, v6, nil
+}
+
+// errNotAssigned means the node has no pod CIDR (yet); the wait for it is
+// normal while kube-controller-manager catches up.
+var errNotAssigned = errors.New("pod cidr not assigned")
+
+// leaseSubnets picks the node's subnets for the families the network uses
+// and checks that they lie inside it. The error names both the pod CIDR and
+// the network, so the operator can tell which of the two settings is wrong.
+func leaseSubnets(node *corev1.Node, cfg *config.Config) (v4, v6 netip.Prefix, err error) {
+	n4, n6, err := podCIDRs(node)
+	if err != nil {
+		return netip.Prefix{}, netip.Prefix{}, err
+	}
+	if !n4.IsValid() && !n6.IsValid() {
+		return netip.Prefix{}, netip.Prefix{}, errNotAssigned
+	}
+	have := strings.Join(cidrList(node), ",")
+	if cfg.EnableIPv4 {
+		if !n4.IsValid() {
+			return netip.Prefix{}, netip.Prefix{}, fmt.Errorf("node %q has no IPv4 pod cidr (podCIDRs %s) but net-conf.json enables IPv4 (Network %s): give kube-controller-manager an IPv4 --cluster-cidr, or set EnableIPv4 false", node.Name, have, cfg.Network)
+		}
+		if !within(n4, cfg.Network) {
+			return netip.Prefix{}, netip.Prefix{}, outside(node.Name, n4, cfg.Network, "Network")
+		}
+		v4 = n4
+	}
+	if cfg.EnableIPv6 {
+		if !n6.IsValid() {
+			return netip.Prefix{}, netip.Prefix{}, fmt.Errorf("node %q has no IPv6 pod cidr (podCIDRs %s) but net-conf.json enables IPv6 (IPv6Network %s): give kube-controller-manager a dual-stack --cluster-cidr=<v4>,<v6>, or set EnableIPv6 false", node.Name, have, cfg.IPv6Network)
+		}
+		if !within(n6, cfg.IPv6Network) {
+			return netip.Prefix{}, netip.Prefix{}, outside(node.Name, n6, cfg.IPv6Network, "IPv6Network")
+		}
+		v6 = n6
+	}
+	return v4, v6, nil
+}
+
+func cidrList(node *corev1.Node) []string {
+	if len(node.Spec.PodCIDRs) > 0 {
+		return node.Spec.PodCIDRs
+	}
+	return []string{node.Spec.PodCIDR}
+}
+
+func within(sub, network netip.Prefix) bool {
+	return sub.Bits() >= network.Bits() && network.Contains(sub.Addr())
+}
+
+func outside(node string, cidr, network netip.Prefix, field string) error {
+	return fmt.Errorf("node %q pod cidr %s is outside the flannel network %s (net-conf.json %s): kube-controller-manager's --cluster-cidr and net-conf.json must name the same range", node, cidr, network, field)
+}
+
+// nodeLease turns a node into the lease peers route to. ok is false for a
+// node that is not (yet) a flannel node: no flannel annotations or no pod
+// CIDR. err reports a flannel node whose annotations cannot be used.
+func (k keys) nodeLease(node *corev1.Node, cfg *config.Config) (l lease.Lease, ok bool, err error) {
+	a := node.Annotations // nil for a bare node: lookups still work
+	if a[k.subnetManager] != "true" || a[k.backendType] == "" {
+		return lease.Lease{}, false, nil
+	}
+	v4, v6, err := leaseSubnets(node, cfg)
+	if errors.Is(err, errNotAssigned) {
+		return lease.Lease{}, false, nil
+	}
+	if err != nil {
+		return lease.Lease{}, false, err
+	}
+	attrs := lease.Attrs{
+		BackendType:   a[k.backendType],
+		BackendData:   rawData(a[k.backendData]),
+		BackendV6Data: rawData(a[k.backendV6Data]),
+	}
+	if attrs.PublicIP, err = parseAddr(a, k.publicIP); err != nil {
+		return lease.Lease{}, false, err
+	}
+	if attrs.PublicIPv6, err = parseAddr(a, k.publicIPv6); err != nil {
+		return lease.Lease{}, false, err
+	}
+	if !attrs.PublicIP.IsValid() && !attrs.PublicIPv6.IsValid() {
+		return lease.Lease{}, false, fmt.Errorf("neither %s nor %s is set", k.publicIP, k.publicIPv6)
+	}
+	for _, d := range []struct {
+		key string
+		raw json.RawMessage
+	}{{k.backendData, attrs.BackendData}, {k.backendV6Data, attrs.BackendV6Data}} {
+		if d.raw != nil && !json.Valid(d.raw) {
+			return lease.Lease{}, false, fmt.Errorf("%s is not JSON: %q", d.key, d.raw)
+		}
+	}
+	return lease.Lease{Subnet: v4, IPv6Subnet: v6, Attrs: attrs}, true, nil
+}
+
+// rawData maps upstream's "null" (and an absent annotation) to no data.
+func rawData(s string) json.RawMessage {
+	s = strings.TrimSpace(s)
+	if s == "" || s == "null" {
+		return nil
+	}
+	return json.RawMessage(s)
+}
+
+func parseAddr(a map[string]string, key string) (netip.Addr, error) {
+	s := strings.TrimSpace(a[key])
+	if s == "" {
+		return netip.Addr{}, nil
+	}
+	ip, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("%s=%q: %w", key, s, err)
+	}
+	return ip, nil
+}

@@ -1,0 +1,257 @@
+package kube
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/klog/v2"
+
+	"github.com/flannelgo/flannel/internal/config"
+	"github.com/flannelgo/flannel/internal/lease"
+)
+
+// WatchLeases follows every node through an informer; see subnet.Manager.
+// A node is a lease once it carries this prefix's annotations with
+// kube-subnet-manager "true" and has a pod CIDR; this node is included,
+// the daemon filters it out. The informer re-lists by itself after a gap,
+// and events are computed from its cache by node name, so the receiver is
+// told the difference between what it was sent and what is there now.
+func (m *Manager) WatchLeases(ctx context.Context, events chan<- []lease.Event) error {
+	cfg, err := m.watchConfig(ctx)
+	if err != nil {
+		return err
+	}
+	factory := informers.NewSharedInformerFactory(m.cs, 0)
+	inf := factory.Core().V1().Nodes().Informer()
+	if err := inf.SetTransform(slimNode); err != nil {
+		return fmt.Errorf("node informer: %w", err)
+	}
+	dirty := newDirtySet()
+	if err := inf.SetWatchErrorHandlerWithContext(listErrorReporter()); err != nil {
+		return fmt.Errorf("node informer: %w", err)
+	}
+	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { dirty.addObj(obj) },
+		UpdateFunc: func(_, obj any) { dirty.addObj(obj) },
+		DeleteFunc: func(obj any) { dirty.addObj(obj) },
+	}); err != nil {
+		return fmt.Errorf("node informer: %w", err)
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	defer func() {
+		cancel()
+		factory.Shutdown()
+	}()
+	factory.Start(wctx.Done())
+	if !cache.WaitForCacheSync(wctx.Done(), inf.HasSynced) {
+		return ctx.Err()
+	}
+	w := &nodeWatcher{keys: m.keys, cfg: cfg, store: inf.GetStore(), known: map[string]lease.Lease{}, bad: map[string]string{}}
+	dirty.take() // the snapshot below covers them
+	if err := send(ctx, events, w.snapshot()); err != nil {
+		return err
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-dirty.ready:
+		}
+		if batch := w.refresh(dirty.take()); len(batch) > 0 {
+			if err := send(ctx, events, batch); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// watchConfig is the network config the leases are cut to: the one
+// AcquireLease used, or else read now, retrying until it is readable.
+func (m *Manager) watchConfig(ctx context.Context) (*config.Config, error) {
+	m.mu.Lock()
+	cfg := m.cfg
+	m.mu.Unlock()
+	if cfg != nil {
+		return cfg, nil
+	}
+	wait := time.Second
+	for {
+		cfg, err := m.GetNetworkConfig(ctx)
+		if err == nil {
+			return cfg, nil
+		}
+		klog.Errorf("watch leases: %v; retrying in %s", err, wait)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 30*time.Second)
+	}
+}
+
+func send(ctx context.Context, out chan<- []lease.Event, batch []lease.Event) error {
+	select {
+	case out <- batch:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// slimNode drops what flannel never reads (managed fields, image lists,
+// conditions), which is most of a Node's size in a large cluster's cache.
+func slimNode(obj any) (any, error) {
+	n, ok := obj.(*corev1.Node)
+	if !ok {
+		return obj, nil
+	}
+	n.ManagedFields = nil
+	n.Status = corev1.NodeStatus{}
+	return n, nil
+}
+
+// listErrorReporter turns the reflector's silent retries into one clear
+// line when RBAC forbids listing or watching nodes.
+func listErrorReporter() cache.WatchErrorHandlerWithContext {
+	var once sync.Once
+	return func(ctx context.Context, r *cache.Reflector, err error) {
+		if apierrors.IsForbidden(err) {
+			once.Do(func() {
+				klog.Errorf("%v; retrying", apiError("list and watch", "nodes", "", err))
+			})
+			return
+		}
+		cache.DefaultWatchErrorHandler(ctx, r, err)
+	}
+}
+
+// dirtySet collects the names of nodes that changed since the last batch.
+// Informer handlers must not block, so they only mark names here; the
+// watch loop reads the cache for the current state of each.
+type dirtySet struct {
+	mu    sync.Mutex
+	names map[string]struct{}
+	ready chan struct{} // holds a token while names is non-empty
+}
+
+func newDirtySet() *dirtySet {
+	return &dirtySet{names: map[string]struct{}{}, ready: make(chan struct{}, 1)}
+}
+
+func (d *dirtySet) addObj(obj any) {
+	key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
+	if err != nil {
+		klog.Warningf("node informer: object without a key: %v", err)
+		return
+	}
+	d.mu.Lock()
+	d.names[key] = struct{}{}
+	d.mu.Unlock()
+	select {
+	case d.ready <- struct{}{}:
+	default:
+	}
+}
+
+func (d *dirtySet) take() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]string, 0, len(d.names))
+	for n := range d.names {
+		out = append(out, n)
+	}
+	clear(d.names)
+	slices.Sort(out)
+	return out
+}
+
+// nodeWatcher remembers the lease each node was last reported with.
+type nodeWatcher struct {
+	keys  keys
+	cfg   *config.Config
+	store cache.Store
+	known map[string]lease.Lease // by node name
+	bad   map[string]string      // node name -> last reported problem
+}
+
+// snapshot is the first batch: every current lease as Added, possibly none.
+func (w *nodeWatcher) snapshot() []lease.Event {
+	names := w.store.ListKeys()
+	slices.Sort(names)
+	batch := w.refresh(names)
+	if batch == nil {
+		batch = []lease.Event{}
+	}
+	return batch
+}
+
+// refresh compares the named nodes' current leases with what was sent.
+// Removals come first: a node whose subnet changed must lose its old route
+// before the new one is added.
+func (w *nodeWatcher) refresh(names []string) []lease.Event {
+	var removed, added []lease.Event
+	for _, name := range names {
+		cur, ok := w.current(name)
+		old, had := w.known[name]
+		switch {
+		case !ok && had:
+			delete(w.known, name)
+			removed = append(removed, lease.Event{Type: lease.Removed, Lease: old})
+		case ok && !had:
+			w.known[name] = cur
+			added = append(added, lease.Event{Type: lease.Added, Lease: cur})
+		case ok && had && old.Key() != cur.Key():
+			w.known[name] = cur
+			removed = append(removed, lease.Event{Type: lease.Removed, Lease: old})
+			added = append(added, lease.Event{Type: lease.Added, Lease: cur})
+		case ok && had && !sameAttrs(old.Attrs, cur.Attrs):
+			w.known[name] = cur
+			added = append(added, lease.Event{Type: lease.Added, Lease: cur})
+		}
+	}
+	return append(removed, added...)
+}
+
+// current is the node's lease as the cache has it now; false when the
+// node is gone or not a usable flannel node.
+func (w *nodeWatcher) current(name string) (lease.Lease, bool) {
+	obj, exists, err := w.store.GetByKey(name)
+	if err != nil || !exists {
+		delete(w.bad, name)
+		return lease.Lease{}, false
+	}
+	node, isNode := obj.(*corev1.Node)
+	if !isNode {
+		return lease.Lease{}, false
+	}
+	l, ok, err := w.keys.nodeLease(node, w.cfg)
+	if err != nil {
+		w.reportBad(name, err)
+		return lease.Lease{}, false
+	}
+	delete(w.bad, name)
+	return l, ok
+}
+
+// reportBad logs a node's problem once, not at every update of the node.
+func (w *nodeWatcher) reportBad(name string, err error) {
+	msg := err.Error()
+	if w.bad[name] == msg {
+		return
+	}
+	w.bad[name] = msg
+	klog.Warningf("ignoring node %q: %v", name, err)
+}
+
+func sameAttrs(a, b lease.Attrs) bool {
+	return a.PublicIP == b.PublicIP && a.PublicIPv6 == b.PublicIPv6 && a.BackendType == b.BackendType &&
+		string(a.BackendData) == string(b.BackendData) && string(a.BackendV6Data) == string(b.BackendV6Data)
+}
