@@ -113,9 +113,6 @@ func (o *options) validate() error {
 	if o.iptablesResync < 1 {
 		return fmt.Errorf("--iptables-resync=%d: must be at least 1 second", o.iptablesResync)
 	}
-	if o.kubeSubnetMgr {
-		return fmt.Errorf("--kube-subnet-mgr is not yet supported by this build; use the etcd subnet manager (--etcd-endpoints)")
-	}
 	for name, v := range map[string]string{"public-ip": o.publicIP, "public-ipv6": o.publicIPv6} {
 		if v == "" {
 			continue

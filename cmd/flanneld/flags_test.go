@@ -54,7 +54,6 @@ func TestValidateRefuses(t *testing.T) {
 		{[]string{"--subnet-lease-renew-margin=0"}, "between 1 and 1439"},
 		{[]string{"--subnet-lease-renew-margin=1440"}, "between 1 and 1439"},
 		{[]string{"--iptables-resync=0"}, "at least 1 second"},
-		{[]string{"--kube-subnet-mgr"}, "not yet supported"},
 		{[]string{"--public-ip=fd00::1"}, "wrong address family"},
 		{[]string{"--public-ip=nope"}, "not an IP address"},
 	} {

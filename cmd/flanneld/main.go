@@ -22,7 +22,9 @@ import (
 	"github.com/flannelgo/flannel/internal/daemon"
 	"github.com/flannelgo/flannel/internal/iface"
 	"github.com/flannelgo/flannel/internal/metrics"
+	"github.com/flannelgo/flannel/internal/subnet"
 	etcdmgr "github.com/flannelgo/flannel/internal/subnet/etcd"
+	kubemgr "github.com/flannelgo/flannel/internal/subnet/kube"
 	"github.com/flannelgo/flannel/internal/subnetenv"
 	"github.com/flannelgo/flannel/internal/version"
 )
@@ -73,18 +75,11 @@ func serve(ctx context.Context, o *options) error {
 			return err
 		}
 	}
-	opts := etcdmgr.Options{
-		Endpoints: strings.Split(o.etcdEndpoints, ","), Prefix: o.etcdPrefix,
-		KeyFile: o.etcdKeyfile, CertFile: o.etcdCertfile, CAFile: o.etcdCAFile,
-		Username: o.etcdUsername, Password: o.etcdPassword,
-	}
-	prev := previousSubnets(o.subnetFile)
-	opts.PreviousSubnet, opts.PreviousIPv6Subnet = prev.Subnet, prev.IPv6Subnet
-	mgr, err := etcdmgr.New(opts)
+	mgr, closeMgr, err := subnetManager(o)
 	if err != nil {
-		return fmt.Errorf("etcd subnet manager: %w", err)
+		return err
 	}
-	defer mgr.Close()
+	defer closeMgr()
 	d := daemon.New(daemon.Options{
 		Iface: iface.Options{
 			Ifaces: o.iface, IfaceRegex: o.ifaceRegex, IfaceCanReach: o.ifaceCanReach,
@@ -95,6 +90,35 @@ func serve(ctx context.Context, o *options) error {
 		ForwardRules: o.iptablesForwardRules, Resync: o.resync(), BlackholeRoute: o.ipBlackholeRoute,
 	}, mgr, backends(), m)
 	return d.Run(ctx)
+}
+
+// subnetManager picks the datastore: the Kubernetes API with
+// --kube-subnet-mgr, etcd otherwise.
+func subnetManager(o *options) (subnet.Manager, func(), error) {
+	if o.kubeSubnetMgr {
+		mgr, err := kubemgr.New(kubemgr.Options{
+			APIURL: o.kubeAPIURL, Kubeconfig: o.kubeconfigFile,
+			AnnotationPrefix: o.kubeAnnotationPrefix, NetConfPath: o.netConfigPath,
+			NodeName: os.Getenv("NODE_NAME"), PodName: os.Getenv("POD_NAME"), PodNamespace: os.Getenv("POD_NAMESPACE"),
+			SetNodeNetworkUnavailable: o.setNodeNetworkUnavailable,
+		})
+		if err != nil {
+			return nil, nil, fmt.Errorf("kubernetes subnet manager: %w", err)
+		}
+		return mgr, func() {}, nil
+	}
+	opts := etcdmgr.Options{
+		Endpoints: strings.Split(o.etcdEndpoints, ","), Prefix: o.etcdPrefix,
+		KeyFile: o.etcdKeyfile, CertFile: o.etcdCertfile, CAFile: o.etcdCAFile,
+		Username: o.etcdUsername, Password: o.etcdPassword,
+	}
+	prev := previousSubnets(o.subnetFile)
+	opts.PreviousSubnet, opts.PreviousIPv6Subnet = prev.Subnet, prev.IPv6Subnet
+	mgr, err := etcdmgr.New(opts)
+	if err != nil {
+		return nil, nil, fmt.Errorf("etcd subnet manager: %w", err)
+	}
+	return mgr, func() { _ = mgr.Close() }, nil
 }
 
 // previousSubnets reads what the last run wrote to subnet.env: a restarted

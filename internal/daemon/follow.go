@@ -48,6 +48,7 @@ func (d *Daemon) followPeers(ctx context.Context, nw backend.Network, own *lease
 			first = false
 			d.metrics.SetReady(true)
 			klog.Infof("ready: %d peers programmed", len(peers))
+			go d.announceReady(ctx)
 		}
 	}
 }
@@ -131,4 +132,19 @@ func reportSameAddress(ev lease.Event, own *lease.Lease, reported map[string]boo
 	klog.Errorf("duplicate public address: lease %s (another node) advertises the same address as this node's lease %s (%s): "+
 		"one of them will not receive its traffic; give each node its own address with --iface, --iface-regex, --iface-can-reach or --public-ip",
 		key, own.Key(), b.PublicIP)
+}
+
+// readyAnnouncer is a subnet manager that tells its datastore when the node's
+// network is up (Kubernetes: the NetworkUnavailable condition).
+type readyAnnouncer interface {
+	MarkReady(ctx context.Context) error
+}
+
+// announceReady calls MarkReady until it succeeds or ctx ends.
+func (d *Daemon) announceReady(ctx context.Context) {
+	r, ok := d.mgr.(readyAnnouncer)
+	if !ok {
+		return
+	}
+	_ = retry(ctx, "mark node network available in "+d.mgr.Name(), d.metrics, func() error { return r.MarkReady(ctx) })
 }
