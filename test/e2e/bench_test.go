@@ -55,27 +55,36 @@ func iperf(ctx context.Context, tb *testbed.Testbed, clientNS, serverNS string, 
 		return 0, fmt.Errorf("start iperf3 server in %s: %w", serverNS, err)
 	}
 	defer func() { _ = srv.Process.Kill(); _ = srv.Wait() }()
-	var out []byte
 	var err error
-	for range 20 { // until the server listens
-		out, err = testbed.Exec(ctx, clientNS, "iperf3", "-J", "-t", "5", "-c", addr.String())
-		if err == nil {
-			break
+	for range 50 { // until the server listens
+		var bps float64
+		if bps, err = iperfClient(ctx, clientNS, addr); err == nil {
+			return bps, nil
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	if err != nil {
-		return 0, fmt.Errorf("iperf3 %s -> %s: %w", clientNS, addr, err)
-	}
+	return 0, err
+}
+
+// iperfClient runs one 5-second iperf3 client and returns what arrived.
+func iperfClient(ctx context.Context, clientNS string, addr netip.Addr) (float64, error) {
+	out, err := testbed.Exec(ctx, clientNS, "iperf3", "-J", "-t", "5", "-c", addr.String())
 	var res struct {
-		End struct {
+		Error string `json:"error"`
+		End   struct {
 			SumReceived struct {
 				BitsPerSecond float64 `json:"bits_per_second"`
 			} `json:"sum_received"`
 		} `json:"end"`
 	}
-	if err := json.Unmarshal(out, &res); err != nil {
-		return 0, fmt.Errorf("parse iperf3 output: %w", err)
+	if jerr := json.Unmarshal(out, &res); jerr != nil && err == nil {
+		err = fmt.Errorf("parse iperf3 output: %w", jerr)
+	}
+	if err == nil && (res.Error != "" || res.End.SumReceived.BitsPerSecond == 0) {
+		err = fmt.Errorf("measured nothing: %s", res.Error)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("iperf3 %s -> %s: %w", clientNS, addr, err)
 	}
 	return res.End.SumReceived.BitsPerSecond, nil
 }
