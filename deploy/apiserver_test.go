@@ -100,8 +100,9 @@ func (a *applier) apply(ctx context.Context, o object, dryRun bool) (*unstructur
 
 // TestManifestAndChartOnARealAPIServer creates every object of
 // kube-flannel.yml on a real kube-apiserver, proves the ServiceAccount can
-// make exactly flanneld's calls and no others, then server-side dry-runs
-// the rendered chart over it and checks that would change nothing.
+// make exactly flanneld's calls and no others, runs the real Kubernetes
+// subnet manager with that ServiceAccount's token, then server-side
+// dry-runs the rendered chart over it and checks that would change nothing.
 func TestManifestAndChartOnARealAPIServer(t *testing.T) {
 	s := startAPIServer(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -110,8 +111,9 @@ func TestManifestAndChartOnARealAPIServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	objs := loadManifest(t)
 	live := map[string]*unstructured.Unstructured{}
-	for _, o := range loadManifest(t) { // Namespace comes first in the file
+	for _, o := range objs { // Namespace comes first in the file
 		u, err := a.apply(ctx, o, false)
 		if err != nil {
 			t.Fatal(err)
@@ -123,8 +125,18 @@ func TestManifestAndChartOnARealAPIServer(t *testing.T) {
 		t.Errorf("priorityClassName on the server = %q", pc)
 	}
 
+	admin, err := s.AdminClient()
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitRoleInForce(ctx, t, admin, objs)
+
 	t.Run("ServiceAccountPermissions", func(t *testing.T) {
 		checkFlannelPermissions(ctx, t, s)
+	})
+
+	t.Run("FlanneldKubeManagerRunsWithTheManifestRBAC", func(t *testing.T) {
+		runFlanneldManager(ctx, t, s, objs)
 	})
 
 	t.Run("ChartDryRunChangesNothing", func(t *testing.T) {
@@ -163,6 +175,9 @@ func comparable(t *testing.T, u *unstructured.Unstructured) map[string]any {
 	}
 	return n
 }
+
+// annotationPatch is a merge patch of two of flanneld's node annotations.
+const annotationPatch = `{"metadata":{"annotations":{"flannel.alpha.coreos.com/backend-type":"vxlan","flannel.alpha.coreos.com/kube-subnet-manager":"true"}}}`
 
 // checkFlannelPermissions acts as the manifest's ServiceAccount, with a
 // token the API server mints for it, and makes flanneld's calls in kube
@@ -221,9 +236,10 @@ func checkFlannelPermissions(ctx context.Context, t *testing.T, s *kubetest.Serv
 			}
 			return err
 		},
-		"patch node annotations": func() error {
-			p := `{"metadata":{"annotations":{"flannel.alpha.coreos.com/backend-type":"vxlan","flannel.alpha.coreos.com/kube-subnet-manager":"true"}}}`
-			_, err := sa.CoreV1().Nodes().Patch(ctx, node.Name, types.StrategicMergePatchType, []byte(p), metav1.PatchOptions{})
+		// As flanneld writes them: a merge patch of the status
+		// subresource, which keeps metadata changes.
+		"patch node annotations through nodes/status": func() error {
+			_, err := sa.CoreV1().Nodes().Patch(ctx, node.Name, types.MergePatchType, []byte(annotationPatch), metav1.PatchOptions{}, "status")
 			return err
 		},
 		"patch node NetworkUnavailable condition": func() error {
@@ -242,6 +258,26 @@ func checkFlannelPermissions(ctx context.Context, t *testing.T, s *kubetest.Serv
 	forbidden := map[string]func() error{
 		"list pods": func() error {
 			_, err := sa.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{})
+			return err
+		},
+		// The main resource would also open the spec (taints,
+		// unschedulable); a dry run, so a wrongly granted patch changes
+		// nothing the checks below look at.
+		"patch node (not its status)": func() error {
+			_, err := sa.CoreV1().Nodes().Patch(ctx, node.Name, types.MergePatchType, []byte(annotationPatch), metav1.PatchOptions{DryRun: []string{metav1.DryRunAll}})
+			return err
+		},
+		"update node status": func() error {
+			n, err := admin.CoreV1().Nodes().Get(ctx, node.Name, metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			_, err = sa.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{DryRun: []string{metav1.DryRunAll}})
+			return err
+		},
+		"create node": func() error {
+			n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "deploy-test-intruder"}}
+			_, err := sa.CoreV1().Nodes().Create(ctx, n, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
 			return err
 		},
 		"update node": func() error {

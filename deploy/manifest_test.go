@@ -79,12 +79,15 @@ func checkClusterRole(t *testing.T, objs []object) {
 			}
 		}
 	}
+	// One tuple per kind of call internal/subnet/kube makes; annotations
+	// go through nodes/status, so "patch" on nodes is deliberately absent.
+	// The API server test drives the real manager with this role to prove
+	// the set is also sufficient.
 	want := map[rbacTuple]bool{
 		{"", "pods", "get"}:           true,
 		{"", "nodes", "get"}:          true,
 		{"", "nodes", "list"}:         true,
 		{"", "nodes", "watch"}:        true,
-		{"", "nodes", "patch"}:        true,
 		{"", "nodes/status", "patch"}: true,
 	}
 	if diff := cmp.Diff(want, got, cmp.AllowUnexported(rbacTuple{})); diff != "" {
