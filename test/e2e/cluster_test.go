@@ -165,15 +165,21 @@ func (c *cluster) start(nodes []*testbed.Node, args ...string) map[*testbed.Node
 			c.t.Fatalf("%v", err)
 		}
 	}
+	return c.waitReady(nodes, started, time.Minute)
+}
+
+// waitReady waits in parallel for each node's subnet.env written after
+// since.
+func (c *cluster) waitReady(nodes []*testbed.Node, since time.Time, within time.Duration) map[*testbed.Node]*subnetenv.Env {
+	c.t.Helper()
+	ctx := testCtx(c.t, within)
 	envs := map[*testbed.Node]*subnetenv.Env{}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	errs := make(chan error, len(nodes))
 	for _, n := range nodes {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			env, err := waitFresh(ctx, c.Flanneld(n), n, started)
+		wg.Go(func() {
+			env, err := waitFresh(ctx, c.Flanneld(n), n, since)
 			if err != nil {
 				errs <- fmt.Errorf("node %s: %w", n.Name, err)
 				return
@@ -181,7 +187,7 @@ func (c *cluster) start(nodes []*testbed.Node, args ...string) map[*testbed.Node
 			mu.Lock()
 			envs[n] = env
 			mu.Unlock()
-		}()
+		})
 	}
 	wg.Wait()
 	close(errs)

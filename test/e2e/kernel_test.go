@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"testing"
+	"time"
 
 	"github.com/flannelgo/flannel/internal/testbed"
 	"github.com/vishvananda/netlink"
@@ -82,4 +84,35 @@ func vxlanState(ns, dev string, subnet netip.Prefix, publicIP netip.Addr) (vxlan
 		return nil
 	})
 	return st, err
+}
+
+// requireProgrammed fails unless every node holds route, neighbour and FDB
+// entry for the peer with subnet at publicIP.
+func requireProgrammed(t *testing.T, nodes []*testbed.Node, subnet netip.Prefix, publicIP netip.Addr) {
+	t.Helper()
+	for _, n := range nodes {
+		st, err := vxlanState(n.NS, "flannel.1", subnet, publicIP)
+		if err != nil || !st.all() {
+			t.Fatalf("node %s for %s: %s %v, want all three", n.Name, subnet, st, err)
+		}
+	}
+}
+
+// requireUnprogrammed waits until no node holds anything for the peer with
+// subnet at publicIP, within the 5 s the contract allows.
+func requireUnprogrammed(t *testing.T, nodes []*testbed.Node, subnet netip.Prefix, publicIP netip.Addr) {
+	t.Helper()
+	for _, n := range nodes {
+		took := eventually(t, 5*time.Second, "node "+n.Name+" drops "+subnet.String(), func() error {
+			st, err := vxlanState(n.NS, "flannel.1", subnet, publicIP)
+			if err != nil {
+				return err
+			}
+			if st.any() {
+				return fmt.Errorf("still has %s", st)
+			}
+			return nil
+		})
+		t.Logf("node %s removed route, neighbour and FDB for %s after %s", n.Name, subnet, took.Round(time.Millisecond))
+	}
 }

@@ -16,7 +16,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -208,34 +207,6 @@ func (k *kubeCluster) startReady(nodes []*testbed.Node, r kubeRun) map[*testbed.
 		k.startKube(n, r)
 	}
 	return k.waitReady(nodes, started, time.Minute)
-}
-
-// waitReady waits in parallel for each node's fresh subnet.env.
-func (k *kubeCluster) waitReady(nodes []*testbed.Node, since time.Time, within time.Duration) map[*testbed.Node]*subnetenv.Env {
-	k.t.Helper()
-	ctx := testCtx(k.t, within)
-	envs := map[*testbed.Node]*subnetenv.Env{}
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	errs := make(chan error, len(nodes))
-	for _, n := range nodes {
-		wg.Go(func() {
-			env, err := waitFresh(ctx, k.Flanneld(n), n, since)
-			if err != nil {
-				errs <- fmt.Errorf("node %s: %w", n.Name, err)
-				return
-			}
-			mu.Lock()
-			envs[n] = env
-			mu.Unlock()
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		k.t.Fatal(err)
-	}
-	return envs
 }
 
 // waitLog waits until the node's flanneld log matches re and returns the

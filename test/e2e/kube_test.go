@@ -88,28 +88,11 @@ func TestKubeSubnetManager(t *testing.T) {
 		if err := k.StopFlanneld(gone); err != nil {
 			t.Fatal(err)
 		}
-		for _, n := range rest {
-			st, err := vxlanState(n.NS, "flannel.1", subnet, gone.Addr)
-			if err != nil || !st.all() {
-				t.Fatalf("before deletion node %s for %s: %s %v", n.Name, subnet, st, err)
-			}
-		}
+		requireProgrammed(t, rest, subnet, gone.Addr)
 		if err := k.cs.CoreV1().Nodes().Delete(ctx, gone.Name, metav1.DeleteOptions{}); err != nil {
 			t.Fatalf("delete node %s: %v", gone.Name, err)
 		}
-		for _, n := range rest {
-			took := eventually(t, 5*time.Second, "node "+n.Name+" drops "+subnet.String(), func() error {
-				st, err := vxlanState(n.NS, "flannel.1", subnet, gone.Addr)
-				if err != nil {
-					return err
-				}
-				if st.any() {
-					return fmt.Errorf("still has %s", st)
-				}
-				return nil
-			})
-			t.Logf("node %s removed route, neighbour and FDB for %s after %s", n.Name, subnet, took.Round(time.Millisecond))
-		}
+		requireUnprogrammed(t, rest, subnet, gone.Addr)
 		checkPeers(t, k, rest, len(rest)-1)
 	})
 

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"os/exec"
 	"regexp"
@@ -63,12 +62,7 @@ func TestDeletedLeaseIsUnprogrammed(t *testing.T) {
 	if err := c.StopFlanneld(gone); err != nil {
 		t.Fatal(err)
 	}
-	for _, n := range c.Nodes[:2] {
-		st, err := vxlanState(n.NS, "flannel.1", subnet, gone.Addr)
-		if err != nil || !st.all() {
-			t.Fatalf("before deletion node %s for %s: %s %v", n.Name, subnet, st, err)
-		}
-	}
+	requireProgrammed(t, c.Nodes[:2], subnet, gone.Addr)
 	ctx := testCtx(t, time.Minute)
 	cli, err := c.EtcdClient(ctx)
 	if err != nil {
@@ -80,19 +74,7 @@ func TestDeletedLeaseIsUnprogrammed(t *testing.T) {
 	if err != nil || resp.Deleted != 1 {
 		t.Fatalf("delete %s: deleted %v, %v", key, resp, err)
 	}
-	for _, n := range c.Nodes[:2] {
-		took := eventually(t, 5*time.Second, "node "+n.Name+" drops "+subnet.String(), func() error {
-			st, err := vxlanState(n.NS, "flannel.1", subnet, gone.Addr)
-			if err != nil {
-				return err
-			}
-			if st.any() {
-				return fmt.Errorf("still has %s", st)
-			}
-			return nil
-		})
-		t.Logf("node %s removed route, neighbour and FDB for %s after %s", n.Name, subnet, took.Round(time.Millisecond))
-	}
+	requireUnprogrammed(t, c.Nodes[:2], subnet, gone.Addr)
 }
 
 // Twenty flanneld processes started at the same moment against one etcd

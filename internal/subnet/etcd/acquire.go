@@ -117,7 +117,7 @@ func (m *Manager) claim(ctx context.Context, cli *clientv3.Client, cfg *config.C
 	}
 	l.Attrs = attrs
 	klog.Infof("allocated lease %s", l)
-	if twin := sameAddress(cfg, attrs, recs); twin != nil {
+	for _, twin := range sameAddress(cfg, attrs, recs) {
 		klog.Errorf("duplicate public address: lease %s (this node) and lease %s (another running node) both advertise %s: "+
 			"traffic for one of them will reach the other; give each node its own address with --iface, --iface-regex, --iface-can-reach or --public-ip",
 			l.Key(), twin.name, describeNode(attrs))
@@ -299,26 +299,34 @@ func takenErr(key string, value []byte) error {
 // node's address whose holder is running is another node's, unless
 // subnet.env names it.
 func (m *Manager) ownLease(ctx context.Context, cli *clientv3.Client, cfg *config.Config, attrs lease.Attrs, recs []record) (*record, error) {
-	r := sameAddress(cfg, attrs, recs)
-	if r == nil || m.previouslyOurs(r.l) {
-		return r, nil
+	candidates := sameAddress(cfg, attrs, recs)
+	for _, r := range candidates {
+		if m.previouslyOurs(r.l) {
+			return r, nil
+		}
 	}
-	alive, err := m.isAlive(ctx, cli, r.name)
-	if err != nil || alive {
-		return nil, err
+	for _, r := range candidates {
+		alive, err := m.isAlive(ctx, cli, r.name)
+		if err != nil {
+			return nil, err
+		}
+		if !alive {
+			return r, nil
+		}
 	}
-	return r, nil
+	return nil, nil
 }
 
-// sameAddress finds a fitting lease that advertises this node's address.
-func sameAddress(cfg *config.Config, attrs lease.Attrs, recs []record) *record {
+// sameAddress lists the fitting leases that advertise this node's address.
+func sameAddress(cfg *config.Config, attrs lease.Attrs, recs []record) []*record {
+	var out []*record
 	for i := range recs {
 		r := &recs[i]
 		if sameNode(r.l.Attrs, attrs, cfg.EnableIPv6) && fits(cfg, r.l) {
-			return r
+			out = append(out, r)
 		}
 	}
-	return nil
+	return out
 }
 
 func (m *Manager) previouslyOurs(l lease.Lease) bool {
