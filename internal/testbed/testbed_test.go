@@ -772,7 +772,16 @@ func TestCleanupAfterCrash(t *testing.T) {
 	if err := Cleanup(ctx, "tbcr", stateDir); err != nil {
 		t.Fatalf("Cleanup: %v", err)
 	}
-	waitFor(t, func() bool { return bystanderAlive(pid) != nil })
+	// Under load the kill and the exit (with its namespace teardown) can
+	// take a while; the state is reported if it never happens.
+	deadline := time.Now().Add(20 * time.Second)
+	for bystanderAlive(pid) == nil {
+		if time.Now().After(deadline) {
+			st, err := procStat(pid)
+			t.Fatalf("pid %d still alive 20 s after Cleanup: state %q (%v)", pid, st.State, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	assertNoNamespaces(t, "tbcr")
 }
 
