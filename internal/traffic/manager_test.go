@@ -226,192 +226,169 @@ func checkDump(t *testing.T, ns *testNS, im impl, v6 bool, when string) {
 }
 
 func TestApplyInstallsExactRules(t *testing.T) {
-	for _, im := range impls {
-		t.Run(im.name, func(t *testing.T) {
-			requireRoot(t)
-			guardRootNamespace(t)
-			ns := newNS(t, "ttr-node")
-			m := newManagerIn(t, ns, im, fullConfig())
+	inEachImpl(t, func(t *testing.T, ns *testNS, im impl) {
+		m := newManagerIn(t, ns, im, fullConfig())
 
-			if applyIn(t, ns, m) {
-				t.Error("first Apply reported a repair; it only installs")
-			}
-			checkDump(t, ns, im, false, "after Apply")
-			if applyIn(t, ns, m) {
-				t.Error("second Apply reported a repair although nothing changed")
-			}
-			checkDump(t, ns, im, false, "after a second Apply")
-		})
-	}
+		if applyIn(t, ns, m) {
+			t.Error("first Apply reported a repair; it only installs")
+		}
+		checkDump(t, ns, im, false, "after Apply")
+		if applyIn(t, ns, m) {
+			t.Error("second Apply reported a repair although nothing changed")
+		}
+		checkDump(t, ns, im, false, "after a second Apply")
+	})
 }
 
 // A restarted daemon must not rewrite rules that are already right: a
 // rewrite would briefly leave traffic un-masqueraded.
 func TestApplyLeavesCorrectRulesAlone(t *testing.T) {
-	for _, im := range impls {
-		t.Run(im.name, func(t *testing.T) {
-			requireRoot(t)
-			guardRootNamespace(t)
-			ns := newNS(t, "ttr-node")
-			applyIn(t, ns, newManagerIn(t, ns, im, dualConfig()))
-			// Both iptables-nft and our tables live in nftables; rule handles
-			// change on any rewrite.
-			before := ns.sh(t, "nft -a list ruleset")
-			if applyIn(t, ns, newManagerIn(t, ns, im, dualConfig())) {
-				t.Error("a fresh manager's first Apply reported a repair")
-			}
-			if after := ns.sh(t, "nft -a list ruleset"); after != before {
-				t.Errorf("a fresh manager rewrote correct rules\nbefore:\n%s\nafter:\n%s", before, after)
-			}
-		})
-	}
+	inEachImpl(t, func(t *testing.T, ns *testNS, im impl) {
+		applyIn(t, ns, newManagerIn(t, ns, im, dualConfig()))
+		// Both iptables-nft and our tables live in nftables; rule handles
+		// change on any rewrite.
+		before := ns.sh(t, "nft -a list ruleset")
+		if applyIn(t, ns, newManagerIn(t, ns, im, dualConfig())) {
+			t.Error("a fresh manager's first Apply reported a repair")
+		}
+		if after := ns.sh(t, "nft -a list ruleset"); after != before {
+			t.Errorf("a fresh manager rewrote correct rules\nbefore:\n%s\nafter:\n%s", before, after)
+		}
+	})
 }
 
 func TestApplyRepairs(t *testing.T) {
-	for _, im := range impls {
-		t.Run(im.name, func(t *testing.T) {
-			requireRoot(t)
-			guardRootNamespace(t)
-			ns := newNS(t, "ttr-node")
-			m := newManagerIn(t, ns, im, fullConfig())
-			applyIn(t, ns, m)
-			for _, b := range im.breakages {
-				ns.sh(t, b.script)
-				if im.dump(t, ns, false) == im.want(false) {
-					t.Fatalf("%s: the breakage changed nothing; the test is broken", b.name)
-				}
-				if !applyIn(t, ns, m) {
-					t.Errorf("%s: Apply did not report a repair", b.name)
-				}
-				checkDump(t, ns, im, false, b.name+", then Apply")
-				if applyIn(t, ns, m) {
-					t.Errorf("%s: the Apply after the repair reported another repair", b.name)
-				}
+	inEachImpl(t, func(t *testing.T, ns *testNS, im impl) {
+		m := newManagerIn(t, ns, im, fullConfig())
+		applyIn(t, ns, m)
+		for _, b := range im.breakages {
+			ns.sh(t, b.script)
+			if im.dump(t, ns, false) == im.want(false) {
+				t.Fatalf("%s: the breakage changed nothing; the test is broken", b.name)
 			}
-		})
-	}
+			if !applyIn(t, ns, m) {
+				t.Errorf("%s: Apply did not report a repair", b.name)
+			}
+			checkDump(t, ns, im, false, b.name+", then Apply")
+			if applyIn(t, ns, m) {
+				t.Errorf("%s: the Apply after the repair reported another repair", b.name)
+			}
+		}
+	})
 }
 
 func TestRunRestores(t *testing.T) {
-	for _, im := range impls {
-		t.Run(im.name, func(t *testing.T) {
-			requireRoot(t)
-			guardRootNamespace(t)
-			ns := newNS(t, "ttr-node")
-			m := newManagerIn(t, ns, im, fullConfig())
-			applyIn(t, ns, m)
+	inEachImpl(t, func(t *testing.T, ns *testNS, im impl) {
+		m := newManagerIn(t, ns, im, fullConfig())
+		applyIn(t, ns, m)
 
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan struct{})
-			go func() {
-				defer close(done)
-				_ = ns.do(func() error { m.Run(ctx, time.Second); return nil })
-			}()
-			defer func() { cancel(); <-done }()
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			_ = ns.do(func() error { m.Run(ctx, time.Second); return nil })
+		}()
+		defer func() { cancel(); <-done }()
 
-			b := im.breakages[0]
-			ns.sh(t, b.script)
-			broken := time.Now()
-			for im.dump(t, ns, false) != im.want(false) {
-				if time.Since(broken) > 3*time.Second {
-					t.Fatalf("Run (resync 1s) had not restored the rules %s after %q:\n%s", time.Since(broken), b.name, im.dump(t, ns, false))
-				}
-				time.Sleep(50 * time.Millisecond)
+		b := im.breakages[0]
+		ns.sh(t, b.script)
+		broken := time.Now()
+		for im.dump(t, ns, false) != im.want(false) {
+			if time.Since(broken) > 3*time.Second {
+				t.Fatalf("Run (resync 1s) had not restored the rules %s after %q:\n%s", time.Since(broken), b.name, im.dump(t, ns, false))
 			}
-			if took := time.Since(broken); took > 2200*time.Millisecond {
-				t.Errorf("Run (resync 1s) took %s to restore the rules, want about 1s", took)
-			} else {
-				t.Logf("restored %s after %q", took.Round(10*time.Millisecond), b.name)
-			}
-		})
-	}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if took := time.Since(broken); took > 2200*time.Millisecond {
+			t.Errorf("Run (resync 1s) took %s to restore the rules, want about 1s", took)
+		} else {
+			t.Logf("restored %s after %q", took.Round(10*time.Millisecond), b.name)
+		}
+	})
 }
 
 func TestCleanup(t *testing.T) {
-	for _, im := range impls {
-		t.Run(im.name, func(t *testing.T) {
-			requireRoot(t)
-			guardRootNamespace(t)
-			ns := newNS(t, "ttr-node")
-			m := newManagerIn(t, ns, im, dualConfig())
-			cleanupIn(t, ns, m) // nothing there yet: must not fail
-			applyIn(t, ns, m)
-			checkDump(t, ns, im, false, "after Apply")
-			checkDump(t, ns, im, true, "after Apply")
-			cleanupIn(t, ns, m)
-			state := ns.sh(t, "iptables -t nat -S; iptables -t filter -S; ip6tables -t nat -S; ip6tables -t filter -S; nft list tables")
-			for _, own := range []string{"FLANNEL", "flanneld", nftTableIPv4, nftTableIPv6} {
-				if strings.Contains(state, own) {
-					t.Errorf("%s still present after Cleanup:\n%s", own, state)
-				}
+	inEachImpl(t, func(t *testing.T, ns *testNS, im impl) {
+		m := newManagerIn(t, ns, im, dualConfig())
+		cleanupIn(t, ns, m) // nothing there yet: must not fail
+		applyIn(t, ns, m)
+		checkDump(t, ns, im, false, "after Apply")
+		checkDump(t, ns, im, true, "after Apply")
+		cleanupIn(t, ns, m)
+		state := ns.sh(t, "iptables -t nat -S; iptables -t filter -S; ip6tables -t nat -S; ip6tables -t filter -S; nft list tables")
+		for _, own := range []string{"FLANNEL", "flanneld", nftTableIPv4, nftTableIPv6} {
+			if strings.Contains(state, own) {
+				t.Errorf("%s still present after Cleanup:\n%s", own, state)
 			}
-			cleanupIn(t, ns, m) // twice is fine
-			if applyIn(t, ns, m) {
-				t.Error("the first Apply after Cleanup reported a repair")
-			}
-			checkDump(t, ns, im, false, "Apply after Cleanup")
-		})
-	}
+		}
+		cleanupIn(t, ns, m) // twice is fine
+		if applyIn(t, ns, m) {
+			t.Error("the first Apply after Cleanup reported a repair")
+		}
+		checkDump(t, ns, im, false, "Apply after Cleanup")
+	})
 }
 
 func TestIPv6Rules(t *testing.T) {
-	for _, im := range impls {
-		t.Run(im.name, func(t *testing.T) {
-			requireRoot(t)
-			guardRootNamespace(t)
-			ns := newNS(t, "ttr-node")
-			m := newManagerIn(t, ns, im, dualConfig())
-			applyIn(t, ns, m)
-			checkDump(t, ns, im, false, "dual stack, IPv4")
-			checkDump(t, ns, im, true, "dual stack, IPv6")
-			if applyIn(t, ns, m) {
-				t.Error("second Apply reported a repair")
-			}
-			checkDump(t, ns, im, true, "dual stack, IPv6, second Apply")
+	inEachImpl(t, func(t *testing.T, ns *testNS, im impl) {
+		m := newManagerIn(t, ns, im, dualConfig())
+		applyIn(t, ns, m)
+		checkDump(t, ns, im, false, "dual stack, IPv4")
+		checkDump(t, ns, im, true, "dual stack, IPv6")
+		if applyIn(t, ns, m) {
+			t.Error("second Apply reported a repair")
+		}
+		checkDump(t, ns, im, true, "dual stack, IPv6, second Apply")
 
-			// IPv6 only: no IPv4 rules at all.
-			ns6 := newNS(t, "ttr-node6")
-			m6 := newManagerIn(t, ns6, im, Config{IPv6Network: v6Network, IPv6Subnet: v6Subnet, Masquerade: true, FullyRandom: true, Forward: true})
-			applyIn(t, ns6, m6)
-			checkDump(t, ns6, im, true, "IPv6 only")
-			v4 := ns6.sh(t, "iptables -t nat -S; iptables -t filter -S; nft list tables")
-			if strings.Contains(v4, "FLANNEL") || strings.Contains(v4, nftTableIPv4) {
-				t.Errorf("IPv6-only config installed IPv4 rules:\n%s", v4)
-			}
-		})
-	}
+		// IPv6 only: no IPv4 rules at all.
+		ns6 := newNS(t, "ttr-node6")
+		m6 := newManagerIn(t, ns6, im, Config{IPv6Network: v6Network, IPv6Subnet: v6Subnet, Masquerade: true, FullyRandom: true, Forward: true})
+		applyIn(t, ns6, m6)
+		checkDump(t, ns6, im, true, "IPv6 only")
+		v4 := ns6.sh(t, "iptables -t nat -S; iptables -t filter -S; nft list tables")
+		if strings.Contains(v4, "FLANNEL") || strings.Contains(v4, nftTableIPv4) {
+			t.Errorf("IPv6-only config installed IPv4 rules:\n%s", v4)
+		}
+	})
 }
 
 // Turning a feature off removes its rules; the other feature's stay.
 func TestFeatureSwitches(t *testing.T) {
+	inEachImpl(t, func(t *testing.T, ns *testNS, im impl) {
+		applyIn(t, ns, newManagerIn(t, ns, im, fullConfig()))
+
+		noMasq := fullConfig()
+		noMasq.Masquerade = false
+		applyIn(t, ns, newManagerIn(t, ns, im, noMasq))
+		state := im.dump(t, ns, false)
+		if masq := regexp.MustCompile(`MASQUERADE|masquerade fully|chain postrouting|FLANNEL-POSTRTG`); masq.MatchString(state) {
+			t.Errorf("Masquerade=false left masquerade rules:\n%s", state)
+		}
+		if !strings.Contains(state, "10.244.0.0/16 accept") && !strings.Contains(state, "-A FLANNEL-FWD -s 10.244.0.0/16") {
+			t.Errorf("Masquerade=false removed the forward rules:\n%s", state)
+		}
+
+		noFwd := fullConfig()
+		noFwd.Forward = false
+		applyIn(t, ns, newManagerIn(t, ns, im, noFwd))
+		state = im.dump(t, ns, false)
+		if strings.Contains(state, "chain forward") || strings.Contains(state, "FLANNEL-FWD") {
+			t.Errorf("Forward=false left forward rules:\n%s", state)
+		}
+		if !strings.Contains(state, "masquerade fully-random") && !strings.Contains(state, "-j MASQUERADE") {
+			t.Errorf("Forward=false has no masquerade rules:\n%s", state)
+		}
+	})
+}
+
+// inEachImpl runs body for the iptables and the nftables manager, each in
+// a fresh node namespace.
+func inEachImpl(t *testing.T, body func(t *testing.T, ns *testNS, im impl)) {
 	for _, im := range impls {
 		t.Run(im.name, func(t *testing.T) {
 			requireRoot(t)
 			guardRootNamespace(t)
-			ns := newNS(t, "ttr-node")
-			applyIn(t, ns, newManagerIn(t, ns, im, fullConfig()))
-
-			noMasq := fullConfig()
-			noMasq.Masquerade = false
-			applyIn(t, ns, newManagerIn(t, ns, im, noMasq))
-			state := im.dump(t, ns, false)
-			if masq := regexp.MustCompile(`MASQUERADE|masquerade fully|chain postrouting|FLANNEL-POSTRTG`); masq.MatchString(state) {
-				t.Errorf("Masquerade=false left masquerade rules:\n%s", state)
-			}
-			if !strings.Contains(state, "10.244.0.0/16 accept") && !strings.Contains(state, "-A FLANNEL-FWD -s 10.244.0.0/16") {
-				t.Errorf("Masquerade=false removed the forward rules:\n%s", state)
-			}
-
-			noFwd := fullConfig()
-			noFwd.Forward = false
-			applyIn(t, ns, newManagerIn(t, ns, im, noFwd))
-			state = im.dump(t, ns, false)
-			if strings.Contains(state, "chain forward") || strings.Contains(state, "FLANNEL-FWD") {
-				t.Errorf("Forward=false left forward rules:\n%s", state)
-			}
-			if !strings.Contains(state, "masquerade fully-random") && !strings.Contains(state, "-j MASQUERADE") {
-				t.Errorf("Forward=false has no masquerade rules:\n%s", state)
-			}
+			body(t, newNS(t, "ttr-node"), im)
 		})
 	}
 }
