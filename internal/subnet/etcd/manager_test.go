@@ -353,21 +353,7 @@ func TestAcquireDualStackChecksEachFamily(t *testing.T) {
 func TestAcquireDualStackConcurrent(t *testing.T) {
 	s := startEtcd(t)
 	s.put(configKey, `{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}`)
-	const nodes = 10
-	leases := make([]*lease.Lease, nodes)
-	errs := make([]error, nodes)
-	var wg sync.WaitGroup
-	for i := range nodes {
-		m := s.manager(t, Options{})
-		attrs := vxlanAttrs(fmt.Sprintf("198.51.100.%d", 10+i), "ae:00:00:00:00:01")
-		attrs.PublicIPv6 = netip.MustParseAddr(fmt.Sprintf("fd00:198:51:100::%d", 10+i))
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			leases[i], errs[i] = m.AcquireLease(testCtx(t), attrs)
-		}()
-	}
-	wg.Wait()
+	leases, errs := acquireDualStackAtOnce(t, s, 10)
 	v4, v6 := map[netip.Prefix]bool{}, map[netip.Prefix]bool{}
 	for i, l := range leases {
 		if errs[i] != nil {
@@ -496,21 +482,7 @@ func TestAcquireRaceForFewSubnets(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			s := startEtcd(t)
 			s.put(configKey, tc.conf)
-			const nodes = 8
-			leases := make([]*lease.Lease, nodes)
-			errs := make([]error, nodes)
-			var wg sync.WaitGroup
-			for i := range nodes {
-				m := s.manager(t, Options{})
-				attrs := vxlanAttrs(fmt.Sprintf("198.51.100.%d", 10+i), "ae:00:00:00:00:01")
-				attrs.PublicIPv6 = netip.MustParseAddr(fmt.Sprintf("fd00:198:51:100::%d", 10+i))
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					leases[i], errs[i] = m.AcquireLease(testCtx(t), attrs)
-				}()
-			}
-			wg.Wait()
+			leases, errs := acquireDualStackAtOnce(t, s, 8)
 			holders := map[string]string{} // etcd key -> PublicIP
 			v4, v6 := map[netip.Prefix]bool{}, map[netip.Prefix]bool{}
 			for i, l := range leases {
@@ -541,4 +513,21 @@ func TestAcquireRaceForFewSubnets(t *testing.T) {
 			}
 		})
 	}
+}
+
+// acquireDualStackAtOnce has n dual-stack nodes, each with its own manager
+// and addresses, acquire leases at the same moment.
+func acquireDualStackAtOnce(t *testing.T, s *etcdServer, n int) ([]*lease.Lease, []error) {
+	t.Helper()
+	leases := make([]*lease.Lease, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		m := s.manager(t, Options{})
+		attrs := vxlanAttrs(fmt.Sprintf("198.51.100.%d", 10+i), "ae:00:00:00:00:01")
+		attrs.PublicIPv6 = netip.MustParseAddr(fmt.Sprintf("fd00:198:51:100::%d", 10+i))
+		wg.Go(func() { leases[i], errs[i] = m.AcquireLease(testCtx(t), attrs) })
+	}
+	wg.Wait()
+	return leases, errs
 }
