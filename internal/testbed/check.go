@@ -33,7 +33,7 @@ func labRanges() []netip.Prefix {
 // ranges and that no namespace of an earlier lab with this name is left.
 func CheckRangesFree(name string) error {
 	if !labName.MatchString(name) {
-		return fmt.Errorf("lab name %q: use 1 to 6 characters a-z, 0-9", name)
+		return fmt.Errorf("lab name %q: use 1 to 12 characters a-z, 0-9", name)
 	}
 	left, err := listNS(nsPrefix(name))
 	if err != nil {
@@ -120,7 +120,7 @@ func ipNetPrefix(n *net.IPNet) (netip.Prefix, bool) {
 // idempotent.
 func Cleanup(ctx context.Context, name, stateDir string) error {
 	if !labName.MatchString(name) {
-		return fmt.Errorf("lab name %q: use 1 to 6 characters a-z, 0-9", name)
+		return fmt.Errorf("lab name %q: use 1 to 12 characters a-z, 0-9", name)
 	}
 	if stateDir == "" {
 		stateDir = filepath.Join(DefaultStateRoot, name)

@@ -35,7 +35,8 @@ const (
 
 // Options describe a testbed.
 type Options struct {
-	// Name is a short lab name, [a-z0-9]{1,6}; namespaces are fl-<Name>-*.
+	// Name is a short lab name, [a-z0-9]{1,12}; namespaces are fl-<Name>-*.
+	// (`flannelctl lab` keeps names to 6 characters; tests append a tag.)
 	Name string
 	// Nodes is the number of nodes New creates (more can join with AddNode).
 	Nodes int
@@ -109,11 +110,11 @@ type Testbed struct {
 	etcd  *Proc
 }
 
-var labName = regexp.MustCompile(`^[a-z0-9]{1,6}$`)
+var labName = regexp.MustCompile(`^[a-z0-9]{1,12}$`)
 
 func (o *Options) setDefaults() error {
 	if !labName.MatchString(o.Name) {
-		return fmt.Errorf("lab name %q: use 1 to 6 characters a-z, 0-9", o.Name)
+		return fmt.Errorf("lab name %q: use 1 to 12 characters a-z, 0-9", o.Name)
 	}
 	if o.Segments == 0 {
 		o.Segments = 1

@@ -652,7 +652,7 @@ func TestLoadAndClose(t *testing.T) {
 }
 
 func TestOptionsAndAddresses(t *testing.T) {
-	for _, o := range []Options{{Name: ""}, {Name: "toolong7"}, {Name: "Bad"}, {Name: "ok", Segments: 3}, {Name: "ok", UnderlayMTU: 100}, {Name: "ok", Nodes: 500}} {
+	for _, o := range []Options{{Name: ""}, {Name: "toolongname13"}, {Name: "Bad"}, {Name: "ok", Segments: 3}, {Name: "ok", UnderlayMTU: 100}, {Name: "ok", Nodes: 500}} {
 		if err := o.setDefaults(); err == nil {
 			t.Errorf("options %+v accepted", o)
 		}

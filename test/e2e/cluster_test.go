@@ -105,6 +105,7 @@ func newCluster(t testing.TB, name string, o clusterOpts) *cluster {
 	}
 	ctx := testCtx(t, 2*time.Minute)
 	state := filepath.Join(t.TempDir(), "lab")
+	name = labName(name)
 	tb, err := testbed.New(ctx, testbed.Options{
 		Name: name, Nodes: o.nodes, Segments: o.segments, UnderlayMTU: o.mtu, IPv6: o.ipv6,
 		StateDir: state, FlanneldPath: bins.flanneld, KeepState: true,
@@ -131,6 +132,11 @@ func newCluster(t testing.TB, name string, o clusterOpts) *cluster {
 	}
 	return c
 }
+
+// labName appends $FLANNEL_E2E_TAG (a few letters) to a test's lab name, so
+// that copies of the suite in several work trees can run at the same time
+// without their namespaces colliding.
+func labName(name string) string { return name + os.Getenv("FLANNEL_E2E_TAG") }
 
 func pods() *testbed.CNIPods { return &testbed.CNIPods{PluginDir: bins.dir} }
 

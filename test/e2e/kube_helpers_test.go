@@ -56,6 +56,7 @@ func newKubeCluster(t *testing.T, name string, nodes int) *kubeCluster {
 	t.Helper()
 	needLab(t)
 	ctx := testCtx(t, 3*time.Minute)
+	name = labName(name)
 	tb, err := testbed.New(ctx, testbed.Options{
 		Name: name, Nodes: nodes, StateDir: filepath.Join(t.TempDir(), "lab"),
 		FlanneldPath: bins.flanneld, KeepState: true,
