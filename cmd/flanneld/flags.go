@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"net/netip"
@@ -31,6 +32,8 @@ type options struct {
 
 	kubeSubnetMgr, setNodeNetworkUnavailable         bool
 	kubeAPIURL, kubeconfigFile, kubeAnnotationPrefix string
+
+	networkPolicy bool
 }
 
 // stringSlice is a repeatable flag (--iface=eth0 --iface=eth1).
@@ -73,6 +76,7 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.StringVar(&o.kubeconfigFile, "kubeconfig-file", "", "kubeconfig file location")
 	fs.StringVar(&o.kubeAnnotationPrefix, "kube-annotation-prefix", "flannel.alpha.coreos.com", "Kubernetes annotation prefix")
 	fs.BoolVar(&o.setNodeNetworkUnavailable, "set-node-network-unavailable", true, "set the node's NetworkUnavailable condition to false once ready")
+	fs.BoolVar(&o.networkPolicy, "network-policy", false, "enforce Kubernetes NetworkPolicies for this node's pods with nftables (needs --kube-subnet-mgr)")
 	klog.InitFlags(fs)
 	return fs
 }
@@ -109,6 +113,9 @@ func parseFlags(args []string) (*options, *flag.FlagSet, error) {
 func (o *options) validate() error {
 	if o.subnetLeaseRenewMargin < 1 || o.subnetLeaseRenewMargin > 1439 {
 		return fmt.Errorf("--subnet-lease-renew-margin=%d: must be between 1 and 1439 minutes", o.subnetLeaseRenewMargin)
+	}
+	if o.networkPolicy && !o.kubeSubnetMgr {
+		return errors.New("--network-policy needs --kube-subnet-mgr: NetworkPolicies, pods and namespaces are read from the Kubernetes API, which flanneld does not use with etcd")
 	}
 	if o.iptablesResync < 1 {
 		return fmt.Errorf("--iptables-resync=%d: must be at least 1 second", o.iptablesResync)

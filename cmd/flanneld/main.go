@@ -80,6 +80,9 @@ func serve(ctx context.Context, o *options) error {
 		return err
 	}
 	defer closeMgr()
+	if err := networkPolicy(ctx, o, mgr, m); err != nil {
+		return err
+	}
 	d := daemon.New(daemon.Options{
 		Iface: iface.Options{
 			Ifaces: o.iface, IfaceRegex: o.ifaceRegex, IfaceCanReach: o.ifaceCanReach,

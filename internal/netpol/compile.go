@@ -26,6 +26,8 @@ type compiler struct {
 	nsLabels map[string]labels.Set
 	pods     []*corev1.Pod // with an address, not hostNetwork, not finished
 	byNS     map[string][]*corev1.Pod
+	ips      map[*corev1.Pod][]netip.Addr
+	peers    map[string][]IPRange // peerRanges by namespace and peers
 	grants   map[string]*Grant
 	model    *Model
 }
@@ -39,6 +41,8 @@ func Compile(in Input, target func(*corev1.Pod) bool) *Model {
 		nsLabels: map[string]labels.Set{},
 		grants:   map[string]*Grant{},
 		byNS:     map[string][]*corev1.Pod{},
+		ips:      map[*corev1.Pod][]netip.Addr{},
+		peers:    map[string][]IPRange{},
 		model: &Model{
 			Rules: [2]map[netip.Addr]*PodRules{{}, {}},
 			Pods:  map[netip.Addr]PodRef{},
@@ -53,7 +57,8 @@ func Compile(in Input, target func(*corev1.Pod) bool) *Model {
 		}
 		c.pods = append(c.pods, p)
 		c.byNS[p.Namespace] = append(c.byNS[p.Namespace], p)
-		for _, ip := range podIPs(p) {
+		c.ips[p] = podIPs(p)
+		for _, ip := range c.ips[p] {
 			c.model.Pods[ip] = PodRef{Namespace: p.Namespace, Name: p.Name, IP: ip}
 		}
 	}
@@ -131,7 +136,7 @@ func (c *compiler) addPolicy(pol *networkingv1.NetworkPolicy, target func(*corev
 }
 
 func (c *compiler) isolate(d Direction, p *corev1.Pod, policy string, grants []*Grant) {
-	for _, ip := range podIPs(p) {
+	for _, ip := range c.ips[p] {
 		r := c.model.Rules[d][ip]
 		if r == nil {
 			r = &PodRules{Pod: c.model.Pods[ip], Isolated: true}
@@ -196,7 +201,7 @@ func (c *compiler) egressEntries(ns string, rule networkingv1.NetworkPolicyEgres
 		return entries
 	}
 	for _, p := range c.pods {
-		for _, ip := range podIPs(p) {
+		for _, ip := range c.ips[p] {
 			if !inRanges(peers, ip) {
 				continue
 			}
@@ -281,11 +286,46 @@ func namedPort(pod *corev1.Pod, name string, proto Proto) (uint16, bool) {
 }
 
 // peerRanges are the addresses a rule's peers cover; no peers means
-// everyone.
+// everyone. Rules with the same peers share the result.
 func (c *compiler) peerRanges(ns string, peers []networkingv1.NetworkPolicyPeer) []IPRange {
 	if len(peers) == 0 {
 		return allAddrs()
 	}
+	key := peersKey(ns, peers)
+	if rs, ok := c.peers[key]; ok {
+		return rs
+	}
+	rs := c.computePeers(ns, peers)
+	c.peers[key] = rs
+	return rs
+}
+
+// peersKey identifies a list of peers; the namespace matters only to a
+// pod selector without a namespace selector.
+func peersKey(ns string, peers []networkingv1.NetworkPolicyPeer) string {
+	var b strings.Builder
+	for _, p := range peers {
+		if p.PodSelector != nil && p.NamespaceSelector == nil {
+			b.WriteString(ns)
+			break
+		}
+	}
+	for _, p := range peers {
+		b.WriteString("|")
+		if p.PodSelector != nil {
+			b.WriteString("p:" + metav1.FormatLabelSelector(p.PodSelector))
+		}
+		if p.NamespaceSelector != nil {
+			b.WriteString(";n:" + metav1.FormatLabelSelector(p.NamespaceSelector))
+		}
+		if p.IPBlock != nil {
+			b.WriteString(";b:" + p.IPBlock.CIDR + "-" + strings.Join(p.IPBlock.Except, ","))
+		}
+	}
+	return b.String()
+}
+
+func (c *compiler) computePeers(ns string, peers []networkingv1.NetworkPolicyPeer) []IPRange {
 	var out []IPRange
 	for _, peer := range peers {
 		if peer.IPBlock != nil {
@@ -293,7 +333,7 @@ func (c *compiler) peerRanges(ns string, peers []networkingv1.NetworkPolicyPeer)
 			continue
 		}
 		for _, p := range c.selectPods(ns, peer) {
-			for _, ip := range podIPs(p) {
+			for _, ip := range c.ips[p] {
 				out = append(out, IPRange{ip, ip})
 			}
 		}

@@ -109,13 +109,16 @@ func classChain(tx *knftables.Transaction, d Direction, idx int, c *class, want 
 	var rules []string
 	for _, v6 := range []bool{false, true} {
 		ports, all := c.elements(v6)
-		ip, fam := ipKeyword(v6), familySuffix(v6)
+		ip, fam, addrType := ipKeyword(v6), familySuffix(v6), "ipv4_addr"
+		if v6 {
+			addrType = "ipv6_addr"
+		}
 		if len(ports) > 0 {
-			set := fillSet(tx, name+"-p"+fam, ip+"_addr . inet_proto . inet_service", portKeys(ports), want)
+			set := fillSet(tx, name+"-p"+fam, addrType+" . inet_proto . inet_service", portKeys(ports), want)
 			rules = append(rules, fmt.Sprintf("%s %s . meta l4proto . th dport @%s %s", ip, peer, set, allow))
 		}
 		if len(all) > 0 {
-			set := fillSet(tx, name+"-a"+fam, ip+"_addr", rangeKeys(all), want)
+			set := fillSet(tx, name+"-a"+fam, addrType, rangeKeys(all), want)
 			rules = append(rules, fmt.Sprintf("%s %s @%s %s", ip, peer, set, allow))
 		}
 	}

@@ -231,3 +231,10 @@ func apiError(verb, resource, name string, err error) error {
 	}
 	return fmt.Errorf("%s %s: %w", verb, what, err)
 }
+
+// Client is the manager's API client, shared with flanneld's other
+// controllers (network policy).
+func (m *Manager) Client() kubernetes.Interface { return m.cs }
+
+// NodeName is this node's name, found as AcquireLease finds it.
+func (m *Manager) NodeName(ctx context.Context) (string, error) { return m.resolveNodeName(ctx) }

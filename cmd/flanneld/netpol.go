@@ -1,0 +1,76 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+
+	"k8s.io/klog/v2"
+
+	"github.com/flannelgo/flannel/internal/metrics"
+	"github.com/flannelgo/flannel/internal/netpol"
+	"github.com/flannelgo/flannel/internal/subnet"
+	kubemgr "github.com/flannelgo/flannel/internal/subnet/kube"
+)
+
+// bridgeSysctls make bridged packets (pod to pod on one node, across cni0)
+// pass the inet forward hook where the policy table sits.
+var bridgeSysctls = []string{
+	"/proc/sys/net/bridge/bridge-nf-call-iptables",
+	"/proc/sys/net/bridge/bridge-nf-call-ip6tables",
+}
+
+// networkPolicy starts enforcing NetworkPolicies with --network-policy.
+// Without it, a table an earlier run left is removed: turning the flag
+// off must not leave pods isolated by rules nobody updates.
+func networkPolicy(ctx context.Context, o *options, mgr subnet.Manager, m *metrics.Metrics) error {
+	tbl, err := netpol.NewTable()
+	if !o.networkPolicy {
+		if err != nil {
+			klog.V(2).Infof("no nftables, so no network policy table to remove: %v", err)
+			return nil
+		}
+		if removed, err := tbl.Remove(ctx); err != nil {
+			return err
+		} else if removed {
+			klog.Infof("--network-policy is off: removed nftables table inet %s left by an earlier run", netpol.TableName)
+		}
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	km, ok := mgr.(*kubemgr.Manager)
+	if !ok {
+		return errors.New("--network-policy needs --kube-subnet-mgr")
+	}
+	if err := enableBridgeNetfilter(); err != nil {
+		return err
+	}
+	met := netpol.NewMetrics(tbl)
+	if err := m.Register(met.Collectors()...); err != nil {
+		return err
+	}
+	ctl := netpol.NewController(netpol.ControllerOptions{Client: km.Client(), NodeName: km.NodeName, Metrics: met}, tbl)
+	go func() {
+		if err := ctl.Run(ctx); err != nil {
+			klog.Errorf("network policy controller stopped: %v", err)
+		}
+	}()
+	return nil
+}
+
+func enableBridgeNetfilter() error {
+	for _, path := range bridgeSysctls {
+		err := os.WriteFile(path, []byte("1"), 0o644)
+		if errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("--network-policy: %s is missing, so traffic between pods of this node would bypass the policy rules: load the br_netfilter module (modprobe br_netfilter)", path)
+		}
+		if err != nil {
+			return fmt.Errorf("--network-policy: set %s to 1: %w", path, err)
+		}
+	}
+	return nil
+}
