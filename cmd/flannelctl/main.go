@@ -20,6 +20,7 @@ usage:
   flannelctl lab check  [--name N]
   flannelctl lab exec   [--name N] POD|NODE -- CMD [ARGS...]
   flannelctl lab down   [--name N]
+  flannelctl policy explain --from NS/POD --to NS/POD[:PORT/PROTO] [--kubeconfig FILE]
 
 Run 'flannelctl lab CMD --help' for the flags of a command.
 `
@@ -41,6 +42,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "lab":
 		return runLab(args[1:], stdout, stderr)
+	case "policy":
+		return runPolicy(args[1:], stdout, stderr)
 	default:
 		fmt.Fprintf(stderr, "flannelctl: unknown command %q\n\n%s", args[0], usage)
 		return 2

@@ -1,6 +1,7 @@
 package netpol
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -11,6 +12,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
 )
 
@@ -390,4 +392,32 @@ func (c *compiler) selectPods(ns string, peer networkingv1.NetworkPolicyPeer) []
 		}
 	}
 	return out
+}
+
+// ListInput reads the cluster state straight from the API server (for
+// flannelctl policy explain; flanneld's controller reads its caches).
+func ListInput(ctx context.Context, cs kubernetes.Interface) (Input, error) {
+	var in Input
+	pols, err := cs.NetworkingV1().NetworkPolicies("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return in, fmt.Errorf("list networkpolicies: %w", err)
+	}
+	pods, err := cs.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return in, fmt.Errorf("list pods: %w", err)
+	}
+	nss, err := cs.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return in, fmt.Errorf("list namespaces: %w", err)
+	}
+	for i := range pols.Items {
+		in.Policies = append(in.Policies, &pols.Items[i])
+	}
+	for i := range pods.Items {
+		in.Pods = append(in.Pods, &pods.Items[i])
+	}
+	for i := range nss.Items {
+		in.Namespaces = append(in.Namespaces, &nss.Items[i])
+	}
+	return in, nil
 }
