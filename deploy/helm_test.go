@@ -287,3 +287,17 @@ func TestChartImageArgsAndNamespace(t *testing.T) {
 		t.Errorf("ClusterRoleBinding does not bind the ServiceAccount in namespace net:\n%s", binding.raw)
 	}
 }
+
+// flannel.networkPolicy=true adds --network-policy; the ClusterRole
+// grants what it reads either way.
+func TestChartNetworkPolicy(t *testing.T) {
+	bin := helmBinary(t)
+	objs := renderChart(t, bin, "flannel.networkPolicy=true")
+	var ds appsv1.DaemonSet
+	decodeStrict(t, find(t, objs, "DaemonSet", "kube-flannel-ds"), &ds)
+	wantArgs := []string{"--ip-masq", "--kube-subnet-mgr", "--healthz-port=10244", "--network-policy"}
+	if got := ds.Spec.Template.Spec.Containers[0].Args; !slices.Equal(got, wantArgs) {
+		t.Errorf("args %q, want %q", got, wantArgs)
+	}
+	checkClusterRole(t, objs)
+}

@@ -89,6 +89,13 @@ func checkClusterRole(t *testing.T, objs []object) {
 		{"", "nodes", "list"}:         true,
 		{"", "nodes", "watch"}:        true,
 		{"", "nodes/status", "patch"}: true,
+		// --network-policy: read only.
+		{"", "pods", "list"}:                              true,
+		{"", "pods", "watch"}:                             true,
+		{"", "namespaces", "list"}:                        true,
+		{"", "namespaces", "watch"}:                       true,
+		{"networking.k8s.io", "networkpolicies", "list"}:  true,
+		{"networking.k8s.io", "networkpolicies", "watch"}: true,
 	}
 	if diff := cmp.Diff(want, got, cmp.AllowUnexported(rbacTuple{})); diff != "" {
 		t.Errorf("ClusterRole flannel permissions (-want +got):\n%s", diff)

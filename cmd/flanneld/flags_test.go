@@ -79,3 +79,26 @@ func TestUnexpectedArgs(t *testing.T) {
 		t.Fatal("positional argument accepted")
 	}
 }
+
+// --network-policy reads the Kubernetes API: refused with etcd, accepted
+// in kube mode, and FLANNELD_NETWORK_POLICY sets it like any flag.
+func TestNetworkPolicyFlag(t *testing.T) {
+	o, _, err := parseFlags([]string{"--network-policy"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := o.validate(); err == nil || !strings.Contains(err.Error(), "--network-policy needs --kube-subnet-mgr") {
+		t.Errorf("etcd mode with --network-policy: %v, want a refusal naming --kube-subnet-mgr", err)
+	}
+	t.Setenv("FLANNELD_NETWORK_POLICY", "true")
+	o, _, err = parseFlags([]string{"--kube-subnet-mgr"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !o.networkPolicy {
+		t.Error("FLANNELD_NETWORK_POLICY=true did not set --network-policy")
+	}
+	if err := o.validate(); err != nil {
+		t.Errorf("kube mode with --network-policy refused: %v", err)
+	}
+}

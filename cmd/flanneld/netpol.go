@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"strings"
 
 	"k8s.io/klog/v2"
 
@@ -62,14 +63,21 @@ func networkPolicy(ctx context.Context, o *options, mgr subnet.Manager, m *metri
 	return nil
 }
 
+// enableBridgeNetfilter turns the sysctls on unless they are on already
+// (in a container /proc/sys is usually read-only, and the node's set-up,
+// as kubeadm's, has set them).
 func enableBridgeNetfilter() error {
 	for _, path := range bridgeSysctls {
-		err := os.WriteFile(path, []byte("1"), 0o644)
+		cur, err := os.ReadFile(path)
 		if errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("--network-policy: %s is missing, so traffic between pods of this node would bypass the policy rules: load the br_netfilter module (modprobe br_netfilter)", path)
 		}
-		if err != nil {
-			return fmt.Errorf("--network-policy: set %s to 1: %w", path, err)
+		if err == nil && strings.TrimSpace(string(cur)) == "1" {
+			continue
+		}
+		if err := os.WriteFile(path, []byte("1"), 0o644); err != nil {
+			return fmt.Errorf("--network-policy: %s is not 1 and setting it failed (%w): run sysctl -w %s=1 on the node, or traffic between pods of this node bypasses the policy rules",
+				path, err, strings.ReplaceAll(strings.TrimPrefix(path, "/proc/sys/"), "/", "."))
 		}
 	}
 	return nil

@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -421,17 +422,20 @@ func (k *kubeCluster) apply(ctx context.Context, m *manifest) {
 	}
 }
 
-// permission is one verb on one (sub)resource of the core API group.
-type permission struct{ verb, resource string }
+// permission is one verb on one (sub)resource of an API group ("" is
+// the core group).
+type permission struct{ verb, resource, group string }
 
 func (p permission) String() string { return fmt.Sprintf("%q on %q", p.verb, p.resource) }
 
 func permissions(rules []rbacv1.PolicyRule) []permission {
 	var out []permission
 	for _, r := range rules {
-		for _, res := range r.Resources {
-			for _, v := range r.Verbs {
-				out = append(out, permission{v, res})
+		for _, g := range r.APIGroups {
+			for _, res := range r.Resources {
+				for _, v := range r.Verbs {
+					out = append(out, permission{v, res, g})
+				}
 			}
 		}
 	}
@@ -447,7 +451,7 @@ func without(rules []rbacv1.PolicyRule, p permission) []rbacv1.PolicyRule {
 			keep.Resources = []string{res}
 			keep.Verbs = nil
 			for _, v := range r.Verbs {
-				if res != p.resource || v != p.verb {
+				if res != p.resource || v != p.verb || !slices.Contains(r.APIGroups, p.group) {
 					keep.Verbs = append(keep.Verbs, v)
 				}
 			}
@@ -468,7 +472,7 @@ func waitGranted(ctx context.Context, cs kubernetes.Interface, namespace, name s
 		User:   "system:serviceaccount:" + namespace + ":" + name,
 		Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + namespace, "system:authenticated"},
 		ResourceAttributes: &authzv1.ResourceAttributes{
-			Verb: p.verb, Resource: resource, Subresource: sub,
+			Verb: p.verb, Group: p.group, Resource: resource, Subresource: sub,
 		},
 	}}
 	deadline := time.Now().Add(30 * time.Second)
