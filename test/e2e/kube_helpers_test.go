@@ -53,7 +53,7 @@ type kubeCluster struct {
 // newKubeCluster builds the namespaces and starts etcd + kube-apiserver in
 // the hub. The testbed's own etcd is not started: flanneld in kube mode
 // never talks to it. Everything goes away when the test ends.
-func newKubeCluster(t *testing.T, name string, nodes int) *kubeCluster {
+func newKubeCluster(t testing.TB, name string, nodes int) *kubeCluster {
 	t.Helper()
 	needLab(t)
 	ctx := testCtx(t, 3*time.Minute)
