@@ -117,6 +117,9 @@ func (o *options) validate() error {
 	if o.networkPolicy && !o.kubeSubnetMgr {
 		return errors.New("--network-policy needs --kube-subnet-mgr: NetworkPolicies, pods and namespaces are read from the Kubernetes API, which flanneld does not use with etcd")
 	}
+	if o.networkPolicy && !o.ipMasq {
+		return errors.New("--network-policy needs --ip-masq (as deploy/kube-flannel.yml runs flanneld): without it the flannel CNI plugin has the bridge plugin masquerade pod traffic leaving the node, so other nodes see the node's address instead of the pod's and cannot tell which policy applies")
+	}
 	if o.iptablesResync < 1 {
 		return fmt.Errorf("--iptables-resync=%d: must be at least 1 second", o.iptablesResync)
 	}

@@ -95,6 +95,13 @@ func TestNetworkPolicyFlag(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := o.validate(); err == nil || !strings.Contains(err.Error(), "--network-policy needs --ip-masq") {
+		t.Errorf("--network-policy without --ip-masq: %v, want a refusal naming --ip-masq", err)
+	}
+	o, _, err = parseFlags([]string{"--kube-subnet-mgr", "--ip-masq"})
+	if err != nil {
+		t.Fatal(err)
+	}
 	if !o.networkPolicy {
 		t.Error("FLANNELD_NETWORK_POLICY=true did not set --network-policy")
 	}

@@ -201,7 +201,7 @@ func npIngressCases() []npCase {
 func npEgressCases() []npCase {
 	return []npCase{
 		{"should allow egress access on one named port", []npStep{{
-			policy("x", "allow-egress", npSpec{PodSelector: *lsel(), Egress: []npEg{{Ports: []npPort{pnamed("serve-80-tcp")}}}}),
+			policy("x", "allow-egress", npSpec{PodSelector: *lsel(), PolicyTypes: npEgress, Egress: []npEg{{Ports: []npPort{pnamed("serve-80-tcp")}}}}),
 			egressFrom("x/*", onPort(tcpOn(80)))}}},
 		{"should deny egress from pods based on PodSelector", []npStep{{
 			policy("x", "deny-egress-pod-a", npSpec{PodSelector: *lsel("pod", "a"), PolicyTypes: npEgress}),

@@ -376,13 +376,33 @@ func (l *npLab) setLabels(ctx context.Context, obj string, lbls map[string]strin
 	}
 }
 
-// reset deletes every policy and restores the original labels.
-func (l *npLab) reset(ctx context.Context) {
+// resetSynced resets and, if that changed anything, waits until every
+// node has synced.
+func (l *npLab) resetSynced(ctx context.Context) {
 	l.t.Helper()
+	before := l.syncCounts(ctx)
+	start := time.Now()
+	if l.reset(ctx) {
+		l.waitSynced(ctx, before, start)
+	}
+}
+
+// reset deletes every policy and restores the original labels; it reports
+// whether there was anything to do.
+func (l *npLab) reset(ctx context.Context) bool {
+	l.t.Helper()
+	changed := false
 	for _, ns := range npNamespaces {
-		err := l.cs.NetworkingV1().NetworkPolicies(ns).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{})
+		list, err := l.cs.NetworkingV1().NetworkPolicies(ns).List(ctx, metav1.ListOptions{})
 		if err != nil {
-			l.t.Fatalf("delete networkpolicies in %s: %v", ns, err)
+			l.t.Fatal(err)
+		}
+		if len(list.Items) > 0 {
+			changed = true
+			err := l.cs.NetworkingV1().NetworkPolicies(ns).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{})
+			if err != nil {
+				l.t.Fatalf("delete networkpolicies in %s: %v", ns, err)
+			}
 		}
 		nsObj, err := l.cs.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
 		if err != nil {
@@ -390,6 +410,7 @@ func (l *npLab) reset(ctx context.Context) {
 		}
 		if !onlyLabels(nsObj.Labels, "ns", ns) {
 			l.setLabels(ctx, ns, map[string]string{"ns": ns})
+			changed = true
 		}
 	}
 	for _, p := range l.pods {
@@ -399,8 +420,10 @@ func (l *npLab) reset(ctx context.Context) {
 		}
 		if !onlyLabels(obj.Labels, "pod", p.name) {
 			l.setLabels(ctx, p.String(), map[string]string{"pod": p.name})
+			changed = true
 		}
 	}
+	return changed
 }
 
 // onlyLabels: lbls is {key: value}, apart from the namespace name label

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -21,7 +20,9 @@ import (
 
 // npRun is how flanneld runs on the policy lab's nodes.
 func npRun(k *kubeCluster, policy bool) kubeRun {
-	args := slices.Clone(metricsArgs)
+	// --ip-masq as deploy/kube-flannel.yml: without it the flannel CNI
+	// plugin has the bridge plugin masquerade pod traffic leaving the node.
+	args := append(slices.Clone(metricsArgs), "--ip-masq")
 	if policy {
 		args = append(args, "--network-policy", "-v=2")
 	}
@@ -66,7 +67,7 @@ func TestNetworkPolicy(t *testing.T) {
 		for i, c := range npCases() {
 			t.Run(npCaseName(i, c), func(t *testing.T) {
 				l := l.with(t)
-				defer l.change(ctx, func() { l.reset(ctx) })
+				defer l.resetSynced(ctx)
 				for _, st := range c.steps {
 					syncs = append(syncs, l.change(ctx, func() { st.apply(ctx, l) }))
 					l.check(ctx, st.want)
@@ -181,7 +182,7 @@ func testNPLatency(ctx context.Context, l *npLab) {
 		p50, p99 := percentiles(ds)
 		l.t.Logf("%s: %s -> %s changed %d times, in effect after p50 %s, p99 %s (max %s)", k.name, from, to, len(ds), p50, p99, slices.Max(ds).Round(time.Millisecond))
 		all = append(all, ds...)
-		l.change(ctx, func() { l.reset(ctx) })
+		l.resetSynced(ctx)
 	}
 	p50, p99 := percentiles(all)
 	l.t.Logf("all %d changes: p50 %s, p99 %s", len(all), p50, p99)
@@ -197,7 +198,7 @@ func testNPMetrics(ctx context.Context, l *npLab) {
 	l.change(ctx, func() {
 		l.createPolicy(ctx, "x", "deny-a", npSpec{PodSelector: *lsel("pod", "a"), PolicyTypes: npIngress})
 	})
-	defer l.change(ctx, func() { l.reset(ctx) })
+	defer l.resetSynced(ctx)
 	before, err := metric(ctx, node0, name)
 	if err != nil {
 		l.t.Fatal(err)
@@ -293,7 +294,7 @@ func testNPExplain(ctx context.Context, l *npLab) {
 		l.createPolicy(ctx, "x", "allow-b", npSpec{PodSelector: *lsel("pod", "a"), Ingress: []npIn{{
 			From: []npPeer{{PodSelector: lsel("pod", "b")}}, Ports: []npPort{pnum(corev1.ProtocolTCP, 80)}}}})
 	})
-	defer l.change(ctx, func() { l.reset(ctx) })
+	defer l.resetSynced(ctx)
 	for _, c := range []struct {
 		from, to      string
 		port          int
@@ -306,8 +307,9 @@ func testNPExplain(ctx context.Context, l *npLab) {
 		{"x/a", "y/c", 81, "udp", "ALLOW: x/a -> y/c:81/UDP", "egress of x/a: allowed: no NetworkPolicy selects the pod for egress"},
 	} {
 		to := fmt.Sprintf("%s:%d/%s", c.to, c.port, strings.ToUpper(c.proto))
-		out, err := exec.CommandContext(ctx, ctl, "policy", "explain", "--from", c.from, "--to", to,
-			"--kubeconfig", l.api.AdminKubeconfig).CombinedOutput()
+		// From a node: the API server listens on the underlay.
+		out, err := testbed.Exec(ctx, l.Nodes[0].NS, ctl, "policy", "explain", "--from", c.from, "--to", to,
+			"--kubeconfig", l.api.AdminKubeconfig)
 		if err != nil {
 			l.t.Fatalf("flannelctl policy explain --from %s --to %s: %v\n%s", c.from, to, err, out)
 		}
