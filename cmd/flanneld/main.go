@@ -18,6 +18,7 @@ import (
 
 	"github.com/flannelgo/flannel/internal/backend"
 	"github.com/flannelgo/flannel/internal/backend/alloc"
+	"github.com/flannelgo/flannel/internal/backend/awsvpc"
 	"github.com/flannelgo/flannel/internal/backend/extension"
 	"github.com/flannelgo/flannel/internal/backend/hostgw"
 	"github.com/flannelgo/flannel/internal/backend/ipip"
@@ -142,5 +143,6 @@ func backends() backend.Registry {
 	r[alloc.TypeName] = alloc.New
 	r[extension.TypeName] = extension.New
 	r[ipip.TypeName] = ipip.New
+	r[awsvpc.TypeName] = awsvpc.New
 	return r
 }
