@@ -1,6 +1,7 @@
 package netpol
 
 import (
+	"hash/fnv"
 	"net/netip"
 	"slices"
 	"strings"
@@ -11,8 +12,17 @@ import (
 // map lookup to find the class and two set lookups in it, however many
 // policies there are.
 type class struct {
+	key    string // the sorted keys of its grants
 	grants []*Grant
 	pods   []*PodRules
+}
+
+// hash identifies the class by its grants (the same grants give the same
+// chain name in every sync).
+func (c *class) hash() uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(c.key))
+	return h.Sum64()
 }
 
 // layout groups each direction's isolated pods into classes, in a stable
@@ -36,7 +46,7 @@ func layout(m *Model) [2][]*class {
 			key := strings.Join(slices.Compact(keys), "\x00")
 			c := byKey[key]
 			if c == nil {
-				c = &class{grants: r.Grants}
+				c = &class{key: key, grants: r.Grants}
 				byKey[key] = c
 				out[d] = append(out[d], c)
 			}

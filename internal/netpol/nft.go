@@ -44,15 +44,6 @@ var forwardRules = []string{
 	"ip6 daddr vmap @ingress6",
 }
 
-// objects are the names of what exists in the table.
-type objects struct {
-	chains, sets, counters map[string]bool
-}
-
-func newObjects() objects {
-	return objects{chains: map[string]bool{}, sets: map[string]bool{}, counters: map[string]bool{}}
-}
-
 // counterName is a pod's drop counter in one direction: "in/<ns>/<pod>";
 // the slashes cannot occur in Kubernetes names, so it parses back.
 func counterName(d Direction, p PodRef) string {
@@ -92,20 +83,55 @@ func ipKeyword(v6 bool) string {
 	return "ip"
 }
 
-// classChain writes one class's chain and sets. For ingress the peer is
-// the source and allowed packets are accepted; for egress the peer is the
+// ruleset is the content of the table as flanneld wants it: the class
+// chains with their rules, the sets with their elements, the maps with
+// their elements and the counters. The forward chain and the maps
+// themselves are always there.
+type ruleset struct {
+	chains   map[string][]string
+	sets     map[string]*setSpec
+	maps     map[string]map[string]string // map -> key -> value
+	counters map[string]bool
+}
+
+type setSpec struct {
+	typ   string
+	elems map[string][]string // element (parts joined) -> key parts
+}
+
+func newRuleset() *ruleset {
+	r := &ruleset{chains: map[string][]string{}, sets: map[string]*setSpec{}, maps: map[string]map[string]string{}, counters: map[string]bool{}}
+	for _, m := range baseMaps {
+		r.maps[m.Name] = map[string]string{}
+	}
+	return r
+}
+
+// buildRuleset lays the model out. Class chains are named after a hash of
+// their grants, so a class keeps its name from one sync to the next and
+// an update touches only what changed.
+func buildRuleset(m *Model) *ruleset {
+	r := newRuleset()
+	for d, cs := range layout(m) {
+		dir := Direction(d)
+		for _, c := range cs {
+			name := fmt.Sprintf("%s-%016x", dirPrefix(dir), c.hash())
+			r.classChain(dir, name, c)
+			r.podElements(dir, name, c)
+		}
+	}
+	return r
+}
+
+// classChain adds one class's chain and sets. For ingress the peer is the
+// source and allowed packets are accepted; for egress the peer is the
 // destination and allowed packets return to the forward chain, which then
 // checks the destination's ingress.
-func classChain(tx *knftables.Transaction, d Direction, idx int, c *class, want objects) {
-	name := fmt.Sprintf("%s-%d", dirPrefix(d), idx)
+func (r *ruleset) classChain(d Direction, name string, c *class) {
 	peer, self, allow := "saddr", "daddr", "accept"
 	if d == Egress {
 		peer, self, allow = "daddr", "saddr", "return"
 	}
-	chain := &knftables.Chain{Name: name}
-	tx.Add(chain)
-	tx.Flush(chain)
-	want.chains[name] = true
 	var rules []string
 	for _, v6 := range []bool{false, true} {
 		ports, all := c.elements(v6)
@@ -114,11 +140,11 @@ func classChain(tx *knftables.Transaction, d Direction, idx int, c *class, want 
 			addrType = "ipv6_addr"
 		}
 		if len(ports) > 0 {
-			set := fillSet(tx, name+"-p"+fam, addrType+" . inet_proto . inet_service", portKeys(ports), want)
+			set := r.addSet(name+"-p"+fam, addrType+" . inet_proto . inet_service", portKeys(ports))
 			rules = append(rules, fmt.Sprintf("%s %s . meta l4proto . th dport @%s %s", ip, peer, set, allow))
 		}
 		if len(all) > 0 {
-			set := fillSet(tx, name+"-a"+fam, addrType, rangeKeys(all), want)
+			set := r.addSet(name+"-a"+fam, addrType, rangeKeys(all))
 			rules = append(rules, fmt.Sprintf("%s %s @%s %s", ip, peer, set, allow))
 		}
 	}
@@ -127,22 +153,33 @@ func classChain(tx *knftables.Transaction, d Direction, idx int, c *class, want 
 			ipKeyword(v6), self, dirPrefix(d), familySuffix(v6)))
 	}
 	// A pod missing from the counter map still must not pass.
-	rules = append(rules, "drop")
-	for _, r := range rules {
-		tx.Add(&knftables.Rule{Chain: name, Rule: r})
-	}
+	r.chains[name] = append(rules, "drop")
 }
 
-// fillSet (re)creates an interval set with exactly keys as elements.
-func fillSet(tx *knftables.Transaction, name, typ string, keys [][]string, want objects) string {
-	set := &knftables.Set{Name: name, Type: typ, Flags: []knftables.SetFlag{knftables.IntervalFlag}}
-	tx.Add(set)
-	tx.Flush(set)
-	want.sets[name] = true
+func (r *ruleset) addSet(name, typ string, keys [][]string) string {
+	s := &setSpec{typ: typ, elems: map[string][]string{}}
 	for _, k := range keys {
-		tx.Add(&knftables.Element{Set: name, Key: k})
+		s.elems[strings.Join(k, " . ")] = k
 	}
+	r.sets[name] = s
 	return name
+}
+
+// podElements maps each pod of the class to the class chain and to its
+// drop counter.
+func (r *ruleset) podElements(d Direction, chain string, c *class) {
+	base := "ingress"
+	if d == Egress {
+		base = "egress"
+	}
+	for _, pr := range c.pods {
+		cnt := counterName(d, pr.Pod)
+		r.counters[cnt] = true
+		fam := familySuffix(pr.Pod.IP.Is6())
+		ip := pr.Pod.IP.String()
+		r.maps[base+fam][ip] = "jump " + chain
+		r.maps["cnt-"+dirPrefix(d)+fam][ip] = `"` + cnt + `"`
+	}
 }
 
 func portKeys(ps []portElem) [][]string {

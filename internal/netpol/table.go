@@ -3,6 +3,7 @@ package netpol
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 
 	"sigs.k8s.io/knftables"
@@ -10,12 +11,14 @@ import (
 
 // Table writes models into the kernel's flannel-netpol table. Each Sync is
 // one nftables transaction: the old rule set stays in force, whole, until
-// the new one replaces it, whole.
+// the new one replaces it, whole. After the first Sync only what changed
+// is rewritten.
 type Table struct {
 	nft knftables.Interface
-	// have is what the last Sync left in the table; nil until the first
-	// Sync has listed what an earlier flanneld left.
-	have *objects
+	// have is what the table holds after the last successful Sync; nil
+	// when unknown (first Sync, or after a failed one): then the table is
+	// listed and everything in it is rewritten.
+	have *ruleset
 }
 
 // NewTable connects to nftables (the nft binary must be installed).
@@ -27,40 +30,47 @@ func NewTable() (*Table, error) {
 	return &Table{nft: nft}, nil
 }
 
-// Sync replaces the table's content with m's rules in one transaction.
+// Sync makes the table's content m's rules, in one transaction.
 func (t *Table) Sync(ctx context.Context, m *Model) error {
+	want := buildRuleset(m)
+	var tx *knftables.Transaction
 	if t.have == nil {
-		have, err := t.list(ctx)
+		names, err := t.list(ctx)
 		if err != nil {
 			return err
 		}
-		t.have = &have
+		tx = t.rewrite(names, want)
+	} else {
+		tx = t.update(t.have, want)
 	}
-	tx, want := t.transaction(m, *t.have)
+	t.have = nil
 	if err := t.nft.Run(ctx, tx); err != nil {
 		return fmt.Errorf("load network policy rules into nftables table inet %s (%d operations): %w", TableName, tx.NumOperations(), err)
 	}
-	t.have = &want
+	t.have = want
 	return nil
 }
 
-// list reads the names an earlier run left; none when there is no table.
-func (t *Table) list(ctx context.Context) (objects, error) {
-	have := newObjects()
+// list reads the names an earlier run left (chains, sets, counters); an
+// empty ruleset when there is no table.
+func (t *Table) list(ctx context.Context) (*ruleset, error) {
+	have := newRuleset()
 	all, err := t.nft.ListAll(ctx)
 	if knftables.IsNotFound(err) {
 		return have, nil
 	}
 	if err != nil {
-		return have, fmt.Errorf("list nftables table inet %s: %w", TableName, err)
+		return nil, fmt.Errorf("list nftables table inet %s: %w", TableName, err)
 	}
 	for kind, names := range all {
 		for _, n := range names {
 			switch kind {
 			case "chain":
-				have.chains[n] = true
+				if n != forwardChain {
+					have.chains[n] = nil
+				}
 			case "set":
-				have.sets[n] = true
+				have.sets[n] = &setSpec{}
 			case "counter":
 				have.counters[n] = true
 			}
@@ -69,85 +79,123 @@ func (t *Table) list(ctx context.Context) (objects, error) {
 	return have, nil
 }
 
-// transaction builds the whole rule set for m. Everything that exists is
-// flushed first, what m no longer needs is deleted, then all is refilled.
-func (t *Table) transaction(m *Model, have objects) (*knftables.Transaction, objects) {
-	tx := t.nft.NewTransaction()
-	want := newObjects()
+func (t *Table) base(tx *knftables.Transaction) {
 	tx.Add(&knftables.Table{Comment: knftables.PtrTo("flanneld: Kubernetes NetworkPolicy")})
-	fwd := &knftables.Chain{
+	tx.Add(&knftables.Chain{
 		Name: forwardChain, Type: knftables.PtrTo(knftables.FilterType),
 		Hook: knftables.PtrTo(knftables.ForwardHook), Priority: knftables.PtrTo(knftables.FilterPriority),
-	}
-	tx.Add(fwd)
-	tx.Flush(fwd)
-	want.chains[forwardChain] = true
+	})
 	for _, mp := range baseMaps {
 		tx.Add(&mp)
-		tx.Flush(&mp)
+	}
+}
+
+// rewrite replaces whatever the table holds (names only known) with want.
+func (t *Table) rewrite(have, want *ruleset) *knftables.Transaction {
+	tx := t.nft.NewTransaction()
+	t.base(tx)
+	fwd := &knftables.Chain{Name: forwardChain}
+	tx.Flush(fwd)
+	for _, mp := range baseMaps {
+		tx.Flush(&knftables.Map{Name: mp.Name})
 	}
 	for name := range have.chains {
-		if name != forwardChain {
-			tx.Flush(&knftables.Chain{Name: name})
+		tx.Flush(&knftables.Chain{Name: name})
+	}
+	deleteStale(tx, have, want)
+	for name := range have.sets {
+		if want.sets[name] != nil {
+			tx.Flush(&knftables.Set{Name: name})
 		}
 	}
-	classes := layout(m)
-	for d, cs := range classes {
-		for i, c := range cs {
-			classChain(tx, Direction(d), i, c, want)
-		}
-	}
-	podElements(tx, classes, want)
+	fill(tx, newRuleset(), want)
 	for _, r := range forwardRules {
 		tx.Add(&knftables.Rule{Chain: forwardChain, Rule: r})
 	}
-	deleteStale(tx, have, want)
-	return tx, want
+	return tx
 }
 
-// podElements maps each pod to its class chain and its drop counter.
-func podElements(tx *knftables.Transaction, classes [2][]*class, want objects) {
-	for d, cs := range classes {
-		dir := Direction(d)
-		base := "ingress"
-		if dir == Egress {
-			base = "egress"
-		}
-		for i, c := range cs {
-			for _, r := range c.pods {
-				cnt := counterName(dir, r.Pod)
-				if !want.counters[cnt] {
-					tx.Add(&knftables.Counter{Name: cnt})
-					want.counters[cnt] = true
-				}
-				fam := familySuffix(r.Pod.IP.Is6())
-				ip := r.Pod.IP.String()
-				tx.Add(&knftables.Element{Map: base + fam, Key: []string{ip},
-					Value: []string{fmt.Sprintf("jump %s-%d", dirPrefix(dir), i)}})
-				tx.Add(&knftables.Element{Map: "cnt-" + dirPrefix(dir) + fam, Key: []string{ip},
-					Value: []string{`"` + cnt + `"`}})
+// update turns have into want, touching only what differs.
+func (t *Table) update(have, want *ruleset) *knftables.Transaction {
+	tx := t.nft.NewTransaction()
+	t.base(tx)
+	for name, elems := range have.maps {
+		for k, v := range elems {
+			if want.maps[name][k] != v {
+				tx.Delete(&knftables.Element{Map: name, Key: []string{k}})
 			}
 		}
 	}
-}
-
-// deleteStale removes what the previous rule set had and this one has
-// not; they are unreferenced by now, the chains and maps having been
-// flushed earlier in the same transaction.
-func deleteStale(tx *knftables.Transaction, have, want objects) {
-	for name := range have.sets {
-		if !want.sets[name] {
-			tx.Delete(&knftables.Set{Name: name})
+	for name, rules := range have.chains {
+		if !slices.Equal(rules, want.chains[name]) {
+			tx.Flush(&knftables.Chain{Name: name})
 		}
 	}
+	deleteStale(tx, have, want)
+	fill(tx, have, want)
+	return tx
+}
+
+// deleteStale removes what have has and want has not; the chains and map
+// elements referring to them are gone earlier in the same transaction.
+func deleteStale(tx *knftables.Transaction, have, want *ruleset) {
 	for name := range have.chains {
-		if !want.chains[name] {
+		if _, ok := want.chains[name]; !ok {
 			tx.Delete(&knftables.Chain{Name: name})
+		}
+	}
+	for name := range have.sets {
+		if want.sets[name] == nil {
+			tx.Delete(&knftables.Set{Name: name})
 		}
 	}
 	for name := range have.counters {
 		if !want.counters[name] {
 			tx.Delete(&knftables.Counter{Name: name})
+		}
+	}
+}
+
+// fill adds to a table holding have (minus what was flushed or deleted)
+// what want has more: counters, sets and their elements, chains and their
+// rules, then map elements.
+func fill(tx *knftables.Transaction, have, want *ruleset) {
+	for name := range want.counters {
+		if !have.counters[name] {
+			tx.Add(&knftables.Counter{Name: name})
+		}
+	}
+	for name, s := range want.sets {
+		old := have.sets[name]
+		if old == nil || old.typ != s.typ {
+			tx.Add(&knftables.Set{Name: name, Type: s.typ, Flags: []knftables.SetFlag{knftables.IntervalFlag}})
+			old = &setSpec{}
+		}
+		for k, parts := range old.elems {
+			if s.elems[k] == nil {
+				tx.Delete(&knftables.Element{Set: name, Key: parts})
+			}
+		}
+		for k, parts := range s.elems {
+			if old.elems[k] == nil {
+				tx.Add(&knftables.Element{Set: name, Key: parts})
+			}
+		}
+	}
+	for name, rules := range want.chains {
+		if old, ok := have.chains[name]; ok && slices.Equal(old, rules) {
+			continue
+		}
+		tx.Add(&knftables.Chain{Name: name})
+		for _, r := range rules {
+			tx.Add(&knftables.Rule{Chain: name, Rule: r})
+		}
+	}
+	for name, elems := range want.maps {
+		for k, v := range elems {
+			if have.maps[name][k] != v {
+				tx.Add(&knftables.Element{Map: name, Key: []string{k}, Value: []string{v}})
+			}
 		}
 	}
 }
