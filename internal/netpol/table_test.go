@@ -260,3 +260,32 @@ func scaleRun(t *testing.T, in Input, target func(*corev1.Pod) bool, limit time.
 	}
 	return nil
 }
+
+// A dual-stack pod is isolated on both addresses, and its peers' IPv6
+// addresses are allowed as their IPv4 ones are.
+func TestDualStack(t *testing.T) {
+	w := newWorld()
+	for i, p := range w.in.Pods[:2] { // x/a and x/b get IPv6 addresses too
+		v6 := fmt.Sprintf("fd00:10:244:1::%x", i+10)
+		p.Status.PodIPs = append(p.Status.PodIPs, corev1.PodIP{IP: v6})
+		w.ips[p.Namespace+"/"+p.Name+"6"] = netip.MustParseAddr(v6)
+	}
+	w.policy("x", "allow-b", np{PodSelector: *sel("pod", "a"), Ingress: []inRule{{From: []peer{{PodSelector: sel("pod", "b")}}, Ports: []pport{{Port: port(80)}}}}})
+	w.check(t, []probe{{"x/b6", "x/a6", 80, TCP, true}, {"x/b6", "x/a6", 81, TCP, false}, {"x/b", "x/a", 80, TCP, true}, {"y/b", "x/a", 80, TCP, false}})
+	inNetns(t, func() error {
+		tbl, err := NewTable()
+		if err != nil {
+			return err
+		}
+		if err := tbl.Sync(context.Background(), Compile(w.in, nil)); err != nil {
+			return err
+		}
+		got := nftList(t)
+		for _, want := range []string{"fd00:10:244:1::b . tcp . 80", `fd00:10:244:1::a : "in/x/a"`, "ip6 saddr . meta l4proto . th dport @in-"} {
+			if !strings.Contains(got, want) {
+				t.Errorf("table lacks %q:\n%s", want, got)
+			}
+		}
+		return nil
+	})
+}
