@@ -37,7 +37,14 @@ func BenchmarkNetworkPolicyThroughput(b *testing.B) {
 	for i := 0; i < b.N*6; i++ {
 		loaded := i%2 == 1
 		l.change(ctx, func() { l.perfPolicies(ctx, loaded) })
-		if err := isolated(ctx, client, server, loaded); err != nil {
+		// A collection is deleted object by object: wait for the last.
+		var err error
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
+			if err = isolated(ctx, client, server, loaded); err == nil {
+				break
+			}
+		}
+		if err != nil {
 			b.Fatal(err)
 		}
 		bps, err := iperf(ctx, l.Testbed, client.lab.NS, server.lab.NS, server.lab.IP)
