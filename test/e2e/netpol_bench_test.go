@@ -106,6 +106,13 @@ func mean(xs []float64) float64 {
 // newPerfLab: two nodes, namespace perf with a client pod on node 0 and a
 // server pod on node 1.
 func newPerfLab(b *testing.B) (*npLab, *npPod, *npPod) {
+	l, pods := newPerfPods(b, "client", "server")
+	return l, pods[0], pods[1]
+}
+
+// newPerfPods makes the lab with the named pods, alternately on node 0 and
+// node 1.
+func newPerfPods(b *testing.B, names ...string) (*npLab, []*npPod) {
 	k := newKubeCluster(b, "npperf", 2)
 	ctx := testCtx(b, 3*time.Minute)
 	for _, n := range k.Nodes {
@@ -117,16 +124,52 @@ func newPerfLab(b *testing.B) (*npLab, *npPod, *npPod) {
 		b.Fatal(err)
 	}
 	var pods []*npPod
-	for i, name := range []string{"client", "server"} {
-		lp, err := k.AddPod(ctx, k.Nodes[i])
+	for i, name := range names {
+		node := k.Nodes[i%2]
+		lp, err := k.AddPod(ctx, node)
 		if err != nil {
 			b.Fatal(err)
 		}
 		p := &npPod{ns: "perf", name: name, lab: lp}
-		l.createPodObject(ctx, p, k.Nodes[i].Name)
+		l.createPodObject(ctx, p, node.Name)
 		pods = append(pods, p)
 	}
-	return l, pods[0], pods[1]
+	return l, pods
+}
+
+// BenchmarkNetworkPolicyThroughputSideBySide runs two iperf3 flows at the
+// same time, so the machine's load weighs on both alike: client -> server,
+// both isolated by the 500 policies, and client2 -> server2, which no
+// policy selects. It reports the median of the per-round ratios.
+func BenchmarkNetworkPolicyThroughputSideBySide(b *testing.B) {
+	if _, err := exec.LookPath("iperf3"); err != nil {
+		b.Skip("needs iperf3 (scripts/setup.sh installs it)")
+	}
+	l, pods := newPerfPods(b, "client", "server", "client2", "server2")
+	ctx := testCtx(b, 20*time.Minute)
+	l.change(ctx, func() { l.perfPolicies(ctx, true) })
+	for _, c := range []struct {
+		client, server *npPod
+		isolated       bool
+	}{{pods[0], pods[1], true}, {pods[2], pods[3], false}} {
+		if err := isolated(ctx, c.client, c.server, c.isolated); err != nil {
+			b.Fatal(err)
+		}
+	}
+	var ratios []float64
+	for i := 0; i < b.N*5; i++ {
+		var with, none float64
+		var g errgroup.Group
+		g.Go(func() (err error) { with, err = iperf(ctx, l.Testbed, pods[0].lab.NS, pods[1].lab.NS, pods[1].lab.IP); return })
+		g.Go(func() (err error) { none, err = iperf(ctx, l.Testbed, pods[2].lab.NS, pods[3].lab.NS, pods[3].lab.IP); return })
+		if err := g.Wait(); err != nil {
+			b.Fatal(err)
+		}
+		b.Logf("round %d: %.2f Gbit/s under 500 policies, %.2f Gbit/s under none, ratio %.3f", i, with/1e9, none/1e9, with/none)
+		ratios = append(ratios, with/none)
+	}
+	b.ReportMetric(median(ratios), "median-ratio")
+	fmt.Printf("side by side over %d rounds: median ratio %.3f (500 policies / none)\n", len(ratios), median(ratios))
 }
 
 // perfPolicies creates the 500 policies, or deletes them all. Among them,
