@@ -160,8 +160,14 @@ func BenchmarkNetworkPolicyThroughputSideBySide(b *testing.B) {
 	for i := 0; i < b.N*5; i++ {
 		var with, none float64
 		var g errgroup.Group
-		g.Go(func() (err error) { with, err = iperf(ctx, l.Testbed, pods[0].lab.NS, pods[1].lab.NS, pods[1].lab.IP); return })
-		g.Go(func() (err error) { none, err = iperf(ctx, l.Testbed, pods[2].lab.NS, pods[3].lab.NS, pods[3].lab.IP); return })
+		g.Go(func() (err error) {
+			with, err = iperf(ctx, l.Testbed, pods[0].lab.NS, pods[1].lab.NS, pods[1].lab.IP)
+			return
+		})
+		g.Go(func() (err error) {
+			none, err = iperf(ctx, l.Testbed, pods[2].lab.NS, pods[3].lab.NS, pods[3].lab.IP)
+			return
+		})
 		if err := g.Wait(); err != nil {
 			b.Fatal(err)
 		}

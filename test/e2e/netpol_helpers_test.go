@@ -57,8 +57,9 @@ func (p *npPod) is(patterns ...string) bool {
 // npLab is the kube cluster with the world in it.
 type npLab struct {
 	*kubeCluster
-	pods    []*npPod
-	servers []io.Closer
+	pods       []*npPod
+	servers    []io.Closer
+	kubeconfig string // flanneld's
 }
 
 func (l *npLab) pod(s string) *npPod {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -18,33 +19,49 @@ import (
 	"github.com/flannelgo/flannel/internal/testbed"
 )
 
-// npRun is how flanneld runs on the policy lab's nodes.
-func npRun(k *kubeCluster, policy bool) kubeRun {
+// npRun is how flanneld runs on the policy lab's nodes, with the admin
+// kubeconfig unless one is given.
+func npRun(k *kubeCluster, policy bool, kubeconfig ...string) kubeRun {
 	// --ip-masq as deploy/kube-flannel.yml: without it the flannel CNI
 	// plugin has the bridge plugin masquerade pod traffic leaving the node.
 	args := append(slices.Clone(metricsArgs), "--ip-masq")
 	if policy {
 		args = append(args, "--network-policy", "-v=2")
 	}
-	return kubeRun{kubeconfig: k.api.AdminKubeconfig, args: args}
+	r := kubeRun{kubeconfig: k.api.AdminKubeconfig, args: args}
+	if len(kubeconfig) > 0 {
+		r.kubeconfig = kubeconfig[0]
+	}
+	return r
 }
 
 // newNPLab is three nodes running flanneld --network-policy against a
-// real kube-apiserver, with the world of pods in it.
+// real kube-apiserver, with the world of pods in it. flanneld has the
+// identity deploy/kube-flannel.yml gives it: its ClusterRole must suffice.
 func newNPLab(t *testing.T) *npLab {
 	k := newKubeCluster(t, "netpol", 3)
 	ctx := testCtx(t, 3*time.Minute)
+	m := readManifest(t)
+	k.apply(ctx, m)
+	token, err := k.api.ServiceAccountToken(ctx, m.account.Namespace, m.account.Name, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kubeconfig := filepath.Join(t.TempDir(), "flannel.kubeconfig")
+	if err := k.api.WriteTokenKubeconfig(kubeconfig, token); err != nil {
+		t.Fatal(err)
+	}
 	for _, n := range k.Nodes {
 		k.createNode(ctx, n.Name, podCIDR(n.Index))
 	}
-	k.startReady(k.Nodes, npRun(k, true))
-	l := &npLab{kubeCluster: k}
+	k.startReady(k.Nodes, npRun(k, true, kubeconfig))
+	l := &npLab{kubeCluster: k, kubeconfig: kubeconfig}
 	l.createWorld(ctx)
 	return l
 }
 
 func (l *npLab) with(t *testing.T) *npLab {
-	return &npLab{kubeCluster: l.kubeCluster.with(t), pods: l.pods, servers: l.servers}
+	return &npLab{kubeCluster: l.kubeCluster.with(t), pods: l.pods, servers: l.servers, kubeconfig: l.kubeconfig}
 }
 
 // flanneld --network-policy on three nodes enforces the cases of the
@@ -82,6 +99,11 @@ func TestNetworkPolicy(t *testing.T) {
 	t.Run("drop counters and active policies", func(t *testing.T) { testNPMetrics(ctx, l.with(t)) })
 	t.Run("explain command", func(t *testing.T) { testNPExplain(ctx, l.with(t)) })
 	t.Run("restart keeps rules until replaced, flag off removes them", func(t *testing.T) { testNPRestart(ctx, l.with(t)) })
+	for _, n := range l.Nodes {
+		if log, _ := os.ReadFile(n.LogFile); strings.Contains(string(log), "forbidden") {
+			t.Errorf("flanneld on %s was refused something with the manifest's ClusterRole:\n%s", n.Name, grep(log, "forbidden"))
+		}
+	}
 }
 
 func percentiles(ds []time.Duration) (p50, p99 time.Duration) {
@@ -255,7 +277,7 @@ func testNPRestart(ctx context.Context, l *npLab) {
 	denied("policy deleted while flanneld is down")
 
 	restarted := time.Now()
-	l.startKube(node, npRun(l.kubeCluster, true))
+	l.startKube(node, npRun(l.kubeCluster, true, l.kubeconfig))
 	took := eventually(t, 30*time.Second, "x/a reachable once flanneld is back", func() error {
 		if !probe(ctx, from.lab, to.lab.IP, 80, "tcp") {
 			return fmt.Errorf("%s -> %s still denied", from, to)
@@ -272,7 +294,7 @@ func testNPRestart(ctx context.Context, l *npLab) {
 	if err := l.StopFlanneld(node); err != nil {
 		l.t.Fatal(err)
 	}
-	l.startKube(node, npRun(l.kubeCluster, false))
+	l.startKube(node, npRun(l.kubeCluster, false, l.kubeconfig))
 	waitLog(t, l.cluster, node, regexp.MustCompile(`--network-policy is off: removed nftables table inet flannel-netpol`), 30*time.Second)
 	if _, err := nftTable(ctx, node); err != errNoTable {
 		l.t.Errorf("with --network-policy off the table is still there (%v)", err)
