@@ -64,6 +64,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 	opts := d.opts.Iface
 	opts.EnableIPv4, opts.EnableIPv6 = cfg.EnableIPv4, cfg.EnableIPv6
+	if err := d.applyStoredPublicIP(ctx, &opts); err != nil {
+		return err
+	}
 	ext, err := iface.Select(opts)
 	if err != nil {
 		return fmt.Errorf("choose external interface: %w", err)
