@@ -293,7 +293,7 @@ func listenNotify(t *testing.T) *notifySocket {
 	return &notifySocket{path: path, conn: conn}
 }
 
-// next returns the next notification, failing the test after within.
+// next returns the next notification, or what went wrong after within.
 func (s *notifySocket) next(t *testing.T, within time.Duration) string {
 	t.Helper()
 	if err := s.conn.SetReadDeadline(time.Now().Add(within)); err != nil {
@@ -302,7 +302,7 @@ func (s *notifySocket) next(t *testing.T, within time.Duration) string {
 	buf := make([]byte, 4096)
 	n, err := s.conn.Read(buf)
 	if err != nil {
-		t.Fatalf("no systemd notification on %s within %s: %v", s.path, within, err)
+		return fmt.Sprintf("(none within %s: %v)", within, err)
 	}
 	return strings.TrimSpace(string(buf[:n]))
 }
