@@ -2,12 +2,12 @@ package e2e
 
 import (
 	"bufio"
-	"io"
 	"bytes"
 	"context"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
