@@ -71,6 +71,9 @@ func (m *Manager) tryAcquire(ctx context.Context, cli *clientv3.Client, cfg *con
 	if err != nil {
 		return nil, err
 	}
+	if dropped, err := m.dropStale(ctx, cli, cfg, attrs, recs); dropped || err != nil {
+		return nil, err // re-list without the stale lease
+	}
 	own, err := m.ownLease(ctx, cli, cfg, attrs, recs)
 	if err != nil {
 		return nil, err
@@ -87,6 +90,7 @@ func (m *Manager) tryAcquire(ctx context.Context, cli *clientv3.Client, cfg *con
 		return nil, err
 	}
 	m.startAlive(ctx, l.Key(), marker)
+	m.noteOwn(l.Key())
 	return l, nil
 }
 
@@ -107,16 +111,24 @@ func (m *Manager) claim(ctx context.Context, cli *clientv3.Client, cfg *config.C
 		klog.Infof("reusing lease %s from an earlier run", l)
 		return l, nil
 	}
-	v4, v6, err := pickFree(cfg, takenBy(recs), rand.IntN)
-	if err != nil {
-		return nil, fmt.Errorf("%w (see them with: etcdctl get --prefix --keys-only %s)", err, m.subnetsPrefix())
+	v4, v6, prev := m.previousIfFree(cfg, recs)
+	if !prev {
+		var err error
+		v4, v6, err = pickFree(cfg, takenBy(recs), rand.IntN)
+		if err != nil {
+			return nil, fmt.Errorf("%w (see them with: etcdctl get --prefix --keys-only %s)", err, m.subnetsPrefix())
+		}
 	}
 	l, err := m.create(ctx, cli, v4, v6, value, rev, marker)
 	if l == nil || err != nil {
 		return nil, err
 	}
 	l.Attrs = attrs
-	klog.Infof("allocated lease %s", l)
+	if prev {
+		klog.Infof("took back lease %s: subnet.env from the last run names it and it was free", l)
+	} else {
+		klog.Infof("allocated lease %s", l)
+	}
 	for _, twin := range sameAddress(cfg, attrs, recs) {
 		klog.Errorf("duplicate public address: lease %s (this node) and lease %s (another running node) both advertise %s: "+
 			"traffic for one of them will reach the other; give each node its own address with --iface, --iface-regex, --iface-can-reach or --public-ip",

@@ -77,9 +77,15 @@ type Manager struct {
 	// connGrace is how long the connection may be down before a watch
 	// counts it as an outage; tests shorten or lengthen it.
 	connGrace time.Duration
+	// removalHold is how long leases missing after a datastore reset are
+	// kept; tests shorten it.
+	removalHold time.Duration
 
 	badMu   sync.Mutex
 	badKeys map[string]bool // keys already reported as unparsable
+
+	ownMu   sync.Mutex
+	ownKeys map[string]bool // leases acquired for this node
 
 	// markers counts holdAlive loops; Close waits for them to revoke.
 	markers sync.WaitGroup
@@ -126,8 +132,9 @@ func New(opts Options) (*Manager, error) {
 				MinConnectTimeout: requestTimeout,
 			})},
 		},
-		connGrace: defaultConnGrace,
-		badKeys:   map[string]bool{},
+		connGrace:   defaultConnGrace,
+		removalHold: defaultRemovalHold,
+		badKeys:     map[string]bool{},
 	}, nil
 }
 
