@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"time"
 
 	"k8s.io/klog/v2"
@@ -47,9 +48,12 @@ func (d *Daemon) noticeOverwrite(ev lease.Event, own *lease.Lease) {
 		return
 	}
 	a, b := own.Attrs, ev.Lease.Attrs
-	klog.Errorf("this node's lease %s was overwritten by another writer (revision %d): PublicIP %s -> %s, PublicIPv6 %s -> %s, VtepMAC %s -> %s, backend %q -> %q; writing ours back",
-		own.Key(), ev.Lease.Revision, a.PublicIP, b.PublicIP, a.PublicIPv6, b.PublicIPv6,
-		vtepMAC(a), vtepMAC(b), a.BackendType, b.BackendType)
+	v6 := ""
+	if a.PublicIPv6.IsValid() || b.PublicIPv6.IsValid() {
+		v6 = fmt.Sprintf(", PublicIPv6 %s -> %s", showAddr(a.PublicIPv6), showAddr(b.PublicIPv6))
+	}
+	klog.Errorf("this node's lease %s was overwritten by another writer (revision %d): PublicIP %s -> %s%s, VtepMAC %s -> %s, backend %q -> %q; writing ours back",
+		own.Key(), ev.Lease.Revision, showAddr(a.PublicIP), showAddr(b.PublicIP), v6, vtepMAC(a), vtepMAC(b), a.BackendType, b.BackendType)
 	select {
 	case d.reassert <- ev.Lease.Revision:
 	default:
@@ -120,6 +124,13 @@ func sameJSON(a, b json.RawMessage) bool {
 	}
 	var ca, cb bytes.Buffer
 	return json.Compact(&ca, a) == nil && json.Compact(&cb, b) == nil && bytes.Equal(ca.Bytes(), cb.Bytes())
+}
+
+func showAddr(a netip.Addr) string {
+	if !a.IsValid() {
+		return "none"
+	}
+	return a.String()
 }
 
 // vtepMAC names a lease's VTEP for a log line; "-" when it has none.

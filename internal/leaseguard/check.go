@@ -95,10 +95,23 @@ func checkPublicIP(f family) (string, string) {
 		bad = "the broadcast address"
 	}
 	if bad != "" {
-		return fmt.Sprintf("%s %s is %s; no node can be reached there", field, f.publicIP, bad), BadPublicIP
+		return fmt.Sprintf("%s %s is %s; no node can be reached there", field, showAddr(f.publicIP, f.v6), bad), BadPublicIP
 	}
 	if f.ownIP.IsValid() && ip == f.ownIP.Unmap() {
 		return fmt.Sprintf("%s %s is this node's own address, but this node holds %s: packets for it would loop back here", field, ip, f.ownNet), OwnPublicIP
 	}
 	return "", ""
+}
+
+// showAddr prints an address for a log line; an unset one as the
+// unspecified address it is stored as.
+func showAddr(a netip.Addr, v6 bool) string {
+	switch {
+	case a.IsValid():
+		return a.String()
+	case v6:
+		return "::"
+	default:
+		return "0.0.0.0"
+	}
 }
