@@ -196,9 +196,18 @@ func configDiff(run, cur *config.Config) string {
 	case run.IPv6Network != cur.IPv6Network || run.IPv6SubnetLen != cur.IPv6SubnetLen:
 		return fmt.Sprintf("IPv6Network %s/IPv6SubnetLen %d is now %s/IPv6SubnetLen %d", run.IPv6Network, run.IPv6SubnetLen, cur.IPv6Network, cur.IPv6SubnetLen)
 	case run.BackendType != cur.BackendType || !sameJSON(run.Backend, cur.Backend):
-		return fmt.Sprintf("Backend %s is now %s", lease.Quote(run.Backend), lease.Quote(cur.Backend))
+		return fmt.Sprintf("Backend %s is now %s", cut(run.Backend), cut(cur.Backend))
 	case run.SubnetMin != cur.SubnetMin || run.SubnetMax != cur.SubnetMax:
 		return fmt.Sprintf("SubnetMin..SubnetMax %s..%s is now %s..%s", run.SubnetMin, run.SubnetMax, cur.SubnetMin, cur.SubnetMax)
 	}
 	return ""
+}
+
+// cut bounds raw JSON for a log line.
+func cut(b []byte) string {
+	const n = 200
+	if len(b) > n {
+		return fmt.Sprintf("%s...(%d bytes)", b[:n], len(b))
+	}
+	return string(b)
 }
