@@ -116,6 +116,19 @@ func (h *hostile) overwrite(t *testing.T) {
 	}
 	waitLogs(t, []*testbed.Node{victim}, 5*time.Second, "was overwritten by another writer", victim.Addr.String()+" -> 198.51.100.97", mac+" -> 02:00:00:00:00:97")
 	atLeast(t, victim, "flannel_own_lease_reasserted_total", 1)
+	// Junk over the lease: no node can read it; the owner writes its own back.
+	h.put(t, key, "garbage")
+	junk, err := pollUntil(5*time.Second, func() error {
+		resp, err := h.cli.Get(testCtx(t, 5*time.Second), key)
+		if err != nil || len(resp.Kvs) != 1 || !strings.Contains(string(resp.Kvs[0].Value), `"`+victim.Addr.String()+`"`) {
+			return fmt.Errorf("%s: %v %v", key, resp, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("own lease not written back over junk: %v", err)
+	}
+	t.Logf("overwrite with junk: value written back %s after the put", junk.Round(time.Millisecond))
 	h.peersProgrammed(t)
 	h.matrix(t)
 }

@@ -218,8 +218,14 @@ func (m *Manager) RenewLease(ctx context.Context, l *lease.Lease) error {
 		return m.recreate(ctx, cli, l)
 	}
 	kv := resp.Kvs[0]
-	var cur lease.Attrs
-	if err := json.Unmarshal(kv.Value, &cur); err != nil || !sameNode(cur, l.Attrs, l.IPv6Subnet.IsValid()) {
+	cur, err := lease.DecodeValue(kv.Value)
+	if err != nil {
+		// No node can hold a subnet with a value nobody can read: another
+		// writer put junk over ours. Write ours back over exactly that.
+		klog.Errorf("lease %s holds a value no node can read (%v); writing ours back", l.Key(), err)
+		return m.rewrite(ctx, cli, l, key, clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision))
+	}
+	if !sameNode(cur, l.Attrs, l.IPv6Subnet.IsValid()) {
 		return fmt.Errorf("renew lease %s: %w", l, takenErr(key, kv.Value))
 	}
 	if kv.Lease != 0 {
@@ -299,7 +305,7 @@ func (m *Manager) rewrite(ctx context.Context, cli *clientv3.Client, l *lease.Le
 
 func takenErr(key string, value []byte) error {
 	var a lease.Attrs
-	holder := fmt.Sprintf("a value we cannot read (%q)", value)
+	holder := fmt.Sprintf("a value we cannot read (%s)", lease.Quote(value))
 	if json.Unmarshal(value, &a) == nil {
 		holder = describeNode(a)
 	}
