@@ -27,7 +27,32 @@ type hostile struct {
 	cli  *clientv3.Client
 	pods []*testbed.Pod
 	subs map[*testbed.Node]netip.Prefix // each node's subnet
+	used map[netip.Prefix]bool          // subnets spare has handed out
 }
+
+// spare returns a /24 of the pod network that no node holds and no earlier
+// call returned, counting down from 10.244.254.0/24: nodes pick their
+// subnets at random, and a hostile key must not hit a real node's lease.
+func (h *hostile) spare() netip.Prefix {
+	held := map[netip.Prefix]bool{}
+	for _, s := range h.subs {
+		held[s] = true
+	}
+	if h.used == nil {
+		h.used = map[netip.Prefix]bool{}
+	}
+	for i := 254; i > 0; i-- {
+		p := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(i), 0}), 24)
+		if !held[p] && !h.used[p] {
+			h.used[p] = true
+			return p
+		}
+	}
+	panic("no spare subnet")
+}
+
+// keyName is a subnet's etcd key name ("10.244.1.0-24").
+func keyName(p netip.Prefix) string { return lease.MakeKey(p, netip.Prefix{}) }
 
 func subnetKey(p netip.Prefix) string {
 	return testbed.DefaultEtcdPrefix + "/subnets/" + lease.MakeKey(p, netip.Prefix{})

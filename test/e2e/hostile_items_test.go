@@ -24,9 +24,9 @@ func (h *hostile) underlay(t *testing.T) {
 	ctx := testCtx(t, time.Minute)
 	n1 := h.Nodes[0]
 	ul := testbed.SegmentPrefix(1, false)
-	foreign := netip.MustParsePrefix("10.244.230.0/24")
+	foreign := h.spare()
 	for _, cmd := range [][]string{
-		{"ip", "link", "add", "hdummy", "type", "bridge"}, {"ip", "addr", "add", "10.244.230.1/24", "dev", "hdummy"}, {"ip", "link", "set", "hdummy", "up"},
+		{"ip", "link", "add", "hdummy", "type", "bridge"}, {"ip", "addr", "add", netip.PrefixFrom(foreign.Addr().Next(), 24).String(), "dev", "hdummy"}, {"ip", "link", "set", "hdummy", "up"},
 	} {
 		if out, err := testbed.Exec(ctx, n1.NS, cmd...); err != nil {
 			t.Fatalf("%v: %v %s", cmd, err, out)
@@ -36,7 +36,7 @@ func (h *hostile) underlay(t *testing.T) {
 	h.put(t, subnetKey(ul), vxlanValue("198.51.100.99", "02:00:00:00:02:30"))
 	h.put(t, subnetKey(foreign), vxlanValue("198.51.100.98", "02:00:00:00:02:31"))
 	waitLogs(t, h.Nodes, 10*time.Second, "refusing lease "+lease.MakeKey(ul, netip.Prefix{})+" (outside-network)", "10.244.0.0/16")
-	waitLogs(t, []*testbed.Node{n1}, 10*time.Second, "refusing lease 10.244.230.0-24 (overlaps-host)", "hdummy")
+	waitLogs(t, []*testbed.Node{n1}, 10*time.Second, "refusing lease "+keyName(foreign)+" (overlaps-host)", "hdummy")
 	atLeast(t, n1, `flannel_leases_rejected_total{reason="overlaps-host"}`, 1)
 	check := func(when string) {
 		for _, n := range h.Nodes {
