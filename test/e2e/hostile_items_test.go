@@ -116,6 +116,11 @@ func (h *hostile) overwrite(t *testing.T) {
 	}
 	waitLogs(t, []*testbed.Node{victim}, 5*time.Second, "was overwritten by another writer", victim.Addr.String()+" -> 198.51.100.97", mac+" -> 02:00:00:00:00:97")
 	atLeast(t, victim, "flannel_own_lease_reasserted_total", 1)
+	for _, n := range others { // their own writes never count as overwrites
+		if v, err := metric(testCtx(t, 10*time.Second), n, "flannel_own_lease_reasserted_total"); err != nil || v != 0 {
+			t.Errorf("%s: flannel_own_lease_reasserted_total = %v (%v), want 0", n.Name, v, err)
+		}
+	}
 	// Junk over the lease: no node can read it; the owner writes its own back.
 	h.put(t, key, "garbage")
 	junk, err := pollUntil(5*time.Second, func() error {
