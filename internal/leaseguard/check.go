@@ -63,9 +63,11 @@ func (g *Guard) checkSubnet(key string, f family, host []HostPrefix) (string, st
 		}
 	}
 	for _, h := range host {
-		// The route a host-gw or DirectRouting peer gets (from this run or
-		// an earlier one) is the lease's own, not a foreign one.
-		mine := h.Prefix == s && h.Via.IsValid() && h.Via == f.publicIP.Unmap()
+		// A route for exactly this subnet that the kernel did not make for
+		// an address is what a backend installs for the lease (host-gw,
+		// DirectRouting, ipsec0, from this run or an earlier one) and would
+		// replace anyway; addresses and connected routes are never excused.
+		mine := h.Prefix == s && h.Route && !h.Connected
 		if !mine && s.Overlaps(h.Prefix) {
 			return fmt.Sprintf("subnet %s overlaps %s on this node, which flanneld does not own; a flannel route would shadow it", s, h.What), OverlapsHost
 		}

@@ -40,9 +40,10 @@ func (r Rejection) String() string {
 
 // HostPrefix is an address or route the node has, described for a log line.
 type HostPrefix struct {
-	Prefix netip.Prefix
-	Via    netip.Addr // a route's gateway, if any
-	What   string     // e.g. "route 198.51.100.0/24 dev eth0"
+	Prefix    netip.Prefix
+	Route     bool   // a route (else an address)
+	Connected bool   // a route the kernel made for an address (proto kernel)
+	What      string // e.g. "route 198.51.100.0/24 dev eth0"
 }
 
 // Host lists the node's addresses and routes that the daemon does not own

@@ -34,9 +34,9 @@ func newGuard(t *testing.T) *Guard {
 	}
 	own := mustLease(t, "10.244.1.0-24", `{"PublicIP":"198.51.100.11","BackendType":"vxlan"}`)
 	host := fakeHost{
-		{Prefix: netip.MustParsePrefix("198.51.100.0/24"), What: "route 198.51.100.0/24 dev eth0"},
+		{Prefix: netip.MustParsePrefix("198.51.100.0/24"), Route: true, Connected: true, What: "route 198.51.100.0/24 dev eth0"},
 		{Prefix: netip.MustParsePrefix("198.51.100.11/32"), What: "address 198.51.100.11/24 on eth0"},
-		{Prefix: netip.MustParsePrefix("10.244.200.0/24"), What: "route 10.244.200.0/24 dev docker0"},
+		{Prefix: netip.MustParsePrefix("10.244.200.0/24"), Route: true, Connected: true, What: "route 10.244.200.0/24 dev docker0"},
 		{Prefix: netip.MustParsePrefix("10.244.1.0/24"), What: "route 10.244.1.0/24 dev cni0"},
 		{Prefix: netip.MustParsePrefix("0.0.0.0/0"), What: "route 0.0.0.0/0 via 198.51.100.1 dev eth0"},
 	}
@@ -81,7 +81,7 @@ func TestGuardTurnsBadUpdateIntoRemoval(t *testing.T) {
 	}
 	// A host-gw route the backend installed for an accepted lease is not foreign.
 	plain := g.host
-	g.host = append(g.host.(fakeHost), HostPrefix{netip.MustParsePrefix("10.244.3.0/24"), netip.MustParseAddr("198.51.100.13"), "route 10.244.3.0/24 via 198.51.100.13 dev eth0"})
+	g.host = append(g.host.(fakeHost), HostPrefix{Prefix: netip.MustParsePrefix("10.244.3.0/24"), Route: true, What: "route 10.244.3.0/24 via 198.51.100.13 dev eth0"})
 	out, fresh, _ := g.Filter([]lease.Event{{Type: lease.Added, Lease: good}})
 	if len(out) != 1 || len(fresh) != 0 {
 		t.Fatalf("re-announced good lease: %v %v", out, fresh)
@@ -103,5 +103,22 @@ func TestGuardTurnsBadUpdateIntoRemoval(t *testing.T) {
 	_, fresh, _ = g.Filter([]lease.Event{{Type: lease.Added, Lease: mustLease(t, "10.244.2.0-23", `{"PublicIP":"198.51.100.14"}`)}})
 	if len(fresh) != 1 || fresh[0].Reason != OverlapsLease {
 		t.Errorf("overlapping lease: %v", fresh)
+	}
+}
+
+// After a restart the routes a backend installed for peers are still in
+// place: they are the leases' own, not foreign state; a route for a wider
+// or narrower prefix, or a connected one, is not excused.
+func TestGuardExcusesRoutesOfEarlierRun(t *testing.T) {
+	g := newGuard(t)
+	g.host = append(g.host.(fakeHost),
+		HostPrefix{Prefix: netip.MustParsePrefix("10.244.4.0/24"), Route: true, What: "route 10.244.4.0/24 dev ipsec0"},
+		HostPrefix{Prefix: netip.MustParsePrefix("10.244.5.0/25"), Route: true, What: "route 10.244.5.0/25 via 198.51.100.1 dev eth0"})
+	out, fresh, _ := g.Filter([]lease.Event{
+		{Type: lease.Added, Lease: mustLease(t, "10.244.4.0-24", `{"PublicIP":"198.51.100.14"}`)},
+		{Type: lease.Added, Lease: mustLease(t, "10.244.5.0-24", `{"PublicIP":"198.51.100.15"}`)},
+	})
+	if len(out) != 1 || out[0].Lease.Key() != "10.244.4.0-24" || len(fresh) != 1 || fresh[0].Reason != OverlapsHost {
+		t.Errorf("passed %v, refused %v; want 10.244.4.0-24 through and 10.244.5.0-24 refused for the /25", out, fresh)
 	}
 }

@@ -51,12 +51,11 @@ func (n NetlinkHost) Prefixes() ([]HostPrefix, error) {
 		if !ok || flannelOwned(name) {
 			continue
 		}
-		hp := HostPrefix{Prefix: p, What: "route " + p.String() + " dev " + name}
+		hp := HostPrefix{Prefix: p, Route: true, Connected: r.Protocol == unix.RTPROT_KERNEL, What: "route " + p.String() + " dev " + name}
 		if r.Type == unix.RTN_BLACKHOLE {
 			hp.What = "blackhole route " + p.String()
 		} else if gw, ok := netip.AddrFromSlice(r.Gw); ok {
-			hp.Via = gw.Unmap()
-			hp.What = "route " + p.String() + " via " + hp.Via.String() + " dev " + name
+			hp.What = "route " + p.String() + " via " + gw.Unmap().String() + " dev " + name
 		}
 		out = append(out, hp)
 	}
