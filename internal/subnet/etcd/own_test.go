@@ -130,3 +130,21 @@ func TestWatchDatastoreReset(t *testing.T) {
 		t.Errorf("%s removed after %s, before the %s hold", gone.Key(), held, m.removalHold)
 	}
 }
+
+// Junk over this node's lease: no node can hold a subnet with a value
+// nobody reads, so the renewal writes ours back over exactly that junk.
+func TestRenewWritesOverJunk(t *testing.T) {
+	s := startEtcd(t)
+	s.put(configKey, netConf)
+	m := s.manager(t, Options{})
+	own := acquire(t, m, vxlanAttrs("198.51.100.2", "ae:00:00:00:00:01"))
+	key := subnetsPath + own.Key()
+	s.put(key, "garbage")
+	if err := m.RenewLease(testCtx(t), own); err != nil {
+		t.Fatalf("renew over junk: %v", err)
+	}
+	got, err := lease.DecodeValue(getRaw(t, s.raw(), key).Kvs[0].Value)
+	if err != nil || got.PublicIP != own.Attrs.PublicIP {
+		t.Fatalf("after renewal %s holds %+v (%v)", key, got, err)
+	}
+}
