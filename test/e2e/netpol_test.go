@@ -231,6 +231,12 @@ func testNPMetrics(ctx context.Context, l *npLab) {
 			l.t.Fatalf("%s -> %s allowed under deny-a", from, to)
 		}
 	}
+	// The pod's own node still reaches it (kubelet probes), over TCP and UDP.
+	for _, proto := range npProtos {
+		if !probe(ctx, &testbed.Pod{Name: node0.Name, NS: node0.NS}, to.lab.IP, 80, proto) {
+			l.t.Errorf("node %s cannot reach its pod %s on 80/%s under deny-a", node0.Name, to, proto)
+		}
+	}
 	after, err := metric(ctx, node0, name)
 	if err != nil {
 		l.t.Fatal(err)
