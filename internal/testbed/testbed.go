@@ -22,6 +22,8 @@ import (
 	"sync"
 
 	"k8s.io/klog/v2"
+
+	"github.com/flannelgo/flannel/internal/atomicfile"
 )
 
 // Defaults for Options.
@@ -379,12 +381,7 @@ func (tb *Testbed) save() error {
 	if err != nil {
 		return fmt.Errorf("encode topology: %w", err)
 	}
-	p := topologyPath(tb.Opts.StateDir)
-	tmp := p + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o644); err != nil {
-		return fmt.Errorf("write topology: %w", err)
-	}
-	if err := os.Rename(tmp, p); err != nil {
+	if err := atomicfile.WriteFile(topologyPath(tb.Opts.StateDir), data, 0o644); err != nil {
 		return fmt.Errorf("write topology: %w", err)
 	}
 	return nil
