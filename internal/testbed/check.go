@@ -35,7 +35,7 @@ func CheckRangesFree(name string) error {
 	if !labName.MatchString(name) {
 		return fmt.Errorf("lab name %q: use 1 to 12 characters a-z, 0-9", name)
 	}
-	left, err := listNS(nsPrefix(name))
+	left, err := ListNS(nsPrefix(name))
 	if err != nil {
 		return err
 	}
@@ -43,14 +43,28 @@ func CheckRangesFree(name string) error {
 		return fmt.Errorf("lab %s: namespaces %s are left from an earlier run; run `flannelctl lab down --name %s` first",
 			name, strings.Join(left, ", "), name)
 	}
+	if err := CheckHostRanges(LabRanges()...); err != nil {
+		return fmt.Errorf("lab %s: %w", name, err)
+	}
+	return nil
+}
+
+// LabRanges are the address ranges every testbed and every namespace test
+// uses: the two underlay segments and the pod network, IPv4 and IPv6.
+func LabRanges() []netip.Prefix { return labRanges() }
+
+// CheckHostRanges is the one range check of the project's tests: it fails
+// when the calling (root) namespace has an address or a non-default route,
+// in any routing table, that overlaps one of ranges. It only reads.
+func CheckHostRanges(ranges ...netip.Prefix) error {
 	used, err := hostPrefixes()
 	if err != nil {
-		return fmt.Errorf("lab %s: read host addresses and routes: %w", name, err)
+		return fmt.Errorf("read host addresses and routes: %w", err)
 	}
-	for _, r := range labRanges() {
+	for _, r := range ranges {
 		for _, u := range used {
 			if u.p.Overlaps(r) {
-				return fmt.Errorf("lab %s: this host uses %s (%s), which overlaps the lab range %s; the lab cannot run here", name, u.p, u.what, r)
+				return fmt.Errorf("this host uses %s (%s), which overlaps the test range %s; namespace tests cannot run here", u.p, u.what, r)
 			}
 		}
 	}
@@ -138,10 +152,10 @@ func Cleanup(ctx context.Context, name, stateDir string) error {
 		}
 	}
 	errs = append(errs, stopConcurrently(rest), stopConcurrently(etcd))
-	nss, err := listNS(nsPrefix(name))
+	nss, err := ListNS(nsPrefix(name))
 	errs = append(errs, err)
 	for _, ns := range sortPodsFirst(nss) {
-		errs = append(errs, deleteNS(ns))
+		errs = append(errs, DeleteNS(ns))
 	}
 	errs = append(errs, removeState(stateDir, false))
 	if err := errors.Join(errs...); err != nil {

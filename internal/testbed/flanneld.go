@@ -42,7 +42,7 @@ func (tb *Testbed) StartFlanneldEnv(ctx context.Context, n *Node, env []string, 
 		"--subnet-file=" + n.SubnetFile,
 		"-v=2",
 	}, args...)
-	p, err := tb.startProc(ctx, procSpec{ns: n.NS, logFile: n.LogFile, role: roleFlanneld + n.Name, env: env, argv: argv})
+	p, err := tb.startProc(ctx, ProcOptions{NS: n.NS, LogFile: n.LogFile, Role: roleFlanneld + n.Name, Env: env, Argv: argv})
 	if err != nil {
 		return fmt.Errorf("start flanneld on %s: %w", n.Name, err)
 	}
@@ -98,7 +98,7 @@ func (tb *Testbed) WaitSubnetFile(ctx context.Context, n *Node) (*subnetenv.Env,
 		select {
 		case <-exited:
 			return nil, fmt.Errorf("node %s: flanneld exited (%v) before writing %s; end of %s:\n%s",
-				n.Name, p.Wait(), n.SubnetFile, n.LogFile, logTail(n.LogFile))
+				n.Name, p.Wait(), n.SubnetFile, n.LogFile, LogTail(n.LogFile))
 		case <-ctx.Done():
 			if !errors.Is(err, os.ErrNotExist) {
 				return nil, fmt.Errorf("node %s: %w", n.Name, err)
@@ -109,8 +109,8 @@ func (tb *Testbed) WaitSubnetFile(ctx context.Context, n *Node) (*subnetenv.Env,
 	}
 }
 
-// logTail returns the last lines of a log file, for error messages.
-func logTail(path string) string {
+// LogTail returns the last lines of a log file, for error messages.
+func LogTail(path string) string {
 	const tailBytes = 2048
 	data, err := os.ReadFile(path)
 	if err != nil {

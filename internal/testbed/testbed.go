@@ -242,7 +242,7 @@ func (tb *Testbed) RemoveNode(ctx context.Context, n *Node) error {
 	// Deleting the hub's end removes the pair now; a deleted namespace
 	// releases its interfaces only later, and a node joining next would
 	// reuse the port name.
-	errs = append(errs, deletePort(tb.Hub.NS, n.Name), deleteNS(n.NS))
+	errs = append(errs, deletePort(tb.Hub.NS, n.Name), DeleteNS(n.NS))
 	// The log stays for a post-mortem; a stale subnet.env would fool
 	// WaitSubnetFile on a node that rejoins under the same name.
 	if err := os.Remove(n.SubnetFile); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -325,14 +325,14 @@ func (tb *Testbed) Close(ctx context.Context) error {
 	var errs []error
 	errs = append(errs, tb.stopAll())
 	for _, ns := range tb.namespaces() {
-		errs = append(errs, deleteNS(ns))
+		errs = append(errs, DeleteNS(ns))
 	}
 	// New refused to start while any fl-<name>-* existed, so all of them
 	// are ours, including ones made by a half-finished step.
-	rest, err := listNS(nsPrefix(tb.Name))
+	rest, err := ListNS(nsPrefix(tb.Name))
 	errs = append(errs, err)
 	for _, ns := range sortPodsFirst(rest) {
-		errs = append(errs, deleteNS(ns))
+		errs = append(errs, DeleteNS(ns))
 	}
 	errs = append(errs, removeState(tb.Opts.StateDir, tb.Opts.KeepState))
 	if err := errors.Join(errs...); err != nil {

@@ -69,7 +69,7 @@ func newTestbed(t *testing.T, opts Options) *Testbed {
 
 func assertNoNamespaces(t *testing.T, name string) {
 	t.Helper()
-	left, err := listNS(nsPrefix(name))
+	left, err := ListNS(nsPrefix(name))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,7 +110,7 @@ func sysctl(t *testing.T, ns, key string) string {
 func linkMTU(t *testing.T, ns, link string) int {
 	t.Helper()
 	var mtu int
-	err := withHandle(ns, func(h *netlink.Handle) error {
+	err := WithHandle(ns, func(h *netlink.Handle) error {
 		l, err := h.LinkByName(link)
 		if err != nil {
 			return err
@@ -136,7 +136,7 @@ func TestNewThreeNodes(t *testing.T) {
 	t.Cleanup(func() { _ = Cleanup(context.Background(), "tbx1", stateDir) })
 
 	want := []string{"fl-tbx1-hub", "fl-tbx1-n1", "fl-tbx1-n2", "fl-tbx1-n3"}
-	got, _ := listNS("fl-tbx1-")
+	got, _ := ListNS("fl-tbx1-")
 	if strings.Join(sortPodsFirst(got), ",") != strings.Join(sortPodsFirst(want), ",") {
 		t.Errorf("namespaces = %v, want %v", got, want)
 	}
@@ -506,7 +506,7 @@ func TestAddPodWithoutSubnetFile(t *testing.T) {
 	if _, err := tb.AddPod(ctx, tb.Nodes[0]); err == nil || !strings.Contains(err.Error(), "subnet.env") {
 		t.Fatalf("AddPod without subnet.env: %v", err)
 	}
-	if left, _ := listNS("fl-tbpo2-n1-"); len(left) != 0 {
+	if left, _ := ListNS("fl-tbpo2-n1-"); len(left) != 0 {
 		t.Errorf("half-made pod left: %v", left)
 	}
 }
@@ -516,11 +516,11 @@ func TestCheckRangesFree(t *testing.T) {
 	if err := CheckRangesFree("tbchk"); err != nil {
 		t.Fatalf("CheckRangesFree on a clean host: %v", err)
 	}
-	if err := createNS("fl-tbchk-n1"); err != nil {
+	if err := CreateNS("fl-tbchk-n1"); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if err := deleteNS("fl-tbchk-n1"); err != nil {
+		if err := DeleteNS("fl-tbchk-n1"); err != nil {
 			t.Error(err)
 		}
 	})

@@ -9,8 +9,8 @@ import (
 	"testing"
 
 	"github.com/flannelgo/flannel/internal/backend"
-	bt "github.com/flannelgo/flannel/internal/backend/backendtest"
 	"github.com/flannelgo/flannel/internal/lease"
+	bt "github.com/flannelgo/flannel/internal/testbed/tbtest"
 )
 
 var ctx = context.Background()
@@ -20,9 +20,9 @@ func run(t *testing.T, argv ...string) string { t.Helper(); return bt.Run(t, arg
 // twoNodes builds tbk-vx-<tag>-a and -b on one bridge, IPv4 only.
 func twoNodes(t *testing.T, tag string) (*bt.Node, *bt.Node) {
 	t.Helper()
-	lab := bt.NewLab(t, "tbk-vx-"+tag)
-	seg := lab.Segment("br0", 1500)
-	return lab.Node("a", seg, "198.51.100.11/24"), lab.Node("b", seg, "198.51.100.12/24")
+	tn := bt.NewNet(t, "tbk-vx-"+tag)
+	seg := tn.Segment("br0", 1500)
+	return tn.Node("a", seg, "198.51.100.11/24"), tn.Node("b", seg, "198.51.100.12/24")
 }
 
 // up registers and activates an IPv4 network on n with the given subnet and
@@ -38,7 +38,7 @@ func upFamilies(t *testing.T, n *bt.Node, raw string, v4, v6 bool, subnet4, subn
 	if err != nil {
 		t.Fatal(err)
 	}
-	return bt.Up(t, n, be, bt.Config(TypeName, v4, v6), subnet4, subnet6)
+	return bt.Up(t, n, be, bt.BackendConfig(TypeName, v4, v6), subnet4, subnet6)
 }
 
 func added(ls ...lease.Lease) []lease.Event { return bt.Added(ls...) }
@@ -185,19 +185,19 @@ func TestDirectRouting(t *testing.T) {
 // behind the router goes through the overlay. A peer that moves between
 // the two is re-programmed both ways, and pods keep reaching each other.
 func TestDirectRoutingAcrossSegments(t *testing.T) {
-	lab := bt.NewLab(t, "tbk-vx-drx")
-	seg1 := lab.Segment("br1", 1500, "198.51.100.1/24")
-	seg2 := lab.Segment("br2", 1500, "203.0.113.1/24")
-	a := lab.Node("a", seg1, "198.51.100.11/24")
-	b := lab.Node("b", seg1, "198.51.100.12/24")
-	c := lab.Node("c", seg2, "203.0.113.13/24")
+	tn := bt.NewNet(t, "tbk-vx-drx")
+	seg1 := tn.Segment("br1", 1500, "198.51.100.1/24")
+	seg2 := tn.Segment("br2", 1500, "203.0.113.1/24")
+	a := tn.Node("a", seg1, "198.51.100.11/24")
+	b := tn.Node("b", seg1, "198.51.100.12/24")
+	c := tn.Node("c", seg2, "203.0.113.13/24")
 	const opts = `{"DirectRouting":true}`
 	nwA, la := up(t, a, opts, "10.244.1.0/24")
 	nwB, lb := up(t, b, opts, "10.244.2.0/24")
 	nwC, lc := up(t, c, opts, "10.244.3.0/24")
-	pa := lab.Pod(a, nwA.MTU(), pfx("10.244.1.0/24"))
-	pb := lab.Pod(b, nwB.MTU(), pfx("10.244.2.0/24"))
-	pc := lab.Pod(c, nwC.MTU(), pfx("10.244.3.0/24"))
+	pa := tn.Pod(a, nwA.MTU(), pfx("10.244.1.0/24"))
+	pb := tn.Pod(b, nwB.MTU(), pfx("10.244.2.0/24"))
+	pc := tn.Pod(c, nwC.MTU(), pfx("10.244.3.0/24"))
 	nwA.HandleEvents(ctx, added(lb, lc))
 	nwB.HandleEvents(ctx, added(la, lc))
 	nwC.HandleEvents(ctx, added(la, lb))
@@ -205,8 +205,8 @@ func TestDirectRoutingAcrossSegments(t *testing.T) {
 	assertContains(t, run(t, "ip", "-n", a.NS, "route", "show", "10.244.2.0/24"), "10.244.2.0/24 via 198.51.100.12 dev eth0")
 	assertContains(t, run(t, "ip", "-n", a.NS, "route", "show", "10.244.3.0/24"), "10.244.3.0/24 via 10.244.3.0 dev flannel.1 onlink")
 	assertContains(t, run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel.1"), mustMAC(t, lc.Attrs.BackendData)+" dst 203.0.113.13")
-	bt.Ping(t, pa.NS, pb.Addr)
-	bt.Ping(t, pa.NS, pc.Addr)
+	bt.Ping(t, pa.NS, pb.Addr, 56, false)
+	bt.Ping(t, pa.NS, pc.Addr, 56, false)
 
 	// b moves behind the router: its VTEP is recreated with the new local
 	// address (new MAC), and a must switch it to the overlay.
@@ -222,7 +222,7 @@ func TestDirectRoutingAcrossSegments(t *testing.T) {
 	assertContains(t, fdb, newMAC+" dst 203.0.113.12")
 	assertLacks(t, fdb, oldMAC)
 	assertLacks(t, run(t, "ip", "-n", a.NS, "route"), "via 198.51.100.12")
-	bt.Ping(t, pa.NS, pb.Addr)
+	bt.Ping(t, pa.NS, pb.Addr, 56, false)
 
 	// And back onto a's segment: direct again, overlay state gone.
 	b.Move(seg1, "198.51.100.12/24")
@@ -234,17 +234,17 @@ func TestDirectRoutingAcrossSegments(t *testing.T) {
 	fdb = run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel.1")
 	assertLacks(t, fdb, newMAC)
 	assertLacks(t, fdb, "203.0.113.12")
-	bt.Ping(t, pa.NS, pb.Addr)
-	bt.Ping(t, pa.NS, pc.Addr)
+	bt.Ping(t, pa.NS, pb.Addr, 56, false)
+	bt.Ping(t, pa.NS, pc.Addr, 56, false)
 }
 
 // IPv6-only: a flannel-v6.1 device over the IPv6 underlay, peers programmed
 // from the IPv6 half of their leases.
 func TestIPv6Only(t *testing.T) {
-	lab := bt.NewLab(t, "tbk-vx-v6")
-	seg := lab.Segment("br0", 1500)
-	a := lab.Node("a", seg, "fd00:198:51:100::11/64")
-	b := lab.Node("b", seg, "fd00:198:51:100::12/64")
+	tn := bt.NewNet(t, "tbk-vx-v6")
+	seg := tn.Segment("br0", 1500)
+	a := tn.Node("a", seg, "fd00:198:51:100::11/64")
+	b := tn.Node("b", seg, "fd00:198:51:100::12/64")
 	nwA, la := upFamilies(t, a, `{}`, false, true, "", "fd00:10:244:1::/64")
 	nwB, lb := upFamilies(t, b, `{}`, false, true, "", "fd00:10:244:2::/64")
 	if nwA.MTU() != 1430 {
@@ -261,8 +261,8 @@ func TestIPv6Only(t *testing.T) {
 		assertContains(t, dev, want)
 	}
 	assertContains(t, run(t, "ip", "-n", a.NS, "-6", "-o", "addr", "show", "dev", "flannel-v6.1"), "fd00:10:244:1::/128")
-	pa := lab.Pod(a, nwA.MTU(), pfx("fd00:10:244:1::/64"))
-	pb := lab.Pod(b, nwB.MTU(), pfx("fd00:10:244:2::/64"))
+	pa := tn.Pod(a, nwA.MTU(), pfx("fd00:10:244:1::/64"))
+	pb := tn.Pod(b, nwB.MTU(), pfx("fd00:10:244:2::/64"))
 	nwA.HandleEvents(ctx, added(lb))
 	nwB.HandleEvents(ctx, added(la))
 
@@ -271,8 +271,8 @@ func TestIPv6Only(t *testing.T) {
 	assertContains(t, run(t, "ip", "-6", "-n", a.NS, "route", "show", "fd00:10:244:2::/64"), "onlink")
 	assertContains(t, run(t, "ip", "-6", "-n", a.NS, "neigh", "show", "dev", "flannel-v6.1"), "fd00:10:244:2:: lladdr "+macB+" PERMANENT")
 	assertContains(t, run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel-v6.1"), macB+" dst fd00:198:51:100::12 self permanent")
-	bt.Ping(t, pa.NS, pb.Addr6)
-	bt.Ping(t, pa.NS, pb.Addr6, "-s", "1382", "-M", "do") // 1430 - 40 - 8: a full-size packet
+	bt.Ping(t, pa.NS, pb.Addr6, 56, false)
+	bt.Ping(t, pa.NS, pb.Addr6, 1382, true) // 1430 - 40 - 8: a full-size packet
 
 	nwA.HandleEvents(ctx, bt.Removed(lb))
 	if got := run(t, "ip", "-6", "-n", a.NS, "route", "show", "fd00:10:244:2::/64"); got != "" {
@@ -287,10 +287,10 @@ func TestIPv6Only(t *testing.T) {
 // turns on after a restart: both families switch to plain routes, and the
 // overlay state of the earlier run is cleaned up.
 func TestDualStack(t *testing.T) {
-	lab := bt.NewLab(t, "tbk-vx-ds")
-	seg := lab.Segment("br0", 1500)
-	a := lab.Node("a", seg, "198.51.100.11/24", "fd00:198:51:100::11/64")
-	b := lab.Node("b", seg, "198.51.100.12/24", "fd00:198:51:100::12/64")
+	tn := bt.NewNet(t, "tbk-vx-ds")
+	seg := tn.Segment("br0", 1500)
+	a := tn.Node("a", seg, "198.51.100.11/24", "fd00:198:51:100::11/64")
+	b := tn.Node("b", seg, "198.51.100.12/24", "fd00:198:51:100::12/64")
 	nwA, la := upFamilies(t, a, `{}`, true, true, "10.244.1.0/24", "fd00:10:244:1::/64")
 	nwB, lb := upFamilies(t, b, `{}`, true, true, "10.244.2.0/24", "fd00:10:244:2::/64")
 	if nwA.MTU() != 1430 {
@@ -301,16 +301,16 @@ func TestDualStack(t *testing.T) {
 	if mustMAC(t, la.Attrs.BackendData) == mustMAC(t, la.Attrs.BackendV6Data) {
 		t.Errorf("both devices report MAC %s", mustMAC(t, la.Attrs.BackendData))
 	}
-	pa := lab.Pod(a, nwA.MTU(), pfx("10.244.1.0/24"), pfx("fd00:10:244:1::/64"))
-	pb := lab.Pod(b, nwB.MTU(), pfx("10.244.2.0/24"), pfx("fd00:10:244:2::/64"))
+	pa := tn.Pod(a, nwA.MTU(), pfx("10.244.1.0/24"), pfx("fd00:10:244:1::/64"))
+	pb := tn.Pod(b, nwB.MTU(), pfx("10.244.2.0/24"), pfx("fd00:10:244:2::/64"))
 	nwA.HandleEvents(ctx, added(lb))
 	nwB.HandleEvents(ctx, added(la))
 	assertContains(t, run(t, "ip", "-n", a.NS, "route", "show", "10.244.2.0/24"), "via 10.244.2.0 dev flannel.1 onlink")
 	assertContains(t, run(t, "ip", "-6", "-n", a.NS, "route", "show", "fd00:10:244:2::/64"), "via fd00:10:244:2:: dev flannel-v6.1")
 	assertContains(t, run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel.1"), mustMAC(t, lb.Attrs.BackendData)+" dst 198.51.100.12")
 	assertContains(t, run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel-v6.1"), mustMAC(t, lb.Attrs.BackendV6Data)+" dst fd00:198:51:100::12")
-	bt.Ping(t, pa.NS, pb.Addr)
-	bt.Ping(t, pa.NS, pb.Addr6)
+	bt.Ping(t, pa.NS, pb.Addr, 56, false)
+	bt.Ping(t, pa.NS, pb.Addr6, 56, false)
 
 	nwA2, _ := upFamilies(t, a, `{"DirectRouting":true}`, true, true, "10.244.1.0/24", "fd00:10:244:1::/64")
 	nwA2.HandleEvents(ctx, added(lb))
@@ -318,31 +318,29 @@ func TestDualStack(t *testing.T) {
 	assertContains(t, run(t, "ip", "-6", "-n", a.NS, "route", "show", "fd00:10:244:2::/64"), "fd00:10:244:2::/64 via fd00:198:51:100::12 dev eth0")
 	assertLacks(t, run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel-v6.1"), mustMAC(t, lb.Attrs.BackendV6Data))
 	assertLacks(t, run(t, "ip", "-6", "-n", a.NS, "neigh", "show", "dev", "flannel-v6.1"), "fd00:10:244:2::")
-	bt.Ping(t, pa.NS, pb.Addr)
-	bt.Ping(t, pa.NS, pb.Addr6)
+	bt.Ping(t, pa.NS, pb.Addr, 56, false)
+	bt.Ping(t, pa.NS, pb.Addr6, 56, false)
 }
 
 // A 9000-byte underlay gives 8950-byte pods, and full-size packets cross
 // the overlay unfragmented; the Backend MTU option overrides the default.
 func TestJumboMTUAndOverride(t *testing.T) {
-	lab := bt.NewLab(t, "tbk-vx-mtu")
-	seg := lab.Segment("br0", 9000)
-	a := lab.Node("a", seg, "198.51.100.11/24")
-	b := lab.Node("b", seg, "198.51.100.12/24")
+	tn := bt.NewNet(t, "tbk-vx-mtu")
+	seg := tn.Segment("br0", 9000)
+	a := tn.Node("a", seg, "198.51.100.11/24")
+	b := tn.Node("b", seg, "198.51.100.12/24")
 	nwA, la := up(t, a, `{}`, "10.244.1.0/24")
 	nwB, lb := up(t, b, `{}`, "10.244.2.0/24")
 	if nwA.MTU() != 8950 {
 		t.Fatalf("MTU %d on a 9000 underlay, want 8950", nwA.MTU())
 	}
 	assertContains(t, run(t, "ip", "-n", a.NS, "link", "show", "flannel.1"), "mtu 8950")
-	pa := lab.Pod(a, nwA.MTU(), pfx("10.244.1.0/24"))
-	pb := lab.Pod(b, nwB.MTU(), pfx("10.244.2.0/24"))
+	pa := tn.Pod(a, nwA.MTU(), pfx("10.244.1.0/24"))
+	pb := tn.Pod(b, nwB.MTU(), pfx("10.244.2.0/24"))
 	nwA.HandleEvents(ctx, added(lb))
 	nwB.HandleEvents(ctx, added(la))
-	bt.Ping(t, pa.NS, pb.Addr, "-s", "8922", "-M", "do") // 8950 - 20 - 8
-	if err := bt.TryPing(pa.NS, pb.Addr, 0, "-s", "8923", "-M", "do"); err == nil {
-		t.Error("a packet one byte over the pod MTU went through unfragmented")
-	}
+	bt.Ping(t, pa.NS, pb.Addr, 8922, true)   // 8950 - 20 - 8
+	bt.NoPing(t, pa.NS, pb.Addr, 8923, true) // one byte over the pod MTU
 
 	nwO, _ := up(t, a, `{"MTU":1400}`, "10.244.1.0/24")
 	if nwO.MTU() != 1400 {
@@ -377,7 +375,7 @@ func TestRegisterRefuses(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		_, err = be.RegisterNetwork(ctx, bt.Config(TypeName, tc.v4, tc.v6))
+		_, err = be.RegisterNetwork(ctx, bt.BackendConfig(TypeName, tc.v4, tc.v6))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: error %v, want one containing %q", tc.name, err, tc.want)
 		}
