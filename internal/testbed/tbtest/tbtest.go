@@ -16,9 +16,12 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vishvananda/netns"
 
 	"github.com/flannelgo/flannel/internal/testbed"
 )
@@ -142,4 +145,37 @@ func NoPing(t testing.TB, ns string, dst netip.Addr, size int, df bool) {
 	if err := testbed.Ping(ctx, ns, dst, size, df); err == nil {
 		t.Fatalf("ping of %d bytes (df %v) from %s reached %s, want no answer", size, df, ns, dst)
 	}
+}
+
+// InNS runs fn on the test's goroutine, its OS thread switched into
+// namespace ns, so fn may call t.Fatal and use netlink's and net's
+// package-level functions there. Should switching back fail, the thread
+// stays locked and dies with the test's goroutine instead of carrying the
+// namespace to other goroutines.
+func InNS(t testing.TB, ns string, fn func()) {
+	t.Helper()
+	target, err := netns.GetFromName(ns)
+	if err != nil {
+		t.Fatalf("open namespace %s: %v", ns, err)
+	}
+	defer target.Close()
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		t.Fatalf("get current namespace: %v", err)
+	}
+	defer orig.Close()
+	if err := netns.Set(target); err != nil {
+		runtime.UnlockOSThread()
+		t.Fatalf("enter namespace %s: %v", ns, err)
+	}
+	defer func() {
+		if err := netns.Set(orig); err != nil {
+			t.Errorf("leave namespace %s: %v", ns, err)
+			return
+		}
+		runtime.UnlockOSThread()
+	}()
+	fn()
 }
