@@ -16,6 +16,8 @@ import (
 
 	"github.com/prometheus/procfs"
 	"github.com/vishvananda/netlink"
+
+	"github.com/flannelgo/flannel/internal/testbed/tbtest"
 )
 
 // These tests drive the built flannelctl (with flanneld and the flannel
@@ -67,18 +69,10 @@ type labEnv struct {
 
 func needLab(t *testing.T, name string) *labEnv {
 	t.Helper()
-	if os.Geteuid() != 0 || binDir == "" {
-		t.Skip("needs root: the lab creates network namespaces")
-	}
-	for _, bin := range []string{"ip", "ping", "iptables"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("needs %s in PATH: %v", bin, err)
-		}
-	}
-	for _, p := range []string{"bridge", "host-local", "portmap"} {
-		if _, err := os.Stat(filepath.Join("/opt/cni/bin", p)); err != nil {
-			t.Skipf("needs the reference CNI plugins in /opt/cni/bin (run scripts/install-cni-tools.sh): %v", err)
-		}
+	tbtest.NeedRoot(t, "ip", "ping", "iptables",
+		"/opt/cni/bin/bridge", "/opt/cni/bin/host-local", "/opt/cni/bin/portmap")
+	if binDir == "" {
+		t.Fatal("the binaries were not built (see TestMain)")
 	}
 	l := &labEnv{t: t, name: name, stateRoot: t.TempDir()}
 	// Whatever happens, nothing of the lab outlives the test.
@@ -302,22 +296,20 @@ func TestLabHostGW(t *testing.T) {
 	l := needLab(t, "tlhg")
 	links := rootLinks(t)
 	out, code := l.run(5*time.Minute, "up", "--nodes", "3", "--backend", "host-gw")
-	if code != 0 && strings.Contains(out, "unknown backend type") {
-		if down, code := l.run(2*time.Minute, "down"); code != 0 {
-			t.Errorf("lab down after refused host-gw: exit %d\n%s", code, down)
-		}
-		if ns := l.namespaces(); len(ns) > 0 {
-			t.Errorf("namespaces left: %v", ns)
-		}
-		reason := regexp.MustCompile(`.*unknown backend type.*`).FindString(out)
-		t.Skipf("flanneld refuses the host-gw backend (enable this test once it registers host-gw): %s", strings.TrimSpace(reason))
-	}
 	if code != 0 {
 		t.Fatalf("lab up --backend host-gw exited %d:\n%s", code, out)
 	}
 	check := l.check()
-	if !strings.Contains(check, "via 198.51.100.1") {
-		t.Errorf("host-gw walk lacks a route via the peer's public IP:\n%s", check)
+	// The route must go via the public IP of the very node that holds the
+	// destination pod (n2 is 198.51.100.12), not any address alike.
+	hops := regexp.MustCompile(`via 198\.51\.100\.1(\d) \(PublicIP of n(\d)\) dev eth0`).FindAllStringSubmatch(check, -1)
+	if len(hops) == 0 {
+		t.Errorf("host-gw walk lacks a route via a peer's public IP:\n%s", check)
+	}
+	for _, h := range hops {
+		if h[1] != h[2] {
+			t.Errorf("host-gw walk routes via 198.51.100.1%s, which is not n%s's public IP: %q", h[1], h[2], h[0])
+		}
 	}
 	l.downAndVerify(links)
 }
@@ -329,10 +321,6 @@ func TestLabHostGWAcrossRouter(t *testing.T) {
 	l := needLab(t, "tlhgr")
 	links := rootLinks(t)
 	out, code := l.run(5*time.Minute, "up", "--nodes", "2", "--backend", "host-gw", "--segments", "2")
-	if code != 0 && strings.Contains(out, "unknown backend type") {
-		l.run(2*time.Minute, "down")
-		t.Skip("flanneld refuses the host-gw backend")
-	}
 	if code != 0 || !strings.Contains(out, "WARNING: n1 has no route to") {
 		t.Fatalf("lab up: exit %d, want 0 with a warning about n1's missing route:\n%s", code, out)
 	}

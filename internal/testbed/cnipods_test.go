@@ -23,11 +23,11 @@ func cniPods(t *testing.T) *CNIPods {
 	}
 	for _, p := range []string{"bridge", "host-local", "portmap"} {
 		if _, err := os.Stat(filepath.Join(binDir, p)); err != nil {
-			t.Skipf("needs the reference CNI plugins in %s (run scripts/install-cni-tools.sh %s): %v", binDir, binDir, err)
+			unavailable(t, "needs the reference CNI plugins in %s (run scripts/install-cni-tools.sh %s): %v", binDir, binDir, err)
 		}
 	}
 	if _, err := exec.LookPath("iptables"); err != nil {
-		t.Skipf("needs iptables in PATH for the portmap plugin: %v", err)
+		unavailable(t, "needs iptables in PATH for the portmap plugin: %v", err)
 	}
 	goBin, err := exec.LookPath("go")
 	if err != nil {

@@ -20,13 +20,23 @@ import (
 func needRoot(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces")
+		unavailable(t, "needs root: creates network namespaces")
 	}
 	for _, bin := range []string{"ip", "ping"} {
 		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("needs %s in PATH: %v", bin, err)
+			unavailable(t, "needs %s in PATH: %v", bin, err)
 		}
 	}
+}
+
+// unavailable is tbtest.Unavailable, which this package's own tests cannot
+// import (tbtest imports testbed): a failure in CI, a skip elsewhere.
+func unavailable(t testing.TB, format string, args ...any) {
+	t.Helper()
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("cannot run in CI: "+format, args...)
+	}
+	t.Skipf(format, args...)
 }
 
 func testCtx(t *testing.T) context.Context {
@@ -252,7 +262,7 @@ func TestTwoSegments(t *testing.T) {
 func TestEtcd(t *testing.T) {
 	needRoot(t)
 	if _, err := os.Stat("/usr/bin/etcd"); err != nil {
-		t.Skipf("needs /usr/bin/etcd: %v", err)
+		unavailable(t, "needs /usr/bin/etcd: %v", err)
 	}
 	ctx := testCtx(t)
 	tb := newTestbed(t, Options{Name: "tbetc", Nodes: 2, Segments: 2})
