@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/flannelgo/flannel/internal/testbed"
+	"github.com/flannelgo/flannel/internal/testbed/tbtest"
 )
 
 // BenchmarkVXLANThroughput measures, in one run, iperf3 TCP throughput
@@ -17,9 +18,7 @@ import (
 // underlay, and reports their ratio: the cost of the overlay on this
 // machine. Not part of CI; run it with scripts/bench.sh.
 func BenchmarkVXLANThroughput(b *testing.B) {
-	if _, err := exec.LookPath("iperf3"); err != nil {
-		b.Skip("needs iperf3 (scripts/setup.sh installs it)")
-	}
+	tbtest.NeedTools(b, "iperf3")
 	c := newCluster(b, "bch", clusterOpts{nodes: 2})
 	c.start(c.Nodes)
 	pods := c.addPods(c.Nodes)

@@ -34,6 +34,7 @@ import (
 	"github.com/flannelgo/flannel/internal/kubetest"
 	"github.com/flannelgo/flannel/internal/subnetenv"
 	"github.com/flannelgo/flannel/internal/testbed"
+	"github.com/flannelgo/flannel/internal/testbed/tbtest"
 )
 
 // annPrefix is flanneld's default --kube-annotation-prefix.
@@ -79,7 +80,7 @@ func newKubeCluster(t *testing.T, name string, nodes int) *kubeCluster {
 	begin := time.Now()
 	api, err := kubetest.Start(ctx, kubetest.Options{NetNS: tb.Hub.NS, Address: tb.Hub.Addr})
 	if errors.Is(err, kubetest.ErrUnavailable) {
-		t.Skipf("skipping: %v", err)
+		tbtest.Unavailable(t, "%v", err)
 	}
 	if err != nil {
 		t.Fatalf("start kube-apiserver in %s: %v", tb.Hub.NS, err)

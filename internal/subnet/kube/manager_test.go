@@ -24,6 +24,7 @@ import (
 
 	"github.com/flannelgo/flannel/internal/kubetest"
 	"github.com/flannelgo/flannel/internal/lease"
+	"github.com/flannelgo/flannel/internal/testbed/tbtest"
 )
 
 // One API server serves every test of the package: starting one takes
@@ -68,7 +69,7 @@ func newEnv(t *testing.T) *env {
 		}
 	})
 	if errors.Is(shared.err, kubetest.ErrUnavailable) {
-		t.Skipf("skipping: %v", shared.err)
+		tbtest.Unavailable(t, "%v", shared.err)
 	}
 	if shared.err != nil {
 		t.Fatalf("start kube-apiserver: %v", shared.err)
