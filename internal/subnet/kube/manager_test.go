@@ -387,6 +387,18 @@ func captureKlog(t *testing.T) *logCapture {
 	return lc
 }
 
+// waitFor fails the test unless want shows up in the log within 30 s.
+func (lc *logCapture) waitFor(t *testing.T, want string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(lc.String(), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q in the log:\n%s", want, lc.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 func (lc *logCapture) String() string {
 	lc.mu.Lock()
 	defer lc.mu.Unlock()
@@ -407,14 +419,7 @@ func TestAcquireWaitsForPodCIDR(t *testing.T) {
 		l, err := m.AcquireLease(ctxT(t, 2*time.Minute), vxlanAttrs("198.51.100.30"))
 		res <- result{l, err}
 	}()
-	want := `node "wait-1" pod cidr not assigned`
-	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(logs.String(), want) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no %q in the log:\n%s", want, logs.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	logs.waitFor(t, `node "wait-1" pod cidr not assigned`)
 	if !strings.Contains(logs.String(), "--allocate-node-cidrs") || !strings.Contains(logs.String(), "--pod-network-cidr") {
 		t.Errorf("message lacks the hint:\n%s", logs.String())
 	}
@@ -441,13 +446,15 @@ func TestAcquireWaitsForPodCIDR(t *testing.T) {
 
 func TestAcquireWaitsForNodeToRegister(t *testing.T) {
 	e := newEnv(t)
+	logs := captureKlog(t)
 	m := e.manager(t, Options{NodeName: "wait-late"})
 	res := make(chan error, 1)
 	go func() {
 		_, err := m.AcquireLease(ctxT(t, 2*time.Minute), vxlanAttrs("198.51.100.31"))
 		res <- err
 	}()
-	time.Sleep(time.Second)
+	// The node is created only once acquire has seen it missing.
+	logs.waitFor(t, `node "wait-late" not found; waiting`)
 	e.createNode(t, node("wait-late", nil, "10.244.31.0/24"))
 	select {
 	case err := <-res:
@@ -593,14 +600,7 @@ func TestServiceAccountPermissions(t *testing.T) {
 	wctx, wcancel := context.WithCancel(ctx)
 	werr := make(chan error, 1)
 	go func() { werr <- m.WatchLeases(wctx, make(chan []lease.Event)) }()
-	want = `nodes is forbidden: flanneld needs "list and watch" on "nodes"`
-	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(logs.String(), want) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no %q in the log", want)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	logs.waitFor(t, `nodes is forbidden: flanneld needs "list and watch" on "nodes"`)
 	wcancel()
 	if err := <-werr; !errors.Is(err, context.Canceled) {
 		t.Fatalf("WatchLeases = %v, want context.Canceled", err)
