@@ -1,8 +1,8 @@
 // Package e2e proves flanneld's claims on real kernels: every test builds a
 // cluster of network namespaces with internal/testbed, runs the real
 // flanneld binary in each node against a real etcd, and checks traffic and
-// kernel state. Tests skip (with the reason) when not run as root or when a
-// binary they need is missing.
+// kernel state. Without root or a binary they need, tests fail in CI and
+// skip elsewhere (tbtest.Unavailable).
 package e2e
 
 import (
