@@ -15,7 +15,6 @@ import (
 	"testing"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 
 	"github.com/flannelgo/flannel/internal/subnetenv"
 	"github.com/flannelgo/flannel/internal/testbed/tbtest"
@@ -239,20 +238,7 @@ func (n *node) savedConfigs() []string {
 	return names
 }
 
-func handle(t *testing.T, ns string) *netlink.Handle {
-	t.Helper()
-	nsh, err := netns.GetFromName(ns)
-	if err != nil {
-		t.Fatalf("open netns %s: %v", ns, err)
-	}
-	defer nsh.Close()
-	h, err := netlink.NewHandleAt(nsh)
-	if err != nil {
-		t.Fatalf("netlink handle in %s: %v", ns, err)
-	}
-	t.Cleanup(h.Close)
-	return h
-}
+func handle(t *testing.T, ns string) *netlink.Handle { return tbtest.Handle(t, ns) }
 
 // assertPod checks eth0 in the pod: its address, MTU and routes.
 func assertPod(t *testing.T, pod string, want netip.Addr) {

@@ -62,7 +62,7 @@ func (tb *Testbed) StartEtcd(ctx context.Context) error {
 	tb.etcd = e.Proc
 	tb.procs[e.Proc] = struct{}{}
 	tb.mu.Unlock()
-	klog.Infof("lab %s: etcd up at %s (log %s)", tb.Name, tb.EtcdEndpoint(), tb.EtcdLogFile())
+	klog.Infof("testbed %s: etcd up at %s (log %s)", tb.Name, tb.EtcdEndpoint(), tb.EtcdLogFile())
 	return nil
 }
 

@@ -144,7 +144,7 @@ func ensureBridge(ns string, mtu int, gws []netip.Prefix) error {
 	})
 }
 
-// AddPod creates a pod namespace on node n (fl-<lab>-n<i>-p<j>) and
+// AddPod creates a pod namespace on node n (fl-<testbed>-n<i>-p<j>) and
 // attaches it with tb.PodNetworker. The node's subnet.env must exist.
 func (tb *Testbed) AddPod(ctx context.Context, n *Node) (*Pod, error) {
 	tb.mu.Lock()
@@ -173,11 +173,11 @@ func (tb *Testbed) AddPod(ctx context.Context, n *Node) (*Pod, error) {
 	}
 	if err != nil {
 		if rerr := tb.RemovePod(context.WithoutCancel(ctx), p); rerr != nil {
-			klog.Errorf("lab %s: removing half-made pod %s: %v", tb.Name, p.Name, rerr)
+			klog.Errorf("testbed %s: removing half-made pod %s: %v", tb.Name, p.Name, rerr)
 		}
 		return nil, fmt.Errorf("add pod %s: %w", name, err)
 	}
-	klog.V(2).Infof("lab %s: pod %s at %s %s", tb.Name, p.Name, p.IP, p.IP6)
+	klog.V(2).Infof("testbed %s: pod %s at %s %s", tb.Name, p.Name, p.IP, p.IP6)
 	return p, tb.save()
 }
 

@@ -72,7 +72,7 @@ type ProcOptions struct {
 // StartProcess starts argv inside ns with stdout and stderr appended to
 // logFile. ctx bounds only the start: the process runs until Stop, Kill or
 // Close. The environment is inherited without ETCD_* and FLANNELD_*
-// variables, so the lab does not depend on the caller's shell.
+// variables, so the testbed does not depend on the caller's shell.
 func (tb *Testbed) StartProcess(ctx context.Context, ns, logFile string, argv ...string) (*Proc, error) {
 	return tb.startProc(ctx, ProcOptions{NS: ns, LogFile: logFile, Argv: argv})
 }
@@ -93,7 +93,7 @@ func (tb *Testbed) startProc(ctx context.Context, o ProcOptions) (*Proc, error) 
 	tb.mu.Lock()
 	tb.procs[p] = struct{}{}
 	tb.mu.Unlock()
-	klog.V(2).Infof("lab %s: started %s in %s, pid %d, log %s", tb.Name, strings.Join(o.Argv, " "), o.NS, p.Pid, o.LogFile)
+	klog.V(2).Infof("testbed %s: started %s in %s, pid %d, log %s", tb.Name, strings.Join(o.Argv, " "), o.NS, p.Pid, o.LogFile)
 	return p, nil
 }
 

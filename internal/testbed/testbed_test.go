@@ -45,7 +45,7 @@ func testCtx(t *testing.T) context.Context {
 	return ctx
 }
 
-// newTestbed builds a lab and removes it at the end of the test, checking
+// newTestbed builds a testbed and removes it at the end of the test, checking
 // that nothing is left.
 func newTestbed(t *testing.T, opts Options) *Testbed {
 	t.Helper()
@@ -371,7 +371,7 @@ func TestProcessCleanup(t *testing.T) {
 		t.Errorf("Load: %d nodes, %d processes; want 1 and 1", len(loaded.Nodes), len(loaded.procs))
 	}
 
-	// A fresh call, as after a crash of the process that built the lab.
+	// A fresh call, as after a crash of the process that built the testbed.
 	if err := Cleanup(ctx, "tbcln", stateDir); err != nil {
 		t.Fatalf("Cleanup: %v", err)
 	}
@@ -740,8 +740,8 @@ func TestKeepState(t *testing.T) {
 	assertNoNamespaces(t, "tbks")
 }
 
-// TestCleanupAfterCrash builds a lab in a child process, kills that
-// process with SIGKILL and removes the lab with Cleanup from here: the
+// TestCleanupAfterCrash builds a testbed in a child process, kills that
+// process with SIGKILL and removes the testbed with Cleanup from here: the
 // processes it left are no children of ours.
 func TestCleanupAfterCrash(t *testing.T) {
 	if os.Getenv("TESTBED_CRASH_HELPER") != "" {

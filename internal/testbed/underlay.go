@@ -163,7 +163,7 @@ func (tb *Testbed) plug(ns, ifname, port string, seg int) error {
 
 // wireNode makes the node namespace, plugs eth0 into its segment and gives
 // it addresses and the route to the other segment. No default route: the
-// lab is an island.
+// testbed is an island.
 func (tb *Testbed) wireNode(n *Node) error {
 	if err := CreateNS(n.NS); err != nil {
 		return err

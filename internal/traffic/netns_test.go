@@ -22,7 +22,6 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 
 	"github.com/flannelgo/flannel/internal/testbed"
 	"github.com/flannelgo/flannel/internal/testbed/tbtest"
@@ -46,16 +45,7 @@ func newNS(t *testing.T, name string) *testNS {
 		t.Fatalf("namespace %q lacks this package's prefix %q", name, nsPrefix)
 	}
 	tbtest.NS(t, name)
-	h, err := netns.GetFromName(name)
-	if err != nil {
-		t.Fatalf("open namespace %s: %v", name, err)
-	}
-	defer h.Close()
-	nl, err := netlink.NewHandleAt(h)
-	if err != nil {
-		t.Fatalf("netlink handle in %s: %v", name, err)
-	}
-	t.Cleanup(nl.Close)
+	nl := tbtest.Handle(t, name)
 	return &testNS{name: name, nl: nl}
 }
 

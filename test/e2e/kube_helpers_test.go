@@ -465,22 +465,7 @@ func without(rules []rbacv1.PolicyRule, p permission) []rbacv1.PolicyRule {
 // written.
 func waitGranted(ctx context.Context, cs kubernetes.Interface, namespace, name string, p permission) error {
 	resource, sub, _ := strings.Cut(p.resource, "/")
-	sar := &authzv1.SubjectAccessReview{Spec: authzv1.SubjectAccessReviewSpec{
-		User:   "system:serviceaccount:" + namespace + ":" + name,
-		Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + namespace, "system:authenticated"},
-		ResourceAttributes: &authzv1.ResourceAttributes{
-			Verb: p.verb, Resource: resource, Subresource: sub,
-		},
-	}}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		res, err := cs.AuthorizationV1().SubjectAccessReviews().Create(ctx, sar, metav1.CreateOptions{})
-		if err == nil && res.Status.Allowed {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("RBAC did not grant %s %s within 30s (%v)", sar.Spec.User, p, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	return kubetest.WaitAuthorized(ctx, cs, namespace, name, authzv1.ResourceAttributes{
+		Verb: p.verb, Resource: resource, Subresource: sub,
+	})
 }

@@ -9,7 +9,6 @@ import (
 	"testing"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 
 	"github.com/flannelgo/flannel/internal/backend"
 	"github.com/flannelgo/flannel/internal/testbed"
@@ -139,15 +138,7 @@ func (n *Net) Node(name string, seg *Segment, addrs ...string) *Node {
 	n.sysctl(nd.NS, map[string]string{"net.ipv4.ip_forward": "1", "net.ipv6.conf.all.forwarding": "1"})
 	n.check(testbed.VethPair(n.hub, nd.port, nd.NS, "eth0", seg.MTU))
 	n.check(testbed.Attach(n.hub, nd.port, seg.Bridge))
-	nsh, err := netns.GetFromName(nd.NS)
-	if err != nil {
-		n.t.Fatalf("open namespace %s: %v", nd.NS, err)
-	}
-	n.t.Cleanup(func() { nsh.Close() })
-	if nd.H, err = netlink.NewHandleAt(nsh); err != nil {
-		n.t.Fatalf("netlink handle in %s: %v", nd.NS, err)
-	}
-	n.t.Cleanup(nd.H.Close)
+	nd.H = Handle(n.t, nd.NS)
 	nd.address(seg, addrs)
 	return nd
 }

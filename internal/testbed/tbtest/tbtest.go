@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
 	"github.com/flannelgo/flannel/internal/testbed"
@@ -178,4 +179,21 @@ func InNS(t testing.TB, ns string, fn func()) {
 		runtime.UnlockOSThread()
 	}()
 	fn()
+}
+
+// Handle is a netlink handle bound to namespace ns, closed when the test
+// ends.
+func Handle(t testing.TB, ns string) *netlink.Handle {
+	t.Helper()
+	nsh, err := netns.GetFromName(ns)
+	if err != nil {
+		t.Fatalf("open namespace %s: %v", ns, err)
+	}
+	defer nsh.Close()
+	h, err := netlink.NewHandleAt(nsh)
+	if err != nil {
+		t.Fatalf("netlink handle in %s: %v", ns, err)
+	}
+	t.Cleanup(h.Close)
+	return h
 }
