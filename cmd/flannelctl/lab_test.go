@@ -280,7 +280,7 @@ func TestLabTwoSegments(t *testing.T) {
 	l := needLab(t, "tl2s")
 	links := rootLinks(t)
 	out := l.up("--nodes", "3", "--segments", "2")
-	if !strings.Contains(out, "203.0.113.12") {
+	if !regexp.MustCompile(`\b203\.0\.113\.12\b`).MatchString(out) {
 		t.Errorf("node 2 is not on segment 2:\n%s", out)
 	}
 	check := l.check()

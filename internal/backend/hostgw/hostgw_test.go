@@ -168,7 +168,7 @@ func TestStaleRoutesAfterRestart(t *testing.T) {
 	_, lb := up(t, b, `{}`, true, false, "10.244.2.0/24", "")
 	_, lc := up(t, c, `{}`, true, false, "10.244.3.0/24", "")
 	nwA.HandleEvents(ctx, bt.Added(lb, lc))
-	wantRoute(t, a, "-4", "10.244.3.0/24", "via 198.51.100.13")
+	wantRoute(t, a, "-4", "10.244.3.0/24", "10.244.3.0/24 via 198.51.100.13 dev eth0")
 	bt.Run(t, "ip", "-n", a.NS, "route", "add", "10.244.8.0/24", "via", "198.51.100.98", "dev", "eth0", "proto", "static")
 	bt.Run(t, "ip", "-n", a.NS, "route", "add", "10.244.9.0/24", "via", "198.51.100.99", "dev", "eth0")
 

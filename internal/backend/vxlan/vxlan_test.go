@@ -134,7 +134,7 @@ func TestRestartReusesDeviceAndReconciles(t *testing.T) {
 	fdb := run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel.1")
 	assertLacks(t, fdb, "ae:00:00:00:00:99")
 	assertLacks(t, fdb, "198.51.100.77")
-	assertContains(t, fdb, mustMAC(t, lb.Attrs.BackendData)+" dst 198.51.100.12")
+	assertContains(t, fdb, mustMAC(t, lb.Attrs.BackendData)+" dst 198.51.100.12 self permanent")
 	assertLacks(t, run(t, "ip", "-n", a.NS, "neigh", "show", "dev", "flannel.1"), "10.244.9.0")
 	assertContains(t, routes, "10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink")
 }
@@ -151,7 +151,7 @@ func TestPeerChange(t *testing.T) {
 	changed.Attrs.BackendData = json.RawMessage(`{"VNI":1,"VtepMAC":"ae:00:00:00:00:42"}`)
 	nwA.HandleEvents(ctx, added(changed))
 	fdb := run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel.1")
-	if strings.Contains(fdb, old) || !strings.Contains(fdb, "ae:00:00:00:00:42 dst 198.51.100.12") {
+	if strings.Contains(fdb, old) || !strings.Contains(fdb, "ae:00:00:00:00:42 dst 198.51.100.12 self permanent") {
 		t.Errorf("fdb after MAC change:\n%s", fdb)
 	}
 	assertContains(t, run(t, "ip", "-n", a.NS, "neigh", "show", "dev", "flannel.1"), "10.244.2.0 lladdr ae:00:00:00:00:42 PERMANENT")
@@ -159,7 +159,7 @@ func TestPeerChange(t *testing.T) {
 	changed.Attrs.PublicIP = netip.MustParseAddr("198.51.100.22")
 	nwA.HandleEvents(ctx, added(changed))
 	fdb = run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel.1")
-	assertContains(t, fdb, "ae:00:00:00:00:42 dst 198.51.100.22")
+	assertContains(t, fdb, "ae:00:00:00:00:42 dst 198.51.100.22 self permanent")
 	assertLacks(t, fdb, "198.51.100.12")
 
 	// A lease that no longer describes a usable peer drops what was there.
@@ -204,7 +204,7 @@ func TestDirectRoutingAcrossSegments(t *testing.T) {
 
 	assertContains(t, run(t, "ip", "-n", a.NS, "route", "show", "10.244.2.0/24"), "10.244.2.0/24 via 198.51.100.12 dev eth0")
 	assertContains(t, run(t, "ip", "-n", a.NS, "route", "show", "10.244.3.0/24"), "10.244.3.0/24 via 10.244.3.0 dev flannel.1 onlink")
-	assertContains(t, run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel.1"), mustMAC(t, lc.Attrs.BackendData)+" dst 203.0.113.13")
+	assertContains(t, run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel.1"), mustMAC(t, lc.Attrs.BackendData)+" dst 203.0.113.13 self permanent")
 	bt.Ping(t, pa.NS, pb.Addr, 56, false)
 	bt.Ping(t, pa.NS, pc.Addr, 56, false)
 
@@ -219,7 +219,7 @@ func TestDirectRoutingAcrossSegments(t *testing.T) {
 	assertContains(t, run(t, "ip", "-n", a.NS, "route", "show", "10.244.2.0/24"), "10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink")
 	assertContains(t, run(t, "ip", "-n", a.NS, "neigh", "show", "dev", "flannel.1"), "10.244.2.0 lladdr "+newMAC+" PERMANENT")
 	fdb := run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel.1")
-	assertContains(t, fdb, newMAC+" dst 203.0.113.12")
+	assertContains(t, fdb, newMAC+" dst 203.0.113.12 self permanent")
 	assertLacks(t, fdb, oldMAC)
 	assertLacks(t, run(t, "ip", "-n", a.NS, "route"), "via 198.51.100.12")
 	bt.Ping(t, pa.NS, pb.Addr, 56, false)
@@ -307,8 +307,8 @@ func TestDualStack(t *testing.T) {
 	nwB.HandleEvents(ctx, added(la))
 	assertContains(t, run(t, "ip", "-n", a.NS, "route", "show", "10.244.2.0/24"), "via 10.244.2.0 dev flannel.1 onlink")
 	assertContains(t, run(t, "ip", "-6", "-n", a.NS, "route", "show", "fd00:10:244:2::/64"), "via fd00:10:244:2:: dev flannel-v6.1")
-	assertContains(t, run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel.1"), mustMAC(t, lb.Attrs.BackendData)+" dst 198.51.100.12")
-	assertContains(t, run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel-v6.1"), mustMAC(t, lb.Attrs.BackendV6Data)+" dst fd00:198:51:100::12")
+	assertContains(t, run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel.1"), mustMAC(t, lb.Attrs.BackendData)+" dst 198.51.100.12 self permanent")
+	assertContains(t, run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel-v6.1"), mustMAC(t, lb.Attrs.BackendV6Data)+" dst fd00:198:51:100::12 self permanent")
 	bt.Ping(t, pa.NS, pb.Addr, 56, false)
 	bt.Ping(t, pa.NS, pb.Addr6, 56, false)
 
