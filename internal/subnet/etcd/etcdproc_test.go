@@ -38,7 +38,7 @@ func startEtcd(t *testing.T) *etcdServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &etcdServer{t: t, dir: t.TempDir(), clientPort: ports[0], peerPort: ports[1]}
+	s := &etcdServer{t: t, dir: filepath.Join(t.TempDir(), "etcd"), clientPort: ports[0], peerPort: ports[1]}
 	t.Cleanup(s.stop)
 	s.start(s.clientPort)
 	return s
@@ -55,8 +55,8 @@ func (s *etcdServer) start(port int) {
 	defer cancel()
 	srv, err := testbed.StartEtcdServer(ctx, testbed.EtcdOptions{
 		Binary:        etcdBinary,
-		DataDir:       filepath.Join(s.dir, "etcd"),
-		LogFile:       filepath.Join(s.dir, "etcd.log"),
+		DataDir:       s.dir,
+		LogFile:       filepath.Join(filepath.Dir(s.dir), "etcd.log"),
 		ClientURLs:    []string{"http://127.0.0.1:" + strconv.Itoa(port)},
 		PeerURL:       "http://127.0.0.1:" + strconv.Itoa(s.peerPort),
 		DieWithParent: true, // if the test binary dies, etcd dies with it
