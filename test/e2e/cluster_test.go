@@ -234,19 +234,11 @@ func (c *cluster) addPods(nodes []*testbed.Node) []*testbed.Pod {
 	return pods
 }
 
-// eventually polls cond until it returns nil or the time is up.
+// eventually polls cond until it returns nil or the time is up
+// (tbtest.Eventually).
 func eventually(t *testing.T, within time.Duration, what string, cond func() error) time.Duration {
 	t.Helper()
-	start := time.Now()
-	var err error
-	for time.Since(start) < within {
-		if err = cond(); err == nil {
-			return time.Since(start)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatalf("%s: not within %s: %v", what, within, err)
-	return 0
+	return tbtest.Eventually(t, within, what, cond)
 }
 
 // ping checks one echo from a namespace, retrying for up to two seconds:

@@ -197,3 +197,22 @@ func Handle(t testing.TB, ns string) *netlink.Handle {
 	t.Cleanup(h.Close)
 	return h
 }
+
+// Eventually polls cond every 100 ms until it returns nil, and fails the
+// test with cond's last error if within passes first. It returns how long
+// it waited: a test waits on the observable event, never on a sleep.
+func Eventually(t testing.TB, within time.Duration, what string, cond func() error) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for {
+		err := cond()
+		if err == nil {
+			return time.Since(start)
+		}
+		if time.Since(start) > within {
+			t.Fatalf("%s: not within %s: %v", what, within, err)
+			return 0
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
