@@ -60,9 +60,9 @@ func goBuild(out, pkg string) error {
 	return nil
 }
 
-// needLab stops the test unless the machine can run a namespace cluster:
+// needNamespaces stops the test unless the machine can run a namespace cluster:
 // a failure in CI, a skip elsewhere (tbtest.Unavailable).
-func needLab(t testing.TB) {
+func needNamespaces(t testing.TB) {
 	t.Helper()
 	tbtest.NeedRoot(t, "ip", "ping", "/usr/bin/etcd")
 	if bins.buildErr != nil {
@@ -94,13 +94,13 @@ const defaultConfig = `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}`
 // the test. Everything goes away when the test ends, also on failure.
 func newCluster(t testing.TB, name string, o clusterOpts) *cluster {
 	t.Helper()
-	needLab(t)
+	needNamespaces(t)
 	if o.config == "" {
 		o.config = defaultConfig
 	}
 	ctx := testCtx(t, 2*time.Minute)
-	state := filepath.Join(t.TempDir(), "lab")
-	name = labName(name)
+	state := filepath.Join(t.TempDir(), "testbed")
+	name = taggedName(name)
 	tb, err := testbed.New(ctx, testbed.Options{
 		Name: name, Nodes: o.nodes, Segments: o.segments, UnderlayMTU: o.mtu, IPv6: o.ipv6,
 		StateDir: state, FlanneldPath: bins.flanneld, KeepState: true,
@@ -128,10 +128,10 @@ func newCluster(t testing.TB, name string, o clusterOpts) *cluster {
 	return c
 }
 
-// labName appends $FLANNEL_E2E_TAG (a few letters) to a test's lab name, so
+// taggedName appends $FLANNEL_E2E_TAG (a few letters) to a test's testbed name, so
 // that copies of the suite in several work trees can run at the same time
 // without their namespaces colliding.
-func labName(name string) string { return name + os.Getenv("FLANNEL_E2E_TAG") }
+func taggedName(name string) string { return name + os.Getenv("FLANNEL_E2E_TAG") }
 
 func pods() *testbed.CNIPods { return &testbed.CNIPods{PluginDir: bins.dir} }
 

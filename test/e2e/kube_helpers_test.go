@@ -55,11 +55,11 @@ type kubeCluster struct {
 // never talks to it. Everything goes away when the test ends.
 func newKubeCluster(t *testing.T, name string, nodes int) *kubeCluster {
 	t.Helper()
-	needLab(t)
+	needNamespaces(t)
 	ctx := testCtx(t, 3*time.Minute)
-	name = labName(name)
+	name = taggedName(name)
 	tb, err := testbed.New(ctx, testbed.Options{
-		Name: name, Nodes: nodes, StateDir: filepath.Join(t.TempDir(), "lab"),
+		Name: name, Nodes: nodes, StateDir: filepath.Join(t.TempDir(), "testbed"),
 		FlanneldPath: bins.flanneld, KeepState: true,
 	})
 	if err != nil {
