@@ -167,7 +167,7 @@ func TestNewThreeNodes(t *testing.T) {
 			t.Errorf("%s has a default route: %s", n.Name, out)
 		}
 	}
-	// The lab is an island: the host's uplink is unreachable from a node.
+	// The testbed is an island: the host's uplink is unreachable from a node.
 	if err := Ping(ctx, tb.Nodes[0].NS, netip.MustParseAddr("192.0.2.1"), 56, false); err == nil {
 		t.Errorf("a node reaches the host's uplink gateway")
 	}
@@ -648,12 +648,12 @@ func TestLoadAndClose(t *testing.T) {
 		t.Errorf("loaded topology: %+v", loaded)
 	}
 	if err := loaded.Close(ctx); err != nil {
-		t.Fatalf("Close of loaded lab: %v", err)
+		t.Fatalf("Close of loaded testbed: %v", err)
 	}
 	select {
 	case <-p.Done():
 	case <-time.After(15 * time.Second):
-		t.Fatalf("pid %d survived Close of the loaded lab", p.Pid)
+		t.Fatalf("pid %d survived Close of the loaded testbed", p.Pid)
 	}
 	assertNoNamespaces(t, "tbld")
 	if _, err := Load("tbld", stateDir); err == nil {
@@ -719,14 +719,14 @@ func TestKeepState(t *testing.T) {
 			t.Errorf("KeepState: %s still there after Close", gone)
 		}
 	}
-	// A new lab in the same directory starts afresh.
+	// A new testbed in the same directory starts afresh.
 	opts.KeepState = false
 	tb, err = New(ctx, opts)
 	if err != nil {
 		t.Fatalf("New over kept state: %v", err)
 	}
 	if _, err := os.Stat(n.LogFile); !os.IsNotExist(err) {
-		t.Errorf("old log survived a new lab")
+		t.Errorf("old log survived a new testbed")
 	}
 	if err := tb.Close(ctx); err != nil {
 		t.Fatal(err)
