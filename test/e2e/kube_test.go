@@ -339,9 +339,9 @@ func TestKubeStartupProblems(t *testing.T) {
 	t.Run("no NetworkUnavailable without the flag", func(t *testing.T) {
 		// Ready is logged before the condition would be written.
 		waitLog(t, k.cluster, noCIDR, regexp.MustCompile(`ready: \d+ peers programmed`), 10*time.Second)
-		// An absence has no event to wait for: give a write that should
-		// not happen the time a present one takes (well under a second).
-		time.Sleep(2 * time.Second)
+		// The point where the condition would have been written: after
+		// this line flanneld writes none.
+		waitLog(t, k.cluster, noCIDR, regexp.MustCompile(`not setting condition NetworkUnavailable`), 10*time.Second)
 		c, err := k.networkUnavailable(ctx, noCIDR.Name)
 		if err != nil || c != nil {
 			t.Errorf("with --set-node-network-unavailable=false node %s has NetworkUnavailable %+v (%v), want none", noCIDR.Name, c, err)
