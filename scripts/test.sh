@@ -26,7 +26,7 @@ kube_apiserver="${KUBE_APISERVER:-${KUBE_BIN_DIR:-/var/cache/flannel-go/kube}/ku
 helm="${HELM_BIN_DIR:-/var/cache/flannel-go/bin}/helm"
 cni="${CNI_BIN_DIR:-/opt/cni/bin}"
 need=(go ip bridge ping nft iptables ip6tables tcpdump iperf3 unshare mount systemd-analyze
-  /usr/bin/etcd "$cni/bridge" "$cni/host-local" "$cni/loopback" "$cni/portmap" "$cni/cnitool"
+  /usr/bin/etcd /usr/lib/ipsec/charon "$cni/bridge" "$cni/host-local" "$cni/loopback" "$cni/portmap" "$cni/cnitool"
   "$kube_apiserver" "$helm")
 missing=()
 for t in "${need[@]}"; do
