@@ -46,12 +46,15 @@ if [ -n "$unformatted" ]; then
   echo "gofmt needed on:"; echo "$unformatted"; exit 1
 fi
 
+: >/tmp/flannel-unit.log
+: >/tmp/flannel-e2e.log
 report=$(mktemp -d)
 trap 'rm -rf "$report"' EXIT
 go build -o "$report/testreport" ./scripts/testreport
 
 # go test -json, one line per finished test on the console (with the
-# output of failures), the raw stream kept for the verdict.
+# output of failures), go test's text appended to a log, the raw stream
+# kept for the verdict.
 run() {
   local name=$1 log=$2; shift 2
   local rc=0
@@ -62,11 +65,15 @@ run() {
 echo "== unit and component tests (-race; log: /tmp/flannel-unit.log)"
 rc=0
 run unit /tmp/flannel-unit.log -race -count=1 -timeout 15m $(go list ./... | grep -v /test/e2e) || rc=$?
+echo "== fuzz tests (a few seconds each, on the seed corpus and beyond)"
+run fuzz-lease-key /tmp/flannel-unit.log -run '^$' -fuzz '^FuzzParseKey$' -fuzztime 5s ./internal/lease || rc=$?
+run fuzz-lease-value /tmp/flannel-unit.log -run '^$' -fuzz '^FuzzDecodeValue$' -fuzztime 5s ./internal/lease || rc=$?
+run fuzz-subnetenv /tmp/flannel-unit.log -run '^$' -fuzz '^FuzzParse$' -fuzztime 5s ./internal/subnetenv || rc=$?
 echo "== end-to-end tests (log: /tmp/flannel-e2e.log)"
 run e2e /tmp/flannel-e2e.log -count=1 -timeout 25m -v ./test/e2e/... || rc=$?
 
 verdict=0
-"$report/testreport" "$report/unit.json" "$report/e2e.json" || verdict=$?
+"$report/testreport" "$report"/*.json || verdict=$?
 if [ "$rc" -ne 0 ] || [ "$verdict" -ne 0 ]; then
   echo "test suite failed (go test exit $rc, verdict exit $verdict); logs: /tmp/flannel-unit.log, /tmp/flannel-e2e.log"
   exit 1

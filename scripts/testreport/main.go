@@ -190,14 +190,14 @@ func (r *report) verdict(w io.Writer, ci bool) bool {
 
 func main() {
 	progress := flag.Bool("progress", false, "read one stream on stdin and print a line per finished test")
-	logFile := flag.String("log", "", "with -progress: also write go test's text output to this file")
+	logFile := flag.String("log", "", "with -progress: also append go test's text output to this file")
 	ci := flag.Bool("ci", os.Getenv("CI") == "true", "treat every skip but a kernel-feature one as a failure")
 	flag.Parse()
 	r := newReport()
 	if *progress {
 		var text io.Writer
 		if *logFile != "" {
-			f, err := os.Create(*logFile)
+			f, err := os.OpenFile(*logFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 			if err != nil {
 				fmt.Fprintln(os.Stderr, "testreport:", err)
 				os.Exit(2)
