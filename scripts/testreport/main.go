@@ -22,11 +22,13 @@ import (
 
 // event is one line of `go test -json` (cmd/test2json).
 type event struct {
-	Action  string
-	Package string
-	Test    string
-	Elapsed float64
-	Output  string
+	Action      string
+	Package     string
+	Test        string
+	Elapsed     float64
+	Output      string
+	ImportPath  string // build-output events
+	FailedBuild string // a package's fail event after a build failure
 }
 
 // KernelPrefix starts the one kind of skip CI accepts.
@@ -62,6 +64,11 @@ func (r *report) add(e event) string {
 			r.output[k] = append(r.output[k], e.Output)
 		}
 		return ""
+	case "build-output":
+		// The compiler's messages, keyed the way the package's fail
+		// event names the build (FailedBuild).
+		r.output["build:"+e.ImportPath] = append(r.output["build:"+e.ImportPath], e.Output)
+		return ""
 	case "pass":
 		defer delete(r.output, k)
 		if e.Test == "" {
@@ -84,6 +91,9 @@ func (r *report) add(e event) string {
 	case "fail":
 		defer delete(r.output, k)
 		out := strings.Join(r.output[k], "")
+		if e.FailedBuild != "" {
+			out = strings.Join(r.output["build:"+e.FailedBuild], "") + out
+		}
 		if e.Test == "" {
 			// A package that fails without a failed test: build error,
 			// panic, TestMain, timeout.

@@ -65,6 +65,31 @@ func TestVerdict(t *testing.T) {
 	}
 }
 
+// A package that does not build fails the run, with the compiler's message.
+func TestBuildFailureIsReported(t *testing.T) {
+	in := `{"ImportPath":"bf [bf.test]","Action":"build-output","Output":"# bf [bf.test]\n"}
+{"ImportPath":"bf [bf.test]","Action":"build-output","Output":"./x_test.go:3:28: undefined: undefined\n"}
+{"ImportPath":"bf [bf.test]","Action":"build-fail"}
+{"Action":"start","Package":"bf"}
+{"Action":"output","Package":"bf","Output":"FAIL\tbf [build failed]\n"}
+{"Action":"fail","Package":"bf","Elapsed":0,"FailedBuild":"bf [bf.test]"}
+`
+	r := newReport()
+	var progress, out strings.Builder
+	if err := r.read(strings.NewReader(in), &progress, nil); err != nil {
+		t.Fatal(err)
+	}
+	if r.verdict(&out, true) {
+		t.Errorf("a build failure passed:\n%s", out.String())
+	}
+	if !strings.Contains(progress.String(), "undefined: undefined") {
+		t.Errorf("the progress lacks the compiler's message:\n%s", progress.String())
+	}
+	if !strings.HasSuffix(strings.TrimSpace(out.String()), "0 passed, 1 failed, 0 skipped (0 for a missing kernel feature)") {
+		t.Errorf("closing line:\n%s", out.String())
+	}
+}
+
 func TestOnlyKernelSkipsPassInCI(t *testing.T) {
 	r := newReport()
 	in := `{"Action":"output","Package":"p","Test":"TestWG","Output":"    wg_test.go:12: kernel lacks WireGuard: x\n"}
