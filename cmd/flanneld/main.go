@@ -18,6 +18,7 @@ import (
 
 	"github.com/flannelgo/flannel/internal/backend"
 	"github.com/flannelgo/flannel/internal/backend/hostgw"
+	"github.com/flannelgo/flannel/internal/backend/udp"
 	"github.com/flannelgo/flannel/internal/backend/vxlan"
 	"github.com/flannelgo/flannel/internal/daemon"
 	"github.com/flannelgo/flannel/internal/iface"
@@ -135,5 +136,7 @@ func previousSubnets(path string) subnetenv.Env {
 
 // backends lists the data planes this build supports.
 func backends() backend.Registry {
-	return backend.Registry{vxlan.TypeName: vxlan.New, hostgw.TypeName: hostgw.New}
+	return backend.Registry{vxlan.TypeName: vxlan.New, hostgw.TypeName: hostgw.New,
+		udp.TypeName: udp.New,
+	}
 }
