@@ -20,6 +20,7 @@ import (
 	"github.com/flannelgo/flannel/internal/backend/hostgw"
 	"github.com/flannelgo/flannel/internal/backend/udp"
 	"github.com/flannelgo/flannel/internal/backend/vxlan"
+	"github.com/flannelgo/flannel/internal/backend/wireguard"
 	"github.com/flannelgo/flannel/internal/daemon"
 	"github.com/flannelgo/flannel/internal/iface"
 	"github.com/flannelgo/flannel/internal/metrics"
@@ -137,6 +138,7 @@ func previousSubnets(path string) subnetenv.Env {
 // backends lists the data planes this build supports.
 func backends() backend.Registry {
 	return backend.Registry{vxlan.TypeName: vxlan.New, hostgw.TypeName: hostgw.New,
-		udp.TypeName: udp.New,
+		udp.TypeName:       udp.New,
+		wireguard.TypeName: wireguard.New,
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"time"
 
 	"github.com/flannelgo/flannel/internal/subnetenv"
@@ -42,6 +43,10 @@ func (tb *Testbed) StartFlanneldEnv(ctx context.Context, n *Node, env []string, 
 		"--subnet-file=" + n.SubnetFile,
 		"-v=2",
 	}, args...)
+	// The wireguard backend's key and control socket default to fixed
+	// paths that the nodes of a lab, sharing one file system, must not
+	// share; env entries given by the caller come later and win.
+	env = append([]string{"WIREGUARD_KEY_FILE=" + WireGuardKeyFile(n), "FLANNEL_WIREGUARD_SOCKET_DIR=" + n.Dir}, env...)
 	p, err := tb.startProc(ctx, procSpec{ns: n.NS, logFile: n.LogFile, role: roleFlanneld + n.Name, env: env, argv: argv})
 	if err != nil {
 		return fmt.Errorf("start flanneld on %s: %w", n.Name, err)
@@ -51,6 +56,10 @@ func (tb *Testbed) StartFlanneldEnv(ctx context.Context, n *Node, env []string, 
 	tb.mu.Unlock()
 	return nil
 }
+
+// WireGuardKeyFile is where the node's flanneld keeps its WireGuard
+// private key.
+func WireGuardKeyFile(n *Node) string { return filepath.Join(n.Dir, "wgkey") }
 
 func (tb *Testbed) flanneld(n *Node) *Proc {
 	tb.mu.Lock()

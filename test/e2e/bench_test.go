@@ -5,7 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"os"
 	"os/exec"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -87,4 +90,64 @@ func iperfClient(ctx context.Context, clientNS string, addr netip.Addr) (float64
 		return 0, fmt.Errorf("iperf3 %s -> %s: %w", clientNS, addr, err)
 	}
 	return res.End.SumReceived.BitsPerSecond, nil
+}
+
+// overlayBackends are the rows of BenchmarkOverlayThroughput: each is a
+// two-node cluster of its own, measured one after the other in one run.
+var overlayBackends = []struct{ name, config string }{
+	{"vxlan", defaultConfig},
+	{"udp", udpConfig},
+	{"wireguard-userspace", `{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard","Implementation":"userspace"}}`},
+}
+
+// BenchmarkOverlayThroughput measures pod-to-pod iperf3 throughput for each
+// overlay backend and node-to-node throughput over the bare underlay, in
+// one run, and prints each backend's figure as a ratio of VXLAN's and of
+// the underlay's. Set BENCH_BACKENDS (comma-separated names) to measure
+// fewer. Not part of CI; run it with scripts/bench.sh.
+func BenchmarkOverlayThroughput(b *testing.B) {
+	if _, err := exec.LookPath("iperf3"); err != nil {
+		b.Skip("needs iperf3 (scripts/setup.sh installs it)")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	only := os.Getenv("BENCH_BACKENDS")
+	var underlay float64
+	rows := map[string]float64{}
+	var order []string
+	for _, be := range overlayBackends {
+		if only != "" && !slices.Contains(strings.Split(only, ","), be.name) && be.name != "vxlan" {
+			continue
+		}
+		c := newCluster(b, "bo"+be.name[:2], clusterOpts{nodes: 2, config: be.config})
+		c.start(c.Nodes)
+		pods := c.addPods(c.Nodes)
+		var sum float64
+		for i := 0; i < b.N; i++ {
+			if be.name == "vxlan" {
+				u, err := iperf(ctx, c.Testbed, c.Nodes[0].NS, c.Nodes[1].NS, c.Nodes[1].Addr)
+				if err != nil {
+					b.Fatal(err)
+				}
+				underlay += u / float64(b.N)
+			}
+			o, err := iperf(ctx, c.Testbed, pods[0].NS, pods[1].NS, pods[1].IP)
+			if err != nil {
+				b.Fatal(err)
+			}
+			sum += o
+		}
+		rows[be.name] = sum / float64(b.N)
+		order = append(order, be.name)
+		if err := c.Close(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+	fmt.Printf("%-22s %12s %10s %14s\n", "path", "Gbit/s", "/vxlan", "/underlay")
+	fmt.Printf("%-22s %12.2f %10s %14.3f\n", "underlay (node-node)", underlay/1e9, "", 1.0)
+	for _, name := range order {
+		bps := rows[name]
+		fmt.Printf("%-22s %12.2f %10.3f %14.3f\n", name+" (pod-pod)", bps/1e9, bps/rows["vxlan"], bps/underlay)
+		b.ReportMetric(bps/rows["vxlan"], name+"/vxlan")
+	}
 }
