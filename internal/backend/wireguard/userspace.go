@@ -43,8 +43,12 @@ func newUserDevice(name string, mtu int) (*userDevice, error) {
 		return nil, fmt.Errorf("create TUN device %s for userspace WireGuard: %w (is another flanneld running on this node?)", name, err)
 	}
 	logger := &wgdevice.Logger{
-		Verbosef: func(format string, args ...any) { klog.V(4).Infof("wireguard-go %s: "+format, append([]any{name}, args...)...) },
-		Errorf:   func(format string, args ...any) { klog.V(1).Infof("wireguard-go %s: "+format, append([]any{name}, args...)...) },
+		Verbosef: func(format string, args ...any) {
+			klog.V(4).Infof("wireguard-go %s: "+format, append([]any{name}, args...)...)
+		},
+		Errorf: func(format string, args ...any) {
+			klog.V(1).Infof("wireguard-go %s: "+format, append([]any{name}, args...)...)
+		},
 	}
 	d := &userDevice{name: name, dev: wgdevice.NewDevice(t, conn.NewStdNetBind(), logger)}
 	if err := d.listen(); err != nil {
