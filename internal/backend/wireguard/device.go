@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"syscall"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.zx2c4.com/wireguard/wgctrl"
@@ -18,6 +19,11 @@ type device interface {
 	Name() string
 	Configure(cfg wgtypes.Config) error
 	Peers() ([]wgtypes.Peer, error)
+	// Greet sends the peer a keepalive, which starts a handshake when
+	// there is no session. A peer that kept a session from this node's
+	// previous run would otherwise send into it, unheard, until WireGuard
+	// gives up on it after 15 s.
+	Greet(peer wgtypes.Key, keepalive time.Duration) error
 	// Kind is "kernel" or "userspace", for logs.
 	Kind() string
 	Close() error
@@ -70,6 +76,22 @@ func (d *kernelDevice) Peers() ([]wgtypes.Peer, error) {
 		return nil, err
 	}
 	return dev.Peers, nil
+}
+
+// Greet turns persistent keepalive on, which makes the kernel send one at
+// once, and back to what the configuration says.
+func (d *kernelDevice) Greet(peer wgtypes.Key, keepalive time.Duration) error {
+	if keepalive > 0 {
+		return nil // configuring the peer already sent one
+	}
+	on, off := time.Second, time.Duration(0)
+	for _, ka := range []*time.Duration{&on, &off} {
+		pc := wgtypes.PeerConfig{PublicKey: peer, UpdateOnly: true, PersistentKeepaliveInterval: ka}
+		if err := d.Configure(wgtypes.Config{Peers: []wgtypes.PeerConfig{pc}}); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Close leaves the link in place: the kernel keeps carrying pod traffic

@@ -76,6 +76,7 @@ func (t *tunnel) handle(ev lease.Event) {
 	}
 	if had && old.key != p.key {
 		t.remove(key, old) // the node restarted with a new key
+		had = false
 	}
 	if err := t.dev.Configure(wgtypes.Config{Peers: []wgtypes.PeerConfig{t.peerConfig(p)}}); err != nil {
 		klog.Errorf("wireguard: %s: add peer %s at %s: %v", t.dev.Name(), p.allowed, p.endpoint, err)
@@ -83,6 +84,11 @@ func (t *tunnel) handle(ev lease.Event) {
 		return
 	}
 	t.peers[key] = p
+	if !had {
+		if err := t.dev.Greet(p.key, *t.n.b.opts.keepalive()); err != nil {
+			klog.V(1).Infof("wireguard: %s: greet peer %s: %v", t.dev.Name(), p.allowed, err)
+		}
+	}
 	klog.Infof("wireguard: %s: peer %s at %s, public key %s", t.dev.Name(), p.allowed, p.endpoint, p.key)
 }
 

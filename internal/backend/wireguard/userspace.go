@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"time"
 
 	"golang.zx2c4.com/wireguard/conn"
 	wgdevice "golang.zx2c4.com/wireguard/device"
@@ -107,6 +108,15 @@ func (d *userDevice) Peers() ([]wgtypes.Peer, error) {
 		return nil, err
 	}
 	return parseUAPIPeers(s)
+}
+
+func (d *userDevice) Greet(peer wgtypes.Key, _ time.Duration) error {
+	p := d.dev.LookupPeer(wgdevice.NoisePublicKey(peer))
+	if p == nil {
+		return fmt.Errorf("no peer %s", peer)
+	}
+	p.SendKeepalive()
+	return nil
 }
 
 // Close stops the device; its TUN interface and routes go with it.
