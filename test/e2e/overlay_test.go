@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"os"
@@ -160,4 +161,68 @@ func mtuBoundary(t *testing.T, a, b *testbed.Pod, mtu int) {
 	if err := ping(ctx, a.NS, b.IP, fits+1, true); err == nil {
 		t.Errorf("%d-byte DF ping %s -> %s passed; the overlay MTU is %d", fits+1, a.Name, b.Name, mtu)
 	}
+}
+
+// tcpBurst sends a few megabytes over TCP from pod a to pod b with iperf3:
+// enough for the kernel to hand the overlay large segments.
+func tcpBurst(t *testing.T, a, b *testbed.Pod) {
+	t.Helper()
+	ctx := testCtx(t, time.Minute)
+	srv := exec.CommandContext(ctx, "ip", "netns", "exec", b.NS, "iperf3", "-s", "-1", "-B", b.IP.String())
+	if err := srv.Start(); err != nil {
+		t.Fatalf("start iperf3 server in %s: %v", b.NS, err)
+	}
+	defer func() { _ = srv.Process.Kill(); _ = srv.Wait() }()
+	var err error
+	for range 50 { // until the server listens
+		if _, err = testbed.Exec(ctx, a.NS, "iperf3", "-c", b.IP.String(), "-n", "4M"); err == nil {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("iperf3 %s -> %s: %v", a.Name, b.Name, err)
+}
+
+// udpPayloads returns the UDP payloads of the IPv4 packets in a pcap file
+// of Ethernet frames (tcpdump -w).
+func udpPayloads(t *testing.T, pcap []byte) [][]byte {
+	t.Helper()
+	if len(pcap) < 24 || binary.LittleEndian.Uint32(pcap) != 0xa1b2c3d4 {
+		t.Fatalf("not a little-endian pcap file (%d bytes)", len(pcap))
+	}
+	var out [][]byte
+	for rest := pcap[24:]; len(rest) >= 16; {
+		n := int(binary.LittleEndian.Uint32(rest[8:12]))
+		if len(rest) < 16+n {
+			break
+		}
+		frame := rest[16 : 16+n]
+		rest = rest[16+n:]
+		if len(frame) < 14+20 || frame[12] != 0x08 || frame[13] != 0x00 || frame[14+9] != 17 {
+			continue // not IPv4/UDP
+		}
+		ihl := int(frame[14]&0x0f) * 4
+		if len(frame) >= 14+ihl+8 {
+			out = append(out, frame[14+ihl+8:])
+		}
+	}
+	return out
+}
+
+// ipPackets splits a udp-backend datagram into the IPv4 packets it
+// carries: one, unless the capture saw a UDP GSO batch before the kernel
+// cut it into datagrams of gso bytes (veths pass batches whole, so
+// tcpdump sees them so). It fails unless every piece is exactly one IPv4
+// packet.
+func ipPackets(payload []byte, gso int) ([][]byte, error) {
+	var pkts [][]byte
+	for len(payload) > 0 {
+		seg := payload[:min(gso, len(payload))]
+		payload = payload[len(seg):]
+		if len(seg) < 20 || seg[0]>>4 != 4 || int(binary.BigEndian.Uint16(seg[2:4])) != len(seg) {
+			return nil, fmt.Errorf("a %d-byte segment is not one IPv4 packet (starts % x)", len(seg), seg[:min(4, len(seg))])
+		}
+		pkts = append(pkts, seg)
+	}
+	return pkts, nil
 }
