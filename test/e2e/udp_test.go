@@ -48,26 +48,7 @@ func TestUDPThreeNodes(t *testing.T) {
 		t.Errorf("underlay capture lacks the pod payload %q: udp carries it unencrypted, so the capture is broken", secret)
 	}
 
-	// TCP hands flannel0 segments of up to 64 KiB; each must leave as
-	// packets of at most 1472 bytes, one per datagram, as an upstream
-	// peer expects.
-	capt = startCapture(t, n1, "udp dst port 8285 and dst host "+n2.Addr.String())
-	tcpBurst(t, pods[0], pods[1])
-	raw, _ = capt.result(t, func(string) bool { return true })
-	sizes := map[int]int{}
-	for _, d := range udpPayloads(t, raw) {
-		pkts, err := ipPackets(d, 1472)
-		if err != nil {
-			t.Fatalf("a %d-byte datagram to %s: %v", len(d), n2.Name, err)
-		}
-		for _, p := range pkts {
-			sizes[len(p)]++
-		}
-	}
-	// The capture may miss some under load; a good share will do.
-	if sizes[1472] < 1000 {
-		t.Errorf("4 MiB of TCP left as %d packets of 1472 bytes (all sizes: %v); want most of about 2900", sizes[1472], sizes)
-	}
+	requireSegmented(t, n1, n2, pods[0], pods[1])
 
 	before, err := metric(ctx, n1, "flannel_udp_no_peer_drops_total")
 	if err != nil {
@@ -89,5 +70,29 @@ func TestUDPThreeNodes(t *testing.T) {
 	}
 	if err := ping(ctx, pods[0].NS, pods[1].IP, 56, false); err != nil {
 		t.Errorf("after %s left, %s -> %s: %v", n3.Name, pods[0].Name, pods[1].Name, err)
+	}
+}
+
+// requireSegmented checks that TCP, which hands flannel0 segments of up to
+// 64 KiB, leaves node from as packets of at most 1472 bytes, one per
+// datagram, as an upstream peer expects.
+func requireSegmented(t *testing.T, from, to *testbed.Node, a, b *testbed.Pod) {
+	t.Helper()
+	capt := startCapture(t, from, "udp dst port 8285 and dst host "+to.Addr.String())
+	tcpBurst(t, a, b)
+	raw, _ := capt.result(t, func(string) bool { return true })
+	sizes := map[int]int{}
+	for _, d := range udpPayloads(t, raw) {
+		pkts, err := ipPackets(d, 1472)
+		if err != nil {
+			t.Fatalf("a %d-byte datagram to %s: %v", len(d), to.Name, err)
+		}
+		for _, p := range pkts {
+			sizes[len(p)]++
+		}
+	}
+	// The capture may miss some under load; a good share will do.
+	if sizes[1472] < 1000 {
+		t.Errorf("4 MiB of TCP left as %d packets of 1472 bytes (all sizes: %v); want most of about 2900", sizes[1472], sizes)
 	}
 }

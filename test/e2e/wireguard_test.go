@@ -107,14 +107,7 @@ func TestWireGuardThreeNodes(t *testing.T) {
 			t.Errorf("node %s logged the userspace fallback %d times, want once", n.Name, k)
 		}
 	}
-	peers := wgPeers(t, n1, "flannel-wg")
-	for _, m := range []*testbed.Node{n2, n3} {
-		p, ok := peers[keys[m]]
-		want := fmt.Sprintf("[%s] %s:51820", envs[m].Subnet.Masked(), m.Addr)
-		if got := peerString(p); !ok || got != want {
-			t.Errorf("node %s: peer for %s is %q (present %v), want %q", n1.Name, m.Name, got, ok, want)
-		}
-	}
+	requirePeers(t, n1, keys, envs, n2, n3)
 
 	pods := c.addPods(c.Nodes)
 	if pairs := allPairsPing(t, pods); pairs != 6 {
@@ -318,5 +311,19 @@ func TestWireGuardKernel(t *testing.T) {
 	pods := c.addPods(c.Nodes)
 	if pairs := allPairsPing(t, pods); pairs != 2 {
 		t.Fatalf("checked %d pairs, want 2", pairs)
+	}
+}
+
+// requirePeers checks that n's flannel-wg has each of others as a peer
+// with its key, its subnet as allowed IPs and its address on 51820.
+func requirePeers(t *testing.T, n *testbed.Node, keys map[*testbed.Node]string, envs map[*testbed.Node]*subnetenv.Env, others ...*testbed.Node) {
+	t.Helper()
+	peers := wgPeers(t, n, "flannel-wg")
+	for _, m := range others {
+		p, ok := peers[keys[m]]
+		want := fmt.Sprintf("[%s] %s:51820", envs[m].Subnet.Masked(), m.Addr)
+		if got := peerString(p); !ok || got != want {
+			t.Errorf("node %s: peer for %s is %q (present %v), want %q", n.Name, m.Name, got, ok, want)
+		}
 	}
 }
