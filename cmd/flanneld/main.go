@@ -22,6 +22,7 @@ import (
 	"github.com/flannelgo/flannel/internal/backend/extension"
 	"github.com/flannelgo/flannel/internal/backend/hostgw"
 	"github.com/flannelgo/flannel/internal/backend/ipip"
+	"github.com/flannelgo/flannel/internal/backend/ipsec"
 	"github.com/flannelgo/flannel/internal/backend/udp"
 	"github.com/flannelgo/flannel/internal/backend/vxlan"
 	"github.com/flannelgo/flannel/internal/backend/wireguard"
@@ -146,6 +147,7 @@ func backends() backend.Registry {
 	r[extension.TypeName] = extension.New
 	r[ipip.TypeName] = ipip.New
 	r[awsvpc.TypeName] = awsvpc.New
+	r[ipsec.TypeName] = ipsec.New
 	r[udp.TypeName] = udp.New
 	r[wireguard.TypeName] = wireguard.New
 	return r

@@ -53,6 +53,7 @@ func (d *Daemon) followPeers(ctx context.Context, nw backend.Network, own *lease
 			d.metrics.SetReady(true)
 			klog.Infof("ready: %d peers programmed", len(peers))
 			go d.announceReady(ctx)
+			notifySystemd("READY=1")
 		}
 	}
 }

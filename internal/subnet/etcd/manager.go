@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"math"
 	"net/netip"
+	"path"
 	"strings"
 	"sync"
 	"time"
@@ -97,7 +98,7 @@ func New(opts Options) (*Manager, error) {
 	if opts.Prefix == "" {
 		opts.Prefix = DefaultPrefix
 	}
-	opts.Prefix = "/" + strings.Trim(opts.Prefix, "/")
+	opts.Prefix = cleanPrefix(opts.Prefix)
 	if opts.LeaseTTL <= 0 {
 		opts.LeaseTTL = DefaultLeaseTTL
 	}
@@ -132,8 +133,27 @@ func New(opts Options) (*Manager, error) {
 	}, nil
 }
 
+// cleanPrefix makes keys come out as upstream's path.Join(prefix, "config")
+// does: the prefix is cleaned (no trailing or doubled slashes) and keeps
+// its leading slash only if it had one, so "coreos.com/network" names the
+// same keys as for upstream flanneld and etcdctl.
+func cleanPrefix(p string) string {
+	p = path.Clean(p)
+	if p == "/" {
+		return ""
+	}
+	return p
+}
+
+// clientTLS uses TLS exactly when upstream does: with both --etcd-keyfile
+// and --etcd-certfile; --etcd-cafile alone does not switch it on. TLS 1.2
+// is the minimum.
 func clientTLS(opts Options) (*tls.Config, error) {
-	if opts.KeyFile == "" && opts.CertFile == "" && opts.CAFile == "" {
+	if opts.KeyFile == "" || opts.CertFile == "" {
+		if opts.KeyFile != "" || opts.CertFile != "" || opts.CAFile != "" {
+			klog.Warningf("etcd TLS needs both --etcd-keyfile and --etcd-certfile (given: keyfile %q, certfile %q, cafile %q); connecting without TLS, as upstream flanneld does",
+				opts.KeyFile, opts.CertFile, opts.CAFile)
+		}
 		return nil, nil
 	}
 	info := transport.TLSInfo{CertFile: opts.CertFile, KeyFile: opts.KeyFile, TrustedCAFile: opts.CAFile}
@@ -141,6 +161,7 @@ func clientTLS(opts Options) (*tls.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("etcd TLS (--etcd-certfile %q, --etcd-keyfile %q, --etcd-cafile %q): %w", opts.CertFile, opts.KeyFile, opts.CAFile, err)
 	}
+	cfg.MinVersion = tls.VersionTLS12
 	return cfg, nil
 }
 
