@@ -98,7 +98,9 @@ func checkEnv(env *subnetenv.Env) error {
 	if env.MTU <= 0 {
 		return fmt.Errorf("FLANNEL_MTU is missing or not positive (%d)", env.MTU)
 	}
-	return nil
+	// A pod must never get an address outside the network the other nodes
+	// route to it (a subnet.env left from another network config).
+	return env.Check()
 }
 
 // delegateIPAM builds host-local IPAM for the node's subnet(s). subnet.env

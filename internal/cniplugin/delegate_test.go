@@ -277,6 +277,8 @@ func TestDelegateConfErrors(t *testing.T) {
 	noNetwork.Network = netip.Prefix{}
 	noMTU := testEnv()
 	noMTU.MTU = 0
+	outside := testEnv()
+	outside.Subnet = netip.MustParsePrefix("10.245.1.1/24")
 	noV6Net := testEnv()
 	noV6Net.IPv6Subnet = netip.MustParsePrefix("fd00:10:244:1::1/64")
 	for _, tc := range []struct {
@@ -290,6 +292,7 @@ func TestDelegateConfErrors(t *testing.T) {
 		{"ipam routes not a list", `{"name":"n","type":"flannel","ipam":{"routes":"x"}}`, testEnv(), "ipam.routes"},
 		{"no FLANNEL_NETWORK", `{"name":"n","type":"flannel"}`, noNetwork, "FLANNEL_NETWORK"},
 		{"no FLANNEL_MTU", `{"name":"n","type":"flannel"}`, noMTU, "FLANNEL_MTU"},
+		{"FLANNEL_SUBNET outside FLANNEL_NETWORK", `{"name":"n","type":"flannel"}`, outside, "FLANNEL_SUBNET=10.245.1.1/24 is not inside FLANNEL_NETWORK=" + outside.Network.String()},
 		{"no FLANNEL_IPV6_NETWORK", `{"name":"n","type":"flannel"}`, noV6Net, "FLANNEL_IPV6_NETWORK"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

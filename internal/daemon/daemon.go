@@ -16,6 +16,7 @@ import (
 	"github.com/flannelgo/flannel/internal/config"
 	"github.com/flannelgo/flannel/internal/iface"
 	"github.com/flannelgo/flannel/internal/lease"
+	"github.com/flannelgo/flannel/internal/leaseguard"
 	"github.com/flannelgo/flannel/internal/metrics"
 	"github.com/flannelgo/flannel/internal/subnet"
 	"github.com/flannelgo/flannel/internal/subnetenv"
@@ -42,11 +43,14 @@ type Daemon struct {
 	mgr      subnet.Manager
 	backends backend.Registry
 	metrics  *metrics.Metrics
+
+	guard    *leaseguard.Guard // screens other nodes' leases; set in Run
+	reassert chan int64        // revisions of foreign values at our own key
 }
 
 // New wires a daemon; nothing happens until Run.
 func New(opts Options, mgr subnet.Manager, backends backend.Registry, m *metrics.Metrics) *Daemon {
-	return &Daemon{opts: opts, mgr: mgr, backends: backends, metrics: m}
+	return &Daemon{opts: opts, mgr: mgr, backends: backends, metrics: m, reassert: make(chan int64, 1)}
 }
 
 // Run sets the node up and then follows other nodes until ctx ends. On
@@ -102,6 +106,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	klog.Infof("wrote %s (subnet %s, MTU %d)", d.opts.SubnetFile, own.Key(), nw.MTU())
 
+	d.guard = leaseguard.New(cfg, own, leaseguard.NetlinkHost{})
+	go d.watchConfig(ctx, cfg)
 	renewNow := make(chan struct{}, 1)
 	go d.renewLoop(ctx, own, renewNow)
 	d.followPeers(ctx, nw, own, renewNow)
