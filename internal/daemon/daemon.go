@@ -80,6 +80,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("register %s network: %w", cfg.BackendType, err)
 	}
+	if in, ok := nw.(backend.Instrumented); ok {
+		if err := d.metrics.Register(in.Collectors()...); err != nil {
+			klog.Errorf("%v", err)
+		}
+	}
 	own, err := d.acquire(ctx, nw, ext)
 	if err != nil {
 		return err

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"time"
 
 	"github.com/flannelgo/flannel/internal/subnetenv"
@@ -42,6 +43,12 @@ func (tb *Testbed) StartFlanneldEnv(ctx context.Context, n *Node, env []string, 
 		"--subnet-file=" + n.SubnetFile,
 		"-v=2",
 	}, args...)
+	// The wireguard backend's key and control socket and the ipsec
+	// backend's charon directory default to fixed paths that the nodes of
+	// a testbed, sharing one file system, must not share; env entries
+	// given by the caller come later and win.
+	env = append([]string{"WIREGUARD_KEY_FILE=" + WireGuardKeyFile(n), "FLANNEL_WIREGUARD_SOCKET_DIR=" + n.Dir,
+		"FLANNEL_IPSEC_DIR=" + filepath.Join(n.Dir, "ipsec")}, env...)
 	p, err := tb.startProc(ctx, ProcOptions{NS: n.NS, LogFile: n.LogFile, Role: roleFlanneld + n.Name, Env: env, Argv: argv})
 	if err != nil {
 		return fmt.Errorf("start flanneld on %s: %w", n.Name, err)
@@ -51,6 +58,10 @@ func (tb *Testbed) StartFlanneldEnv(ctx context.Context, n *Node, env []string, 
 	tb.mu.Unlock()
 	return nil
 }
+
+// WireGuardKeyFile is where the node's flanneld keeps its WireGuard
+// private key.
+func WireGuardKeyFile(n *Node) string { return filepath.Join(n.Dir, "wgkey") }
 
 func (tb *Testbed) flanneld(n *Node) *Proc {
 	tb.mu.Lock()
