@@ -17,6 +17,7 @@ import (
 	"github.com/flannelgo/flannel/internal/iface"
 	"github.com/flannelgo/flannel/internal/lease"
 	"github.com/flannelgo/flannel/internal/metrics"
+	"github.com/flannelgo/flannel/internal/peerhealth"
 	"github.com/flannelgo/flannel/internal/subnet"
 	"github.com/flannelgo/flannel/internal/subnetenv"
 	"github.com/flannelgo/flannel/internal/traffic"
@@ -32,6 +33,9 @@ type Options struct {
 	ForwardRules       bool
 	Resync             time.Duration
 	BlackholeRoute     bool
+	// PeerProbeInterval is how often each peer is probed over the overlay
+	// (internal/peerhealth); 0 turns probing off.
+	PeerProbeInterval time.Duration
 }
 
 // Daemon runs one node's flannel network.
@@ -40,6 +44,7 @@ type Daemon struct {
 	mgr      subnet.Manager
 	backends backend.Registry
 	metrics  *metrics.Metrics
+	prober   *peerhealth.Prober // nil when --peer-probe-interval=0
 }
 
 // New wires a daemon; nothing happens until Run.
@@ -101,6 +106,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 	renewNow := make(chan struct{}, 1)
 	go d.renewLoop(ctx, own, renewNow)
+	d.prober = d.startProber(ctx)
 	d.followPeers(ctx, nw, own, renewNow)
 	d.shutdown(rules, cfg)
 	return nil

@@ -107,3 +107,7 @@ func (m *Metrics) Serve(ctx context.Context, addr string) error {
 	klog.Infof("serving /healthz, /readyz and /metrics on %s", addr)
 	return nil
 }
+
+// Registry is where other packages (internal/peerhealth) register their
+// collectors, so that /metrics serves them too.
+func (m *Metrics) Registry() prometheus.Registerer { return m.registry }
