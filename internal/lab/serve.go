@@ -163,7 +163,13 @@ func (r *running) addNodes(ctx context.Context) error {
 // flanneldArgs are kube-flannel's, less the kube subnet manager: --ip-masq
 // makes flanneld masquerade traffic leaving the pod network, so the
 // bridge plugin does not (FLANNEL_IPMASQ=true).
-func flanneldArgs() []string { return []string{"--ip-masq"} }
+// healthzPort is where each node's flanneld serves /healthz, /readyz and
+// /metrics inside its namespace (`flannelctl lab doctor` asks it).
+const healthzPort = 10244
+
+func flanneldArgs() []string {
+	return []string{"--ip-masq", fmt.Sprintf("--healthz-port=%d", healthzPort)}
+}
 
 func (r *running) startFlanneld(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
