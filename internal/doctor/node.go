@@ -155,8 +155,8 @@ func (f *facts) vxlan() (vxlanOpts, string) {
 // FLANNEL_MTU promises the pods.
 func (f *facts) checkDevice(context.Context) Result {
 	const name = "backend device"
-	if f.cfg == nil || f.env == nil || f.own == nil {
-		return problem(name, "not checked: needs the config, subnet.env and this node's lease", "fix the checks above first")
+	if f.cfg == nil || f.own == nil {
+		return problem(name, "not checked: needs the config and this node's lease", "fix the checks above first")
 	}
 	dev := ""
 	switch f.cfg.BackendType {
@@ -174,6 +174,9 @@ func (f *facts) checkDevice(context.Context) Result {
 	ev := []string{fmt.Sprintf("%s: %s, MTU %d, up=%v, addresses %v", d.Name, d.Kind, d.MTU, d.Up, d.Addrs)}
 	if !d.Up {
 		return problem(name, dev+" is down", "ip link set "+dev+" up (or restart flanneld)", ev...)
+	}
+	if f.env == nil {
+		return ok(name, dev+" is up (MTU not compared: no subnet.env)", ev...)
 	}
 	if d.MTU != f.env.MTU && f.cfg.BackendType == "vxlan" {
 		return problem(name, fmt.Sprintf("%s has MTU %d but FLANNEL_MTU=%d: pods send packets the device cannot carry", dev, d.MTU, f.env.MTU),

@@ -78,7 +78,7 @@ func (f *facts) checkChecksum(context.Context) Result {
 		why = "Backend.DisableTxChecksumOffload is true"
 	}
 	if on {
-		return problem(name, fmt.Sprintf("%s: %s, and %s is still on for %s: VXLAN packets can leave with corrupt checksums", why, offload.Feature, offload.Feature, dev),
+		return problem(name, fmt.Sprintf("%s, but %s is still on for %s: VXLAN packets can leave with corrupt checksums", why, offload.Feature, dev),
 			fmt.Sprintf("restart flanneld (it turns it off on such kernels), or: ethtool -K %s %s off", dev, offload.Feature))
 	}
 	return ok(name, fmt.Sprintf("%s: %s is off on %s", why, offload.Feature, dev))

@@ -66,14 +66,17 @@ func TxChecksumOn(dev string) (bool, error) {
 
 // DisableTxChecksum turns tx-checksum-ip-generic off on dev (as `ethtool
 // -K dev tx-checksum-ip-generic off`).
-func DisableTxChecksum(dev string) error {
+func DisableTxChecksum(dev string) error { return SetTxChecksum(dev, false) }
+
+// SetTxChecksum switches tx-checksum-ip-generic on dev.
+func SetTxChecksum(dev string, on bool) error {
 	e, err := ethtool.NewEthtool()
 	if err != nil {
 		return fmt.Errorf("ethtool socket: %w", err)
 	}
 	defer e.Close()
-	if err := e.Change(dev, map[string]bool{Feature: false}); err != nil {
-		return fmt.Errorf("turn off %s on %s: %w", Feature, dev, err)
+	if err := e.Change(dev, map[string]bool{Feature: on}); err != nil {
+		return fmt.Errorf("set %s=%v on %s: %w", Feature, on, dev, err)
 	}
 	return nil
 }
