@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -383,4 +384,50 @@ func setOffload(t *testing.T, n *testbed.Node, on bool) {
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestDoctorKube: in kube mode doctor checks this node's podCIDR and
+// flanneld's permissions against a real kube-apiserver: healthy with the
+// manifest's role, then a node without podCIDR, one outside the Network,
+// and credentials without patch on nodes/status.
+func TestDoctorKube(t *testing.T) {
+	m := readManifest(t)
+	k := newKubeCluster(t, "dock", 1)
+	ctx := testCtx(t, 3*time.Minute)
+	k.apply(ctx, m)
+	sa := m.account
+	token, err := k.api.ServiceAccountToken(ctx, sa.Namespace, sa.Name, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kubeconfig := filepath.Join(t.TempDir(), "flannel.kubeconfig")
+	if err := k.api.WriteTokenKubeconfig(kubeconfig, token); err != nil {
+		t.Fatal(err)
+	}
+	n := k.Nodes[0]
+	k.createNode(ctx, n.Name, podCIDR(n.Index))
+	conf := netConf(t, n, defaultConfig)
+	k.startReady(k.Nodes, kubeRun{kubeconfig: kubeconfig, netConf: conf, env: daemonSetEnv(sa.Namespace, n),
+		args: []string{"--healthz-port=10244", "--peer-probe-interval=0"}})
+	kubeFlags := func(kc, node string) []string {
+		return []string{"--kube-subnet-mgr", "--kubeconfig-file=" + kc, "--net-config-path=" + conf, "--node-name=" + node}
+	}
+	k.cluster.t = t
+	eventually(t, 30*time.Second, "doctor in kube mode finds nothing", func() error {
+		r := k.runDoctor(t, n, kubeFlags(kubeconfig, n.Name)...)
+		if r.code != 0 || r.checks["kube node"].Status != doctor.OK {
+			return fmt.Errorf("exit %d: %v", r.code, r.problems())
+		}
+		return nil
+	})
+
+	k.createNode(ctx, "nocidr", netip.Prefix{})
+	requireProblem(t, k.runDoctor(t, n, kubeFlags(kubeconfig, "nocidr")...), "kube node", "node nocidr pod cidr not assigned", "--allocate-node-cidrs")
+	k.createNode(ctx, "outside", netip.MustParsePrefix("10.99.0.0/24"))
+	requireProblem(t, k.runDoctor(t, n, kubeFlags(kubeconfig, "outside")...), "kube node", "10.99.0.0/24 is outside the flannel Network 10.244.0.0/16", "--cluster-cidr")
+	noPatch, err := k.api.ServiceAccountKubeconfig(ctx, sa.Namespace, "flannel-no-patch", without(m.role.Rules, permission{"patch", "nodes/status"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	requireProblem(t, k.runDoctor(t, n, kubeFlags(noPatch, n.Name)...), "kube node", "not allowed: patch nodes/status", "ClusterRole")
 }
