@@ -67,13 +67,17 @@ type peer struct {
 	results          [window]bool
 	n, lost          int // probes recorded; consecutive losses
 	unreachable      bool
+	// The peer's series, looked up once: a label lookup per probe would
+	// cost more than the probe.
+	reach, rtt, loss prometheus.Gauge
 }
 
 // Prober probes every known peer once per interval.
 type Prober struct {
-	interval time.Duration
-	pinger   Pinger
-	m        *Metrics
+	interval      time.Duration
+	pinger        Pinger
+	m             *Metrics
+	replies, lost prometheus.Counter
 
 	mu    sync.Mutex
 	peers map[string]*peer
@@ -83,7 +87,8 @@ type Prober struct {
 
 // New makes a prober; Update tells it the peers and Run probes them.
 func New(interval time.Duration, pinger Pinger, m *Metrics) *Prober {
-	return &Prober{interval: interval, pinger: pinger, m: m, peers: map[string]*peer{}, wake: make(chan struct{}, 1)}
+	return &Prober{interval: interval, pinger: pinger, m: m, peers: map[string]*peer{}, wake: make(chan struct{}, 1),
+		replies: m.Probes.WithLabelValues("reply"), lost: m.Probes.WithLabelValues("lost")}
 }
 
 // Target is the address a peer is probed at: for VXLAN the peer's flannel.N
@@ -110,8 +115,9 @@ func (p *Prober) Update(evs []lease.Event) {
 		if ev.Type == lease.Removed || !target.Is4() {
 			continue
 		}
-		pe := &peer{subnet: key, publicIP: ev.Lease.Attrs.PublicIP.String(), target: target,
-			next: time.Now().Add(rand.N(p.interval))}
+		pub := ev.Lease.Attrs.PublicIP.String()
+		pe := &peer{subnet: key, publicIP: pub, target: target, next: time.Now().Add(rand.N(p.interval)),
+			reach: p.m.Reachable.WithLabelValues(key, pub), rtt: p.m.RTT.WithLabelValues(key, pub), loss: p.m.Loss.WithLabelValues(key, pub)}
 		p.peers[key] = pe
 		heap.Push(&p.due, pe)
 	}
@@ -197,17 +203,17 @@ func (p *Prober) record(pe *peer, ok bool, rtt time.Duration) {
 			lostN++
 		}
 	}
-	p.m.Loss.WithLabelValues(pe.subnet, pe.publicIP).Set(float64(lostN) / float64(min(pe.n, window)))
+	pe.loss.Set(float64(lostN) / float64(min(pe.n, window)))
 	if ok {
-		p.m.Probes.WithLabelValues("reply").Inc()
-		p.m.RTT.WithLabelValues(pe.subnet, pe.publicIP).Set(rtt.Seconds())
+		p.replies.Inc()
+		pe.rtt.Set(rtt.Seconds())
 		pe.lost = 0
 		if pe.unreachable {
 			klog.Infof("peer %s (%s) is reachable again over the overlay (probe to %s answered in %s)", pe.subnet, pe.publicIP, pe.target, rtt.Round(time.Microsecond))
 		}
 		pe.unreachable = false
 	} else {
-		p.m.Probes.WithLabelValues("lost").Inc()
+		p.lost.Inc()
 		pe.lost++
 		if pe.lost == lostToUnreachable {
 			pe.unreachable = true
@@ -220,7 +226,7 @@ func (p *Prober) record(pe *peer, ok bool, rtt time.Duration) {
 	if pe.unreachable {
 		up = 0
 	}
-	p.m.Reachable.WithLabelValues(pe.subnet, pe.publicIP).Set(up)
+	pe.reach.Set(up)
 }
 
 // schedule is a min-heap of peers by next probe time.

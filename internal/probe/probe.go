@@ -51,9 +51,21 @@ func NewPinger() (*Pinger, error) {
 		frag.Close()
 		return nil, err
 	}
+	// Every raw ICMP socket gets a copy of every ICMP packet: the kernel
+	// keeps only echo replies for the reading socket and nothing for the
+	// sending-only one, so other nodes' probes of us cost no wake-ups.
+	var replies, none ipv4.ICMPFilter
+	replies.SetAll(true)
+	replies.Accept(ipv4.ICMPTypeEchoReply)
+	none.SetAll(true)
+	ferr := errors.Join(ipv4.NewPacketConn(frag).SetICMPFilter(&replies), ipv4.NewPacketConn(df).SetICMPFilter(&none))
+	if ferr != nil {
+		frag.Close()
+		df.Close()
+		return nil, fmt.Errorf("set ICMP filter: %w", ferr)
+	}
 	p := &Pinger{frag: frag, df: df, id: uint16(rand.N(1 << 16)), pending: map[uint16]chan struct{}{}, closed: make(chan struct{})}
-	go p.read(frag)
-	go p.read(df)
+	go p.read(frag) // replies to probes sent on either socket land here
 	return p, nil
 }
 
