@@ -158,6 +158,8 @@ func TestDoctor(t *testing.T) {
 	envs := c.start(c.Nodes, doctorArgs...)
 	c.addPods(c.Nodes)
 	n1, n2 := c.Nodes[0], c.Nodes[1]
+	free := freeSubnets(envs)[0] // a subnet no node holds: 10.244.<free>.0/24
+	stale, foreign := fmt.Sprintf("10.244.%d.0", free), fmt.Sprintf("10.244.%d.1/24", free)
 	c.requireHealthy(t, n1, 30*time.Second)
 	text := c.runDoctor(t, n1, "--output=text")
 	if text.code != 0 || !strings.Contains(text.out, "all 13 checks passed") {
@@ -169,16 +171,21 @@ func TestDoctor(t *testing.T) {
 		mac := vtepOf(t, n2)
 		nsRun(t, n1.NS, "bridge", "fdb", "del", mac, "dev", "flannel.1", "dst", n2.Addr.String())
 		nsRun(t, n1.NS, "bridge", "fdb", "append", "0a:00:00:00:00:99", "dev", "flannel.1", "dst", "198.51.100.99", "self", "permanent")
+		nsRun(t, n1.NS, "ip", "route", "add", stale+"/24", "via", stale, "dev", "flannel.1", "onlink")
+		nsRun(t, n1.NS, "ip", "neigh", "add", stale, "lladdr", "0a:00:00:00:00:99", "dev", "flannel.1", "nud", "permanent")
 		r := c.runDoctor(t, n1)
-		requireProblem(t, r, "kernel state", "no FDB entry "+mac+" dst "+n2.Addr.String(), "stale FDB entry 0a:00:00:00:00:99", "restart flanneld")
+		requireProblem(t, r, "kernel state", "no FDB entry "+mac+" dst "+n2.Addr.String(), "stale FDB entry 0a:00:00:00:00:99",
+			"stale route "+stale+"/24 via "+stale+" dev flannel.1 onlink", "stale neighbour "+stale+" lladdr 0a:00:00:00:00:99", "restart flanneld")
+		nsRun(t, n1.NS, "ip", "neigh", "del", stale, "dev", "flannel.1")
+		nsRun(t, n1.NS, "ip", "route", "del", stale+"/24", "dev", "flannel.1")
 		nsRun(t, n1.NS, "bridge", "fdb", "del", "0a:00:00:00:00:99", "dev", "flannel.1", "dst", "198.51.100.99")
 		nsRun(t, n1.NS, "bridge", "fdb", "append", mac, "dev", "flannel.1", "dst", n2.Addr.String(), "self", "permanent")
 	})
 	t.Run("cni0 address from another subnet", func(t *testing.T) {
-		nsRun(t, n1.NS, "ip", "addr", "add", "10.244.6.1/24", "dev", "cni0")
+		nsRun(t, n1.NS, "ip", "addr", "add", foreign, "dev", "cni0")
 		r := c.runDoctor(t, n1)
-		requireProblem(t, r, "cni0", "10.244.6.1/24", "cni0 already has an IP address different from", "ip link delete cni0")
-		nsRun(t, n1.NS, "ip", "addr", "del", "10.244.6.1/24", "dev", "cni0")
+		requireProblem(t, r, "cni0", "cni0 has "+foreign, "cni0 already has an IP address different from", "ip link delete cni0")
+		nsRun(t, n1.NS, "ip", "addr", "del", foreign, "dev", "cni0")
 	})
 	t.Run("FORWARD policy DROP without flannel's accepts", func(t *testing.T) {
 		restore := saveIPTables(t, n1.NS)
@@ -302,18 +309,10 @@ func (c *cluster) duplicateAddress(t *testing.T, n1, n2 *testbed.Node, envs map[
 		t.Fatal(err)
 	}
 	defer cli.Close()
-	used := map[string]bool{}
-	for _, env := range envs {
-		used[env.Subnet.Masked().Addr().String()] = true
-	}
 	pubs := []string{n2.Addr.String(), "198.51.100.201", "198.51.100.202"}
 	var keys []string
-	for i := 1; i <= 7 && len(keys) < len(pubs); i++ {
-		sub := fmt.Sprintf("10.244.%d.0", i)
-		if used[sub] {
-			continue
-		}
-		key := testbed.DefaultEtcdPrefix + "/subnets/" + sub + "-24"
+	for _, i := range freeSubnets(envs)[:len(pubs)] {
+		key := fmt.Sprintf("%s/subnets/10.244.%d.0-24", testbed.DefaultEtcdPrefix, i)
 		val := fmt.Sprintf(`{"PublicIP":%q,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0a:00:00:00:01:%02x"}}`, pubs[len(keys)], i)
 		if _, err := cli.Put(ctx, key, val); err != nil {
 			t.Fatal(err)
@@ -332,6 +331,22 @@ func (c *cluster) duplicateAddress(t *testing.T, n1, n2 *testbed.Node, envs map[
 	if ch := r.checks["subnet usage"]; ch.Status != doctor.Warning || !strings.Contains(ch.Summary, "6 of 7 subnets") {
 		t.Errorf("subnet usage: %+v, want a warning for 6 of 7 subnets", ch)
 	}
+}
+
+// freeSubnets lists the third octets of the doctor network's subnets
+// (10.244.1-7.0/24) that no node holds.
+func freeSubnets(envs map[*testbed.Node]*subnetenv.Env) []int {
+	used := map[int]bool{}
+	for _, env := range envs {
+		used[int(env.Subnet.Addr().As4()[2])] = true
+	}
+	var out []int
+	for i := 1; i <= 7; i++ {
+		if !used[i] {
+			out = append(out, i)
+		}
+	}
+	return out
 }
 
 // stoppedNode stops n's flanneld, hides subnet.env and deletes flannel.1;
