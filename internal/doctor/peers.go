@@ -200,7 +200,8 @@ func (f *facts) checkReachability(ctx context.Context) Result {
 		return problem(name, "cannot send ICMP probes", "run flannelctl doctor as root (it needs CAP_NET_RAW)")
 	}
 	port := f.encapPort()
-	var bad, fine []string
+	var bad, fine, fixes []string
+	underlayFix, portFix := false, false
 	for _, p := range f.probePeers(ctx) {
 		pub, target := p.l.Attrs.PublicIP, peerhealth.Target(p.l)
 		switch {
@@ -209,21 +210,28 @@ func (f *facts) checkReachability(ctx context.Context) Result {
 		case p.overlay:
 			fine = append(fine, fmt.Sprintf("%s: overlay answers; ICMP to %s on the underlay does not (filtered?)", peerName(p.l), pub))
 		case !p.underlay:
+			underlayFix = true
 			bad = append(bad, fmt.Sprintf("peer %s: its PublicIP %s does not answer from this node: an address the others cannot reach (wrong --iface/--public-ip on that node, or no route/firewall between the nodes)", peerName(p.l), pub))
 		case port != "":
+			portFix = true
 			bad = append(bad, fmt.Sprintf("peer %s: %s answers on the underlay but its overlay address %s does not: %s between this node and %s is blocked", peerName(p.l), pub, target, port, pub))
 		default:
 			bad = append(bad, fmt.Sprintf("peer %s: %s answers but its overlay address %s does not", peerName(p.l), pub, target))
 		}
 	}
-	if len(bad) > 0 {
-		fix := "open the backend's port between all nodes in both directions"
-		if port != "" {
-			fix = fmt.Sprintf("allow %s in both directions between the nodes named (host firewall: iptables/nft rules, cloud security groups); check with: tcpdump -ni any udp port %s", port, strings.Fields(port)[1])
-		}
-		return problem(name, fmt.Sprintf("%d of %d peers unreachable", len(bad), len(f.peers)), fix, append(bad, fine...)...)
+	if len(bad) == 0 {
+		return ok(name, fmt.Sprintf("all %d peers reachable over the underlay and the overlay", len(f.peers)), fine...)
 	}
-	return ok(name, fmt.Sprintf("all %d peers reachable over the underlay and the overlay", len(f.peers)), fine...)
+	if underlayFix {
+		fixes = append(fixes, "on each node named, make flanneld advertise an address the other nodes reach (--iface, --iface-can-reach or --public-ip; delete its stale lease) and check routing and firewalls between the nodes")
+	}
+	if portFix {
+		fixes = append(fixes, fmt.Sprintf("allow %s in both directions between the nodes named (host firewall: iptables/nft rules, cloud security groups); check with: tcpdump -ni any udp port %s", port, strings.Fields(port)[1]))
+	}
+	if len(fixes) == 0 {
+		fixes = append(fixes, "check the backend on the nodes named: restart flanneld there and read its log")
+	}
+	return problem(name, fmt.Sprintf("%d of %d peers unreachable", len(bad), len(f.peers)), strings.Join(fixes, "; "), append(bad, fine...)...)
 }
 
 // encapPort is the backend's data-plane port, as an operator writes it.

@@ -328,6 +328,7 @@ func (c *cluster) duplicateAddress(t *testing.T, n1, n2 *testbed.Node, envs map[
 	}()
 	r := c.runDoctor(t, n1)
 	requireProblem(t, r, "public address", "duplicate public address", "PublicIP "+n2.Addr.String()+" is advertised by 2 leases", "--public-ip")
+	requireProblem(t, r, "peer reachability", "its PublicIP 198.51.100.201 does not answer from this node: an address the others cannot reach", "--public-ip")
 	if ch := r.checks["subnet usage"]; ch.Status != doctor.Warning || !strings.Contains(ch.Summary, "6 of 7 subnets") {
 		t.Errorf("subnet usage: %+v, want a warning for 6 of 7 subnets", ch)
 	}
