@@ -162,6 +162,8 @@ func (f *facts) checkDevice(context.Context) Result {
 	switch f.cfg.BackendType {
 	case "vxlan":
 		_, dev = f.vxlan()
+	case "ipip":
+		dev = "flannel.ipip"
 	case "host-gw":
 		dev = f.local[f.own.Attrs.PublicIP]
 	default:
@@ -178,9 +180,9 @@ func (f *facts) checkDevice(context.Context) Result {
 	if f.env == nil {
 		return ok(name, dev+" is up (MTU not compared: no subnet.env)", ev...)
 	}
-	if d.MTU != f.env.MTU && f.cfg.BackendType == "vxlan" {
+	if d.MTU != f.env.MTU && f.cfg.BackendType != "host-gw" {
 		return problem(name, fmt.Sprintf("%s has MTU %d but FLANNEL_MTU=%d: pods send packets the device cannot carry", dev, d.MTU, f.env.MTU),
-			fmt.Sprintf("ip link set %s mtu %d, or restart flanneld, which sets it; MTU = underlay MTU - 50 for VXLAN", dev, f.env.MTU), ev...)
+			fmt.Sprintf("ip link set %s mtu %d, or restart flanneld, which sets it (MTU = underlay MTU - %d for %s)", dev, f.env.MTU, f.overhead(), f.cfg.BackendType), ev...)
 	}
 	if f.cfg.BackendType == "host-gw" && d.MTU < f.env.MTU {
 		return problem(name, fmt.Sprintf("%s has MTU %d, below FLANNEL_MTU=%d", dev, d.MTU, f.env.MTU), "restart flanneld so that subnet.env takes the interface's MTU", ev...)

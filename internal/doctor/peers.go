@@ -226,7 +226,7 @@ func (f *facts) checkReachability(ctx context.Context) Result {
 		fixes = append(fixes, "on each node named, make flanneld advertise an address the other nodes reach (--iface, --iface-can-reach or --public-ip; delete its stale lease) and check routing and firewalls between the nodes")
 	}
 	if portFix {
-		fixes = append(fixes, fmt.Sprintf("allow %s in both directions between the nodes named (host firewall: iptables/nft rules, cloud security groups); check with: tcpdump -ni any udp port %s", port, strings.Fields(port)[1]))
+		fixes = append(fixes, fmt.Sprintf("allow %s in both directions between the nodes named (host firewall: iptables/nft rules, cloud security groups); check with: tcpdump -ni any %s", port, tcpdumpFilter(port)))
 	}
 	if len(fixes) == 0 {
 		fixes = append(fixes, "check the backend on the nodes named: restart flanneld there and read its log")
@@ -250,8 +250,25 @@ func (f *facts) encapPort() string {
 		return "UDP 8285 (udp backend)"
 	case "wireguard":
 		return "UDP 51820 (WireGuard)"
+	case "ipip":
+		return "IP protocol 4 (IPIP)"
+	case "ipsec":
+		return "UDP 500/4500 and ESP (IPsec)"
 	}
 	return ""
+}
+
+// tcpdumpFilter is how to watch the backend's traffic for the fix text.
+func tcpdumpFilter(port string) string {
+	switch {
+	case strings.HasPrefix(port, "UDP 500/"):
+		return "udp port 500 or udp port 4500 or esp"
+	case strings.HasPrefix(port, "UDP "):
+		return "udp port " + strings.Fields(port)[1]
+	case strings.HasPrefix(port, "IP protocol 4"):
+		return "ip proto 4"
+	}
+	return "host <peer>"
 }
 
 // overhead is what the backend's encapsulation adds to each packet.
@@ -263,6 +280,8 @@ func (f *facts) overhead() int {
 		return 28
 	case "wireguard":
 		return 80
+	case "ipip":
+		return 20
 	}
 	return 0
 }
