@@ -18,6 +18,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 scripts/install-cni-tools.sh "${CNI_BIN_DIR:-/opt/cni/bin}"
+# flanneld refuses to start without br_netfilter, as upstream does.
+if [ ! -e /proc/sys/net/bridge/bridge-nf-call-iptables ]; then
+  echo "setup: loading br_netfilter"
+  modprobe br_netfilter
+fi
 # The Kubernetes tests need a real kube-apiserver and the chart tests Helm,
 # both built from source once and cached (minutes on a fresh machine).
 # `setup.sh --lab` skips them: the lab does not need them.
