@@ -1,6 +1,7 @@
 package subnetenv
 
 import (
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -34,7 +35,7 @@ func FuzzParse(f *testing.F) {
 		if err != nil {
 			t.Fatalf("parsed %q but cannot re-read %q: %v", data, e.Marshal(), err)
 		}
-		if *again != *e {
+		if !reflect.DeepEqual(again, e) {
 			t.Fatalf("round trip changed %+v into %+v", e, again)
 		}
 		if (checkErr == nil) != (again.Check() == nil) {
