@@ -120,6 +120,7 @@ func (h *harness) node(cniVersion string) *node {
         "isDefaultGateway": true
       },
       "subnetFile": %q,
+      "subnetFileWait": "500ms",
       "dataDir": %q
     },
     {
@@ -384,7 +385,11 @@ func runConflist(t *testing.T, h *harness, cniVersion string) {
 		if err == nil {
 			t.Errorf("cnitool %s without subnet.env succeeded: %s", verb, msg)
 		}
-		for _, want := range []string{n.subnetFile, "failed to load flannel 'subnet.env' file", "flanneld has not written"} {
+		wants := []string{n.subnetFile, "failed to load flannel 'subnet.env' file", "flanneld has not written"}
+		if verb == "add" {
+			wants = append(wants, "flanneld is not ready: "+n.subnetFile+" did not appear within 500ms")
+		}
+		for _, want := range wants {
 			if !strings.Contains(msg, want) {
 				t.Errorf("cnitool %s without subnet.env: output %q does not say %q", verb, msg, want)
 			}

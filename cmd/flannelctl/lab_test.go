@@ -272,6 +272,16 @@ func TestLabVXLAN(t *testing.T) {
 	if addr, code := l.run(time.Minute, "exec", "n1-p1", "--", "ip", "-4", "-o", "addr", "show", "eth0"); code != 0 || !strings.Contains(addr, "10.244.") {
 		t.Errorf("lab exec ip addr: exit %d\n%s", code, addr)
 	}
+	if out, code := l.run(time.Minute, "doctor", "n1"); code != 0 || !strings.Contains(out, "all 13 checks passed") {
+		t.Errorf("lab doctor n1 on a healthy lab: exit %d\n%s", code, out)
+	}
+	if out, code := l.run(time.Minute, "exec", "n2", "--", "ip", "link", "set", "flannel.1", "mtu", "1400"); code != 0 {
+		t.Fatalf("lab exec n2 ip link set: exit %d\n%s", code, out)
+	}
+	out, code := l.run(time.Minute, "doctor", "n2", "--output=json")
+	if code != 1 || !strings.Contains(out, `"check": "backend device"`) || !strings.Contains(out, "flannel.1 has MTU 1400 but FLANNEL_MTU=1450") {
+		t.Errorf("lab doctor n2 with flannel.1 at MTU 1400: exit %d, want 1 naming the MTU\n%s", code, out)
+	}
 	l.downAndVerify(links)
 }
 

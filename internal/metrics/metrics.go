@@ -155,3 +155,7 @@ func (m *Metrics) Register(cs ...prometheus.Collector) error {
 	}
 	return nil
 }
+
+// Registry is where other packages (internal/peerhealth) register their
+// collectors, so that /metrics serves them too.
+func (m *Metrics) Registry() prometheus.Registerer { return m.registry }

@@ -43,7 +43,8 @@ func TestMain(m *testing.M) {
 		bins = binaries{dir: dir, flanneld: filepath.Join(dir, "flanneld")}
 		if os.Geteuid() == 0 {
 			bins.buildErr = errors.Join(goBuild(bins.flanneld, "./cmd/flanneld"),
-				goBuild(filepath.Join(dir, "flannel"), "./cmd/flannel"))
+				goBuild(filepath.Join(dir, "flannel"), "./cmd/flannel"),
+				goBuild(filepath.Join(dir, "flannelctl"), "./cmd/flannelctl"))
 		}
 		return m.Run()
 	}()

@@ -29,8 +29,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 
-	"github.com/vishvananda/netlink"
-
+	"github.com/flannelgo/flannel/internal/kernelstate"
 	"github.com/flannelgo/flannel/internal/kubetest"
 	"github.com/flannelgo/flannel/internal/subnetenv"
 	"github.com/flannelgo/flannel/internal/testbed"
@@ -267,12 +266,12 @@ func (k *kubeCluster) checkAnnotations(ctx context.Context, n *testbed.Node) {
 
 func vtepMAC(ns string) (string, error) {
 	var mac string
-	err := withNS(ns, func(h *netlink.Handle) error {
-		l, err := h.LinkByName("flannel.1")
+	err := kernelstate.With(ns, func(k *kernelstate.Reader) error {
+		d, err := k.Device("flannel.1")
 		if err != nil {
-			return fmt.Errorf("flannel.1 in %s: %w", ns, err)
+			return err
 		}
-		mac = l.Attrs().HardwareAddr.String()
+		mac = d.MAC.String()
 		return nil
 	})
 	return mac, err

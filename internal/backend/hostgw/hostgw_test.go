@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/flannelgo/flannel/internal/backend"
+	"github.com/flannelgo/flannel/internal/kernelstate"
 	"github.com/flannelgo/flannel/internal/lease"
 	bt "github.com/flannelgo/flannel/internal/testbed/tbtest"
 )
@@ -26,14 +27,26 @@ func up(t *testing.T, n *bt.Node, raw string, v4, v6 bool, subnet4, subnet6 stri
 	return bt.Up(t, n, be, bt.BackendConfig(TypeName, v4, v6), subnet4, subnet6)
 }
 
-func routes(t *testing.T, n *bt.Node, family, dst string) string {
+// routes is n's route to dst in `ip route` form ("" when none), read with
+// internal/kernelstate; family ("-4", "-6") only documents the call.
+func routes(t *testing.T, n *bt.Node, _, dst string) string {
 	t.Helper()
-	return strings.TrimSpace(bt.Run(t, "ip", family, "-n", n.NS, "route", "show", dst))
+	var rt *kernelstate.Route
+	err := kernelstate.With(n.NS, func(k *kernelstate.Reader) (err error) { rt, err = k.HostGWRoute(pfx(dst)); return err })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rt == nil {
+		return ""
+	}
+	return rt.String()
 }
 
+// wantRoute wants exactly this route (so that "via 198.51.100.1" cannot
+// pass for "via 198.51.100.11").
 func wantRoute(t *testing.T, n *bt.Node, family, dst, want string) {
 	t.Helper()
-	if got := routes(t, n, family, dst); !strings.Contains(got, want) {
+	if got := routes(t, n, family, dst); got != want {
 		t.Errorf("%s: route for %s is %q, want %q", n.Name, dst, got, want)
 	}
 }
@@ -177,7 +190,7 @@ func TestStaleRoutesAfterRestart(t *testing.T) {
 	wantRoute(t, a, "-4", "10.244.2.0/24", "10.244.2.0/24 via 198.51.100.12 dev eth0")
 	wantNoRoute(t, a, "-4", "10.244.3.0/24")
 	wantNoRoute(t, a, "-4", "10.244.9.0/24")
-	wantRoute(t, a, "-4", "10.244.8.0/24", "proto static")
+	wantRoute(t, a, "-4", "10.244.8.0/24", "10.244.8.0/24 via 198.51.100.98 dev eth0") // someone else's (proto static) stays
 }
 
 func TestOptionsAndMTU(t *testing.T) {
