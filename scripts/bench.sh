@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Throughput benchmark (not part of CI): pod-to-pod iperf3 over each overlay
-# backend (vxlan, udp, userspace wireguard) as a ratio of VXLAN's and
+# backend (vxlan, udp, userspace wireguard, ipsec) as a ratio of VXLAN's and
 # divided by node-to-node iperf3 over the bare underlay, both measured in
 # the same run on a two-node namespace cluster. Needs root.
 set -euo pipefail

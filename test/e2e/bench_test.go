@@ -97,6 +97,8 @@ var overlayBackends = []struct{ name, config string }{
 	{"vxlan", defaultConfig},
 	{"udp", udpConfig},
 	{"wireguard-userspace", `{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard","Implementation":"userspace"}}`},
+	// userspace ESP (charon's kernel-libipsec) where the kernel lacks ESP
+	{"ipsec", `{"Network":"10.244.0.0/16","Backend":{"Type":"ipsec","PSK":"` + strings.Repeat("bench-psk-", 10) + `"}}`},
 }
 
 // BenchmarkOverlayThroughput measures pod-to-pod iperf3 throughput for each
