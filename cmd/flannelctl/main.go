@@ -21,6 +21,9 @@ usage:
   flannelctl lab exec   [--name N] POD|NODE -- CMD [ARGS...]
   flannelctl lab down   [--name N]
   flannelctl policy explain --from NS/POD --to NS/POD[:PORT/PROTO] [--kubeconfig FILE]
+  flannelctl lab doctor [--name N] NODE [DOCTOR FLAGS...]
+  flannelctl doctor     [--etcd-endpoints ... | --kube-subnet-mgr --kubeconfig-file F]
+                        [--subnet-file F] [--healthz IP:PORT] [--output text|json]
 
 Run 'flannelctl lab CMD --help' for the flags of a command.
 `
@@ -44,6 +47,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runLab(args[1:], stdout, stderr)
 	case "policy":
 		return runPolicy(args[1:], stdout, stderr)
+	case "doctor":
+		return runDoctor(args[1:], stdout, stderr)
 	default:
 		fmt.Fprintf(stderr, "flannelctl: unknown command %q\n\n%s", args[0], usage)
 		return 2

@@ -30,6 +30,8 @@ type options struct {
 	healthzPort                            int
 	version, help                          bool
 
+	peerProbeInterval time.Duration
+
 	kubeSubnetMgr, setNodeNetworkUnavailable         bool
 	kubeAPIURL, kubeconfigFile, kubeAnnotationPrefix string
 
@@ -77,6 +79,7 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.StringVar(&o.kubeAnnotationPrefix, "kube-annotation-prefix", "flannel.alpha.coreos.com", `Kubernetes annotation prefix; may hold one slash (example.com/flannel gives example.com/flannel-backend-data), else a slash is appended`)
 	fs.BoolVar(&o.setNodeNetworkUnavailable, "set-node-network-unavailable", true, "set the node's NetworkUnavailable condition to false once ready")
 	fs.BoolVar(&o.networkPolicy, "network-policy", false, "enforce Kubernetes NetworkPolicies for this node's pods with nftables (needs --kube-subnet-mgr)")
+	fs.DurationVar(&o.peerProbeInterval, "peer-probe-interval", 10*time.Second, "how often each peer is probed over the overlay for flannel_peer_reachable/rtt/loss metrics (jittered); 0 turns probing off")
 	klog.InitFlags(fs)
 	return fs
 }
@@ -119,6 +122,9 @@ func (o *options) validate() error {
 	}
 	if o.networkPolicy && !o.ipMasq {
 		return errors.New("--network-policy needs --ip-masq (as deploy/kube-flannel.yml runs flanneld): without it the flannel CNI plugin has the bridge plugin masquerade pod traffic leaving the node, so other nodes see the node's address instead of the pod's and cannot tell which policy applies")
+	}
+	if o.peerProbeInterval < 0 {
+		return fmt.Errorf("--peer-probe-interval=%s: must be 0 (off) or positive", o.peerProbeInterval)
 	}
 	if o.iptablesResync < 1 {
 		return fmt.Errorf("--iptables-resync=%d: must be at least 1 second", o.iptablesResync)

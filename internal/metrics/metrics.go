@@ -146,13 +146,16 @@ func (m *Metrics) Serve(ctx context.Context, addr string) error {
 	return nil
 }
 
-// Register adds collectors of other parts of flanneld (network policy) to
-// the registry.
+// Register adds a backend's collectors to /metrics.
 func (m *Metrics) Register(cs ...prometheus.Collector) error {
 	for _, c := range cs {
 		if err := m.registry.Register(c); err != nil {
-			return fmt.Errorf("register metrics: %w", err)
+			return fmt.Errorf("register backend metrics: %w", err)
 		}
 	}
 	return nil
 }
+
+// Registry is where other packages (internal/peerhealth) register their
+// collectors, so that /metrics serves them too.
+func (m *Metrics) Registry() prometheus.Registerer { return m.registry }
