@@ -155,7 +155,9 @@ func memory(pid int) (rss, hwm int64, err error) {
 	}
 	defer f.Close()
 	var detail []string
-	defer func() { klog.V(1).Infof("flanneld pid %d: VmRSS %d kB, VmHWM %d kB, %s", pid, rss, hwm, strings.Join(detail, ", ")) }()
+	defer func() {
+		klog.V(1).Infof("flanneld pid %d: VmRSS %d kB, VmHWM %d kB, %s", pid, rss, hwm, strings.Join(detail, ", "))
+	}()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		k, v, ok := strings.Cut(sc.Text(), ":")
