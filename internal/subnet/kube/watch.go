@@ -9,7 +9,9 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/client-go/informers"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
 
@@ -28,8 +30,7 @@ func (m *Manager) WatchLeases(ctx context.Context, events chan<- []lease.Event) 
 	if err != nil {
 		return err
 	}
-	factory := informers.NewSharedInformerFactory(m.cs, 0)
-	inf := factory.Core().V1().Nodes().Informer()
+	inf := cache.NewSharedIndexInformer(m.nodeListWatch(), &corev1.Node{}, 0, cache.Indexers{})
 	if err := inf.SetTransform(slimNode); err != nil {
 		return fmt.Errorf("node informer: %w", err)
 	}
@@ -45,11 +46,12 @@ func (m *Manager) WatchLeases(ctx context.Context, events chan<- []lease.Event) 
 		return fmt.Errorf("node informer: %w", err)
 	}
 	wctx, cancel := context.WithCancel(ctx)
+	var running sync.WaitGroup
+	running.Go(func() { inf.RunWithContext(wctx) })
 	defer func() {
 		cancel()
-		factory.Shutdown()
+		running.Wait()
 	}()
-	factory.Start(wctx.Done())
 	if !cache.WaitForCacheSync(wctx.Done(), inf.HasSynced) {
 		return ctx.Err()
 	}
@@ -94,6 +96,18 @@ func (m *Manager) watchConfig(ctx context.Context) (*config.Config, error) {
 		case <-time.After(wait):
 		}
 		wait = min(2*wait, 30*time.Second)
+	}
+}
+
+// nodeListWatch lists and watches all nodes through the core/v1 client.
+func (m *Manager) nodeListWatch() *cache.ListWatch {
+	return &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, opts metav1.ListOptions) (runtime.Object, error) {
+			return m.api.listNodes(ctx, opts)
+		},
+		WatchFuncWithContext: func(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
+			return m.api.watchNodes(ctx, opts)
+		},
 	}
 }
 
