@@ -14,7 +14,8 @@ cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
 out=$(mktemp -d /tmp/flannel-scale-bin.XXXXXX)
 trap 'rm -rf "$out"' EXIT
-go build -o "$out/flanneld" ./cmd/flanneld
+# Built as deploy/Dockerfile builds the shipped binary.
+CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$out/flanneld" ./cmd/flanneld
 go build -o "$out/scale" ./test/scale
 "$out/scale" -flanneld "$out/flanneld" \
   -modes "${SCALE_MODES:-etcd,kube}" -n "${SCALE_N:-1000,5000,10000}" \
