@@ -25,6 +25,7 @@ type keys struct {
 	publicIP, publicIPv6                    string
 	subnetManager                           string
 	publicIPOverwrite, publicIPv6Overwrite  string
+	prefix                                  string // "<prefix>/", what every key starts with
 }
 
 func newKeys(prefix string) (keys, error) {
@@ -38,6 +39,7 @@ func newKeys(prefix string) (keys, error) {
 		subnetManager:       prefix + "/kube-subnet-manager",
 		publicIPOverwrite:   prefix + "/public-ip-overwrite",
 		publicIPv6Overwrite: prefix + "/public-ipv6-overwrite",
+		prefix:              prefix + "/",
 	}
 	// The longest key decides whether every key is a valid annotation name.
 	if errs := validation.IsQualifiedName(k.publicIPv6Overwrite); len(errs) > 0 {

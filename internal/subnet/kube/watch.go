@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -31,7 +32,7 @@ func (m *Manager) WatchLeases(ctx context.Context, events chan<- []lease.Event) 
 		return err
 	}
 	inf := cache.NewSharedIndexInformer(m.nodeListWatch(), &corev1.Node{}, 0, cache.Indexers{})
-	if err := inf.SetTransform(slimNode); err != nil {
+	if err := inf.SetTransform(m.keys.slim); err != nil {
 		return fmt.Errorf("node informer: %w", err)
 	}
 	dirty := newDirtySet()
@@ -120,16 +121,27 @@ func send(ctx context.Context, out chan<- []lease.Event, batch []lease.Event) er
 	}
 }
 
-// slimNode drops what flannel never reads (managed fields, image lists,
-// conditions), which is most of a Node's size in a large cluster's cache.
-func slimNode(obj any) (any, error) {
+// slim keeps of a node only what nodeLease reads: the name, the pod CIDRs
+// and the annotations under this prefix. A production Node is tens of KiB
+// (images, conditions, managed fields, labels, other tools' annotations);
+// the cache then holds a few hundred bytes per node, and the decoded object
+// is garbage at once (scripts/scale.sh, kube mode).
+func (k keys) slim(obj any) (any, error) {
 	n, ok := obj.(*corev1.Node)
 	if !ok {
 		return obj, nil
 	}
-	n.ManagedFields = nil
-	n.Status = corev1.NodeStatus{}
-	return n, nil
+	out := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name, UID: n.UID, ResourceVersion: n.ResourceVersion}}
+	out.Spec.PodCIDR, out.Spec.PodCIDRs = n.Spec.PodCIDR, n.Spec.PodCIDRs
+	for key, v := range n.Annotations {
+		if strings.HasPrefix(key, k.prefix) {
+			if out.Annotations == nil {
+				out.Annotations = make(map[string]string, 8)
+			}
+			out.Annotations[key] = v
+		}
+	}
+	return out, nil
 }
 
 // listErrorReporter turns the reflector's silent retries into one clear
