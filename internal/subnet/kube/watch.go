@@ -104,11 +104,45 @@ func (m *Manager) watchConfig(ctx context.Context) (*config.Config, error) {
 func (m *Manager) nodeListWatch() *cache.ListWatch {
 	return &cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, opts metav1.ListOptions) (runtime.Object, error) {
-			return m.api.listNodes(ctx, opts)
+			return m.listSlim(ctx, opts)
 		},
 		WatchFuncWithContext: func(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
 			return m.api.watchNodes(ctx, opts)
 		},
+	}
+}
+
+// listPage is how many nodes one list request returns. Production nodes
+// are 10-20 KiB each: a page is a few MiB to read and decode.
+const listPage = 250
+
+// listSlim lists all nodes page by page and slims each page before
+// reading the next, so that memory at start-up holds one page of full
+// nodes, not the whole cluster: a single list of 5000 nodes is a response
+// body of about 60 MiB and twice that decoded. A list at "any version"
+// (resourceVersion 0, which the API server answers from its cache in one
+// piece, ignoring the limit) is made a paginated list of the latest.
+func (m *Manager) listSlim(ctx context.Context, opts metav1.ListOptions) (*corev1.NodeList, error) {
+	opts.Limit = listPage
+	if opts.ResourceVersion == "0" {
+		opts.ResourceVersion, opts.ResourceVersionMatch = "", ""
+	}
+	out := &corev1.NodeList{}
+	for {
+		page, err := m.api.listNodes(ctx, opts)
+		if err != nil {
+			return nil, err
+		}
+		for i := range page.Items {
+			slim, _ := m.keys.slim(&page.Items[i])
+			out.Items = append(out.Items, *slim.(*corev1.Node))
+		}
+		out.ResourceVersion = page.ResourceVersion
+		if page.Continue == "" {
+			return out, nil
+		}
+		// Later pages come from the first page's snapshot.
+		opts.Continue, opts.ResourceVersion, opts.ResourceVersionMatch = page.Continue, "", ""
 	}
 }
 
