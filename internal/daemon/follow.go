@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"math"
+	"os"
 	"runtime/debug"
 	"time"
 
@@ -52,6 +53,9 @@ func (d *Daemon) followPeers(ctx context.Context, nw backend.Network, own *lease
 			klog.Infof("ready: %d peers programmed", len(peers))
 			go d.announceReady(ctx)
 		}
+		if wasFirst {
+			tightenGC()
+		}
 		if wasFirst || len(others) >= bigBatch {
 			releaseMemory()
 		}
@@ -73,6 +77,21 @@ func releaseMemory() {
 	start := time.Now()
 	debug.FreeOSMemory()
 	klog.V(2).Infof("returned freed memory to the kernel in %s", time.Since(start))
+}
+
+// steadyGCPercent is the garbage collector's target once the node is ready.
+// The heap then grows to 1.5 times the live data before a collection, not
+// twice: with 10000 peers that is about 4 MiB less resident memory
+// (scripts/scale.sh). After start-up the daemon allocates only per lease
+// event, so the extra collections cost microseconds a minute; the start-up
+// burst itself still runs with Go's default of 100 for speed. A GOGC in
+// the environment wins.
+const steadyGCPercent = 50
+
+func tightenGC() {
+	if _, set := os.LookupEnv("GOGC"); !set {
+		debug.SetGCPercent(steadyGCPercent)
+	}
 }
 
 // otherNodes drops this node's own lease from a batch. If the own lease was
