@@ -4,8 +4,9 @@
 //
 //   - convergence: flanneld started → ready with N peers and N routes and
 //     FDB entries programmed on flannel.1;
-//   - RSS: VmRSS and VmHWM of flanneld from /proc after convergence and
-//     after the latency phase;
+//   - memory of flanneld from /proc: VmRSS right after convergence
+//     (RSS@ready), VmRSS after the latency phase (RSS, the steady state)
+//     and VmHWM (the peak of the run);
 //   - new-lease-to-route p50/p99: leases (etcd keys or Node objects) put one
 //     by one after convergence, each timed until its route appears.
 //
@@ -120,7 +121,7 @@ func run(ctx context.Context, o *options) error {
 			klog.Errorf("remove testbed: %v", err)
 		}
 	}()
-	fmt.Printf("%-5s %6s %12s %9s %9s %9s %9s %9s\n", "mode", "N", "convergence", "RSS", "HWM", "RSS+lat", "p50", "p99")
+	fmt.Printf("%-5s %6s %12s %10s %10s %10s %9s %9s\n", "mode", "N", "convergence", "RSS@ready", "RSS", "HWM", "p50", "p99")
 	for _, mode := range o.modes {
 		var rows []row
 		var err error
@@ -158,14 +159,15 @@ type row struct {
 	mode        string
 	n           int
 	convergence time.Duration
-	rss, hwm    int64 // KiB, right after convergence
-	rssAfter    int64 // KiB, after the latency phase
+	rss         int64 // VmRSS (KiB) right after convergence
+	rssAfter    int64 // VmRSS (KiB) after the latency phase: the steady state
+	hwm         int64 // VmHWM (KiB) at the end: the peak of the whole run
 	p50, p99    time.Duration
 }
 
 func (r row) print() {
-	fmt.Printf("%-5s %6d %12s %9s %9s %9s %9s %9s\n", r.mode, r.n, r.convergence.Round(time.Millisecond),
-		mib(r.rss), mib(r.hwm), mib(r.rssAfter), r.p50.Round(100*time.Microsecond), r.p99.Round(100*time.Microsecond))
+	fmt.Printf("%-5s %6d %12s %10s %10s %10s %9s %9s\n", r.mode, r.n, r.convergence.Round(time.Millisecond),
+		mib(r.rss), mib(r.rssAfter), mib(r.hwm), r.p50.Round(100*time.Microsecond), r.p99.Round(100*time.Microsecond))
 }
 
 func mib(kib int64) string { return fmt.Sprintf("%.1fMiB", float64(kib)/1024) }
