@@ -16,6 +16,10 @@ import (
 // followPeers feeds other nodes' lease events to the backend until ctx
 // ends. The node becomes ready once the first (complete) batch is applied.
 func (d *Daemon) followPeers(ctx context.Context, nw backend.Network, own *lease.Lease, renewNow chan<- struct{}) {
+	if _, ok := nw.(backend.PeerIndifferent); ok {
+		d.readyWithoutPeers(ctx)
+		return
+	}
 	events := make(chan []lease.Event)
 	go func() {
 		if err := d.mgr.WatchLeases(ctx, events); err != nil && ctx.Err() == nil {
@@ -92,6 +96,15 @@ func tightenGC() {
 	if _, set := os.LookupEnv("GOGC"); !set {
 		debug.SetGCPercent(steadyGCPercent)
 	}
+}
+
+// readyWithoutPeers serves a network that ignores other nodes (alloc): it
+// is ready once subnet.env is written, and no lease watch is started.
+func (d *Daemon) readyWithoutPeers(ctx context.Context) {
+	d.metrics.SetReady(true)
+	klog.Info("ready: this backend does not follow other nodes' leases")
+	go d.announceReady(ctx)
+	<-ctx.Done()
 }
 
 // otherNodes drops this node's own lease from a batch. If the own lease was
