@@ -93,7 +93,7 @@ func releaseMemory() {
 const steadyGCPercent = 50
 
 func tightenGC() {
-	if _, set := os.LookupEnv("GOGC"); !set {
+	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(steadyGCPercent)
 	}
 }
