@@ -36,9 +36,8 @@ func (d *Daemon) followPeers(ctx context.Context, nw backend.Network, own *lease
 			return
 		case batch = <-events:
 		}
-		others := d.otherNodes(batch, own, renewNow)
+		others := d.screen(d.otherNodes(batch, own, renewNow), own, twins)
 		for _, ev := range others {
-			reportSameAddress(ev, own, twins)
 			d.metrics.LeaseEvents.WithLabelValues(ev.Type.String()).Inc()
 			if ev.Type == lease.Removed {
 				delete(peers, ev.Lease.Key())
@@ -56,6 +55,7 @@ func (d *Daemon) followPeers(ctx context.Context, nw backend.Network, own *lease
 			d.metrics.SetReady(true)
 			klog.Infof("ready: %d peers programmed", len(peers))
 			go d.announceReady(ctx)
+			notifySystemd("READY=1")
 		}
 		if wasFirst {
 			tightenGC()
@@ -116,6 +116,7 @@ func (d *Daemon) otherNodes(batch []lease.Event, own *lease.Lease, renewNow chan
 			out = append(out, ev)
 			continue
 		}
+		d.noticeOverwrite(ev, own)
 		if ev.Type == lease.Removed {
 			klog.Warningf("this node's lease %s was removed from the datastore; re-creating it", own.Key())
 			select {
@@ -132,12 +133,18 @@ func (d *Daemon) otherNodes(batch []lease.Event, own *lease.Lease, renewNow chan
 func (d *Daemon) renewLoop(ctx context.Context, own *lease.Lease, renewNow <-chan struct{}) {
 	const retryEvery = 10 * time.Second
 	wait := d.untilRenewal(own)
+	var fight fightState
 	for {
 		timer := time.NewTimer(max(wait, 0))
 		select {
 		case <-ctx.Done():
 			timer.Stop()
 			return
+		case seen := <-d.reassert:
+			timer.Stop()
+			d.reassertOwn(ctx, own, seen, &fight)
+			wait = d.untilRenewal(own)
+			continue
 		case <-renewNow:
 			timer.Stop()
 		case <-timer.C:
