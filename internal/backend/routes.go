@@ -26,16 +26,17 @@ func StaleRoutes(h *netlink.Handle, links []int, network netip.Prefix, keep map[
 	}
 	var stale []netlink.Route
 	for _, link := range links {
-		routes, err := h.RouteListFiltered(family, &netlink.Route{LinkIndex: link}, netlink.RT_FILTER_OIF)
+		// Visited one by one as the dump arrives: with thousands of peers,
+		// a listing of every route would be the daemon's largest allocation.
+		err := h.RouteListFilteredIter(family, &netlink.Route{LinkIndex: link}, netlink.RT_FILTER_OIF, func(r netlink.Route) bool {
+			dst, ok := PrefixOf(r.Dst)
+			if ok && r.Gw != nil && r.Protocol == unix.RTPROT_BOOT && !keep[dst.Masked()] && within(dst, network) {
+				stale = append(stale, r)
+			}
+			return true
+		})
 		if err != nil {
 			return nil, fmt.Errorf("list routes on %s: %w", linkName(h, link), err)
-		}
-		for _, r := range routes {
-			dst, ok := PrefixOf(r.Dst)
-			if !ok || r.Gw == nil || r.Protocol != unix.RTPROT_BOOT || keep[dst.Masked()] || !within(dst, network) {
-				continue
-			}
-			stale = append(stale, r)
 		}
 	}
 	return stale, nil

@@ -3,6 +3,8 @@ package daemon
 import (
 	"context"
 	"math"
+	"os"
+	"runtime/debug"
 	"time"
 
 	"k8s.io/klog/v2"
@@ -50,6 +52,7 @@ func (d *Daemon) followPeers(ctx context.Context, nw backend.Network, own *lease
 		}
 		klog.V(2).Infof("applied %d lease events in %s", len(others), time.Since(start))
 		d.metrics.Peers.Set(float64(len(peers)))
+		wasFirst := first
 		if first {
 			first = false
 			d.metrics.SetReady(true)
@@ -57,6 +60,44 @@ func (d *Daemon) followPeers(ctx context.Context, nw backend.Network, own *lease
 			go d.announceReady(ctx)
 			notifySystemd("READY=1")
 		}
+		if wasFirst {
+			tightenGC()
+		}
+		if wasFirst || len(others) >= bigBatch {
+			releaseMemory()
+		}
+	}
+}
+
+// bigBatch is the size from which a batch counts as a start-up or re-list
+// burst after which memory is handed back at once.
+const bigBatch = 1000
+
+// releaseMemory returns the heap freed by a burst to the kernel. Applying
+// the full lease set at start-up (the listing, the backend's state, its
+// listing of the kernel's routes and neighbours to reconcile) leaves tens of
+// MiB of garbage that the runtime would otherwise give back only over
+// minutes; the resident size would stay at the peak (scripts/scale.sh, 10000
+// peers: 54 MiB before, see the commit for after). It costs one extra
+// garbage collection of the live heap, about 10 ms of CPU per burst.
+func releaseMemory() {
+	start := time.Now()
+	debug.FreeOSMemory()
+	klog.V(2).Infof("returned freed memory to the kernel in %s", time.Since(start))
+}
+
+// steadyGCPercent is the garbage collector's target once the node is ready.
+// The heap then grows to 1.5 times the live data before a collection, not
+// twice: with 10000 peers that is about 4 MiB less resident memory
+// (scripts/scale.sh). After start-up the daemon allocates only per lease
+// event, so the extra collections cost microseconds a minute; the start-up
+// burst itself still runs with Go's default of 100 for speed. A GOGC in
+// the environment wins.
+const steadyGCPercent = 50
+
+func tightenGC() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(steadyGCPercent)
 	}
 }
 

@@ -53,14 +53,8 @@ func (g *Guard) checkSubnet(key string, f family, host []HostPrefix) (string, st
 	case f.ownNet.IsValid() && s.Overlaps(f.ownNet):
 		return fmt.Sprintf("subnet %s overlaps this node's own subnet %s", s, f.ownNet), OverlapsOwn
 	}
-	for k, other := range g.accepted {
-		o := other.Subnet
-		if f.v6 {
-			o = other.IPv6Subnet
-		}
-		if k != key && o.IsValid() && s.Overlaps(o) {
-			return fmt.Sprintf("subnet %s overlaps subnet %s of lease %s, programmed already", s, o, k), OverlapsLease
-		}
+	if k, o, ok := g.overlapping(key, s); ok {
+		return fmt.Sprintf("subnet %s overlaps subnet %s of lease %s, programmed already", s, o, k), OverlapsLease
 	}
 	for _, h := range host {
 		// A route for exactly this subnet that the kernel did not make for

@@ -63,11 +63,23 @@ type Guard struct {
 	host     Host
 	accepted map[string]lease.Lease
 	refused  map[string]string // key -> reason and facts last reported
+
+	// index finds accepted subnets by prefix and lens counts their
+	// lengths, so that checking a lease against thousands of accepted ones
+	// is a few map lookups, not a scan of all of them per event.
+	index map[netip.Prefix]string // masked subnet -> lease key
+	lens  map[prefixLen]int
+}
+
+type prefixLen struct {
+	v6   bool
+	bits int
 }
 
 // New builds a guard for the network cfg and this node's lease own.
 func New(cfg *config.Config, own *lease.Lease, host Host) *Guard {
-	g := &Guard{own: own, host: host, accepted: map[string]lease.Lease{}, refused: map[string]string{}}
+	g := &Guard{own: own, host: host, accepted: map[string]lease.Lease{}, refused: map[string]string{},
+		index: map[netip.Prefix]string{}, lens: map[prefixLen]int{}}
 	if cfg.EnableIPv4 {
 		g.v4 = cfg.Network
 	}
@@ -90,14 +102,14 @@ func (g *Guard) Filter(batch []lease.Event) (out []lease.Event, fresh []Rejectio
 		if ev.Type == lease.Removed {
 			delete(g.refused, key)
 			if had {
-				delete(g.accepted, key)
+				g.forget(key)
 				out = append(out, lease.Event{Type: lease.Removed, Lease: prev})
 			}
 			continue
 		}
 		if r, bad := g.check(&ev.Lease, host); bad {
 			if had {
-				delete(g.accepted, key)
+				g.forget(key)
 				out = append(out, lease.Event{Type: lease.Removed, Lease: prev})
 			}
 			if g.refused[key] != r.Reason+r.Why {
@@ -107,7 +119,7 @@ func (g *Guard) Filter(batch []lease.Event) (out []lease.Event, fresh []Rejectio
 			continue
 		}
 		delete(g.refused, key)
-		g.accepted[key] = ev.Lease
+		g.accept(key, ev.Lease)
 		out = append(out, ev)
 	}
 	return out, fresh, hostErr
@@ -124,13 +136,10 @@ func (g *Guard) hostPrefixes() ([]HostPrefix, error) {
 	if err != nil {
 		return nil, err
 	}
-	ours := map[netip.Prefix]bool{g.own.Subnet: true, g.own.IPv6Subnet: true}
-	for _, l := range g.accepted {
-		ours[l.Subnet], ours[l.IPv6Subnet] = true, true
-	}
 	out := all[:0:0]
 	for _, h := range all {
-		if h.Prefix.Bits() == 0 || ours[h.Prefix.Masked()] || g.ownSubnetHas(h.Prefix) {
+		_, accepted := g.index[h.Prefix.Masked()]
+		if h.Prefix.Bits() == 0 || accepted || g.ownSubnetHas(h.Prefix) {
 			continue
 		}
 		out = append(out, h)
@@ -145,4 +154,67 @@ func (g *Guard) ownSubnetHas(p netip.Prefix) bool {
 		}
 	}
 	return false
+}
+
+func subnets(l *lease.Lease) []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range []netip.Prefix{l.Subnet, l.IPv6Subnet} {
+		if p.IsValid() {
+			out = append(out, p.Masked())
+		}
+	}
+	return out
+}
+
+// accept records key as programmed with l's subnets.
+func (g *Guard) accept(key string, l lease.Lease) {
+	g.forget(key)
+	g.accepted[key] = l
+	for _, p := range subnets(&l) {
+		g.index[p] = key
+		g.lens[prefixLen{p.Addr().Is6(), p.Bits()}]++
+	}
+}
+
+// forget drops key from the accepted leases.
+func (g *Guard) forget(key string) {
+	l, had := g.accepted[key]
+	if !had {
+		return
+	}
+	delete(g.accepted, key)
+	for _, p := range subnets(&l) {
+		if g.index[p] == key {
+			delete(g.index, p)
+		}
+		pl := prefixLen{p.Addr().Is6(), p.Bits()}
+		if g.lens[pl]--; g.lens[pl] <= 0 {
+			delete(g.lens, pl)
+		}
+	}
+}
+
+// overlapping finds an accepted lease other than key whose subnet overlaps
+// s: one that holds s, found by looking up each prefix of s from s itself
+// up, or one inside s, looked for (by a scan) only when accepted subnets
+// longer than s exist, which a network of one SubnetLen never has.
+func (g *Guard) overlapping(key string, s netip.Prefix) (string, netip.Prefix, bool) {
+	for b := s.Bits(); b >= 0; b-- {
+		p, _ := s.Addr().Prefix(b)
+		if k, ok := g.index[p]; ok && k != key {
+			return k, p, true
+		}
+	}
+	for pl := range g.lens {
+		if pl.v6 != s.Addr().Is6() || pl.bits <= s.Bits() {
+			continue
+		}
+		for p, k := range g.index {
+			if k != key && p.Bits() > s.Bits() && s.Contains(p.Addr()) {
+				return k, p, true
+			}
+		}
+		break
+	}
+	return "", netip.Prefix{}, false
 }

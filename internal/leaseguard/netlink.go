@@ -41,15 +41,13 @@ func (n NetlinkHost) Prefixes() ([]HostPrefix, error) {
 	if err != nil {
 		return nil, err
 	}
-	routes, err := h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
-	if err != nil {
-		return nil, fmt.Errorf("list routes: %w", err)
-	}
-	for _, r := range routes {
+	// Visited as the dump arrives rather than listed: with thousands of
+	// peers the table holds thousands of flannel routes, read per batch.
+	err = h.RouteListFilteredIter(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE, func(r netlink.Route) bool {
 		p, ok := prefixOf(r.Dst)
 		name := names[r.LinkIndex]
 		if !ok || flannelOwned(name) {
-			continue
+			return true
 		}
 		hp := HostPrefix{Prefix: p, Route: true, Connected: r.Protocol == unix.RTPROT_KERNEL, What: "route " + p.String() + " dev " + name}
 		if r.Type == unix.RTN_BLACKHOLE {
@@ -58,6 +56,10 @@ func (n NetlinkHost) Prefixes() ([]HostPrefix, error) {
 			hp.What = "route " + p.String() + " via " + gw.Unmap().String() + " dev " + name
 		}
 		out = append(out, hp)
+		return true
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list routes: %w", err)
 	}
 	return out, nil
 }

@@ -113,7 +113,7 @@ func (b *Backend) RegisterNetwork(ctx context.Context, cfg *config.Config) (back
 	if err != nil {
 		return nil, fmt.Errorf("aws-vpc: load AWS configuration: %w", err)
 	}
-	c := &cloud{api: ec2.NewFromConfig(awsCfg), self: self}
+	c := &cloud{api: newEC2Calls(ec2.NewFromConfig(awsCfg)), self: self}
 	if err := c.disableSourceDestCheck(ctx); err != nil {
 		return nil, err
 	}

@@ -5,6 +5,7 @@
 package etcd
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -291,7 +292,8 @@ func (m *Manager) list(ctx context.Context, cli *clientv3.Client) (int64, []reco
 // decode turns a key-value into a lease. Expiration is an estimate: reading
 // every etcd lease's TTL would cost a request per node.
 func (m *Manager) decode(kv *mvccpb.KeyValue, exp time.Time) (record, bool) {
-	name := strings.TrimPrefix(string(kv.Key), m.subnetsPrefix())
+	// Only the name is copied: it is kept for every lease.
+	name := string(bytes.TrimPrefix(kv.Key, []byte(m.subnetsPrefix())))
 	v4, v6, err := lease.ParseBoundedKey(name)
 	if err != nil {
 		m.reportBad(string(kv.Key), err)

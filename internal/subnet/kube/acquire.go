@@ -79,7 +79,7 @@ func (m *Manager) patchAnnotations(ctx context.Context, name string, ann map[str
 	// Through the status subresource, as upstream does: its ClusterRole
 	// grants "patch" on nodes/status only, and that subresource keeps
 	// metadata changes (it resets only the spec).
-	if _, err := m.cs.CoreV1().Nodes().Patch(rctx, name, types.MergePatchType, body, metav1.PatchOptions{}, "status"); err != nil {
+	if err := m.api.patchNode(rctx, name, types.MergePatchType, body, "status"); err != nil {
 		return apiError("patch", "nodes/status", name, err)
 	}
 	return nil
@@ -128,7 +128,7 @@ func (m *Manager) waitPodCIDR(ctx context.Context, name string, cfg *config.Conf
 func (m *Manager) getNode(ctx context.Context, name string) (*corev1.Node, string, error) {
 	rctx, cancel := context.WithTimeout(ctx, requestTimeout)
 	defer cancel()
-	node, err := m.cs.CoreV1().Nodes().Get(rctx, name, metav1.GetOptions{})
+	node, err := m.api.getNode(rctx, name)
 	if err == nil {
 		return node, node.ResourceVersion, nil
 	}
@@ -137,7 +137,7 @@ func (m *Manager) getNode(ctx context.Context, name string) (*corev1.Node, strin
 	}
 	// Watch from the list's version so a node created right after our
 	// read is not missed.
-	list, err := m.cs.CoreV1().Nodes().List(rctx, metav1.ListOptions{FieldSelector: nameSelector(name)})
+	list, err := m.api.listNodes(rctx, metav1.ListOptions{FieldSelector: nameSelector(name)})
 	if err != nil {
 		return nil, "", apiError("list", "nodes", "", err)
 	}
@@ -152,7 +152,7 @@ func nameSelector(name string) string {
 // has a pod CIDR, or nil when the watch ends and the caller should re-read.
 func (m *Manager) watchUntilAssigned(ctx context.Context, name, rv string, waiting func(*corev1.Node)) (*corev1.Node, error) {
 	secs := int64(watchTimeout.Seconds())
-	w, err := m.cs.CoreV1().Nodes().Watch(ctx, metav1.ListOptions{
+	w, err := m.api.watchNodes(ctx, metav1.ListOptions{
 		FieldSelector: nameSelector(name), ResourceVersion: rv, TimeoutSeconds: &secs,
 		AllowWatchBookmarks: true,
 	})
@@ -242,7 +242,7 @@ func (m *Manager) MarkReady(ctx context.Context) error {
 	defer cancel()
 	// Conditions merge by type in a strategic merge patch, so the kubelet's
 	// own conditions stay untouched.
-	_, err = m.cs.CoreV1().Nodes().PatchStatus(rctx, name, body)
+	err = m.api.patchNode(rctx, name, types.StrategicMergePatchType, body, "status")
 	if err != nil {
 		return apiError("patch", "nodes/status", name, err)
 	}

@@ -27,6 +27,7 @@ type keys struct {
 	subnetManager                           string
 	publicIPOverwrite, publicIPv6Overwrite  string
 	nodePublicIP, nodePublicIPv6            string
+	prefix                                  string // what every key starts with: "<domain>/" or "<domain>/<name>-"
 }
 
 // prefixForm is upstream's check of the joined prefix: a lower-case domain
@@ -70,6 +71,7 @@ func newKeys(prefix string) (keys, error) {
 		publicIPv6Overwrite: p + "public-ipv6-overwrite",
 		nodePublicIP:        p + "node-public-ip",
 		nodePublicIPv6:      p + "node-public-ipv6",
+		prefix:              p,
 	}
 	// The longest key decides whether every key is a valid annotation name.
 	if errs := validation.IsQualifiedName(k.publicIPv6Overwrite); len(errs) > 0 {

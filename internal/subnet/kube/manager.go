@@ -18,8 +18,6 @@ import (
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
@@ -66,7 +64,7 @@ type Options struct {
 type Manager struct {
 	opts Options
 	keys keys
-	cs   kubernetes.Interface
+	api  *coreClient
 
 	mu        sync.Mutex
 	nodeName  string             // resolved once
@@ -98,11 +96,11 @@ func New(opts Options) (*Manager, error) {
 	if err != nil {
 		return nil, err
 	}
-	cs, err := kubernetes.NewForConfig(rc)
+	api, err := newCoreClient(rc)
 	if err != nil {
-		return nil, fmt.Errorf("kubernetes client for %s: %w", rc.Host, err)
+		return nil, err
 	}
-	return &Manager{opts: opts, keys: k, cs: cs}, nil
+	return &Manager{opts: opts, keys: k, api: api}, nil
 }
 
 func restConfig(opts Options) (*rest.Config, error) {
@@ -177,7 +175,7 @@ func (m *Manager) RenewLease(ctx context.Context, l *lease.Lease) error {
 	if want != nil {
 		rctx, cancel := context.WithTimeout(ctx, requestTimeout)
 		defer cancel()
-		node, err := m.cs.CoreV1().Nodes().Get(rctx, name, metav1.GetOptions{})
+		node, err := m.api.getNode(rctx, name)
 		if err != nil {
 			return apiError("get", "nodes", name, err)
 		}
@@ -205,7 +203,7 @@ func (m *Manager) resolveNodeName(ctx context.Context) (string, error) {
 		}
 		rctx, cancel := context.WithTimeout(ctx, requestTimeout)
 		defer cancel()
-		pod, err := m.cs.CoreV1().Pods(m.opts.PodNamespace).Get(rctx, m.opts.PodName, metav1.GetOptions{})
+		pod, err := m.api.getPod(rctx, m.opts.PodNamespace, m.opts.PodName)
 		if err != nil {
 			return "", apiError("get", "pods", m.opts.PodNamespace+"/"+m.opts.PodName, err)
 		}

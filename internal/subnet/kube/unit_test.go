@@ -398,3 +398,47 @@ func TestRestConfigChoice(t *testing.T) {
 		t.Fatalf("missing kubeconfig: %v", err)
 	}
 }
+
+// TestSlimKeepsWhatLeasesNeed: the informer's transform drops everything a
+// production node carries that flannel does not read, and the lease read
+// from the slim node is the one read from the full node.
+func TestSlimKeepsWhatLeasesNeed(t *testing.T) {
+	k := mustKeys(t)
+	cfg := mustConfig(t, v4Conf)
+	ann := flannelAnn("198.51.100.2")
+	ann["node.alpha.kubernetes.io/ttl"] = "0"
+	ann["flannel.alpha.coreos.com.example/other"] = "not ours" // shares the prefix but not the slash
+	full := node("n1", ann, "10.244.1.0/24")
+	full.UID, full.ResourceVersion = "uid-1", "42"
+	full.Labels = map[string]string{"kubernetes.io/hostname": "n1"}
+	full.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "kubelet"}}
+	full.Spec.ProviderID = "aws:///eu-west-1a/i-1"
+	full.Status.Images = []corev1.ContainerImage{{Names: []string{"registry.example.com/app:v1"}, SizeBytes: 1}}
+	full.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue}}
+	full.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "198.51.100.2"}}
+
+	obj, err := k.slim(full)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slim := obj.(*corev1.Node)
+	want := node("n1", flannelAnn("198.51.100.2"), "10.244.1.0/24")
+	want.UID, want.ResourceVersion = "uid-1", "42"
+	if !apiequality(slim, want) {
+		t.Fatalf("slim node = %+v\nwant %+v", slim, want)
+	}
+	lf, okf, errf := k.nodeLease(full, cfg)
+	ls, oks, errs := k.nodeLease(slim, cfg)
+	if !okf || !oks || errf != nil || errs != nil || lf.Key() != ls.Key() || !sameAttrs(lf.Attrs, ls.Attrs) {
+		t.Fatalf("lease from full node %v (%v, %v), from slim node %v (%v, %v)", lf, okf, errf, ls, oks, errs)
+	}
+	if other, _ := k.slim("not a node"); other != "not a node" {
+		t.Fatalf("slim changed a non-node: %v", other)
+	}
+}
+
+func apiequality(a, b *corev1.Node) bool {
+	ja, _ := json.Marshal(a)
+	jb, _ := json.Marshal(b)
+	return string(ja) == string(jb)
+}

@@ -4,12 +4,15 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/client-go/informers"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
 
@@ -28,9 +31,8 @@ func (m *Manager) WatchLeases(ctx context.Context, events chan<- []lease.Event) 
 	if err != nil {
 		return err
 	}
-	factory := informers.NewSharedInformerFactory(m.cs, 0)
-	inf := factory.Core().V1().Nodes().Informer()
-	if err := inf.SetTransform(slimNode); err != nil {
+	inf := cache.NewSharedIndexInformer(m.nodeListWatch(), &corev1.Node{}, 0, cache.Indexers{})
+	if err := inf.SetTransform(m.keys.slim); err != nil {
 		return fmt.Errorf("node informer: %w", err)
 	}
 	dirty := newDirtySet()
@@ -45,11 +47,12 @@ func (m *Manager) WatchLeases(ctx context.Context, events chan<- []lease.Event) 
 		return fmt.Errorf("node informer: %w", err)
 	}
 	wctx, cancel := context.WithCancel(ctx)
+	var running sync.WaitGroup
+	running.Go(func() { inf.RunWithContext(wctx) })
 	defer func() {
 		cancel()
-		factory.Shutdown()
+		running.Wait()
 	}()
-	factory.Start(wctx.Done())
 	if !cache.WaitForCacheSync(wctx.Done(), inf.HasSynced) {
 		return ctx.Err()
 	}
@@ -97,6 +100,52 @@ func (m *Manager) watchConfig(ctx context.Context) (*config.Config, error) {
 	}
 }
 
+// nodeListWatch lists and watches all nodes through the core/v1 client.
+func (m *Manager) nodeListWatch() *cache.ListWatch {
+	return &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, opts metav1.ListOptions) (runtime.Object, error) {
+			return m.listSlim(ctx, opts)
+		},
+		WatchFuncWithContext: func(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
+			return m.api.watchNodes(ctx, opts)
+		},
+	}
+}
+
+// listPage is how many nodes one list request returns. Production nodes
+// are 10-20 KiB each: a page is a few MiB to read and decode.
+const listPage = 250
+
+// listSlim lists all nodes page by page and slims each page before
+// reading the next, so that memory at start-up holds one page of full
+// nodes, not the whole cluster: a single list of 5000 nodes is a response
+// body of about 60 MiB and twice that decoded. A list at "any version"
+// (resourceVersion 0, which the API server answers from its cache in one
+// piece, ignoring the limit) is made a paginated list of the latest.
+func (m *Manager) listSlim(ctx context.Context, opts metav1.ListOptions) (*corev1.NodeList, error) {
+	opts.Limit = listPage
+	if opts.ResourceVersion == "0" {
+		opts.ResourceVersion, opts.ResourceVersionMatch = "", ""
+	}
+	out := &corev1.NodeList{}
+	for {
+		page, err := m.api.listNodes(ctx, opts)
+		if err != nil {
+			return nil, err
+		}
+		for i := range page.Items {
+			slim, _ := m.keys.slim(&page.Items[i])
+			out.Items = append(out.Items, *slim.(*corev1.Node))
+		}
+		out.ResourceVersion = page.ResourceVersion
+		if page.Continue == "" {
+			return out, nil
+		}
+		// Later pages come from the first page's snapshot.
+		opts.Continue, opts.ResourceVersion, opts.ResourceVersionMatch = page.Continue, "", ""
+	}
+}
+
 func send(ctx context.Context, out chan<- []lease.Event, batch []lease.Event) error {
 	select {
 	case out <- batch:
@@ -106,16 +155,27 @@ func send(ctx context.Context, out chan<- []lease.Event, batch []lease.Event) er
 	}
 }
 
-// slimNode drops what flannel never reads (managed fields, image lists,
-// conditions), which is most of a Node's size in a large cluster's cache.
-func slimNode(obj any) (any, error) {
+// slim keeps of a node only what nodeLease reads: the name, the pod CIDRs
+// and the annotations under this prefix. A production Node is tens of KiB
+// (images, conditions, managed fields, labels, other tools' annotations);
+// the cache then holds a few hundred bytes per node, and the decoded object
+// is garbage at once (scripts/scale.sh, kube mode).
+func (k keys) slim(obj any) (any, error) {
 	n, ok := obj.(*corev1.Node)
 	if !ok {
 		return obj, nil
 	}
-	n.ManagedFields = nil
-	n.Status = corev1.NodeStatus{}
-	return n, nil
+	out := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name, UID: n.UID, ResourceVersion: n.ResourceVersion}}
+	out.Spec.PodCIDR, out.Spec.PodCIDRs = n.Spec.PodCIDR, n.Spec.PodCIDRs
+	for key, v := range n.Annotations {
+		if strings.HasPrefix(key, k.prefix) {
+			if out.Annotations == nil {
+				out.Annotations = make(map[string]string, 8)
+			}
+			out.Annotations[key] = v
+		}
+	}
+	return out, nil
 }
 
 // listErrorReporter turns the reflector's silent retries into one clear
