@@ -63,7 +63,7 @@ func explain(from, to, kubeconfig string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	in, err := netpol.ListInput(ctx, cs)
+	in, err := netpol.ListInput(ctx, cs.CoreV1(), cs.NetworkingV1())
 	if err != nil {
 		return err
 	}

@@ -54,7 +54,10 @@ func networkPolicy(ctx context.Context, o *options, mgr subnet.Manager, m *metri
 	if err := m.Register(met.Collectors()...); err != nil {
 		return err
 	}
-	ctl := netpol.NewController(netpol.ControllerOptions{Client: km.Client(), NodeName: km.NodeName, Metrics: met}, tbl)
+	ctl, err := netpol.NewController(netpol.ControllerOptions{RestConfig: km.RestConfig(), NodeName: km.NodeName, Metrics: met}, tbl)
+	if err != nil {
+		return err
+	}
 	go func() {
 		if err := ctl.Run(ctx); err != nil {
 			klog.Errorf("network policy controller stopped: %v", err)

@@ -12,7 +12,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/client-go/kubernetes"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
+	netv1client "k8s.io/client-go/kubernetes/typed/networking/v1"
 	"k8s.io/klog/v2"
 )
 
@@ -396,17 +397,17 @@ func (c *compiler) selectPods(ns string, peer networkingv1.NetworkPolicyPeer) []
 
 // ListInput reads the cluster state straight from the API server (for
 // flannelctl policy explain; flanneld's controller reads its caches).
-func ListInput(ctx context.Context, cs kubernetes.Interface) (Input, error) {
+func ListInput(ctx context.Context, core corev1client.CoreV1Interface, netv1 netv1client.NetworkingV1Interface) (Input, error) {
 	var in Input
-	pols, err := cs.NetworkingV1().NetworkPolicies("").List(ctx, metav1.ListOptions{})
+	pols, err := netv1.NetworkPolicies("").List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return in, fmt.Errorf("list networkpolicies: %w", err)
 	}
-	pods, err := cs.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+	pods, err := core.Pods("").List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return in, fmt.Errorf("list pods: %w", err)
 	}
-	nss, err := cs.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
+	nss, err := core.Namespaces().List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return in, fmt.Errorf("list namespaces: %w", err)
 	}

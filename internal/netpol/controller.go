@@ -8,11 +8,15 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
+	"k8s.io/apimachinery/pkg/runtime"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
+	netv1client "k8s.io/client-go/kubernetes/typed/networking/v1"
 	listerscorev1 "k8s.io/client-go/listers/core/v1"
 	listersnetv1 "k8s.io/client-go/listers/networking/v1"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
 )
@@ -24,7 +28,9 @@ type Rules interface {
 
 // ControllerOptions configure a Controller.
 type ControllerOptions struct {
-	Client kubernetes.Interface
+	// RestConfig reaches the API server; only the core/v1 and
+	// networking/v1 clients are built from it.
+	RestConfig *rest.Config
 	// NodeName is called until it succeeds: the pods of this node are the
 	// ones the controller enforces policy for.
 	NodeName func(ctx context.Context) (string, error)
@@ -38,34 +44,51 @@ type ControllerOptions struct {
 // Controller follows NetworkPolicies, Pods and Namespaces and keeps the
 // node's rules equal to their compilation.
 type Controller struct {
-	opts    ControllerOptions
-	rules   Rules
-	kick    chan struct{}
-	pods    listerscorev1.PodLister
-	nss     listerscorev1.NamespaceLister
-	pols    listersnetv1.NetworkPolicyLister
-	factory informers.SharedInformerFactory
-	synced  []cache.InformerSynced
+	opts      ControllerOptions
+	rules     Rules
+	kick      chan struct{}
+	pods      listerscorev1.PodLister
+	nss       listerscorev1.NamespaceLister
+	pols      listersnetv1.NetworkPolicyLister
+	informers []cache.SharedIndexInformer
 }
 
 // NewController sets up the informers; nothing runs until Run.
-func NewController(opts ControllerOptions, rules Rules) *Controller {
+func NewController(opts ControllerOptions, rules Rules) (*Controller, error) {
 	if opts.Debounce <= 0 {
 		opts.Debounce = 50 * time.Millisecond
 	}
-	f := informers.NewSharedInformerFactoryWithOptions(opts.Client, 0, informers.WithTransform(strip))
-	c := &Controller{opts: opts, rules: rules, kick: make(chan struct{}, 1), factory: f}
-	pods, nss, pols := f.Core().V1().Pods(), f.Core().V1().Namespaces(), f.Networking().V1().NetworkPolicies()
-	c.pods, c.nss, c.pols = pods.Lister(), nss.Lister(), pols.Lister()
-	for _, inf := range []cache.SharedIndexInformer{pods.Informer(), nss.Informer(), pols.Informer()} {
-		_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-			AddFunc:    func(any) { c.changed() },
-			UpdateFunc: func(old, cur any) { c.updated(old, cur) },
-			DeleteFunc: func(any) { c.changed() },
-		})
-		c.synced = append(c.synced, inf.HasSynced)
+	core, err := corev1client.NewForConfig(opts.RestConfig)
+	if err != nil {
+		return nil, fmt.Errorf("network policy: core/v1 client: %w", err)
 	}
-	return c
+	netv1, err := netv1client.NewForConfig(opts.RestConfig)
+	if err != nil {
+		return nil, fmt.Errorf("network policy: networking/v1 client: %w", err)
+	}
+	c := &Controller{opts: opts, rules: rules, kick: make(chan struct{}, 1)}
+	pods := c.informer(core.RESTClient(), "pods", &corev1.Pod{})
+	nss := c.informer(core.RESTClient(), "namespaces", &corev1.Namespace{})
+	pols := c.informer(netv1.RESTClient(), "networkpolicies", &networkingv1.NetworkPolicy{})
+	c.pods = listerscorev1.NewPodLister(pods.GetIndexer())
+	c.nss = listerscorev1.NewNamespaceLister(nss.GetIndexer())
+	c.pols = listersnetv1.NewNetworkPolicyLister(pols.GetIndexer())
+	return c, nil
+}
+
+// informer watches one resource of the whole cluster, keeping only what
+// strip leaves.
+func (c *Controller) informer(rc cache.Getter, resource string, obj runtime.Object) cache.SharedIndexInformer {
+	lw := cache.NewListWatchFromClient(rc, resource, metav1.NamespaceAll, fields.Everything())
+	inf := cache.NewSharedIndexInformer(lw, obj, 0, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
+	_ = inf.SetTransform(strip)
+	_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { c.changed() },
+		UpdateFunc: func(old, cur any) { c.updated(old, cur) },
+		DeleteFunc: func(any) { c.changed() },
+	})
+	c.informers = append(c.informers, inf)
+	return inf
 }
 
 func (c *Controller) changed() {
@@ -93,9 +116,12 @@ func (c *Controller) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	c.factory.Start(ctx.Done())
-	defer c.factory.Shutdown()
-	if !cache.WaitForCacheSync(ctx.Done(), c.synced...) {
+	var synced []cache.InformerSynced
+	for _, inf := range c.informers {
+		go inf.Run(ctx.Done())
+		synced = append(synced, inf.HasSynced)
+	}
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		return fmt.Errorf("network policy: caches of pods, namespaces and networkpolicies not filled: %w", ctx.Err())
 	}
 	klog.Infof("network policy: following pods, namespaces and networkpolicies; enforcing for the pods of node %s", node)

@@ -456,7 +456,7 @@ func nftTable(ctx context.Context, n *testbed.Node) (string, error) {
 // the traffic just gave.
 func (l *npLab) checkModel(ctx context.Context, want expectFn) {
 	l.t.Helper()
-	in, err := netpol.ListInput(ctx, l.cs)
+	in, err := netpol.ListInput(ctx, l.cs.CoreV1(), l.cs.NetworkingV1())
 	if err != nil {
 		l.t.Fatal(err)
 	}

@@ -65,6 +65,7 @@ type Manager struct {
 	opts Options
 	keys keys
 	api  *coreClient
+	rc   *rest.Config // for flanneld's other controllers (network policy)
 
 	mu        sync.Mutex
 	nodeName  string             // resolved once
@@ -100,7 +101,7 @@ func New(opts Options) (*Manager, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Manager{opts: opts, keys: k, api: api}, nil
+	return &Manager{opts: opts, keys: k, api: api, rc: rc}, nil
 }
 
 func restConfig(opts Options) (*rest.Config, error) {
@@ -237,9 +238,9 @@ func apiError(verb, resource, name string, err error) error {
 	return fmt.Errorf("%s %s: %w", verb, what, err)
 }
 
-// Client is the manager's API client, shared with flanneld's other
-// controllers (network policy).
-func (m *Manager) Client() kubernetes.Interface { return m.cs }
+// RestConfig is how the manager reaches the API server, for flanneld's
+// other controllers (network policy).
+func (m *Manager) RestConfig() *rest.Config { return rest.CopyConfig(m.rc) }
 
 // NodeName is this node's name, found as AcquireLease finds it.
 func (m *Manager) NodeName(ctx context.Context) (string, error) { return m.resolveNodeName(ctx) }
