@@ -134,6 +134,7 @@ func (f *family) install(key string, r route) bool {
 	}
 	return true
 }
+
 // reportOffSegment tells the operator, once per peer and address, why the
 // peer gets no route and what to do about it.
 func (f *family) reportOffSegment(key string, r route, why error) {

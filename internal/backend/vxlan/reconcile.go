@@ -21,9 +21,9 @@ import (
 // exists as long as one of them does, and the last programmed wins a
 // disagreement.
 type desiredState struct {
-	routes map[netip.Prefix]peer  // by destination
-	neigh  map[netip.Addr]string  // VTEP address -> MAC
-	fdb    map[string]netip.Addr  // MAC -> remote public address
+	routes map[netip.Prefix]peer // by destination
+	neigh  map[netip.Addr]string // VTEP address -> MAC
+	fdb    map[string]netip.Addr // MAC -> remote public address
 }
 
 func (s *stack) desired() desiredState {
