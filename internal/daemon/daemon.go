@@ -32,6 +32,9 @@ type Options struct {
 	ForwardRules       bool
 	Resync             time.Duration
 	BlackholeRoute     bool
+	// ReconcileInterval is how often a self-healing backend compares the
+	// kernel with the leases (0: backend.DefaultReconcileInterval).
+	ReconcileInterval time.Duration
 }
 
 // Daemon runs one node's flannel network.
@@ -40,11 +43,12 @@ type Daemon struct {
 	mgr      subnet.Manager
 	backends backend.Registry
 	metrics  *metrics.Metrics
+	ready    *readiness
 }
 
 // New wires a daemon; nothing happens until Run.
 func New(opts Options, mgr subnet.Manager, backends backend.Registry, m *metrics.Metrics) *Daemon {
-	return &Daemon{opts: opts, mgr: mgr, backends: backends, metrics: m}
+	return &Daemon{opts: opts, mgr: mgr, backends: backends, metrics: m, ready: &readiness{m: m}}
 }
 
 // Run sets the node up and then follows other nodes until ctx ends. On
@@ -84,6 +88,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	if err := nw.Activate(ctx, own); err != nil {
 		return fmt.Errorf("activate %s for %s: %w", cfg.BackendType, own.Key(), err)
+	}
+	if h, ok := nw.(backend.Healer); ok {
+		go h.Heal(ctx, backend.HealConfig{Interval: d.opts.ReconcileInterval, Report: d.metrics})
 	}
 	rules, err := d.startRules(ctx, cfg, own)
 	if err != nil {
