@@ -17,7 +17,11 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/flannelgo/flannel/internal/backend"
+	"github.com/flannelgo/flannel/internal/backend/alloc"
+	"github.com/flannelgo/flannel/internal/backend/awsvpc"
+	"github.com/flannelgo/flannel/internal/backend/extension"
 	"github.com/flannelgo/flannel/internal/backend/hostgw"
+	"github.com/flannelgo/flannel/internal/backend/ipip"
 	"github.com/flannelgo/flannel/internal/backend/vxlan"
 	"github.com/flannelgo/flannel/internal/daemon"
 	"github.com/flannelgo/flannel/internal/iface"
@@ -136,5 +140,10 @@ func previousSubnets(path string) subnetenv.Env {
 
 // backends lists the data planes this build supports.
 func backends() backend.Registry {
-	return backend.Registry{vxlan.TypeName: vxlan.New, hostgw.TypeName: hostgw.New}
+	r := backend.Registry{vxlan.TypeName: vxlan.New, hostgw.TypeName: hostgw.New}
+	r[alloc.TypeName] = alloc.New
+	r[extension.TypeName] = extension.New
+	r[ipip.TypeName] = ipip.New
+	r[awsvpc.TypeName] = awsvpc.New
+	return r
 }

@@ -48,6 +48,15 @@ type Network interface {
 	HandleEvents(ctx context.Context, events []lease.Event)
 }
 
+// PeerIndifferent is implemented by a Network that needs nothing from other
+// nodes' leases (alloc): the daemon then never watches the datastore for
+// them, so in Kubernetes mode no Node informer runs at all. Such a network
+// is ready as soon as subnet.env is written.
+type PeerIndifferent interface {
+	Network
+	IgnoresPeers()
+}
+
 // Factory builds a backend for the given underlay and raw backend config.
 type Factory func(ext *ExternalInterface, raw json.RawMessage) (Backend, error)
 

@@ -18,6 +18,10 @@ import (
 // ends. The node becomes ready once the first (complete) batch is applied,
 // and is not ready while the lease watch is broken.
 func (d *Daemon) followPeers(ctx context.Context, nw backend.Network, own *lease.Lease, renewNow chan<- struct{}) {
+	if _, ok := nw.(backend.PeerIndifferent); ok {
+		d.readyWithoutPeers(ctx)
+		return
+	}
 	batches := make(chan watchBatch)
 	if r, ok := d.mgr.(subnet.WatchStatusReporter); ok {
 		r.ReportWatchStatus(d.watchStatus)
@@ -162,6 +166,15 @@ func track(known map[string]lease.Lease, batch []lease.Event) {
 			known[ev.Lease.Key()] = ev.Lease
 		}
 	}
+}
+
+// readyWithoutPeers serves a network that ignores other nodes (alloc): it
+// is ready once subnet.env is written, and no lease watch is started.
+func (d *Daemon) readyWithoutPeers(ctx context.Context) {
+	d.metrics.SetReady(true)
+	klog.Info("ready: this backend does not follow other nodes' leases")
+	go d.announceReady(ctx)
+	<-ctx.Done()
 }
 
 // otherNodes drops this node's own lease from a batch. If the own lease was

@@ -1,0 +1,169 @@
+// Package ipip is the ipip backend: pod packets inside a plain IPv4 header
+// (protocol 4) through the device flannel.ipip, one onlink route per peer.
+// With DirectRouting a peer on this node's L2 segment gets a plain route
+// through the external interface instead, as upstream does. IPv4 only.
+package ipip
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"syscall"
+
+	"github.com/vishvananda/netlink"
+	"k8s.io/klog/v2"
+
+	"github.com/flannelgo/flannel/internal/backend"
+	"github.com/flannelgo/flannel/internal/config"
+	"github.com/flannelgo/flannel/internal/lease"
+)
+
+const (
+	// TypeName is the Backend "Type" this package serves.
+	TypeName = "ipip"
+	// DeviceName is upstream's tunnel device name.
+	DeviceName = "flannel.ipip"
+	// overhead is the outer IPv4 header.
+	overhead = 20
+)
+
+// Options are the ipip keys of net-conf.json's Backend object.
+type Options struct {
+	DirectRouting bool
+	// MTU is the underlay MTU, as for every backend; 0 means the external
+	// interface's. The device and pods get MTU − 20.
+	MTU int
+}
+
+func parseOptions(raw json.RawMessage) (Options, error) {
+	var o Options
+	if len(bytes.TrimSpace(raw)) > 0 {
+		if err := json.Unmarshal(raw, &o); err != nil {
+			return o, fmt.Errorf("ipip backend config: %w", err)
+		}
+	}
+	if o.MTU != 0 && o.MTU-overhead < 576 {
+		return o, fmt.Errorf("ipip backend config: MTU %d leaves less than the IPv4 minimum of 576 after the %d-byte ipip header", o.MTU, overhead)
+	}
+	return o, nil
+}
+
+// Backend is an ipip backend bound to one external interface.
+type Backend struct {
+	ext  *backend.ExternalInterface
+	opts Options
+	nl   *netlink.Handle
+}
+
+// New is the backend.Factory for "ipip".
+func New(ext *backend.ExternalInterface, raw json.RawMessage) (backend.Backend, error) {
+	opts, err := parseOptions(raw)
+	if err != nil {
+		return nil, err
+	}
+	if ext == nil || ext.Iface == nil {
+		return nil, fmt.Errorf("ipip: no external interface")
+	}
+	h, err := netlink.NewHandle()
+	if err != nil {
+		return nil, fmt.Errorf("ipip: open netlink: %w", err)
+	}
+	return &Backend{ext: ext, opts: opts, nl: h}, nil
+}
+
+// RegisterNetwork creates (or adopts) flannel.ipip, sending from the
+// external interface's IPv4 address.
+func (b *Backend) RegisterNetwork(ctx context.Context, cfg *config.Config) (backend.Network, error) {
+	if !cfg.EnableIPv4 || cfg.EnableIPv6 {
+		return nil, fmt.Errorf("ipip: the network must be IPv4 only (ipip carries IPv4 in IPv4); use vxlan or wireguard for IPv6")
+	}
+	local := b.ext.IfaceAddr.Unmap()
+	if !local.Is4() {
+		return nil, fmt.Errorf("ipip: interface %s has no IPv4 address to send tunnelled traffic from", b.ext.Iface.Name)
+	}
+	underlay := b.ext.Iface.MTU
+	if b.opts.MTU > 0 {
+		underlay = b.opts.MTU
+	}
+	dev, err := ensureDevice(b.nl, local, underlay-overhead)
+	if err != nil {
+		return nil, err
+	}
+	klog.Infof("ipip: %s local %s MTU %d, DirectRouting=%v", DeviceName, local, underlay-overhead, b.opts.DirectRouting)
+	return &network{b: b, dev: dev, mtu: underlay - overhead, network: cfg.Network, routes: map[string]netlink.Route{}}, nil
+}
+
+// ensureDevice creates flannel.ipip, or adopts an existing one whose local
+// address is right. A kernel without ipip is told apart from other
+// failures, since the operator's fix is different.
+func ensureDevice(h *netlink.Handle, local netip.Addr, mtu int) (netlink.Link, error) {
+	want := &netlink.Iptun{LinkAttrs: netlink.LinkAttrs{Name: DeviceName, MTU: mtu}, Local: net.IP(local.AsSlice())}
+	if l, err := h.LinkByName(DeviceName); err == nil {
+		t, ok := l.(*netlink.Iptun)
+		if ok && t.Local.Equal(want.Local) && (t.Remote == nil || t.Remote.IsUnspecified()) {
+			return l, setUp(h, l, mtu)
+		}
+		klog.Warningf("ipip: %s exists with other settings (type %s); re-creating it", DeviceName, l.Type())
+		if err := h.LinkDel(l); err != nil {
+			return nil, fmt.Errorf("ipip: delete mismatched %s: %w", DeviceName, err)
+		}
+	}
+	if err := h.LinkAdd(want); err != nil {
+		if errors.Is(err, syscall.EOPNOTSUPP) || errors.Is(err, syscall.ENOTSUP) {
+			return nil, fmt.Errorf("ipip: this kernel lacks ipip support (creating %s: %v): load the module with `modprobe ipip` "+
+				"(kernel option CONFIG_NET_IPIP), or choose another backend such as vxlan", DeviceName, err)
+		}
+		return nil, fmt.Errorf("ipip: create %s: %w", DeviceName, err)
+	}
+	l, err := h.LinkByName(DeviceName)
+	if err != nil {
+		return nil, fmt.Errorf("ipip: look up %s: %w", DeviceName, err)
+	}
+	return l, setUp(h, l, mtu)
+}
+
+func setUp(h *netlink.Handle, l netlink.Link, mtu int) error {
+	if l.Attrs().MTU != mtu {
+		if err := h.LinkSetMTU(l, mtu); err != nil {
+			return fmt.Errorf("ipip: ip link set %s mtu %d: %w", DeviceName, mtu, err)
+		}
+	}
+	if err := h.LinkSetUp(l); err != nil {
+		return fmt.Errorf("ipip: ip link set %s up: %w", DeviceName, err)
+	}
+	return nil
+}
+
+type network struct {
+	b       *Backend
+	dev     netlink.Link
+	mtu     int
+	network netip.Prefix
+
+	mu         sync.Mutex
+	own        netip.Prefix
+	routes     map[string]netlink.Route // by lease key
+	reconciled bool
+}
+
+func (n *network) LeaseAttrs() lease.Attrs { return lease.Attrs{BackendType: TypeName} }
+
+func (n *network) MTU() int { return n.mtu }
+
+// Activate gives the device the subnet's network address as a /32: the
+// source address of traffic the node itself sends to other nodes' pods.
+func (n *network) Activate(ctx context.Context, own *lease.Lease) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.own = own.Subnet
+	addr := &netlink.Addr{IPNet: backend.IPNet(netip.PrefixFrom(own.Subnet.Addr(), 32))}
+	if err := n.b.nl.AddrReplace(n.dev, addr); err != nil {
+		return fmt.Errorf("ipip: ip addr add %s dev %s: %w", addr.IPNet, DeviceName, err)
+	}
+	return nil
+}
