@@ -192,3 +192,51 @@ func TestSharedMACFollowsNewestLease(t *testing.T) {
 	assertContains(t, fdb, macB+" dst 198.51.100.12")
 	assertLacks(t, fdb, "198.51.100.66")
 }
+
+// Dual stack: flannel-v6.1 deleted by hand comes back with its MAC and
+// IPv6 address, and b's IPv6 route, neighbour and FDB entry with it; the
+// IPv4 half is untouched.
+func TestHealDeletedIPv6Device(t *testing.T) {
+	lab := bt.NewLab(t, "tbk-vx-h6")
+	seg := lab.Segment("br0", 1500)
+	a := lab.Node("a", seg, "198.51.100.11/24", "fd00:198:51:100::11/64")
+	b := lab.Node("b", seg, "198.51.100.12/24", "fd00:198:51:100::12/64")
+	be, err := NewWithHandle(a.H, a.Ext, json.RawMessage(`{}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nwA, la := bt.Up(t, a, be, bt.Config(TypeName, true, true), "10.244.1.0/24", "fd00:10:244:1::/64")
+	nwB, lb := upFamilies(t, b, `{}`, true, true, "10.244.2.0/24", "fd00:10:244:2::/64")
+	pa := lab.Pod(a, nwA.MTU(), pfx("10.244.1.0/24"), pfx("fd00:10:244:1::/64"))
+	pb := lab.Pod(b, nwB.MTU(), pfx("10.244.2.0/24"), pfx("fd00:10:244:2::/64"))
+	nwA.HandleEvents(ctx, added(lb))
+	nwB.HandleEvents(ctx, added(la))
+	rep := bt.Heal(t, a, be, nwA, time.Hour)
+	bt.Ping(t, pa.NS, pb.Addr6)
+	mac6, macB6 := mustMAC(t, la.Attrs.BackendV6Data), mustMAC(t, lb.Attrs.BackendV6Data)
+
+	run(t, "ip", "-n", a.NS, "link", "del", "flannel-v6.1")
+	took := bt.WaitFor(t, 2*time.Second, "flannel-v6.1 and b's IPv6 entries restored", func() error {
+		for _, c := range [][2]string{
+			{bt.Run(t, "ip", "-n", a.NS, "link", "show"), "flannel-v6.1"},
+			{bt.Run(t, "ip", "-6", "-n", a.NS, "route", "show", "fd00:10:244:2::/64"), "via fd00:10:244:2:: dev flannel-v6.1"},
+			{bt.Run(t, "ip", "-6", "-n", a.NS, "neigh", "show", "dev", "flannel-v6.1"), "fd00:10:244:2:: lladdr " + macB6 + " PERMANENT"},
+			{bt.Run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel-v6.1"), macB6 + " dst fd00:198:51:100::12 self permanent"},
+			{bt.Run(t, "ip", "-6", "-n", a.NS, "-o", "addr", "show", "dev", "flannel-v6.1"), "fd00:10:244:1::/128"},
+		} {
+			if !strings.Contains(c[0], c[1]) {
+				return fmt.Errorf("missing %q in:\n%s", c[1], c[0])
+			}
+		}
+		return nil
+	})
+	t.Logf("flannel-v6.1 re-created and programmed %s after deletion", took)
+	assertContains(t, run(t, "ip", "-n", a.NS, "link", "show", "flannel-v6.1"), "link/ether "+mac6)
+	if err := bt.TryPing(pa.NS, pb.Addr6, 2*time.Second-took); err != nil {
+		t.Fatalf("IPv6 pods do not talk within 2 s of deleting flannel-v6.1: %v", err)
+	}
+	bt.Ping(t, pa.NS, pb.Addr)
+	if rep.Count("device") < 1 || rep.Count("route") != 1 || rep.Count("fdb") != 1 {
+		t.Errorf("repairs device=%d route=%d fdb=%d, want >=1, 1, 1 (the IPv4 half needed none)", rep.Count("device"), rep.Count("route"), rep.Count("fdb"))
+	}
+}
