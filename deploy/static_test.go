@@ -147,6 +147,11 @@ func TestSystemdUnitRunsFlanneldInEtcdMode(t *testing.T) {
 	if got := u["Service"]["EnvironmentFile"]; !slices.Contains(got, "-/etc/default/flanneld") {
 		t.Errorf("EnvironmentFile = %q, want optional -/etc/default/flanneld (FLANNELD_* settings)", got)
 	}
+	// flanneld sends READY=1 (as upstream): Type=notify makes systemd wait
+	// for it before starting the units ordered after flanneld.
+	if got := u["Service"]["Type"]; !slices.Equal(got, []string{"notify"}) {
+		t.Errorf("Type = %q, want notify", got)
+	}
 	if got := u["Service"]["Restart"]; !slices.Equal(got, []string{"on-failure"}) {
 		t.Errorf("Restart = %q, want on-failure", got)
 	}

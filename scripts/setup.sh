@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
 
-pkgs=(etcd-server etcd-client iperf3 iproute2 iptables nftables tcpdump iputils-ping)
+pkgs=(etcd-server etcd-client iperf3 iproute2 iptables nftables tcpdump iputils-ping strongswan-charon strongswan-swanctl libcharon-extra-plugins)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -18,6 +18,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 scripts/install-cni-tools.sh "${CNI_BIN_DIR:-/opt/cni/bin}"
+# flanneld refuses to start without br_netfilter, as upstream does.
+if [ ! -e /proc/sys/net/bridge/bridge-nf-call-iptables ]; then
+  echo "setup: loading br_netfilter"
+  modprobe br_netfilter
+fi
 # The Kubernetes tests need a real kube-apiserver and the chart tests Helm,
 # both built from source once and cached (minutes on a fresh machine).
 # `setup.sh --lab` skips them: the lab does not need them.

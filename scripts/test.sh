@@ -15,6 +15,10 @@ if [ -n "$unformatted" ]; then
 fi
 echo "== unit and component tests (-race)"
 go test -race -count=1 -timeout 15m $(go list ./... | grep -v /test/e2e)
+echo "== fuzz tests (a few seconds each, on the seed corpus and beyond)"
+go test -run '^$' -fuzz '^FuzzParseKey$' -fuzztime 5s ./internal/lease
+go test -run '^$' -fuzz '^FuzzDecodeValue$' -fuzztime 5s ./internal/lease
+go test -run '^$' -fuzz '^FuzzParse$' -fuzztime 5s ./internal/subnetenv
 echo "== end-to-end tests (log: /tmp/flannel-e2e.log)"
 rc=0
 go test -count=1 -timeout 25m -v ./test/e2e/... >/tmp/flannel-e2e.log 2>&1 || rc=$?

@@ -22,6 +22,7 @@ import (
 	"github.com/flannelgo/flannel/internal/backend/extension"
 	"github.com/flannelgo/flannel/internal/backend/hostgw"
 	"github.com/flannelgo/flannel/internal/backend/ipip"
+	"github.com/flannelgo/flannel/internal/backend/ipsec"
 	"github.com/flannelgo/flannel/internal/backend/vxlan"
 	"github.com/flannelgo/flannel/internal/daemon"
 	"github.com/flannelgo/flannel/internal/iface"
@@ -145,5 +146,6 @@ func backends() backend.Registry {
 	r[extension.TypeName] = extension.New
 	r[ipip.TypeName] = ipip.New
 	r[awsvpc.TypeName] = awsvpc.New
+	r[ipsec.TypeName] = ipsec.New
 	return r
 }

@@ -3,6 +3,7 @@ package cniplugin
 import (
 	"fmt"
 	"maps"
+	"net/netip"
 
 	"github.com/flannelgo/flannel/internal/subnetenv"
 )
@@ -42,11 +43,12 @@ func DelegateConf(n *NetConf, env *subnetenv.Env) (map[string]any, error) {
 		d["type"] = DefaultDelegateType
 	}
 	setDefault(d, "mtu", env.MTU)
+	// The delegate masquerades only when flanneld does not, whatever its
+	// type (bridge, ptp, ...), as upstream sets it.
+	setDefault(d, "ipMasq", !env.IPMasq)
 	if d["type"] == DefaultDelegateType {
 		setDefault(d, "bridge", DefaultBridgeName)
 		setDefault(d, "isGateway", true)
-		// Masquerade in the bridge only when flanneld does not.
-		setDefault(d, "ipMasq", !env.IPMasq)
 	}
 	ipam, err := delegateIPAM(n.IPAM, env)
 	if err != nil {
@@ -96,7 +98,9 @@ func checkEnv(env *subnetenv.Env) error {
 	if env.MTU <= 0 {
 		return fmt.Errorf("FLANNEL_MTU is missing or not positive (%d)", env.MTU)
 	}
-	return nil
+	// A pod must never get an address outside the network the other nodes
+	// route to it (a subnet.env left from another network config).
+	return env.Check()
 }
 
 // delegateIPAM builds host-local IPAM for the node's subnet(s). subnet.env
@@ -120,11 +124,15 @@ func delegateIPAM(base map[string]any, env *subnetenv.Env) (map[string]any, erro
 	var ranges []any
 	if env.Subnet.IsValid() {
 		ranges = append(ranges, []any{map[string]any{"subnet": env.Subnet.Masked().String()}})
-		routes = append(routes, map[string]any{"dst": env.Network.Masked().String()})
+		for _, nw := range append([]netip.Prefix{env.Network}, env.ExtraNetworks...) {
+			routes = append(routes, map[string]any{"dst": nw.Masked().String()})
+		}
 	}
 	if env.IPv6Subnet.IsValid() {
 		ranges = append(ranges, []any{map[string]any{"subnet": env.IPv6Subnet.Masked().String()}})
-		routes = append(routes, map[string]any{"dst": env.IPv6Network.Masked().String()})
+		for _, nw := range append([]netip.Prefix{env.IPv6Network}, env.ExtraIPv6Networks...) {
+			routes = append(routes, map[string]any{"dst": nw.Masked().String()})
+		}
 	}
 	ipam["ranges"] = ranges
 	ipam["routes"] = routes

@@ -111,6 +111,25 @@ func TestDelegateConfIPMasqFollowsFlanneld(t *testing.T) {
 	}
 }
 
+// ipMasq follows FLANNEL_IPMASQ for every delegate type, as upstream:
+// a ptp pod network masquerades in the delegate when flanneld does not.
+func TestDelegateConfIPMasqEveryType(t *testing.T) {
+	for _, typ := range []string{"bridge", "ptp", "ipvlan", "macvlan"} {
+		for _, flanneldMasq := range []bool{true, false} {
+			env := testEnv()
+			env.IPMasq = flanneldMasq
+			n := mustNetConf(t, `{"cniVersion":"1.0.0","name":"pods","type":"flannel","delegate":{"type":"`+typ+`"}}`)
+			got, err := DelegateConf(n, env)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got["ipMasq"] != !flanneldMasq {
+				t.Errorf("%s delegate, FLANNEL_IPMASQ=%v: ipMasq = %v, want %v", typ, flanneldMasq, got["ipMasq"], !flanneldMasq)
+			}
+		}
+	}
+}
+
 func TestDelegateConfDualStack(t *testing.T) {
 	env := testEnv()
 	env.IPv6Network = netip.MustParsePrefix("fd00:10:244::/56")
@@ -123,6 +142,25 @@ func TestDelegateConfDualStack(t *testing.T) {
 		"type": "host-local",
 		"ranges": [[{"subnet": "10.244.1.0/24"}], [{"subnet": "fd00:10:244:1::/64"}]],
 		"routes": [{"dst": "10.244.0.0/16"}, {"dst": "fd00:10:244::/56"}]
+	}`)
+}
+
+// A subnet.env written by an older flanneld lists several networks
+// comma-separated; the pod gets a route to each, as upstream's plugin.
+func TestDelegateConfCommaSeparatedNetworks(t *testing.T) {
+	env, err := subnetenv.Parse([]byte("FLANNEL_NETWORK=10.244.0.0/16,10.245.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\n" +
+		"FLANNEL_IPV6_NETWORK=fd00:10:244::/56,fd00:10:245::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:1::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := DelegateConf(mustNetConf(t, `{"cniVersion":"1.0.0","name":"cbr0","type":"flannel"}`), env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertJSON(t, got["ipam"], `{
+		"type": "host-local",
+		"ranges": [[{"subnet": "10.244.1.0/24"}], [{"subnet": "fd00:10:244:1::/64"}]],
+		"routes": [{"dst": "10.244.0.0/16"}, {"dst": "10.245.0.0/16"}, {"dst": "fd00:10:244::/56"}, {"dst": "fd00:10:245::/56"}]
 	}`)
 }
 
@@ -174,13 +212,14 @@ func TestDelegateConfNonBridge(t *testing.T) {
 		"master": "eth1",
 		"mode": "l2",
 		"mtu": 1450,
+		"ipMasq": false,
 		"ipam": {
 			"type": "host-local",
 			"ranges": [[{"subnet": "10.244.1.0/24"}]],
 			"routes": [{"dst": "10.244.0.0/16"}]
 		}
 	}`)
-	for _, k := range []string{"isGateway", "ipMasq", "bridge"} {
+	for _, k := range []string{"isGateway", "bridge"} {
 		if _, ok := got[k]; ok {
 			t.Errorf("bridge-only key %q injected into an ipvlan delegate", k)
 		}
@@ -238,6 +277,8 @@ func TestDelegateConfErrors(t *testing.T) {
 	noNetwork.Network = netip.Prefix{}
 	noMTU := testEnv()
 	noMTU.MTU = 0
+	outside := testEnv()
+	outside.Subnet = netip.MustParsePrefix("10.245.1.1/24")
 	noV6Net := testEnv()
 	noV6Net.IPv6Subnet = netip.MustParsePrefix("fd00:10:244:1::1/64")
 	for _, tc := range []struct {
@@ -251,6 +292,7 @@ func TestDelegateConfErrors(t *testing.T) {
 		{"ipam routes not a list", `{"name":"n","type":"flannel","ipam":{"routes":"x"}}`, testEnv(), "ipam.routes"},
 		{"no FLANNEL_NETWORK", `{"name":"n","type":"flannel"}`, noNetwork, "FLANNEL_NETWORK"},
 		{"no FLANNEL_MTU", `{"name":"n","type":"flannel"}`, noMTU, "FLANNEL_MTU"},
+		{"FLANNEL_SUBNET outside FLANNEL_NETWORK", `{"name":"n","type":"flannel"}`, outside, "FLANNEL_SUBNET=10.245.1.1/24 is not inside FLANNEL_NETWORK=" + outside.Network.String()},
 		{"no FLANNEL_IPV6_NETWORK", `{"name":"n","type":"flannel"}`, noV6Net, "FLANNEL_IPV6_NETWORK"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -17,9 +17,10 @@ const (
 	DefaultDataDir    = "/var/lib/cni/flannel"
 )
 
-// VersionInfo lists the CNI spec versions the plugin speaks.
+// VersionInfo lists the CNI spec versions the plugin speaks: all of them
+// from 0.1.0 on, as upstream's plugin, so old conflists keep working.
 func VersionInfo() version.PluginInfo {
-	return version.PluginSupports("0.3.1", "0.4.0", "1.0.0", "1.1.0")
+	return version.All
 }
 
 // NetConf is the flannel plugin's network configuration. The generic maps

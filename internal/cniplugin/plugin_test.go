@@ -59,6 +59,10 @@ func (f *fakeExec) ExecPlugin(_ context.Context, pluginPath string, stdin []byte
 		}
 		return json.Marshal(map[string]any{"cniVersion": "1.1.0", "supportedVersions": versions})
 	case "ADD":
+		if v := conf["cniVersion"]; v == "0.1.0" || v == "0.2.0" {
+			return []byte(fmt.Sprintf(`{"cniVersion":%q,
+				"ip4":{"ip":"10.244.1.2/24","gateway":"10.244.1.1","routes":[{"dst":"10.244.0.0/16"}]}}`, v)), nil
+		}
 		return []byte(fmt.Sprintf(`{"cniVersion":%q,
 			"interfaces":[{"name":"cni0"},{"name":"eth0","sandbox":"/var/run/netns/x"}],
 			"ips":[{"version":"4","address":"10.244.1.2/24","gateway":"10.244.1.1","interface":1}],
@@ -137,8 +141,10 @@ func cniError(t *testing.T, err error) *types.Error {
 	return e
 }
 
+// Every CNI version upstream's plugin accepts (version.All, 0.1.0 on) goes
+// through ADD with the result in the caller's version.
 func TestAddDelegatesAndSavesConfig(t *testing.T) {
-	for _, v := range []string{"0.3.1", "0.4.0", "1.0.0", "1.1.0"} {
+	for _, v := range []string{"0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"} {
 		t.Run(v, func(t *testing.T) {
 			f := newFixture(t)
 			if err := f.plugin.Add(f.args(v, "ctr1", "")); err != nil {
@@ -157,6 +163,9 @@ func TestAddDelegatesAndSavesConfig(t *testing.T) {
 			}
 			if res["cniVersion"] != v {
 				t.Errorf("result cniVersion = %v, want %s", res["cniVersion"], v)
+			}
+			if !strings.Contains(f.out.String(), "10.244.1.2/24") {
+				t.Errorf("result lost the pod address: %s", f.out)
 			}
 			path := filepath.Join(f.dataDir, "ctr1")
 			st, err := os.Stat(path)
@@ -413,7 +422,7 @@ func TestStatus(t *testing.T) {
 
 func TestVersionInfo(t *testing.T) {
 	got := strings.Join(VersionInfo().SupportedVersions(), ",")
-	if got != "0.3.1,0.4.0,1.0.0,1.1.0" {
+	if got != "0.1.0,0.2.0,0.3.0,0.3.1,0.4.0,1.0.0,1.1.0" {
 		t.Errorf("supported versions = %s", got)
 	}
 }

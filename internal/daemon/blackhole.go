@@ -1,12 +1,15 @@
 package daemon
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/netip"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
 
 	"github.com/flannelgo/flannel/internal/lease"
 )
@@ -16,7 +19,10 @@ import (
 // pods is then dropped instead of leaking out of the default route.
 const blackholeMetric = 32000
 
-func addBlackholeRoutes(own *lease.Lease) error {
+// ensureBlackholeRoutes adds the blackhole route for each of the lease's
+// subnets that lacks one and returns the subnets it had to add.
+func ensureBlackholeRoutes(own *lease.Lease) ([]netip.Prefix, error) {
+	var added []netip.Prefix
 	for _, p := range []netip.Prefix{own.Subnet, own.IPv6Subnet} {
 		if !p.IsValid() {
 			continue
@@ -26,9 +32,43 @@ func addBlackholeRoutes(own *lease.Lease) error {
 			Type:     unix.RTN_BLACKHOLE,
 			Priority: blackholeMetric,
 		}
+		family := netlink.FAMILY_V4
+		if p.Addr().Is6() {
+			family = netlink.FAMILY_V6
+		}
+		have, err := netlink.RouteListFiltered(family, r, netlink.RT_FILTER_DST|netlink.RT_FILTER_TYPE|netlink.RT_FILTER_PRIORITY)
+		if err == nil && len(have) > 0 {
+			continue
+		}
 		if err := netlink.RouteReplace(r); err != nil {
-			return fmt.Errorf("add blackhole route for %s (--ip-blackhole-route): %w", p, err)
+			return added, fmt.Errorf("add blackhole route for %s (--ip-blackhole-route): %w", p, err)
+		}
+		added = append(added, p)
+	}
+	return added, nil
+}
+
+// keepBlackholeRoutes re-checks the blackhole routes every resync period
+// (--iptables-resync) until ctx ends, as upstream re-checks its rules: a
+// route deleted by hand or by another agent comes back.
+func keepBlackholeRoutes(ctx context.Context, own *lease.Lease, every time.Duration) {
+	if every <= 0 {
+		every = 5 * time.Second // upstream's --iptables-resync default
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		added, err := ensureBlackholeRoutes(own)
+		if err != nil {
+			klog.Errorf("%v (retrying in %s)", err, every)
+		}
+		for _, p := range added {
+			klog.Infof("blackhole route for %s was missing; restored it", p)
 		}
 	}
-	return nil
 }

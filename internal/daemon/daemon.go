@@ -16,6 +16,7 @@ import (
 	"github.com/flannelgo/flannel/internal/config"
 	"github.com/flannelgo/flannel/internal/iface"
 	"github.com/flannelgo/flannel/internal/lease"
+	"github.com/flannelgo/flannel/internal/leaseguard"
 	"github.com/flannelgo/flannel/internal/metrics"
 	"github.com/flannelgo/flannel/internal/subnet"
 	"github.com/flannelgo/flannel/internal/subnetenv"
@@ -35,6 +36,8 @@ type Options struct {
 	// ReconcileInterval is how often a self-healing backend compares the
 	// kernel with the leases (0: backend.DefaultReconcileInterval).
 	ReconcileInterval time.Duration
+	// ProcSys is where the kernel's sysctls are read; "" means /proc/sys.
+	ProcSys string
 }
 
 // Daemon runs one node's flannel network.
@@ -44,30 +47,29 @@ type Daemon struct {
 	backends backend.Registry
 	metrics  *metrics.Metrics
 	ready    *readiness
+
+	guard    *leaseguard.Guard // screens other nodes' leases; set in Run
+	reassert chan int64        // revisions of foreign values at our own key
 }
 
 // New wires a daemon; nothing happens until Run.
 func New(opts Options, mgr subnet.Manager, backends backend.Registry, m *metrics.Metrics) *Daemon {
-	return &Daemon{opts: opts, mgr: mgr, backends: backends, metrics: m, ready: &readiness{m: m}}
+	return &Daemon{opts: opts, mgr: mgr, backends: backends, metrics: m, ready: &readiness{m: m}, reassert: make(chan int64, 1)}
 }
 
 // Run sets the node up and then follows other nodes until ctx ends. On
 // return the data path is left in place, so pods keep talking while the
 // daemon restarts.
 func (d *Daemon) Run(ctx context.Context) error {
-	var cfg *config.Config
-	err := retry(ctx, "read network config from "+d.mgr.Name(), d.metrics, func() error {
-		var err error
-		cfg, err = d.mgr.GetNetworkConfig(ctx)
-		return err
-	})
+	cfg, err := d.networkConfig(ctx)
 	if err != nil {
 		return err
 	}
-	klog.Infof("network config: Network=%v SubnetLen=%d IPv6Network=%v backend=%s", cfg.Network, cfg.SubnetLen, cfg.IPv6Network, cfg.BackendType)
-
 	opts := d.opts.Iface
 	opts.EnableIPv4, opts.EnableIPv6 = cfg.EnableIPv4, cfg.EnableIPv6
+	if err := d.applyStoredPublicIP(ctx, &opts); err != nil {
+		return err
+	}
 	ext, err := iface.Select(opts)
 	if err != nil {
 		return fmt.Errorf("choose external interface: %w", err)
@@ -92,25 +94,46 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if h, ok := nw.(backend.Healer); ok {
 		go h.Heal(ctx, backend.HealConfig{Interval: d.opts.ReconcileInterval, Report: d.metrics})
 	}
-	rules, err := d.startRules(ctx, cfg, own)
-	if err != nil {
+	if err := d.startRules(ctx, cfg, own); err != nil {
 		return err
 	}
 	if d.opts.BlackholeRoute {
-		if err := addBlackholeRoutes(own); err != nil {
+		if _, err := ensureBlackholeRoutes(own); err != nil {
 			return err
 		}
+		go keepBlackholeRoutes(ctx, own, d.opts.Resync)
 	}
 	if err := d.writeSubnetFile(cfg, own, nw.MTU()); err != nil {
 		return err
 	}
 	klog.Infof("wrote %s (subnet %s, MTU %d)", d.opts.SubnetFile, own.Key(), nw.MTU())
 
+	d.guard = leaseguard.New(cfg, own, leaseguard.NetlinkHost{})
+	go d.watchConfig(ctx, cfg)
 	renewNow := make(chan struct{}, 1)
 	go d.renewLoop(ctx, own, renewNow)
 	d.followPeers(ctx, nw, own, renewNow)
-	d.shutdown(rules, cfg)
+	d.shutdown()
 	return nil
+}
+
+// networkConfig reads the network config, retrying datastore outages, and
+// makes the start-up checks upstream makes on it.
+func (d *Daemon) networkConfig(ctx context.Context) (*config.Config, error) {
+	var cfg *config.Config
+	err := retry(ctx, "read network config from "+d.mgr.Name(), d.metrics, func() error {
+		var err error
+		cfg, err = d.mgr.GetNetworkConfig(ctx)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	klog.Infof("network config: Network=%v SubnetLen=%d IPv6Network=%v backend=%s", cfg.Network, cfg.SubnetLen, cfg.IPv6Network, cfg.BackendType)
+	if err := checkBrNetfilter(d.opts.ProcSys, cfg); err != nil {
+		return nil, err
+	}
+	return cfg, nil
 }
 
 // acquire publishes this node with the backend's attributes. Running out
@@ -135,9 +158,12 @@ func (d *Daemon) acquire(ctx context.Context, nw backend.Network, ext *backend.E
 	return own, nil
 }
 
-func (d *Daemon) startRules(ctx context.Context, cfg *config.Config, own *lease.Lease) (traffic.Manager, error) {
+func (d *Daemon) startRules(ctx context.Context, cfg *config.Config, own *lease.Lease) error {
+	if err := traffic.RemoveOtherMode(ctx, cfg.EnableNFTables); err != nil {
+		klog.Warningf("removing the masquerade/forward rules of the mode not in use: %v", err)
+	}
 	if !d.opts.IPMasq && !d.opts.ForwardRules {
-		return nil, nil
+		return nil
 	}
 	tc := traffic.Config{
 		Masquerade: d.opts.IPMasq, FullyRandom: !d.opts.FullyRandomDisable, Forward: d.opts.ForwardRules,
@@ -154,14 +180,14 @@ func (d *Daemon) startRules(ctx context.Context, cfg *config.Config, own *lease.
 	}
 	rules, err := newRules(tc)
 	if err != nil {
-		return nil, fmt.Errorf("set up %s rules: %w", kind, err)
+		return fmt.Errorf("set up %s rules: %w", kind, err)
 	}
 	if _, err := rules.Apply(ctx); err != nil {
-		return nil, fmt.Errorf("install %s masquerade/forward rules: %w", kind, err)
+		return fmt.Errorf("install %s masquerade/forward rules: %w", kind, err)
 	}
 	go rules.Run(ctx, d.opts.Resync)
 	klog.Infof("%s rules installed (masquerade=%v, forward=%v), re-checked every %s", kind, d.opts.IPMasq, d.opts.ForwardRules, d.opts.Resync)
-	return rules, nil
+	return nil
 }
 
 func (d *Daemon) writeSubnetFile(cfg *config.Config, own *lease.Lease, mtu int) error {
@@ -181,17 +207,11 @@ func gateway(p netip.Prefix) netip.Prefix {
 	return netip.PrefixFrom(p.Addr().Next(), p.Bits())
 }
 
-// shutdown leaves routes, devices and iptables rules in place on purpose:
-// pods keep their connectivity while the daemon restarts. The nftables table
-// is removed, as upstream does in nftables mode.
-func (d *Daemon) shutdown(rules traffic.Manager, cfg *config.Config) {
+// shutdown leaves routes, devices and the masquerade/forward rules (of
+// either mode) in place on purpose: pods keep their connectivity, egress
+// NAT included, while the daemon restarts.
+func (d *Daemon) shutdown() {
 	d.metrics.SetReady(false)
-	if rules != nil && cfg.EnableNFTables {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := rules.Cleanup(ctx); err != nil {
-			klog.Errorf("remove nftables rules on shutdown: %v", err)
-		}
-	}
-	klog.Info("shutting down; routes and devices are left in place so pod traffic keeps flowing")
+	notifySystemd("STOPPING=1")
+	klog.Info("shutting down; routes, devices and traffic rules are left in place so pod traffic keeps flowing")
 }

@@ -27,7 +27,8 @@ func (d *Daemon) followPeers(ctx context.Context, nw backend.Network, own *lease
 		r.ReportWatchStatus(d.watchStatus)
 	}
 	go d.watch(ctx, batches)
-	known := map[string]lease.Lease{} // every lease the backend was told about, own included
+	known := map[string]lease.Lease{} // every lease the watch reported, own included
+	peers := map[string]lease.Lease{} // the leases the backend programs
 	twins := map[string]bool{}        // leases already reported for sharing our address
 	first := true
 	for {
@@ -41,28 +42,25 @@ func (d *Daemon) followPeers(ctx context.Context, nw backend.Network, own *lease
 		if b.snapshot && !first {
 			batch = resnapshot(known, batch)
 		}
-		others := d.otherNodes(batch, own, renewNow)
+		others := d.screen(d.otherNodes(batch, own, renewNow), own, twins)
 		for _, ev := range others {
-			reportSameAddress(ev, own, twins)
 			d.metrics.LeaseEvents.WithLabelValues(ev.Type.String()).Inc()
 		}
 		track(known, batch)
+		track(peers, others)
 		start := time.Now()
 		nw.HandleEvents(ctx, others)
 		klog.V(2).Infof("applied %d lease events in %s", len(others), time.Since(start))
-		peers := len(known)
-		if _, ok := known[own.Key()]; ok {
-			peers--
-		}
-		d.metrics.Peers.Set(float64(peers))
+		d.metrics.Peers.Set(float64(len(peers)))
 		if b.snapshot {
 			d.ready.hearing()
 		}
 		if first {
 			first = false
 			d.ready.applied()
-			klog.Infof("ready: %d peers programmed", peers)
+			klog.Infof("ready: %d peers programmed", len(peers))
 			go d.announceReady(ctx)
+			notifySystemd("READY=1")
 		}
 	}
 }
@@ -186,6 +184,7 @@ func (d *Daemon) otherNodes(batch []lease.Event, own *lease.Lease, renewNow chan
 			out = append(out, ev)
 			continue
 		}
+		d.noticeOverwrite(ev, own)
 		if ev.Type == lease.Removed {
 			klog.Warningf("this node's lease %s was removed from the datastore; re-creating it", own.Key())
 			select {
@@ -202,12 +201,18 @@ func (d *Daemon) otherNodes(batch []lease.Event, own *lease.Lease, renewNow chan
 func (d *Daemon) renewLoop(ctx context.Context, own *lease.Lease, renewNow <-chan struct{}) {
 	const retryEvery = 10 * time.Second
 	wait := d.untilRenewal(own)
+	var fight fightState
 	for {
 		timer := time.NewTimer(max(wait, 0))
 		select {
 		case <-ctx.Done():
 			timer.Stop()
 			return
+		case seen := <-d.reassert:
+			timer.Stop()
+			d.reassertOwn(ctx, own, seen, &fight)
+			wait = d.untilRenewal(own)
+			continue
 		case <-renewNow:
 			timer.Stop()
 		case <-timer.C:

@@ -26,12 +26,12 @@ type Options struct {
 	// Ifaces (--iface, repeatable) are interface names or IP addresses,
 	// tried in order; the first usable one wins.
 	Ifaces []string
-	// IfaceRegex (--iface-regex, repeatable) are tried in order when Ifaces
-	// is empty; each is matched against every interface's addresses first,
-	// then against every interface's name.
+	// IfaceRegex (--iface-regex, repeatable) are tried in order when no
+	// Ifaces entry is usable; each is matched against every interface's
+	// addresses first, then against every interface's name.
 	IfaceRegex []string
 	// IfaceCanReach (--iface-can-reach) picks the interface the kernel would
-	// use to reach this address, when neither Ifaces nor IfaceRegex is set.
+	// use to reach this address, when no Ifaces or IfaceRegex entry is usable.
 	IfaceCanReach string
 	// PublicIP (--public-ip) overrides the advertised IPv4; zero = unset.
 	PublicIP netip.Addr
@@ -49,9 +49,12 @@ type candidate struct {
 	addr netip.Addr
 }
 
-// Select chooses the external interface as upstream flanneld does: --iface
-// entries in order, else --iface-regex entries in order, else the interface
-// that reaches --iface-can-reach, else the interface of the default route.
+// Select chooses the external interface as upstream flanneld does. With
+// any of --iface, --iface-regex or --iface-can-reach given, it falls
+// through them in that order: every --iface entry, then every
+// --iface-regex entry, then --iface-can-reach; the first usable interface
+// wins. With none of them, the interface that owns --public-ip (or
+// --public-ipv6) is taken, else the interface of the default route.
 func Select(opts Options) (*backend.ExternalInterface, error) {
 	if !opts.EnableIPv4 && !opts.EnableIPv6 {
 		opts.EnableIPv4 = true
@@ -59,16 +62,49 @@ func Select(opts Options) (*backend.ExternalInterface, error) {
 	if err := checkPublic(&opts); err != nil {
 		return nil, err
 	}
-	switch {
-	case len(opts.Ifaces) > 0:
-		return byIfaces(opts)
-	case len(opts.IfaceRegex) > 0:
-		return byRegex(opts)
-	case opts.IfaceCanReach != "":
-		return byCanReach(opts)
-	default:
+	if len(opts.Ifaces) == 0 && len(opts.IfaceRegex) == 0 && opts.IfaceCanReach == "" {
+		return byPublicIP(opts)
+	}
+	var problems []string
+	for _, try := range []struct {
+		given bool
+		pick  func(Options) (*backend.ExternalInterface, error)
+	}{
+		{len(opts.Ifaces) > 0, byIfaces},
+		{len(opts.IfaceRegex) > 0, byRegex},
+		{opts.IfaceCanReach != "", byCanReach},
+	} {
+		if !try.given {
+			continue
+		}
+		ext, err := try.pick(opts)
+		if err == nil {
+			return ext, nil
+		}
+		klog.Infof("%v; trying the next interface option", err)
+		problems = append(problems, err.Error())
+	}
+	return nil, fmt.Errorf("no usable interface among those --iface, --iface-regex and --iface-can-reach name: %s", strings.Join(problems, "; "))
+}
+
+// byPublicIP takes the interface that owns the public address, as upstream
+// does when no interface option is given. Where no interface owns it (the
+// address is a NAT's), upstream gives up; the default route's interface is
+// taken instead, still advertising the public address.
+func byPublicIP(opts Options) (*backend.ExternalInterface, error) {
+	ip := opts.PublicIP
+	if !ip.IsValid() {
+		ip = opts.PublicIPv6
+	}
+	if !ip.IsValid() {
 		return byDefaultRoute(opts)
 	}
+	link, err := linkWithAddr(ip)
+	if err != nil {
+		klog.Infof("public address %s is on no interface of this node (%v); using the default route's interface", ip, err)
+		return byDefaultRoute(opts)
+	}
+	return build(candidate{link: link, addr: ip}, opts)
 }
 
 func checkPublic(opts *Options) error {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -33,6 +34,12 @@ type Metrics struct {
 
 	ReconcileRepairs *prometheus.CounterVec
 	ReconcileErrors  prometheus.Counter
+
+	LeasesRejected     *prometheus.CounterVec
+	OwnLeaseReasserted prometheus.Counter
+	ConfigMismatch     prometheus.Gauge
+
+	problems sync.Map // name -> detail: reasons /readyz fails although the network is up
 }
 
 // New creates a fresh registry with flanneld's collectors.
@@ -61,7 +68,34 @@ func New() *Metrics {
 	m.registry.MustRegister(m.ReconcileRepairs, m.ReconcileErrors)
 	m.registry.MustRegister(m.Ready, m.Peers, m.LeaseEvents, m.LeaseRenewals, m.LeaseExpiry, m.RuleRepairs, m.DatastoreFails,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.registerLeaseSafety()
 	return m
+}
+
+func (m *Metrics) registerLeaseSafety() {
+	m.LeasesRejected = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flannel_leases_rejected_total",
+		Help: "Other nodes' leases refused before programming, by reason."}, []string{"reason"})
+	m.OwnLeaseReasserted = prometheus.NewCounter(prometheus.CounterOpts{Name: "flannel_own_lease_reasserted_total",
+		Help: "Times this node's lease was found overwritten by another writer and written back."})
+	m.ConfigMismatch = prometheus.NewGauge(prometheus.GaugeOpts{Name: "flannel_network_config_mismatch",
+		Help: "1 while the datastore's network config differs from the one this daemon runs with (restart to apply it)."})
+	m.registry.MustRegister(m.LeasesRejected, m.OwnLeaseReasserted, m.ConfigMismatch)
+}
+
+// SetProblem makes /readyz fail with detail until ClearProblem(name).
+func (m *Metrics) SetProblem(name, detail string) { m.problems.Store(name, detail) }
+
+// ClearProblem withdraws a problem set with SetProblem.
+func (m *Metrics) ClearProblem(name string) { m.problems.Delete(name) }
+
+// problem returns one current problem's detail, or "".
+func (m *Metrics) problem() string {
+	detail := ""
+	m.problems.Range(func(_, v any) bool {
+		detail = v.(string)
+		return false
+	})
+	return detail
 }
 
 // SetReady flips /readyz and the flannel_ready gauge.
@@ -114,6 +148,10 @@ func (m *Metrics) Handler() http.Handler {
 				msg = "not ready: " + r
 			}
 			http.Error(w, msg, http.StatusServiceUnavailable)
+			return
+		}
+		if p := m.problem(); p != "" {
+			http.Error(w, "not ready: "+p, http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ok")

@@ -22,19 +22,24 @@ type Env struct {
 	IPv6Subnet  netip.Prefix
 	MTU         int
 	IPMasq      bool
+	// ExtraNetworks and ExtraIPv6Networks are the networks after the first
+	// of a comma-separated FLANNEL_NETWORK / FLANNEL_IPV6_NETWORK, as older
+	// flanneld versions with several networks wrote them. Pods get a route
+	// to each.
+	ExtraNetworks, ExtraIPv6Networks []netip.Prefix
 }
 
 // Marshal renders the file in upstream's order.
 func (e *Env) Marshal() []byte {
 	var b bytes.Buffer
 	if e.Network.IsValid() {
-		fmt.Fprintf(&b, "FLANNEL_NETWORK=%s\n", e.Network)
+		fmt.Fprintf(&b, "FLANNEL_NETWORK=%s\n", joinPrefixes(e.Network, e.ExtraNetworks))
 	}
 	if e.Subnet.IsValid() {
 		fmt.Fprintf(&b, "FLANNEL_SUBNET=%s\n", e.Subnet)
 	}
 	if e.IPv6Network.IsValid() {
-		fmt.Fprintf(&b, "FLANNEL_IPV6_NETWORK=%s\n", e.IPv6Network)
+		fmt.Fprintf(&b, "FLANNEL_IPV6_NETWORK=%s\n", joinPrefixes(e.IPv6Network, e.ExtraIPv6Networks))
 	}
 	if e.IPv6Subnet.IsValid() {
 		fmt.Fprintf(&b, "FLANNEL_IPV6_SUBNET=%s\n", e.IPv6Subnet)
@@ -116,11 +121,11 @@ func (e *Env) set(k, v string) error {
 	var err error
 	switch k {
 	case "FLANNEL_NETWORK":
-		e.Network, err = netip.ParsePrefix(v)
+		e.Network, e.ExtraNetworks, err = parsePrefixes(v)
 	case "FLANNEL_SUBNET":
 		e.Subnet, err = netip.ParsePrefix(v)
 	case "FLANNEL_IPV6_NETWORK":
-		e.IPv6Network, err = netip.ParsePrefix(v)
+		e.IPv6Network, e.ExtraIPv6Networks, err = parsePrefixes(v)
 	case "FLANNEL_IPV6_SUBNET":
 		e.IPv6Subnet, err = netip.ParsePrefix(v)
 	case "FLANNEL_MTU":
@@ -129,4 +134,29 @@ func (e *Env) set(k, v string) error {
 		e.IPMasq, err = strconv.ParseBool(v)
 	}
 	return err
+}
+
+// parsePrefixes reads a comma-separated list of prefixes: the first, and
+// the rest (nil when there is only one).
+func parsePrefixes(v string) (first netip.Prefix, rest []netip.Prefix, err error) {
+	for i, f := range strings.Split(v, ",") {
+		p, err := netip.ParsePrefix(strings.TrimSpace(f))
+		if err != nil {
+			return netip.Prefix{}, nil, err
+		}
+		if i == 0 {
+			first = p
+		} else {
+			rest = append(rest, p)
+		}
+	}
+	return first, rest, nil
+}
+
+func joinPrefixes(first netip.Prefix, rest []netip.Prefix) string {
+	parts := []string{first.String()}
+	for _, p := range rest {
+		parts = append(parts, p.String())
+	}
+	return strings.Join(parts, ",")
 }

@@ -30,8 +30,29 @@ func TestWriteReadUpstreamFormat(t *testing.T) {
 	}
 }
 
+// Older flanneld versions wrote several networks comma-separated; every one
+// is read, and written back the same way.
+func TestCommaSeparatedNetworks(t *testing.T) {
+	in := "FLANNEL_NETWORK=10.244.0.0/16,10.245.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\n" +
+		"FLANNEL_IPV6_NETWORK=fd00:10:244::/56,fd00:10:245::/56,fd00:10:246::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:1::1/64\n" +
+		"FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
+	e, err := Parse([]byte(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.Network != netip.MustParsePrefix("10.244.0.0/16") || !reflect.DeepEqual(e.ExtraNetworks, []netip.Prefix{netip.MustParsePrefix("10.245.0.0/16")}) {
+		t.Errorf("IPv4 networks %v + %v", e.Network, e.ExtraNetworks)
+	}
+	if e.IPv6Network != netip.MustParsePrefix("fd00:10:244::/56") || len(e.ExtraIPv6Networks) != 2 {
+		t.Errorf("IPv6 networks %v + %v", e.IPv6Network, e.ExtraIPv6Networks)
+	}
+	if got := string(e.Marshal()); got != in {
+		t.Errorf("written back as:\n%s\nwant:\n%s", got, in)
+	}
+}
+
 func TestParseErrors(t *testing.T) {
-	for _, in := range []string{"FLANNEL_MTU=1450\n", "FLANNEL_SUBNET=10.244.1.1\n", "garbage\n", "FLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=x\n"} {
+	for _, in := range []string{"FLANNEL_MTU=1450\n", "FLANNEL_SUBNET=10.244.1.1\n", "garbage\n", "FLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=x\n", "FLANNEL_NETWORK=10.244.0.0/16,x\nFLANNEL_SUBNET=10.244.1.1/24\n"} {
 		if _, err := Parse([]byte(in)); err == nil {
 			t.Errorf("Parse(%q) accepted", in)
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"time"
 
 	"k8s.io/klog/v2"
 	"sigs.k8s.io/knftables"
@@ -63,6 +64,11 @@ func newNFTFamily(cfg Config, f family) (*nftFamily, error) {
 		return nil, fmt.Errorf("set up nftables for %s masquerade/forward rules (is nft >= 1.0.1 installed and are we root?): %w", f, err)
 	}
 	fr := &nftFamily{nft: nft, table: table}
+	fullyRandom := cfg.FullyRandom
+	if fullyRandom && cfg.Masquerade && !nftFullyRandom(nft) {
+		klog.Warningf("nftables: this kernel or nft does not support masquerade fully-random; masquerading without it")
+		fullyRandom = false
+	}
 	if cfg.Masquerade {
 		c := nftChain{chain: knftables.Chain{
 			Name:     nftMasqChain,
@@ -71,7 +77,7 @@ func newNFTFamily(cfg Config, f family) (*nftFamily, error) {
 			Priority: knftables.PtrTo(knftables.SNATPriority),
 		}}
 		for _, r := range masqueradeRules(f) {
-			c.rules = append(c.rules, nftRuleFor(nftMasqChain, r, keyword, cfg.FullyRandom))
+			c.rules = append(c.rules, nftRuleFor(nftMasqChain, r, keyword, fullyRandom))
 		}
 		fr.chains = append(fr.chains, c)
 	}
@@ -88,6 +94,29 @@ func newNFTFamily(cfg Config, f family) (*nftFamily, error) {
 		fr.chains = append(fr.chains, c)
 	}
 	return fr, nil
+}
+
+// nftFullyRandom asks nft, in a dry run (nft --check), whether a
+// masquerade fully-random rule would load, as upstream probes it; the
+// iptables mode asks iptables the same (HasRandomFully).
+func nftFullyRandom(nft knftables.Interface) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	const probe = "fully-random-probe"
+	tx := nft.NewTransaction()
+	tx.Add(&knftables.Table{})
+	tx.Add(&knftables.Chain{
+		Name:     probe,
+		Type:     knftables.PtrTo(knftables.NATType),
+		Hook:     knftables.PtrTo(knftables.PostroutingHook),
+		Priority: knftables.PtrTo(knftables.SNATPriority),
+	})
+	tx.Add(&knftables.Rule{Chain: probe, Rule: "masquerade fully-random"})
+	if err := nft.Check(ctx, tx); err != nil {
+		klog.V(1).Infof("nftables fully-random probe: %v", err)
+		return false
+	}
+	return true
 }
 
 func nftRuleFor(chain string, r rule, keyword string, fullyRandom bool) knftables.Rule {

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -213,19 +214,95 @@ func flannelDevices(t *testing.T, ns string) []string {
 	return names
 }
 
-// --ip-blackhole-route drops traffic to unused addresses of the node's own
-// subnet instead of sending it back out; the Backend MTU option wins over
-// the computed one.
+// The Backend MTU key is the underlay MTU, as upstream reads it:
+// {"MTU":1400} gives FLANNEL_MTU=1350 and a path that carries exactly
+// that (a 1322-byte DF payload passes, 1323 does not). --ip-blackhole-route
+// drops traffic to unused addresses of the node's own subnet instead of
+// sending it back out, and the route is put back within a resync when
+// deleted. flanneld tells systemd READY=1 once the network is up and
+// STOPPING=1 on SIGTERM, through $NOTIFY_SOCKET.
 func TestBlackholeRouteAndMTUOverride(t *testing.T) {
-	c := newCluster(t, "bhm", clusterOpts{nodes: 1,
+	c := newCluster(t, "bhm", clusterOpts{nodes: 2,
 		config: `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","MTU":1400}}`})
 	n := c.Nodes[0]
-	env := c.start(c.Nodes, "--ip-blackhole-route")[n]
-	if env.MTU != 1400 {
-		t.Errorf("FLANNEL_MTU=%d, want the Backend MTU 1400", env.MTU)
+	notify := listenNotify(t)
+	ctx := testCtx(t, 2*time.Minute)
+	started := time.Now()
+	if err := c.StartFlanneldEnv(ctx, n, []string{"NOTIFY_SOCKET=" + notify.path}, "--ip-blackhole-route", "--iptables-resync=1"); err != nil {
+		t.Fatal(err)
 	}
-	b, err := testbed.Exec(testCtx(t, time.Minute), n.NS, "ip", "route", "show", "type", "blackhole")
-	if err != nil || !strings.Contains(string(b), env.Subnet.Masked().String()) {
-		t.Errorf("no blackhole route for %s (%v):\n%s", env.Subnet.Masked(), err, b)
+	if err := c.StartFlanneld(ctx, c.Nodes[1]); err != nil {
+		t.Fatal(err)
 	}
+	envs := c.waitReady(c.Nodes, started, time.Minute)
+	if got := notify.next(t, 10*time.Second); got != "READY=1" {
+		t.Errorf("systemd notification %q, want READY=1", got)
+	}
+	for node, env := range envs {
+		if env.MTU != 1350 {
+			t.Errorf("node %s: FLANNEL_MTU=%d, want 1350 (Backend MTU 1400 is the underlay's, less 50)", node.Name, env.MTU)
+		}
+	}
+	pods := c.addPods(c.Nodes)
+	if err := ping(ctx, pods[0].NS, pods[1].IP, 1322, true); err != nil {
+		t.Errorf("1322-byte DF ping should pass on a 1350 overlay: %v", err)
+	}
+	if err := ping(ctx, pods[0].NS, pods[1].IP, 1323, true); err == nil {
+		t.Errorf("1323-byte DF ping passed; the overlay MTU is 1350")
+	}
+
+	subnet := envs[n].Subnet.Masked().String()
+	blackhole := func() error {
+		b, err := testbed.Exec(ctx, n.NS, "ip", "route", "show", "type", "blackhole")
+		if err != nil || !strings.Contains(string(b), subnet) {
+			return fmt.Errorf("no blackhole route for %s (%v):\n%s", subnet, err, b)
+		}
+		return nil
+	}
+	if err := blackhole(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := testbed.Exec(ctx, n.NS, "ip", "route", "del", "blackhole", subnet, "metric", "32000"); err != nil {
+		t.Fatal(err)
+	}
+	took := eventually(t, 3*time.Second, "blackhole route restored", blackhole)
+	t.Logf("blackhole route for %s back %s after deletion (resync 1s)", subnet, took.Round(10*time.Millisecond))
+
+	if err := c.StopFlanneld(n); err != nil {
+		t.Fatal(err)
+	}
+	if got := notify.next(t, 10*time.Second); got != "STOPPING=1" {
+		t.Errorf("systemd notification on SIGTERM %q, want STOPPING=1", got)
+	}
+}
+
+// notifySocket is a stand-in for systemd's $NOTIFY_SOCKET.
+type notifySocket struct {
+	path string
+	conn *net.UnixConn
+}
+
+func listenNotify(t *testing.T) *notifySocket {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "notify.sock")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatalf("listen on %s: %v", path, err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return &notifySocket{path: path, conn: conn}
+}
+
+// next returns the next notification, or what went wrong after within.
+func (s *notifySocket) next(t *testing.T, within time.Duration) string {
+	t.Helper()
+	if err := s.conn.SetReadDeadline(time.Now().Add(within)); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4096)
+	n, err := s.conn.Read(buf)
+	if err != nil {
+		return fmt.Sprintf("(none within %s: %v)", within, err)
+	}
+	return strings.TrimSpace(string(buf[:n]))
 }

@@ -63,16 +63,38 @@ func TestMasqueradeModes(t *testing.T) {
 			if !m.nft {
 				return
 			}
-			// The nftables tables are flannel's alone: a clean shutdown
-			// removes them.
-			if err := c.StopFlanneld(n1); err != nil {
-				t.Fatal(err)
-			}
-			if b, err := testbed.Exec(ctx, n1.NS, "nft", "list", "table", "ip", "flannel-ipv4"); err == nil {
-				t.Errorf("table ip flannel-ipv4 still there after SIGTERM:\n%s", b)
-			}
+			checkRestartAndSwitch(t, c, pods, out)
 		})
 	}
+}
+
+// checkRestartAndSwitch takes a node running in nftables mode through a
+// stop and a switch to iptables mode. Stopped, flanneld leaves its table
+// in place, as it leaves routes: pods keep egress NAT during a restart.
+// Started in iptables mode, it removes the nftables table it no longer
+// uses and masquerades with iptables.
+func checkRestartAndSwitch(t *testing.T, c *cluster, pods []*testbed.Pod, out *testbed.Host) {
+	ctx := testCtx(t, 2*time.Minute)
+	n1 := c.Nodes[0]
+	if err := c.StopFlanneld(n1); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := testbed.Exec(ctx, n1.NS, "nft", "list", "chain", "ip", "flannel-ipv4", "postrouting"); err != nil || !strings.Contains(string(b), "masquerade") {
+		t.Errorf("table ip flannel-ipv4 gone after SIGTERM (%v):\n%s", err, b)
+	}
+	checkMasq(t, ctx, pods, out.NS, out.Addr)
+
+	if err := c.PutConfig(ctx, "", `{"Network":"10.244.0.0/16","EnableNFTables":false,"Backend":{"Type":"vxlan"}}`); err != nil {
+		t.Fatal(err)
+	}
+	c.start([]*testbed.Node{n1}, "--ip-masq", "--iptables-resync=2")
+	if b, err := testbed.Exec(ctx, n1.NS, "nft", "list", "tables"); err != nil || strings.Contains(string(b), "flannel-ipv4") {
+		t.Errorf("nftables table flannel-ipv4 left after switching to iptables mode (%v):\n%s", err, b)
+	}
+	if b, err := testbed.Exec(ctx, n1.NS, "iptables", "-t", "nat", "-S", "FLANNEL-POSTRTG"); err != nil || !strings.Contains(string(b), "MASQUERADE") {
+		t.Errorf("no iptables masquerade rules after switching to iptables mode (%v):\n%s", err, b)
+	}
+	checkMasq(t, ctx, pods, out.NS, out.Addr)
 }
 
 // A 9000-byte underlay gives FLANNEL_MTU=8950, and the path carries

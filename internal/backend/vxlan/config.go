@@ -14,7 +14,7 @@ type Options struct {
 	GBP           bool
 	Learning      bool
 	DirectRouting bool
-	MTU           int // 0: external interface MTU minus the encapsulation overhead
+	MTU           int // the underlay MTU, as upstream reads it; 0: the external interface's. The device gets MTU minus the overhead.
 }
 
 const (

@@ -100,8 +100,9 @@ func (b *Backend) RegisterNetwork(ctx context.Context, cfg *config.Config) (back
 	return n, nil
 }
 
-// spec is the device one address family needs, with its MTU: the Backend
-// MTU option, else the external interface's MTU less the encapsulation.
+// spec is the device one address family needs, with its MTU: the underlay
+// MTU (the Backend MTU key when set, as upstream reads it, else the external
+// interface's MTU) less the encapsulation overhead.
 func (b *Backend) spec(v6 bool) (deviceSpec, error) {
 	name, src, overhead, family := fmt.Sprintf("flannel.%d", b.opts.VNI), b.ext.IfaceAddr.Unmap(), overheadV4, "IPv4"
 	if v6 {
@@ -111,13 +112,14 @@ func (b *Backend) spec(v6 bool) (deviceSpec, error) {
 		return deviceSpec{}, fmt.Errorf("vxlan: interface %s has no %s address to send %s VXLAN traffic from; add one or choose another interface with --iface",
 			b.ext.Iface.Name, family, family)
 	}
-	mtu := b.opts.MTU
-	if mtu == 0 {
-		mtu = b.ext.Iface.MTU - overhead
+	underlay, from := b.ext.Iface.MTU, "the MTU of "+b.ext.Iface.Name
+	if b.opts.MTU > 0 {
+		underlay, from = b.opts.MTU, "the Backend MTU key"
 	}
+	mtu := underlay - overhead
 	if v6 && mtu < minMTUv6 {
-		return deviceSpec{}, fmt.Errorf("vxlan: MTU %d for %s is below the IPv6 minimum of %d; raise the MTU of %s (now %d) or set the Backend MTU option",
-			mtu, name, minMTUv6, b.ext.Iface.Name, b.ext.Iface.MTU)
+		return deviceSpec{}, fmt.Errorf("vxlan: MTU %d for %s (underlay MTU %d from %s, less %d bytes of VXLAN over IPv6) is below the IPv6 minimum of %d; raise the underlay MTU to at least %d",
+			mtu, name, underlay, from, overhead, minMTUv6, minMTUv6+overhead)
 	}
 	return deviceSpec{
 		name: name, vni: b.opts.VNI, port: b.opts.Port,

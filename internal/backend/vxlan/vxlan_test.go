@@ -323,7 +323,8 @@ func TestDualStack(t *testing.T) {
 }
 
 // A 9000-byte underlay gives 8950-byte pods, and full-size packets cross
-// the overlay unfragmented; the Backend MTU option overrides the default.
+// the overlay unfragmented; the Backend MTU key replaces the underlay MTU,
+// as upstream reads it, so {"MTU":1400} gives a 1350-byte device.
 func TestJumboMTUAndOverride(t *testing.T) {
 	lab := bt.NewLab(t, "tbk-vx-mtu")
 	seg := lab.Segment("br0", 9000)
@@ -345,10 +346,45 @@ func TestJumboMTUAndOverride(t *testing.T) {
 	}
 
 	nwO, _ := up(t, a, `{"MTU":1400}`, "10.244.1.0/24")
-	if nwO.MTU() != 1400 {
-		t.Errorf("MTU option 1400 gave %d", nwO.MTU())
+	if nwO.MTU() != 1350 {
+		t.Errorf("MTU key 1400 (the underlay's) gave %d, want 1350", nwO.MTU())
 	}
-	assertContains(t, run(t, "ip", "-n", a.NS, "link", "show", "flannel.1"), "mtu 1400")
+	assertContains(t, run(t, "ip", "-n", a.NS, "link", "show", "flannel.1"), "mtu 1350")
+}
+
+// The Backend MTU key is the underlay MTU for both families, as upstream
+// reads it: the devices (and so FLANNEL_MTU) get it less the overhead, 50
+// bytes over IPv4 and 70 over IPv6; without the key the external
+// interface's MTU is the underlay MTU.
+func TestMTUKeyIsUnderlayMTU(t *testing.T) {
+	ext := &backend.ExternalInterface{
+		Iface:     &net.Interface{Name: "eth0", Index: 1, MTU: 9000},
+		IfaceAddr: netip.MustParseAddr("198.51.100.11"), IfaceV6Addr: netip.MustParseAddr("fd00:198:51:100::11"),
+	}
+	for _, tc := range []struct {
+		raw      string
+		v6       bool
+		wantName string
+		wantMTU  int
+	}{
+		{`{}`, false, "flannel.1", 8950},
+		{`{}`, true, "flannel-v6.1", 8930},
+		{`{"MTU":1400}`, false, "flannel.1", 1350},
+		{`{"MTU":1400}`, true, "flannel-v6.1", 1330},
+		{`{"MTU":1500,"VNI":7}`, false, "flannel.7", 1450},
+	} {
+		be, err := NewWithHandle(nil, ext, json.RawMessage(tc.raw))
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := be.spec(tc.v6)
+		if err != nil {
+			t.Fatalf("%s v6=%v: %v", tc.raw, tc.v6, err)
+		}
+		if s.name != tc.wantName || s.mtu != tc.wantMTU {
+			t.Errorf("%s v6=%v: device %s MTU %d, want %s MTU %d", tc.raw, tc.v6, s.name, s.mtu, tc.wantName, tc.wantMTU)
+		}
+	}
 }
 
 // Settings that cannot work fail before any device is touched.
@@ -368,7 +404,7 @@ func TestRegisterRefuses(t *testing.T) {
 		want   string
 	}{
 		{"dual stack, MTU option below IPv6 minimum", ext, `{"MTU":1000}`, true, true, "below the IPv6 minimum"},
-		{"IPv6 on a 1340 underlay", small, `{}`, false, true, "MTU 1270 for flannel-v6.1 is below the IPv6 minimum"},
+		{"IPv6 on a 1340 underlay", small, `{}`, false, true, "MTU 1270 for flannel-v6.1 (underlay MTU 1340"},
 		{"IPv6 without an IPv6 address", v4only, `{}`, true, true, "eth0 has no IPv6 address"},
 		{"IPv4 without an IPv4 address", v6only, `{}`, true, false, "eth0 has no IPv4 address"},
 		{"no family", ext, `{}`, false, false, "neither"},

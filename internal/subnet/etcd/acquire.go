@@ -71,6 +71,9 @@ func (m *Manager) tryAcquire(ctx context.Context, cli *clientv3.Client, cfg *con
 	if err != nil {
 		return nil, err
 	}
+	if dropped, err := m.dropStale(ctx, cli, cfg, attrs, recs); dropped || err != nil {
+		return nil, err // re-list without the stale lease
+	}
 	own, err := m.ownLease(ctx, cli, cfg, attrs, recs)
 	if err != nil {
 		return nil, err
@@ -87,6 +90,7 @@ func (m *Manager) tryAcquire(ctx context.Context, cli *clientv3.Client, cfg *con
 		return nil, err
 	}
 	m.startAlive(ctx, l.Key(), marker)
+	m.noteOwn(l.Key())
 	return l, nil
 }
 
@@ -107,16 +111,24 @@ func (m *Manager) claim(ctx context.Context, cli *clientv3.Client, cfg *config.C
 		klog.Infof("reusing lease %s from an earlier run", l)
 		return l, nil
 	}
-	v4, v6, err := pickFree(cfg, takenBy(recs), rand.IntN)
-	if err != nil {
-		return nil, fmt.Errorf("%w (see them with: etcdctl get --prefix --keys-only %s)", err, m.subnetsPrefix())
+	v4, v6, prev := m.previousIfFree(cfg, recs)
+	if !prev {
+		var err error
+		v4, v6, err = pickFree(cfg, takenBy(recs), rand.IntN)
+		if err != nil {
+			return nil, fmt.Errorf("%w (see them with: etcdctl get --prefix --keys-only %s)", err, m.subnetsPrefix())
+		}
 	}
 	l, err := m.create(ctx, cli, v4, v6, value, rev, marker)
 	if l == nil || err != nil {
 		return nil, err
 	}
 	l.Attrs = attrs
-	klog.Infof("allocated lease %s", l)
+	if prev {
+		klog.Infof("took back lease %s: subnet.env from the last run names it and it was free", l)
+	} else {
+		klog.Infof("allocated lease %s", l)
+	}
 	for _, twin := range sameAddress(cfg, attrs, recs) {
 		klog.Errorf("duplicate public address: lease %s (this node) and lease %s (another running node) both advertise %s: "+
 			"traffic for one of them will reach the other; give each node its own address with --iface, --iface-regex, --iface-can-reach or --public-ip",
@@ -206,8 +218,14 @@ func (m *Manager) RenewLease(ctx context.Context, l *lease.Lease) error {
 		return m.recreate(ctx, cli, l)
 	}
 	kv := resp.Kvs[0]
-	var cur lease.Attrs
-	if err := json.Unmarshal(kv.Value, &cur); err != nil || !sameNode(cur, l.Attrs, l.IPv6Subnet.IsValid()) {
+	cur, err := lease.DecodeValue(kv.Value)
+	if err != nil {
+		// No node can hold a subnet with a value nobody can read: another
+		// writer put junk over ours. Write ours back over exactly that.
+		klog.Errorf("lease %s holds a value no node can read (%v); writing ours back", l.Key(), err)
+		return m.rewrite(ctx, cli, l, key, clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision))
+	}
+	if !sameNode(cur, l.Attrs, l.IPv6Subnet.IsValid()) {
 		return fmt.Errorf("renew lease %s: %w", l, takenErr(key, kv.Value))
 	}
 	if kv.Lease != 0 {
@@ -287,7 +305,7 @@ func (m *Manager) rewrite(ctx context.Context, cli *clientv3.Client, l *lease.Le
 
 func takenErr(key string, value []byte) error {
 	var a lease.Attrs
-	holder := fmt.Sprintf("a value we cannot read (%q)", value)
+	holder := fmt.Sprintf("a value we cannot read (%s)", lease.Quote(value))
 	if json.Unmarshal(value, &a) == nil {
 		holder = describeNode(a)
 	}

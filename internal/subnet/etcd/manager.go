@@ -7,11 +7,11 @@ package etcd
 import (
 	"context"
 	"crypto/tls"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
 	"net/netip"
+	"path"
 	"strings"
 	"sync"
 	"time"
@@ -78,9 +78,15 @@ type Manager struct {
 	// connGrace is how long the connection may be down before a watch
 	// counts it as an outage; tests shorten or lengthen it.
 	connGrace time.Duration
+	// removalHold is how long leases missing after a datastore reset are
+	// kept; tests shorten it.
+	removalHold time.Duration
 
 	badMu   sync.Mutex
 	badKeys map[string]bool // keys already reported as unparsable
+
+	ownMu   sync.Mutex
+	ownKeys map[string]bool // leases acquired for this node
 
 	// markers counts holdAlive loops; Close waits for them to revoke.
 	markers sync.WaitGroup
@@ -99,7 +105,7 @@ func New(opts Options) (*Manager, error) {
 	if opts.Prefix == "" {
 		opts.Prefix = DefaultPrefix
 	}
-	opts.Prefix = "/" + strings.Trim(opts.Prefix, "/")
+	opts.Prefix = cleanPrefix(opts.Prefix)
 	if opts.LeaseTTL <= 0 {
 		opts.LeaseTTL = DefaultLeaseTTL
 	}
@@ -129,13 +135,33 @@ func New(opts Options) (*Manager, error) {
 				MinConnectTimeout: requestTimeout,
 			})},
 		},
-		connGrace: defaultConnGrace,
-		badKeys:   map[string]bool{},
+		connGrace:   defaultConnGrace,
+		removalHold: defaultRemovalHold,
+		badKeys:     map[string]bool{},
 	}, nil
 }
 
+// cleanPrefix makes keys come out as upstream's path.Join(prefix, "config")
+// does: the prefix is cleaned (no trailing or doubled slashes) and keeps
+// its leading slash only if it had one, so "coreos.com/network" names the
+// same keys as for upstream flanneld and etcdctl.
+func cleanPrefix(p string) string {
+	p = path.Clean(p)
+	if p == "/" {
+		return ""
+	}
+	return p
+}
+
+// clientTLS uses TLS exactly when upstream does: with both --etcd-keyfile
+// and --etcd-certfile; --etcd-cafile alone does not switch it on. TLS 1.2
+// is the minimum.
 func clientTLS(opts Options) (*tls.Config, error) {
-	if opts.KeyFile == "" && opts.CertFile == "" && opts.CAFile == "" {
+	if opts.KeyFile == "" || opts.CertFile == "" {
+		if opts.KeyFile != "" || opts.CertFile != "" || opts.CAFile != "" {
+			klog.Warningf("etcd TLS needs both --etcd-keyfile and --etcd-certfile (given: keyfile %q, certfile %q, cafile %q); connecting without TLS, as upstream flanneld does",
+				opts.KeyFile, opts.CertFile, opts.CAFile)
+		}
 		return nil, nil
 	}
 	info := transport.TLSInfo{CertFile: opts.CertFile, KeyFile: opts.KeyFile, TrustedCAFile: opts.CAFile}
@@ -143,6 +169,7 @@ func clientTLS(opts Options) (*tls.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("etcd TLS (--etcd-certfile %q, --etcd-keyfile %q, --etcd-cafile %q): %w", opts.CertFile, opts.KeyFile, opts.CAFile, err)
 	}
+	cfg.MinVersion = tls.VersionTLS12
 	return cfg, nil
 }
 
@@ -267,14 +294,14 @@ func (m *Manager) list(ctx context.Context, cli *clientv3.Client) (int64, []reco
 // every etcd lease's TTL would cost a request per node.
 func (m *Manager) decode(kv *mvccpb.KeyValue, exp time.Time) (record, bool) {
 	name := strings.TrimPrefix(string(kv.Key), m.subnetsPrefix())
-	v4, v6, err := lease.ParseKey(name)
+	v4, v6, err := lease.ParseBoundedKey(name)
 	if err != nil {
 		m.reportBad(string(kv.Key), err)
 		return record{}, false
 	}
-	var attrs lease.Attrs
-	if err := json.Unmarshal(kv.Value, &attrs); err != nil {
-		m.reportBad(string(kv.Key), fmt.Errorf("value %q: %w", kv.Value, err))
+	attrs, err := lease.DecodeValue(kv.Value)
+	if err != nil {
+		m.reportBad(string(kv.Key), err)
 		return record{}, false
 	}
 	return record{name: name, kv: kv, l: lease.Lease{
@@ -282,13 +309,24 @@ func (m *Manager) decode(kv *mvccpb.KeyValue, exp time.Time) (record, bool) {
 	}}, true
 }
 
-// reportBad logs a foreign or corrupt key once, not at every listing.
+// reportBad logs a foreign or corrupt key once, not at every listing or
+// rewrite. Keys are remembered (and named) cut to a bounded length, so
+// neither the log nor the memory grows with what a hostile writer stores.
 func (m *Manager) reportBad(key string, err error) {
+	if len(key) > 2*lease.MaxKeyLen {
+		key = key[:2*lease.MaxKeyLen] + fmt.Sprintf("...(%d bytes)", len(key))
+	}
 	m.badMu.Lock()
 	seen := m.badKeys[key]
-	m.badKeys[key] = true
+	if !seen && len(m.badKeys) < maxBadKeys {
+		m.badKeys[key] = true
+	}
 	m.badMu.Unlock()
 	if !seen {
 		klog.Warningf("ignoring etcd key %s: %v", key, err)
 	}
 }
+
+// maxBadKeys bounds the memory of reported keys; past it, a new bad key is
+// logged at each listing, which a flood of junk keys deserves.
+const maxBadKeys = 1024

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -33,6 +34,25 @@ const (
 )
 
 var errConnLost = errors.New("connection to etcd lost")
+
+// A datastore reset (etcd restarted with an empty data dir, or restored
+// from an older backup) shows as a revision lower than one already seen.
+// The watch alone cannot notice it: the client resumes watching at a future
+// revision of the new store and hears nothing. A cheap count-only read every
+// probeEvery compares revisions. After a reset, other nodes' leases that
+// are missing are kept (not reported removed) for removalHold, long enough
+// for their running daemons to re-create them, so that pods do not lose
+// their routes meanwhile; the node's own lease is reported removed at once
+// so that the daemon re-creates it.
+const (
+	probeEvery         = 2 * time.Second
+	defaultRemovalHold = 20 * time.Second
+)
+
+var (
+	errRevisionBack = errors.New("etcd revision went backwards")
+	errHoldOver     = errors.New("re-listing leases held since a datastore reset")
+)
 
 // WatchLeases follows <prefix>/subnets/ until ctx ends; see subnet.Manager.
 // It returns ctx.Err(), or an error if the manager is closed.
@@ -77,6 +97,8 @@ func (m *Manager) WatchLeases(ctx context.Context, events chan<- []lease.Event) 
 		switch {
 		case errors.Is(err, errConnLost):
 			health.fail(err)
+		case errors.Is(err, errRevisionBack), errors.Is(err, errHoldOver):
+			klog.Infof("%v; re-listing %s", err, m.subnetsPrefix())
 		case errors.Is(err, rpctypes.ErrCompacted):
 			klog.Infof("watch of %s fell behind an etcd compaction; re-listing", m.subnetsPrefix())
 		default:
@@ -98,6 +120,12 @@ type watcher struct {
 	out   chan<- []lease.Event
 	known map[string]lease.Lease // by key below <prefix>/subnets/
 	first bool
+
+	mu  sync.Mutex // guards rev, which the probe reads
+	rev int64      // highest revision seen in this store
+
+	holdUntil time.Time       // after a reset: keep missing leases until then
+	held      map[string]bool // leases kept although missing from the store
 }
 
 // resync lists all leases and sends the full set the first time, the
@@ -111,6 +139,16 @@ func (w *watcher) resync(ctx context.Context, cli *clientv3.Client) (int64, erro
 	for _, r := range recs {
 		cur[r.name] = r.l
 	}
+	w.mu.Lock()
+	last := w.rev
+	w.rev = rev
+	w.mu.Unlock()
+	if rev < last {
+		w.holdUntil = time.Now().Add(w.m.removalHold)
+		klog.Warningf("etcd at %s is back at revision %d, below the %d seen before: its data was lost or restored; keeping the routes of the %d known leases for up to %s while their nodes re-create them",
+			w.m.endpoints(), rev, last, len(w.known), w.m.removalHold)
+	}
+	w.hold(cur)
 	batch := diff(w.known, cur)
 	w.known = cur
 	if len(batch) > 0 || w.first {
@@ -121,6 +159,24 @@ func (w *watcher) resync(ctx context.Context, cli *clientv3.Client) (int64, erro
 		return rev, w.send(ctx, batch)
 	}
 	return rev, nil
+}
+
+// hold copies into cur the known leases that are missing from it while a
+// reset's grace lasts, except the node's own.
+func (w *watcher) hold(cur map[string]lease.Lease) {
+	w.held = nil
+	if time.Now().After(w.holdUntil) {
+		return
+	}
+	for name, l := range w.known {
+		if _, ok := cur[name]; !ok && !w.m.isOwn(name) {
+			cur[name] = l
+			if w.held == nil {
+				w.held = map[string]bool{}
+			}
+			w.held[name] = true
+		}
+	}
 }
 
 // diff lists removals before additions: when a key changes shape (IPv4-only
@@ -177,10 +233,16 @@ func (w *watcher) follow(ctx context.Context, cli *clientv3.Client, rev int64) e
 	prefix := w.m.subnetsPrefix()
 	// Removed events are built from what the receiver was sent, so the watch
 	// needs no previous values (WithPrevKV would double its traffic).
+	var due time.Time // when held leases must be re-checked
+	if len(w.held) > 0 {
+		due = w.holdUntil
+	}
+	go w.probe(wctx, cli, cancel, due)
 	for resp := range cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
 		if err := resp.Err(); err != nil {
 			return err
 		}
+		w.seen(resp.Header.Revision)
 		if batch := w.apply(resp.Events); len(batch) > 0 {
 			if err := w.send(ctx, batch); err != nil {
 				return err
@@ -191,6 +253,46 @@ func (w *watcher) follow(ctx context.Context, cli *clientv3.Client, rev int64) e
 		return err
 	}
 	return errors.New("etcd client closed the watch")
+}
+
+// seen records a revision the store has reached.
+func (w *watcher) seen(rev int64) {
+	w.mu.Lock()
+	w.rev = max(w.rev, rev)
+	w.mu.Unlock()
+}
+
+// probe cancels the watch with errRevisionBack when the store's revision
+// falls below one seen, and with errHoldOver once leases held since a reset
+// are due to be re-checked. A failed read is left to connLost.
+func (w *watcher) probe(ctx context.Context, cli *clientv3.Client, cancel context.CancelCauseFunc, due time.Time) {
+	t := time.NewTicker(probeEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if !due.IsZero() && time.Now().After(due) {
+			cancel(errHoldOver)
+			return
+		}
+		rctx, rcancel := context.WithTimeout(ctx, requestTimeout)
+		resp, err := cli.Get(rctx, w.m.subnetsPrefix(), clientv3.WithPrefix(), clientv3.WithCountOnly())
+		rcancel()
+		if err != nil {
+			continue
+		}
+		w.mu.Lock()
+		last := w.rev
+		w.mu.Unlock()
+		if resp.Header.Revision < last {
+			cancel(fmt.Errorf("%w (from %d to %d)", errRevisionBack, last, resp.Header.Revision))
+			return
+		}
+		w.seen(resp.Header.Revision)
+	}
 }
 
 // apply folds watch events into known and returns what the receiver must

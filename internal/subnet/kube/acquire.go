@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -246,4 +247,23 @@ func (m *Manager) MarkReady(ctx context.Context) error {
 	}
 	klog.Infof("node %q: set condition NetworkUnavailable=False", name)
 	return nil
+}
+
+// StoredPublicIP returns the addresses in the node's node-public-ip and
+// node-public-ipv6 annotations (invalid where unset). Upstream reads them at
+// start-up, and they replace --public-ip and --public-ipv6, also for
+// choosing the interface. A node that cannot be read yet (not registered)
+// has none, as upstream treats it; only a malformed annotation is an error.
+func (m *Manager) StoredPublicIP(ctx context.Context) (v4, v6 netip.Addr, err error) {
+	name, err := m.resolveNodeName(ctx)
+	if err != nil {
+		klog.Warningf("cannot read the node-public-ip annotations yet: %v", err)
+		return v4, v6, nil
+	}
+	node, _, err := m.getNode(ctx, name)
+	if err != nil || node == nil {
+		klog.Warningf("cannot read the node-public-ip annotations of node %q yet (%v); using --public-ip and --public-ipv6", name, err)
+		return v4, v6, nil
+	}
+	return m.keys.nodePublic(node)
 }

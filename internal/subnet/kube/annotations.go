@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"regexp"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -18,32 +19,89 @@ import (
 // DefaultAnnotationPrefix is upstream's --kube-annotation-prefix default.
 const DefaultAnnotationPrefix = "flannel.alpha.coreos.com"
 
-// keys are the node annotations under one prefix; the names after the slash
-// are upstream flannel's, so mixed clusters read each other's nodes.
+// keys are the node annotations under one prefix; the names after the
+// prefix are upstream flannel's, so mixed clusters read each other's nodes.
 type keys struct {
 	backendType, backendData, backendV6Data string
 	publicIP, publicIPv6                    string
 	subnetManager                           string
 	publicIPOverwrite, publicIPv6Overwrite  string
+	nodePublicIP, nodePublicIPv6            string
 }
 
+// prefixForm is upstream's check of the joined prefix: a lower-case domain
+// with at least one dot, a slash, and an optional lower-case name ending in
+// a dash. Like upstream's, it is anchored at the end only.
+var prefixForm = regexp.MustCompile(`(?:[a-z0-9_-]+\.)+[a-z0-9_-]+/(?:[a-z0-9_-]+-)?$`)
+
+// newKeys joins the prefix to the names as upstream does: a prefix without
+// a slash is a domain and gets one ("flannel.alpha.coreos.com" ->
+// "flannel.alpha.coreos.com/backend-data"); a prefix with one slash keeps
+// its name part and gets a dash ("example.com/flannel" ->
+// "example.com/flannel-backend-data"). Beyond upstream's rules, every key
+// must be a valid annotation name, so a bad prefix fails at start-up rather
+// than at the first patch.
 func newKeys(prefix string) (keys, error) {
-	prefix = strings.TrimSuffix(prefix, "/")
+	bad := func(why string) (keys, error) {
+		return keys{}, fmt.Errorf("--kube-annotation-prefix %q %s; use a domain (flannel.alpha.coreos.com) or a domain/name (example.com/flannel)", prefix, why)
+	}
+	p := prefix
+	switch strings.Count(p, "/") {
+	case 0:
+		p += "/"
+	case 1:
+	default:
+		return bad("holds more than one slash")
+	}
+	if !strings.HasSuffix(p, "/") && !strings.HasSuffix(p, "-") {
+		p += "-"
+	}
+	if !prefixForm.MatchString(p) {
+		return bad("is not a lower-case domain, optionally followed by a slash and a lower-case name")
+	}
 	k := keys{
-		backendType:         prefix + "/backend-type",
-		backendData:         prefix + "/backend-data",
-		backendV6Data:       prefix + "/backend-v6-data",
-		publicIP:            prefix + "/public-ip",
-		publicIPv6:          prefix + "/public-ipv6",
-		subnetManager:       prefix + "/kube-subnet-manager",
-		publicIPOverwrite:   prefix + "/public-ip-overwrite",
-		publicIPv6Overwrite: prefix + "/public-ipv6-overwrite",
+		backendType:         p + "backend-type",
+		backendData:         p + "backend-data",
+		backendV6Data:       p + "backend-v6-data",
+		publicIP:            p + "public-ip",
+		publicIPv6:          p + "public-ipv6",
+		subnetManager:       p + "kube-subnet-manager",
+		publicIPOverwrite:   p + "public-ip-overwrite",
+		publicIPv6Overwrite: p + "public-ipv6-overwrite",
+		nodePublicIP:        p + "node-public-ip",
+		nodePublicIPv6:      p + "node-public-ipv6",
 	}
 	// The longest key decides whether every key is a valid annotation name.
 	if errs := validation.IsQualifiedName(k.publicIPv6Overwrite); len(errs) > 0 {
-		return keys{}, fmt.Errorf("--kube-annotation-prefix %q does not make valid annotation names: %s", prefix, strings.Join(errs, "; "))
+		return bad("does not make valid annotation names: " + strings.Join(errs, "; "))
 	}
 	return k, nil
+}
+
+// nodePublic reads the node-public-ip(v6) annotations, which upstream lets
+// replace --public-ip(v6) before the interface is chosen. Empty or absent
+// annotations give invalid addresses.
+func (k keys) nodePublic(node *corev1.Node) (v4, v6 netip.Addr, err error) {
+	for _, a := range []struct {
+		key  string
+		v6   bool
+		slot *netip.Addr
+	}{{k.nodePublicIP, false, &v4}, {k.nodePublicIPv6, true, &v6}} {
+		s := strings.TrimSpace(node.Annotations[a.key])
+		if s == "" {
+			continue
+		}
+		ip, perr := netip.ParseAddr(s)
+		if perr != nil || ip.Is6() != a.v6 || ip.Is4In6() {
+			fam := "IPv4"
+			if a.v6 {
+				fam = "IPv6"
+			}
+			return v4, v6, fmt.Errorf("node %q annotation %s=%q is not an %s address: fix or remove it", node.Name, a.key, s, fam)
+		}
+		*a.slot = ip
+	}
+	return v4, v6, nil
 }
 
 // desired is the annotation set a node publishes for attrs; a nil value

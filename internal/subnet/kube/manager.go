@@ -22,6 +22,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
 
 	"github.com/flannelgo/flannel/internal/config"
 	"github.com/flannelgo/flannel/internal/lease"
@@ -86,6 +87,12 @@ func New(opts Options) (*Manager, error) {
 	k, err := newKeys(opts.AnnotationPrefix)
 	if err != nil {
 		return nil, err
+	}
+	if v, ok := os.LookupEnv("EVENT_QUEUE_DEPTH"); ok {
+		// Upstream sizes a channel of node events with it; here node
+		// changes are coalesced per node (see dirtySet), so nothing can
+		// overflow and there is nothing to size.
+		klog.Infof("EVENT_QUEUE_DEPTH=%s is not used: node changes are coalesced per node, so there is no event queue to size", v)
 	}
 	rc, err := restConfig(opts)
 	if err != nil {

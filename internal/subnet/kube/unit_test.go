@@ -68,6 +68,58 @@ func TestNewKeysRefusesBadPrefix(t *testing.T) {
 	}
 }
 
+// --kube-annotation-prefix joins the names as upstream does: a domain gets
+// a slash, a domain/name gets a dash.
+func TestNewKeysJoinsPrefixAsUpstream(t *testing.T) {
+	for prefix, want := range map[string]string{
+		"flannel.alpha.coreos.com":         "flannel.alpha.coreos.com/backend-data",
+		"flannel.alpha.coreos.com/":        "flannel.alpha.coreos.com/backend-data",
+		"example.com/flannel":              "example.com/flannel-backend-data",
+		"example.com/flannel-":             "example.com/flannel-backend-data",
+		"org.com/9":                        "org.com/9-backend-data",
+		"flannel.alpha.coreos.com/prefix-": "flannel.alpha.coreos.com/prefix-backend-data",
+	} {
+		k, err := newKeys(prefix)
+		if err != nil {
+			t.Errorf("newKeys(%q): %v", prefix, err)
+			continue
+		}
+		if k.backendData != want {
+			t.Errorf("newKeys(%q): backend-data key %q, want %q", prefix, k.backendData, want)
+		}
+		if wantIP := strings.TrimSuffix(want, "backend-data") + "node-public-ipv6"; k.nodePublicIPv6 != wantIP {
+			t.Errorf("newKeys(%q): node-public-ipv6 key %q, want %q", prefix, k.nodePublicIPv6, wantIP)
+		}
+	}
+	for _, bad := range []string{"org", "org/", "org/prefix", "a.com/b/c", "org.COM", "org.com/PREFIX"} {
+		if _, err := newKeys(bad); err == nil {
+			t.Errorf("newKeys(%q) succeeded, want an error", bad)
+		}
+	}
+}
+
+// The node-public-ip(v6) annotations give the node's public addresses; a
+// malformed one is an error naming it.
+func TestNodePublicAnnotations(t *testing.T) {
+	k := mustKeys(t)
+	n := node("n1", map[string]string{
+		"flannel.alpha.coreos.com/node-public-ip":   "198.51.100.77",
+		"flannel.alpha.coreos.com/node-public-ipv6": "fd00:198:51:100::77",
+	})
+	v4, v6, err := k.nodePublic(n)
+	if err != nil || v4 != netip.MustParseAddr("198.51.100.77") || v6 != netip.MustParseAddr("fd00:198:51:100::77") {
+		t.Errorf("nodePublic = %v, %v, %v", v4, v6, err)
+	}
+	v4, v6, err = k.nodePublic(node("n2", nil))
+	if err != nil || v4.IsValid() || v6.IsValid() {
+		t.Errorf("no annotations: nodePublic = %v, %v, %v, want nothing", v4, v6, err)
+	}
+	_, _, err = k.nodePublic(node("n3", map[string]string{"flannel.alpha.coreos.com/node-public-ip": "fd00::1"}))
+	if err == nil || !strings.Contains(err.Error(), "node-public-ip") {
+		t.Errorf("IPv6 in node-public-ip: %v, want an error naming the annotation", err)
+	}
+}
+
 func TestDesiredMatchesUpstreamAnnotations(t *testing.T) {
 	k := mustKeys(t)
 	attrs := lease.Attrs{
