@@ -14,6 +14,8 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+
+	"github.com/flannelgo/flannel/internal/testbed/tbtest"
 )
 
 // flanneldFlags builds cmd/flanneld and returns the flag names its --help
@@ -293,7 +295,7 @@ func TestFlanneldCrossCompilesAsTheDockerfileDoes(t *testing.T) {
 func TestSystemdUnitVerifies(t *testing.T) {
 	analyze, err := exec.LookPath("systemd-analyze")
 	if err != nil {
-		t.Skip("systemd-analyze not installed (Debian package systemd); the unit is still parsed by TestSystemdUnitRunsFlanneldInEtcdMode")
+		tbtest.Unavailable(t, "systemd-analyze not installed (Debian package systemd, scripts/setup.sh installs it)")
 	}
 	unit := strings.ReplaceAll(string(readFile(t, "flanneld.service")), "/opt/bin/flanneld", "/bin/true")
 	path := filepath.Join(t.TempDir(), "flanneld.service")

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Throughput benchmark (not part of CI): pod-to-pod iperf3 over VXLAN
+# Throughput benchmark (not part of CI): pod-to-pod iperf3 over each overlay
+# backend (vxlan, udp, userspace wireguard, ipsec) as a ratio of VXLAN's and
 # divided by node-to-node iperf3 over the bare underlay, both measured in
 # the same run on a two-node namespace cluster. Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
 scripts/setup.sh --lab
-go test -count=1 -run '^$' -bench 'VXLANThroughput' -benchtime "${BENCH_RUNS:-3}x" ./test/e2e/ 2>&1 | grep -v '^I[0-9]'
+go test -count=1 -run '^$' -bench 'OverlayThroughput' -benchtime "${BENCH_RUNS:-3}x" ./test/e2e/ 2>&1 | grep -v '^I[0-9]'

@@ -15,9 +15,9 @@ import (
 	"testing"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 
 	"github.com/flannelgo/flannel/internal/subnetenv"
+	"github.com/flannelgo/flannel/internal/testbed/tbtest"
 )
 
 // These tests drive the built plugin with the real cnitool, bridge,
@@ -44,25 +44,20 @@ type harness struct {
 
 func newHarness(t *testing.T) *harness {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("skipping: needs root to create network namespaces (run the tests as root)")
-	}
-	for _, bin := range []string{"ip", "unshare", "mount", "ping", "sh"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("skipping: %s not found in PATH", bin)
-		}
-	}
-	checkRangesFree(t)
+	tbtest.NeedRoot(t, "ip", "unshare", "mount", "ping", "sh")
+	tbtest.NeedRangesFree(t)
 	toolsDir := os.Getenv("FLANNELGO_CNI_BIN")
 	if toolsDir == "" {
-		toolsDir = "/var/cache/flannelgo/cni-bin"
+		toolsDir = "/opt/cni/bin" // where scripts/setup.sh installs them
 	}
 	script, err := filepath.Abs("../../scripts/install-cni-tools.sh")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if out, err := exec.Command(script, toolsDir).CombinedOutput(); err != nil {
-		t.Skipf("skipping: reference CNI tools (cnitool, bridge, host-local, portmap) missing in %s and %s failed: %v\n%s",
+		// An install failure is a failure, never a skip: CI must not pass
+		// without having run the plugin.
+		t.Fatalf("reference CNI tools (cnitool, bridge, host-local, portmap) missing in %s and %s failed: %v\n%s",
 			toolsDir, script, err, out)
 	}
 	binDir := t.TempDir()
@@ -81,39 +76,11 @@ func newHarness(t *testing.T) *harness {
 	}
 }
 
-// checkRangesFree stops the test when the host itself uses the pod range:
-// the test would still stay inside its namespaces, but its results would
-// be ambiguous and an operator should know.
-func checkRangesFree(t *testing.T) {
-	t.Helper()
-	addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4)
-	if err != nil {
-		t.Fatalf("list host addresses: %v", err)
-	}
-	for _, a := range addrs {
-		if ip, ok := netip.AddrFromSlice(a.IP.To4()); ok && podNetwork.Contains(ip) {
-			t.Skipf("skipping: the host's root namespace has %s inside the test pod range %s", a.IPNet, podNetwork)
-		}
-	}
-}
-
 // netns creates a named network namespace with lo up and removes it at the
 // end of the test.
 func (h *harness) netns(role string) string {
 	h.t.Helper()
-	name := fmt.Sprintf("tcn-%s-%s", h.id, role)
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		h.t.Fatalf("ip netns add %s: %v: %s", name, err, out)
-	}
-	h.t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			h.t.Errorf("ip netns del %s: %v: %s", name, err, out)
-		}
-	})
-	if out, err := exec.Command("ip", "-n", name, "link", "set", "lo", "up").CombinedOutput(); err != nil {
-		h.t.Fatalf("lo up in %s: %v: %s", name, err, out)
-	}
-	return name
+	return tbtest.NS(h.t, fmt.Sprintf("tcn-%s-%s", h.id, role))
 }
 
 // node is one node namespace with its own conflist, subnet.env, plugin
@@ -153,6 +120,7 @@ func (h *harness) node(cniVersion string) *node {
         "isDefaultGateway": true
       },
       "subnetFile": %q,
+      "subnetFileWait": "500ms",
       "dataDir": %q
     },
     {
@@ -271,20 +239,7 @@ func (n *node) savedConfigs() []string {
 	return names
 }
 
-func handle(t *testing.T, ns string) *netlink.Handle {
-	t.Helper()
-	nsh, err := netns.GetFromName(ns)
-	if err != nil {
-		t.Fatalf("open netns %s: %v", ns, err)
-	}
-	defer nsh.Close()
-	h, err := netlink.NewHandleAt(nsh)
-	if err != nil {
-		t.Fatalf("netlink handle in %s: %v", ns, err)
-	}
-	t.Cleanup(h.Close)
-	return h
-}
+func handle(t *testing.T, ns string) *netlink.Handle { return tbtest.Handle(t, ns) }
 
 // assertPod checks eth0 in the pod: its address, MTU and routes.
 func assertPod(t *testing.T, pod string, want netip.Addr) {
@@ -371,10 +326,7 @@ func assertNoPodInterfaces(t *testing.T, nodeNS string, pods ...string) {
 
 func ping(t *testing.T, fromNS string, to netip.Addr) {
 	t.Helper()
-	out, err := exec.Command("ip", "netns", "exec", fromNS, "ping", "-c1", "-W1", to.String()).CombinedOutput()
-	if err != nil {
-		t.Errorf("ping %s from %s: %v\n%s", to, fromNS, err, out)
-	}
+	tbtest.Ping(t, fromNS, to, 56, false)
 }
 
 func TestCnitoolKubeFlannelConflist(t *testing.T) {
@@ -433,7 +385,11 @@ func runConflist(t *testing.T, h *harness, cniVersion string) {
 		if err == nil {
 			t.Errorf("cnitool %s without subnet.env succeeded: %s", verb, msg)
 		}
-		for _, want := range []string{n.subnetFile, "failed to load flannel 'subnet.env' file", "flanneld has not written"} {
+		wants := []string{n.subnetFile, "failed to load flannel 'subnet.env' file", "flanneld has not written"}
+		if verb == "add" {
+			wants = append(wants, "flanneld is not ready: "+n.subnetFile+" did not appear within 500ms")
+		}
+		for _, want := range wants {
 			if !strings.Contains(msg, want) {
 				t.Errorf("cnitool %s without subnet.env: output %q does not say %q", verb, msg, want)
 			}

@@ -40,6 +40,7 @@ func labCommands() []labCmd {
 		{name: "status", help: "Shows the lab process, etcd, each node's flanneld, subnet and MTU, and the pods.\nExits 1 when any of them is down.", run: labStatus},
 		{name: "check", help: checkHelp, run: labCheck},
 		{name: "exec", args: " POD|NODE -- CMD [ARGS...]", help: "Runs CMD in the namespace of a pod (n1-p1) or node (n1), with this terminal's\nstdin/stdout/stderr; exits with CMD's exit code.", run: labExec},
+		{name: "doctor", args: " NODE [DOCTOR FLAGS...]", help: "Runs `flannelctl doctor` inside the node's namespace with the lab's etcd, subnet file and\nhealth address; doctor flags (--output json) may follow NODE. Exits with doctor's code.", run: labDoctor},
 		{name: "down", help: "Stops the lab process (which stops flanneld and etcd and deletes the namespaces),\nthen removes whatever is left: also after the lab process crashed.", run: labDown},
 		{name: "serve", help: "The lab process; `flannelctl lab up` starts it. Not for direct use.", run: labServe, flags: serveFlags},
 	}
@@ -204,6 +205,30 @@ func labExec(ctx context.Context, c *labCtx) int {
 		return c.failed(err)
 	}
 	code, err := lab.Exec(context.WithoutCancel(ctx), dir, target, argv)
+	if err != nil {
+		return c.failed(err)
+	}
+	return code
+}
+
+func labDoctor(ctx context.Context, c *labCtx) int {
+	if len(c.args) < 1 {
+		fmt.Fprintln(c.stderr, "usage: flannelctl lab doctor [--name N] NODE [DOCTOR FLAGS...]")
+		return 2
+	}
+	dir, err := c.dir()
+	if err != nil {
+		return c.failed(err)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return c.failed(err)
+	}
+	argv, err := lab.DoctorArgv(dir, c.args[0], self, c.args[1:])
+	if err != nil {
+		return c.failed(err)
+	}
+	code, err := lab.Exec(context.WithoutCancel(ctx), dir, c.args[0], argv)
 	if err != nil {
 		return c.failed(err)
 	}

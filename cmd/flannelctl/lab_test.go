@@ -16,6 +16,8 @@ import (
 
 	"github.com/prometheus/procfs"
 	"github.com/vishvananda/netlink"
+
+	"github.com/flannelgo/flannel/internal/testbed/tbtest"
 )
 
 // These tests drive the built flannelctl (with flanneld and the flannel
@@ -67,18 +69,10 @@ type labEnv struct {
 
 func needLab(t *testing.T, name string) *labEnv {
 	t.Helper()
-	if os.Geteuid() != 0 || binDir == "" {
-		t.Skip("needs root: the lab creates network namespaces")
-	}
-	for _, bin := range []string{"ip", "ping", "iptables"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("needs %s in PATH: %v", bin, err)
-		}
-	}
-	for _, p := range []string{"bridge", "host-local", "portmap"} {
-		if _, err := os.Stat(filepath.Join("/opt/cni/bin", p)); err != nil {
-			t.Skipf("needs the reference CNI plugins in /opt/cni/bin (run scripts/install-cni-tools.sh): %v", err)
-		}
+	tbtest.NeedRoot(t, "ip", "ping", "iptables",
+		"/opt/cni/bin/bridge", "/opt/cni/bin/host-local", "/opt/cni/bin/portmap")
+	if binDir == "" {
+		t.Fatal("the binaries were not built (see TestMain)")
 	}
 	l := &labEnv{t: t, name: name, stateRoot: t.TempDir()}
 	// Whatever happens, nothing of the lab outlives the test.
@@ -278,6 +272,16 @@ func TestLabVXLAN(t *testing.T) {
 	if addr, code := l.run(time.Minute, "exec", "n1-p1", "--", "ip", "-4", "-o", "addr", "show", "eth0"); code != 0 || !strings.Contains(addr, "10.244.") {
 		t.Errorf("lab exec ip addr: exit %d\n%s", code, addr)
 	}
+	if out, code := l.run(time.Minute, "doctor", "n1"); code != 0 || !strings.Contains(out, "all 13 checks passed") {
+		t.Errorf("lab doctor n1 on a healthy lab: exit %d\n%s", code, out)
+	}
+	if out, code := l.run(time.Minute, "exec", "n2", "--", "ip", "link", "set", "flannel.1", "mtu", "1400"); code != 0 {
+		t.Fatalf("lab exec n2 ip link set: exit %d\n%s", code, out)
+	}
+	out, code := l.run(time.Minute, "doctor", "n2", "--output=json")
+	if code != 1 || !strings.Contains(out, `"check": "backend device"`) || !strings.Contains(out, "flannel.1 has MTU 1400 but FLANNEL_MTU=1450") {
+		t.Errorf("lab doctor n2 with flannel.1 at MTU 1400: exit %d, want 1 naming the MTU\n%s", code, out)
+	}
 	l.downAndVerify(links)
 }
 
@@ -286,7 +290,7 @@ func TestLabTwoSegments(t *testing.T) {
 	l := needLab(t, "tl2s")
 	links := rootLinks(t)
 	out := l.up("--nodes", "3", "--segments", "2")
-	if !strings.Contains(out, "203.0.113.12") {
+	if !regexp.MustCompile(`\b203\.0\.113\.12\b`).MatchString(out) {
 		t.Errorf("node 2 is not on segment 2:\n%s", out)
 	}
 	check := l.check()
@@ -302,22 +306,23 @@ func TestLabHostGW(t *testing.T) {
 	l := needLab(t, "tlhg")
 	links := rootLinks(t)
 	out, code := l.run(5*time.Minute, "up", "--nodes", "3", "--backend", "host-gw")
-	if code != 0 && strings.Contains(out, "unknown backend type") {
-		if down, code := l.run(2*time.Minute, "down"); code != 0 {
-			t.Errorf("lab down after refused host-gw: exit %d\n%s", code, down)
-		}
-		if ns := l.namespaces(); len(ns) > 0 {
-			t.Errorf("namespaces left: %v", ns)
-		}
-		reason := regexp.MustCompile(`.*unknown backend type.*`).FindString(out)
-		t.Skipf("flanneld refuses the host-gw backend (enable this test once it registers host-gw): %s", strings.TrimSpace(reason))
-	}
 	if code != 0 {
 		t.Fatalf("lab up --backend host-gw exited %d:\n%s", code, out)
 	}
 	check := l.check()
-	if !strings.Contains(check, "via 198.51.100.1") {
-		t.Errorf("host-gw walk lacks a route via the peer's public IP:\n%s", check)
+	// The node's route must go via the public IP of the very node that
+	// holds the destination pod (n<i> is 198.51.100.1<i>), not any address
+	// that merely starts alike.
+	lease := regexp.MustCompile(`n(\d+)'s lease \S+: PublicIP (\S+), backend host-gw`).FindStringSubmatch(check)
+	if lease == nil {
+		t.Fatalf("host-gw walk names no destination lease:\n%s", check)
+	}
+	if want := "198.51.100.1" + lease[1]; lease[2] != want {
+		t.Errorf("n%s's lease has PublicIP %s, want %s", lease[1], lease[2], want)
+	}
+	hop := regexp.MustCompile(`node n\d+ +route +\S+ via (\S+) dev eth0 +ok`).FindStringSubmatch(check)
+	if hop == nil || hop[1] != lease[2] {
+		t.Errorf("host-gw walk: node route %q, want one via %s dev eth0:\n%s", hop, lease[2], check)
 	}
 	l.downAndVerify(links)
 }
@@ -329,10 +334,6 @@ func TestLabHostGWAcrossRouter(t *testing.T) {
 	l := needLab(t, "tlhgr")
 	links := rootLinks(t)
 	out, code := l.run(5*time.Minute, "up", "--nodes", "2", "--backend", "host-gw", "--segments", "2")
-	if code != 0 && strings.Contains(out, "unknown backend type") {
-		l.run(2*time.Minute, "down")
-		t.Skip("flanneld refuses the host-gw backend")
-	}
 	if code != 0 || !strings.Contains(out, "WARNING: n1 has no route to") {
 		t.Fatalf("lab up: exit %d, want 0 with a warning about n1's missing route:\n%s", code, out)
 	}

@@ -20,6 +20,9 @@ usage:
   flannelctl lab check  [--name N]
   flannelctl lab exec   [--name N] POD|NODE -- CMD [ARGS...]
   flannelctl lab down   [--name N]
+  flannelctl lab doctor [--name N] NODE [DOCTOR FLAGS...]
+  flannelctl doctor     [--etcd-endpoints ... | --kube-subnet-mgr --kubeconfig-file F]
+                        [--subnet-file F] [--healthz IP:PORT] [--output text|json]
 
 Run 'flannelctl lab CMD --help' for the flags of a command.
 `
@@ -41,6 +44,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "lab":
 		return runLab(args[1:], stdout, stderr)
+	case "doctor":
+		return runDoctor(args[1:], stdout, stderr)
 	default:
 		fmt.Fprintf(stderr, "flannelctl: unknown command %q\n\n%s", args[0], usage)
 		return 2

@@ -29,6 +29,8 @@ type options struct {
 	healthzPort                            int
 	version, help                          bool
 
+	peerProbeInterval time.Duration
+
 	kubeSubnetMgr, setNodeNetworkUnavailable         bool
 	kubeAPIURL, kubeconfigFile, kubeAnnotationPrefix string
 
@@ -76,6 +78,7 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.StringVar(&o.kubeAnnotationPrefix, "kube-annotation-prefix", "flannel.alpha.coreos.com", `Kubernetes annotation prefix; may hold one slash (example.com/flannel gives example.com/flannel-backend-data), else a slash is appended`)
 	fs.BoolVar(&o.setNodeNetworkUnavailable, "set-node-network-unavailable", true, "set the node's NetworkUnavailable condition to false once ready")
 	fs.DurationVar(&o.reconcileInterval, "reconcile-interval", 30*time.Second, "how often the kernel's routes, neighbours, FDB entries and devices are compared with the leases and repaired (netlink events trigger repairs at once too)")
+	fs.DurationVar(&o.peerProbeInterval, "peer-probe-interval", 10*time.Second, "how often each peer is probed over the overlay for flannel_peer_reachable/rtt/loss metrics (jittered); 0 turns probing off")
 	klog.InitFlags(fs)
 	return fs
 }
@@ -112,6 +115,9 @@ func parseFlags(args []string) (*options, *flag.FlagSet, error) {
 func (o *options) validate() error {
 	if o.subnetLeaseRenewMargin < 1 || o.subnetLeaseRenewMargin > 1439 {
 		return fmt.Errorf("--subnet-lease-renew-margin=%d: must be between 1 and 1439 minutes", o.subnetLeaseRenewMargin)
+	}
+	if o.peerProbeInterval < 0 {
+		return fmt.Errorf("--peer-probe-interval=%s: must be 0 (off) or positive", o.peerProbeInterval)
 	}
 	if o.iptablesResync < 1 {
 		return fmt.Errorf("--iptables-resync=%d: must be at least 1 second", o.iptablesResync)

@@ -79,3 +79,17 @@ func TestUnexpectedArgs(t *testing.T) {
 		t.Fatal("positional argument accepted")
 	}
 }
+
+func TestPeerProbeInterval(t *testing.T) {
+	o, _, err := parseFlags(nil)
+	if err != nil || o.peerProbeInterval != 10*time.Second {
+		t.Fatalf("default --peer-probe-interval %s (%v), want 10s", o.peerProbeInterval, err)
+	}
+	t.Setenv("FLANNELD_PEER_PROBE_INTERVAL", "0")
+	if o, _, err = parseFlags(nil); err != nil || o.peerProbeInterval != 0 {
+		t.Fatalf("FLANNELD_PEER_PROBE_INTERVAL=0 gave %s (%v), want off", o.peerProbeInterval, err)
+	}
+	if o, _, _ = parseFlags([]string{"--peer-probe-interval=-1s"}); o.validate() == nil {
+		t.Error("--peer-probe-interval=-1s accepted")
+	}
+}

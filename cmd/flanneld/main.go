@@ -23,7 +23,9 @@ import (
 	"github.com/flannelgo/flannel/internal/backend/hostgw"
 	"github.com/flannelgo/flannel/internal/backend/ipip"
 	"github.com/flannelgo/flannel/internal/backend/ipsec"
+	"github.com/flannelgo/flannel/internal/backend/udp"
 	"github.com/flannelgo/flannel/internal/backend/vxlan"
+	"github.com/flannelgo/flannel/internal/backend/wireguard"
 	"github.com/flannelgo/flannel/internal/daemon"
 	"github.com/flannelgo/flannel/internal/iface"
 	"github.com/flannelgo/flannel/internal/metrics"
@@ -94,6 +96,7 @@ func serve(ctx context.Context, o *options) error {
 		IPMasq: o.ipMasq, FullyRandomDisable: o.ipMasqFullyRandomDisable,
 		ForwardRules: o.iptablesForwardRules, Resync: o.resync(), BlackholeRoute: o.ipBlackholeRoute,
 		ReconcileInterval: o.reconcileInterval,
+		PeerProbeInterval: o.peerProbeInterval,
 	}, mgr, backends(), m)
 	return d.Run(ctx)
 }
@@ -147,5 +150,7 @@ func backends() backend.Registry {
 	r[ipip.TypeName] = ipip.New
 	r[awsvpc.TypeName] = awsvpc.New
 	r[ipsec.TypeName] = ipsec.New
+	r[udp.TypeName] = udp.New
+	r[wireguard.TypeName] = wireguard.New
 	return r
 }

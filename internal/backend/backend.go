@@ -10,6 +10,8 @@ import (
 	"net/netip"
 	"sort"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/flannelgo/flannel/internal/config"
 	"github.com/flannelgo/flannel/internal/lease"
 )
@@ -77,4 +79,11 @@ func (r Registry) New(typ string, ext *ExternalInterface, raw json.RawMessage) (
 		return nil, fmt.Errorf("unknown backend type %q (supported: %v)", typ, names)
 	}
 	return f(ext, raw)
+}
+
+// Instrumented is implemented by a Network whose data path runs inside
+// flanneld (udp, userspace WireGuard) and so has counters of its own; the
+// daemon adds them to /metrics.
+type Instrumented interface {
+	Collectors() []prometheus.Collector
 }

@@ -6,13 +6,13 @@ import (
 	"testing"
 
 	"github.com/flannelgo/flannel/internal/backend"
-	bt "github.com/flannelgo/flannel/internal/backend/backendtest"
+	bt "github.com/flannelgo/flannel/internal/testbed/tbtest"
 )
 
 func TestCheckOnSegment(t *testing.T) {
-	lab := bt.NewLab(t, "tbk-seg")
-	seg1 := lab.Segment("br1", 1500, "198.51.100.1/24", "fd00:198:51:100::1/64")
-	n := lab.Node("n", seg1, "198.51.100.11/24", "fd00:198:51:100::11/64")
+	tn := bt.NewNet(t, "tbk-seg")
+	seg1 := tn.Segment("br1", 1500, "198.51.100.1/24", "fd00:198:51:100::1/64")
+	n := tn.Node("n", seg1, "198.51.100.11/24", "fd00:198:51:100::11/64")
 	// A more specific route through the router inside the connected
 	// prefix, and a device route without any address of ours behind it.
 	bt.Run(t, "ip", "-n", n.NS, "route", "add", "198.51.100.128/25", "via", "198.51.100.1", "dev", "eth0")

@@ -6,6 +6,7 @@ package cniplugin
 import (
 	"encoding/json"
 	"fmt"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/version"
@@ -15,6 +16,10 @@ import (
 const (
 	DefaultSubnetFile = "/run/flannel/subnet.env"
 	DefaultDataDir    = "/var/lib/cni/flannel"
+	// DefaultSubnetFileWait is how long ADD waits for flanneld to write
+	// subnet.env before it fails: kubelet's first pods on a booting node
+	// then succeed instead of failing until its next retry.
+	DefaultSubnetFileWait = 10 * time.Second
 )
 
 // VersionInfo lists the CNI spec versions the plugin speaks: all of them
@@ -27,15 +32,19 @@ func VersionInfo() version.PluginInfo {
 // (delegate, ipam, runtimeConfig) are kept loose on purpose: their keys
 // belong to the delegate plugins and are passed through untouched.
 type NetConf struct {
-	CNIVersion    string          `json:"cniVersion,omitempty"`
-	Name          string          `json:"name"`
-	Type          string          `json:"type"`
-	SubnetFile    string          `json:"subnetFile,omitempty"`
-	DataDir       string          `json:"dataDir,omitempty"`
-	Delegate      map[string]any  `json:"delegate,omitempty"`
-	IPAM          map[string]any  `json:"ipam,omitempty"`
-	RuntimeConfig map[string]any  `json:"runtimeConfig,omitempty"`
-	PrevResult    json.RawMessage `json:"prevResult,omitempty"`
+	CNIVersion string `json:"cniVersion,omitempty"`
+	Name       string `json:"name"`
+	Type       string `json:"type"`
+	SubnetFile string `json:"subnetFile,omitempty"`
+	DataDir    string `json:"dataDir,omitempty"`
+	// SubnetFileWait ("10s", "0s": no wait) bounds ADD's wait for
+	// subnet.env; a flannel-go extension that upstream's plugin ignores.
+	SubnetFileWait string `json:"subnetFileWait,omitempty"`
+	subnetWait     time.Duration
+	Delegate       map[string]any  `json:"delegate,omitempty"`
+	IPAM           map[string]any  `json:"ipam,omitempty"`
+	RuntimeConfig  map[string]any  `json:"runtimeConfig,omitempty"`
+	PrevResult     json.RawMessage `json:"prevResult,omitempty"`
 }
 
 // ParseNetConf decodes the plugin's stdin and fills in the defaults.
@@ -52,6 +61,15 @@ func ParseNetConf(data []byte) (*NetConf, error) {
 	}
 	if n.DataDir == "" {
 		n.DataDir = DefaultDataDir
+	}
+	n.subnetWait = DefaultSubnetFileWait
+	if n.SubnetFileWait != "" {
+		d, err := time.ParseDuration(n.SubnetFileWait)
+		if err != nil || d < 0 {
+			return nil, types.NewError(types.ErrInvalidNetworkConfig,
+				fmt.Sprintf("flannel CNI network config: subnetFileWait %q is not a duration like \"10s\"", n.SubnetFileWait), "")
+		}
+		n.subnetWait = d
 	}
 	return n, nil
 }

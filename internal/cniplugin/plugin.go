@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/skel"
@@ -36,7 +37,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	env, err := loadSubnetEnv(n.SubnetFile, types.ErrTryAgainLater)
+	env, err := waitSubnetEnv(n.SubnetFile, n.subnetWait)
 	if err != nil {
 		return err
 	}
@@ -254,6 +255,27 @@ func loadSubnetEnv(path string, missingCode uint) (*subnetenv.Env, error) {
 	default:
 		return nil, types.NewError(types.ErrDecodingFailure, msg,
 			fmt.Sprintf("%s is malformed; flanneld rewrites it when it starts", path))
+	}
+}
+
+// waitSubnetEnv gives flanneld up to wait to write subnet.env (a node that
+// is booting runs kubelet and flanneld at the same time), then fails with
+// "try again later", naming the file and saying flanneld is not ready.
+func waitSubnetEnv(path string, wait time.Duration) (*subnetenv.Env, error) {
+	deadline := time.Now().Add(wait)
+	for {
+		env, err := loadSubnetEnv(path, types.ErrTryAgainLater)
+		var te *types.Error
+		if err == nil || !errors.As(err, &te) || te.Code != types.ErrTryAgainLater {
+			return env, err
+		}
+		if !time.Now().Before(deadline) {
+			if wait > 0 {
+				te.Msg = fmt.Sprintf("flanneld is not ready: %s did not appear within %s; %s", path, wait, te.Msg)
+			}
+			return nil, te
+		}
+		time.Sleep(min(200*time.Millisecond, time.Until(deadline)))
 	}
 }
 

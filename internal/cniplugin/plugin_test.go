@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -197,13 +198,18 @@ func mustJSON(t *testing.T, v any) []byte {
 func TestAddMissingSubnetEnv(t *testing.T) {
 	f := newFixture(t)
 	os.Remove(f.subnetFile)
-	err := f.plugin.Add(f.args("0.3.1", "ctr1", ""))
+	start := time.Now()
+	err := f.plugin.Add(f.args("0.3.1", "ctr1", `,"subnetFileWait":"300ms"`))
+	if took := time.Since(start); took < 300*time.Millisecond || took > 2*time.Second {
+		t.Errorf("ADD gave up after %s, want the configured 300ms", took)
+	}
 	e := cniError(t, err)
 	if e.Code != types.ErrTryAgainLater {
 		t.Errorf("code = %d, want %d", e.Code, types.ErrTryAgainLater)
 	}
 	msg := e.Error()
-	for _, want := range []string{"failed to load flannel 'subnet.env' file", f.subnetFile, "no such file or directory", "flanneld has not written"} {
+	for _, want := range []string{"failed to load flannel 'subnet.env' file", f.subnetFile, "no such file or directory", "flanneld has not written",
+		"flanneld is not ready: " + f.subnetFile + " did not appear within 300ms"} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("error %q does not say %q", msg, want)
 		}
@@ -213,6 +219,26 @@ func TestAddMissingSubnetEnv(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(f.dataDir, "ctr1")); !os.IsNotExist(err) {
 		t.Errorf("config saved although ADD could not start: %v", err)
+	}
+}
+
+// ADD waits for a subnet.env that flanneld writes a moment later.
+func TestAddWaitsForSubnetEnv(t *testing.T) {
+	f := newFixture(t)
+	os.Remove(f.subnetFile)
+	written := make(chan error, 1)
+	go func() {
+		time.Sleep(300 * time.Millisecond) // flanneld, a little later
+		written <- subnetenv.Write(f.subnetFile, testEnv())
+	}()
+	if err := f.plugin.Add(f.args("1.0.0", "ctr1", `,"subnetFileWait":"5s"`)); err != nil {
+		t.Fatalf("ADD with subnet.env written during the wait: %v", err)
+	}
+	if err := <-written; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ParseNetConf([]byte(`{"name":"x","type":"flannel","subnetFileWait":"soon"}`)); err == nil {
+		t.Error("subnetFileWait \"soon\" accepted")
 	}
 }
 

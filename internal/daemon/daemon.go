@@ -18,6 +18,7 @@ import (
 	"github.com/flannelgo/flannel/internal/lease"
 	"github.com/flannelgo/flannel/internal/leaseguard"
 	"github.com/flannelgo/flannel/internal/metrics"
+	"github.com/flannelgo/flannel/internal/peerhealth"
 	"github.com/flannelgo/flannel/internal/subnet"
 	"github.com/flannelgo/flannel/internal/subnetenv"
 	"github.com/flannelgo/flannel/internal/traffic"
@@ -38,6 +39,9 @@ type Options struct {
 	ReconcileInterval time.Duration
 	// ProcSys is where the kernel's sysctls are read; "" means /proc/sys.
 	ProcSys string
+	// PeerProbeInterval is how often each peer is probed over the overlay
+	// (internal/peerhealth); 0 turns probing off.
+	PeerProbeInterval time.Duration
 }
 
 // Daemon runs one node's flannel network.
@@ -47,6 +51,7 @@ type Daemon struct {
 	backends backend.Registry
 	metrics  *metrics.Metrics
 	ready    *readiness
+	prober   *peerhealth.Prober // nil when --peer-probe-interval=0
 
 	guard    *leaseguard.Guard // screens other nodes' leases; set in Run
 	reassert chan int64        // revisions of foreign values at our own key
@@ -84,6 +89,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("register %s network: %w", cfg.BackendType, err)
 	}
+	if in, ok := nw.(backend.Instrumented); ok {
+		if err := d.metrics.Register(in.Collectors()...); err != nil {
+			klog.Errorf("%v", err)
+		}
+	}
 	own, err := d.acquire(ctx, nw, ext)
 	if err != nil {
 		return err
@@ -112,6 +122,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	go d.watchConfig(ctx, cfg)
 	renewNow := make(chan struct{}, 1)
 	go d.renewLoop(ctx, own, renewNow)
+	d.prober = d.startProber(ctx)
 	d.followPeers(ctx, nw, own, renewNow)
 	d.shutdown()
 	return nil

@@ -50,6 +50,9 @@ func (d *Daemon) followPeers(ctx context.Context, nw backend.Network, own *lease
 		track(peers, others)
 		start := time.Now()
 		nw.HandleEvents(ctx, others)
+		if d.prober != nil {
+			d.prober.Update(others)
+		}
 		klog.V(2).Infof("applied %d lease events in %s", len(others), time.Since(start))
 		d.metrics.Peers.Set(float64(len(peers)))
 		if b.snapshot {

@@ -5,107 +5,34 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
 	"strings"
 	"testing"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/flannelgo/flannel/internal/backend"
+	"github.com/flannelgo/flannel/internal/testbed/tbtest"
 )
 
-// testNS is a named network namespace a test created; run executes code
-// inside it on a locked OS thread.
-type testNS struct {
-	name string
-	h    netns.NsHandle
-}
-
-var testRanges = []netip.Prefix{
-	netip.MustParsePrefix("198.51.100.0/24"),
-	netip.MustParsePrefix("203.0.113.0/24"),
-	netip.MustParsePrefix("fd00:198:51:100::/64"),
-}
+// testNS is a network namespace a test created.
+type testNS struct{ name string }
 
 // newNS creates namespace tci-<suffix>-<pid>, runs setup inside it and
 // registers its removal.
 func newNS(t *testing.T, suffix string, setup func(t *testing.T)) *testNS {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create network namespaces")
-	}
-	checkRangesFree(t)
-	name := fmt.Sprintf("tci-%s-%d", suffix, os.Getpid())
-
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		t.Fatalf("get current netns: %v", err)
-	}
-	defer orig.Close()
-	h, err := netns.NewNamed(name) // also switches this thread into it
-	if err != nil {
-		restore(t, orig)
-		t.Skipf("cannot create network namespace %s (kernel or /run/netns unavailable?): %v", name, err)
-	}
-	t.Cleanup(func() {
-		h.Close()
-		if err := netns.DeleteNamed(name); err != nil {
-			t.Errorf("delete netns %s: %v", name, err)
-		}
-	})
-	defer restore(t, orig)
-	setup(t)
-	return &testNS{name: name, h: h}
+	tbtest.NeedRoot(t, "ip")
+	tbtest.NeedRangesFree(t)
+	n := &testNS{name: tbtest.NS(t, fmt.Sprintf("tci-%s-%d", suffix, os.Getpid()))}
+	n.run(t, func() { setup(t) })
+	return n
 }
 
-// restore returns the thread to orig and unlocks it; if that fails the
-// thread stays locked so it dies with its goroutine instead of leaking the
-// namespace to other goroutines.
-func restore(t *testing.T, orig netns.NsHandle) {
-	if err := netns.Set(orig); err != nil {
-		t.Errorf("restore netns: %v", err)
-		return
-	}
-	runtime.UnlockOSThread()
-}
-
+// run executes fn on the test's goroutine inside the namespace.
 func (n *testNS) run(t *testing.T, fn func()) {
 	t.Helper()
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		t.Fatalf("get current netns: %v", err)
-	}
-	defer orig.Close()
-	if err := netns.Set(n.h); err != nil {
-		runtime.UnlockOSThread()
-		t.Fatalf("enter netns %s: %v", n.name, err)
-	}
-	defer restore(t, orig)
-	fn()
-}
-
-// checkRangesFree refuses to run when the host itself uses the test ranges
-// (reading only; nothing is changed in the root namespace).
-func checkRangesFree(t *testing.T) {
-	t.Helper()
-	addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
-	if err != nil {
-		t.Fatalf("list host addresses: %v", err)
-	}
-	for _, a := range addrs {
-		ip := toAddr(a.IP)
-		for _, r := range testRanges {
-			if r.Contains(ip) {
-				t.Skipf("host already uses %s (address %s): the test ranges are not free", r, ip)
-			}
-		}
-	}
+	tbtest.InNS(t, n.name, fn)
 }
 
 // addLink adds a veth pair name/name+"p" (the kernel here has no dummy
@@ -140,17 +67,6 @@ func addLink(t *testing.T, name string, mtu int, cidrs ...string) netlink.Link {
 	return l
 }
 
-func loUp(t *testing.T) {
-	t.Helper()
-	lo, err := netlink.LinkByName("lo")
-	if err != nil {
-		t.Fatalf("lo: %v", err)
-	}
-	if err := netlink.LinkSetUp(lo); err != nil {
-		t.Fatalf("set lo up: %v", err)
-	}
-}
-
 func addDefault(t *testing.T, l netlink.Link, gw string, metric int) {
 	t.Helper()
 	r := &netlink.Route{LinkIndex: l.Attrs().Index, Gw: net.ParseIP(gw), Priority: metric}
@@ -164,7 +80,6 @@ func addDefault(t *testing.T, l netlink.Link, gw string, metric int) {
 // IPv6; eth2 has only fd00:198:51:100::22/128.
 func standardNS(t *testing.T) *testNS {
 	return newNS(t, "std", func(t *testing.T) {
-		loUp(t)
 		eth0 := addLink(t, "eth0", 1500, "198.51.100.11/24", "fd00:198:51:100::11/64")
 		// eth2 before eth1, so a regex matching both meets the unusable one first.
 		addLink(t, "eth2", 1500, "fd00:198:51:100::22/128")
@@ -315,7 +230,6 @@ func TestSelect(t *testing.T) {
 
 func TestSelectDefaultRouteLowestMetric(t *testing.T) {
 	ns := newNS(t, "metric", func(t *testing.T) {
-		loUp(t)
 		eth0 := addLink(t, "eth0", 1500, "198.51.100.11/24")
 		eth1 := addLink(t, "eth1", 1500, "203.0.113.11/24")
 		addDefault(t, eth0, "198.51.100.1", 200)
@@ -329,7 +243,6 @@ func TestSelectDefaultRouteLowestMetric(t *testing.T) {
 
 func TestSelectNoDefaultRoute(t *testing.T) {
 	ns := newNS(t, "noroute", func(t *testing.T) {
-		loUp(t)
 		addLink(t, "eth0", 1500, "198.51.100.11/24", "fd00:198:51:100::11/64")
 	})
 	tests := []struct {
@@ -359,8 +272,8 @@ func TestSelectNoDefaultRoute(t *testing.T) {
 // TestSelectUsesCurrentNamespace proves Select looks only at the calling
 // thread's namespace: the same names resolve differently in two namespaces.
 func TestSelectUsesCurrentNamespace(t *testing.T) {
-	a := newNS(t, "nsa", func(t *testing.T) { loUp(t); addLink(t, "ext", 1500, "198.51.100.21/24") })
-	b := newNS(t, "nsb", func(t *testing.T) { loUp(t); addLink(t, "ext", 1450, "203.0.113.21/24") })
+	a := newNS(t, "nsa", func(t *testing.T) { addLink(t, "ext", 1500, "198.51.100.21/24") })
+	b := newNS(t, "nsb", func(t *testing.T) { addLink(t, "ext", 1450, "203.0.113.21/24") })
 	opts := Options{EnableIPv4: true, Ifaces: []string{"ext"}}
 	a.run(t, func() {
 		got, err := Select(opts)

@@ -140,13 +140,20 @@ func waitAllowed(ctx context.Context, cs kubernetes.Interface, namespace, name s
 	if len(rule.APIGroups) > 0 {
 		group = rule.APIGroups[0]
 	}
+	return WaitAuthorized(ctx, cs, namespace, name, authzv1.ResourceAttributes{
+		Verb: rule.Verbs[0], Group: group, Resource: rule.Resources[0],
+	})
+}
+
+// WaitAuthorized waits, up to 30 s, until the authorizer allows
+// ServiceAccount namespace/name what attrs describes: it learns of new
+// bindings through an informer, moments after they are written.
+func WaitAuthorized(ctx context.Context, cs kubernetes.Interface, namespace, name string, attrs authzv1.ResourceAttributes) error {
 	user := "system:serviceaccount:" + namespace + ":" + name
 	sar := &authzv1.SubjectAccessReview{Spec: authzv1.SubjectAccessReviewSpec{
-		User:   user,
-		Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + namespace, "system:authenticated"},
-		ResourceAttributes: &authzv1.ResourceAttributes{
-			Verb: rule.Verbs[0], Group: group, Resource: rule.Resources[0],
-		},
+		User:               user,
+		Groups:             []string{"system:serviceaccounts", "system:serviceaccounts:" + namespace, "system:authenticated"},
+		ResourceAttributes: &attrs,
 	}}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -155,7 +162,7 @@ func waitAllowed(ctx context.Context, cs kubernetes.Interface, namespace, name s
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("RBAC did not grant %s %q on %q within 30s (error %v)", user, rule.Verbs[0], rule.Resources[0], err)
+			return fmt.Errorf("RBAC did not grant %s %q on %q within 30s (error %v)", user, attrs.Verb, attrs.Resource+"/"+attrs.Subresource, err)
 		}
 		select {
 		case <-ctx.Done():

@@ -15,7 +15,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -78,10 +77,11 @@ type Server struct {
 	// APIServerLog and EtcdLog hold the servers' output.
 	APIServerLog, EtcdLog string
 
-	opts       Options
-	pki        *pki
-	ownDir     bool
-	etcd, kube *proc
+	opts   Options
+	pki    *pki
+	ownDir bool
+	etcd   *testbed.EtcdServer
+	kube   *testbed.Proc
 }
 
 // BinaryPath is where scripts/build-kube-apiserver.sh puts kube-apiserver
@@ -183,12 +183,12 @@ func Start(ctx context.Context, opts Options) (s *Server, err error) {
 		}
 	}()
 	// etcd listens on loopback only: just the API server talks to it.
-	etcdPorts, err := s.freePorts(loopback, 2)
+	etcdPorts, err := testbed.FreePorts(opts.NetNS, loopback, 2)
 	if err != nil {
 		return s, err
 	}
 	if opts.Port == 0 {
-		ports, err := s.freePorts(opts.Address, 1)
+		ports, err := testbed.FreePorts(opts.NetNS, opts.Address, 1)
 		if err != nil {
 			return s, err
 		}
@@ -223,34 +223,6 @@ func (s *Server) servingIPs() []net.IP {
 	return ips
 }
 
-// freePorts finds n free TCP ports where the servers will listen. The
-// ports are released before use; nothing else in a test namespace races
-// for them, and on the host the window is milliseconds.
-func (s *Server) freePorts(addr netip.Addr, n int) ([]int, error) {
-	var ports []int
-	find := func() error {
-		var ls []net.Listener
-		defer func() {
-			for _, l := range ls {
-				l.Close()
-			}
-		}()
-		for range n {
-			l, err := net.Listen("tcp", net.JoinHostPort(addr.String(), "0"))
-			if err != nil {
-				return fmt.Errorf("find a free port on %s: %w", addr, err)
-			}
-			ls = append(ls, l)
-			ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-		}
-		return nil
-	}
-	if s.opts.NetNS == "" {
-		return ports, find()
-	}
-	return ports, testbed.InNamespace(s.opts.NetNS, find)
-}
-
 // dial opens connections from inside Options.NetNS, so the caller's process
 // can talk to a server that lives in another namespace.
 func (s *Server) dial(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -263,43 +235,25 @@ func (s *Server) dial(ctx context.Context, network, addr string) (net.Conn, erro
 
 func (s *Server) startEtcd(ctx context.Context, clientPort, peerPort int) (string, error) {
 	host := loopback.String()
-	clientURL := "http://" + net.JoinHostPort(host, strconv.Itoa(clientPort))
-	peerURL := "http://" + net.JoinHostPort(host, strconv.Itoa(peerPort))
 	s.EtcdLog = filepath.Join(s.Dir, "etcd.log")
-	argv := []string{
-		s.opts.EtcdBinary,
-		"--name=kubetest",
-		"--data-dir=" + filepath.Join(s.Dir, "etcd"),
-		"--listen-client-urls=" + clientURL,
-		"--advertise-client-urls=" + clientURL,
-		"--listen-peer-urls=" + peerURL,
-		"--initial-advertise-peer-urls=" + peerURL,
-		"--initial-cluster=kubetest=" + peerURL,
+	e, err := testbed.StartEtcdServer(ctx, testbed.EtcdOptions{
+		Binary:     s.opts.EtcdBinary,
+		NS:         s.opts.NetNS,
+		Name:       "kubetest",
+		DataDir:    filepath.Join(s.Dir, "etcd"),
+		LogFile:    s.EtcdLog,
+		ClientURLs: []string{"http://" + net.JoinHostPort(host, strconv.Itoa(clientPort))},
+		PeerURL:    "http://" + net.JoinHostPort(host, strconv.Itoa(peerPort)),
 		// Test data is thrown away; fsync would only slow every write.
-		"--unsafe-no-fsync",
-	}
-	p, err := startProc("etcd", s.opts.NetNS, s.EtcdLog, argv)
+		NoFsync: true,
+		// A test binary killed by its timeout must not leave servers behind.
+		DieWithParent: true,
+	})
 	if err != nil {
 		return "", err
 	}
-	s.etcd = p
-	hc := &http.Client{Transport: &http.Transport{DialContext: s.dial}, Timeout: 2 * time.Second}
-	err = s.waitFor(ctx, p, "etcd at "+clientURL, func(ctx context.Context) error {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, clientURL+"/health", nil)
-		if err != nil {
-			return err
-		}
-		resp, err := hc.Do(req)
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("/health: %s", resp.Status)
-		}
-		return nil
-	})
-	return clientURL, err
+	s.etcd = e
+	return e.Endpoint, nil
 }
 
 func (s *Server) startAPIServer(ctx context.Context, etcdURL string) error {
@@ -330,7 +284,9 @@ func (s *Server) startAPIServer(ctx context.Context, etcdURL string) error {
 		"--profiling=false",
 		"--cert-dir=" + filepath.Join(s.Dir, "certs"),
 	}
-	p, err := startProc("kube-apiserver", s.opts.NetNS, s.APIServerLog, argv)
+	p, err := testbed.StartProc(ctx, testbed.ProcOptions{
+		NS: s.opts.NetNS, LogFile: s.APIServerLog, Role: "kube-apiserver", Argv: argv, DieWithParent: true,
+	})
 	if err != nil {
 		return err
 	}
@@ -348,7 +304,7 @@ func (s *Server) startAPIServer(ctx context.Context, etcdURL string) error {
 }
 
 // waitFor polls ready until it succeeds, the process exits or ctx ends.
-func (s *Server) waitFor(ctx context.Context, p *proc, what string, ready func(context.Context) error) error {
+func (s *Server) waitFor(ctx context.Context, p *testbed.Proc, what string, ready func(context.Context) error) error {
 	start := time.Now()
 	for {
 		err := ready(ctx)
@@ -356,13 +312,12 @@ func (s *Server) waitFor(ctx context.Context, p *proc, what string, ready func(c
 			klog.V(1).Infof("kubetest: %s ready after %s", what, time.Since(start).Round(time.Millisecond))
 			return nil
 		}
-		if done, perr := p.exited(); done {
-			return fmt.Errorf("%s exited while starting (%v); last lines of %s:\n%s", what, perr, p.log, p.tail(30))
-		}
 		select {
+		case <-p.Done():
+			return fmt.Errorf("%s exited while starting (%v); end of %s:\n%s", what, p.Wait(), p.LogFile, testbed.LogTail(p.LogFile))
 		case <-ctx.Done():
-			return fmt.Errorf("%s not ready after %s: %w (last error: %v); last lines of %s:\n%s",
-				what, time.Since(start).Round(time.Second), ctx.Err(), err, p.log, p.tail(30))
+			return fmt.Errorf("%s not ready after %s: %w (last error: %v); end of %s:\n%s",
+				what, time.Since(start).Round(time.Second), ctx.Err(), err, p.LogFile, testbed.LogTail(p.LogFile))
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
@@ -397,10 +352,10 @@ func (s *Server) AdminClient() (kubernetes.Interface, error) {
 func (s *Server) Stop() error {
 	var errs []error
 	if s.kube != nil {
-		errs = append(errs, s.kube.stop())
+		errs = append(errs, s.kube.Stop())
 	}
 	if s.etcd != nil {
-		errs = append(errs, s.etcd.stop())
+		errs = append(errs, s.etcd.Stop())
 	}
 	if s.ownDir && s.Dir != "" {
 		if err := os.RemoveAll(s.Dir); err != nil {

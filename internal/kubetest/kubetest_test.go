@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
@@ -19,6 +18,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/flannelgo/flannel/internal/testbed"
+	"github.com/flannelgo/flannel/internal/testbed/tbtest"
 )
 
 func TestMissingBinaryIsUnavailable(t *testing.T) {
@@ -38,14 +38,14 @@ func start(t *testing.T, opts Options) *Server {
 	begin := time.Now()
 	s, err := Start(ctx, opts)
 	if errors.Is(err, ErrUnavailable) {
-		t.Skipf("skipping: %v", err)
+		tbtest.Unavailable(t, "%v", err)
 	}
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("etcd + kube-apiserver ready at %s after %s", s.URL, time.Since(begin).Round(time.Millisecond))
 	t.Cleanup(func() {
-		pids := []int{s.kube.cmd.Process.Pid, s.etcd.cmd.Process.Pid}
+		pids := []int{s.kube.Pid, s.etcd.Pid}
 		if err := s.Stop(); err != nil {
 			t.Errorf("stop: %v", err)
 		}
@@ -102,26 +102,21 @@ func TestStartOnLoopback(t *testing.T) {
 // underlay address and talks to them from a second namespace over a veth,
 // the way flanneld in a testbed node would.
 func TestStartInNamespace(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create network namespaces")
+	tbtest.NeedRoot(t, "ip")
+	tbtest.NeedRangesFree(t)
+	hub, nodeNS := tbtest.NS(t, "tku-kt-hub"), tbtest.NS(t, "tku-kt-node")
+	hubAddr := netip.MustParsePrefix("198.51.100.1/24")
+	for _, err := range []error{
+		testbed.VethPair(hub, "eth0", nodeNS, "eth0", 1500),
+		testbed.AddAddress(hub, "eth0", hubAddr),
+		testbed.AddAddress(nodeNS, "eth0", netip.MustParsePrefix("198.51.100.2/24")),
+		testbed.LinkUp(hub, "eth0"),
+		testbed.LinkUp(nodeNS, "eth0"),
+	} {
+		if err != nil {
+			t.Fatal(err)
+		}
 	}
-	if _, err := os.Stat(BinaryPath("")); err != nil && os.Getenv("KUBE_APISERVER") == "" {
-		t.Skipf("skipping: kube-apiserver not built (%s)", BuildScript())
-	}
-	if err := testbed.CheckRangesFree("tku"); err != nil {
-		t.Skipf("skipping: %v", err)
-	}
-	hub, nodeNS := "tku-kt-hub", "tku-kt-node"
-	for _, ns := range []string{hub, nodeNS} {
-		run(t, "ip", "netns", "add", ns)
-		t.Cleanup(func() { run(t, "ip", "netns", "del", ns) })
-		run(t, "ip", "-n", ns, "link", "set", "lo", "up")
-	}
-	run(t, "ip", "-n", hub, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", nodeNS)
-	run(t, "ip", "-n", hub, "addr", "add", "198.51.100.1/24", "dev", "eth0")
-	run(t, "ip", "-n", nodeNS, "addr", "add", "198.51.100.2/24", "dev", "eth0")
-	run(t, "ip", "-n", hub, "link", "set", "eth0", "up")
-	run(t, "ip", "-n", nodeNS, "link", "set", "eth0", "up")
 
 	s := start(t, Options{NetNS: hub, Address: netip.MustParseAddr("198.51.100.1")})
 	if !strings.HasPrefix(s.URL, "https://198.51.100.1:") {
@@ -137,11 +132,4 @@ func TestStartInNamespace(t *testing.T) {
 		}
 		return kubernetes.NewForConfigOrDie(rc)
 	})
-}
-
-func run(t *testing.T, argv ...string) {
-	t.Helper()
-	if out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput(); err != nil {
-		t.Fatalf("%s: %v: %s", strings.Join(argv, " "), err, out)
-	}
 }

@@ -6,10 +6,10 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
-	"strconv"
 	"strings"
 	"sync"
 	"text/tabwriter"
+	"time"
 
 	"github.com/flannelgo/flannel/internal/subnetenv"
 	"github.com/flannelgo/flannel/internal/testbed"
@@ -223,31 +223,21 @@ func (c *checker) matrix(rows, cols []string, cell map[string]string) {
 	_ = w.Flush()
 }
 
-// reachable pings dst from ns, up to three times: the first packet of a
-// pair may wait for neighbour resolution on a busy machine.
+// reachable pings dst from ns for up to two seconds: the first packet of
+// a pair may wait for neighbour resolution on a busy machine.
 func reachable(ctx context.Context, ns string, dst netip.Addr) bool {
-	for range 3 {
-		if ping(ctx, ns, dst, 56, false) == nil {
-			return true
-		}
-	}
-	return false
+	return testbed.PingWithin(ctx, ns, dst, 56, false, 2*time.Second) == nil
 }
 
 // ping sends one echo request of size payload bytes; df forbids
 // fragmentation anywhere on the path.
 func ping(ctx context.Context, ns string, dst netip.Addr, size int, df bool) error {
-	_, err := pingOut(ctx, ns, dst, size, df)
-	return err
+	return testbed.Ping(ctx, ns, dst, size, df)
 }
 
 // pingOut is ping that also returns what ping printed.
 func pingOut(ctx context.Context, ns string, dst netip.Addr, size int, df bool) ([]byte, error) {
-	argv := []string{"ping", "-n", "-c1", "-W1", "-s", strconv.Itoa(size)}
-	if df {
-		argv = append(argv, "-M", "do")
-	}
-	return testbed.Exec(ctx, ns, append(argv, dst.String())...)
+	return testbed.PingOutput(ctx, ns, dst, size, df)
 }
 
 func (c *checker) summary() error {

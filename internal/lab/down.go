@@ -135,3 +135,25 @@ func findNS(tb *testbed.Testbed, target string) (string, error) {
 	}
 	return "", fmt.Errorf("lab %s has no pod or node %q (pods: %s; nodes n1..n%d, hub)", tb.Name, target, strings.Join(names, " "), len(tb.Nodes))
 }
+
+// DoctorArgv is the command line that runs `flannelctl doctor` (the binary
+// self) inside node's namespace, with the datastore flags the lab's
+// flanneld uses, followed by extra.
+func DoctorArgv(dir, node, self string, extra []string) ([]string, error) {
+	spec, err := ReadSpec(dir)
+	if err != nil {
+		return nil, err
+	}
+	tb, err := testbed.Load(spec.Name, dir)
+	if err != nil {
+		return nil, err
+	}
+	for _, n := range tb.Nodes {
+		if n.Name == node || n.NS == node {
+			argv := []string{self, "doctor", "--etcd-endpoints=" + tb.EtcdEndpoint(), "--subnet-file=" + n.SubnetFile,
+				fmt.Sprintf("--healthz=127.0.0.1:%d", healthzPort)}
+			return append(argv, extra...), nil
+		}
+	}
+	return nil, fmt.Errorf("lab %s has no node %q (nodes n1..n%d)", tb.Name, node, len(tb.Nodes))
+}

@@ -19,6 +19,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/flannelgo/flannel/internal/atomicfile"
 	"github.com/flannelgo/flannel/internal/testbed"
 )
 
@@ -137,11 +138,7 @@ func writeJSON(path string, v any) error {
 	if err != nil {
 		return err
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return atomicfile.WriteFile(path, data, 0o644)
 }
 
 // ReadSpec reads the spec of the lab in dir.

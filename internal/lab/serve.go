@@ -11,12 +11,12 @@ import (
 	"sync"
 	"time"
 
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"go.etcd.io/etcd/server/v3/embed"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
+	"github.com/flannelgo/flannel/internal/kernelstate"
 	"github.com/flannelgo/flannel/internal/subnetenv"
 	"github.com/flannelgo/flannel/internal/testbed"
 )
@@ -163,7 +163,13 @@ func (r *running) addNodes(ctx context.Context) error {
 // flanneldArgs are kube-flannel's, less the kube subnet manager: --ip-masq
 // makes flanneld masquerade traffic leaving the pod network, so the
 // bridge plugin does not (FLANNEL_IPMASQ=true).
-func flanneldArgs() []string { return []string{"--ip-masq"} }
+// healthzPort is where each node's flanneld serves /healthz, /readyz and
+// /metrics inside its namespace (`flannelctl lab doctor` asks it).
+const healthzPort = 10244
+
+func flanneldArgs() []string {
+	return []string{"--ip-masq", fmt.Sprintf("--healthz-port=%d", healthzPort)}
+}
 
 func (r *running) startFlanneld(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
@@ -325,39 +331,17 @@ func flanneldComplaint(n *testbed.Node, subnet netip.Prefix) string {
 }
 
 func routeDsts(ns string) (map[netip.Prefix]bool, error) {
-	h, err := nsHandle(ns)
-	if err != nil {
-		return nil, err
-	}
-	defer h.Close()
-	routes, err := h.RouteList(nil, netlink.FAMILY_V4)
-	if err != nil {
-		return nil, fmt.Errorf("list routes in %s: %w", ns, err)
-	}
 	out := map[netip.Prefix]bool{}
-	for _, rt := range routes {
-		if rt.Dst == nil {
-			continue
+	err := kernelstate.With(ns, func(k *kernelstate.Reader) error {
+		routes, err := k.Routes("", unix.AF_INET)
+		for _, rt := range routes {
+			if rt.Dst.IsValid() {
+				out[rt.Dst] = true
+			}
 		}
-		a, _ := netip.AddrFromSlice(rt.Dst.IP.To4())
-		ones, _ := rt.Dst.Mask.Size()
-		out[netip.PrefixFrom(a, ones)] = true
-	}
-	return out, nil
-}
-
-// nsHandle is a netlink handle working inside the named namespace.
-func nsHandle(ns string) (*netlink.Handle, error) {
-	nsh, err := netns.GetFromName(ns)
-	if err != nil {
-		return nil, fmt.Errorf("open namespace %s: %w", ns, err)
-	}
-	defer nsh.Close()
-	h, err := netlink.NewHandleAt(nsh)
-	if err != nil {
-		return nil, fmt.Errorf("netlink in %s: %w", ns, err)
-	}
-	return h, nil
+		return err
+	})
+	return out, err
 }
 
 // watchFlanneld logs a flanneld that exits while the lab runs; `lab

@@ -9,6 +9,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/flannelgo/flannel/internal/kernelstate"
 	"github.com/flannelgo/flannel/internal/subnetenv"
 	"github.com/flannelgo/flannel/internal/testbed"
 )
@@ -76,16 +77,15 @@ func procRunning(p *testbed.Proc) bool {
 }
 
 func linkMTU(ns, name string) (int, error) {
-	h, err := nsHandle(ns)
-	if err != nil {
-		return 0, err
-	}
-	defer h.Close()
-	l, err := h.LinkByName(name)
-	if err != nil {
-		return 0, fmt.Errorf("%s in %s: %w", name, ns, err)
-	}
-	return l.Attrs().MTU, nil
+	mtu := 0
+	err := kernelstate.With(ns, func(k *kernelstate.Reader) error {
+		d, err := k.Device(name)
+		if err == nil {
+			mtu = d.MTU
+		}
+		return err
+	})
+	return mtu, err
 }
 
 // Status prints the lab's processes, etcd's health and the tables. It

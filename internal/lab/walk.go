@@ -10,10 +10,9 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"golang.org/x/sys/unix"
 
+	"github.com/flannelgo/flannel/internal/kernelstate"
 	"github.com/flannelgo/flannel/internal/lease"
 	"github.com/flannelgo/flannel/internal/testbed"
 )
@@ -114,19 +113,18 @@ func (c *checker) walkPair() (*testbed.Pod, *testbed.Pod) {
 // which must be the node's bridge.
 func (w *walker) podHop() error {
 	hop := "pod " + w.src.Name
-	return inNS(w.src.NS, func(h *netlink.Handle) error {
-		r, dev, ok := w.route(h, hop, "route", w.dst.IP)
+	return kernelstate.With(w.src.NS, func(k *kernelstate.Reader) error {
+		r, ok := w.route(k, hop, "route", w.dst.IP)
 		if !ok {
 			return nil
 		}
-		gw := addrOf(r.Gw)
 		want := ""
-		if gw != w.srcEnvGW || dev != "eth0" {
+		if r.Gw != w.srcEnvGW || r.Dev != "eth0" {
 			want = fmt.Sprintf("via %s (cni0 on %s) dev eth0", w.srcEnvGW, w.src.Node.Name)
 		}
-		w.add(hop, "route", describeRoute(w.dst.IP, r, dev), want)
+		w.add(hop, "route", describeRoute(w.dst.IP, r), want)
 		brMAC, _ := linkMAC(w.src.Node.NS, testbed.Bridge)
-		w.neighbour(h, hop, r.LinkIndex, gw, brMAC, "cni0 on "+w.src.Node.Name)
+		w.neighbour(k, hop, r.LinkIndex, r.Gw, brMAC, "cni0 on "+w.src.Node.Name)
 		return nil
 	})
 }
@@ -136,24 +134,23 @@ func (w *walker) podHop() error {
 // MAC to the peer's public IP) or straight to the peer (host-gw).
 func (w *walker) srcNodeHop(backend string) error {
 	hop := "node " + w.src.Node.Name
-	return inNS(w.src.Node.NS, func(h *netlink.Handle) error {
-		r, dev, ok := w.route(h, hop, "route", w.dst.IP)
+	return kernelstate.With(w.src.Node.NS, func(k *kernelstate.Reader) error {
+		r, ok := w.route(k, hop, "route", w.dst.IP)
 		if !ok {
 			return nil
 		}
-		seen := describeRoute(w.dst.IP, r, dev)
-		gw := addrOf(r.Gw)
+		seen := describeRoute(w.dst.IP, r)
 		switch backend {
 		case "vxlan":
-			return w.vxlanHop(h, hop, r, dev, seen)
+			return w.vxlanHop(k, hop, r, seen)
 		case "host-gw":
 			want := ""
-			if gw != w.dstLease.PublicIP || dev != w.src.Node.Iface {
+			if r.Gw != w.dstLease.PublicIP || r.Dev != w.src.Node.Iface {
 				want = fmt.Sprintf("via %s (PublicIP of %s) dev %s", w.dstLease.PublicIP, w.dst.Node.Name, w.src.Node.Iface)
 			}
 			w.add(hop, "route", seen, want)
 			peerMAC, _ := linkMAC(w.dst.Node.NS, w.dst.Node.Iface)
-			w.neighbour(h, hop, r.LinkIndex, gw, peerMAC, w.dst.Node.Name+" eth0")
+			w.neighbour(k, hop, r.LinkIndex, r.Gw, peerMAC, w.dst.Node.Name+" eth0")
 		default:
 			w.add(hop, "route", seen+" (backend "+backend+" not judged)", "")
 		}
@@ -166,7 +163,7 @@ type vxlanData struct {
 	VtepMAC string
 }
 
-func (w *walker) vxlanHop(h *netlink.Handle, hop string, r netlink.Route, dev, seen string) error {
+func (w *walker) vxlanHop(k *kernelstate.Reader, hop string, r kernelstate.Route, seen string) error {
 	var bd vxlanData
 	if err := json.Unmarshal(w.dstLease.BackendData, &bd); err != nil {
 		return fmt.Errorf("decode %s's vxlan BackendData %s: %w", w.dst.Node.Name, w.dstLease.BackendData, err)
@@ -176,23 +173,21 @@ func (w *walker) vxlanHop(h *netlink.Handle, hop string, r netlink.Route, dev, s
 		return fmt.Errorf("%s's VtepMAC %q: %w", w.dst.Node.Name, bd.VtepMAC, err)
 	}
 	wantDev := fmt.Sprintf("flannel.%d", bd.VNI)
-	gw := addrOf(r.Gw)
 	want := ""
-	if dev != wantDev || gw != w.dstNet.Addr() {
+	if r.Dev != wantDev || r.Gw != w.dstNet.Addr() {
 		want = fmt.Sprintf("via %s dev %s onlink", w.dstNet.Addr(), wantDev)
 	}
 	w.add(hop, "route", seen, want)
-	w.neighbour(h, hop, r.LinkIndex, gw, vtep, "VtepMAC of "+w.dst.Node.Name)
+	w.neighbour(k, hop, r.LinkIndex, r.Gw, vtep, "VtepMAC of "+w.dst.Node.Name)
 
-	fdb, err := h.NeighList(r.LinkIndex, unix.AF_BRIDGE)
+	fdb, err := k.FDB(r.LinkIndex)
 	if err != nil {
-		return fmt.Errorf("list FDB of %s: %w", dev, err)
+		return err
 	}
 	fdbSeen, fdbDst := "no FDB entry for "+vtep.String(), netip.Addr{}
-	for _, n := range fdb {
-		if n.HardwareAddr.String() == vtep.String() {
-			fdbDst = addrOf(n.IP)
-			fdbSeen = fmt.Sprintf("%s dst %s dev %s %s", vtep, fdbDst, dev, neighState(n.State))
+	for _, f := range fdb {
+		if f.MAC.String() == vtep.String() {
+			fdbDst, fdbSeen = f.Dst, f.String()
 		}
 	}
 	want = ""
@@ -200,19 +195,19 @@ func (w *walker) vxlanHop(h *netlink.Handle, hop string, r netlink.Route, dev, s
 		want = fmt.Sprintf("%s dst %s (PublicIP of %s)", vtep, w.dstLease.PublicIP, w.dst.Node.Name)
 	}
 	w.add(hop, "fdb", fdbSeen, want)
-	return w.underlayHop(h, hop)
+	return w.underlayHop(k, hop)
 }
 
 // underlayHop: how the node reaches the peer's public IP: directly on one
 // segment, through the router across two.
-func (w *walker) underlayHop(h *netlink.Handle, hop string) error {
+func (w *walker) underlayHop(k *kernelstate.Reader, hop string) error {
 	pub := w.dstLease.PublicIP
-	r, dev, ok := w.route(h, hop, "underlay route", pub)
+	r, ok := w.route(k, hop, "underlay route", pub)
 	if !ok {
 		return nil
 	}
-	gw := addrOf(r.Gw)
-	seen := describeRoute(pub, r, dev)
+	gw, dev := r.Gw, r.Dev
+	seen := describeRoute(pub, r)
 	want := ""
 	sameSeg := w.src.Node.Segment == w.dst.Node.Segment
 	switch {
@@ -231,25 +226,25 @@ func (w *walker) underlayHop(h *netlink.Handle, hop string) error {
 	} else {
 		wantMAC, _ = linkMAC(w.dst.Node.NS, w.dst.Node.Iface)
 	}
-	w.neighbour(h, hop, r.LinkIndex, next, wantMAC, label)
+	w.neighbour(k, hop, r.LinkIndex, next, wantMAC, label)
 	return nil
 }
 
 // dstNodeHop: the peer node delivers to the pod on its bridge.
 func (w *walker) dstNodeHop() error {
 	hop := "node " + w.dst.Node.Name
-	return inNS(w.dst.Node.NS, func(h *netlink.Handle) error {
-		r, dev, ok := w.route(h, hop, "route", w.dst.IP)
+	return kernelstate.With(w.dst.Node.NS, func(k *kernelstate.Reader) error {
+		r, ok := w.route(k, hop, "route", w.dst.IP)
 		if !ok {
 			return nil
 		}
 		want := ""
-		if dev != testbed.Bridge || r.Gw != nil {
+		if r.Dev != testbed.Bridge || r.Gw.IsValid() {
 			want = fmt.Sprintf("%s dev %s (connected)", w.dst.IP, testbed.Bridge)
 		}
-		w.add(hop, "route", describeRoute(w.dst.IP, r, dev), want)
+		w.add(hop, "route", describeRoute(w.dst.IP, r), want)
 		podMAC, _ := linkMAC(w.dst.NS, "eth0")
-		w.neighbour(h, hop, r.LinkIndex, w.dst.IP, podMAC, w.dst.Name+" eth0")
+		w.neighbour(k, hop, r.LinkIndex, w.dst.IP, podMAC, w.dst.Name+" eth0")
 		return nil
 	})
 }
@@ -257,109 +252,50 @@ func (w *walker) dstNodeHop() error {
 // neighbour records the neighbour entry for ip on link. A dynamic entry
 // that is not cached is no error (the kernel resolves it on demand); a
 // cached one must hold wantMAC when that is known.
-func (w *walker) neighbour(h *netlink.Handle, hop string, link int, ip netip.Addr, wantMAC net.HardwareAddr, label string) {
-	neighs, err := h.NeighList(link, unix.AF_INET)
-	if err != nil {
+func (w *walker) neighbour(k *kernelstate.Reader, hop string, link int, ip netip.Addr, wantMAC net.HardwareAddr, label string) {
+	n, found, err := k.Neighbour(link, ip)
+	switch {
+	case err != nil:
 		w.add(hop, "neighbour", err.Error(), "a readable neighbour table")
-		return
-	}
-	for _, n := range neighs {
-		if addrOf(n.IP) != ip {
-			continue
-		}
-		seen := fmt.Sprintf("%s lladdr %s %s", ip, n.HardwareAddr, neighState(n.State))
+	case !found:
+		w.add(hop, "neighbour", fmt.Sprintf("%s not cached (resolved on demand)", ip), "")
+	default:
 		want := ""
-		if len(wantMAC) > 0 && n.HardwareAddr.String() != wantMAC.String() && n.State&(netlink.NUD_INCOMPLETE|netlink.NUD_FAILED) == 0 {
+		if len(wantMAC) > 0 && n.MAC.String() != wantMAC.String() && n.Resolved() {
 			want = fmt.Sprintf("lladdr %s (%s)", wantMAC, label)
 		}
-		w.add(hop, "neighbour", seen, want)
-		return
+		w.add(hop, "neighbour", n.String(), want)
 	}
-	w.add(hop, "neighbour", fmt.Sprintf("%s not cached (resolved on demand)", ip), "")
 }
 
 // route looks up the kernel's route to dst; a missing one is a step that
 // failed, and the hop ends there.
-func (w *walker) route(h *netlink.Handle, hop, kind string, dst netip.Addr) (netlink.Route, string, bool) {
-	r, dev, err := routeGet(h, dst)
+func (w *walker) route(k *kernelstate.Reader, hop, kind string, dst netip.Addr) (kernelstate.Route, bool) {
+	r, err := k.RouteGet(dst)
 	if err != nil {
 		w.add(hop, kind, err.Error(), "a route to "+dst.String())
-		return r, dev, false
+		return r, false
 	}
-	return r, dev, true
+	return r, true
 }
 
-func inNS(ns string, fn func(h *netlink.Handle) error) error {
-	h, err := nsHandle(ns)
-	if err != nil {
-		return err
-	}
-	defer h.Close()
-	return fn(h)
-}
-
-func routeGet(h *netlink.Handle, dst netip.Addr) (netlink.Route, string, error) {
-	routes, err := h.RouteGet(dst.AsSlice())
-	if err != nil || len(routes) == 0 {
-		return netlink.Route{}, "", fmt.Errorf("none (%v)", err)
-	}
-	r := routes[0]
-	dev := fmt.Sprintf("if%d", r.LinkIndex)
-	if l, err := h.LinkByIndex(r.LinkIndex); err == nil {
-		dev = l.Attrs().Name
-	}
-	return r, dev, nil
-}
-
-func describeRoute(dst netip.Addr, r netlink.Route, dev string) string {
-	s := dst.String()
-	if r.Gw != nil {
-		s += " via " + r.Gw.String()
-	}
-	s += " dev " + dev
-	if r.Flags&unix.RTNH_F_ONLINK != 0 {
-		s += " onlink"
-	}
-	return s
-}
-
-func addrOf(ip net.IP) netip.Addr {
-	a, _ := netip.AddrFromSlice(ip)
-	return a.Unmap()
+// describeRoute renders the route the kernel picked for dst.
+func describeRoute(dst netip.Addr, r kernelstate.Route) string {
+	r.Dst = netip.Prefix{}
+	return dst.String() + strings.TrimPrefix(r.String(), "default")
 }
 
 func linkMAC(ns, name string) (net.HardwareAddr, error) {
 	var mac net.HardwareAddr
-	err := inNS(ns, func(h *netlink.Handle) error {
-		l, err := h.LinkByName(name)
+	err := kernelstate.With(ns, func(k *kernelstate.Reader) error {
+		d, err := k.Device(name)
 		if err != nil {
 			return err
 		}
-		mac = l.Attrs().HardwareAddr
+		mac = d.MAC
 		return nil
 	})
 	return mac, err
-}
-
-func neighState(s int) string {
-	names := []struct {
-		bit  int
-		name string
-	}{
-		{netlink.NUD_PERMANENT, "PERMANENT"}, {netlink.NUD_REACHABLE, "REACHABLE"}, {netlink.NUD_STALE, "STALE"},
-		{netlink.NUD_DELAY, "DELAY"}, {netlink.NUD_PROBE, "PROBE"}, {netlink.NUD_FAILED, "FAILED"},
-		{netlink.NUD_INCOMPLETE, "INCOMPLETE"}, {netlink.NUD_NOARP, "NOARP"},
-	}
-	var out []string
-	for _, n := range names {
-		if s&n.bit != 0 {
-			out = append(out, n.name)
-		}
-	}
-	if len(out) == 0 {
-		return "NONE"
-	}
-	return strings.Join(out, ",")
 }
 
 // readLeases returns every lease in etcd, by IPv4 subnet.

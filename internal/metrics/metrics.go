@@ -182,3 +182,17 @@ func (m *Metrics) Serve(ctx context.Context, addr string) error {
 	klog.Infof("serving /healthz, /readyz and /metrics on %s", addr)
 	return nil
 }
+
+// Register adds a backend's collectors to /metrics.
+func (m *Metrics) Register(cs ...prometheus.Collector) error {
+	for _, c := range cs {
+		if err := m.registry.Register(c); err != nil {
+			return fmt.Errorf("register backend metrics: %w", err)
+		}
+	}
+	return nil
+}
+
+// Registry is where other packages (internal/peerhealth) register their
+// collectors, so that /metrics serves them too.
+func (m *Metrics) Registry() prometheus.Registerer { return m.registry }

@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/flannelgo/flannel/internal/atomicfile"
 )
 
 // Env is the content of subnet.env. Subnet fields hold the gateway address
@@ -52,28 +54,11 @@ func (e *Env) Marshal() []byte {
 // Write replaces path atomically (temp file in the same directory, then
 // rename), so a reader never sees half a file.
 func Write(path string, e *Env) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("write subnet file %s: %w", path, err)
 	}
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
-	if err != nil {
-		return fmt.Errorf("write subnet file %s: %w", path, err)
-	}
-	defer os.Remove(tmp.Name()) // no-op after a successful rename
-	if _, err := tmp.Write(e.Marshal()); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write subnet file %s: %w", path, err)
-	}
-	if err := tmp.Chmod(0o644); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write subnet file %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write subnet file %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("write subnet file %s: %w", path, err)
+	if err := atomicfile.WriteFile(path, e.Marshal(), 0o644); err != nil {
+		return fmt.Errorf("write subnet file: %w", err)
 	}
 	return nil
 }

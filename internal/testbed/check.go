@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -14,9 +13,11 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
+
+	"github.com/flannelgo/flannel/internal/backend"
 )
 
-// labRanges are the address ranges a lab uses inside its namespaces. The
+// labRanges are the address ranges a testbed uses inside its namespaces. The
 // host must not use them: an operator reading `ip route` on the host, or a
 // lab process that leaks out, must not meet the same addresses twice.
 func labRanges() []netip.Prefix {
@@ -28,29 +29,43 @@ func labRanges() []netip.Prefix {
 	}
 }
 
-// CheckRangesFree verifies, before a lab called name is built, that the
-// calling (root) namespace has no address or route overlapping the lab's
-// ranges and that no namespace of an earlier lab with this name is left.
+// CheckRangesFree verifies, before a testbed called name is built, that the
+// calling (root) namespace has no address or route overlapping the testbed's
+// ranges and that no namespace of an earlier testbed with this name is left.
 func CheckRangesFree(name string) error {
 	if !labName.MatchString(name) {
-		return fmt.Errorf("lab name %q: use 1 to 12 characters a-z, 0-9", name)
+		return fmt.Errorf("testbed name %q: use 1 to 12 characters a-z, 0-9", name)
 	}
-	left, err := listNS(nsPrefix(name))
+	left, err := ListNS(nsPrefix(name))
 	if err != nil {
 		return err
 	}
 	if len(left) > 0 {
-		return fmt.Errorf("lab %s: namespaces %s are left from an earlier run; run `flannelctl lab down --name %s` first",
+		return fmt.Errorf("testbed %s: namespaces %s are left from an earlier run; run `flannelctl lab down --name %s` first",
 			name, strings.Join(left, ", "), name)
 	}
+	if err := CheckHostRanges(LabRanges()...); err != nil {
+		return fmt.Errorf("testbed %s: %w", name, err)
+	}
+	return nil
+}
+
+// LabRanges are the address ranges every testbed and every namespace test
+// uses: the two underlay segments and the pod network, IPv4 and IPv6.
+func LabRanges() []netip.Prefix { return labRanges() }
+
+// CheckHostRanges is the one range check of the project's tests: it fails
+// when the calling (root) namespace has an address or a non-default route,
+// in any routing table, that overlaps one of ranges. It only reads.
+func CheckHostRanges(ranges ...netip.Prefix) error {
 	used, err := hostPrefixes()
 	if err != nil {
-		return fmt.Errorf("lab %s: read host addresses and routes: %w", name, err)
+		return fmt.Errorf("read host addresses and routes: %w", err)
 	}
-	for _, r := range labRanges() {
+	for _, r := range ranges {
 		for _, u := range used {
 			if u.p.Overlaps(r) {
-				return fmt.Errorf("lab %s: this host uses %s (%s), which overlaps the lab range %s; the lab cannot run here", name, u.p, u.what, r)
+				return fmt.Errorf("this host uses %s (%s), which overlaps the test range %s; namespace tests cannot run here", u.p, u.what, r)
 			}
 		}
 	}
@@ -71,7 +86,7 @@ func hostPrefixes() ([]usedPrefix, error) {
 		return nil, err
 	}
 	for _, a := range addrs {
-		if p, ok := ipNetPrefix(a.IPNet); ok {
+		if p, ok := backend.PrefixOf(a.IPNet); ok {
 			out = append(out, usedPrefix{p.Masked(), "address " + a.IPNet.String()})
 		}
 	}
@@ -83,7 +98,7 @@ func hostPrefixes() ([]usedPrefix, error) {
 	}
 	for _, r := range routes {
 		// A default route covers everything and claims nothing.
-		if p, ok := ipNetPrefix(r.Dst); ok && p.Bits() > 0 {
+		if p, ok := backend.PrefixOf(r.Dst); ok && p.Bits() > 0 {
 			out = append(out, usedPrefix{p.Masked(), fmt.Sprintf("route %s table %d", p, r.Table)})
 		}
 	}
@@ -101,26 +116,14 @@ func retryDump[T any](dump func() ([]T, error)) ([]T, error) {
 	return nil, err
 }
 
-func ipNetPrefix(n *net.IPNet) (netip.Prefix, bool) {
-	if n == nil {
-		return netip.Prefix{}, false
-	}
-	a, ok := netip.AddrFromSlice(n.IP)
-	if !ok {
-		return netip.Prefix{}, false
-	}
-	ones, _ := n.Mask.Size()
-	return netip.PrefixFrom(a.Unmap(), ones), true
-}
-
-// Cleanup removes lab name without needing the process that built it:
+// Cleanup removes testbed name without needing the process that built it:
 // it stops the processes recorded in stateDir (only those whose pid still
 // names the process started: same start time and command), deletes every
 // namespace fl-<name>-* and removes stateDir ("" = the default). It is
 // idempotent.
 func Cleanup(ctx context.Context, name, stateDir string) error {
 	if !labName.MatchString(name) {
-		return fmt.Errorf("lab name %q: use 1 to 12 characters a-z, 0-9", name)
+		return fmt.Errorf("testbed name %q: use 1 to 12 characters a-z, 0-9", name)
 	}
 	if stateDir == "" {
 		stateDir = filepath.Join(DefaultStateRoot, name)
@@ -130,7 +133,7 @@ func Cleanup(ctx context.Context, name, stateDir string) error {
 	errs = append(errs, err)
 	var etcd, rest []*Proc
 	for _, p := range procs {
-		klog.V(2).Infof("lab %s: stopping pid %d (%s)", name, p.Pid, p.Argv[0])
+		klog.V(2).Infof("testbed %s: stopping pid %d (%s)", name, p.Pid, p.Argv[0])
 		if p.Role == roleEtcd {
 			etcd = append(etcd, p)
 		} else {
@@ -138,14 +141,14 @@ func Cleanup(ctx context.Context, name, stateDir string) error {
 		}
 	}
 	errs = append(errs, stopConcurrently(rest), stopConcurrently(etcd))
-	nss, err := listNS(nsPrefix(name))
+	nss, err := ListNS(nsPrefix(name))
 	errs = append(errs, err)
 	for _, ns := range sortPodsFirst(nss) {
-		errs = append(errs, deleteNS(ns))
+		errs = append(errs, DeleteNS(ns))
 	}
 	errs = append(errs, removeState(stateDir, false))
 	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("clean up lab %s: %w", name, err)
+		return fmt.Errorf("clean up testbed %s: %w", name, err)
 	}
 	return nil
 }
@@ -171,7 +174,7 @@ func sortPodsFirst(nss []string) []string {
 // removeState deletes what the testbed keeps in stateDir, and stateDir
 // itself once empty. It deletes only its own entries: StateDir may have
 // been pointed at a directory holding other things. With keepLogs only the
-// entries that say the lab is up go (topology, pid files); logs, node
+// entries that say the testbed is up go (topology, pid files); logs, node
 // directories and etcd data stay for a post-mortem.
 func removeState(stateDir string, keepLogs bool) error {
 	entries := []string{"topology.json", "topology.json.tmp", "pids"}

@@ -17,6 +17,8 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
+
+	"github.com/flannelgo/flannel/internal/atomicfile"
 )
 
 // Defaults for CNIPods.
@@ -135,7 +137,7 @@ func (c *CNIPods) load(n *Node) (*libcni.NetworkConfigList, *libcni.CNIConfig, e
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, nil, fmt.Errorf("conflist for %s: %w", n.Name, err)
 	}
-	if err := writeAtomic(path, data); err != nil {
+	if err := atomicfile.WriteFile(path, data, 0o644); err != nil {
 		return nil, nil, fmt.Errorf("conflist for %s: %w", n.Name, err)
 	}
 	list, err := libcni.ConfListFromBytes(data)
@@ -145,27 +147,6 @@ func (c *CNIPods) load(n *Node) (*libcni.NetworkConfigList, *libcni.CNIConfig, e
 	cni := libcni.NewCNIConfigWithCacheDir([]string{c.PluginDir, c.binDir()},
 		filepath.Join(CNIDir(n), "cache"), &nsExec{ns: n.NS})
 	return list, cni, nil
-}
-
-// writeAtomic replaces path by a rename: pods attached concurrently on one
-// node write the same file.
-func writeAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name()) // no-op after the rename
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }
 
 func runtimeConf(p *Pod) *libcni.RuntimeConf {

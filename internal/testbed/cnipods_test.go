@@ -23,11 +23,11 @@ func cniPods(t *testing.T) *CNIPods {
 	}
 	for _, p := range []string{"bridge", "host-local", "portmap"} {
 		if _, err := os.Stat(filepath.Join(binDir, p)); err != nil {
-			t.Skipf("needs the reference CNI plugins in %s (run scripts/install-cni-tools.sh %s): %v", binDir, binDir, err)
+			unavailable(t, "needs the reference CNI plugins in %s (run scripts/install-cni-tools.sh %s): %v", binDir, binDir, err)
 		}
 	}
 	if _, err := exec.LookPath("iptables"); err != nil {
-		t.Skipf("needs iptables in PATH for the portmap plugin: %v", err)
+		unavailable(t, "needs iptables in PATH for the portmap plugin: %v", err)
 	}
 	goBin, err := exec.LookPath("go")
 	if err != nil {
@@ -63,7 +63,7 @@ func defaultRoute(t *testing.T, ns string) (netip.Addr, string) {
 	t.Helper()
 	var gw netip.Addr
 	var dev string
-	err := withHandle(ns, func(h *netlink.Handle) error {
+	err := WithHandle(ns, func(h *netlink.Handle) error {
 		routes, err := h.RouteList(nil, netlink.FAMILY_V4)
 		if err != nil {
 			return err
@@ -194,7 +194,7 @@ func TestCNIPodsCycles(t *testing.T) {
 		t.Errorf("host-local allocations left after 20 ADD/DEL cycles: %v", got)
 	}
 	var veths []string
-	err := withHandle(n.NS, func(h *netlink.Handle) error {
+	err := WithHandle(n.NS, func(h *netlink.Handle) error {
 		links, err := h.LinkList()
 		for _, l := range links {
 			if l.Type() == "veth" && l.Attrs().Name != n.Iface {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"path/filepath"
 	"strings"
 	"time"
@@ -44,39 +45,107 @@ func (tb *Testbed) StartEtcd(ctx context.Context) error {
 	if running {
 		return nil
 	}
-	member := "fl-" + tb.Name
-	peer := "http://127.0.0.1:2380"
-	argv := []string{
-		tb.Opts.EtcdPath,
-		"--name=" + member,
-		"--data-dir=" + filepath.Join(tb.etcdDir(), "data"),
-		"--listen-client-urls=" + tb.EtcdEndpoint() + fmt.Sprintf(",http://127.0.0.1:%d", etcdPort),
-		"--advertise-client-urls=" + tb.EtcdEndpoint(),
-		"--listen-peer-urls=" + peer,
-		"--initial-advertise-peer-urls=" + peer,
-		"--initial-cluster=" + member + "=" + peer,
-		"--logger=zap",
-		"--log-outputs=stderr",
-	}
-	p, err := tb.startProc(ctx, procSpec{ns: tb.Hub.NS, logFile: tb.EtcdLogFile(), role: roleEtcd, argv: argv})
+	e, err := StartEtcdServer(ctx, EtcdOptions{
+		Binary:     tb.Opts.EtcdPath,
+		NS:         tb.Hub.NS,
+		Name:       "fl-" + tb.Name,
+		DataDir:    filepath.Join(tb.etcdDir(), "data"),
+		LogFile:    tb.EtcdLogFile(),
+		ClientURLs: []string{tb.EtcdEndpoint(), fmt.Sprintf("http://127.0.0.1:%d", etcdPort)},
+		PeerURL:    "http://127.0.0.1:2380",
+		PidDir:     pidDir(tb.Opts.StateDir),
+	})
 	if err != nil {
-		return fmt.Errorf("start etcd: %w", err)
-	}
-	tb.mu.Lock()
-	tb.etcd = p
-	tb.mu.Unlock()
-	if err := tb.waitEtcd(ctx, p); err != nil {
-		if serr := p.Stop(); serr != nil {
-			klog.Errorf("stop etcd that did not come up: %v", serr)
-		}
 		return err
 	}
-	klog.Infof("lab %s: etcd up at %s (log %s)", tb.Name, tb.EtcdEndpoint(), tb.EtcdLogFile())
+	tb.mu.Lock()
+	tb.etcd = e.Proc
+	tb.procs[e.Proc] = struct{}{}
+	tb.mu.Unlock()
+	klog.Infof("testbed %s: etcd up at %s (log %s)", tb.Name, tb.EtcdEndpoint(), tb.EtcdLogFile())
 	return nil
 }
 
-func (tb *Testbed) waitEtcd(ctx context.Context, p *Proc) error {
-	cli, err := tb.EtcdClient(ctx)
+// EtcdOptions describe an etcd server for StartEtcdServer.
+type EtcdOptions struct {
+	// Binary is etcd; default /usr/bin/etcd (Debian's etcd-server).
+	Binary string
+	// NS is the network namespace to run in; "" is the caller's.
+	NS string
+	// Name is the member name; default "test".
+	Name    string
+	DataDir string
+	LogFile string
+	// ClientURLs are listened on; the first is advertised and answers the
+	// readiness check.
+	ClientURLs []string
+	PeerURL    string
+	// NoFsync speeds up servers whose data is thrown away.
+	NoFsync bool
+	// PidDir and DieWithParent: see ProcOptions.
+	PidDir        string
+	DieWithParent bool
+}
+
+// EtcdServer is a running etcd started by StartEtcdServer.
+type EtcdServer struct {
+	*Proc
+	// Endpoint is the first client URL.
+	Endpoint string
+	ns       string
+}
+
+// StartEtcdServer is the one launcher of etcd servers for the testbed and
+// the tests (a single member, the Debian binary): it starts etcd under
+// StartProc and waits until it answers on its first client URL. On error
+// nothing is left running.
+func StartEtcdServer(ctx context.Context, o EtcdOptions) (*EtcdServer, error) {
+	if o.Binary == "" {
+		o.Binary = "/usr/bin/etcd"
+	}
+	if o.Name == "" {
+		o.Name = "test"
+	}
+	if len(o.ClientURLs) == 0 || o.PeerURL == "" {
+		return nil, fmt.Errorf("start etcd: no client or peer URL")
+	}
+	argv := []string{
+		o.Binary,
+		"--name=" + o.Name,
+		"--data-dir=" + o.DataDir,
+		"--listen-client-urls=" + strings.Join(o.ClientURLs, ","),
+		"--advertise-client-urls=" + o.ClientURLs[0],
+		"--listen-peer-urls=" + o.PeerURL,
+		"--initial-advertise-peer-urls=" + o.PeerURL,
+		"--initial-cluster=" + o.Name + "=" + o.PeerURL,
+		"--logger=zap",
+		"--log-outputs=stderr",
+	}
+	if o.NoFsync {
+		argv = append(argv, "--unsafe-no-fsync")
+	}
+	p, err := StartProc(ctx, ProcOptions{NS: o.NS, LogFile: o.LogFile, Role: roleEtcd, Argv: argv,
+		PidDir: o.PidDir, DieWithParent: o.DieWithParent})
+	if err != nil {
+		return nil, fmt.Errorf("start etcd: %w", err)
+	}
+	e := &EtcdServer{Proc: p, Endpoint: o.ClientURLs[0], ns: o.NS}
+	if err := e.wait(ctx); err != nil {
+		if serr := p.Stop(); serr != nil {
+			klog.Errorf("stop etcd that did not come up: %v", serr)
+		}
+		return nil, err
+	}
+	return e, nil
+}
+
+// Client returns a client of the server, usable from the calling process.
+func (e *EtcdServer) Client(ctx context.Context) (*clientv3.Client, error) {
+	return NewEtcdClient(ctx, e.ns, e.Endpoint)
+}
+
+func (e *EtcdServer) wait(ctx context.Context) error {
+	cli, err := e.Client(ctx)
 	if err != nil {
 		return err
 	}
@@ -89,10 +158,10 @@ func (tb *Testbed) waitEtcd(ctx context.Context, p *Proc) error {
 			return nil
 		}
 		select {
-		case <-p.Done():
-			return fmt.Errorf("etcd exited while starting: %v; see %s:\n%s", p.Wait(), tb.EtcdLogFile(), logTail(tb.EtcdLogFile()))
+		case <-e.Done():
+			return fmt.Errorf("etcd exited while starting: %v; see %s:\n%s", e.Wait(), e.LogFile, LogTail(e.LogFile))
 		case <-ctx.Done():
-			return fmt.Errorf("etcd did not answer at %s: %w (last error: %v); see %s", tb.EtcdEndpoint(), ctx.Err(), err, tb.EtcdLogFile())
+			return fmt.Errorf("etcd did not answer at %s: %w (last error: %v); see %s", e.Endpoint, ctx.Err(), err, e.LogFile)
 		case <-time.After(pollEvery):
 		}
 	}
@@ -116,21 +185,57 @@ func (tb *Testbed) StopEtcd() error {
 // process: its connections are opened inside the hub namespace, since a
 // socket stays in the namespace it was created in.
 func (tb *Testbed) EtcdClient(ctx context.Context) (*clientv3.Client, error) {
-	hub := tb.Hub.NS
-	dial := func(ctx context.Context, addr string) (net.Conn, error) {
-		return DialInNamespace(ctx, hub, "tcp", addr)
-	}
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:   []string{tb.EtcdEndpoint()},
+	return NewEtcdClient(ctx, tb.Hub.NS, tb.EtcdEndpoint())
+}
+
+// NewEtcdClient returns a client of endpoints whose connections are opened
+// inside namespace ns ("" is the caller's).
+func NewEtcdClient(ctx context.Context, ns string, endpoints ...string) (*clientv3.Client, error) {
+	cfg := clientv3.Config{
+		Endpoints:   endpoints,
 		DialTimeout: 5 * time.Second,
-		DialOptions: []grpc.DialOption{grpc.WithContextDialer(dial)},
 		Context:     ctx,
 		Logger:      zap.NewNop(), // its retry warnings would drown test output
-	})
+	}
+	if ns != "" {
+		dial := func(ctx context.Context, addr string) (net.Conn, error) {
+			return DialInNamespace(ctx, ns, "tcp", addr)
+		}
+		cfg.DialOptions = []grpc.DialOption{grpc.WithContextDialer(dial)}
+	}
+	cli, err := clientv3.New(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("etcd client for %s: %w", tb.EtcdEndpoint(), err)
+		return nil, fmt.Errorf("etcd client for %s: %w", strings.Join(endpoints, ","), err)
 	}
 	return cli, nil
+}
+
+// FreePorts finds n free TCP ports on addr inside namespace ns ("" is the
+// caller's). They are released before use; nothing else in a test
+// namespace races for them, and on the host the window is milliseconds.
+func FreePorts(ns string, addr netip.Addr, n int) ([]int, error) {
+	var ports []int
+	find := func() error {
+		var ls []net.Listener
+		defer func() {
+			for _, l := range ls {
+				l.Close()
+			}
+		}()
+		for range n {
+			l, err := net.Listen("tcp", net.JoinHostPort(addr.String(), "0"))
+			if err != nil {
+				return fmt.Errorf("find a free port on %s: %w", addr, err)
+			}
+			ls = append(ls, l)
+			ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+		}
+		return nil
+	}
+	if ns == "" {
+		return ports, find()
+	}
+	return ports, InNamespace(ns, find)
 }
 
 // DialInNamespace opens a connection from inside the named namespace.

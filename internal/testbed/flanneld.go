@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"time"
 
 	"github.com/flannelgo/flannel/internal/subnetenv"
@@ -42,7 +43,13 @@ func (tb *Testbed) StartFlanneldEnv(ctx context.Context, n *Node, env []string, 
 		"--subnet-file=" + n.SubnetFile,
 		"-v=2",
 	}, args...)
-	p, err := tb.startProc(ctx, procSpec{ns: n.NS, logFile: n.LogFile, role: roleFlanneld + n.Name, env: env, argv: argv})
+	// The wireguard backend's key and control socket and the ipsec
+	// backend's charon directory default to fixed paths that the nodes of
+	// a testbed, sharing one file system, must not share; env entries
+	// given by the caller come later and win.
+	env = append([]string{"WIREGUARD_KEY_FILE=" + WireGuardKeyFile(n), "FLANNEL_WIREGUARD_SOCKET_DIR=" + n.Dir,
+		"FLANNEL_IPSEC_DIR=" + filepath.Join(n.Dir, "ipsec")}, env...)
+	p, err := tb.startProc(ctx, ProcOptions{NS: n.NS, LogFile: n.LogFile, Role: roleFlanneld + n.Name, Env: env, Argv: argv})
 	if err != nil {
 		return fmt.Errorf("start flanneld on %s: %w", n.Name, err)
 	}
@@ -51,6 +58,10 @@ func (tb *Testbed) StartFlanneldEnv(ctx context.Context, n *Node, env []string, 
 	tb.mu.Unlock()
 	return nil
 }
+
+// WireGuardKeyFile is where the node's flanneld keeps its WireGuard
+// private key.
+func WireGuardKeyFile(n *Node) string { return filepath.Join(n.Dir, "wgkey") }
 
 func (tb *Testbed) flanneld(n *Node) *Proc {
 	tb.mu.Lock()
@@ -98,7 +109,7 @@ func (tb *Testbed) WaitSubnetFile(ctx context.Context, n *Node) (*subnetenv.Env,
 		select {
 		case <-exited:
 			return nil, fmt.Errorf("node %s: flanneld exited (%v) before writing %s; end of %s:\n%s",
-				n.Name, p.Wait(), n.SubnetFile, n.LogFile, logTail(n.LogFile))
+				n.Name, p.Wait(), n.SubnetFile, n.LogFile, LogTail(n.LogFile))
 		case <-ctx.Done():
 			if !errors.Is(err, os.ErrNotExist) {
 				return nil, fmt.Errorf("node %s: %w", n.Name, err)
@@ -109,8 +120,8 @@ func (tb *Testbed) WaitSubnetFile(ctx context.Context, n *Node) (*subnetenv.Env,
 	}
 }
 
-// logTail returns the last lines of a log file, for error messages.
-func logTail(path string) string {
+// LogTail returns the last lines of a log file, for error messages.
+func LogTail(path string) string {
 	const tailBytes = 2048
 	data, err := os.ReadFile(path)
 	if err != nil {

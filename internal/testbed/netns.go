@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -65,21 +66,21 @@ func inHandle(target netns.NsHandle, label string, fn func() error) error {
 	return <-errc
 }
 
-// createNS makes a new named network namespace with lo up. It goes
+// CreateNS makes a new named network namespace with lo up. It goes
 // through `ip netns add` so that /run/netns is set up the way iproute2
 // expects (a shared mount point), whoever creates the first namespace.
-func createNS(ns string) error {
+func CreateNS(ns string) error {
 	if _, err := os.Stat(NSPath(ns)); err == nil {
 		return fmt.Errorf("create namespace %s: it exists already", ns)
 	}
 	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
 		return fmt.Errorf("create namespace %s: %w: %s", ns, err, strings.TrimSpace(string(out)))
 	}
-	return withHandle(ns, func(h *netlink.Handle) error { return linkUp(h, "lo") })
+	return WithHandle(ns, func(h *netlink.Handle) error { return linkUp(h, "lo") })
 }
 
-// deleteNS removes a named namespace; a missing one is not an error.
-func deleteNS(ns string) error {
+// DeleteNS removes a named namespace; a missing one is not an error.
+func DeleteNS(ns string) error {
 	p := NSPath(ns)
 	if _, err := os.Stat(p); errors.Is(err, os.ErrNotExist) {
 		return nil
@@ -97,8 +98,8 @@ func deleteNS(ns string) error {
 	return fmt.Errorf("delete namespace %s: %w", ns, err)
 }
 
-// listNS returns the named namespaces that start with prefix.
-func listNS(prefix string) ([]string, error) {
+// ListNS returns the named namespaces that start with prefix.
+func ListNS(prefix string) ([]string, error) {
 	ents, err := os.ReadDir(netnsDir)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
@@ -115,8 +116,8 @@ func listNS(prefix string) ([]string, error) {
 	return out, nil
 }
 
-// withHandle runs fn with a netlink handle bound to the named namespace.
-func withHandle(ns string, fn func(h *netlink.Handle) error) error {
+// WithHandle runs fn with a netlink handle bound to the named namespace.
+func WithHandle(ns string, fn func(h *netlink.Handle) error) error {
 	nsh, err := netns.GetFromName(ns)
 	if err != nil {
 		return fmt.Errorf("open namespace %s: %w", ns, err)
@@ -144,15 +145,15 @@ func linkUp(h *netlink.Handle, name string) error {
 	return nil
 }
 
-// vethPair creates nameA in nsA with its peer nameB directly in nsB, so
+// VethPair creates nameA in nsA with its peer nameB directly in nsB, so
 // neither end ever exists in the caller's namespace. Both ends get mtu.
-func vethPair(nsA, nameA, nsB, nameB string, mtu int) error {
+func VethPair(nsA, nameA, nsB, nameB string, mtu int) error {
 	peer, err := netns.GetFromName(nsB)
 	if err != nil {
 		return fmt.Errorf("open namespace %s: %w", nsB, err)
 	}
 	defer peer.Close()
-	return withHandle(nsA, func(h *netlink.Handle) error {
+	return WithHandle(nsA, func(h *netlink.Handle) error {
 		v := &netlink.Veth{
 			LinkAttrs:     netlink.LinkAttrs{Name: nameA, MTU: mtu},
 			PeerName:      nameB,
@@ -171,7 +172,7 @@ func deletePort(ns, name string) error {
 	if _, err := os.Stat(NSPath(ns)); err != nil {
 		return nil
 	}
-	return withHandle(ns, func(h *netlink.Handle) error {
+	return WithHandle(ns, func(h *netlink.Handle) error {
 		l, err := h.LinkByName(name)
 		if err != nil {
 			var nf netlink.LinkNotFoundError
@@ -217,9 +218,9 @@ func addRoute(h *netlink.Handle, dst netip.Prefix, gw netip.Addr) error {
 	return nil
 }
 
-// setSysctls writes net sysctls (keys like "net.ipv4.ip_forward") inside ns.
+// SetSysctls writes net sysctls (keys like "net.ipv4.ip_forward") inside ns.
 // /proc/sys/net follows the namespace of the thread that opens it.
-func setSysctls(ns string, kv map[string]string) error {
+func SetSysctls(ns string, kv map[string]string) error {
 	return InNamespace(ns, func() error {
 		for k, v := range kv {
 			p := filepath.Join("/proc/sys", strings.ReplaceAll(k, ".", "/"))
@@ -247,16 +248,109 @@ func Exec(ctx context.Context, ns string, argv ...string) ([]byte, error) {
 
 // Ping sends one echo request of size payload bytes from ns to to, with a
 // one-second timeout. dontFragment forbids fragmentation (path MTU probes).
+// It is the one ping of the project's tests and of `flannelctl lab check`.
 func Ping(ctx context.Context, fromNS string, to netip.Addr, size int, dontFragment bool) error {
+	_, err := PingOutput(ctx, fromNS, to, size, dontFragment)
+	return err
+}
+
+// PingOutput is Ping that also returns what ping printed (the "frag needed
+// and DF set" line of a path MTU probe, for instance).
+func PingOutput(ctx context.Context, fromNS string, to netip.Addr, size int, dontFragment bool) ([]byte, error) {
 	argv := []string{"ping", "-n", "-c1", "-W1", "-s", strconv.Itoa(size)}
 	if dontFragment {
 		argv = append(argv, "-M", "do")
 	}
-	argv = append(argv, to.String())
-	_, err := Exec(ctx, fromNS, argv...)
-	return err
+	return Exec(ctx, fromNS, append(argv, to.String())...)
+}
+
+// PingWithin repeats Ping until one echo is answered or within has passed
+// (at least one attempt is made): the first packet to a new peer may wait
+// for neighbour resolution, or race the programming of the path.
+func PingWithin(ctx context.Context, fromNS string, to netip.Addr, size int, dontFragment bool, within time.Duration) error {
+	deadline := time.Now().Add(within)
+	for {
+		err := Ping(ctx, fromNS, to, size, dontFragment)
+		if err == nil || time.Now().After(deadline) || ctx.Err() != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(pollEvery):
+		}
+	}
 }
 
 func prefixToIPNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// The exported builders below serve tests that lay out their own
+// namespaces (internal/testbed/tbtest): same primitives as the testbed's
+// own underlay, one implementation.
+
+// AddAddress puts addr on link inside ns (IPv6 without duplicate address
+// detection, so it is usable at once).
+func AddAddress(ns, link string, addr netip.Prefix) error {
+	return WithHandle(ns, func(h *netlink.Handle) error { return addAddr(h, link, addr) })
+}
+
+// LinkUp sets link up inside ns.
+func LinkUp(ns, link string) error {
+	return WithHandle(ns, func(h *netlink.Handle) error { return linkUp(h, link) })
+}
+
+// AddBridge creates bridge name inside ns with the given MTU and MAC and
+// multicast snooping off, and sets it up. A fixed MAC matters for a bridge
+// that carries a gateway address: one without takes its lowest port's MAC
+// and changes it when that port moves, leaving neighbours' ARP entries
+// pointing nowhere. Snooping without a querier can drop IPv6 neighbour
+// solicitations.
+func AddBridge(ns, name string, mtu int, mac net.HardwareAddr) error {
+	return WithHandle(ns, func(h *netlink.Handle) error {
+		off := false
+		br := &netlink.Bridge{
+			LinkAttrs:         netlink.LinkAttrs{Name: name, MTU: mtu, HardwareAddr: mac},
+			MulticastSnooping: &off,
+		}
+		if err := h.LinkAdd(br); err != nil {
+			return fmt.Errorf("add bridge %s: %w", name, err)
+		}
+		return linkUp(h, name)
+	})
+}
+
+// Attach enslaves port to bridge inside ns and sets the port up.
+func Attach(ns, port, bridge string) error {
+	return WithHandle(ns, func(h *netlink.Handle) error {
+		br, err := h.LinkByName(bridge)
+		if err != nil {
+			return fmt.Errorf("find bridge %s: %w", bridge, err)
+		}
+		p, err := h.LinkByName(port)
+		if err != nil {
+			return fmt.Errorf("find port %s: %w", port, err)
+		}
+		if err := h.LinkSetMaster(p, br); err != nil {
+			return fmt.Errorf("attach %s to %s: %w", port, bridge, err)
+		}
+		return h.LinkSetUp(p)
+	})
+}
+
+// ReplaceRoute sets the route to dst via gw out of dev inside ns, replacing
+// one that is there.
+func ReplaceRoute(ns string, dst netip.Prefix, gw netip.Addr, dev string) error {
+	return WithHandle(ns, func(h *netlink.Handle) error {
+		l, err := h.LinkByName(dev)
+		if err != nil {
+			return fmt.Errorf("find link %s: %w", dev, err)
+		}
+		r := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: prefixToIPNet(dst.Masked()), Gw: gw.AsSlice()}
+		if err := h.RouteReplace(r); err != nil {
+			return fmt.Errorf("route %s via %s dev %s: %w", dst, gw, dev, err)
+		}
+		return nil
+	})
 }

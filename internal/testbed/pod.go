@@ -51,10 +51,10 @@ func (HandWired) Attach(ctx context.Context, p *Pod) error {
 	if err := ensureBridge(p.Node.NS, env.MTU, gws); err != nil {
 		return err
 	}
-	if err := vethPair(p.Node.NS, hostVeth(p), p.NS, "eth0", env.MTU); err != nil {
+	if err := VethPair(p.Node.NS, hostVeth(p), p.NS, "eth0", env.MTU); err != nil {
 		return err
 	}
-	if err := withHandle(p.Node.NS, func(h *netlink.Handle) error {
+	if err := WithHandle(p.Node.NS, func(h *netlink.Handle) error {
 		br, err := h.LinkByName(Bridge)
 		if err != nil {
 			return err
@@ -70,7 +70,7 @@ func (HandWired) Attach(ctx context.Context, p *Pod) error {
 	}); err != nil {
 		return err
 	}
-	return withHandle(p.NS, func(h *netlink.Handle) error {
+	return WithHandle(p.NS, func(h *netlink.Handle) error {
 		if err := linkUp(h, "eth0"); err != nil {
 			return err
 		}
@@ -124,7 +124,7 @@ func nthAddr(gw netip.Prefix, n int) (netip.Addr, error) {
 // ensureBridge creates the node's pod bridge unless it exists and gives
 // it the gateway addresses.
 func ensureBridge(ns string, mtu int, gws []netip.Prefix) error {
-	return withHandle(ns, func(h *netlink.Handle) error {
+	return WithHandle(ns, func(h *netlink.Handle) error {
 		if _, err := h.LinkByName(Bridge); err != nil {
 			br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: Bridge, MTU: mtu}}
 			// EEXIST: a concurrent Attach on the same node made it.
@@ -144,7 +144,7 @@ func ensureBridge(ns string, mtu int, gws []netip.Prefix) error {
 	})
 }
 
-// AddPod creates a pod namespace on node n (fl-<lab>-n<i>-p<j>) and
+// AddPod creates a pod namespace on node n (fl-<testbed>-n<i>-p<j>) and
 // attaches it with tb.PodNetworker. The node's subnet.env must exist.
 func (tb *Testbed) AddPod(ctx context.Context, n *Node) (*Pod, error) {
 	tb.mu.Lock()
@@ -158,9 +158,9 @@ func (tb *Testbed) AddPod(ctx context.Context, n *Node) (*Pod, error) {
 	pn := tb.PodNetworker
 	tb.mu.Unlock()
 
-	err := createNS(p.NS)
+	err := CreateNS(p.NS)
 	if err == nil {
-		err = setSysctls(p.NS, map[string]string{"net.ipv6.conf.default.accept_dad": "0"})
+		err = SetSysctls(p.NS, map[string]string{"net.ipv6.conf.default.accept_dad": "0"})
 	}
 	if err == nil {
 		// The networker fills in a copy: p is already visible to save().
@@ -173,11 +173,11 @@ func (tb *Testbed) AddPod(ctx context.Context, n *Node) (*Pod, error) {
 	}
 	if err != nil {
 		if rerr := tb.RemovePod(context.WithoutCancel(ctx), p); rerr != nil {
-			klog.Errorf("lab %s: removing half-made pod %s: %v", tb.Name, p.Name, rerr)
+			klog.Errorf("testbed %s: removing half-made pod %s: %v", tb.Name, p.Name, rerr)
 		}
 		return nil, fmt.Errorf("add pod %s: %w", name, err)
 	}
-	klog.V(2).Infof("lab %s: pod %s at %s %s", tb.Name, p.Name, p.IP, p.IP6)
+	klog.V(2).Infof("testbed %s: pod %s at %s %s", tb.Name, p.Name, p.IP, p.IP6)
 	return p, tb.save()
 }
 
@@ -187,7 +187,7 @@ func (tb *Testbed) RemovePod(ctx context.Context, p *Pod) error {
 	if _, err := os.Stat(NSPath(p.Node.NS)); err == nil {
 		errs = append(errs, tb.podNetworker().Detach(ctx, p))
 	}
-	errs = append(errs, deleteNS(p.NS))
+	errs = append(errs, DeleteNS(p.NS))
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("remove pod %s: %w", p.Name, err)
 	}

@@ -46,69 +46,113 @@ type Proc struct {
 	exited bool // our child exited but is not reaped: its pid is still ours
 }
 
-type procSpec struct {
-	ns, logFile, role string
-	env, argv         []string
+// ProcOptions describe a process for StartProc.
+type ProcOptions struct {
+	// NS is the network namespace to run in; "" is the caller's.
+	NS string
+	// LogFile receives stdout and stderr (appended; its directory is made).
+	LogFile string
+	// Env entries (KEY=VALUE) are added to the inherited environment,
+	// which loses its ETCD_*, ETCDCTL_* and FLANNELD_* variables.
+	Env []string
+	// Argv is the command and its arguments.
+	Argv []string
+	// Role names the process in pid files ("etcd", "flanneld-n1").
+	Role string
+	// PidDir, if set, holds a pid file <pid>.json while the process runs,
+	// so another process can find and stop it (Load, Cleanup).
+	PidDir string
+	// DieWithParent kills the process (SIGKILL) when the thread that
+	// started it exits, so a test binary killed by its timeout leaves no
+	// server behind. Without it the process gets a session of its own and
+	// outlives its starter (a lab that `flannelctl lab up` leaves running).
+	DieWithParent bool
 }
 
 // StartProcess starts argv inside ns with stdout and stderr appended to
 // logFile. ctx bounds only the start: the process runs until Stop, Kill or
 // Close. The environment is inherited without ETCD_* and FLANNELD_*
-// variables, so the lab does not depend on the caller's shell.
+// variables, so the testbed does not depend on the caller's shell.
 func (tb *Testbed) StartProcess(ctx context.Context, ns, logFile string, argv ...string) (*Proc, error) {
-	return tb.startProc(ctx, procSpec{ns: ns, logFile: logFile, argv: argv})
+	return tb.startProc(ctx, ProcOptions{NS: ns, LogFile: logFile, Argv: argv})
 }
 
 // StartProcessEnv is StartProcess with extra KEY=VALUE environment entries.
 func (tb *Testbed) StartProcessEnv(ctx context.Context, ns, logFile string, env []string, argv ...string) (*Proc, error) {
-	return tb.startProc(ctx, procSpec{ns: ns, logFile: logFile, env: env, argv: argv})
+	return tb.startProc(ctx, ProcOptions{NS: ns, LogFile: logFile, Env: env, Argv: argv})
 }
 
-func (tb *Testbed) startProc(ctx context.Context, s procSpec) (*Proc, error) {
-	if len(s.argv) == 0 {
-		return nil, fmt.Errorf("start process in %s: no command", s.ns)
+// startProc starts a process of this testbed: recorded in its state dir
+// and stopped by Close.
+func (tb *Testbed) startProc(ctx context.Context, o ProcOptions) (*Proc, error) {
+	o.PidDir = pidDir(tb.Opts.StateDir)
+	p, err := StartProc(ctx, o)
+	if err != nil {
+		return nil, err
+	}
+	tb.mu.Lock()
+	tb.procs[p] = struct{}{}
+	tb.mu.Unlock()
+	klog.V(2).Infof("testbed %s: started %s in %s, pid %d, log %s", tb.Name, strings.Join(o.Argv, " "), o.NS, p.Pid, o.LogFile)
+	return p, nil
+}
+
+// StartProc is the one process supervisor of the testbed, `flannelctl
+// lab` and the tests' servers (etcd, kube-apiserver): it starts o.Argv,
+// in o.NS when set, in a process group of its own. Stop and Kill signal
+// the group; its exit is reaped in the background (Done, Wait).
+func StartProc(ctx context.Context, o ProcOptions) (*Proc, error) {
+	if len(o.Argv) == 0 {
+		return nil, fmt.Errorf("start process in %s: no command", o.NS)
 	}
 	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("start %s in %s: %w", s.argv[0], s.ns, err)
+		return nil, fmt.Errorf("start %s in %s: %w", o.Argv[0], o.NS, err)
 	}
-	if err := os.MkdirAll(filepath.Dir(s.logFile), 0o755); err != nil {
-		return nil, fmt.Errorf("start %s: log dir: %w", s.argv[0], err)
+	if err := os.MkdirAll(filepath.Dir(o.LogFile), 0o755); err != nil {
+		return nil, fmt.Errorf("start %s: log dir: %w", o.Argv[0], err)
 	}
-	log, err := os.OpenFile(s.logFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	log, err := os.OpenFile(o.LogFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
-		return nil, fmt.Errorf("start %s: open log: %w", s.argv[0], err)
+		return nil, fmt.Errorf("start %s: open log: %w", o.Argv[0], err)
 	}
 	defer log.Close()
-	// `ip netns exec` also remounts /sys for the namespace, so the process
-	// sees its own interfaces there; it execs argv, keeping the pid.
-	cmd := exec.Command("ip", append([]string{"netns", "exec", s.ns}, s.argv...)...)
+	argv := o.Argv
+	if o.NS != "" {
+		// `ip netns exec` also remounts /sys for the namespace, so the
+		// process sees its own interfaces there; it execs argv, keeping
+		// the pid.
+		argv = append([]string{"ip", "netns", "exec", o.NS}, o.Argv...)
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = log, log
-	cmd.Env = append(labEnviron(), s.env...)
-	// A session of its own: the process outlives a `flannelctl lab up` that
-	// exits, and its group can be signalled as a whole.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	cmd.Env = append(labEnviron(), o.Env...)
+	// Its own group, so that it can be signalled as a whole.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if o.DieWithParent {
+		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	} else {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	}
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s in %s: %w", s.argv[0], s.ns, err)
+		return nil, fmt.Errorf("start %s in %s: %w", o.Argv[0], o.NS, err)
 	}
 	p := &Proc{
-		Pid: cmd.Process.Pid, Role: s.role, NS: s.ns, Argv: s.argv, LogFile: s.logFile,
+		Pid: cmd.Process.Pid, Role: o.Role, NS: o.NS, Argv: o.Argv, LogFile: o.LogFile,
 		cmd: cmd, done: make(chan struct{}),
 	}
 	// Our unreaped child: its /proc entry cannot belong to anyone else.
 	if st, err := procStat(p.Pid); err == nil {
 		p.StartTime = st.Starttime
 	}
-	p.pidFile = filepath.Join(pidDir(tb.Opts.StateDir), strconv.Itoa(p.Pid)+".json")
-	if err := p.writePidFile(); err != nil {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		return nil, fmt.Errorf("start %s in %s: %w", s.argv[0], s.ns, err)
+	if o.PidDir != "" {
+		p.pidFile = filepath.Join(o.PidDir, strconv.Itoa(p.Pid)+".json")
+		if err := p.writePidFile(); err != nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+			return nil, fmt.Errorf("start %s in %s: %w", o.Argv[0], o.NS, err)
+		}
 	}
 	go p.reap()
-	tb.mu.Lock()
-	tb.procs[p] = struct{}{}
-	tb.mu.Unlock()
-	klog.V(2).Infof("lab %s: started %s in %s, pid %d, log %s", tb.Name, strings.Join(s.argv, " "), s.ns, p.Pid, s.logFile)
 	return p, nil
 }
 
@@ -240,6 +284,9 @@ func (p *Proc) writePidFile() error {
 }
 
 func (p *Proc) removePidFile() {
+	if p.pidFile == "" {
+		return
+	}
 	if err := os.Remove(p.pidFile); err != nil && !errors.Is(err, os.ErrNotExist) {
 		klog.Warningf("remove pid file: %v", err)
 	}

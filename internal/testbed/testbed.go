@@ -22,6 +22,8 @@ import (
 	"sync"
 
 	"k8s.io/klog/v2"
+
+	"github.com/flannelgo/flannel/internal/atomicfile"
 )
 
 // Defaults for Options.
@@ -35,7 +37,7 @@ const (
 
 // Options describe a testbed.
 type Options struct {
-	// Name is a short lab name, [a-z0-9]{1,12}; namespaces are fl-<Name>-*.
+	// Name is a short testbed name, [a-z0-9]{1,12}; namespaces are fl-<Name>-*.
 	// (`flannelctl lab` keeps names to 6 characters; tests append a tag.)
 	Name string
 	// Nodes is the number of nodes New creates (more can join with AddNode).
@@ -61,8 +63,8 @@ type Options struct {
 
 // Host is a namespace with an underlay address.
 type Host struct {
-	Name  string     // role inside the lab: hub, rtr, out, n1, ...
-	NS    string     // network namespace, fl-<lab>-<Name>
+	Name  string     // role inside the testbed: hub, rtr, out, n1, ...
+	NS    string     // network namespace, fl-<testbed>-<Name>
 	Addr  netip.Addr // IPv4 underlay address
 	Addr6 netip.Addr // IPv6 underlay address; invalid without Options.IPv6
 }
@@ -92,7 +94,8 @@ type Pod struct {
 	IP6   netip.Addr
 }
 
-// Testbed is one lab. Its methods are safe for concurrent use.
+// Testbed is one cluster of namespaces, a test's or a `flannelctl lab`'s.
+// Its methods are safe for concurrent use.
 type Testbed struct {
 	Name    string
 	Opts    Options
@@ -114,22 +117,22 @@ var labName = regexp.MustCompile(`^[a-z0-9]{1,12}$`)
 
 func (o *Options) setDefaults() error {
 	if !labName.MatchString(o.Name) {
-		return fmt.Errorf("lab name %q: use 1 to 12 characters a-z, 0-9", o.Name)
+		return fmt.Errorf("testbed name %q: use 1 to 12 characters a-z, 0-9", o.Name)
 	}
 	if o.Segments == 0 {
 		o.Segments = 1
 	}
 	if o.Segments != 1 && o.Segments != 2 {
-		return fmt.Errorf("lab %s: segments must be 1 or 2, not %d", o.Name, o.Segments)
+		return fmt.Errorf("testbed %s: segments must be 1 or 2, not %d", o.Name, o.Segments)
 	}
 	if o.Nodes < 0 || 10+o.Nodes > maxHostOctet {
-		return fmt.Errorf("lab %s: nodes must be between 0 and %d", o.Name, maxHostOctet-10)
+		return fmt.Errorf("testbed %s: nodes must be between 0 and %d", o.Name, maxHostOctet-10)
 	}
 	if o.UnderlayMTU == 0 {
 		o.UnderlayMTU = DefaultUnderlayMTU
 	}
 	if o.UnderlayMTU < 1280 || o.UnderlayMTU > 65535 {
-		return fmt.Errorf("lab %s: underlay MTU %d out of range 1280..65535", o.Name, o.UnderlayMTU)
+		return fmt.Errorf("testbed %s: underlay MTU %d out of range 1280..65535", o.Name, o.UnderlayMTU)
 	}
 	if o.StateDir == "" {
 		o.StateDir = filepath.Join(DefaultStateRoot, o.Name)
@@ -140,14 +143,14 @@ func (o *Options) setDefaults() error {
 	return nil
 }
 
-// nsPrefix is the prefix of every namespace of lab name.
+// nsPrefix is the prefix of every namespace of the testbed called name.
 func nsPrefix(name string) string { return "fl-" + name + "-" }
 
 func (tb *Testbed) nsName(role string) string { return nsPrefix(tb.Name) + role }
 
 // New builds the underlay, the router (with two segments) and opts.Nodes
-// nodes. It first checks that the lab's address ranges are free on this
-// machine and that no namespace of a lab with this name is left over. On
+// nodes. It first checks that the testbed's address ranges are free on this
+// machine and that no namespace of a testbed with this name is left over. On
 // any error it removes whatever it made.
 func New(ctx context.Context, opts Options) (*Testbed, error) {
 	if err := opts.setDefaults(); err != nil {
@@ -157,25 +160,25 @@ func New(ctx context.Context, opts Options) (*Testbed, error) {
 		return nil, err
 	}
 	if _, err := os.Stat(topologyPath(opts.StateDir)); err == nil {
-		return nil, fmt.Errorf("lab %s: %s exists from an earlier run; run `flannelctl lab down --name %s` first",
+		return nil, fmt.Errorf("testbed %s: %s exists from an earlier run; run `flannelctl lab down --name %s` first",
 			opts.Name, topologyPath(opts.StateDir), opts.Name)
 	}
-	// What is left is the kept state of a closed lab: start afresh (an old
+	// What is left is the kept state of a closed testbed: start afresh (an old
 	// etcd data dir would bring back old leases).
 	if err := removeState(opts.StateDir, false); err != nil {
-		return nil, fmt.Errorf("lab %s: %w", opts.Name, err)
+		return nil, fmt.Errorf("testbed %s: %w", opts.Name, err)
 	}
 	if err := os.MkdirAll(opts.StateDir, 0o755); err != nil {
-		return nil, fmt.Errorf("lab %s: create state dir: %w", opts.Name, err)
+		return nil, fmt.Errorf("testbed %s: create state dir: %w", opts.Name, err)
 	}
 	tb := &Testbed{Name: opts.Name, Opts: opts, PodNetworker: HandWired{}, procs: map[*Proc]struct{}{}}
 	if err := tb.build(ctx); err != nil {
 		if cerr := tb.Close(context.WithoutCancel(ctx)); cerr != nil {
-			klog.Errorf("lab %s: removing a half-built lab: %v", tb.Name, cerr)
+			klog.Errorf("testbed %s: removing a half-built testbed: %v", tb.Name, cerr)
 		}
-		return nil, fmt.Errorf("lab %s: %w", opts.Name, err)
+		return nil, fmt.Errorf("testbed %s: %w", opts.Name, err)
 	}
-	klog.Infof("lab %s: %d nodes on %d segment(s), state in %s", tb.Name, len(tb.Nodes), opts.Segments, opts.StateDir)
+	klog.Infof("testbed %s: %d nodes on %d segment(s), state in %s", tb.Name, len(tb.Nodes), opts.Segments, opts.StateDir)
 	return tb, nil
 }
 
@@ -224,7 +227,7 @@ func (tb *Testbed) AddNode(ctx context.Context) (*Node, error) {
 	if err := tb.save(); err != nil {
 		return nil, err
 	}
-	klog.V(2).Infof("lab %s: node %s at %s (segment %d)", tb.Name, n.Name, n.Addr, n.Segment)
+	klog.V(2).Infof("testbed %s: node %s at %s (segment %d)", tb.Name, n.Name, n.Addr, n.Segment)
 	return n, nil
 }
 
@@ -240,7 +243,7 @@ func (tb *Testbed) RemoveNode(ctx context.Context, n *Node) error {
 	// Deleting the hub's end removes the pair now; a deleted namespace
 	// releases its interfaces only later, and a node joining next would
 	// reuse the port name.
-	errs = append(errs, deletePort(tb.Hub.NS, n.Name), deleteNS(n.NS))
+	errs = append(errs, deletePort(tb.Hub.NS, n.Name), DeleteNS(n.NS))
 	// The log stays for a post-mortem; a stale subnet.env would fool
 	// WaitSubnetFile on a node that rejoins under the same name.
 	if err := os.Remove(n.SubnetFile); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -323,18 +326,18 @@ func (tb *Testbed) Close(ctx context.Context) error {
 	var errs []error
 	errs = append(errs, tb.stopAll())
 	for _, ns := range tb.namespaces() {
-		errs = append(errs, deleteNS(ns))
+		errs = append(errs, DeleteNS(ns))
 	}
 	// New refused to start while any fl-<name>-* existed, so all of them
 	// are ours, including ones made by a half-finished step.
-	rest, err := listNS(nsPrefix(tb.Name))
+	rest, err := ListNS(nsPrefix(tb.Name))
 	errs = append(errs, err)
 	for _, ns := range sortPodsFirst(rest) {
-		errs = append(errs, deleteNS(ns))
+		errs = append(errs, DeleteNS(ns))
 	}
 	errs = append(errs, removeState(tb.Opts.StateDir, tb.Opts.KeepState))
 	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("close lab %s: %w", tb.Name, err)
+		return fmt.Errorf("close testbed %s: %w", tb.Name, err)
 	}
 	return nil
 }
@@ -379,18 +382,13 @@ func (tb *Testbed) save() error {
 	if err != nil {
 		return fmt.Errorf("encode topology: %w", err)
 	}
-	p := topologyPath(tb.Opts.StateDir)
-	tmp := p + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o644); err != nil {
-		return fmt.Errorf("write topology: %w", err)
-	}
-	if err := os.Rename(tmp, p); err != nil {
+	if err := atomicfile.WriteFile(topologyPath(tb.Opts.StateDir), data, 0o644); err != nil {
 		return fmt.Errorf("write topology: %w", err)
 	}
 	return nil
 }
 
-// Load reads the topology of a running lab written by New (possibly in
+// Load reads the topology of a running testbed written by New (possibly in
 // another process) and adopts the processes recorded in its state dir, so
 // Close, StopFlanneld and StopEtcd work on it. stateDir "" means the default.
 func Load(name, stateDir string) (*Testbed, error) {
@@ -399,14 +397,14 @@ func Load(name, stateDir string) (*Testbed, error) {
 	}
 	data, err := os.ReadFile(topologyPath(stateDir))
 	if err != nil {
-		return nil, fmt.Errorf("load lab %s: %w (is it up?)", name, err)
+		return nil, fmt.Errorf("load testbed %s: %w (is it up?)", name, err)
 	}
 	tb := &Testbed{PodNetworker: HandWired{}, procs: map[*Proc]struct{}{}}
 	if err := json.Unmarshal(data, tb); err != nil {
-		return nil, fmt.Errorf("load lab %s: %s: %w", name, topologyPath(stateDir), err)
+		return nil, fmt.Errorf("load testbed %s: %s: %w", name, topologyPath(stateDir), err)
 	}
 	if tb.Name != name {
-		return nil, fmt.Errorf("load lab %s: %s describes lab %q", name, topologyPath(stateDir), tb.Name)
+		return nil, fmt.Errorf("load testbed %s: %s describes testbed %q", name, topologyPath(stateDir), tb.Name)
 	}
 	tb.Opts.StateDir = stateDir
 	for _, n := range tb.Nodes {
@@ -415,7 +413,7 @@ func Load(name, stateDir string) (*Testbed, error) {
 		}
 	}
 	if err := tb.adoptProcs(); err != nil {
-		return nil, fmt.Errorf("load lab %s: %w", name, err)
+		return nil, fmt.Errorf("load testbed %s: %w", name, err)
 	}
 	return tb, nil
 }

@@ -20,13 +20,23 @@ import (
 func needRoot(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces")
+		unavailable(t, "needs root: creates network namespaces")
 	}
 	for _, bin := range []string{"ip", "ping"} {
 		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("needs %s in PATH: %v", bin, err)
+			unavailable(t, "needs %s in PATH: %v", bin, err)
 		}
 	}
+}
+
+// unavailable is tbtest.Unavailable, which this package's own tests cannot
+// import (tbtest imports testbed): a failure in CI, a skip elsewhere.
+func unavailable(t testing.TB, format string, args ...any) {
+	t.Helper()
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("cannot run in CI: "+format, args...)
+	}
+	t.Skipf(format, args...)
 }
 
 func testCtx(t *testing.T) context.Context {
@@ -35,7 +45,7 @@ func testCtx(t *testing.T) context.Context {
 	return ctx
 }
 
-// newTestbed builds a lab and removes it at the end of the test, checking
+// newTestbed builds a testbed and removes it at the end of the test, checking
 // that nothing is left.
 func newTestbed(t *testing.T, opts Options) *Testbed {
 	t.Helper()
@@ -69,7 +79,7 @@ func newTestbed(t *testing.T, opts Options) *Testbed {
 
 func assertNoNamespaces(t *testing.T, name string) {
 	t.Helper()
-	left, err := listNS(nsPrefix(name))
+	left, err := ListNS(nsPrefix(name))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,7 +120,7 @@ func sysctl(t *testing.T, ns, key string) string {
 func linkMTU(t *testing.T, ns, link string) int {
 	t.Helper()
 	var mtu int
-	err := withHandle(ns, func(h *netlink.Handle) error {
+	err := WithHandle(ns, func(h *netlink.Handle) error {
 		l, err := h.LinkByName(link)
 		if err != nil {
 			return err
@@ -136,7 +146,7 @@ func TestNewThreeNodes(t *testing.T) {
 	t.Cleanup(func() { _ = Cleanup(context.Background(), "tbx1", stateDir) })
 
 	want := []string{"fl-tbx1-hub", "fl-tbx1-n1", "fl-tbx1-n2", "fl-tbx1-n3"}
-	got, _ := listNS("fl-tbx1-")
+	got, _ := ListNS("fl-tbx1-")
 	if strings.Join(sortPodsFirst(got), ",") != strings.Join(sortPodsFirst(want), ",") {
 		t.Errorf("namespaces = %v, want %v", got, want)
 	}
@@ -157,7 +167,7 @@ func TestNewThreeNodes(t *testing.T) {
 			t.Errorf("%s has a default route: %s", n.Name, out)
 		}
 	}
-	// The lab is an island: the host's uplink is unreachable from a node.
+	// The testbed is an island: the host's uplink is unreachable from a node.
 	if err := Ping(ctx, tb.Nodes[0].NS, netip.MustParseAddr("192.0.2.1"), 56, false); err == nil {
 		t.Errorf("a node reaches the host's uplink gateway")
 	}
@@ -252,7 +262,7 @@ func TestTwoSegments(t *testing.T) {
 func TestEtcd(t *testing.T) {
 	needRoot(t)
 	if _, err := os.Stat("/usr/bin/etcd"); err != nil {
-		t.Skipf("needs /usr/bin/etcd: %v", err)
+		unavailable(t, "needs /usr/bin/etcd: %v", err)
 	}
 	ctx := testCtx(t)
 	tb := newTestbed(t, Options{Name: "tbetc", Nodes: 2, Segments: 2})
@@ -361,7 +371,7 @@ func TestProcessCleanup(t *testing.T) {
 		t.Errorf("Load: %d nodes, %d processes; want 1 and 1", len(loaded.Nodes), len(loaded.procs))
 	}
 
-	// A fresh call, as after a crash of the process that built the lab.
+	// A fresh call, as after a crash of the process that built the testbed.
 	if err := Cleanup(ctx, "tbcln", stateDir); err != nil {
 		t.Fatalf("Cleanup: %v", err)
 	}
@@ -506,7 +516,7 @@ func TestAddPodWithoutSubnetFile(t *testing.T) {
 	if _, err := tb.AddPod(ctx, tb.Nodes[0]); err == nil || !strings.Contains(err.Error(), "subnet.env") {
 		t.Fatalf("AddPod without subnet.env: %v", err)
 	}
-	if left, _ := listNS("fl-tbpo2-n1-"); len(left) != 0 {
+	if left, _ := ListNS("fl-tbpo2-n1-"); len(left) != 0 {
 		t.Errorf("half-made pod left: %v", left)
 	}
 }
@@ -516,11 +526,11 @@ func TestCheckRangesFree(t *testing.T) {
 	if err := CheckRangesFree("tbchk"); err != nil {
 		t.Fatalf("CheckRangesFree on a clean host: %v", err)
 	}
-	if err := createNS("fl-tbchk-n1"); err != nil {
+	if err := CreateNS("fl-tbchk-n1"); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if err := deleteNS("fl-tbchk-n1"); err != nil {
+		if err := DeleteNS("fl-tbchk-n1"); err != nil {
 			t.Error(err)
 		}
 	})
@@ -638,12 +648,12 @@ func TestLoadAndClose(t *testing.T) {
 		t.Errorf("loaded topology: %+v", loaded)
 	}
 	if err := loaded.Close(ctx); err != nil {
-		t.Fatalf("Close of loaded lab: %v", err)
+		t.Fatalf("Close of loaded testbed: %v", err)
 	}
 	select {
 	case <-p.Done():
 	case <-time.After(15 * time.Second):
-		t.Fatalf("pid %d survived Close of the loaded lab", p.Pid)
+		t.Fatalf("pid %d survived Close of the loaded testbed", p.Pid)
 	}
 	assertNoNamespaces(t, "tbld")
 	if _, err := Load("tbld", stateDir); err == nil {
@@ -709,14 +719,14 @@ func TestKeepState(t *testing.T) {
 			t.Errorf("KeepState: %s still there after Close", gone)
 		}
 	}
-	// A new lab in the same directory starts afresh.
+	// A new testbed in the same directory starts afresh.
 	opts.KeepState = false
 	tb, err = New(ctx, opts)
 	if err != nil {
 		t.Fatalf("New over kept state: %v", err)
 	}
 	if _, err := os.Stat(n.LogFile); !os.IsNotExist(err) {
-		t.Errorf("old log survived a new lab")
+		t.Errorf("old log survived a new testbed")
 	}
 	if err := tb.Close(ctx); err != nil {
 		t.Fatal(err)
@@ -730,8 +740,8 @@ func TestKeepState(t *testing.T) {
 	assertNoNamespaces(t, "tbks")
 }
 
-// TestCleanupAfterCrash builds a lab in a child process, kills that
-// process with SIGKILL and removes the lab with Cleanup from here: the
+// TestCleanupAfterCrash builds a testbed in a child process, kills that
+// process with SIGKILL and removes the testbed with Cleanup from here: the
 // processes it left are no children of ours.
 func TestCleanupAfterCrash(t *testing.T) {
 	if os.Getenv("TESTBED_CRASH_HELPER") != "" {

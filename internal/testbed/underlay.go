@@ -56,18 +56,18 @@ func (tb *Testbed) buildHub() error {
 	tb.mu.Lock()
 	tb.Hub = h
 	tb.mu.Unlock()
-	if err := createNS(h.NS); err != nil {
+	if err := CreateNS(h.NS); err != nil {
 		return err
 	}
 	// The hub is a host on segment 1 (it runs etcd), not a router.
-	if err := setSysctls(h.NS, map[string]string{
+	if err := SetSysctls(h.NS, map[string]string{
 		"net.ipv4.ip_forward":              "0",
 		"net.ipv6.conf.all.forwarding":     "0",
 		"net.ipv6.conf.default.accept_dad": "0",
 	}); err != nil {
 		return err
 	}
-	return withHandle(h.NS, func(nh *netlink.Handle) error {
+	return WithHandle(h.NS, func(nh *netlink.Handle) error {
 		for seg := 1; seg <= tb.Opts.Segments; seg++ {
 			br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: bridgeName(seg), MTU: tb.Opts.UnderlayMTU}}
 			if err := nh.LinkAdd(br); err != nil {
@@ -114,10 +114,10 @@ func (tb *Testbed) buildRouter() error {
 	tb.mu.Lock()
 	tb.Router = r
 	tb.mu.Unlock()
-	if err := createNS(r.NS); err != nil {
+	if err := CreateNS(r.NS); err != nil {
 		return err
 	}
-	if err := setSysctls(r.NS, routerSysctls()); err != nil {
+	if err := SetSysctls(r.NS, routerSysctls()); err != nil {
 		return err
 	}
 	for seg := 1; seg <= 2; seg++ {
@@ -129,14 +129,14 @@ func (tb *Testbed) buildRouter() error {
 		if tb.Opts.IPv6 {
 			legHost.Addr6 = segmentAddr6(seg, routerOctet)
 		}
-		if err := withHandle(r.NS, func(nh *netlink.Handle) error {
+		if err := WithHandle(r.NS, func(nh *netlink.Handle) error {
 			return addHostAddrs(nh, leg, legHost, seg)
 		}); err != nil {
 			return err
 		}
 	}
 	// etcd on the hub answers segment-2 nodes through the router.
-	return withHandle(tb.Hub.NS, func(nh *netlink.Handle) error { return tb.addSegmentRoute(nh, 1) })
+	return WithHandle(tb.Hub.NS, func(nh *netlink.Handle) error { return tb.addSegmentRoute(nh, 1) })
 }
 
 func routerSysctls() map[string]string {
@@ -152,45 +152,32 @@ func routerSysctls() map[string]string {
 // plug connects a new interface ifname in ns to segment seg's bridge
 // through a veth whose hub end is called port, and sets both ends up.
 func (tb *Testbed) plug(ns, ifname, port string, seg int) error {
-	if err := vethPair(tb.Hub.NS, port, ns, ifname, tb.Opts.UnderlayMTU); err != nil {
+	if err := VethPair(tb.Hub.NS, port, ns, ifname, tb.Opts.UnderlayMTU); err != nil {
 		return err
 	}
-	if err := withHandle(tb.Hub.NS, func(nh *netlink.Handle) error {
-		br, err := nh.LinkByName(bridgeName(seg))
-		if err != nil {
-			return fmt.Errorf("find bridge %s: %w", bridgeName(seg), err)
-		}
-		p, err := nh.LinkByName(port)
-		if err != nil {
-			return fmt.Errorf("find port %s: %w", port, err)
-		}
-		if err := nh.LinkSetMaster(p, br); err != nil {
-			return fmt.Errorf("attach %s to %s: %w", port, bridgeName(seg), err)
-		}
-		return nh.LinkSetUp(p)
-	}); err != nil {
+	if err := Attach(tb.Hub.NS, port, bridgeName(seg)); err != nil {
 		return err
 	}
-	return withHandle(ns, func(nh *netlink.Handle) error { return linkUp(nh, ifname) })
+	return WithHandle(ns, func(nh *netlink.Handle) error { return linkUp(nh, ifname) })
 }
 
 // wireNode makes the node namespace, plugs eth0 into its segment and gives
 // it addresses and the route to the other segment. No default route: the
-// lab is an island.
+// testbed is an island.
 func (tb *Testbed) wireNode(n *Node) error {
-	if err := createNS(n.NS); err != nil {
+	if err := CreateNS(n.NS); err != nil {
 		return err
 	}
-	if err := setSysctls(n.NS, routerSysctls()); err != nil {
+	if err := SetSysctls(n.NS, routerSysctls()); err != nil {
 		return err
 	}
 	if err := tb.plug(n.NS, n.Iface, n.Name, n.Segment); err != nil {
 		return err
 	}
-	if err := setSysctls(n.NS, map[string]string{"net.ipv4.conf." + n.Iface + ".rp_filter": "0"}); err != nil {
+	if err := SetSysctls(n.NS, map[string]string{"net.ipv4.conf." + n.Iface + ".rp_filter": "0"}); err != nil {
 		return err
 	}
-	return withHandle(n.NS, func(nh *netlink.Handle) error {
+	return WithHandle(n.NS, func(nh *netlink.Handle) error {
 		if err := addHostAddrs(nh, n.Iface, &n.Host, n.Segment); err != nil {
 			return err
 		}
@@ -199,16 +186,16 @@ func (tb *Testbed) wireNode(n *Node) error {
 }
 
 func (tb *Testbed) wireOutside(h *Host) error {
-	if err := createNS(h.NS); err != nil {
+	if err := CreateNS(h.NS); err != nil {
 		return err
 	}
-	if err := setSysctls(h.NS, map[string]string{"net.ipv6.conf.default.accept_dad": "0"}); err != nil {
+	if err := SetSysctls(h.NS, map[string]string{"net.ipv6.conf.default.accept_dad": "0"}); err != nil {
 		return err
 	}
 	if err := tb.plug(h.NS, "eth0", "out0", 1); err != nil {
 		return err
 	}
-	return withHandle(h.NS, func(nh *netlink.Handle) error {
+	return WithHandle(h.NS, func(nh *netlink.Handle) error {
 		if err := addHostAddrs(nh, "eth0", h, 1); err != nil {
 			return err
 		}

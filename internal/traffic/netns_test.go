@@ -5,55 +5,37 @@ package traffic
 // How the rules reach a test namespace: go-iptables and knftables exec the
 // iptables/nft binaries; a child process inherits the network namespace of
 // the OS thread that forks it. The tests therefore construct managers and
-// call Apply/Run/Cleanup on a locked OS thread that has been moved into the
-// test namespace (testNS.do). Such a thread is never unlocked, so Go throws
-// it away when the goroutine ends and no other goroutine ever runs in a
-// foreign namespace. Every test inspects the result through the independent
-// `ip netns exec` path, and guardRootNamespace asserts that the root
-// namespace's iptables and nftables rulesets are unchanged.
+// call Apply/Run/Cleanup through testbed.InNamespace, on a locked OS thread
+// moved into the test namespace. Namespaces come from tbtest. Every test
+// inspects the result through the independent `ip netns exec` path, and
+// guardRootNamespace asserts that the root namespace's iptables and
+// nftables rulesets are unchanged.
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
+
+	"github.com/flannelgo/flannel/internal/testbed"
+	"github.com/flannelgo/flannel/internal/testbed/tbtest"
 )
 
 const nsPrefix = "ttr-"
 
 func requireRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces and iptables/nftables rules in them")
-	}
-	for _, bin := range []string{"ip", "iptables", "ip6tables", "nft"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("needs the %s binary: %v", bin, err)
-		}
-	}
-}
-
-// onNewThread runs fn on a fresh, locked OS thread that dies afterwards.
-func onNewThread(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread exits with this goroutine
-		errc <- fn()
-	}()
-	return <-errc
+	tbtest.NeedRoot(t, "ip", "iptables", "ip6tables", "nft")
 }
 
 type testNS struct {
 	name string
-	h    netns.NsHandle
 	nl   *netlink.Handle
 }
 
@@ -62,57 +44,21 @@ func newNS(t *testing.T, name string) *testNS {
 	if !strings.HasPrefix(name, nsPrefix) {
 		t.Fatalf("namespace %q lacks this package's prefix %q", name, nsPrefix)
 	}
-	_ = netns.DeleteNamed(name) // left over from a killed run
-	var h netns.NsHandle
-	err := onNewThread(func() error {
-		var err error
-		h, err = netns.NewNamed(name)
-		return err
-	})
-	if err != nil {
-		t.Fatalf("create namespace %s: %v", name, err)
-	}
-	nl, err := netlink.NewHandleAt(h)
-	if err != nil {
-		h.Close()
-		_ = netns.DeleteNamed(name)
-		t.Fatalf("netlink handle in %s: %v", name, err)
-	}
-	ns := &testNS{name: name, h: h, nl: nl}
-	t.Cleanup(func() {
-		nl.Close()
-		h.Close()
-		if err := netns.DeleteNamed(name); err != nil {
-			t.Errorf("delete namespace %s: %v", name, err)
-		}
-	})
-	lo, err := nl.LinkByName("lo")
-	if err == nil {
-		err = nl.LinkSetUp(lo)
-	}
-	if err != nil {
-		t.Fatalf("bring up lo in %s: %v", name, err)
-	}
-	return ns
+	tbtest.NS(t, name)
+	nl := tbtest.Handle(t, name)
+	return &testNS{name: name, nl: nl}
 }
 
-// do runs fn on an OS thread inside the namespace.
-func (ns *testNS) do(fn func() error) error {
-	return onNewThread(func() error {
-		if err := netns.Set(ns.h); err != nil {
-			return fmt.Errorf("enter namespace %s: %w", ns.name, err)
-		}
-		return fn()
-	})
-}
+// do runs fn on an OS thread inside the namespace (testbed.InNamespace).
+func (ns *testNS) do(fn func() error) error { return testbed.InNamespace(ns.name, fn) }
 
 // sh runs a shell script inside the namespace through `ip netns exec`,
 // independently of the thread mechanism the managers rely on.
 func (ns *testNS) sh(t *testing.T, script string) string {
 	t.Helper()
-	out, err := exec.Command("ip", "netns", "exec", ns.name, "sh", "-c", script).CombinedOutput()
+	out, err := testbed.Exec(context.Background(), ns.name, "sh", "-c", script)
 	if err != nil {
-		t.Fatalf("in %s: %s: %v\n%s", ns.name, script, err, out)
+		t.Fatal(err)
 	}
 	return string(out)
 }
@@ -157,55 +103,31 @@ func guardRootNamespace(t *testing.T) {
 	})
 }
 
-func mustAddr(t *testing.T, s string) *netlink.Addr {
-	t.Helper()
-	a, err := netlink.ParseAddr(s)
-	if err != nil {
-		t.Fatalf("parse %s: %v", s, err)
-	}
-	return a
-}
-
 // link connects a (as aName, with aAddr) to b (as bName, with bAddr) by a
 // veth pair created directly between the two namespaces. An empty address
 // leaves that end unaddressed.
 func link(t *testing.T, a *testNS, aName, aAddr string, b *testNS, bName, bAddr string) {
 	t.Helper()
-	veth := &netlink.Veth{
-		LinkAttrs:     netlink.LinkAttrs{Name: aName},
-		PeerName:      bName,
-		PeerNamespace: netlink.NsFd(int(b.h)),
-	}
-	if err := a.nl.LinkAdd(veth); err != nil {
-		t.Fatalf("veth %s/%s <-> %s/%s: %v", a.name, aName, b.name, bName, err)
+	if err := testbed.VethPair(a.name, aName, b.name, bName, 0); err != nil {
+		t.Fatal(err)
 	}
 	for _, end := range []struct {
 		ns         *testNS
 		name, addr string
 	}{{a, aName, aAddr}, {b, bName, bAddr}} {
-		l, err := end.ns.nl.LinkByName(end.name)
-		if err != nil {
-			t.Fatalf("find %s in %s: %v", end.name, end.ns.name, err)
-		}
 		if end.addr != "" {
-			if err := end.ns.nl.AddrAdd(l, mustAddr(t, end.addr)); err != nil {
-				t.Fatalf("address %s on %s/%s: %v", end.addr, end.ns.name, end.name, err)
-			}
+			addAddr(t, end.ns, end.name, end.addr)
 		}
-		if err := end.ns.nl.LinkSetUp(l); err != nil {
-			t.Fatalf("bring up %s/%s: %v", end.ns.name, end.name, err)
+		if err := testbed.LinkUp(end.ns.name, end.name); err != nil {
+			t.Fatal(err)
 		}
 	}
 }
 
 func addAddr(t *testing.T, ns *testNS, dev, addr string) {
 	t.Helper()
-	l, err := ns.nl.LinkByName(dev)
-	if err != nil {
-		t.Fatalf("find %s in %s: %v", dev, ns.name, err)
-	}
-	if err := ns.nl.AddrAdd(l, mustAddr(t, addr)); err != nil {
-		t.Fatalf("address %s on %s/%s: %v", addr, ns.name, dev, err)
+	if err := testbed.AddAddress(ns.name, dev, netip.MustParsePrefix(addr)); err != nil {
+		t.Fatal(err)
 	}
 }
 

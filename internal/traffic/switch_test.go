@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/flannelgo/flannel/internal/testbed/tbtest"
 )
 
 // Starting in one mode removes the rules the other mode left (a switch of
@@ -55,7 +57,7 @@ func TestNFTablesProbesFullyRandom(t *testing.T) {
 	guardRootNamespace(t)
 	real, err := exec.LookPath("nft")
 	if err != nil {
-		t.Skipf("nft not installed: %v", err)
+		tbtest.Unavailable(t, "nft not installed: %v", err)
 	}
 	dir := t.TempDir()
 	wrapper := "#!/bin/sh\nin=$(cat)\ncase \"$in\" in *fully-random*) echo 'Error: fully-random not supported' >&2; exit 1;; esac\n" +

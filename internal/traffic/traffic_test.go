@@ -6,7 +6,7 @@ import (
 	"testing"
 )
 
-// trafficLab is a node with one local pod, an underlay host outside the
+// trafficNet is a node with one local pod, an underlay host outside the
 // pod network and a pod of "another node" routed through this node, dual
 // stack:
 //
@@ -15,13 +15,13 @@ import (
 //	                          peer0 10.244.1.0/32, fd00:10:244:1::/128 (like flannel.1)
 //	                            │
 //	                          10.244.2.2, fd00:10:244:2::2 peer
-type trafficLab struct {
+type trafficNet struct {
 	pod, node, out, peer *testNS
 }
 
-func newTrafficLab(t *testing.T) *trafficLab {
+func newTrafficNet(t *testing.T) *trafficNet {
 	t.Helper()
-	l := &trafficLab{
+	l := &trafficNet{
 		pod:  newNS(t, "ttr-pod"),
 		node: newNS(t, "ttr-node"),
 		out:  newNS(t, "ttr-out"),
@@ -71,21 +71,21 @@ func TestTrafficMasquerade(t *testing.T) {
 			t.Run(fmt.Sprintf("%s/masquerade=%v", im.name, masq), func(t *testing.T) {
 				requireRoot(t)
 				guardRootNamespace(t)
-				lab := newTrafficLab(t)
+				tn := newTrafficNet(t)
 				cfg := dualConfig()
 				cfg.Masquerade = masq
-				m := newManagerIn(t, lab.node, im, cfg)
-				applyIn(t, lab.node, m)
+				m := newManagerIn(t, tn.node, im, cfg)
+				applyIn(t, tn.node, m)
 
 				for _, p := range paths {
 					wantOut := p.pod
 					if masq {
 						wantOut = p.node
 					}
-					if got := sourceSeenBy(t, lab.pod, lab.out, p.outside); got != wantOut {
+					if got := sourceSeenBy(t, tn.pod, tn.out, p.outside); got != wantOut {
 						t.Errorf("%s: pod -> outside arrived from %s, want %s", p.family, got, wantOut)
 					}
-					if got := sourceSeenBy(t, lab.pod, lab.peer, p.peer); got != p.pod {
+					if got := sourceSeenBy(t, tn.pod, tn.peer, p.peer); got != p.pod {
 						t.Errorf("%s: pod -> pod on another node arrived from %s, want the pod's own %s", p.family, got, p.pod)
 					}
 				}
@@ -93,10 +93,10 @@ func TestTrafficMasquerade(t *testing.T) {
 					return
 				}
 				// Without the rules the same datagrams keep the pod's address:
-				// the masquerading above is ours, not an artefact of the lab.
-				cleanupIn(t, lab.node, m)
+				// the masquerading above is ours, not an artefact of the test network.
+				cleanupIn(t, tn.node, m)
 				for _, p := range paths {
-					if got := sourceSeenBy(t, lab.pod, lab.out, p.outside); got != p.pod {
+					if got := sourceSeenBy(t, tn.pod, tn.out, p.outside); got != p.pod {
 						t.Errorf("%s: after Cleanup, pod -> outside arrived from %s, want %s", p.family, got, p.pod)
 					}
 				}

@@ -5,11 +5,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"os"
 	"os/exec"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/flannelgo/flannel/internal/testbed"
+	"github.com/flannelgo/flannel/internal/testbed/tbtest"
 )
 
 // BenchmarkVXLANThroughput measures, in one run, iperf3 TCP throughput
@@ -17,9 +21,7 @@ import (
 // underlay, and reports their ratio: the cost of the overlay on this
 // machine. Not part of CI; run it with scripts/bench.sh.
 func BenchmarkVXLANThroughput(b *testing.B) {
-	if _, err := exec.LookPath("iperf3"); err != nil {
-		b.Skip("needs iperf3 (scripts/setup.sh installs it)")
-	}
+	tbtest.NeedTools(b, "iperf3")
 	c := newCluster(b, "bch", clusterOpts{nodes: 2})
 	c.start(c.Nodes)
 	pods := c.addPods(c.Nodes)
@@ -87,4 +89,68 @@ func iperfClient(ctx context.Context, clientNS string, addr netip.Addr) (float64
 		return 0, fmt.Errorf("iperf3 %s -> %s: %w", clientNS, addr, err)
 	}
 	return res.End.SumReceived.BitsPerSecond, nil
+}
+
+// overlayBackends are the rows of BenchmarkOverlayThroughput: each is a
+// two-node cluster of its own, measured one after the other in one run.
+var overlayBackends = []struct{ name, config string }{
+	{"vxlan", defaultConfig},
+	{"udp", udpConfig},
+	{"wireguard-userspace", `{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard","Implementation":"userspace"}}`},
+	// userspace ESP (charon's kernel-libipsec) where the kernel lacks ESP
+	{"ipsec", `{"Network":"10.244.0.0/16","Backend":{"Type":"ipsec","PSK":"` + strings.Repeat("bench-psk-", 10) + `"}}`},
+}
+
+// BenchmarkOverlayThroughput measures pod-to-pod iperf3 throughput for each
+// overlay backend and node-to-node throughput over the bare underlay, in
+// one run, and prints each backend's figure as a ratio of VXLAN's and of
+// the underlay's. Every backend has its two-node cluster up for the whole
+// run and the measurements take turns, round after round, so that a change
+// in the machine's load falls on all of them alike. Set BENCH_BACKENDS
+// (comma-separated names) to measure fewer than all; vxlan is always
+// measured. Not part of CI; run it with scripts/bench.sh.
+func BenchmarkOverlayThroughput(b *testing.B) {
+	if _, err := exec.LookPath("iperf3"); err != nil {
+		b.Skip("needs iperf3 (scripts/setup.sh installs it)")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+	type row struct {
+		name string
+		c    *cluster
+		pods []*testbed.Pod
+		bps  float64
+	}
+	var rows []*row
+	only := os.Getenv("BENCH_BACKENDS")
+	for _, be := range overlayBackends {
+		if only != "" && be.name != "vxlan" && !slices.Contains(strings.Split(only, ","), be.name) {
+			continue
+		}
+		c := newCluster(b, "bo"+be.name[:2], clusterOpts{nodes: 2, config: be.config})
+		c.start(c.Nodes)
+		rows = append(rows, &row{name: be.name, c: c, pods: c.addPods(c.Nodes)})
+	}
+	var underlay float64
+	for i := 0; i < b.N; i++ {
+		vx := rows[0].c
+		u, err := iperf(ctx, vx.Testbed, vx.Nodes[0].NS, vx.Nodes[1].NS, vx.Nodes[1].Addr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		underlay += u / float64(b.N)
+		for _, r := range rows {
+			o, err := iperf(ctx, r.c.Testbed, r.pods[0].NS, r.pods[1].NS, r.pods[1].IP)
+			if err != nil {
+				b.Fatalf("%s: %v", r.name, err)
+			}
+			r.bps += o / float64(b.N)
+		}
+	}
+	fmt.Printf("%-30s %8s %8s %10s\n", "path", "Gbit/s", "/vxlan", "/underlay")
+	fmt.Printf("%-30s %8.2f %8s %10.3f\n", "underlay (node-node)", underlay/1e9, "", 1.0)
+	for _, r := range rows {
+		fmt.Printf("%-30s %8.2f %8.3f %10.3f\n", r.name+" (pod-pod)", r.bps/1e9, r.bps/rows[0].bps, r.bps/underlay)
+		b.ReportMetric(r.bps/rows[0].bps, r.name+"/vxlan")
+	}
 }

@@ -1,8 +1,8 @@
 // Package e2e proves flanneld's claims on real kernels: every test builds a
 // cluster of network namespaces with internal/testbed, runs the real
 // flanneld binary in each node against a real etcd, and checks traffic and
-// kernel state. Tests skip (with the reason) when not run as root or when a
-// binary they need is missing.
+// kernel state. Without root or a binary they need, tests fail in CI and
+// skip elsewhere (tbtest.Unavailable).
 package e2e
 
 import (
@@ -20,6 +20,7 @@ import (
 
 	"github.com/flannelgo/flannel/internal/subnetenv"
 	"github.com/flannelgo/flannel/internal/testbed"
+	"github.com/flannelgo/flannel/internal/testbed/tbtest"
 )
 
 // binaries are built once per test binary run, in TestMain.
@@ -42,7 +43,8 @@ func TestMain(m *testing.M) {
 		bins = binaries{dir: dir, flanneld: filepath.Join(dir, "flanneld")}
 		if os.Geteuid() == 0 {
 			bins.buildErr = errors.Join(goBuild(bins.flanneld, "./cmd/flanneld"),
-				goBuild(filepath.Join(dir, "flannel"), "./cmd/flannel"))
+				goBuild(filepath.Join(dir, "flannel"), "./cmd/flannel"),
+				goBuild(filepath.Join(dir, "flannelctl"), "./cmd/flannelctl"))
 		}
 		return m.Run()
 	}()
@@ -59,22 +61,16 @@ func goBuild(out, pkg string) error {
 	return nil
 }
 
-// needLab skips unless the machine can run a namespace cluster.
-func needLab(t testing.TB) {
+// needNamespaces stops the test unless the machine can run a namespace cluster:
+// a failure in CI, a skip elsewhere (tbtest.Unavailable).
+func needNamespaces(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("e2e needs root: it creates network namespaces")
-	}
-	for _, bin := range []string{"ip", "ping", "/usr/bin/etcd"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("e2e needs %s (run scripts/setup.sh): %v", bin, err)
-		}
-	}
+	tbtest.NeedRoot(t, "ip", "ping", "/usr/bin/etcd")
 	if bins.buildErr != nil {
 		t.Fatalf("building the binaries: %v", bins.buildErr)
 	}
 	if err := pods().CheckBinaries(); err != nil {
-		t.Skipf("e2e creates pods through CNI: %v", err)
+		tbtest.Unavailable(t, "e2e creates pods through CNI: %v", err)
 	}
 }
 
@@ -99,13 +95,13 @@ const defaultConfig = `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}`
 // the test. Everything goes away when the test ends, also on failure.
 func newCluster(t testing.TB, name string, o clusterOpts) *cluster {
 	t.Helper()
-	needLab(t)
+	needNamespaces(t)
 	if o.config == "" {
 		o.config = defaultConfig
 	}
 	ctx := testCtx(t, 2*time.Minute)
-	state := filepath.Join(t.TempDir(), "lab")
-	name = labName(name)
+	state := filepath.Join(t.TempDir(), "testbed")
+	name = taggedName(name)
 	tb, err := testbed.New(ctx, testbed.Options{
 		Name: name, Nodes: o.nodes, Segments: o.segments, UnderlayMTU: o.mtu, IPv6: o.ipv6,
 		StateDir: state, FlanneldPath: bins.flanneld, KeepState: true,
@@ -133,10 +129,10 @@ func newCluster(t testing.TB, name string, o clusterOpts) *cluster {
 	return c
 }
 
-// labName appends $FLANNEL_E2E_TAG (a few letters) to a test's lab name, so
+// taggedName appends $FLANNEL_E2E_TAG (a few letters) to a test's testbed name, so
 // that copies of the suite in several work trees can run at the same time
 // without their namespaces colliding.
-func labName(name string) string { return name + os.Getenv("FLANNEL_E2E_TAG") }
+func taggedName(name string) string { return name + os.Getenv("FLANNEL_E2E_TAG") }
 
 func pods() *testbed.CNIPods { return &testbed.CNIPods{PluginDir: bins.dir} }
 
@@ -239,48 +235,38 @@ func (c *cluster) addPods(nodes []*testbed.Node) []*testbed.Pod {
 	return pods
 }
 
-// eventually polls cond until it returns nil or the time is up.
+// eventually polls cond until it returns nil or the time is up
+// (tbtest.Eventually).
 func eventually(t *testing.T, within time.Duration, what string, cond func() error) time.Duration {
 	t.Helper()
-	start := time.Now()
-	var err error
-	for time.Since(start) < within {
-		if err = cond(); err == nil {
-			return time.Since(start)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatalf("%s: not within %s: %v", what, within, err)
-	return 0
+	return tbtest.Eventually(t, within, what, cond)
 }
 
-// ping checks one echo from a namespace, retrying briefly: the first
-// packet to a new peer may race the neighbour programming.
+// ping checks one echo from a namespace, retrying for up to two seconds:
+// the first packet to a new peer may race the neighbour programming.
 func ping(ctx context.Context, fromNS string, to netip.Addr, size int, df bool) error {
-	var err error
-	for range 3 {
-		if err = testbed.Ping(ctx, fromNS, to, size, df); err == nil {
-			return nil
-		}
-	}
-	return err
+	return testbed.PingWithin(ctx, fromNS, to, size, df, 2*time.Second)
 }
 
-// allPairsPing checks every ordered pair of pods on different nodes.
+// allPairsPing pings every ordered pair of pods on different nodes, fails
+// the test for each that does not answer, and returns how many answered:
+// a caller that wants 6 answering pairs learns it from the pings, not
+// from the length of its own pod list.
 func allPairsPing(t *testing.T, pods []*testbed.Pod) int {
 	t.Helper()
 	ctx := testCtx(t, time.Minute)
-	pairs := 0
+	answered := 0
 	for _, a := range pods {
 		for _, b := range pods {
 			if a.Node == b.Node {
 				continue
 			}
-			pairs++
 			if err := ping(ctx, a.NS, b.IP, 56, false); err != nil {
 				t.Errorf("pod %s (%s) -> pod %s (%s): %v", a.Name, a.IP, b.Name, b.IP, err)
+				continue
 			}
+			answered++
 		}
 	}
-	return pairs
+	return answered
 }

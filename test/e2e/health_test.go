@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flannelgo/flannel/internal/subnetenv"
 	"github.com/flannelgo/flannel/internal/testbed"
 )
 
@@ -18,17 +19,31 @@ import (
 func TestHealthEndpoints(t *testing.T) {
 	c := newCluster(t, "hlz", clusterOpts{nodes: 1})
 	n := c.Nodes[0]
-	c.start(c.Nodes, "--healthz-ip="+n.Addr.String(), "--healthz-port=10244")
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			return testbed.DialInNamespace(ctx, n.NS, network, addr)
 		},
 	}}
 	base := fmt.Sprintf("http://%s", net.JoinHostPort(n.Addr.String(), "10244"))
-	eventually(t, 5*time.Second, "/readyz says ready", func() error {
-		_, err := get(client, base+"/readyz")
-		return err
+	// /readyz is polled from flanneld's start, not after subnet.env is
+	// there: the first "ready" must find subnet.env already written.
+	if err := c.StartFlanneld(testCtx(t, time.Minute), n, "--healthz-ip="+n.Addr.String(), "--healthz-port=10244"); err != nil {
+		t.Fatal(err)
+	}
+	notReady := 0
+	eventually(t, time.Minute, "/readyz says ready", func() error {
+		if _, err := get(client, base+"/readyz"); err != nil {
+			if strings.Contains(err.Error(), "503") {
+				notReady++
+			}
+			return err
+		}
+		if _, err := subnetenv.Read(n.SubnetFile); err != nil {
+			t.Fatalf("/readyz said ready while subnet.env was not in place: %v", err)
+		}
+		return nil
 	})
+	t.Logf("/readyz answered not ready %d times before ready", notReady)
 	if _, err := get(client, base+"/healthz"); err != nil {
 		t.Error(err)
 	}

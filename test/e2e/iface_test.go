@@ -84,7 +84,7 @@ func TestInterfaceSelection(t *testing.T) {
 
 // vagrantNICs renames the node's underlay NIC to eth1 and gives it a new
 // eth0 with 203.0.113.15/24 and the default route, a dead end like a VM's
-// NAT interface (this lab has no path to the outside world).
+// NAT interface (this testbed has no path to the outside world).
 func vagrantNICs(n *testbed.Node) error {
 	err := withNS(n.NS, func(h *netlink.Handle) error {
 		l, err := h.LinkByName("eth0")

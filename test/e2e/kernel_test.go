@@ -2,15 +2,14 @@ package e2e
 
 import (
 	"fmt"
-	"net"
 	"net/netip"
 	"testing"
 	"time"
 
+	"github.com/flannelgo/flannel/internal/kernelstate"
 	"github.com/flannelgo/flannel/internal/testbed"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
-	"golang.org/x/sys/unix"
 )
 
 // vxlanPeer is what a node's kernel holds for one remote VXLAN lease.
@@ -43,44 +42,15 @@ func withNS(ns string, fn func(h *netlink.Handle) error) error {
 }
 
 // vxlanState reads what node ns has programmed for the peer holding subnet
-// and advertising publicIP.
+// and advertising publicIP, through the one kernel-state inspector.
 func vxlanState(ns, dev string, subnet netip.Prefix, publicIP netip.Addr) (vxlanPeer, error) {
 	var st vxlanPeer
-	err := withNS(ns, func(h *netlink.Handle) error {
-		link, err := h.LinkByName(dev)
-		if err != nil {
-			return fmt.Errorf("%s in %s: %w", dev, ns, err)
-		}
-		idx := link.Attrs().Index
-		routes, err := h.RouteList(link, unix.AF_INET)
+	err := kernelstate.With(ns, func(r *kernelstate.Reader) error {
+		p, err := r.VXLANPeer(dev, subnet, publicIP)
 		if err != nil {
 			return err
 		}
-		gw := net.IP(subnet.Addr().AsSlice())
-		for _, r := range routes {
-			if r.Dst != nil && r.Dst.String() == subnet.String() && r.Gw.Equal(gw) {
-				st.route = true
-			}
-		}
-		neighs, err := h.NeighList(idx, unix.AF_INET)
-		if err != nil {
-			return err
-		}
-		var mac net.HardwareAddr
-		for _, n := range neighs {
-			if n.IP.Equal(gw) && n.State&netlink.NUD_PERMANENT != 0 {
-				st.neigh, mac = true, n.HardwareAddr
-			}
-		}
-		fdbs, err := h.NeighList(idx, unix.AF_BRIDGE)
-		if err != nil {
-			return err
-		}
-		for _, f := range fdbs {
-			if f.IP.Equal(net.IP(publicIP.AsSlice())) && (mac == nil || f.HardwareAddr.String() == mac.String()) {
-				st.fdb = true
-			}
-		}
+		st = vxlanPeer{route: p.RouteOK(), neigh: p.NeighOK(nil), fdb: p.FDBOK(nil)}
 		return nil
 	})
 	return st, err

@@ -29,11 +29,11 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 
-	"github.com/vishvananda/netlink"
-
+	"github.com/flannelgo/flannel/internal/kernelstate"
 	"github.com/flannelgo/flannel/internal/kubetest"
 	"github.com/flannelgo/flannel/internal/subnetenv"
 	"github.com/flannelgo/flannel/internal/testbed"
+	"github.com/flannelgo/flannel/internal/testbed/tbtest"
 )
 
 // annPrefix is flanneld's default --kube-annotation-prefix.
@@ -54,11 +54,11 @@ type kubeCluster struct {
 // never talks to it. Everything goes away when the test ends.
 func newKubeCluster(t *testing.T, name string, nodes int) *kubeCluster {
 	t.Helper()
-	needLab(t)
+	needNamespaces(t)
 	ctx := testCtx(t, 3*time.Minute)
-	name = labName(name)
+	name = taggedName(name)
 	tb, err := testbed.New(ctx, testbed.Options{
-		Name: name, Nodes: nodes, StateDir: filepath.Join(t.TempDir(), "lab"),
+		Name: name, Nodes: nodes, StateDir: filepath.Join(t.TempDir(), "testbed"),
 		FlanneldPath: bins.flanneld, KeepState: true,
 	})
 	if err != nil {
@@ -79,7 +79,7 @@ func newKubeCluster(t *testing.T, name string, nodes int) *kubeCluster {
 	begin := time.Now()
 	api, err := kubetest.Start(ctx, kubetest.Options{NetNS: tb.Hub.NS, Address: tb.Hub.Addr})
 	if errors.Is(err, kubetest.ErrUnavailable) {
-		t.Skipf("skipping: %v", err)
+		tbtest.Unavailable(t, "%v", err)
 	}
 	if err != nil {
 		t.Fatalf("start kube-apiserver in %s: %v", tb.Hub.NS, err)
@@ -266,12 +266,12 @@ func (k *kubeCluster) checkAnnotations(ctx context.Context, n *testbed.Node) {
 
 func vtepMAC(ns string) (string, error) {
 	var mac string
-	err := withNS(ns, func(h *netlink.Handle) error {
-		l, err := h.LinkByName("flannel.1")
+	err := kernelstate.With(ns, func(k *kernelstate.Reader) error {
+		d, err := k.Device("flannel.1")
 		if err != nil {
-			return fmt.Errorf("flannel.1 in %s: %w", ns, err)
+			return err
 		}
-		mac = l.Attrs().HardwareAddr.String()
+		mac = d.MAC.String()
 		return nil
 	})
 	return mac, err
@@ -464,22 +464,7 @@ func without(rules []rbacv1.PolicyRule, p permission) []rbacv1.PolicyRule {
 // written.
 func waitGranted(ctx context.Context, cs kubernetes.Interface, namespace, name string, p permission) error {
 	resource, sub, _ := strings.Cut(p.resource, "/")
-	sar := &authzv1.SubjectAccessReview{Spec: authzv1.SubjectAccessReviewSpec{
-		User:   "system:serviceaccount:" + namespace + ":" + name,
-		Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + namespace, "system:authenticated"},
-		ResourceAttributes: &authzv1.ResourceAttributes{
-			Verb: p.verb, Resource: resource, Subresource: sub,
-		},
-	}}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		res, err := cs.AuthorizationV1().SubjectAccessReviews().Create(ctx, sar, metav1.CreateOptions{})
-		if err == nil && res.Status.Allowed {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("RBAC did not grant %s %s within 30s (%v)", sar.Spec.User, p, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	return kubetest.WaitAuthorized(ctx, cs, namespace, name, authzv1.ResourceAttributes{
+		Verb: p.verb, Resource: resource, Subresource: sub,
+	})
 }

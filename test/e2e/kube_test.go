@@ -322,7 +322,8 @@ func TestKubeStartupProblems(t *testing.T) {
 		k := k.with(t)
 		line := waitLog(t, k.cluster, noCIDR, regexp.MustCompile(`.*node "`+noCIDR.Name+`" pod cidr not assigned.*`), 10*time.Second)[0]
 		t.Logf("flanneld on %s: %s", noCIDR.Name, line)
-		time.Sleep(time.Second)
+		// waitReady below also fails should flanneld exit before the
+		// subnet.env that only the assignment can bring.
 		if !k.Flanneld(noCIDR).Running() {
 			t.Fatalf("flanneld on %s exited while waiting for a pod CIDR", noCIDR.Name)
 		}
@@ -338,7 +339,9 @@ func TestKubeStartupProblems(t *testing.T) {
 	t.Run("no NetworkUnavailable without the flag", func(t *testing.T) {
 		// Ready is logged before the condition would be written.
 		waitLog(t, k.cluster, noCIDR, regexp.MustCompile(`ready: \d+ peers programmed`), 10*time.Second)
-		time.Sleep(2 * time.Second)
+		// The point where the condition would have been written: after
+		// this line flanneld writes none.
+		waitLog(t, k.cluster, noCIDR, regexp.MustCompile(`not setting condition NetworkUnavailable`), 10*time.Second)
 		c, err := k.networkUnavailable(ctx, noCIDR.Name)
 		if err != nil || c != nil {
 			t.Errorf("with --set-node-network-unavailable=false node %s has NetworkUnavailable %+v (%v), want none", noCIDR.Name, c, err)
@@ -357,7 +360,8 @@ func TestKubeStartupProblems(t *testing.T) {
 	t.Run("malformed net-conf.json", func(t *testing.T) {
 		line := waitLog(t, k.cluster, malformed, regexp.MustCompile(`.*error parsing subnet config.*`), 5*time.Second)[0]
 		t.Logf("flanneld on %s: %s", malformed.Name, line)
-		time.Sleep(time.Second)
+		// A retry logged after the first failure: it is waiting, not gone.
+		waitLog(t, k.cluster, malformed, regexp.MustCompile(`still failing: .*error parsing subnet config`), 10*time.Second)
 		if !k.Flanneld(malformed).Running() {
 			t.Errorf("flanneld on %s exited after a malformed net-conf.json", malformed.Name)
 		}

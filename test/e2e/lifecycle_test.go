@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"regexp"
@@ -135,7 +137,8 @@ func TestEtcdOutage(t *testing.T) {
 	count := int((outage + 6*time.Second) / interval)
 	var stream pingStream
 	stream.start(t, pods[0].NS, pods[1].IP.String(), interval, count)
-	time.Sleep(2 * time.Second)
+	// etcd goes down only once traffic demonstrably flows.
+	eventually(t, 10*time.Second, "the ping stream's first reply", stream.answered)
 	if err := c.StopEtcd(); err != nil {
 		t.Fatal(err)
 	}
@@ -177,8 +180,29 @@ func TestEtcdOutage(t *testing.T) {
 // pingStream runs a long ping in a namespace and reports its counts.
 type pingStream struct {
 	wg  sync.WaitGroup
-	out []byte
+	mu  sync.Mutex
+	out bytes.Buffer // ping's output so far, under mu
 	err error
+}
+
+func (s *pingStream) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.out.Write(p)
+}
+
+func (s *pingStream) output() []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return bytes.Clone(s.out.Bytes())
+}
+
+// answered is nil once the stream has had a reply.
+func (s *pingStream) answered() error {
+	if !bytes.Contains(s.output(), []byte(" bytes from ")) {
+		return fmt.Errorf("no reply yet: %q", s.output())
+	}
+	return nil
 }
 
 func (s *pingStream) start(t *testing.T, ns, to string, interval time.Duration, count int) {
@@ -189,8 +213,9 @@ func (s *pingStream) start(t *testing.T, ns, to string, interval time.Duration, 
 		secs := strconv.FormatFloat(interval.Seconds(), 'f', 1, 64)
 		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(count)*interval+time.Minute)
 		defer cancel()
-		cmd := exec.CommandContext(ctx, "ip", "netns", "exec", ns, "ping", "-n", "-q", "-i", secs, "-W", "1", "-c", strconv.Itoa(count), to)
-		s.out, s.err = cmd.CombinedOutput()
+		cmd := exec.CommandContext(ctx, "ip", "netns", "exec", ns, "ping", "-n", "-i", secs, "-W", "1", "-c", strconv.Itoa(count), to)
+		cmd.Stdout, cmd.Stderr = s, s
+		s.err = cmd.Run()
 	}()
 }
 
@@ -199,9 +224,10 @@ var pingSummary = regexp.MustCompile(`(\d+) packets transmitted, (\d+) received`
 func (s *pingStream) wait(t *testing.T) (sent, lost int) {
 	t.Helper()
 	s.wg.Wait()
-	m := pingSummary.FindSubmatch(s.out)
+	out := s.output()
+	m := pingSummary.FindSubmatch(out)
 	if m == nil {
-		t.Fatalf("ping stream: no summary (%v):\n%s", s.err, s.out)
+		t.Fatalf("ping stream: no summary (%v):\n%s", s.err, out)
 	}
 	sent, _ = strconv.Atoi(string(m[1]))
 	recv, _ := strconv.Atoi(string(m[2]))

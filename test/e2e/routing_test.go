@@ -10,9 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flannelgo/flannel/internal/kernelstate"
 	"github.com/flannelgo/flannel/internal/testbed"
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 )
 
 // host-gw on one segment: plain routes via each peer's address, no
@@ -171,25 +171,15 @@ type route struct {
 // routeVia returns the gateway and device of the route to dst in ns.
 func routeVia(ns string, dst netip.Prefix) (route, error) {
 	var r route
-	err := withNS(ns, func(h *netlink.Handle) error {
-		family := unix.AF_INET
-		if dst.Addr().Is6() {
-			family = unix.AF_INET6
-		}
-		routes, err := h.RouteListFiltered(family, &netlink.Route{Dst: &net.IPNet{IP: dst.Addr().AsSlice(), Mask: net.CIDRMask(dst.Bits(), dst.Addr().BitLen())}}, netlink.RT_FILTER_DST)
+	err := kernelstate.With(ns, func(k *kernelstate.Reader) error {
+		rt, err := k.HostGWRoute(dst)
 		if err != nil {
 			return err
 		}
-		if len(routes) == 0 {
+		if rt == nil {
 			return fmt.Errorf("no route to %s in %s", dst, ns)
 		}
-		link, err := h.LinkByIndex(routes[0].LinkIndex)
-		if err != nil {
-			return err
-		}
-		r.dev = link.Attrs().Name
-		r.gw, _ = netip.AddrFromSlice(routes[0].Gw)
-		r.gw = r.gw.Unmap()
+		r = route{gw: rt.Gw, dev: rt.Dev}
 		return nil
 	})
 	return r, err

@@ -13,19 +13,19 @@ import (
 // both put back a rule deleted by hand within --iptables-resync.
 func TestMasqueradeModes(t *testing.T) {
 	modes := []struct {
-		name, lab string
-		nft       bool
+		name, tb string
+		nft      bool
 		// breakRule deletes flannel's masquerade rules in a node by hand.
 		breakRule []string
 		// present lists them, to see when they are back.
 		present []string
 		want    string
 	}{
-		{name: "iptables", lab: "mipt",
+		{name: "iptables", tb: "mipt",
 			breakRule: []string{"iptables", "-t", "nat", "-F", "FLANNEL-POSTRTG"},
 			present:   []string{"iptables", "-t", "nat", "-S", "FLANNEL-POSTRTG"},
 			want:      "MASQUERADE"},
-		{name: "nftables", lab: "mnft", nft: true,
+		{name: "nftables", tb: "mnft", nft: true,
 			breakRule: []string{"nft", "flush", "chain", "ip", "flannel-ipv4", "postrouting"},
 			present:   []string{"nft", "list", "chain", "ip", "flannel-ipv4", "postrouting"},
 			want:      "masquerade"},
@@ -33,7 +33,7 @@ func TestMasqueradeModes(t *testing.T) {
 	for _, m := range modes {
 		t.Run(m.name, func(t *testing.T) {
 			conf := fmt.Sprintf(`{"Network":"10.244.0.0/16","EnableNFTables":%v,"Backend":{"Type":"vxlan"}}`, m.nft)
-			c := newCluster(t, m.lab, clusterOpts{nodes: 2, config: conf})
+			c := newCluster(t, m.tb, clusterOpts{nodes: 2, config: conf})
 			const resync = 2 * time.Second
 			c.start(c.Nodes, "--ip-masq", "--iptables-resync=2")
 			pods := c.addPods(c.Nodes)

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	bt "github.com/flannelgo/flannel/internal/backend/backendtest"
+	bt "github.com/flannelgo/flannel/internal/testbed/tbtest"
 )
 
 // A peer's route deleted by hand is back within 1 s; after the external
@@ -16,7 +16,7 @@ import (
 // back, and pods talk again. The periodic reconcile is
 // an hour away: the repairs come from netlink notifications.
 func TestHealRoutes(t *testing.T) {
-	lab := bt.NewLab(t, "tbk-hg-heal")
+	lab := bt.NewNet(t, "tbk-hg-heal")
 	seg := lab.Segment("br0", 1500)
 	a := lab.Node("a", seg, "198.51.100.11/24", "fd00:198:51:100::11/64")
 	b := lab.Node("b", seg, "198.51.100.12/24", "fd00:198:51:100::12/64")
@@ -24,15 +24,15 @@ func TestHealRoutes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	nwA, la := bt.Up(t, a, be, bt.Config(TypeName, true, true), "10.244.1.0/24", "fd00:10:244:1::/64")
+	nwA, la := bt.Up(t, a, be, bt.BackendConfig(TypeName, true, true), "10.244.1.0/24", "fd00:10:244:1::/64")
 	nwB, lb := up(t, b, `{}`, true, true, "10.244.2.0/24", "fd00:10:244:2::/64")
 	pa := lab.Pod(a, nwA.MTU(), pfx("10.244.1.0/24"), pfx("fd00:10:244:1::/64"))
 	pb := lab.Pod(b, nwB.MTU(), pfx("10.244.2.0/24"), pfx("fd00:10:244:2::/64"))
 	nwA.HandleEvents(ctx, bt.Added(lb))
 	nwB.HandleEvents(ctx, bt.Added(la))
 	rep := bt.Heal(t, a, be, nwA, time.Hour)
-	bt.Ping(t, pa.NS, pb.Addr)
-	bt.Ping(t, pa.NS, pb.Addr6)
+	bt.Ping(t, pa.NS, pb.Addr, 56, false)
+	bt.Ping(t, pa.NS, pb.Addr6, 56, false)
 
 	present := func() error {
 		for _, c := range [][3]string{
@@ -68,5 +68,5 @@ func TestHealRoutes(t *testing.T) {
 	if err := bt.TryPing(pa.NS, pb.Addr, 2*time.Second-took); err != nil {
 		t.Fatalf("IPv4 pods do not talk within 2 s of the flap: %v", err)
 	}
-	bt.Ping(t, pa.NS, pb.Addr6)
+	bt.Ping(t, pa.NS, pb.Addr6, 56, false)
 }

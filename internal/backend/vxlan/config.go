@@ -15,6 +15,9 @@ type Options struct {
 	Learning      bool
 	DirectRouting bool
 	MTU           int // the underlay MTU, as upstream reads it; 0: the external interface's. The device gets MTU minus the overhead.
+	// DisableTxChecksumOffload turns tx-checksum-ip-generic off on the
+	// device also on kernels 5.7 and later (before 5.7 it is always off).
+	DisableTxChecksumOffload bool
 }
 
 const (

@@ -11,6 +11,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/flannelgo/flannel/internal/backend"
+	"github.com/flannelgo/flannel/internal/offload"
 )
 
 // deviceSpec is what the VXLAN device must look like.
@@ -24,12 +25,34 @@ type deviceSpec struct {
 	gbp      bool
 	mtu      int
 	mac      net.HardwareAddr // nil: the kernel picks one
+	// noTxChecksum forces tx-checksum-ip-generic off (see internal/offload).
+	noTxChecksum bool
 }
 
-// ensureDevice reuses a compatible device left by a previous run, which
+// ensureDevice makes the device (ensureLink) and then, on kernels before
+// 5.7 or when the config asks, turns its checksum offload off: every path
+// that creates or re-creates the device passes here, so a fresh device
+// never keeps the offload on.
+func ensureDevice(h *netlink.Handle, s deviceSpec) (*netlink.Vxlan, error) {
+	vx, err := ensureLink(h, s)
+	if err != nil {
+		return nil, err
+	}
+	old, rel := offload.KernelNeedsFix()
+	if !old && !s.noTxChecksum {
+		return vx, nil
+	}
+	if err := offload.DisableTxChecksum(s.name); err != nil {
+		return nil, fmt.Errorf("%w (needed on kernel %s, or with DisableTxChecksumOffload, against corrupt VXLAN checksums)", err, rel)
+	}
+	klog.Infof("turned %s off on %s (kernel %s, DisableTxChecksumOffload=%v)", offload.Feature, s.name, rel, s.noTxChecksum)
+	return vx, nil
+}
+
+// ensureLink reuses a compatible device left by a previous run, which
 // keeps its MAC (and so every peer's FDB entry for us) valid across
 // restarts; an incompatible one is replaced.
-func ensureDevice(h *netlink.Handle, s deviceSpec) (*netlink.Vxlan, error) {
+func ensureLink(h *netlink.Handle, s deviceSpec) (*netlink.Vxlan, error) {
 	existing, err := h.LinkByName(s.name)
 	if err == nil {
 		if vx, ok := existing.(*netlink.Vxlan); ok && compatible(vx, s) {

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/flannelgo/flannel/internal/backend"
-	bt "github.com/flannelgo/flannel/internal/backend/backendtest"
+	bt "github.com/flannelgo/flannel/internal/testbed/tbtest"
 	"github.com/flannelgo/flannel/internal/lease"
 )
 
@@ -26,14 +26,14 @@ type healPair struct {
 
 func newHealPair(t *testing.T, tag, raw string) *healPair {
 	t.Helper()
-	lab := bt.NewLab(t, "tbk-vx-"+tag)
+	lab := bt.NewNet(t, "tbk-vx-"+tag)
 	seg := lab.Segment("br0", 1500)
 	h := &healPair{a: lab.Node("a", seg, "198.51.100.11/24"), b: lab.Node("b", seg, "198.51.100.12/24")}
 	be, err := NewWithHandle(h.a.H, h.a.Ext, json.RawMessage(raw))
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.nwA, h.la = bt.Up(t, h.a, be, bt.Config(TypeName, true, false), "10.244.1.0/24", "")
+	h.nwA, h.la = bt.Up(t, h.a, be, bt.BackendConfig(TypeName, true, false), "10.244.1.0/24", "")
 	nwB, lb := up(t, h.b, raw, "10.244.2.0/24")
 	h.lb = lb
 	h.pa = lab.Pod(h.a, h.nwA.MTU(), pfx("10.244.1.0/24"))
@@ -41,7 +41,7 @@ func newHealPair(t *testing.T, tag, raw string) *healPair {
 	h.nwA.HandleEvents(ctx, added(h.lb))
 	nwB.HandleEvents(ctx, added(h.la))
 	h.rep = bt.Heal(t, h.a, be, h.nwA, time.Hour)
-	bt.Ping(t, h.pa.NS, h.pb.Addr)
+	bt.Ping(t, h.pa.NS, h.pb.Addr, 56, false)
 	return h
 }
 
@@ -116,7 +116,7 @@ func TestHealPeerEntries(t *testing.T) {
 		}
 		return nil
 	})
-	bt.Ping(t, h.pa.NS, h.pb.Addr)
+	bt.Ping(t, h.pa.NS, h.pb.Addr, 56, false)
 }
 
 // The external interface goes down and up: with DirectRouting the plain
@@ -160,7 +160,7 @@ func TestTwinLeasesShareFDB(t *testing.T) {
 	assertContains(t, run(t, "ip", "-n", a.NS, "neigh", "show", "dev", "flannel.1"), "10.244.2.0 lladdr "+macB+" PERMANENT")
 	assertLacks(t, run(t, "ip", "-n", a.NS, "neigh", "show", "dev", "flannel.1"), "10.244.5.0")
 	assertLacks(t, run(t, "ip", "-n", a.NS, "route"), "10.244.5.0")
-	run(t, "ip", "netns", "exec", a.NS, "ping", "-c1", "-W2", "10.244.2.0")
+	bt.Ping(t, a.NS, netip.MustParseAddr("10.244.2.0"), 56, false)
 
 	nwA.HandleEvents(ctx, added(twin))
 	nwA.HandleEvents(ctx, bt.Removed(lb))
@@ -197,7 +197,7 @@ func TestSharedMACFollowsNewestLease(t *testing.T) {
 // IPv6 address, and b's IPv6 route, neighbour and FDB entry with it; the
 // IPv4 half is untouched.
 func TestHealDeletedIPv6Device(t *testing.T) {
-	lab := bt.NewLab(t, "tbk-vx-h6")
+	lab := bt.NewNet(t, "tbk-vx-h6")
 	seg := lab.Segment("br0", 1500)
 	a := lab.Node("a", seg, "198.51.100.11/24", "fd00:198:51:100::11/64")
 	b := lab.Node("b", seg, "198.51.100.12/24", "fd00:198:51:100::12/64")
@@ -205,14 +205,14 @@ func TestHealDeletedIPv6Device(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	nwA, la := bt.Up(t, a, be, bt.Config(TypeName, true, true), "10.244.1.0/24", "fd00:10:244:1::/64")
+	nwA, la := bt.Up(t, a, be, bt.BackendConfig(TypeName, true, true), "10.244.1.0/24", "fd00:10:244:1::/64")
 	nwB, lb := upFamilies(t, b, `{}`, true, true, "10.244.2.0/24", "fd00:10:244:2::/64")
 	pa := lab.Pod(a, nwA.MTU(), pfx("10.244.1.0/24"), pfx("fd00:10:244:1::/64"))
 	pb := lab.Pod(b, nwB.MTU(), pfx("10.244.2.0/24"), pfx("fd00:10:244:2::/64"))
 	nwA.HandleEvents(ctx, added(lb))
 	nwB.HandleEvents(ctx, added(la))
 	rep := bt.Heal(t, a, be, nwA, time.Hour)
-	bt.Ping(t, pa.NS, pb.Addr6)
+	bt.Ping(t, pa.NS, pb.Addr6, 56, false)
 	mac6, macB6 := mustMAC(t, la.Attrs.BackendV6Data), mustMAC(t, lb.Attrs.BackendV6Data)
 
 	run(t, "ip", "-n", a.NS, "link", "del", "flannel-v6.1")
@@ -235,7 +235,7 @@ func TestHealDeletedIPv6Device(t *testing.T) {
 	if err := bt.TryPing(pa.NS, pb.Addr6, 2*time.Second-took); err != nil {
 		t.Fatalf("IPv6 pods do not talk within 2 s of deleting flannel-v6.1: %v", err)
 	}
-	bt.Ping(t, pa.NS, pb.Addr)
+	bt.Ping(t, pa.NS, pb.Addr, 56, false)
 	if rep.Count("device") < 1 || rep.Count("route") != 1 || rep.Count("fdb") != 1 {
 		t.Errorf("repairs device=%d route=%d fdb=%d, want >=1, 1, 1 (the IPv4 half needed none)", rep.Count("device"), rep.Count("route"), rep.Count("fdb"))
 	}

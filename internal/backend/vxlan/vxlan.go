@@ -125,6 +125,7 @@ func (b *Backend) spec(v6 bool) (deviceSpec, error) {
 		name: name, vni: b.opts.VNI, port: b.opts.Port,
 		vtepDev: b.ext.Iface.Index, srcAddr: src,
 		learning: b.opts.Learning, gbp: b.opts.GBP, mtu: mtu,
+		noTxChecksum: b.opts.DisableTxChecksumOffload,
 	}, nil
 }
 

@@ -3,14 +3,17 @@ package vxlan
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/netip"
 	"strings"
 	"testing"
 
 	"github.com/flannelgo/flannel/internal/backend"
-	bt "github.com/flannelgo/flannel/internal/backend/backendtest"
+	"github.com/flannelgo/flannel/internal/kernelstate"
 	"github.com/flannelgo/flannel/internal/lease"
+	bt "github.com/flannelgo/flannel/internal/testbed/tbtest"
+	"golang.org/x/sys/unix"
 )
 
 var ctx = context.Background()
@@ -20,9 +23,9 @@ func run(t *testing.T, argv ...string) string { t.Helper(); return bt.Run(t, arg
 // twoNodes builds tbk-vx-<tag>-a and -b on one bridge, IPv4 only.
 func twoNodes(t *testing.T, tag string) (*bt.Node, *bt.Node) {
 	t.Helper()
-	lab := bt.NewLab(t, "tbk-vx-"+tag)
-	seg := lab.Segment("br0", 1500)
-	return lab.Node("a", seg, "198.51.100.11/24"), lab.Node("b", seg, "198.51.100.12/24")
+	tn := bt.NewNet(t, "tbk-vx-"+tag)
+	seg := tn.Segment("br0", 1500)
+	return tn.Node("a", seg, "198.51.100.11/24"), tn.Node("b", seg, "198.51.100.12/24")
 }
 
 // up registers and activates an IPv4 network on n with the given subnet and
@@ -38,7 +41,7 @@ func upFamilies(t *testing.T, n *bt.Node, raw string, v4, v6 bool, subnet4, subn
 	if err != nil {
 		t.Fatal(err)
 	}
-	return bt.Up(t, n, be, bt.Config(TypeName, v4, v6), subnet4, subnet6)
+	return bt.Up(t, n, be, bt.BackendConfig(TypeName, v4, v6), subnet4, subnet6)
 }
 
 func added(ls ...lease.Lease) []lease.Event { return bt.Added(ls...) }
@@ -68,21 +71,21 @@ func TestDeviceAndPeerShape(t *testing.T) {
 	nwB.HandleEvents(ctx, added(la))
 
 	macB := mustMAC(t, lb.Attrs.BackendData)
-	assertContains(t, run(t, "ip", "-n", a.NS, "route", "show", "10.244.2.0/24"), "10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink")
-	assertContains(t, run(t, "ip", "-n", a.NS, "neigh", "show", "dev", "flannel.1"), "10.244.2.0 lladdr "+macB+" PERMANENT")
-	assertContains(t, run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel.1"), macB+" dst 198.51.100.12 self permanent")
+	assertLine(t, routeTo(t, a.NS, "10.244.2.0/24"), "10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink")
+	assertLine(t, neighLines(t, a.NS, "flannel.1"), "10.244.2.0 lladdr "+macB+" PERMANENT")
+	assertLine(t, fdbLines(t, a.NS, "flannel.1"), macB+" dst 198.51.100.12 dev flannel.1 permanent")
 
 	// Encapsulated traffic: A's VTEP address to B's, through the overlay.
 	run(t, "ip", "netns", "exec", a.NS, "ping", "-c1", "-W2", "10.244.2.0")
 
 	nwA.HandleEvents(ctx, bt.Removed(lb))
-	if got := run(t, "ip", "-n", a.NS, "route", "show", "10.244.2.0/24"); got != "" {
+	if got := routeTo(t, a.NS, "10.244.2.0/24"); got != "" {
 		t.Errorf("route left after removal: %s", got)
 	}
-	if got := run(t, "ip", "-n", a.NS, "neigh", "show", "dev", "flannel.1"); strings.Contains(got, macB) {
+	if got := neighLines(t, a.NS, "flannel.1"); strings.Contains(got, macB) {
 		t.Errorf("neighbour left after removal: %s", got)
 	}
-	if got := run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel.1"); strings.Contains(got, macB) {
+	if got := fdbLines(t, a.NS, "flannel.1"); strings.Contains(got, macB) {
 		t.Errorf("fdb entry left after removal: %s", got)
 	}
 }
@@ -103,6 +106,86 @@ func assertContains(t *testing.T, got, want string) {
 	}
 }
 
+// assertLine wants want as one whole line of got (a reading below), so
+// that "via 198.51.100.1" does not pass for "via 198.51.100.11".
+func assertLine(t *testing.T, got, want string) {
+	t.Helper()
+	if !strings.Contains(got, "\n"+want+"\n") {
+		t.Errorf("want the line %q in:%s", want, got)
+	}
+}
+
+// Kernel state, read with internal/kernelstate (the inspector the e2e
+// tests, lab check and doctor share), one entry per line, "\n" around
+// each: routes and neighbours as `ip` prints them, FDB entries as
+// "<mac> dst <ip> dev <dev> permanent".
+func routeLines(t *testing.T, ns string) string {
+	t.Helper()
+	var rs []kernelstate.Route
+	err := kernelstate.With(ns, func(k *kernelstate.Reader) (err error) { rs, err = k.Routes("", unix.AF_INET); return err })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return joinLines(rs)
+}
+
+// routeTo is the route to dst as one line, "" when there is none.
+func routeTo(t *testing.T, ns, dst string) string {
+	t.Helper()
+	var rt *kernelstate.Route
+	err := kernelstate.With(ns, func(k *kernelstate.Reader) (err error) { rt, err = k.HostGWRoute(pfx(dst)); return err })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rt == nil {
+		return ""
+	}
+	return joinLines([]kernelstate.Route{*rt})
+}
+
+func neighLines(t *testing.T, ns, dev string) string {
+	t.Helper()
+	var ns6 []kernelstate.Neighbour
+	err := kernelstate.With(ns, func(k *kernelstate.Reader) error {
+		d, err := k.Device(dev)
+		if err != nil {
+			return err
+		}
+		ns6, err = k.Neighbours(d.Index, unix.AF_UNSPEC)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return joinLines(ns6)
+}
+
+func fdbLines(t *testing.T, ns, dev string) string {
+	t.Helper()
+	var fdb []kernelstate.FDBEntry
+	err := kernelstate.With(ns, func(k *kernelstate.Reader) error {
+		d, err := k.Device(dev)
+		if err != nil {
+			return err
+		}
+		fdb, err = k.FDB(d.Index)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return joinLines(fdb)
+}
+
+func joinLines[T fmt.Stringer](xs []T) string {
+	var b strings.Builder
+	b.WriteString("\n")
+	for _, x := range xs {
+		b.WriteString(x.String() + "\n")
+	}
+	return b.String()
+}
+
 func assertLacks(t *testing.T, got, unwanted string) {
 	t.Helper()
 	if strings.Contains(got, unwanted) {
@@ -120,7 +203,7 @@ func TestRestartReusesDeviceAndReconciles(t *testing.T) {
 		PublicIP: netip.MustParseAddr("198.51.100.99"), BackendType: "vxlan",
 		BackendData: json.RawMessage(`{"VNI":1,"VtepMAC":"ae:00:00:00:00:99"}`)}}
 	nwA.HandleEvents(ctx, added(lb, ghost))
-	assertContains(t, run(t, "ip", "-n", a.NS, "route"), "10.244.9.0/24")
+	assertLine(t, routeLines(t, a.NS), "10.244.9.0/24 via 10.244.9.0 dev flannel.1 onlink")
 	// An FDB entry for a live peer's MAC towards an address it no longer has.
 	run(t, "bridge", "-n", a.NS, "fdb", "append", mustMAC(t, lb.Attrs.BackendData), "dev", "flannel.1", "dst", "198.51.100.77", "self", "permanent")
 
@@ -129,14 +212,14 @@ func TestRestartReusesDeviceAndReconciles(t *testing.T) {
 		t.Fatalf("device recreated on restart: MAC %s became %s", mustMAC(t, la.Attrs.BackendData), mustMAC(t, la2.Attrs.BackendData))
 	}
 	nwA2.HandleEvents(ctx, added(lb))
-	routes := run(t, "ip", "-n", a.NS, "route")
+	routes := routeLines(t, a.NS)
 	assertLacks(t, routes, "10.244.9.0")
-	fdb := run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel.1")
+	fdb := fdbLines(t, a.NS, "flannel.1")
 	assertLacks(t, fdb, "ae:00:00:00:00:99")
 	assertLacks(t, fdb, "198.51.100.77")
-	assertContains(t, fdb, mustMAC(t, lb.Attrs.BackendData)+" dst 198.51.100.12")
-	assertLacks(t, run(t, "ip", "-n", a.NS, "neigh", "show", "dev", "flannel.1"), "10.244.9.0")
-	assertContains(t, routes, "10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink")
+	assertLine(t, fdb, mustMAC(t, lb.Attrs.BackendData)+" dst 198.51.100.12 dev flannel.1 permanent")
+	assertLacks(t, neighLines(t, a.NS, "flannel.1"), "10.244.9.0")
+	assertLine(t, routes, "10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink")
 }
 
 // A peer whose VTEP MAC changed (its device was recreated) or whose public
@@ -150,24 +233,24 @@ func TestPeerChange(t *testing.T) {
 	changed := lb
 	changed.Attrs.BackendData = json.RawMessage(`{"VNI":1,"VtepMAC":"ae:00:00:00:00:42"}`)
 	nwA.HandleEvents(ctx, added(changed))
-	fdb := run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel.1")
-	if strings.Contains(fdb, old) || !strings.Contains(fdb, "ae:00:00:00:00:42 dst 198.51.100.12") {
+	fdb := fdbLines(t, a.NS, "flannel.1")
+	if strings.Contains(fdb, old) || !strings.Contains(fdb, "\nae:00:00:00:00:42 dst 198.51.100.12 dev flannel.1 permanent\n") {
 		t.Errorf("fdb after MAC change:\n%s", fdb)
 	}
-	assertContains(t, run(t, "ip", "-n", a.NS, "neigh", "show", "dev", "flannel.1"), "10.244.2.0 lladdr ae:00:00:00:00:42 PERMANENT")
+	assertLine(t, neighLines(t, a.NS, "flannel.1"), "10.244.2.0 lladdr ae:00:00:00:00:42 PERMANENT")
 
 	changed.Attrs.PublicIP = netip.MustParseAddr("198.51.100.22")
 	nwA.HandleEvents(ctx, added(changed))
-	fdb = run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel.1")
-	assertContains(t, fdb, "ae:00:00:00:00:42 dst 198.51.100.22")
+	fdb = fdbLines(t, a.NS, "flannel.1")
+	assertLine(t, fdb, "ae:00:00:00:00:42 dst 198.51.100.22 dev flannel.1 permanent")
 	assertLacks(t, fdb, "198.51.100.12")
 
 	// A lease that no longer describes a usable peer drops what was there.
 	broken := changed
 	broken.Attrs.BackendType = "host-gw"
 	nwA.HandleEvents(ctx, added(broken))
-	assertLacks(t, run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel.1"), "ae:00:00:00:00:42")
-	if got := run(t, "ip", "-n", a.NS, "route", "show", "10.244.2.0/24"); got != "" {
+	assertLacks(t, fdbLines(t, a.NS, "flannel.1"), "ae:00:00:00:00:42")
+	if got := routeTo(t, a.NS, "10.244.2.0/24"); got != "" {
 		t.Errorf("route left for a peer that switched backend: %s", got)
 	}
 }
@@ -177,36 +260,36 @@ func TestDirectRouting(t *testing.T) {
 	nwA, _ := up(t, a, `{"DirectRouting":true}`, "10.244.1.0/24")
 	_, lb := up(t, b, `{}`, "10.244.2.0/24")
 	nwA.HandleEvents(ctx, added(lb))
-	assertContains(t, run(t, "ip", "-n", a.NS, "route", "show", "10.244.2.0/24"), "10.244.2.0/24 via 198.51.100.12 dev eth0")
-	assertLacks(t, run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel.1"), mustMAC(t, lb.Attrs.BackendData))
+	assertLine(t, routeTo(t, a.NS, "10.244.2.0/24"), "10.244.2.0/24 via 198.51.100.12 dev eth0")
+	assertLacks(t, fdbLines(t, a.NS, "flannel.1"), mustMAC(t, lb.Attrs.BackendData))
 }
 
 // With DirectRouting, a peer on the same segment gets a plain route and one
 // behind the router goes through the overlay. A peer that moves between
 // the two is re-programmed both ways, and pods keep reaching each other.
 func TestDirectRoutingAcrossSegments(t *testing.T) {
-	lab := bt.NewLab(t, "tbk-vx-drx")
-	seg1 := lab.Segment("br1", 1500, "198.51.100.1/24")
-	seg2 := lab.Segment("br2", 1500, "203.0.113.1/24")
-	a := lab.Node("a", seg1, "198.51.100.11/24")
-	b := lab.Node("b", seg1, "198.51.100.12/24")
-	c := lab.Node("c", seg2, "203.0.113.13/24")
+	tn := bt.NewNet(t, "tbk-vx-drx")
+	seg1 := tn.Segment("br1", 1500, "198.51.100.1/24")
+	seg2 := tn.Segment("br2", 1500, "203.0.113.1/24")
+	a := tn.Node("a", seg1, "198.51.100.11/24")
+	b := tn.Node("b", seg1, "198.51.100.12/24")
+	c := tn.Node("c", seg2, "203.0.113.13/24")
 	const opts = `{"DirectRouting":true}`
 	nwA, la := up(t, a, opts, "10.244.1.0/24")
 	nwB, lb := up(t, b, opts, "10.244.2.0/24")
 	nwC, lc := up(t, c, opts, "10.244.3.0/24")
-	pa := lab.Pod(a, nwA.MTU(), pfx("10.244.1.0/24"))
-	pb := lab.Pod(b, nwB.MTU(), pfx("10.244.2.0/24"))
-	pc := lab.Pod(c, nwC.MTU(), pfx("10.244.3.0/24"))
+	pa := tn.Pod(a, nwA.MTU(), pfx("10.244.1.0/24"))
+	pb := tn.Pod(b, nwB.MTU(), pfx("10.244.2.0/24"))
+	pc := tn.Pod(c, nwC.MTU(), pfx("10.244.3.0/24"))
 	nwA.HandleEvents(ctx, added(lb, lc))
 	nwB.HandleEvents(ctx, added(la, lc))
 	nwC.HandleEvents(ctx, added(la, lb))
 
-	assertContains(t, run(t, "ip", "-n", a.NS, "route", "show", "10.244.2.0/24"), "10.244.2.0/24 via 198.51.100.12 dev eth0")
-	assertContains(t, run(t, "ip", "-n", a.NS, "route", "show", "10.244.3.0/24"), "10.244.3.0/24 via 10.244.3.0 dev flannel.1 onlink")
-	assertContains(t, run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel.1"), mustMAC(t, lc.Attrs.BackendData)+" dst 203.0.113.13")
-	bt.Ping(t, pa.NS, pb.Addr)
-	bt.Ping(t, pa.NS, pc.Addr)
+	assertLine(t, routeTo(t, a.NS, "10.244.2.0/24"), "10.244.2.0/24 via 198.51.100.12 dev eth0")
+	assertLine(t, routeTo(t, a.NS, "10.244.3.0/24"), "10.244.3.0/24 via 10.244.3.0 dev flannel.1 onlink")
+	assertLine(t, fdbLines(t, a.NS, "flannel.1"), mustMAC(t, lc.Attrs.BackendData)+" dst 203.0.113.13 dev flannel.1 permanent")
+	bt.Ping(t, pa.NS, pb.Addr, 56, false)
+	bt.Ping(t, pa.NS, pc.Addr, 56, false)
 
 	// b moves behind the router: its VTEP is recreated with the new local
 	// address (new MAC), and a must switch it to the overlay.
@@ -216,35 +299,35 @@ func TestDirectRoutingAcrossSegments(t *testing.T) {
 	nwB.HandleEvents(ctx, added(la, lc))
 	nwA.HandleEvents(ctx, added(lb))
 	newMAC := mustMAC(t, lb.Attrs.BackendData)
-	assertContains(t, run(t, "ip", "-n", a.NS, "route", "show", "10.244.2.0/24"), "10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink")
-	assertContains(t, run(t, "ip", "-n", a.NS, "neigh", "show", "dev", "flannel.1"), "10.244.2.0 lladdr "+newMAC+" PERMANENT")
-	fdb := run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel.1")
-	assertContains(t, fdb, newMAC+" dst 203.0.113.12")
+	assertLine(t, routeTo(t, a.NS, "10.244.2.0/24"), "10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink")
+	assertLine(t, neighLines(t, a.NS, "flannel.1"), "10.244.2.0 lladdr "+newMAC+" PERMANENT")
+	fdb := fdbLines(t, a.NS, "flannel.1")
+	assertLine(t, fdb, newMAC+" dst 203.0.113.12 dev flannel.1 permanent")
 	assertLacks(t, fdb, oldMAC)
-	assertLacks(t, run(t, "ip", "-n", a.NS, "route"), "via 198.51.100.12")
-	bt.Ping(t, pa.NS, pb.Addr)
+	assertLacks(t, routeLines(t, a.NS), "via 198.51.100.12")
+	bt.Ping(t, pa.NS, pb.Addr, 56, false)
 
 	// And back onto a's segment: direct again, overlay state gone.
 	b.Move(seg1, "198.51.100.12/24")
 	nwB, lb = up(t, b, opts, "10.244.2.0/24")
 	nwB.HandleEvents(ctx, added(la, lc))
 	nwA.HandleEvents(ctx, added(lb))
-	assertContains(t, run(t, "ip", "-n", a.NS, "route", "show", "10.244.2.0/24"), "10.244.2.0/24 via 198.51.100.12 dev eth0")
-	assertLacks(t, run(t, "ip", "-n", a.NS, "neigh", "show", "dev", "flannel.1"), "10.244.2.0 ")
-	fdb = run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel.1")
+	assertLine(t, routeTo(t, a.NS, "10.244.2.0/24"), "10.244.2.0/24 via 198.51.100.12 dev eth0")
+	assertLacks(t, neighLines(t, a.NS, "flannel.1"), "10.244.2.0 ")
+	fdb = fdbLines(t, a.NS, "flannel.1")
 	assertLacks(t, fdb, newMAC)
 	assertLacks(t, fdb, "203.0.113.12")
-	bt.Ping(t, pa.NS, pb.Addr)
-	bt.Ping(t, pa.NS, pc.Addr)
+	bt.Ping(t, pa.NS, pb.Addr, 56, false)
+	bt.Ping(t, pa.NS, pc.Addr, 56, false)
 }
 
 // IPv6-only: a flannel-v6.1 device over the IPv6 underlay, peers programmed
 // from the IPv6 half of their leases.
 func TestIPv6Only(t *testing.T) {
-	lab := bt.NewLab(t, "tbk-vx-v6")
-	seg := lab.Segment("br0", 1500)
-	a := lab.Node("a", seg, "fd00:198:51:100::11/64")
-	b := lab.Node("b", seg, "fd00:198:51:100::12/64")
+	tn := bt.NewNet(t, "tbk-vx-v6")
+	seg := tn.Segment("br0", 1500)
+	a := tn.Node("a", seg, "fd00:198:51:100::11/64")
+	b := tn.Node("b", seg, "fd00:198:51:100::12/64")
 	nwA, la := upFamilies(t, a, `{}`, false, true, "", "fd00:10:244:1::/64")
 	nwB, lb := upFamilies(t, b, `{}`, false, true, "", "fd00:10:244:2::/64")
 	if nwA.MTU() != 1430 {
@@ -261,25 +344,24 @@ func TestIPv6Only(t *testing.T) {
 		assertContains(t, dev, want)
 	}
 	assertContains(t, run(t, "ip", "-n", a.NS, "-6", "-o", "addr", "show", "dev", "flannel-v6.1"), "fd00:10:244:1::/128")
-	pa := lab.Pod(a, nwA.MTU(), pfx("fd00:10:244:1::/64"))
-	pb := lab.Pod(b, nwB.MTU(), pfx("fd00:10:244:2::/64"))
+	pa := tn.Pod(a, nwA.MTU(), pfx("fd00:10:244:1::/64"))
+	pb := tn.Pod(b, nwB.MTU(), pfx("fd00:10:244:2::/64"))
 	nwA.HandleEvents(ctx, added(lb))
 	nwB.HandleEvents(ctx, added(la))
 
 	macB := mustMAC(t, lb.Attrs.BackendV6Data)
-	assertContains(t, run(t, "ip", "-6", "-n", a.NS, "route", "show", "fd00:10:244:2::/64"), "fd00:10:244:2::/64 via fd00:10:244:2:: dev flannel-v6.1")
-	assertContains(t, run(t, "ip", "-6", "-n", a.NS, "route", "show", "fd00:10:244:2::/64"), "onlink")
-	assertContains(t, run(t, "ip", "-6", "-n", a.NS, "neigh", "show", "dev", "flannel-v6.1"), "fd00:10:244:2:: lladdr "+macB+" PERMANENT")
-	assertContains(t, run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel-v6.1"), macB+" dst fd00:198:51:100::12 self permanent")
-	bt.Ping(t, pa.NS, pb.Addr6)
-	bt.Ping(t, pa.NS, pb.Addr6, "-s", "1382", "-M", "do") // 1430 - 40 - 8: a full-size packet
+	assertLine(t, routeTo(t, a.NS, "fd00:10:244:2::/64"), "fd00:10:244:2::/64 via fd00:10:244:2:: dev flannel-v6.1 onlink")
+	assertLine(t, neighLines(t, a.NS, "flannel-v6.1"), "fd00:10:244:2:: lladdr "+macB+" PERMANENT")
+	assertLine(t, fdbLines(t, a.NS, "flannel-v6.1"), macB+" dst fd00:198:51:100::12 dev flannel-v6.1 permanent")
+	bt.Ping(t, pa.NS, pb.Addr6, 56, false)
+	bt.Ping(t, pa.NS, pb.Addr6, 1382, true) // 1430 - 40 - 8: a full-size packet
 
 	nwA.HandleEvents(ctx, bt.Removed(lb))
-	if got := run(t, "ip", "-6", "-n", a.NS, "route", "show", "fd00:10:244:2::/64"); got != "" {
+	if got := routeTo(t, a.NS, "fd00:10:244:2::/64"); got != "" {
 		t.Errorf("route left after removal: %s", got)
 	}
-	assertLacks(t, run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel-v6.1"), macB)
-	assertLacks(t, run(t, "ip", "-6", "-n", a.NS, "neigh", "show", "dev", "flannel-v6.1"), macB)
+	assertLacks(t, fdbLines(t, a.NS, "flannel-v6.1"), macB)
+	assertLacks(t, neighLines(t, a.NS, "flannel-v6.1"), macB)
 }
 
 // Dual stack: IPv4 over the IPv4 underlay on flannel.1 and IPv6 over the
@@ -287,10 +369,10 @@ func TestIPv6Only(t *testing.T) {
 // turns on after a restart: both families switch to plain routes, and the
 // overlay state of the earlier run is cleaned up.
 func TestDualStack(t *testing.T) {
-	lab := bt.NewLab(t, "tbk-vx-ds")
-	seg := lab.Segment("br0", 1500)
-	a := lab.Node("a", seg, "198.51.100.11/24", "fd00:198:51:100::11/64")
-	b := lab.Node("b", seg, "198.51.100.12/24", "fd00:198:51:100::12/64")
+	tn := bt.NewNet(t, "tbk-vx-ds")
+	seg := tn.Segment("br0", 1500)
+	a := tn.Node("a", seg, "198.51.100.11/24", "fd00:198:51:100::11/64")
+	b := tn.Node("b", seg, "198.51.100.12/24", "fd00:198:51:100::12/64")
 	nwA, la := upFamilies(t, a, `{}`, true, true, "10.244.1.0/24", "fd00:10:244:1::/64")
 	nwB, lb := upFamilies(t, b, `{}`, true, true, "10.244.2.0/24", "fd00:10:244:2::/64")
 	if nwA.MTU() != 1430 {
@@ -301,49 +383,47 @@ func TestDualStack(t *testing.T) {
 	if mustMAC(t, la.Attrs.BackendData) == mustMAC(t, la.Attrs.BackendV6Data) {
 		t.Errorf("both devices report MAC %s", mustMAC(t, la.Attrs.BackendData))
 	}
-	pa := lab.Pod(a, nwA.MTU(), pfx("10.244.1.0/24"), pfx("fd00:10:244:1::/64"))
-	pb := lab.Pod(b, nwB.MTU(), pfx("10.244.2.0/24"), pfx("fd00:10:244:2::/64"))
+	pa := tn.Pod(a, nwA.MTU(), pfx("10.244.1.0/24"), pfx("fd00:10:244:1::/64"))
+	pb := tn.Pod(b, nwB.MTU(), pfx("10.244.2.0/24"), pfx("fd00:10:244:2::/64"))
 	nwA.HandleEvents(ctx, added(lb))
 	nwB.HandleEvents(ctx, added(la))
-	assertContains(t, run(t, "ip", "-n", a.NS, "route", "show", "10.244.2.0/24"), "via 10.244.2.0 dev flannel.1 onlink")
-	assertContains(t, run(t, "ip", "-6", "-n", a.NS, "route", "show", "fd00:10:244:2::/64"), "via fd00:10:244:2:: dev flannel-v6.1")
-	assertContains(t, run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel.1"), mustMAC(t, lb.Attrs.BackendData)+" dst 198.51.100.12")
-	assertContains(t, run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel-v6.1"), mustMAC(t, lb.Attrs.BackendV6Data)+" dst fd00:198:51:100::12")
-	bt.Ping(t, pa.NS, pb.Addr)
-	bt.Ping(t, pa.NS, pb.Addr6)
+	assertLine(t, routeTo(t, a.NS, "10.244.2.0/24"), "10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink")
+	assertLine(t, routeTo(t, a.NS, "fd00:10:244:2::/64"), "fd00:10:244:2::/64 via fd00:10:244:2:: dev flannel-v6.1 onlink")
+	assertLine(t, fdbLines(t, a.NS, "flannel.1"), mustMAC(t, lb.Attrs.BackendData)+" dst 198.51.100.12 dev flannel.1 permanent")
+	assertLine(t, fdbLines(t, a.NS, "flannel-v6.1"), mustMAC(t, lb.Attrs.BackendV6Data)+" dst fd00:198:51:100::12 dev flannel-v6.1 permanent")
+	bt.Ping(t, pa.NS, pb.Addr, 56, false)
+	bt.Ping(t, pa.NS, pb.Addr6, 56, false)
 
 	nwA2, _ := upFamilies(t, a, `{"DirectRouting":true}`, true, true, "10.244.1.0/24", "fd00:10:244:1::/64")
 	nwA2.HandleEvents(ctx, added(lb))
-	assertContains(t, run(t, "ip", "-n", a.NS, "route", "show", "10.244.2.0/24"), "10.244.2.0/24 via 198.51.100.12 dev eth0")
-	assertContains(t, run(t, "ip", "-6", "-n", a.NS, "route", "show", "fd00:10:244:2::/64"), "fd00:10:244:2::/64 via fd00:198:51:100::12 dev eth0")
-	assertLacks(t, run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel-v6.1"), mustMAC(t, lb.Attrs.BackendV6Data))
-	assertLacks(t, run(t, "ip", "-6", "-n", a.NS, "neigh", "show", "dev", "flannel-v6.1"), "fd00:10:244:2::")
-	bt.Ping(t, pa.NS, pb.Addr)
-	bt.Ping(t, pa.NS, pb.Addr6)
+	assertLine(t, routeTo(t, a.NS, "10.244.2.0/24"), "10.244.2.0/24 via 198.51.100.12 dev eth0")
+	assertLine(t, routeTo(t, a.NS, "fd00:10:244:2::/64"), "fd00:10:244:2::/64 via fd00:198:51:100::12 dev eth0")
+	assertLacks(t, fdbLines(t, a.NS, "flannel-v6.1"), mustMAC(t, lb.Attrs.BackendV6Data))
+	assertLacks(t, neighLines(t, a.NS, "flannel-v6.1"), "fd00:10:244:2::")
+	bt.Ping(t, pa.NS, pb.Addr, 56, false)
+	bt.Ping(t, pa.NS, pb.Addr6, 56, false)
 }
 
 // A 9000-byte underlay gives 8950-byte pods, and full-size packets cross
 // the overlay unfragmented; the Backend MTU key replaces the underlay MTU,
 // as upstream reads it, so {"MTU":1400} gives a 1350-byte device.
 func TestJumboMTUAndOverride(t *testing.T) {
-	lab := bt.NewLab(t, "tbk-vx-mtu")
-	seg := lab.Segment("br0", 9000)
-	a := lab.Node("a", seg, "198.51.100.11/24")
-	b := lab.Node("b", seg, "198.51.100.12/24")
+	tn := bt.NewNet(t, "tbk-vx-mtu")
+	seg := tn.Segment("br0", 9000)
+	a := tn.Node("a", seg, "198.51.100.11/24")
+	b := tn.Node("b", seg, "198.51.100.12/24")
 	nwA, la := up(t, a, `{}`, "10.244.1.0/24")
 	nwB, lb := up(t, b, `{}`, "10.244.2.0/24")
 	if nwA.MTU() != 8950 {
 		t.Fatalf("MTU %d on a 9000 underlay, want 8950", nwA.MTU())
 	}
 	assertContains(t, run(t, "ip", "-n", a.NS, "link", "show", "flannel.1"), "mtu 8950")
-	pa := lab.Pod(a, nwA.MTU(), pfx("10.244.1.0/24"))
-	pb := lab.Pod(b, nwB.MTU(), pfx("10.244.2.0/24"))
+	pa := tn.Pod(a, nwA.MTU(), pfx("10.244.1.0/24"))
+	pb := tn.Pod(b, nwB.MTU(), pfx("10.244.2.0/24"))
 	nwA.HandleEvents(ctx, added(lb))
 	nwB.HandleEvents(ctx, added(la))
-	bt.Ping(t, pa.NS, pb.Addr, "-s", "8922", "-M", "do") // 8950 - 20 - 8
-	if err := bt.TryPing(pa.NS, pb.Addr, 0, "-s", "8923", "-M", "do"); err == nil {
-		t.Error("a packet one byte over the pod MTU went through unfragmented")
-	}
+	bt.Ping(t, pa.NS, pb.Addr, 8922, true)   // 8950 - 20 - 8
+	bt.NoPing(t, pa.NS, pb.Addr, 8923, true) // one byte over the pod MTU
 
 	nwO, _ := up(t, a, `{"MTU":1400}`, "10.244.1.0/24")
 	if nwO.MTU() != 1350 {
@@ -413,7 +493,7 @@ func TestRegisterRefuses(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		_, err = be.RegisterNetwork(ctx, bt.Config(TypeName, tc.v4, tc.v6))
+		_, err = be.RegisterNetwork(ctx, bt.BackendConfig(TypeName, tc.v4, tc.v6))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: error %v, want one containing %q", tc.name, err, tc.want)
 		}

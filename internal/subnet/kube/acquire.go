@@ -221,6 +221,7 @@ func networks(cfg *config.Config) string {
 // the peers are programmed. Without the flag it does nothing.
 func (m *Manager) MarkReady(ctx context.Context) error {
 	if !m.opts.SetNodeNetworkUnavailable {
+		klog.V(2).Info("not setting condition NetworkUnavailable: --set-node-network-unavailable=false")
 		return nil
 	}
 	name, err := m.resolveNodeName(ctx)

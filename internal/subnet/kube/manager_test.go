@@ -24,6 +24,7 @@ import (
 
 	"github.com/flannelgo/flannel/internal/kubetest"
 	"github.com/flannelgo/flannel/internal/lease"
+	"github.com/flannelgo/flannel/internal/testbed/tbtest"
 )
 
 // One API server serves every test of the package: starting one takes
@@ -68,7 +69,7 @@ func newEnv(t *testing.T) *env {
 		}
 	})
 	if errors.Is(shared.err, kubetest.ErrUnavailable) {
-		t.Skipf("skipping: %v", shared.err)
+		tbtest.Unavailable(t, "%v", shared.err)
 	}
 	if shared.err != nil {
 		t.Fatalf("start kube-apiserver: %v", shared.err)
@@ -386,6 +387,18 @@ func captureKlog(t *testing.T) *logCapture {
 	return lc
 }
 
+// waitFor fails the test unless want shows up in the log within 30 s.
+func (lc *logCapture) waitFor(t *testing.T, want string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(lc.String(), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q in the log:\n%s", want, lc.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 func (lc *logCapture) String() string {
 	lc.mu.Lock()
 	defer lc.mu.Unlock()
@@ -406,14 +419,7 @@ func TestAcquireWaitsForPodCIDR(t *testing.T) {
 		l, err := m.AcquireLease(ctxT(t, 2*time.Minute), vxlanAttrs("198.51.100.30"))
 		res <- result{l, err}
 	}()
-	want := `node "wait-1" pod cidr not assigned`
-	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(logs.String(), want) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no %q in the log:\n%s", want, logs.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	logs.waitFor(t, `node "wait-1" pod cidr not assigned`)
 	if !strings.Contains(logs.String(), "--allocate-node-cidrs") || !strings.Contains(logs.String(), "--pod-network-cidr") {
 		t.Errorf("message lacks the hint:\n%s", logs.String())
 	}
@@ -440,13 +446,15 @@ func TestAcquireWaitsForPodCIDR(t *testing.T) {
 
 func TestAcquireWaitsForNodeToRegister(t *testing.T) {
 	e := newEnv(t)
+	logs := captureKlog(t)
 	m := e.manager(t, Options{NodeName: "wait-late"})
 	res := make(chan error, 1)
 	go func() {
 		_, err := m.AcquireLease(ctxT(t, 2*time.Minute), vxlanAttrs("198.51.100.31"))
 		res <- err
 	}()
-	time.Sleep(time.Second)
+	// The node is created only once acquire has seen it missing.
+	logs.waitFor(t, `node "wait-late" not found; waiting`)
 	e.createNode(t, node("wait-late", nil, "10.244.31.0/24"))
 	select {
 	case err := <-res:
@@ -592,14 +600,7 @@ func TestServiceAccountPermissions(t *testing.T) {
 	wctx, wcancel := context.WithCancel(ctx)
 	werr := make(chan error, 1)
 	go func() { werr <- m.WatchLeases(wctx, make(chan []lease.Event)) }()
-	want = `nodes is forbidden: flanneld needs "list and watch" on "nodes"`
-	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(logs.String(), want) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no %q in the log", want)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	logs.waitFor(t, `nodes is forbidden: flanneld needs "list and watch" on "nodes"`)
 	wcancel()
 	if err := <-werr; !errors.Is(err, context.Canceled) {
 		t.Fatalf("WatchLeases = %v, want context.Canceled", err)

@@ -1,4 +1,4 @@
-package backendtest
+package tbtest
 
 import (
 	"context"
@@ -15,10 +15,10 @@ import (
 	"github.com/flannelgo/flannel/internal/lease"
 )
 
-// Config is a validated-looking network config on the lab's pod ranges:
+// BackendConfig is a validated-looking network config on the test pod ranges:
 // /24 IPv4 subnets of 10.244.0.0/16 and /64 IPv6 subnets of
 // fd00:10:244::/56, for whichever families are enabled.
-func Config(backendType string, v4, v6 bool) *config.Config {
+func BackendConfig(backendType string, v4, v6 bool) *config.Config {
 	c := &config.Config{EnableIPv4: v4, EnableIPv6: v6, BackendType: backendType}
 	if v4 {
 		c.Network, c.SubnetLen = PodNet, 24

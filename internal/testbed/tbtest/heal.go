@@ -1,7 +1,8 @@
-package backendtest
+package tbtest
 
 import (
 	"context"
+	"net/netip"
 	"sync"
 	"testing"
 	"time"
@@ -9,6 +10,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/flannelgo/flannel/internal/backend"
+	"github.com/flannelgo/flannel/internal/testbed"
 )
 
 // Repairs records what a Healer reports.
@@ -98,4 +100,12 @@ func WaitFor(t testing.TB, within time.Duration, what string, cond func() error)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// TryPing is one echo of 56 bytes from ns to dst, retried until within
+// passes; it returns the last failure.
+func TryPing(ns string, dst netip.Addr, within time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), within+5*time.Second)
+	defer cancel()
+	return testbed.PingWithin(ctx, ns, dst, 56, false, within)
 }

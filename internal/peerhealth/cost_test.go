@@ -1,0 +1,101 @@
+package peerhealth
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/flannelgo/flannel/internal/lease"
+	"github.com/flannelgo/flannel/internal/probe"
+	"github.com/flannelgo/flannel/internal/testbed"
+)
+
+// TestProberCost runs the real prober with real ICMP probes against 1000
+// peers that answer (a namespace where all of 10.244.0.0/16 is local),
+// checks that every peer is probed at the configured rate and found
+// reachable, and reports the CPU the prober used per probe and per second.
+func TestProberCost(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates a network namespace and raw ICMP sockets")
+	}
+	ns := fmt.Sprintf("fl-phc-%d", os.Getpid())
+	for _, argv := range [][]string{
+		{"ip", "netns", "add", ns},
+		{"ip", "-n", ns, "link", "set", "lo", "up"},
+		{"ip", "-n", ns, "route", "add", "local", "10.244.0.0/16", "dev", "lo"},
+	} {
+		if out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v\n%s", argv, err, out)
+		}
+		if argv[2] == "add" {
+			t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
+		}
+	}
+	var pinger *probe.Pinger
+	if err := testbed.InNamespace(ns, func() (err error) { pinger, err = probe.NewPinger(); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer pinger.Close()
+
+	const peers, interval, measure = 1000, time.Second, 4 * time.Second
+	m := NewMetrics(prometheus.NewRegistry())
+	p := New(interval, pinger, m)
+	var evs []lease.Event
+	for i := range peers {
+		evs = append(evs, lease.Event{Type: lease.Added, Lease: lease.Lease{
+			Subnet: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(i / 4), byte(i % 4 * 64)}), 26),
+			Attrs:  lease.Attrs{PublicIP: netip.AddrFrom4([4]byte{198, 51, 100, byte(i%250 + 1)}), BackendType: "vxlan"}}})
+	}
+	p.Update(evs)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go p.Run(ctx)
+	time.Sleep(interval) // every peer probed once: steady state from here
+	user0, _ := cpuSplit(t)
+	cpu0, sent0 := cpuTime(t), testutil.ToFloat64(m.Probes.WithLabelValues("reply"))+testutil.ToFloat64(m.Probes.WithLabelValues("lost"))
+	start := time.Now()
+	time.Sleep(measure)
+	elapsed := time.Since(start)
+	cpu := cpuTime(t) - cpu0
+	user1, _ := cpuSplit(t)
+	user := user1 - user0
+	replies, lost := testutil.ToFloat64(m.Probes.WithLabelValues("reply")), testutil.ToFloat64(m.Probes.WithLabelValues("lost"))
+	pps := (replies + lost - sent0) / elapsed.Seconds()
+	perProbe := cpu / time.Duration(replies+lost-sent0)
+	t.Logf("%d peers at %s: %.0f probes/s, CPU %s (user %s, kernel incl. the local replies %s) in %s (%.1f %% of one core), %s per probe; at the default 10 s: %.0f probes/s, %.2f %% of one core",
+		peers, interval, pps, cpu.Round(time.Millisecond), user.Round(time.Millisecond), (cpu - user).Round(time.Millisecond), elapsed.Round(time.Millisecond), 100*cpu.Seconds()/elapsed.Seconds(),
+		perProbe.Round(time.Microsecond), pps/10, 100*cpu.Seconds()/elapsed.Seconds()/10)
+	if pps < 0.85*peers || pps > 1.15*peers {
+		t.Errorf("%.0f probes/s for %d peers at %s, want about %d", pps, peers, interval, peers)
+	}
+	if lost > 0 {
+		t.Errorf("%v of %v probes lost to local addresses", lost, replies+lost)
+	}
+	if n := testutil.CollectAndCount(m.Reachable); n != peers {
+		t.Errorf("%d flannel_peer_reachable series, want %d", n, peers)
+	}
+}
+
+func cpuTime(t *testing.T) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		t.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func cpuSplit(t *testing.T) (user, sys time.Duration) {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		t.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano()), time.Duration(ru.Stime.Nano())
+}
