@@ -58,8 +58,8 @@ func measure(t *testing.T, start time.Time, within time.Duration, what string, c
 	}
 }
 
-// nsRun runs ip or bridge in the root namespace against ns (-n).
-func nsRun(t *testing.T, argv ...string) {
+// breakIt runs ip or bridge in the root namespace against ns (-n).
+func breakIt(t *testing.T, argv ...string) {
 	t.Helper()
 	if out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput(); err != nil {
 		t.Fatalf("%s: %v: %s", strings.Join(argv, " "), err, out)
@@ -121,7 +121,7 @@ func TestSelfHealingVXLAN(t *testing.T) {
 	mac := macOf(t, n1.NS, "flannel.1")
 
 	start := time.Now()
-	nsRun(t, "ip", "-n", n1.NS, "link", "del", "flannel.1")
+	breakIt(t, "ip", "-n", n1.NS, "link", "del", "flannel.1")
 	measure(t, start, 2*time.Second, "ip link del flannel.1 -> pod-to-pod traffic back", podsTalk(pods[0], pods[1]))
 	measure(t, start, 2*time.Second, "and back the other way", podsTalk(pods[1], pods[0]))
 	if got := macOf(t, n1.NS, "flannel.1"); got != mac {
@@ -140,13 +140,13 @@ func TestSelfHealingVXLAN(t *testing.T) {
 		{"bridge", "-n", n1.NS, "fdb", "del", macOf(t, n2.NS, "flannel.1"), "dev", "flannel.1", "dst", n2.Addr.String(), "self"},
 	} {
 		start := time.Now()
-		nsRun(t, del...)
+		breakIt(t, del...)
 		measure(t, start, time.Second, strings.Join(del[3:5], " ")+" deleted by hand -> restored", programmed(n1, n2, sub2))
 	}
 
 	start = time.Now()
-	nsRun(t, "ip", "-n", n1.NS, "link", "set", "eth0", "down")
-	nsRun(t, "ip", "-n", n1.NS, "link", "set", "eth0", "up")
+	breakIt(t, "ip", "-n", n1.NS, "link", "set", "eth0", "down")
+	breakIt(t, "ip", "-n", n1.NS, "link", "set", "eth0", "up")
 	measure(t, start, 2*time.Second, "eth0 down/up -> pods talk again", func() error {
 		for _, p := range pods[1:] {
 			if err := podsTalk(pods[0], p)(); err != nil {
@@ -214,15 +214,15 @@ func TestSelfHealingHostGW(t *testing.T) {
 		return nil
 	}
 	start := time.Now()
-	nsRun(t, "ip", "-n", n1.NS, "route", "del", subnets[c.Nodes[1]].String())
+	breakIt(t, "ip", "-n", n1.NS, "route", "del", subnets[c.Nodes[1]].String())
 	measure(t, start, time.Second, "host-gw route deleted by hand -> restored", routed)
 
 	start = time.Now()
-	nsRun(t, "ip", "-n", n1.NS, "link", "set", "eth0", "down")
+	breakIt(t, "ip", "-n", n1.NS, "link", "set", "eth0", "down")
 	if routed() == nil {
 		t.Fatal("the kernel kept the routes through a down interface; the flap proves nothing")
 	}
-	nsRun(t, "ip", "-n", n1.NS, "link", "set", "eth0", "up")
+	breakIt(t, "ip", "-n", n1.NS, "link", "set", "eth0", "up")
 	measure(t, start, 2*time.Second, "eth0 down/up -> routes back and pods talk", func() error {
 		if err := routed(); err != nil {
 			return err

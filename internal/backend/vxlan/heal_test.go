@@ -9,8 +9,8 @@ import (
 	"time"
 
 	"github.com/flannelgo/flannel/internal/backend"
-	bt "github.com/flannelgo/flannel/internal/testbed/tbtest"
 	"github.com/flannelgo/flannel/internal/lease"
+	bt "github.com/flannelgo/flannel/internal/testbed/tbtest"
 )
 
 // healPair is two nodes with one pod each, programmed for each other, and
