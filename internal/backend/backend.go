@@ -46,7 +46,8 @@ type Network interface {
 	MTU() int
 	// HandleEvents programs or removes peers. Events never include the
 	// node's own lease. Errors for one peer are logged and do not stop
-	// others; they are reported again on the next event for that peer.
+	// others; a Network that also implements Healer (heal.go) retries them
+	// with back-off, others on the next event for that peer.
 	HandleEvents(ctx context.Context, events []lease.Event)
 }
 

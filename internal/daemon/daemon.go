@@ -34,6 +34,9 @@ type Options struct {
 	ForwardRules       bool
 	Resync             time.Duration
 	BlackholeRoute     bool
+	// ReconcileInterval is how often a self-healing backend compares the
+	// kernel with the leases (0: backend.DefaultReconcileInterval).
+	ReconcileInterval time.Duration
 	// ProcSys is where the kernel's sysctls are read; "" means /proc/sys.
 	ProcSys string
 	// PeerProbeInterval is how often each peer is probed over the overlay
@@ -47,6 +50,7 @@ type Daemon struct {
 	mgr      subnet.Manager
 	backends backend.Registry
 	metrics  *metrics.Metrics
+	ready    *readiness
 	prober   *peerhealth.Prober // nil when --peer-probe-interval=0
 
 	guard    *leaseguard.Guard // screens other nodes' leases; set in Run
@@ -55,7 +59,7 @@ type Daemon struct {
 
 // New wires a daemon; nothing happens until Run.
 func New(opts Options, mgr subnet.Manager, backends backend.Registry, m *metrics.Metrics) *Daemon {
-	return &Daemon{opts: opts, mgr: mgr, backends: backends, metrics: m, reassert: make(chan int64, 1)}
+	return &Daemon{opts: opts, mgr: mgr, backends: backends, metrics: m, ready: &readiness{m: m}, reassert: make(chan int64, 1)}
 }
 
 // Run sets the node up and then follows other nodes until ctx ends. On
@@ -96,6 +100,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	if err := nw.Activate(ctx, own); err != nil {
 		return fmt.Errorf("activate %s for %s: %w", cfg.BackendType, own.Key(), err)
+	}
+	if h, ok := nw.(backend.Healer); ok {
+		go h.Heal(ctx, backend.HealConfig{Interval: d.opts.ReconcileInterval, Report: d.metrics})
 	}
 	if err := d.startRules(ctx, cfg, own); err != nil {
 		return err

@@ -2,6 +2,8 @@ package daemon
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"math"
 	"os"
 	"runtime/debug"
@@ -11,40 +13,43 @@ import (
 
 	"github.com/flannelgo/flannel/internal/backend"
 	"github.com/flannelgo/flannel/internal/lease"
+	"github.com/flannelgo/flannel/internal/subnet"
 )
 
 // followPeers feeds other nodes' lease events to the backend until ctx
-// ends. The node becomes ready once the first (complete) batch is applied.
+// ends. The node becomes ready once the first (complete) batch is applied,
+// and is not ready while the lease watch is broken.
 func (d *Daemon) followPeers(ctx context.Context, nw backend.Network, own *lease.Lease, renewNow chan<- struct{}) {
 	if _, ok := nw.(backend.PeerIndifferent); ok {
 		d.readyWithoutPeers(ctx)
 		return
 	}
-	events := make(chan []lease.Event)
-	go func() {
-		if err := d.mgr.WatchLeases(ctx, events); err != nil && ctx.Err() == nil {
-			klog.Errorf("watching leases stopped: %v", err)
-		}
-	}()
-	peers := map[string]bool{}
-	twins := map[string]bool{} // leases already reported for sharing our address
+	batches := make(chan watchBatch)
+	if r, ok := d.mgr.(subnet.WatchStatusReporter); ok {
+		r.ReportWatchStatus(d.watchStatus)
+	}
+	go d.watch(ctx, batches)
+	known := map[string]lease.Lease{} // every lease the watch reported, own included
+	peers := map[string]lease.Lease{} // the leases the backend programs
+	twins := map[string]bool{}        // leases already reported for sharing our address
 	first := true
 	for {
-		var batch []lease.Event
+		var b watchBatch
 		select {
 		case <-ctx.Done():
 			return
-		case batch = <-events:
+		case b = <-batches:
+		}
+		batch := b.events
+		if b.snapshot && !first {
+			batch = resnapshot(known, batch)
 		}
 		others := d.screen(d.otherNodes(batch, own, renewNow), own, twins)
 		for _, ev := range others {
 			d.metrics.LeaseEvents.WithLabelValues(ev.Type.String()).Inc()
-			if ev.Type == lease.Removed {
-				delete(peers, ev.Lease.Key())
-			} else {
-				peers[ev.Lease.Key()] = true
-			}
 		}
+		track(known, batch)
+		track(peers, others)
 		start := time.Now()
 		nw.HandleEvents(ctx, others)
 		if d.prober != nil {
@@ -53,9 +58,12 @@ func (d *Daemon) followPeers(ctx context.Context, nw backend.Network, own *lease
 		klog.V(2).Infof("applied %d lease events in %s", len(others), time.Since(start))
 		d.metrics.Peers.Set(float64(len(peers)))
 		wasFirst := first
+		if b.snapshot {
+			d.ready.hearing()
+		}
 		if first {
 			first = false
-			d.metrics.SetReady(true)
+			d.ready.applied()
 			klog.Infof("ready: %d peers programmed", len(peers))
 			go d.announceReady(ctx)
 			notifySystemd("READY=1")
@@ -98,6 +106,107 @@ const steadyGCPercent = 50
 func tightenGC() {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(steadyGCPercent)
+	}
+}
+
+// watchStatus hears from a subnet manager that rides out outages itself.
+func (d *Daemon) watchStatus(err error) {
+	if err != nil {
+		d.ready.deaf(fmt.Sprintf("cannot follow other nodes' leases: %v", err))
+		return
+	}
+	d.ready.hearing()
+}
+
+// watchBatch is one batch from WatchLeases; snapshot marks the first batch
+// of a (re-)established watch: the full current set.
+type watchBatch struct {
+	events   []lease.Event
+	snapshot bool
+}
+
+// watch runs WatchLeases until ctx ends. The contract says it returns only
+// then; if it returns earlier (an error), the node is deaf: it says so on
+// /readyz and re-establishes the watch with back-off.
+func (d *Daemon) watch(ctx context.Context, out chan<- watchBatch) {
+	const maxWait = 10 * time.Second
+	wait := 200 * time.Millisecond
+	for {
+		started := time.Now()
+		err := d.watchOnce(ctx, out)
+		if ctx.Err() != nil {
+			return
+		}
+		if time.Since(started) > time.Minute {
+			wait = 200 * time.Millisecond
+		}
+		d.metrics.DatastoreFails.Inc()
+		reason := fmt.Sprintf("the lease watch on %s ended: %v; re-establishing it", d.mgr.Name(), err)
+		klog.Errorf("%s (in %s)", reason, wait)
+		d.ready.deaf(reason)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		wait = min(wait*2, maxWait)
+	}
+}
+
+// watchOnce relays one WatchLeases call's batches, marking the first.
+func (d *Daemon) watchOnce(ctx context.Context, out chan<- watchBatch) error {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	events := make(chan []lease.Event)
+	done := make(chan error, 1)
+	go func() { done <- d.mgr.WatchLeases(wctx, events) }()
+	first := true
+	for {
+		select {
+		case err := <-done:
+			if err == nil {
+				err = errors.New("it returned without an error")
+			}
+			return err
+		case evs := <-events:
+			select {
+			case out <- watchBatch{events: evs, snapshot: first}:
+				first = false
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+	}
+}
+
+// resnapshot turns the full set sent by a re-established watch into the
+// difference the backend needs: Removed events for leases it was told
+// about that are gone now, then the set itself (unchanged leases are
+// no-ops for a backend).
+func resnapshot(known map[string]lease.Lease, snapshot []lease.Event) []lease.Event {
+	present := map[string]bool{}
+	for _, ev := range snapshot {
+		if ev.Type != lease.Removed {
+			present[ev.Lease.Key()] = true
+		}
+	}
+	var out []lease.Event
+	for key, l := range known {
+		if !present[key] {
+			out = append(out, lease.Event{Type: lease.Removed, Lease: l})
+		}
+	}
+	return append(out, snapshot...)
+}
+
+// track folds a batch into known.
+func track(known map[string]lease.Lease, batch []lease.Event) {
+	for _, ev := range batch {
+		if ev.Type == lease.Removed {
+			delete(known, ev.Lease.Key())
+		} else {
+			known[ev.Lease.Key()] = ev.Lease
+		}
 	}
 }
 

@@ -21,6 +21,7 @@ import (
 // Metrics holds the daemon's health state and its Prometheus collectors.
 type Metrics struct {
 	ready    atomic.Bool
+	reason   atomic.Pointer[string] // why not ready, when known
 	registry *prometheus.Registry
 
 	Ready          prometheus.Gauge
@@ -30,6 +31,9 @@ type Metrics struct {
 	LeaseExpiry    prometheus.Gauge
 	RuleRepairs    prometheus.Counter
 	DatastoreFails prometheus.Counter
+
+	ReconcileRepairs *prometheus.CounterVec
+	ReconcileErrors  prometheus.Counter
 
 	LeasesRejected     *prometheus.CounterVec
 	OwnLeaseReasserted prometheus.Counter
@@ -57,6 +61,11 @@ func New() *Metrics {
 		DatastoreFails: prometheus.NewCounter(prometheus.CounterOpts{Name: "flannel_datastore_errors_total",
 			Help: "Failed calls to the subnet manager's datastore."}),
 	}
+	m.ReconcileRepairs = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flannel_reconcile_repairs_total",
+		Help: "Kernel objects (device, address, route, neighbour, fdb) found missing or wrong and restored, by kind."}, []string{"kind"})
+	m.ReconcileErrors = prometheus.NewCounter(prometheus.CounterOpts{Name: "flannel_reconcile_errors_total",
+		Help: "Reconciles of the kernel state that failed and were retried with back-off."})
+	m.registry.MustRegister(m.ReconcileRepairs, m.ReconcileErrors)
 	m.registry.MustRegister(m.Ready, m.Peers, m.LeaseEvents, m.LeaseRenewals, m.LeaseExpiry, m.RuleRepairs, m.DatastoreFails,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.registerLeaseSafety()
@@ -91,6 +100,7 @@ func (m *Metrics) problem() string {
 
 // SetReady flips /readyz and the flannel_ready gauge.
 func (m *Metrics) SetReady(ready bool) {
+	m.reason.Store(nil)
 	m.ready.Store(ready)
 	if ready {
 		m.Ready.Set(1)
@@ -98,6 +108,29 @@ func (m *Metrics) SetReady(ready bool) {
 		m.Ready.Set(0)
 	}
 }
+
+// SetNotReady makes /readyz fail with reason, for the operator.
+func (m *Metrics) SetNotReady(reason string) {
+	m.reason.Store(&reason)
+	m.ready.Store(false)
+	m.Ready.Set(0)
+}
+
+// NotReadyReason is why /readyz fails ("" when ready or not yet known).
+func (m *Metrics) NotReadyReason() string {
+	if r := m.reason.Load(); r != nil && !m.IsReady() {
+		return *r
+	}
+	return ""
+}
+
+// Repaired counts restored kernel objects (backend.RepairReporter).
+func (m *Metrics) Repaired(kind string, n int) {
+	m.ReconcileRepairs.WithLabelValues(kind).Add(float64(n))
+}
+
+// ReconcileFailed counts a failed reconcile (backend.RepairReporter).
+func (m *Metrics) ReconcileFailed() { m.ReconcileErrors.Inc() }
 
 // IsReady reports what /readyz answers.
 func (m *Metrics) IsReady() bool { return m.ready.Load() }
@@ -110,7 +143,11 @@ func (m *Metrics) Handler() http.Handler {
 	})
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !m.IsReady() {
-			http.Error(w, "not ready: lease, data plane, traffic rules or subnet file not in place yet", http.StatusServiceUnavailable)
+			msg := "not ready: lease, data plane, traffic rules or subnet file not in place yet"
+			if r := m.NotReadyReason(); r != "" {
+				msg = "not ready: " + r
+			}
+			http.Error(w, msg, http.StatusServiceUnavailable)
 			return
 		}
 		if p := m.problem(); p != "" {

@@ -36,3 +36,28 @@ func TestReadiness(t *testing.T) {
 		}
 	}
 }
+
+// A reason given with SetNotReady reaches /readyz; readiness clears it.
+func TestNotReadyReasonAndRepairs(t *testing.T) {
+	m := New()
+	h := m.Handler()
+	m.SetReady(true)
+	m.SetNotReady("lease watch on etcd interrupted: connection refused")
+	code, body := get(t, h, "/readyz")
+	if code != 503 || !strings.Contains(body, "not ready: lease watch on etcd interrupted: connection refused") {
+		t.Fatalf("readyz while deaf: %d %q", code, body)
+	}
+	m.SetReady(true)
+	if code, body := get(t, h, "/readyz"); code != 200 || m.NotReadyReason() != "" {
+		t.Fatalf("readyz after recovery: %d %q, reason %q", code, body, m.NotReadyReason())
+	}
+	m.Repaired("route", 2)
+	m.Repaired("fdb", 1)
+	m.ReconcileFailed()
+	_, body = get(t, h, "/metrics")
+	for _, want := range []string{`flannel_reconcile_repairs_total{kind="route"} 2`, `flannel_reconcile_repairs_total{kind="fdb"} 1`, "flannel_reconcile_errors_total 1", "flannel_ready 1"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+}

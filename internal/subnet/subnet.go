@@ -34,3 +34,13 @@ type Manager interface {
 	// Name identifies the manager in logs ("etcd", "kube").
 	Name() string
 }
+
+// WatchStatusReporter is an optional part of a Manager whose WatchLeases
+// rides out datastore outages by itself (and so does not return). The
+// daemon registers report before WatchLeases starts; the manager calls
+// report(err) when its view of the leases stops following the datastore,
+// and report(nil) once it follows it again (after the re-list). The daemon
+// answers /readyz from it: a node must never say "ready" while deaf.
+type WatchStatusReporter interface {
+	ReportWatchStatus(report func(err error))
+}

@@ -61,10 +61,15 @@ func vxlanState(ns, dev string, subnet netip.Prefix, publicIP netip.Addr) (vxlan
 func requireProgrammed(t *testing.T, nodes []*testbed.Node, subnet netip.Prefix, publicIP netip.Addr) {
 	t.Helper()
 	for _, n := range nodes {
-		st, err := vxlanState(n.NS, "flannel.1", subnet, publicIP)
-		if err != nil || !st.all() {
-			t.Fatalf("node %s for %s: %s %v, want all three", n.Name, subnet, st, err)
-		}
+		// A peer's lease reaches the others through the watch a moment
+		// after its own subnet.env is written.
+		eventually(t, 5*time.Second, "node "+n.Name+" programs "+subnet.String(), func() error {
+			st, err := vxlanState(n.NS, "flannel.1", subnet, publicIP)
+			if err != nil || !st.all() {
+				return fmt.Errorf("%s %v, want all three", st, err)
+			}
+			return nil
+		})
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 
 	"github.com/vishvananda/netlink"
 	"k8s.io/klog/v2"
@@ -21,7 +22,11 @@ type family struct {
 	local   netip.Addr   // this node's address on the external interface
 	own     netip.Prefix
 
-	routes map[string]route // by lease key: what is installed now
+	// routes holds, by lease key, the route each current lease asks for:
+	// the desired state, whether or not the kernel holds it right now.
+	routes map[string]route
+	// failed is set when a kernel write failed; the healer retries.
+	failed bool
 	// offSegment holds, by lease key, the public address a peer was last
 	// reported unreachable at, so that the error is logged once per peer
 	// and address rather than on every re-list.
@@ -90,31 +95,44 @@ func (f *family) handle(ev lease.Event) {
 		f.forget(key)
 		return
 	}
+	old, had := f.routes[key]
+	if had && old == r {
+		return
+	}
+	f.routes[key] = r
+	installed := f.install(key, r)
+	if had {
+		// RouteReplace has normally swapped the old route out already;
+		// this catches a kernel that kept both next hops, and a new next
+		// hop that got no route.
+		f.delete(old)
+	}
+	switch {
+	case !installed:
+	case !had:
+		klog.Infof("host-gw: added route %s dev %s", r, f.b.ext.Iface.Name)
+	default:
+		klog.Infof("host-gw: re-routed %s (was %s)", r, old)
+	}
+}
+
+// install puts r in the kernel if its next hop is on this node's segment,
+// and otherwise takes out what an earlier form of it left there. It says
+// whether the route is in place.
+func (f *family) install(key string, r route) bool {
 	if err := backend.CheckOnSegment(f.b.nl, f.b.ext.Iface.Index, r.gw); err != nil {
 		// A route already installed for this peer now leads nowhere.
-		f.forget(key)
+		f.delete(r)
 		f.reportOffSegment(key, r, err)
-		return
+		return false
 	}
 	delete(f.offSegment, key)
 	if err := f.b.nl.RouteReplace(f.netlinkRoute(r)); err != nil {
-		klog.Errorf("host-gw: add route %s dev %s: %v", r, f.b.ext.Iface.Name, err)
-		f.forget(key)
-		return
+		klog.Errorf("host-gw: add route %s dev %s: %v (retrying with back-off)", r, f.b.ext.Iface.Name, err)
+		f.failed = true
+		return false
 	}
-	old, had := f.routes[key]
-	f.routes[key] = r
-	switch {
-	case !had:
-		klog.Infof("host-gw: added route %s dev %s", r, f.b.ext.Iface.Name)
-	case old != r:
-		// RouteReplace has normally swapped the old route out already;
-		// this catches a kernel that kept both next hops.
-		if err := f.b.nl.RouteDel(f.netlinkRoute(old)); err != nil && !backend.IsGone(err) {
-			klog.Errorf("host-gw: delete old route %s dev %s: %v", old, f.b.ext.Iface.Name, err)
-		}
-		klog.Infof("host-gw: re-routed %s (was %s)", r, old)
-	}
+	return true
 }
 
 // reportOffSegment tells the operator, once per peer and address, why the
@@ -131,16 +149,70 @@ func (f *family) reportOffSegment(key string, r route, why error) {
 		r.subnet, f.publicField(), r.gw, f.local, f.b.ext.Iface.Name, why)
 }
 
-// forget deletes the route installed for key, if any.
+// forget drops key from the desired state and deletes its route, unless
+// another current lease asks for the same destination.
 func (f *family) forget(key string) {
 	old, had := f.routes[key]
 	if !had {
 		return
 	}
 	delete(f.routes, key)
-	if err := f.b.nl.RouteDel(f.netlinkRoute(old)); err != nil && !backend.IsGone(err) {
-		klog.Errorf("host-gw: delete route %s dev %s: %v", old, f.b.ext.Iface.Name, err)
+	f.release(old)
+}
+
+// release deletes old's route unless a current lease wants that
+// destination too; then that lease's route is put back instead.
+func (f *family) release(old route) {
+	for key, r := range f.routes {
+		if r.subnet == old.subnet {
+			if r != old {
+				f.delete(old)
+				f.install(key, r)
+			}
+			return
+		}
 	}
+	f.delete(old)
+}
+
+func (f *family) delete(r route) {
+	if err := f.b.nl.RouteDel(f.netlinkRoute(r)); err != nil && !backend.IsGone(err) {
+		klog.Errorf("host-gw: delete route %s dev %s: %v", r, f.b.ext.Iface.Name, err)
+	}
+}
+
+// repair re-installs every desired route the kernel lacks (deleted by hand,
+// flushed when the external interface went down) and counts each one.
+func (f *family) repair(r backend.Repairs) error {
+	ext, err := f.b.nl.LinkByIndex(f.b.ext.Iface.Index)
+	if err != nil {
+		return fmt.Errorf("look up %s: %w", f.b.ext.Iface.Name, err)
+	}
+	if ext.Attrs().Flags&net.FlagUp == 0 {
+		return fmt.Errorf("%s is down; its routes are restored when it comes back up", f.b.ext.Iface.Name)
+	}
+	family := netlink.FAMILY_V4
+	if f.v6 {
+		family = netlink.FAMILY_V6
+	}
+	have, err := f.b.nl.RouteListFiltered(family, &netlink.Route{LinkIndex: f.b.ext.Iface.Index}, netlink.RT_FILTER_OIF)
+	if err != nil {
+		return fmt.Errorf("list routes on %s: %w", f.b.ext.Iface.Name, err)
+	}
+	for key, rt := range f.routes {
+		want := f.netlinkRoute(rt)
+		if slices.ContainsFunc(have, func(h netlink.Route) bool { return h.Dst.String() == want.Dst.String() && h.Gw.Equal(want.Gw) }) {
+			continue
+		}
+		if f.install(key, rt) {
+			klog.Infof("host-gw: restored route %s dev %s", rt, f.b.ext.Iface.Name)
+			r.Add("route")
+		}
+	}
+	if f.failed {
+		return fmt.Errorf("some %s routes could not be installed", f.name())
+	}
+	return nil
 }
 
 // reconcile removes routes on the external interface into the cluster

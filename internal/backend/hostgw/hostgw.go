@@ -9,10 +9,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sync"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 
 	"github.com/flannelgo/flannel/internal/backend"
 	"github.com/flannelgo/flannel/internal/config"
@@ -50,7 +52,12 @@ type Backend struct {
 	ext  *backend.ExternalInterface
 	opts Options
 	nl   *netlink.Handle
+	ns   *netns.NsHandle // where nl works, for netlink notifications; nil: here
 }
+
+// WatchNamespace names the network namespace nl is bound to, so that the
+// healer subscribes to that namespace's netlink notifications.
+func (b *Backend) WatchNamespace(ns netns.NsHandle) { b.ns = &ns }
 
 // New is the backend.Factory for "host-gw"; it works in the process's
 // current network namespace.
@@ -86,7 +93,7 @@ func (b *Backend) RegisterNetwork(ctx context.Context, cfg *config.Config) (back
 	if err != nil {
 		return nil, err
 	}
-	n := &network{mtu: mtu}
+	n := &network{b: b, mtu: mtu, kick: make(chan struct{}, 1)}
 	if cfg.EnableIPv4 {
 		if !b.ext.IfaceAddr.Unmap().Is4() {
 			return nil, fmt.Errorf("host-gw: interface %s has no IPv4 address to route IPv4 pod traffic through", b.ext.Iface.Name)
@@ -99,6 +106,11 @@ func (b *Backend) RegisterNetwork(ctx context.Context, cfg *config.Config) (back
 		}
 		n.v6 = newFamily(b, true, cfg.IPv6Network, b.ext.IfaceV6Addr)
 	}
+	o := &backend.Owned{Ext: b.ext.Iface.Index}
+	for _, f := range n.families() {
+		o.Networks = append(o.Networks, f.network)
+	}
+	n.owned = o
 	return n, nil
 }
 
@@ -118,11 +130,16 @@ func (b *Backend) mtu(cfg *config.Config) (int, error) {
 }
 
 type network struct {
+	b   *Backend
 	mtu int
 
-	mu         sync.Mutex
-	v4, v6     *family // nil when the network lacks that family
-	reconciled bool
+	mu     sync.Mutex
+	v4, v6 *family // nil when the network lacks that family
+	// synced is set once the first (complete) batch of leases is applied;
+	// only then may routes that no lease accounts for be removed.
+	synced bool
+	kick   chan struct{}  // asks the healer for a reconcile now
+	owned  *backend.Owned // what the healer watches; never changes
 }
 
 func (n *network) families() []*family {
@@ -161,19 +178,55 @@ func (n *network) Activate(ctx context.Context, own *lease.Lease) error {
 
 // HandleEvents adds, moves and removes peer routes. The first batch is the
 // full set of leases, so after it any route of ours that no current peer
-// accounts for is left over from an earlier run and removed.
+// accounts for is left over from an earlier run and removed. A failed
+// kernel write asks the healer to retry at once.
 func (n *network) HandleEvents(ctx context.Context, events []lease.Event) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	failed := false
 	for _, f := range n.families() {
 		for _, ev := range events {
 			f.handle(ev)
 		}
+		failed = failed || f.failed
 	}
-	if !n.reconciled {
-		n.reconciled = true
+	if !n.synced {
+		n.synced = true
 		for _, f := range n.families() {
 			f.reconcile()
 		}
 	}
+	if failed {
+		select {
+		case n.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Heal keeps every peer's route in place; see backend.Healer.
+func (n *network) Heal(ctx context.Context, cfg backend.HealConfig) {
+	backend.RunHealer(ctx, backend.HealLoop{
+		Name: "host-gw", NS: n.b.ns, Config: cfg, Reconcile: n.reconcile, Kick: n.kick,
+		Owned: func() *backend.Owned { return n.owned },
+	})
+}
+
+// reconcile restores missing routes and, once the leases are known,
+// removes routes no lease accounts for.
+func (n *network) reconcile() (backend.Repairs, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	r := backend.Repairs{}
+	var errs []error
+	for _, f := range n.families() {
+		f.failed = false
+		if err := f.repair(r); err != nil {
+			errs = append(errs, fmt.Errorf("host-gw %s: %w", f.name(), err))
+		}
+		if n.synced {
+			f.reconcile()
+		}
+	}
+	return r, errors.Join(errs...)
 }

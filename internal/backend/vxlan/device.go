@@ -24,6 +24,7 @@ type deviceSpec struct {
 	learning bool
 	gbp      bool
 	mtu      int
+	mac      net.HardwareAddr // nil: the kernel picks one
 	// noTxChecksum forces tx-checksum-ip-generic off (see internal/offload).
 	noTxChecksum bool
 }
@@ -71,7 +72,7 @@ func ensureLink(h *netlink.Handle, s deviceSpec) (*netlink.Vxlan, error) {
 		return nil, fmt.Errorf("look up device %s: %w", s.name, err)
 	}
 	vx := &netlink.Vxlan{
-		LinkAttrs:    netlink.LinkAttrs{Name: s.name, MTU: s.mtu},
+		LinkAttrs:    netlink.LinkAttrs{Name: s.name, MTU: s.mtu, HardwareAddr: s.mac},
 		VxlanId:      s.vni,
 		VtepDevIndex: s.vtepDev,
 		Port:         s.port,
@@ -119,17 +120,18 @@ func effectivePort(p int) int {
 
 // ensureOnlyAddress gives the device exactly one address of want's family
 // (IPv6 link-local addresses, which the kernel manages, aside): a leftover
-// address from a previous subnet would make the kernel answer for it.
-func ensureOnlyAddress(h *netlink.Handle, link netlink.Link, want netip.Prefix) error {
+// address from a previous subnet would make the kernel answer for it. It
+// says whether it had to change anything.
+func ensureOnlyAddress(h *netlink.Handle, link netlink.Link, want netip.Prefix) (bool, error) {
 	family := netlink.FAMILY_V4
 	if want.Addr().Is6() {
 		family = netlink.FAMILY_V6
 	}
 	addrs, err := h.AddrList(link, family)
 	if err != nil {
-		return fmt.Errorf("list addresses of %s: %w", link.Attrs().Name, err)
+		return false, fmt.Errorf("list addresses of %s: %w", link.Attrs().Name, err)
 	}
-	have := false
+	have, changed := false, false
 	for _, a := range addrs {
 		p, ok := backend.PrefixOf(a.IPNet)
 		if ok && p == want {
@@ -141,11 +143,12 @@ func ensureOnlyAddress(h *netlink.Handle, link netlink.Link, want netip.Prefix) 
 		}
 		klog.Infof("removing stale address %s from %s", a.IPNet, link.Attrs().Name)
 		if err := h.AddrDel(link, &a); err != nil {
-			return fmt.Errorf("remove stale address %s from %s: %w", a.IPNet, link.Attrs().Name, err)
+			return true, fmt.Errorf("remove stale address %s from %s: %w", a.IPNet, link.Attrs().Name, err)
 		}
+		changed = true
 	}
 	if have {
-		return nil
+		return changed, nil
 	}
 	addr := &netlink.Addr{IPNet: backend.IPNet(want)}
 	if want.Addr().Is6() {
@@ -154,9 +157,9 @@ func ensureOnlyAddress(h *netlink.Handle, link netlink.Link, want netip.Prefix) 
 		addr.Flags = unix.IFA_F_NODAD
 	}
 	if err := h.AddrAdd(link, addr); err != nil {
-		return fmt.Errorf("add address %s to %s: %w", want, link.Attrs().Name, err)
+		return true, fmt.Errorf("add address %s to %s: %w", want, link.Attrs().Name, err)
 	}
-	return nil
+	return true, nil
 }
 
 func isNotFound(err error) bool {

@@ -24,7 +24,17 @@ type stack struct {
 	mtu     int
 	network netip.Prefix // the cluster network of this family
 	own     netip.Prefix
-	peers   map[string]peer // by lease key: what is programmed now
+	spec    deviceSpec // to re-create the device, with its MAC, if it vanishes
+	// peers holds, by lease key, what each current lease asks for: the
+	// desired state, whether or not writing it to the kernel worked.
+	peers map[string]peer
+	// order says which peer was programmed last (highest), which decides
+	// between peers that want the same kernel object in different forms.
+	order map[string]uint64
+	seq   uint64
+	// failed is set when a kernel write failed; the network then asks its
+	// reconciler to retry at once instead of waiting for the next event.
+	failed bool
 }
 
 func (s *stack) family() string {
@@ -48,7 +58,7 @@ func (s *stack) activate(own *lease.Lease) error {
 		return fmt.Errorf("own lease %s has no %s subnet although the network enables %s", own.Key(), s.family(), s.family())
 	}
 	s.own = subnet
-	if err := ensureOnlyAddress(s.b.nl, s.dev, netip.PrefixFrom(subnet.Addr(), subnet.Addr().BitLen())); err != nil {
+	if _, err := ensureOnlyAddress(s.b.nl, s.dev, netip.PrefixFrom(subnet.Addr(), subnet.Addr().BitLen())); err != nil {
 		return err
 	}
 	if err := s.b.nl.LinkSetUp(s.dev); err != nil {
@@ -116,27 +126,33 @@ func (s *stack) routeFor(p peer) *netlink.Route {
 	return &netlink.Route{Dst: backend.IPNet(p.subnet), Gw: p.vtepIP(), LinkIndex: s.dev.Index, Flags: int(netlink.FLAG_ONLINK)}
 }
 
-func (s *stack) arpFor(p peer) *netlink.Neigh {
-	mac, _ := net.ParseMAC(p.mac)
-	return &netlink.Neigh{LinkIndex: s.dev.Index, State: netlink.NUD_PERMANENT, Type: unix.RTN_UNICAST, IP: p.vtepIP(), HardwareAddr: mac}
+func (s *stack) arpFor(p peer) *netlink.Neigh { return s.arp(p.subnet.Addr(), p.mac) }
+
+// arp is the permanent neighbour entry of a peer's VTEP address.
+func (s *stack) arp(vtep netip.Addr, mac string) *netlink.Neigh {
+	hw, _ := net.ParseMAC(mac)
+	return &netlink.Neigh{LinkIndex: s.dev.Index, State: netlink.NUD_PERMANENT, Type: unix.RTN_UNICAST, IP: net.IP(vtep.AsSlice()), HardwareAddr: hw}
 }
 
-func (s *stack) fdbFor(p peer) *netlink.Neigh {
-	mac, _ := net.ParseMAC(p.mac)
+func (s *stack) fdbFor(p peer) *netlink.Neigh { return s.fdb(p.mac, p.publicIP) }
+
+// fdb is the FDB entry sending frames for a VTEP's MAC to its public address.
+func (s *stack) fdb(mac string, dst netip.Addr) *netlink.Neigh {
+	hw, _ := net.ParseMAC(mac)
 	return &netlink.Neigh{LinkIndex: s.dev.Index, Family: unix.AF_BRIDGE, State: netlink.NUD_PERMANENT, Flags: netlink.NTF_SELF,
-		IP: net.IP(p.publicIP.AsSlice()), HardwareAddr: mac}
+		IP: net.IP(dst.AsSlice()), HardwareAddr: hw}
 }
 
 // handle applies one event. A changed peer is programmed anew first and
-// only then are the leftovers of its old form removed, so its traffic is
-// not dropped while it is re-pointed.
+// only then are the leftovers of its old form released, so its traffic is
+// not dropped while it is re-pointed. A failed write keeps the peer in the
+// desired state, to be retried by the reconciler.
 func (s *stack) handle(ev lease.Event) {
 	key := ev.Lease.Key()
 	old, had := s.peers[key]
 	if ev.Type == lease.Removed {
 		if had {
-			s.remove(old)
-			delete(s.peers, key)
+			s.drop(key)
 			klog.Infof("vxlan: removed %s peer %s", s.family(), old)
 		}
 		return
@@ -144,34 +160,42 @@ func (s *stack) handle(ev lease.Event) {
 	p, err := s.peerFor(&ev.Lease)
 	if err != nil {
 		klog.Errorf("vxlan: cannot program %s peer %s: %v", s.family(), ev.Lease.String(), err)
-		s.forget(key)
+		s.drop(key)
 		return
 	}
 	if had && old == p {
 		return
 	}
+	s.set(key, p)
 	if err := s.program(p); err != nil {
-		klog.Errorf("vxlan: program %s peer %s: %v", s.family(), p, err)
-		s.forget(key)
-		s.remove(p)
-		return
+		klog.Errorf("vxlan: program %s peer %s: %v (retrying with back-off)", s.family(), p, err)
+		s.failed = true
 	}
-	s.peers[key] = p
 	if !had {
 		klog.Infof("vxlan: added %s peer %s", s.family(), p)
 		return
 	}
-	s.retire(old, p)
+	s.release(old)
 	klog.Infof("vxlan: re-programmed %s peer %s (was %s)", s.family(), p, old)
 }
 
-// forget removes whatever was programmed for key: the lease no longer
-// describes it.
-func (s *stack) forget(key string) {
-	if old, had := s.peers[key]; had {
-		s.remove(old)
-		delete(s.peers, key)
+// set records p as what key wants now, newer than every other peer.
+func (s *stack) set(key string, p peer) {
+	s.seq++
+	s.peers[key] = p
+	s.order[key] = s.seq
+}
+
+// drop forgets key and removes what it had installed, except what another
+// current peer still needs.
+func (s *stack) drop(key string) {
+	old, had := s.peers[key]
+	if !had {
+		return
 	}
+	delete(s.peers, key)
+	delete(s.order, key)
+	s.release(old)
 }
 
 // program installs neighbour and FDB entries before the route, so the route
@@ -195,31 +219,33 @@ func (s *stack) program(p peer) error {
 	return nil
 }
 
-// retire deletes what old installed and cur does not reuse. The neighbour
-// is keyed by the subnet's address, which old and cur share, so cur's
-// NeighSet already replaced it unless cur is direct.
-func (s *stack) retire(old, cur peer) {
-	if !old.sameRoute(cur) {
-		s.logGone("route", old.subnet.String(), s.b.nl.RouteDel(s.routeFor(old)))
+// release deletes the kernel objects p installed, except those a current
+// peer still needs: two leases may share one FDB entry (same VtepMAC and
+// PublicIP) and, in principle, one route or neighbour. Where a remaining
+// peer wants the same kernel key in another form, its form is re-asserted.
+func (s *stack) release(p peer) {
+	d := s.desired()
+	if q, ok := d.routes[p.subnet]; !ok || !q.sameRoute(p) {
+		s.logGone("route", p.subnet.String(), s.b.nl.RouteDel(s.routeFor(p)))
+		if ok {
+			s.logFailed("route", q.subnet.String(), s.b.nl.RouteReplace(s.routeFor(q)))
+		}
 	}
-	if old.direct {
-		return
-	}
-	if cur.direct {
-		s.logGone("neighbour", old.subnet.Addr().String(), s.b.nl.NeighDel(s.arpFor(old)))
-	}
-	if cur.direct || cur.mac != old.mac || cur.publicIP != old.publicIP {
-		s.logGone("fdb entry", old.mac+" dst "+old.publicIP.String(), s.b.nl.NeighDel(s.fdbFor(old)))
-	}
-}
-
-func (s *stack) remove(p peer) {
-	s.logGone("route", p.subnet.String(), s.b.nl.RouteDel(s.routeFor(p)))
 	if p.direct {
 		return
 	}
-	s.logGone("neighbour", p.subnet.Addr().String(), s.b.nl.NeighDel(s.arpFor(p)))
-	s.logGone("fdb entry", p.mac+" dst "+p.publicIP.String(), s.b.nl.NeighDel(s.fdbFor(p)))
+	switch mac, ok := d.neigh[p.subnet.Addr()]; {
+	case !ok:
+		s.logGone("neighbour", p.subnet.Addr().String(), s.b.nl.NeighDel(s.arpFor(p)))
+	case mac != p.mac:
+		s.logFailed("neighbour", p.subnet.Addr().String(), s.b.nl.NeighSet(s.arp(p.subnet.Addr(), mac)))
+	}
+	switch dst, ok := d.fdb[p.mac]; {
+	case !ok:
+		s.logGone("fdb entry", p.mac+" dst "+p.publicIP.String(), s.b.nl.NeighDel(s.fdbFor(p)))
+	case dst != p.publicIP:
+		s.logFailed("fdb entry", p.mac+" dst "+dst.String(), s.b.nl.NeighSet(s.fdb(p.mac, dst)))
+	}
 }
 
 // logGone reports a failed delete unless the object was already gone.
@@ -228,4 +254,13 @@ func (s *stack) logGone(what, name string, err error) {
 		return
 	}
 	klog.Errorf("vxlan: delete %s %s on %s: %v", what, name, s.dev.Name, err)
+}
+
+// logFailed reports a failed write and has the reconciler retry it.
+func (s *stack) logFailed(what, name string, err error) {
+	if err == nil {
+		return
+	}
+	s.failed = true
+	klog.Errorf("vxlan: set %s %s on %s: %v (retrying with back-off)", what, name, s.dev.Name, err)
 }

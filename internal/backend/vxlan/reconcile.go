@@ -1,8 +1,12 @@
 package vxlan
 
 import (
+	"cmp"
+	"errors"
+	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -11,32 +15,223 @@ import (
 	"github.com/flannelgo/flannel/internal/backend"
 )
 
-// reconcile deletes routes, neighbours and FDB entries that look like ours
-// but match no current peer: left by an earlier run for leases that expired
-// while this node's daemon was down.
-func (s *stack) reconcile() {
-	keepRoutes := map[netip.Prefix]bool{s.own: true}
-	wantNeigh := map[netip.Addr]bool{}
-	wantFDB := map[string]bool{}
-	for _, p := range s.peers {
-		keepRoutes[p.subnet] = true
+// desiredState is the kernel state all current peers together ask for,
+// keyed the way the kernel keys it. Two leases can want the same key (twin
+// leases sharing one VtepMAC and PublicIP share an FDB entry); the object
+// exists as long as one of them does, and the last programmed wins a
+// disagreement.
+type desiredState struct {
+	routes map[netip.Prefix]peer // by destination
+	neigh  map[netip.Addr]string // VTEP address -> MAC
+	fdb    map[string]netip.Addr // MAC -> remote public address
+}
+
+func (s *stack) desired() desiredState {
+	d := desiredState{routes: map[netip.Prefix]peer{}, neigh: map[netip.Addr]string{}, fdb: map[string]netip.Addr{}}
+	keys := make([]string, 0, len(s.peers))
+	for k := range s.peers {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b string) int { return cmp.Compare(s.order[a], s.order[b]) })
+	for _, k := range keys {
+		p := s.peers[k]
+		d.routes[p.subnet] = p
 		if !p.direct {
-			wantNeigh[p.subnet.Addr()] = true
-			wantFDB[fdbKey(p.mac, p.publicIP)] = true
+			d.neigh[p.subnet.Addr()] = p.mac
+			d.fdb[p.mac] = p.publicIP
 		}
 	}
-	s.reconcileRoutes(keepRoutes)
-	family := netlink.FAMILY_V4
-	if s.v6 {
-		family = netlink.FAMILY_V6
+	return d
+}
+
+// repair makes the kernel hold everything the current peers need: the
+// device (re-created with its old MAC, so peers' FDB entries for this node
+// stay valid), its address and up state, and each peer's route, neighbour
+// and FDB entry. With prune it also removes flannel-shaped state no peer
+// accounts for. Repairs are counted in r by kind.
+func (s *stack) repair(r backend.Repairs, prune bool) error {
+	if err := s.repairDevice(r); err != nil {
+		return err
 	}
-	s.reconcileNeighbours(family, "neighbour", func(ne netlink.Neigh) bool {
+	s.redirect()
+	d := s.desired()
+	err := errors.Join(s.repairRoutes(d, r), s.repairNeighbours(d, r), s.repairFDB(d, r))
+	if prune {
+		s.prune(d)
+	}
+	return err
+}
+
+func (s *stack) repairDevice(r backend.Repairs) error {
+	vx, err := refresh(s.b.nl, s.spec.name)
+	if err != nil || vx.Index != s.dev.Index || !compatible(vx, s.spec) {
+		klog.Warningf("vxlan: device %s is gone or was replaced; re-creating it with MAC %s", s.spec.name, s.spec.mac)
+		if vx, err = ensureDevice(s.b.nl, s.spec); err != nil {
+			return fmt.Errorf("re-create %s: %w", s.spec.name, err)
+		}
+		r.Add("device")
+	}
+	s.dev = vx
+	if s.spec.mac != nil && vx.HardwareAddr.String() != s.spec.mac.String() {
+		if err := s.b.nl.LinkSetHardwareAddr(vx, s.spec.mac); err != nil {
+			return fmt.Errorf("restore MAC %s of %s (peers' FDB entries point to it): %w", s.spec.mac, vx.Name, err)
+		}
+		r.Add("device")
+	}
+	if vx.MTU != s.spec.mtu {
+		if err := s.b.nl.LinkSetMTU(vx, s.spec.mtu); err != nil {
+			return fmt.Errorf("restore MTU %d of %s: %w", s.spec.mtu, vx.Name, err)
+		}
+		r.Add("device")
+	}
+	if !s.own.IsValid() {
+		return nil // not activated yet
+	}
+	changed, err := ensureOnlyAddress(s.b.nl, vx, netip.PrefixFrom(s.own.Addr(), s.own.Addr().BitLen()))
+	if err != nil {
+		return err
+	}
+	if changed {
+		r.Add("address")
+	}
+	if vx.Flags&net.FlagUp == 0 {
+		if err := s.b.nl.LinkSetUp(vx); err != nil {
+			return fmt.Errorf("bring up %s: %w", vx.Name, err)
+		}
+		r.Add("device")
+	}
+	return nil
+}
+
+// redirect re-checks, with DirectRouting, which peers share this node's
+// segment: an interface flap or a re-addressed underlay moves a peer
+// between a plain route and the overlay.
+func (s *stack) redirect() {
+	if !s.b.opts.DirectRouting {
+		return
+	}
+	for key, p := range s.peers {
+		direct := backend.CheckOnSegment(s.b.nl, s.b.ext.Iface.Index, p.publicIP) == nil
+		if direct == p.direct {
+			continue
+		}
+		q := p
+		q.direct = direct
+		s.set(key, q)
+		if err := s.program(q); err != nil {
+			klog.Errorf("vxlan: program %s peer %s: %v (retrying with back-off)", s.family(), q, err)
+			s.failed = true
+		}
+		s.release(p)
+		klog.Infof("vxlan: re-programmed %s peer %s (was %s)", s.family(), q, p)
+	}
+}
+
+func (s *stack) repairRoutes(d desiredState, r backend.Repairs) error {
+	have := map[netip.Prefix][]netlink.Route{}
+	for _, link := range []int{s.dev.Index, s.b.ext.Iface.Index} {
+		routes, err := s.b.nl.RouteListFiltered(s.netlinkFamily(), &netlink.Route{LinkIndex: link}, netlink.RT_FILTER_OIF)
+		if err != nil {
+			return fmt.Errorf("list routes: %w", err)
+		}
+		for _, rt := range routes {
+			if dst, ok := backend.PrefixOf(rt.Dst); ok {
+				have[dst] = append(have[dst], rt)
+			}
+		}
+	}
+	var errs []error
+	for dst, p := range d.routes {
+		want := s.routeFor(p)
+		if slices.ContainsFunc(have[dst], func(rt netlink.Route) bool { return rt.LinkIndex == want.LinkIndex && rt.Gw.Equal(want.Gw) }) {
+			continue
+		}
+		if err := s.b.nl.RouteReplace(want); err != nil {
+			errs = append(errs, fmt.Errorf("restore route %s: %w", p, err))
+			continue
+		}
+		klog.Infof("vxlan: restored route for %s peer %s", s.family(), p)
+		r.Add("route")
+	}
+	return errors.Join(errs...)
+}
+
+func (s *stack) repairNeighbours(d desiredState, r backend.Repairs) error {
+	neighs, err := s.b.nl.NeighList(s.dev.Index, s.netlinkFamily())
+	if err != nil {
+		return fmt.Errorf("list neighbours of %s: %w", s.dev.Name, err)
+	}
+	have := map[netip.Addr]netlink.Neigh{}
+	for _, ne := range neighs {
+		if a, ok := netip.AddrFromSlice(ne.IP); ok && ne.LinkIndex == s.dev.Index {
+			have[a.Unmap()] = ne
+		}
+	}
+	var errs []error
+	for ip, mac := range d.neigh {
+		if ne, ok := have[ip]; ok && ne.HardwareAddr.String() == mac && ne.State&netlink.NUD_PERMANENT != 0 {
+			continue
+		}
+		if err := s.b.nl.NeighSet(s.arp(ip, mac)); err != nil {
+			errs = append(errs, fmt.Errorf("restore neighbour %s lladdr %s dev %s: %w", ip, mac, s.dev.Name, err))
+			continue
+		}
+		klog.Infof("vxlan: restored neighbour %s lladdr %s dev %s", ip, mac, s.dev.Name)
+		r.Add("neighbour")
+	}
+	return errors.Join(errs...)
+}
+
+func (s *stack) repairFDB(d desiredState, r backend.Repairs) error {
+	entries, err := s.b.nl.NeighList(s.dev.Index, unix.AF_BRIDGE)
+	if err != nil {
+		return fmt.Errorf("list FDB of %s: %w", s.dev.Name, err)
+	}
+	have := map[string]bool{}
+	for _, ne := range entries {
+		if a, ok := netip.AddrFromSlice(ne.IP); ok && ne.LinkIndex == s.dev.Index {
+			have[fdbKey(ne.HardwareAddr.String(), a.Unmap())] = true
+		}
+	}
+	var errs []error
+	for mac, dst := range d.fdb {
+		if have[fdbKey(mac, dst)] {
+			continue
+		}
+		if err := s.b.nl.NeighSet(s.fdb(mac, dst)); err != nil {
+			errs = append(errs, fmt.Errorf("restore fdb %s dst %s dev %s: %w", mac, dst, s.dev.Name, err))
+			continue
+		}
+		klog.Infof("vxlan: restored fdb %s dst %s dev %s", mac, dst, s.dev.Name)
+		r.Add("fdb")
+	}
+	return errors.Join(errs...)
+}
+
+func (s *stack) netlinkFamily() int {
+	if s.v6 {
+		return netlink.FAMILY_V6
+	}
+	return netlink.FAMILY_V4
+}
+
+// prune deletes routes, neighbours and FDB entries that look like ours
+// but match no current peer: left by an earlier run for leases that
+// expired while this node's daemon was down, or added by hand.
+func (s *stack) prune(d desiredState) {
+	keepRoutes := map[netip.Prefix]bool{s.own: true}
+	for dst := range d.routes {
+		keepRoutes[dst] = true
+	}
+	s.pruneRoutes(keepRoutes)
+	s.pruneNeighbours(s.netlinkFamily(), "neighbour", func(ne netlink.Neigh) bool {
 		a, ok := netip.AddrFromSlice(ne.IP)
-		return ok && wantNeigh[a.Unmap()]
+		return ok && d.neigh[a.Unmap()] == ne.HardwareAddr.String()
 	})
-	s.reconcileNeighbours(unix.AF_BRIDGE, "fdb entry", func(ne netlink.Neigh) bool {
+	s.pruneNeighbours(unix.AF_BRIDGE, "fdb entry", func(ne netlink.Neigh) bool {
 		a, _ := netip.AddrFromSlice(ne.IP)
-		return wantFDB[fdbKey(ne.HardwareAddr.String(), a.Unmap())]
+		dst, ok := d.fdb[ne.HardwareAddr.String()]
+		return ok && dst == a.Unmap()
 	})
 }
 
@@ -44,10 +239,10 @@ func (s *stack) reconcile() {
 // stale too.
 func fdbKey(mac string, dst netip.Addr) string { return mac + " " + dst.String() }
 
-func (s *stack) reconcileRoutes(keep map[netip.Prefix]bool) {
+func (s *stack) pruneRoutes(keep map[netip.Prefix]bool) {
 	stale, err := backend.StaleRoutes(s.b.nl, []int{s.dev.Index, s.b.ext.Iface.Index}, s.network, keep)
 	if err != nil {
-		klog.Errorf("vxlan: %s routes left from an earlier run are not cleaned up: %v", s.family(), err)
+		klog.Errorf("vxlan: %s routes no lease accounts for are not cleaned up: %v", s.family(), err)
 		return
 	}
 	for _, r := range stale {
@@ -56,7 +251,7 @@ func (s *stack) reconcileRoutes(keep map[netip.Prefix]bool) {
 	}
 }
 
-func (s *stack) reconcileNeighbours(family int, what string, wanted func(netlink.Neigh) bool) {
+func (s *stack) pruneNeighbours(family int, what string, wanted func(netlink.Neigh) bool) {
 	neighs, err := s.b.nl.NeighList(s.dev.Index, family)
 	if err != nil {
 		klog.Errorf("vxlan: list neighbours of %s for reconciliation: %v", s.dev.Name, err)

@@ -7,10 +7,13 @@ package vxlan
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 
 	"github.com/flannelgo/flannel/internal/backend"
 	"github.com/flannelgo/flannel/internal/config"
@@ -25,7 +28,12 @@ type Backend struct {
 	ext  *backend.ExternalInterface
 	opts Options
 	nl   *netlink.Handle
+	ns   *netns.NsHandle // where nl works, for netlink notifications; nil: here
 }
+
+// WatchNamespace names the network namespace nl is bound to, so that the
+// healer subscribes to that namespace's netlink notifications.
+func (b *Backend) WatchNamespace(ns netns.NsHandle) { b.ns = &ns }
 
 // New is the backend.Factory for "vxlan"; it works in the process's current
 // network namespace.
@@ -73,19 +81,22 @@ func (b *Backend) RegisterNetwork(ctx context.Context, cfg *config.Config) (back
 		}
 		specs = append(specs, s)
 	}
-	n := &network{}
+	n := &network{b: b, kick: make(chan struct{}, 1)}
 	for _, spec := range specs {
 		dev, err := ensureDevice(b.nl, spec)
 		if err != nil {
 			return nil, fmt.Errorf("vxlan: %w", err)
 		}
-		s := &stack{b: b, v6: spec.srcAddr.Is6(), dev: dev, mtu: spec.mtu, network: cfg.Network, peers: map[string]peer{}}
+		spec.mac = dev.HardwareAddr
+		s := &stack{b: b, v6: spec.srcAddr.Is6(), dev: dev, mtu: spec.mtu, network: cfg.Network, spec: spec,
+			peers: map[string]peer{}, order: map[string]uint64{}}
 		if s.v6 {
 			s.network, n.v6 = cfg.IPv6Network, s
 		} else {
 			n.v4 = s
 		}
 	}
+	n.publishOwned()
 	return n, nil
 }
 
@@ -119,9 +130,14 @@ func (b *Backend) spec(v6 bool) (deviceSpec, error) {
 }
 
 type network struct {
-	mu         sync.Mutex
-	v4, v6     *stack // nil when the network lacks that family
-	reconciled bool
+	b      *Backend
+	mu     sync.Mutex
+	v4, v6 *stack // nil when the network lacks that family
+	// synced is set once the first (complete) batch of leases is applied;
+	// only then may state that no lease accounts for be removed.
+	synced bool
+	kick   chan struct{}                 // asks the healer for a reconcile now
+	owned  atomic.Pointer[backend.Owned] // what the healer watches
 }
 
 func (n *network) stacks() []*stack {
@@ -172,18 +188,67 @@ func (n *network) Activate(ctx context.Context, own *lease.Lease) error {
 // HandleEvents programs and removes peers. The first batch is the full set
 // of leases, so after it any flannel-shaped state the kernel still holds for
 // leases that no longer exist is left over from an earlier run and removed.
+// A failed kernel write asks the healer to retry at once.
 func (n *network) HandleEvents(ctx context.Context, events []lease.Event) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	failed := false
 	for _, s := range n.stacks() {
 		for _, ev := range events {
 			s.handle(ev)
 		}
+		failed = failed || s.failed
 	}
-	if !n.reconciled {
-		n.reconciled = true
+	if !n.synced {
+		n.synced = true
 		for _, s := range n.stacks() {
-			s.reconcile()
+			s.prune(s.desired())
 		}
 	}
+	if failed {
+		select {
+		case n.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Heal keeps the devices and every peer's route, neighbour and FDB entry in
+// place; see backend.Healer.
+func (n *network) Heal(ctx context.Context, cfg backend.HealConfig) {
+	backend.RunHealer(ctx, backend.HealLoop{
+		Name: "vxlan", NS: n.b.ns, Config: cfg, Owned: n.owned.Load, Reconcile: n.reconcile, Kick: n.kick,
+	})
+}
+
+// reconcile brings the kernel in line with the current peers.
+func (n *network) reconcile() (backend.Repairs, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	r := backend.Repairs{}
+	var errs []error
+	for _, s := range n.stacks() {
+		s.failed = false
+		if err := s.repair(r, n.synced); err != nil {
+			errs = append(errs, fmt.Errorf("vxlan %s: %w", s.family(), err))
+		}
+		if s.failed {
+			errs = append(errs, fmt.Errorf("vxlan %s: a peer could not be programmed", s.family()))
+		}
+	}
+	n.publishOwned()
+	return r, errors.Join(errs...)
+}
+
+// publishOwned tells the healer's notification filter what to watch: the
+// devices (whose index changes when one is re-created) and the external
+// interface, and routes into the cluster networks.
+func (n *network) publishOwned() {
+	o := &backend.Owned{Devices: map[int]bool{}, Names: map[string]bool{}, Ext: n.b.ext.Iface.Index}
+	for _, s := range n.stacks() {
+		o.Devices[s.dev.Index] = true
+		o.Names[s.spec.name] = true
+		o.Networks = append(o.Networks, s.network)
+	}
+	n.owned.Store(o)
 }

@@ -91,6 +91,8 @@ type Manager struct {
 
 	// markers counts holdAlive loops; Close waits for them to revoke.
 	markers sync.WaitGroup
+
+	status watchStatus // who hears about watch outages (status.go)
 }
 
 var _ subnet.Manager = (*Manager)(nil)

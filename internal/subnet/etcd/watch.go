@@ -59,9 +59,13 @@ var (
 func (m *Manager) WatchLeases(ctx context.Context, events chan<- []lease.Event) error {
 	w := &watcher{m: m, out: events, first: true}
 	health := outage{
-		down: func(err error) { klog.Errorf("etcd unreachable at %s: %v; retrying", m.endpoints(), err) },
+		down: func(err error) {
+			klog.Errorf("etcd unreachable at %s: %v; retrying", m.endpoints(), err)
+			m.status.report(fmt.Errorf("etcd unreachable at %s: %w", m.endpoints(), err))
+		},
 		up: func(d time.Duration) {
 			klog.Infof("etcd at %s reachable again after %s; re-listed leases", m.endpoints(), d.Round(time.Second))
+			m.status.report(nil)
 		},
 	}
 	var bo backoff
