@@ -250,6 +250,16 @@ func checkFlannelPermissions(ctx context.Context, t *testing.T, s *kubetest.Serv
 			return err
 		},
 	}
+	// --network-policy reads pods, namespaces and policies (never more):
+	// the manifest grants it so that the flag can be turned on alone.
+	allowed["list pods (--network-policy)"] = func() error {
+		_, err := sa.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{})
+		return err
+	}
+	allowed["list networkpolicies (--network-policy)"] = func() error {
+		_, err := sa.NetworkingV1().NetworkPolicies(namespace).List(ctx, metav1.ListOptions{})
+		return err
+	}
 	for name, call := range allowed {
 		if err := call(); err != nil {
 			t.Errorf("flannel ServiceAccount cannot %s: %v", name, err)
@@ -257,10 +267,6 @@ func checkFlannelPermissions(ctx context.Context, t *testing.T, s *kubetest.Serv
 	}
 
 	forbidden := map[string]func() error{
-		"list pods": func() error {
-			_, err := sa.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{})
-			return err
-		},
 		// The main resource would also open the spec (taints,
 		// unschedulable); a dry run, so a wrongly granted patch changes
 		// nothing the checks below look at.

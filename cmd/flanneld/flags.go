@@ -80,7 +80,7 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.StringVar(&o.kubeAnnotationPrefix, "kube-annotation-prefix", "flannel.alpha.coreos.com", `Kubernetes annotation prefix; may hold one slash (example.com/flannel gives example.com/flannel-backend-data), else a slash is appended`)
 	fs.BoolVar(&o.setNodeNetworkUnavailable, "set-node-network-unavailable", true, "set the node's NetworkUnavailable condition to false once ready")
 	fs.BoolVar(&o.networkPolicy, "network-policy", false, "enforce Kubernetes NetworkPolicies for this node's pods with nftables (needs --kube-subnet-mgr)")
-	fs.DurationVar(&o.reconcileInterval, "reconcile-interval", 30*time.Second, "how often the kernel's routes, neighbours, FDB entries and devices are compared with the leases and repaired (netlink events trigger repairs at once too)")
+	fs.DurationVar(&o.reconcileInterval, "reconcile-interval", 30*time.Second, "how often the kernel's routes, neighbours, FDB entries and devices are compared with the leases and repaired (netlink events trigger repairs at once too); 0 turns self-healing off")
 	fs.DurationVar(&o.peerProbeInterval, "peer-probe-interval", 10*time.Second, "how often each peer is probed over the overlay for flannel_peer_reachable/rtt/loss metrics (jittered); 0 turns probing off")
 	klog.InitFlags(fs)
 	return fs
@@ -131,8 +131,8 @@ func (o *options) validate() error {
 	if o.iptablesResync < 1 {
 		return fmt.Errorf("--iptables-resync=%d: must be at least 1 second", o.iptablesResync)
 	}
-	if o.reconcileInterval < time.Second {
-		return fmt.Errorf("--reconcile-interval=%s: must be at least 1s", o.reconcileInterval)
+	if o.reconcileInterval != 0 && o.reconcileInterval < time.Second {
+		return fmt.Errorf("--reconcile-interval=%s: must be 0 (self-healing off) or at least 1s", o.reconcileInterval)
 	}
 	for name, v := range map[string]string{"public-ip": o.publicIP, "public-ipv6": o.publicIPv6} {
 		if v == "" {

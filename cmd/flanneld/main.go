@@ -98,7 +98,7 @@ func serve(ctx context.Context, o *options) error {
 		SubnetFile: o.subnetFile, RenewMargin: o.renewMargin(),
 		IPMasq: o.ipMasq, FullyRandomDisable: o.ipMasqFullyRandomDisable,
 		ForwardRules: o.iptablesForwardRules, Resync: o.resync(), BlackholeRoute: o.ipBlackholeRoute,
-		ReconcileInterval: o.reconcileInterval,
+		ReconcileInterval: o.reconcileInterval, SelfHealOff: o.reconcileInterval == 0,
 		PeerProbeInterval: o.peerProbeInterval,
 	}, mgr, backends(), m)
 	return d.Run(ctx)

@@ -37,6 +37,9 @@ type Options struct {
 	// ReconcileInterval is how often a self-healing backend compares the
 	// kernel with the leases (0: backend.DefaultReconcileInterval).
 	ReconcileInterval time.Duration
+	// SelfHealOff leaves drift in the kernel alone (--reconcile-interval=0),
+	// for an operator who inspects or changes the data path by hand.
+	SelfHealOff bool
 	// ProcSys is where the kernel's sysctls are read; "" means /proc/sys.
 	ProcSys string
 	// PeerProbeInterval is how often each peer is probed over the overlay
@@ -101,8 +104,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err := nw.Activate(ctx, own); err != nil {
 		return fmt.Errorf("activate %s for %s: %w", cfg.BackendType, own.Key(), err)
 	}
-	if h, ok := nw.(backend.Healer); ok {
+	if h, ok := nw.(backend.Healer); ok && !d.opts.SelfHealOff {
 		go h.Heal(ctx, backend.HealConfig{Interval: d.opts.ReconcileInterval, Report: d.metrics})
+	} else if ok {
+		klog.Warning("self-healing is off (--reconcile-interval=0): kernel state changed by hand stays as it is until a lease changes")
 	}
 	if err := d.startRules(ctx, cfg, own); err != nil {
 		return err

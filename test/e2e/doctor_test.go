@@ -29,7 +29,9 @@ const doctorConfig = `{"Network":"10.244.0.0/21","SubnetLen":24,"Backend":{"Type
 // doctorArgs are the flanneld flags of the doctor cluster: rules are not
 // re-applied during the test (so that a deleted rule stays deleted while
 // doctor looks), health is served, and peers are probed every 2 s.
-var doctorArgs = []string{"--ip-masq", "--iptables-resync=3600", "--healthz-port=10244", "--peer-probe-interval=2s"}
+// Self-healing is off: the faults doctor must name would otherwise be
+// repaired before it looks.
+var doctorArgs = []string{"--ip-masq", "--iptables-resync=3600", "--healthz-port=10244", "--peer-probe-interval=2s", "--reconcile-interval=0"}
 
 type doctorRun struct {
 	code   int
