@@ -51,7 +51,10 @@ func startCharon(ctx context.Context, dir string, userspace bool) (*charon, erro
 	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "--",
 		"/bin/sh", "-c", `mount --bind "$0" /run && exec "$1"`, runDir, bin)
 	cmd.Env = append(os.Environ(), "STRONGSWAN_CONF="+conf)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+	// SIGKILL if flanneld dies: a charon left behind would hold the node's
+	// IKE ports and its pid file (one was seen hanging in its SIGTERM
+	// shutdown once its namespace was gone).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	out, err := os.OpenFile(filepath.Join(dir, "charon.out"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("ipsec: %w", err)
@@ -62,18 +65,31 @@ func startCharon(ctx context.Context, dir string, userspace bool) (*charon, erro
 		return nil, fmt.Errorf("ipsec: start charon (%s): %w", bin, err)
 	}
 	out.Close()
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	exited := make(chan error, 2)
 	go func() {
-		<-ctx.Done()
-		_ = cmd.Process.Signal(syscall.SIGTERM)
+		err := cmd.Wait()
+		exited <- err
+		exited <- err // once for waitReady, once for stopWith
 	}()
+	go stopWith(ctx, cmd.Process, exited)
 	c := &charon{socket: filepath.Join(runDir, "charon.vici")}
 	if err := c.waitReady(ctx, exited, dir); err != nil {
 		return nil, err
 	}
 	klog.Infof("ipsec: charon %s running (pid %d), VICI at %s, log %s", bin, cmd.Process.Pid, c.socket, filepath.Join(dir, "charon.log"))
 	return c, nil
+}
+
+// stopWith ends charon with flanneld: SIGTERM for a clean IKE shutdown,
+// SIGKILL if it has not exited after a grace period.
+func stopWith(ctx context.Context, p *os.Process, exited <-chan error) {
+	<-ctx.Done()
+	_ = p.Signal(syscall.SIGTERM)
+	select {
+	case <-exited:
+	case <-time.After(5 * time.Second):
+		_ = p.Kill()
+	}
 }
 
 func findCharon() (string, error) {
