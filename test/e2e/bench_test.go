@@ -129,7 +129,13 @@ func BenchmarkOverlayThroughput(b *testing.B) {
 		}
 		c := newCluster(b, "bo"+be.name[:2], clusterOpts{nodes: 2, config: be.config})
 		c.start(c.Nodes)
-		rows = append(rows, &row{name: be.name, c: c, pods: c.addPods(c.Nodes)})
+		pods := c.addPods(c.Nodes)
+		// A one-off iperf3 server is spent by a connection that a tunnel
+		// still being keyed (ipsec, wireguard) drops: wait for the path.
+		if err := testbed.PingWithin(ctx, pods[0].NS, pods[1].IP, 56, false, 30*time.Second); err != nil {
+			b.Fatalf("%s: pods do not reach each other: %v", be.name, err)
+		}
+		rows = append(rows, &row{name: be.name, c: c, pods: pods})
 	}
 	var underlay float64
 	for i := 0; i < b.N; i++ {

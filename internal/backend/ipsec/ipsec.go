@@ -113,8 +113,12 @@ func (b *Backend) RegisterNetwork(ctx context.Context, cfg *config.Config) (back
 	}
 	n := &network{ch: ch, opts: b.opts, encap: encap, mtu: mtu, self: b.ext.ExtAddr.String(), peers: map[string]*lease.Lease{}}
 	if userspace {
-		if n.tun, err = newTunRoutes(mtu); err != nil {
+		if n.tun, err = newTunRoutes(); err != nil {
 			return nil, err
+		}
+		if dev := n.tun.mtu(); dev < n.mtu {
+			klog.Infof("ipsec: pods get MTU %d, the MTU of charon's %s (%d after ESP and UDP overhead on the underlay)", dev, libipsecDevice, n.mtu)
+			n.mtu = dev
 		}
 	}
 	return n, nil

@@ -20,7 +20,10 @@ type tunRoutes struct {
 	dev netlink.Link
 }
 
-func newTunRoutes(mtu int) (*tunRoutes, error) {
+// newTunRoutes finds charon's ipsec0. Its MTU is charon's to choose:
+// libipsec reads packets into buffers of the MTU it set (1400), so a
+// larger device MTU would have it cut full-size packets short.
+func newTunRoutes() (*tunRoutes, error) {
 	h, err := netlink.NewHandle()
 	if err != nil {
 		return nil, fmt.Errorf("ipsec: open netlink: %w", err)
@@ -28,9 +31,6 @@ func newTunRoutes(mtu int) (*tunRoutes, error) {
 	dev, err := h.LinkByName(libipsecDevice)
 	if err != nil {
 		return nil, fmt.Errorf("ipsec: charon's userspace ESP device %s: %w", libipsecDevice, err)
-	}
-	if err := h.LinkSetMTU(dev, mtu); err != nil {
-		return nil, fmt.Errorf("ipsec: ip link set %s mtu %d: %w", libipsecDevice, mtu, err)
 	}
 	if err := h.LinkSetUp(dev); err != nil {
 		return nil, fmt.Errorf("ipsec: ip link set %s up: %w", libipsecDevice, err)
@@ -71,3 +71,5 @@ func (t *tunRoutes) setSource(own netip.Prefix) error {
 	}
 	return nil
 }
+
+func (t *tunRoutes) mtu() int { return t.dev.Attrs().MTU }
