@@ -67,9 +67,11 @@ func TestIPSecBackend(t *testing.T) {
 		return nil
 	})
 	allPairsPing(t, pods)
-	// Full-size packets too: libipsec cuts packets longer than its buffer.
-	if err := ping(ctx, pods[0].NS, pods[1].IP, 1400-28, true); err != nil {
-		t.Errorf("a full-size (1372-byte DF) ping over ipsec should pass: %v", err)
+	// Full-size packets too (FLANNEL_MTU − 28): libipsec cuts packets
+	// longer than its buffer.
+	full := envs[c.Nodes[0]].MTU - 28
+	if err := ping(ctx, pods[0].NS, pods[1].IP, full, true); err != nil {
+		t.Errorf("a full-size (%d-byte DF) ping over ipsec should pass: %v", full, err)
 	}
 
 	pattern := "f1a77e1c0ffee0dd"
