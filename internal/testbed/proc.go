@@ -327,12 +327,8 @@ func (p *Proc) adoptedStat() (procfs.ProcStat, bool) {
 	if err != nil || st.Starttime != p.StartTime || st.State == "Z" || st.State == "X" {
 		return st, false
 	}
-	pr, err := procfs.NewProc(p.Pid)
-	if err != nil {
-		return st, false
-	}
-	cmdline, err := pr.CmdLine()
-	if err != nil || len(cmdline) == 0 {
+	cmdline, ok := readCmdline(p.Pid)
+	if !ok {
 		return st, false
 	}
 	// cmdline[1] covers an interpreter running a script.
@@ -343,6 +339,28 @@ func (p *Proc) adoptedStat() (procfs.ProcStat, bool) {
 		}
 	}
 	return st, false
+}
+
+// readCmdline reads a live process's command line. While the process is
+// in the middle of execve (`ip netns exec` becoming its command) the file
+// reads empty for a moment: that is retried, not taken for a dead process,
+// which Close would then leave running.
+func readCmdline(pid int) ([]string, bool) {
+	pr, err := procfs.NewProc(pid)
+	if err != nil {
+		return nil, false
+	}
+	for range 50 {
+		cmdline, err := pr.CmdLine()
+		if err != nil {
+			return nil, false
+		}
+		if len(cmdline) > 0 {
+			return cmdline, true
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return nil, false
 }
 
 func (p *Proc) pollAdopted() {
