@@ -250,17 +250,31 @@ func (c *cluster) blockedPort(t *testing.T, n1, n2 *testbed.Node) {
 		return peerReachable(n1, n2, "0")
 	})
 	t.Logf("flannel_peer_reachable{public_ip=%q} went to 0 %s after the drop", n2.Addr, time.Since(start).Round(time.Millisecond))
+	// The gauge follows each probe; the log line needs two lost probes in
+	// a row, so keep the drop until it is written.
+	logCount := func(what string) int {
+		log, _ := os.ReadFile(n1.LogFile)
+		return strings.Count(string(log), "("+n2.Addr.String()+") "+what)
+	}
+	eventually(t, 30*time.Second, "n1 logs "+n2.Name+" unreachable", func() error {
+		if logCount("is unreachable over the overlay") == 0 {
+			return fmt.Errorf("not logged yet")
+		}
+		return nil
+	})
 	unblock()
 	took := eventually(t, 30*time.Second, "flannel_peer_reachable of "+n2.Name+" is 1 again", func() error {
 		return peerReachable(n1, n2, "1")
 	})
 	t.Logf("flannel_peer_reachable back to 1 %s after the drop was removed", took.Round(time.Millisecond))
-	log, _ := os.ReadFile(n1.LogFile)
-	if n := strings.Count(string(log), "("+n2.Addr.String()+") is unreachable over the overlay"); n != 1 {
-		t.Errorf("n1's log reports %s unreachable %d times, want once", n2.Addr, n)
-	}
-	if n := strings.Count(string(log), "("+n2.Addr.String()+") is reachable again"); n != 1 {
-		t.Errorf("n1's log reports %s reachable again %d times, want once", n2.Addr, n)
+	eventually(t, 10*time.Second, "n1 logs "+n2.Name+" reachable again", func() error {
+		if logCount("is reachable again") == 0 {
+			return fmt.Errorf("not logged yet")
+		}
+		return nil
+	})
+	if down, up := logCount("is unreachable over the overlay"), logCount("is reachable again"); down != 1 || up != 1 {
+		t.Errorf("n1's log reports %s unreachable %d times and reachable again %d times, want once each", n2.Addr, down, up)
 	}
 }
 
