@@ -110,6 +110,17 @@ func TestWireGuardThreeNodes(t *testing.T) {
 	requirePeers(t, n1, keys, envs, n2, n3)
 
 	pods := c.addPods(c.Nodes)
+	// The first packet to a peer starts its handshake, which a loaded
+	// machine can take longer than ping's retries to finish: let every
+	// pair's handshake complete, then check the matrix strictly.
+	hctx := testCtx(t, time.Minute)
+	for _, a := range pods {
+		for _, b := range pods {
+			if a.Node != b.Node {
+				_ = testbed.PingWithin(hctx, a.NS, b.IP, 56, false, 10*time.Second)
+			}
+		}
+	}
 	if pairs := allPairsPing(t, pods); pairs != 6 {
 		t.Fatalf("checked %d pairs, want 6", pairs)
 	}
