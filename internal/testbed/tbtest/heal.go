@@ -89,17 +89,7 @@ func Heal(t testing.TB, n *Node, be backend.Backend, nw backend.Network, interva
 // took; it fails the test when within passes first.
 func WaitFor(t testing.TB, within time.Duration, what string, cond func() error) time.Duration {
 	t.Helper()
-	start := time.Now()
-	for {
-		err := cond()
-		if err == nil {
-			return time.Since(start)
-		}
-		if time.Since(start) > within {
-			t.Fatalf("%s: not within %s: %v", what, within, err)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	return poll(t, within, 5*time.Millisecond, what, cond)
 }
 
 // TryPing is one echo of 56 bytes from ns to dst, retried until within

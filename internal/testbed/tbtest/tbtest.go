@@ -203,6 +203,13 @@ func Handle(t testing.TB, ns string) *netlink.Handle {
 // it waited: a test waits on the observable event, never on a sleep.
 func Eventually(t testing.TB, within time.Duration, what string, cond func() error) time.Duration {
 	t.Helper()
+	return poll(t, within, 100*time.Millisecond, what, cond)
+}
+
+// poll calls cond every interval until it returns nil, and says how long
+// that took; it fails the test with cond's last error once within passes.
+func poll(t testing.TB, within, interval time.Duration, what string, cond func() error) time.Duration {
+	t.Helper()
 	start := time.Now()
 	for {
 		err := cond()
@@ -213,6 +220,6 @@ func Eventually(t testing.TB, within time.Duration, what string, cond func() err
 			t.Fatalf("%s: not within %s: %v", what, within, err)
 			return 0
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(interval)
 	}
 }
