@@ -82,6 +82,11 @@ func serve(ctx context.Context, o *options) error {
 			return err
 		}
 	}
+	if o.debugPprofAddress != "" {
+		if err := servePprof(ctx, o.debugPprofAddress); err != nil {
+			return err
+		}
+	}
 	mgr, closeMgr, err := subnetManager(o)
 	if err != nil {
 		return err

@@ -56,10 +56,10 @@ func runKube(ctx context.Context, tb *testbed.Testbed, o *options) ([]row, error
 			return rows, err
 		}
 		r := row{mode: "kube", n: size}
-		if r.convergence, err = converge(ctx, tb, n, env, args, size); err != nil {
+		if r.convergence, err = converge(ctx, tb, n, env, args, size, o.kernelReady); err != nil {
 			return rows, err
 		}
-		err := measure(ctx, tb, n, &r, o.samples, func(i int) error { return createNode(ctx, cs, i) })
+		err := measure(ctx, tb, n, &r, o, func(i int) error { return createNode(ctx, cs, i) })
 		have = size + o.samples
 		if serr := tb.StopFlanneld(n); err == nil {
 			err = serr

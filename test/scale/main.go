@@ -47,6 +47,11 @@ type options struct {
 	timeout  time.Duration
 	keepLogs string
 	args     []string
+	// kernelReady: convergence is when the kernel holds every route and
+	// FDB entry, without waiting for our "ready: N peers" log line, which
+	// upstream flanneld does not write.
+	kernelReady bool
+	heapDir     string // write flanneld's heap profiles here (our flanneld only)
 }
 
 func main() {
@@ -77,6 +82,8 @@ func parseFlags() (*options, error) {
 	flag.DurationVar(&o.timeout, "timeout", 30*time.Minute, "give up (and clean up) after this long")
 	flag.StringVar(&o.keepLogs, "logs", "", "copy flanneld's logs into this directory")
 	flag.StringVar(&args, "args", "", "extra flanneld arguments, space-separated")
+	flag.BoolVar(&o.kernelReady, "kernel-ready", false, "take convergence from the kernel state alone (for a flanneld that does not log \"ready: N peers programmed\", e.g. upstream's)")
+	flag.StringVar(&o.heapDir, "heap", "", "write flanneld's heap profile after convergence and after the latency phase into this directory (adds --debug-pprof-address)")
 	klog.InitFlags(nil)
 	flag.Parse()
 	if o.flanneld == "" {
@@ -84,6 +91,9 @@ func parseFlags() (*options, error) {
 	}
 	o.modes = strings.Split(modes, ",")
 	o.args = strings.Fields(args)
+	if o.heapDir != "" {
+		o.args = append(o.args, "--debug-pprof-address="+pprofAddr)
+	}
 	for _, s := range strings.Split(sizes, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
 		if err != nil || n < 1 || n+o.samples > maxIndex-1 {

@@ -4,8 +4,11 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -28,15 +31,21 @@ var readyLine = regexp.MustCompile(`ready: (\d+) peers programmed`)
 // converge starts flanneld on n and returns how long it took until it
 // logged ready with want peers and the kernel holds want routes and FDB
 // entries on flannel.1. It polls the log file, which costs flanneld
-// nothing, and lists the kernel state only once ready is logged.
-func converge(ctx context.Context, tb *testbed.Testbed, n *testbed.Node, env []string, args []string, want int) (time.Duration, error) {
+// nothing, and lists the kernel state only once ready is logged; with
+// kernelReady (upstream logs no such line) it lists the kernel state from
+// the start, every 100 ms.
+func converge(ctx context.Context, tb *testbed.Testbed, n *testbed.Node, env []string, args []string, want int, kernelReady bool) (time.Duration, error) {
 	off := fileSize(n.LogFile)
 	start := time.Now()
 	if err := tb.StartFlanneldEnv(ctx, n, env, args...); err != nil {
 		return 0, err
 	}
 	p := tb.Flanneld(n)
-	for {
+	poll := 20 * time.Millisecond
+	if kernelReady {
+		poll = 100 * time.Millisecond
+	}
+	for !kernelReady {
 		if m := readyLine.FindStringSubmatch(logSince(n.LogFile, off)); m != nil {
 			if got, _ := strconv.Atoi(m[1]); got != want {
 				return 0, fmt.Errorf("flanneld became ready with %s peers, want %d (log %s)", m[1], want, n.LogFile)
@@ -58,7 +67,10 @@ func converge(ctx context.Context, tb *testbed.Testbed, n *testbed.Node, env []s
 		if routes == want && fdb == want {
 			return time.Since(start), nil
 		}
-		if err := pause(ctx, 20*time.Millisecond); err != nil {
+		if !p.Running() {
+			return 0, fmt.Errorf("flanneld exited (%v) with %d routes programmed; see %s", p.Wait(), routes, n.LogFile)
+		}
+		if err := pause(ctx, poll); err != nil {
 			return 0, fmt.Errorf("kernel holds %d routes and %d FDB entries on %s, want %d: %w", routes, fdb, vxlanDev, want, err)
 		}
 	}
@@ -268,18 +280,54 @@ func ownIndex(n *testbed.Node) int {
 
 // measure records memory after convergence, runs the latency phase and
 // records memory again.
-func measure(ctx context.Context, tb *testbed.Testbed, n *testbed.Node, r *row, samples int, put func(i int) error) error {
+func measure(ctx context.Context, tb *testbed.Testbed, n *testbed.Node, r *row, o *options, put func(i int) error) error {
 	pid := tb.Flanneld(n).Pid
 	var err error
 	if r.rss, r.hwm, err = memory(pid); err != nil {
 		return err
 	}
 	logMappings(pid)
-	if r.p50, r.p99, err = latencies(ctx, n.NS, r.n+1, samples, ownIndex(n), put); err != nil {
+	saveHeap(n.NS, o.heapDir, fmt.Sprintf("%s-%d-ready", r.mode, r.n))
+	if r.p50, r.p99, err = latencies(ctx, n.NS, r.n+1, o.samples, ownIndex(n), put); err != nil {
 		return err
 	}
 	r.rssAfter, r.hwm, err = memory(pid)
+	saveHeap(n.NS, o.heapDir, fmt.Sprintf("%s-%d-after", r.mode, r.n))
 	return err
+}
+
+// pprofAddr is where flanneld serves its profiles with -heap, inside the
+// node's namespace.
+const pprofAddr = "127.0.0.1:6061"
+
+// saveHeap writes flanneld's heap profile (after a GC) and its goroutine
+// count into dir as name.heap / name.goroutines; a failure is only logged.
+func saveHeap(ns, dir, name string) {
+	if dir == "" {
+		return
+	}
+	for _, f := range []struct{ path, file string }{
+		{"/debug/pprof/heap?gc=1", name + ".heap"},
+		{"/debug/pprof/goroutine?debug=1", name + ".goroutines"},
+	} {
+		var body []byte
+		err := testbed.InNamespace(ns, func() error {
+			resp, err := http.Get("http://" + pprofAddr + f.path)
+			if err != nil {
+				return err
+			}
+			defer resp.Body.Close()
+			body, err = io.ReadAll(resp.Body)
+			return err
+		})
+		if err == nil {
+			_ = os.MkdirAll(dir, 0o755)
+			err = os.WriteFile(filepath.Join(dir, f.file), body, 0o644)
+		}
+		if err != nil {
+			klog.Errorf("save %s: %v", f.file, err)
+		}
+	}
 }
 
 // logMappings logs the resident size of each of flanneld's larger mappings
