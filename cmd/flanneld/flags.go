@@ -83,7 +83,7 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.BoolVar(&o.setNodeNetworkUnavailable, "set-node-network-unavailable", true, "set the node's NetworkUnavailable condition to false once ready")
 	fs.BoolVar(&o.networkPolicy, "network-policy", false, "enforce Kubernetes NetworkPolicies for this node's pods with nftables (needs --kube-subnet-mgr)")
 	fs.DurationVar(&o.reconcileInterval, "reconcile-interval", 30*time.Second, "how often the kernel's routes, neighbours, FDB entries and devices are compared with the leases and repaired (netlink events trigger repairs at once too); 0 turns self-healing off")
-	fs.DurationVar(&o.peerProbeInterval, "peer-probe-interval", 10*time.Second, "how often each peer is probed over the overlay for flannel_peer_reachable/rtt/loss metrics (jittered); 0 turns probing off")
+	fs.DurationVar(&o.peerProbeInterval, "peer-probe-interval", 10*time.Second, "how often each peer is probed over the overlay for the flannel_peers_* and flannel_peer_* metrics (jittered); 0 turns probing off")
 	fs.StringVar(&o.debugPprofAddress, "debug-pprof-address", "", "serve Go runtime profiles (/debug/pprof/) on this host:port, e.g. 127.0.0.1:6060, for debugging memory and CPU; not an upstream flag; empty (the default) turns it off")
 	klog.InitFlags(fs)
 	return fs

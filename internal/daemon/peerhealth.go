@@ -28,6 +28,6 @@ func (d *Daemon) startProber(ctx context.Context) *peerhealth.Prober {
 	}()
 	pr := peerhealth.New(d.opts.PeerProbeInterval, pinger, peerhealth.NewMetrics(d.metrics.Registry()))
 	go pr.Run(ctx)
-	klog.Infof("probing every peer over the overlay once per %s (flannel_peer_reachable, flannel_peer_rtt_seconds, flannel_peer_loss_ratio)", d.opts.PeerProbeInterval)
+	klog.Infof("probing every peer over the overlay once per %s (flannel_peers_probed, flannel_peers_unreachable; per-peer series for peers with losses)", d.opts.PeerProbeInterval)
 	return pr
 }

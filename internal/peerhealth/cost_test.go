@@ -79,8 +79,11 @@ func TestProberCost(t *testing.T) {
 	if lost > 0 {
 		t.Errorf("%v of %v probes lost to local addresses", lost, replies+lost)
 	}
-	if n := testutil.CollectAndCount(m.Reachable); n != peers {
-		t.Errorf("%d flannel_peer_reachable series, want %d", n, peers)
+	if n := testutil.CollectAndCount(m.Reachable); n != 0 {
+		t.Errorf("%d flannel_peer_reachable series, want none: every peer answered", n)
+	}
+	if got := testutil.ToFloat64(m.Probed); got != peers {
+		t.Errorf("flannel_peers_probed %v, want %d", got, peers)
 	}
 }
 
