@@ -72,6 +72,16 @@ type Owned struct {
 	Names    map[string]bool // the same by name, to notice a device being re-created
 	Ext      int             // the external interface's index
 	Networks []netip.Prefix  // cluster networks: routes into them are ours to watch
+	// RouteInLine and NeighInLine, when set, say whether a notification
+	// about a watched route or neighbour/FDB entry leaves the kernel as
+	// the network wants it (typically the echo of the network's own
+	// write): such a notification wakes no reconcile. Without them, every
+	// peer the network programs would set off a full reconcile, which at
+	// thousands of peers re-reads the whole kernel state per lease.
+	// Called for every notification: they must not wait for the
+	// network's lock.
+	RouteInLine func(netlink.RouteUpdate) bool
+	NeighInLine func(netlink.NeighUpdate) bool
 }
 
 // HealLoop is a Healer's moving parts, for RunHealer.
@@ -209,7 +219,7 @@ func subscribe(l HealLoop, wake chan<- struct{}, done chan struct{}, ended chan<
 	go relay(links, "link", ended, wake, func(u netlink.LinkUpdate) bool { return l.Owned().link(u) })
 	go relay(addrs, "address", ended, wake, func(u netlink.AddrUpdate) bool { return l.Owned().addr(u) })
 	go relay(routes, "route", ended, wake, func(u netlink.RouteUpdate) bool { return l.Owned().route(u) })
-	go relay(neighs, "neighbour", ended, wake, func(u netlink.NeighUpdate) bool { return l.Owned().Devices[u.LinkIndex] })
+	go relay(neighs, "neighbour", ended, wake, func(u netlink.NeighUpdate) bool { return l.Owned().neigh(u) })
 	return nil
 }
 
@@ -232,6 +242,10 @@ func (o *Owned) addr(u netlink.AddrUpdate) bool {
 }
 
 func (o *Owned) route(u netlink.RouteUpdate) bool {
+	return o.watchedRoute(u) && (o.RouteInLine == nil || !o.RouteInLine(u))
+}
+
+func (o *Owned) watchedRoute(u netlink.RouteUpdate) bool {
 	if o.Devices[u.LinkIndex] {
 		return true
 	}
@@ -245,4 +259,8 @@ func (o *Owned) route(u netlink.RouteUpdate) bool {
 		}
 	}
 	return false
+}
+
+func (o *Owned) neigh(u netlink.NeighUpdate) bool {
+	return o.Devices[u.LinkIndex] && (o.NeighInLine == nil || !o.NeighInLine(u))
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -310,16 +311,7 @@ func saveHeap(ns, dir, name string) {
 		{"/debug/pprof/heap?gc=1", name + ".heap"},
 		{"/debug/pprof/goroutine?debug=1", name + ".goroutines"},
 	} {
-		var body []byte
-		err := testbed.InNamespace(ns, func() error {
-			resp, err := http.Get("http://" + pprofAddr + f.path)
-			if err != nil {
-				return err
-			}
-			defer resp.Body.Close()
-			body, err = io.ReadAll(resp.Body)
-			return err
-		})
+		body, err := getIn(ns, "http://"+pprofAddr+f.path)
 		if err == nil {
 			_ = os.MkdirAll(dir, 0o755)
 			err = os.WriteFile(filepath.Join(dir, f.file), body, 0o644)
@@ -350,4 +342,28 @@ func logMappings(pid int) {
 			}
 		}
 	}
+}
+
+// getIn fetches url from inside namespace ns: the connection is dialled
+// there (http.Transport would dial on another thread, outside it).
+func getIn(ns, url string) ([]byte, error) {
+	var conn net.Conn
+	if err := testbed.InNamespace(ns, func() (err error) { conn, err = net.Dial("tcp", pprofAddr); return err }); err != nil {
+		return nil, err
+	}
+	used := false
+	tr := &http.Transport{DialContext: func(context.Context, string, string) (net.Conn, error) {
+		if used {
+			return nil, fmt.Errorf("one connection only")
+		}
+		used = true
+		return conn, nil
+	}}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr, Timeout: time.Minute}).Get(url)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	return io.ReadAll(resp.Body)
 }

@@ -32,6 +32,8 @@ type stack struct {
 	// between peers that want the same kernel object in different forms.
 	order map[string]uint64
 	seq   uint64
+	// want is what the peers ask of the kernel, kept in step with peers.
+	want *wanted
 	// failed is set when a kernel write failed; the network then asks its
 	// reconciler to retry at once instead of waiting for the next event.
 	failed bool
@@ -184,6 +186,7 @@ func (s *stack) set(key string, p peer) {
 	s.seq++
 	s.peers[key] = p
 	s.order[key] = s.seq
+	s.want.add(p)
 }
 
 // drop forgets key and removes what it had installed, except what another
@@ -224,6 +227,7 @@ func (s *stack) program(p peer) error {
 // PublicIP) and, in principle, one route or neighbour. Where a remaining
 // peer wants the same kernel key in another form, its form is re-asserted.
 func (s *stack) release(p peer) {
+	s.recompute(p)
 	d := s.desired()
 	if q, ok := d.routes[p.subnet]; !ok || !q.sameRoute(p) {
 		s.logGone("route", p.subnet.String(), s.b.nl.RouteDel(s.routeFor(p)))

@@ -1,7 +1,6 @@
 package vxlan
 
 import (
-	"cmp"
 	"errors"
 	"fmt"
 	"net"
@@ -26,23 +25,9 @@ type desiredState struct {
 	fdb    map[string]netip.Addr // MAC -> remote public address
 }
 
-func (s *stack) desired() desiredState {
-	d := desiredState{routes: map[netip.Prefix]peer{}, neigh: map[netip.Addr]string{}, fdb: map[string]netip.Addr{}}
-	keys := make([]string, 0, len(s.peers))
-	for k := range s.peers {
-		keys = append(keys, k)
-	}
-	slices.SortFunc(keys, func(a, b string) int { return cmp.Compare(s.order[a], s.order[b]) })
-	for _, k := range keys {
-		p := s.peers[k]
-		d.routes[p.subnet] = p
-		if !p.direct {
-			d.neigh[p.subnet.Addr()] = p.mac
-			d.fdb[p.mac] = p.publicIP
-		}
-	}
-	return d
-}
+// desired is the state the peers ask for, kept up to date by set and
+// release. Read it only under the network's lock, which every writer holds.
+func (s *stack) desired() desiredState { return s.want.d }
 
 // repair makes the kernel hold everything the current peers need: the
 // device (re-created with its old MAC, so peers' FDB entries for this node

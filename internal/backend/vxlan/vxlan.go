@@ -14,6 +14,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/flannelgo/flannel/internal/backend"
 	"github.com/flannelgo/flannel/internal/config"
@@ -89,7 +90,7 @@ func (b *Backend) RegisterNetwork(ctx context.Context, cfg *config.Config) (back
 		}
 		spec.mac = dev.HardwareAddr
 		s := &stack{b: b, v6: spec.srcAddr.Is6(), dev: dev, mtu: spec.mtu, network: cfg.Network, spec: spec,
-			peers: map[string]peer{}, order: map[string]uint64{}}
+			peers: map[string]peer{}, order: map[string]uint64{}, want: newWanted()}
 		if s.v6 {
 			s.network, n.v6 = cfg.IPv6Network, s
 		} else {
@@ -249,6 +250,37 @@ func (n *network) publishOwned() {
 		o.Devices[s.dev.Index] = true
 		o.Names[s.spec.name] = true
 		o.Networks = append(o.Networks, s.network)
+	}
+	// The filters see the devices as they are now: a re-created device
+	// gets a new index, and a new Owned with it after the reconcile.
+	type view struct {
+		s   *stack
+		dev int
+	}
+	var views [2]view // IPv4, IPv6
+	for i, s := range []*stack{n.v4, n.v6} {
+		if s != nil {
+			views[i] = view{s, s.dev.Index}
+		}
+	}
+	o.RouteInLine = func(u netlink.RouteUpdate) bool {
+		dst, ok := backend.PrefixOf(u.Dst)
+		if !ok {
+			return false
+		}
+		v := views[0]
+		if dst.Addr().Is6() {
+			v = views[1]
+		}
+		return v.s != nil && v.s.routeInLine(u, v.dev)
+	}
+	o.NeighInLine = func(u netlink.NeighUpdate) bool {
+		for _, v := range views {
+			if v.s != nil && v.dev == u.LinkIndex && (u.Family == unix.AF_BRIDGE || u.Family == v.s.netlinkFamily()) {
+				return v.s.neighInLine(u)
+			}
+		}
+		return false
 	}
 	n.owned.Store(o)
 }
