@@ -123,7 +123,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	klog.Infof("wrote %s (subnet %s, MTU %d)", d.opts.SubnetFile, own.Key(), nw.MTU())
 
-	d.guard = leaseguard.New(cfg, own, leaseguard.NetlinkHost{})
+	d.guard = leaseguard.New(cfg, own, guardHost(ctx))
 	go d.watchConfig(ctx, cfg)
 	renewNow := make(chan struct{}, 1)
 	go d.renewLoop(ctx, own, renewNow)
@@ -230,4 +230,16 @@ func (d *Daemon) shutdown() {
 	d.metrics.SetReady(false)
 	notifySystemd("STOPPING=1")
 	klog.Info("shutting down; routes, devices and traffic rules are left in place so pod traffic keeps flowing")
+}
+
+// guardHost is where the lease guard reads the node's own addresses and
+// routes: kept from netlink notifications, or read in full for every
+// lease batch when notifications cannot be followed.
+func guardHost(ctx context.Context) leaseguard.Host {
+	w, err := leaseguard.WatchHost(ctx, nil)
+	if err != nil {
+		klog.Warningf("lease guard: %v; reading the host's routes for every lease batch instead", err)
+		return leaseguard.NetlinkHost{}
+	}
+	return w
 }

@@ -21,25 +21,34 @@ type NetlinkHost struct {
 // Prefixes lists addresses (as host prefixes) and routes with a
 // destination.
 func (n NetlinkHost) Prefixes() ([]HostPrefix, error) {
+	out, _, err := n.read()
+	return out, err
+}
+
+// read lists the prefixes and says which link indices are flannel's.
+func (n NetlinkHost) read() ([]HostPrefix, map[int]bool, error) {
 	h := n.Handle
 	if h == nil {
 		var err error
 		if h, err = netlink.NewHandle(); err != nil {
-			return nil, fmt.Errorf("open netlink: %w", err)
+			return nil, nil, fmt.Errorf("open netlink: %w", err)
 		}
 		defer h.Close()
 	}
 	links, err := h.LinkList()
 	if err != nil {
-		return nil, fmt.Errorf("list links: %w", err)
+		return nil, nil, fmt.Errorf("list links: %w", err)
 	}
-	names := map[int]string{}
+	names, flannel := map[int]string{}, map[int]bool{}
 	for _, l := range links {
 		names[l.Attrs().Index] = l.Attrs().Name
+		if flannelOwned(l.Attrs().Name) {
+			flannel[l.Attrs().Index] = true
+		}
 	}
 	out, err := addrPrefixes(h, names)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	// Visited as the dump arrives rather than listed: with thousands of
 	// peers the table holds thousands of flannel routes, read per batch.
@@ -59,9 +68,9 @@ func (n NetlinkHost) Prefixes() ([]HostPrefix, error) {
 		return true
 	})
 	if err != nil {
-		return nil, fmt.Errorf("list routes: %w", err)
+		return nil, nil, fmt.Errorf("list routes: %w", err)
 	}
-	return out, nil
+	return out, flannel, nil
 }
 
 func addrPrefixes(h *netlink.Handle, names map[int]string) ([]HostPrefix, error) {
