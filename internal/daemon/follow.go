@@ -30,7 +30,7 @@ func (d *Daemon) followPeers(ctx context.Context, nw backend.Network, own *lease
 	}
 	go d.watch(ctx, batches)
 	known := map[string]lease.Lease{} // every lease the watch reported, own included
-	peers := map[string]lease.Lease{} // the leases the backend programs
+	peers := map[string]struct{}{}    // keys of the leases the backend programs
 	twins := map[string]bool{}        // leases already reported for sharing our address
 	first := true
 	for {
@@ -49,7 +49,7 @@ func (d *Daemon) followPeers(ctx context.Context, nw backend.Network, own *lease
 			d.metrics.LeaseEvents.WithLabelValues(ev.Type.String()).Inc()
 		}
 		track(known, batch)
-		track(peers, others)
+		trackKeys(peers, others)
 		start := time.Now()
 		nw.HandleEvents(ctx, others)
 		if d.prober != nil {
@@ -206,6 +206,18 @@ func track(known map[string]lease.Lease, batch []lease.Event) {
 			delete(known, ev.Lease.Key())
 		} else {
 			known[ev.Lease.Key()] = ev.Lease
+		}
+	}
+}
+
+// trackKeys folds a batch into a set of keys: for counting, a copy of
+// each lease (10000 of them at scale) would be wasted memory.
+func trackKeys(keys map[string]struct{}, batch []lease.Event) {
+	for _, ev := range batch {
+		if ev.Type == lease.Removed {
+			delete(keys, ev.Lease.Key())
+		} else {
+			keys[ev.Lease.Key()] = struct{}{}
 		}
 	}
 }

@@ -30,8 +30,12 @@ const (
 	// window is how many recent probes the loss ratio covers (at most 16:
 	// they are the bits of peer.results).
 	window = 10
-	// maxTimeout bounds how long one probe waits for its reply.
-	maxTimeout = 2 * time.Second
+	// maxTimeout bounds how long one probe waits for its reply. Each
+	// probe out waits in a goroutine: with 10000 peers that do not answer
+	// at the default interval, 1000 probes a second times this many
+	// seconds are waiting at any time. An overlay reply later than 1 s is
+	// an outage anyway.
+	maxTimeout = time.Second
 )
 
 // Pinger is what the prober needs from internal/probe.

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -108,6 +109,9 @@ func logSince(path string, off int64) string {
 func kernelPeers(ns string) (routes, fdb int, err error) {
 	err = withHandle(ns, func(h *netlink.Handle) error {
 		link, err := h.LinkByName(vxlanDev)
+		if errors.As(err, &netlink.LinkNotFoundError{}) {
+			return nil // not created yet: no peers
+		}
 		if err != nil {
 			return fmt.Errorf("%s in %s: %w", vxlanDev, ns, err)
 		}
