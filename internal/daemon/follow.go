@@ -29,9 +29,9 @@ func (d *Daemon) followPeers(ctx context.Context, nw backend.Network, own *lease
 		r.ReportWatchStatus(d.watchStatus)
 	}
 	go d.watch(ctx, batches)
-	known := map[string]lease.Lease{} // every lease the watch reported, own included
-	peers := map[string]struct{}{}    // keys of the leases the backend programs
-	twins := map[string]bool{}        // leases already reported for sharing our address
+	known := map[string]struct{}{} // keys of every lease the watch reported, own included
+	peers := map[string]struct{}{} // keys of the leases the backend programs
+	twins := map[string]bool{}     // leases already reported for sharing our address
 	first := true
 	for {
 		var b watchBatch
@@ -48,7 +48,7 @@ func (d *Daemon) followPeers(ctx context.Context, nw backend.Network, own *lease
 		for _, ev := range others {
 			d.metrics.LeaseEvents.WithLabelValues(ev.Type.String()).Inc()
 		}
-		track(known, batch)
+		trackKeys(known, batch)
 		trackKeys(peers, others)
 		start := time.Now()
 		nw.HandleEvents(ctx, others)
@@ -182,8 +182,10 @@ func (d *Daemon) watchOnce(ctx context.Context, out chan<- watchBatch) error {
 // resnapshot turns the full set sent by a re-established watch into the
 // difference the backend needs: Removed events for leases it was told
 // about that are gone now, then the set itself (unchanged leases are
-// no-ops for a backend).
-func resnapshot(known map[string]lease.Lease, snapshot []lease.Event) []lease.Event {
+// no-ops for a backend). Only keys are kept (a copy of 10000 leases would
+// cost MiB): a Removed event carries the lease's subnets, and the lease
+// guard hands the backend the full lease it had accepted.
+func resnapshot(known map[string]struct{}, snapshot []lease.Event) []lease.Event {
 	present := map[string]bool{}
 	for _, ev := range snapshot {
 		if ev.Type != lease.Removed {
@@ -191,23 +193,18 @@ func resnapshot(known map[string]lease.Lease, snapshot []lease.Event) []lease.Ev
 		}
 	}
 	var out []lease.Event
-	for key, l := range known {
-		if !present[key] {
-			out = append(out, lease.Event{Type: lease.Removed, Lease: l})
+	for key := range known {
+		if present[key] {
+			continue
 		}
+		v4, v6, err := lease.ParseKey(key)
+		if err != nil {
+			klog.Errorf("forget lease %s: %v", key, err)
+			continue
+		}
+		out = append(out, lease.Event{Type: lease.Removed, Lease: lease.Lease{Subnet: v4, IPv6Subnet: v6}})
 	}
 	return append(out, snapshot...)
-}
-
-// track folds a batch into known.
-func track(known map[string]lease.Lease, batch []lease.Event) {
-	for _, ev := range batch {
-		if ev.Type == lease.Removed {
-			delete(known, ev.Lease.Key())
-		} else {
-			known[ev.Lease.Key()] = ev.Lease
-		}
-	}
 }
 
 // trackKeys folds a batch into a set of keys: for counting, a copy of
