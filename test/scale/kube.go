@@ -34,7 +34,9 @@ func runKube(ctx context.Context, tb *testbed.Testbed, o *options) ([]row, error
 		return nil, err
 	}
 	n := tb.Nodes[0]
-	own := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name}}
+	// An annotation, as the kubelet always sets: upstream flanneld panics
+	// (assignment to entry in nil map) on a Node without any.
+	own := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name, Annotations: map[string]string{"node.alpha.kubernetes.io/ttl": "0"}}}
 	own.Spec.PodCIDR = subnetAt(maxIndex - 1).String()
 	own.Spec.PodCIDRs = []string{own.Spec.PodCIDR}
 	if _, err := cs.CoreV1().Nodes().Create(ctx, own, metav1.CreateOptions{}); err != nil {
