@@ -35,7 +35,7 @@ func runEtcd(ctx context.Context, tb *testbed.Testbed, o *options) ([]row, error
 			return rows, err
 		}
 		r := row{mode: "etcd", n: size}
-		if r.convergence, err = converge(ctx, tb, n, nil, o.args, size, o.kernelReady); err != nil {
+		if r.convergence, err = converge(ctx, tb, n, o.env, o.args, size, o.kernelReady); err != nil {
 			return rows, err
 		}
 		err := measure(ctx, tb, n, &r, o, func(i int) error { return putLease(ctx, cli, i) })

@@ -47,7 +47,7 @@ func runKube(ctx context.Context, tb *testbed.Testbed, o *options) ([]row, error
 		return nil, err
 	}
 	args := append([]string{"--kube-subnet-mgr", "--kubeconfig-file=" + api.AdminKubeconfig, "--net-config-path=" + conf}, o.args...)
-	env := []string{"NODE_NAME=" + n.Name}
+	env := append([]string{"NODE_NAME=" + n.Name}, o.env...)
 	var rows []row
 	have := 0 // nodes peer-00001..have exist
 	for _, size := range o.sizes {

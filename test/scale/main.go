@@ -51,7 +51,8 @@ type options struct {
 	// FDB entry, without waiting for our "ready: N peers" log line, which
 	// upstream flanneld does not write.
 	kernelReady bool
-	heapDir     string // write flanneld's heap profiles here (our flanneld only)
+	heapDir     string   // write flanneld's heap profiles here (our flanneld only)
+	env         []string // extra environment for flanneld (GOGC=25, GOMEMLIMIT=...)
 }
 
 func main() {
@@ -73,7 +74,7 @@ func main() {
 
 func parseFlags() (*options, error) {
 	o := &options{}
-	var modes, sizes, args string
+	var modes, sizes, args, env string
 	flag.StringVar(&o.flanneld, "flanneld", "", "flanneld binary to measure (required)")
 	flag.StringVar(&modes, "modes", "etcd,kube", "datastores to measure, comma-separated")
 	flag.StringVar(&sizes, "n", "1000,5000,10000", "numbers of peers, comma-separated, ascending")
@@ -82,6 +83,7 @@ func parseFlags() (*options, error) {
 	flag.DurationVar(&o.timeout, "timeout", 30*time.Minute, "give up (and clean up) after this long")
 	flag.StringVar(&o.keepLogs, "logs", "", "copy flanneld's logs into this directory")
 	flag.StringVar(&args, "args", "", "extra flanneld arguments, space-separated")
+	flag.StringVar(&env, "env", "", "extra environment for flanneld, space-separated NAME=VALUE (e.g. GOGC=25)")
 	flag.BoolVar(&o.kernelReady, "kernel-ready", false, "take convergence from the kernel state alone (for a flanneld that does not log \"ready: N peers programmed\", e.g. upstream's)")
 	flag.StringVar(&o.heapDir, "heap", "", "write flanneld's heap profile after convergence and after the latency phase into this directory (adds --debug-pprof-address)")
 	klog.InitFlags(nil)
@@ -91,6 +93,7 @@ func parseFlags() (*options, error) {
 	}
 	o.modes = strings.Split(modes, ",")
 	o.args = strings.Fields(args)
+	o.env = strings.Fields(env)
 	if o.heapDir != "" {
 		o.args = append(o.args, "--debug-pprof-address="+pprofAddr)
 	}
