@@ -86,10 +86,12 @@ func (r *running) waitNetworkRoutes(ctx context.Context, dev string, envs map[*t
 	}
 }
 
+// hasRoute says whether ns routes dst into dev; a device that does not
+// exist yet is a route that is not there yet.
 func hasRoute(ns string, dst netip.Prefix, dev string) (bool, error) {
 	found := false
 	err := kernelstate.With(ns, func(k *kernelstate.Reader) error {
-		routes, err := k.Routes(dev, unix.AF_INET)
+		routes, err := k.Routes("", unix.AF_INET)
 		for _, rt := range routes {
 			found = found || (rt.Dst == dst && rt.Dev == dev)
 		}
