@@ -195,6 +195,13 @@ func watchKernel(ctx context.Context, l HealLoop, wake chan<- struct{}) {
 	}
 }
 
+// notifyBuffer is the kernel receive buffer of the route and neighbour
+// subscriptions: programming thousands of peers at start-up sends tens of
+// thousands of notifications in a burst, which overflowed the default
+// (about 200 KiB) under load; each overflow costs a re-subscription and a
+// full reconcile. Kernel memory, used only while notifications queue.
+const notifyBuffer = 8 << 20
+
 func subscribe(l HealLoop, wake chan<- struct{}, done chan struct{}, ended chan<- string) error {
 	ns := l.NS
 	if ns == nil {
@@ -210,10 +217,12 @@ func subscribe(l HealLoop, wake chan<- struct{}, done chan struct{}, ended chan<
 	if err := netlink.AddrSubscribeWithOptions(addrs, done, netlink.AddrSubscribeOptions{Namespace: ns, ErrorCallback: onErr}); err != nil {
 		return err
 	}
-	if err := netlink.RouteSubscribeWithOptions(routes, done, netlink.RouteSubscribeOptions{Namespace: ns, ErrorCallback: onErr}); err != nil {
+	if err := netlink.RouteSubscribeWithOptions(routes, done, netlink.RouteSubscribeOptions{Namespace: ns, ErrorCallback: onErr,
+		ReceiveBufferSize: notifyBuffer, ReceiveBufferForceSize: true}); err != nil {
 		return err
 	}
-	if err := netlink.NeighSubscribeWithOptions(neighs, done, netlink.NeighSubscribeOptions{Namespace: ns, ErrorCallback: onErr}); err != nil {
+	if err := netlink.NeighSubscribeWithOptions(neighs, done, netlink.NeighSubscribeOptions{Namespace: ns, ErrorCallback: onErr,
+		ReceiveBufferSize: notifyBuffer, ReceiveBufferForceSize: true}); err != nil {
 		return err
 	}
 	go relay(links, "link", ended, wake, func(u netlink.LinkUpdate) bool { return l.Owned().link(u) })

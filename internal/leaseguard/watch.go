@@ -118,7 +118,10 @@ func (w *WatchedHost) subscribe(ctx context.Context, ns netns.NsHandle, done cha
 	if err := netlink.AddrSubscribeWithOptions(addrs, done, netlink.AddrSubscribeOptions{Namespace: &ns, ErrorCallback: onErr}); err != nil {
 		return err
 	}
-	if err := netlink.RouteSubscribeWithOptions(routes, done, netlink.RouteSubscribeOptions{Namespace: &ns, ErrorCallback: onErr}); err != nil {
+	// A large buffer: thousands of peers' routes are announced in a burst
+	// at start-up, and an overflow costs a full re-read.
+	if err := netlink.RouteSubscribeWithOptions(routes, done, netlink.RouteSubscribeOptions{Namespace: &ns, ErrorCallback: onErr,
+		ReceiveBufferSize: 4 << 20, ReceiveBufferForceSize: true}); err != nil {
 		return err
 	}
 	// Anything may have changed before the subscriptions were in place.
