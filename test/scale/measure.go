@@ -314,6 +314,7 @@ func saveHeap(ns, dir, name string) {
 	for _, f := range []struct{ path, file string }{
 		{"/debug/pprof/heap?gc=1", name + ".heap"},
 		{"/debug/pprof/goroutine?debug=1", name + ".goroutines"},
+		{"/debug/pprof/heap?debug=1", name + ".memstats"}, // ends with runtime.MemStats
 	} {
 		body, err := getIn(ns, "http://"+pprofAddr+f.path)
 		if err == nil {
