@@ -12,8 +12,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/flannelgo/flannel/internal/backend/backendtest"
 	"github.com/flannelgo/flannel/internal/lease"
+	"github.com/flannelgo/flannel/internal/testbed/tbtest"
 )
 
 // fakePinger answers unless its target is in down; it counts probes.
@@ -58,7 +58,7 @@ func waitGauge(t *testing.T, g prometheus.Gauge, want float64, within time.Durat
 // A peer goes unreachable after consecutive losses and comes back; each
 // change is logged once; a removed peer's series disappear.
 func TestReachabilityTransitions(t *testing.T) {
-	logs := backendtest.CaptureLogs(t)
+	logs := tbtest.CaptureLogs(t)
 	reg := prometheus.NewRegistry()
 	m := NewMetrics(reg)
 	fp := &fakePinger{down: map[netip.Addr]bool{}}
