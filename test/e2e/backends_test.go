@@ -104,23 +104,8 @@ func TestExtensionBackend(t *testing.T) {
 func TestIPIPBackend(t *testing.T) {
 	c := newCluster(t, "ipip", clusterOpts{nodes: 2, config: `{"Network":"10.244.0.0/16","Backend":{"Type":"ipip"}}`})
 	if !kernelHasIPIP(t) {
-		n := c.Nodes[0]
-		if err := c.StartFlanneld(testCtx(t, time.Minute), n); err != nil {
-			t.Fatal(err)
-		}
-		p := c.Flanneld(n)
-		select {
-		case <-p.Done():
-		case <-time.After(30 * time.Second):
-			t.Fatal("flanneld kept running on a kernel without ipip")
-		}
-		log, _ := os.ReadFile(n.LogFile)
-		for _, want := range []string{"this kernel lacks ipip support", "modprobe ipip", "another backend such as vxlan"} {
-			if !strings.Contains(string(log), want) {
-				t.Errorf("flanneld's log lacks %q:\n%s", want, log)
-			}
-		}
-		t.Skip("kernel lacks ipip: the data path test needs the ipip module; the start-up message was checked")
+		c.requireKernelLacks(t, "ipip", "the data path test needs the ipip module; the start-up message was checked",
+			"this kernel lacks ipip support", "modprobe ipip", "another backend such as vxlan")
 	}
 	envs := c.start(c.Nodes)
 	for n, env := range envs {
