@@ -131,7 +131,7 @@ func etcdLogPath(dir string) string { return filepath.Join(dir, "etcd", "etcd.lo
 // ownEntries are what the lab adds to the testbed's state dir.
 func ownEntries(dir string) []string {
 	return []string{specPath(dir), procPath(dir), LogPath(dir), binDir(dir),
-		topologyPath(dir), topologyPath(dir) + ".tmp", pidDir(dir)}
+		topologyPath(dir), pidDir(dir)}
 }
 
 func writeJSON(path string, v any) error {
