@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"github.com/flannelgo/flannel/internal/testbed"
+	"github.com/flannelgo/flannel/internal/testbed/tbtest"
 )
 
 // alloc leases subnets and writes subnet.env, and programs nothing: no
@@ -122,12 +122,8 @@ func TestIPIPBackend(t *testing.T) {
 
 // kernelHasIPIP tries to create an ipip device in a scratch namespace.
 func kernelHasIPIP(t *testing.T) bool {
-	ns := "fl-ipipprobe" + os.Getenv("FLANNEL_E2E_TAG")
+	ns := tbtest.NS(t, "fl-ipipprobe"+os.Getenv("FLANNEL_E2E_TAG"))
 	ctx := testCtx(t, 30*time.Second)
-	if out, err := exec.CommandContext(ctx, "ip", "netns", "add", ns).CombinedOutput(); err != nil {
-		t.Fatalf("create %s: %v: %s", ns, err, out)
-	}
-	defer func() { _ = exec.Command("ip", "netns", "del", ns).Run() }()
 	_, err := testbed.Exec(ctx, ns, "ip", "link", "add", "probe0", "type", "ipip", "local", "198.51.100.1")
 	return err == nil
 }
