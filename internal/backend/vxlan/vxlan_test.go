@@ -76,7 +76,7 @@ func TestDeviceAndPeerShape(t *testing.T) {
 	assertLine(t, fdbLines(t, a.NS, "flannel.1"), macB+" dst 198.51.100.12 dev flannel.1 permanent")
 
 	// Encapsulated traffic: A's VTEP address to B's, through the overlay.
-	run(t, "ip", "netns", "exec", a.NS, "ping", "-c1", "-W2", "10.244.2.0")
+	bt.Ping(t, a.NS, netip.MustParseAddr("10.244.2.0"), 56, false)
 
 	nwA.HandleEvents(ctx, bt.Removed(lb))
 	if got := routeTo(t, a.NS, "10.244.2.0/24"); got != "" {
