@@ -48,7 +48,7 @@ func BenchmarkNetworkPolicyThroughput(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		bps, err := iperf(ctx, l.Testbed, client.lab.NS, server.lab.NS, server.lab.IP)
+		bps, err := iperf(ctx, l.Testbed, client.tbPod.NS, server.tbPod.NS, server.tbPod.IP)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -74,7 +74,7 @@ func BenchmarkNetworkPolicyThroughput(b *testing.B) {
 func isolated(ctx context.Context, client, server *npPod, want bool) error {
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
-	conn, err := testbed.DialInNamespace(ctx, client.lab.NS, "tcp", netip.AddrPortFrom(server.lab.IP, 9).String())
+	conn, err := testbed.DialInNamespace(ctx, client.tbPod.NS, "tcp", netip.AddrPortFrom(server.tbPod.IP, 9).String())
 	if err == nil {
 		conn.Close()
 		return fmt.Errorf("something listens on %s:9", server)
@@ -110,7 +110,7 @@ func newPerfLab(b *testing.B) (*npLab, *npPod, *npPod) {
 	return l, pods[0], pods[1]
 }
 
-// newPerfPods makes the lab with the named pods, alternately on node 0 and
+// newPerfPods makes the testbed with the named pods, alternately on node 0 and
 // node 1.
 func newPerfPods(b *testing.B, names ...string) (*npLab, []*npPod) {
 	k := newKubeCluster(b, "npperf", 2)
@@ -130,7 +130,7 @@ func newPerfPods(b *testing.B, names ...string) (*npLab, []*npPod) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		p := &npPod{ns: "perf", name: name, lab: lp}
+		p := &npPod{ns: "perf", name: name, tbPod: lp}
 		l.createPodObject(ctx, p, node.Name)
 		pods = append(pods, p)
 	}
@@ -161,11 +161,11 @@ func BenchmarkNetworkPolicyThroughputSideBySide(b *testing.B) {
 		var with, none float64
 		var g errgroup.Group
 		g.Go(func() (err error) {
-			with, err = iperf(ctx, l.Testbed, pods[0].lab.NS, pods[1].lab.NS, pods[1].lab.IP)
+			with, err = iperf(ctx, l.Testbed, pods[0].tbPod.NS, pods[1].tbPod.NS, pods[1].tbPod.IP)
 			return
 		})
 		g.Go(func() (err error) {
-			none, err = iperf(ctx, l.Testbed, pods[2].lab.NS, pods[3].lab.NS, pods[3].lab.IP)
+			none, err = iperf(ctx, l.Testbed, pods[2].tbPod.NS, pods[3].tbPod.NS, pods[3].tbPod.IP)
 			return
 		})
 		if err := g.Wait(); err != nil {

@@ -237,25 +237,25 @@ func npEgressCases() []npCase {
 		{"should allow egress access to server in CIDR block", []npStep{{
 			func(ctx context.Context, l *npLab) {
 				l.createPolicy(ctx, "x", "allow-client-a-via-cidr-egress-rule", npSpec{PodSelector: *lsel("pod", "a"), PolicyTypes: npEgress,
-					Egress: []npEg{{To: []npPeer{{IPBlock: &networkingv1.IPBlock{CIDR: l.pod("y/b").lab.IP.String() + "/32"}}}}}})
+					Egress: []npEg{{To: []npPeer{{IPBlock: &networkingv1.IPBlock{CIDR: l.pod("y/b").tbPod.IP.String() + "/32"}}}}}})
 			},
 			egressFrom("x/a", fromPods("y/b"))}}},
 		{"should enforce except clause while egress access to server in CIDR block", []npStep{{
 			func(ctx context.Context, l *npLab) {
 				l.createPolicy(ctx, "x", "allow-client-a-via-cidr-egress-rule", npSpec{PodSelector: *lsel("pod", "a"), PolicyTypes: npEgress,
 					Egress: []npEg{{To: []npPeer{{IPBlock: &networkingv1.IPBlock{CIDR: "10.244.0.0/16",
-						Except: []string{l.pod("x/b").lab.IP.String() + "/32"}}}}}}})
+						Except: []string{l.pod("x/b").tbPod.IP.String() + "/32"}}}}}}})
 			},
 			egressFrom("x/a", func(t *npPod, _ int, _ string) bool { return !t.is("x/b") })}}},
 		{"should ensure an IP overlapping both IPBlock.CIDR and IPBlock.Except is allowed", []npStep{
 			{func(ctx context.Context, l *npLab) {
 				l.createPolicy(ctx, "x", "allow-client-a-via-cidr-egress-rule", npSpec{PodSelector: *lsel("pod", "a"), PolicyTypes: npEgress,
 					Egress: []npEg{{To: []npPeer{{IPBlock: &networkingv1.IPBlock{CIDR: "10.244.0.0/16",
-						Except: []string{l.pod("x/b").lab.IP.String() + "/32"}}}}}}})
+						Except: []string{l.pod("x/b").tbPod.IP.String() + "/32"}}}}}}})
 			}, egressFrom("x/a", func(t *npPod, _ int, _ string) bool { return !t.is("x/b") })},
 			{func(ctx context.Context, l *npLab) {
 				l.updatePolicy(ctx, "x", "allow-client-a-via-cidr-egress-rule", npSpec{PodSelector: *lsel("pod", "a"), PolicyTypes: npEgress,
-					Egress: []npEg{{To: []npPeer{{IPBlock: &networkingv1.IPBlock{CIDR: l.pod("x/b").lab.IP.String() + "/32"}}}}}})
+					Egress: []npEg{{To: []npPeer{{IPBlock: &networkingv1.IPBlock{CIDR: l.pod("x/b").tbPod.IP.String() + "/32"}}}}}})
 			}, egressFrom("x/a", fromPods("x/b"))},
 		}},
 	}

@@ -35,10 +35,10 @@ var (
 	npProtos     = []string{"tcp", "udp"}
 )
 
-// npPod is one pod of the world: its Kubernetes name and its lab pod.
+// npPod is one pod of the world: its Kubernetes name and its testbed pod.
 type npPod struct {
 	ns, name string
-	lab      *testbed.Pod
+	tbPod    *testbed.Pod
 }
 
 func (p *npPod) String() string { return p.ns + "/" + p.name }
@@ -72,7 +72,7 @@ func (l *npLab) pod(s string) *npPod {
 	return nil
 }
 
-// createWorld makes the namespaces, the lab pods (through CNI), their Pod
+// createWorld makes the namespaces, the testbed pods (through CNI), their Pod
 // objects with status.podIP set as a kubelet would, and starts the
 // servers in every pod.
 func (l *npLab) createWorld(ctx context.Context) {
@@ -90,7 +90,7 @@ func (l *npLab) createWorld(ctx context.Context) {
 			if err != nil {
 				l.t.Fatal(err)
 			}
-			p := &npPod{ns: ns, name: name, lab: lp}
+			p := &npPod{ns: ns, name: name, tbPod: lp}
 			l.createPodObject(ctx, p, node.Name)
 			l.serve(p)
 			l.pods = append(l.pods, p)
@@ -121,7 +121,7 @@ func (l *npLab) createPodObject(ctx context.Context, p *npPod, node string) {
 	if err != nil {
 		l.t.Fatalf("create pod %s: %v", p, err)
 	}
-	ip := p.lab.IP.String()
+	ip := p.tbPod.IP.String()
 	created.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip, PodIPs: []corev1.PodIP{{IP: ip}}}
 	if _, err := l.cs.CoreV1().Pods(p.ns).UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
 		l.t.Fatalf("set status.podIP of pod %s: %v", p, err)
@@ -132,7 +132,7 @@ func (l *npLab) createPodObject(ctx context.Context, p *npPod, node string) {
 // are accepted and closed, UDP datagrams echoed.
 func (l *npLab) serve(p *npPod) {
 	l.t.Helper()
-	err := testbed.InNamespace(p.lab.NS, func() error {
+	err := testbed.InNamespace(p.tbPod.NS, func() error {
 		for _, port := range npPorts {
 			addr := fmt.Sprintf(":%d", port)
 			ln, err := net.Listen("tcp", addr)
@@ -233,7 +233,7 @@ func (l *npLab) matrix(ctx context.Context, want expectFn) (wrong []string, tota
 					total++
 					pr := npProbe{from, to, port, proto}
 					wg.Go(func() {
-						got, exp := probe(ctx, from.lab, to.lab.IP, port, proto), want(from, to, port, proto)
+						got, exp := probe(ctx, from.tbPod, to.tbPod.IP, port, proto), want(from, to, port, proto)
 						if got != exp {
 							mu.Lock()
 							wrong = append(wrong, fmt.Sprintf("%s: allowed=%v, want %v", pr, got, exp))
@@ -469,7 +469,7 @@ func (l *npLab) checkModel(ctx context.Context, want expectFn) {
 					if from == to {
 						continue
 					}
-					d := m.Decide(from.lab.IP, to.lab.IP, netpol.Proto(strings.ToUpper(proto)), uint16(port))
+					d := m.Decide(from.tbPod.IP, to.tbPod.IP, netpol.Proto(strings.ToUpper(proto)), uint16(port))
 					if d.Allowed() != want(from, to, port, proto) {
 						wrong = append(wrong, fmt.Sprintf("%s: model says allowed=%v", npProbe{from, to, port, proto}, d.Allowed()))
 					}

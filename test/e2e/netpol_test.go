@@ -19,7 +19,7 @@ import (
 	"github.com/flannelgo/flannel/internal/testbed"
 )
 
-// npRun is how flanneld runs on the policy lab's nodes, with the admin
+// npRun is how flanneld runs on the policy testbed's nodes, with the admin
 // kubeconfig unless one is given.
 func npRun(k *kubeCluster, policy bool, kubeconfig ...string) kubeRun {
 	// --ip-masq as deploy/kube-flannel.yml: without it the flannel CNI
@@ -135,7 +135,7 @@ func (l *npLab) flip(ctx context.Context, from, to *npPod, allowed bool, write f
 		wg.Go(func() {
 			ctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 			defer cancel()
-			ok := probe(ctx, from.lab, to.lab.IP, 80, "tcp")
+			ok := probe(ctx, from.tbPod, to.tbPod.IP, 80, "tcp")
 			mu.Lock()
 			results = append(results, result{at, ok})
 			mu.Unlock()
@@ -227,13 +227,13 @@ func testNPMetrics(ctx context.Context, l *npLab) {
 	}
 	const tries = 5
 	for range tries {
-		if probe(ctx, from.lab, to.lab.IP, 80, "udp") {
+		if probe(ctx, from.tbPod, to.tbPod.IP, 80, "udp") {
 			l.t.Fatalf("%s -> %s allowed under deny-a", from, to)
 		}
 	}
 	// The pod's own node still reaches it (kubelet probes), over TCP and UDP.
 	for _, proto := range npProtos {
-		if !probe(ctx, &testbed.Pod{Name: node0.Name, NS: node0.NS}, to.lab.IP, 80, proto) {
+		if !probe(ctx, &testbed.Pod{Name: node0.Name, NS: node0.NS}, to.tbPod.IP, 80, proto) {
 			l.t.Errorf("node %s cannot reach its pod %s on 80/%s under deny-a", node0.Name, to, proto)
 		}
 	}
@@ -263,7 +263,7 @@ func testNPRestart(ctx context.Context, l *npLab) {
 	from, to, node := l.pod("y/b"), l.pod("x/a"), l.Nodes[0]
 	denied := func(what string) {
 		l.t.Helper()
-		if probe(ctx, from.lab, to.lab.IP, 80, "tcp") {
+		if probe(ctx, from.tbPod, to.tbPod.IP, 80, "tcp") {
 			l.t.Fatalf("%s: %s -> %s allowed, want denied", what, from, to)
 		}
 	}
@@ -285,7 +285,7 @@ func testNPRestart(ctx context.Context, l *npLab) {
 	restarted := time.Now()
 	l.startKube(node, npRun(l.kubeCluster, true, l.kubeconfig))
 	took := eventually(t, 30*time.Second, "x/a reachable once flanneld is back", func() error {
-		if !probe(ctx, from.lab, to.lab.IP, 80, "tcp") {
+		if !probe(ctx, from.tbPod, to.tbPod.IP, 80, "tcp") {
 			return fmt.Errorf("%s -> %s still denied", from, to)
 		}
 		return nil
@@ -305,7 +305,7 @@ func testNPRestart(ctx context.Context, l *npLab) {
 	if _, err := nftTable(ctx, node); err != errNoTable {
 		l.t.Errorf("with --network-policy off the table is still there (%v)", err)
 	}
-	if !probe(ctx, from.lab, to.lab.IP, 80, "tcp") {
+	if !probe(ctx, from.tbPod, to.tbPod.IP, 80, "tcp") {
 		l.t.Errorf("with --network-policy off %s -> %s is still denied", from, to)
 	}
 	_ = l.cs.NetworkingV1().NetworkPolicies("x").Delete(ctx, "deny-a", metav1.DeleteOptions{})
@@ -345,7 +345,7 @@ func testNPExplain(ctx context.Context, l *npLab) {
 		if !strings.Contains(string(out), c.want) || !strings.Contains(string(out), c.because) {
 			l.t.Errorf("explain says:\n%s\nwant %q and %q", out, c.want, c.because)
 		}
-		allowed := probe(ctx, l.pod(c.from).lab, l.pod(c.to).lab.IP, c.port, c.proto)
+		allowed := probe(ctx, l.pod(c.from).tbPod, l.pod(c.to).tbPod.IP, c.port, c.proto)
 		if allowed != strings.HasPrefix(c.want, "ALLOW") {
 			l.t.Errorf("%s -> %s: traffic allowed=%v, explain says %s", c.from, to, allowed, c.want)
 		}

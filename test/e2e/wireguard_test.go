@@ -272,7 +272,7 @@ func TestWireGuardDualStack(t *testing.T) {
 }
 
 // kernelHasWireGuard tries to create a WireGuard link in a namespace of
-// the lab.
+// the testbed.
 func kernelHasWireGuard(t *testing.T, n *testbed.Node) (bool, string) {
 	t.Helper()
 	ctx := testCtx(t, time.Minute)

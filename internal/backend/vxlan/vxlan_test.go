@@ -116,7 +116,7 @@ func assertLine(t *testing.T, got, want string) {
 }
 
 // Kernel state, read with internal/kernelstate (the inspector the e2e
-// tests, lab check and doctor share), one entry per line, "\n" around
+// tests, `flannelctl lab check` and doctor share), one entry per line, "\n" around
 // each: routes and neighbours as `ip` prints them, FDB entries as
 // "<mac> dst <ip> dev <dev> permanent".
 func routeLines(t *testing.T, ns string) string {
