@@ -38,7 +38,7 @@ func npRun(k *kubeCluster, policy bool, kubeconfig ...string) kubeRun {
 // newNPLab is three nodes running flanneld --network-policy against a
 // real kube-apiserver, with the world of pods in it. flanneld has the
 // identity deploy/kube-flannel.yml gives it: its ClusterRole must suffice.
-func newNPLab(t *testing.T) *npLab {
+func newNPLab(t *testing.T) *npCluster {
 	k := newKubeCluster(t, "netpol", 3)
 	ctx := testCtx(t, 3*time.Minute)
 	m := readManifest(t)
@@ -55,13 +55,13 @@ func newNPLab(t *testing.T) *npLab {
 		k.createNode(ctx, n.Name, podCIDR(n.Index))
 	}
 	k.startReady(k.Nodes, npRun(k, true, kubeconfig))
-	l := &npLab{kubeCluster: k, kubeconfig: kubeconfig}
+	l := &npCluster{kubeCluster: k, kubeconfig: kubeconfig}
 	l.createWorld(ctx)
 	return l
 }
 
-func (l *npLab) with(t *testing.T) *npLab {
-	return &npLab{kubeCluster: l.kubeCluster.with(t), pods: l.pods, servers: l.servers, kubeconfig: l.kubeconfig}
+func (l *npCluster) with(t *testing.T) *npCluster {
+	return &npCluster{kubeCluster: l.kubeCluster.with(t), pods: l.pods, servers: l.servers, kubeconfig: l.kubeconfig}
 }
 
 // flanneld --network-policy on three nodes enforces the cases of the
@@ -119,7 +119,7 @@ func percentiles(ds []time.Duration) (p50, p99 time.Duration) {
 // flip measures how long after write starts the traffic from -> to (TCP
 // 80) shows the new state: probes start every 10 ms, and the effect time
 // is the start of the first probe from which on every probe sees it.
-func (l *npLab) flip(ctx context.Context, from, to *npPod, allowed bool, write func()) time.Duration {
+func (l *npCluster) flip(ctx context.Context, from, to *npPod, allowed bool, write func()) time.Duration {
 	l.t.Helper()
 	type result struct {
 		at time.Duration
@@ -165,7 +165,7 @@ func (l *npLab) flip(ctx context.Context, from, to *npPod, allowed bool, write f
 	return effect
 }
 
-func testNPLatency(ctx context.Context, l *npLab) {
+func testNPLatency(ctx context.Context, l *npCluster) {
 	from, to := l.pod("y/b"), l.pod("x/a")
 	const rounds = 10
 	kinds := []struct {
@@ -213,7 +213,7 @@ func testNPLatency(ctx context.Context, l *npLab) {
 	}
 }
 
-func testNPMetrics(ctx context.Context, l *npLab) {
+func testNPMetrics(ctx context.Context, l *npCluster) {
 	from, to := l.pod("y/b"), l.pod("x/a")
 	node0, node1 := l.Nodes[0], l.Nodes[1]
 	name := `flannel_policy_dropped_packets_total{direction="ingress",namespace="x",pod="a"}`
@@ -258,7 +258,7 @@ func testNPMetrics(ctx context.Context, l *npLab) {
 // testNPRestart: flanneld stopping leaves the rules in force, stale but
 // whole, until the next run's first sync replaces them in one
 // transaction; flanneld started without --network-policy removes them.
-func testNPRestart(ctx context.Context, l *npLab) {
+func testNPRestart(ctx context.Context, l *npCluster) {
 	t := l.t.(*testing.T)
 	from, to, node := l.pod("y/b"), l.pod("x/a"), l.Nodes[0]
 	denied := func(what string) {
@@ -313,7 +313,7 @@ func testNPRestart(ctx context.Context, l *npLab) {
 
 // testNPExplain runs the flannelctl binary against the API server and
 // holds its verdicts to what the traffic does.
-func testNPExplain(ctx context.Context, l *npLab) {
+func testNPExplain(ctx context.Context, l *npCluster) {
 	ctl := filepath.Join(bins.dir, "flannelctl")
 	if err := goBuild(ctl, "./cmd/flannelctl"); err != nil {
 		l.t.Fatal(err)
