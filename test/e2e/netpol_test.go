@@ -35,22 +35,14 @@ func npRun(k *kubeCluster, policy bool, kubeconfig ...string) kubeRun {
 	return r
 }
 
-// newNPLab is three nodes running flanneld --network-policy against a
+// newNPCluster is three nodes running flanneld --network-policy against a
 // real kube-apiserver, with the world of pods in it. flanneld has the
 // identity deploy/kube-flannel.yml gives it: its ClusterRole must suffice.
-func newNPLab(t *testing.T) *npCluster {
+func newNPCluster(t *testing.T) *npCluster {
 	k := newKubeCluster(t, "netpol", 3)
 	ctx := testCtx(t, 3*time.Minute)
 	m := readManifest(t)
-	k.apply(ctx, m)
-	token, err := k.api.ServiceAccountToken(ctx, m.account.Namespace, m.account.Name, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kubeconfig := filepath.Join(t.TempDir(), "flannel.kubeconfig")
-	if err := k.api.WriteTokenKubeconfig(kubeconfig, token); err != nil {
-		t.Fatal(err)
-	}
+	kubeconfig := k.flannelKubeconfig(ctx, m)
 	for _, n := range k.Nodes {
 		k.createNode(ctx, n.Name, podCIDR(n.Index))
 	}
@@ -72,7 +64,7 @@ func (l *npCluster) with(t *testing.T) *npCluster {
 // take effect, the drop counters, and what a restart and turning the flag
 // off do.
 func TestNetworkPolicy(t *testing.T) {
-	l := newNPLab(t)
+	l := newNPCluster(t)
 	ctx := testCtx(t, 15*time.Minute)
 	if !t.Run("baseline all allowed", func(t *testing.T) {
 		l.with(t).check(ctx, allowAll)
