@@ -291,16 +291,13 @@ func (tb *Testbed) newNode(idx int) *Node {
 	}
 	dir := filepath.Join(tb.Opts.StateDir, "nodes", name)
 	n := &Node{
-		Host:       Host{Name: name, NS: tb.nsName(name), Addr: segmentAddr(seg, 10+idx)},
+		Host:       *tb.host(name, seg, 10+idx),
 		Index:      idx,
 		Segment:    seg,
 		Iface:      "eth0",
 		Dir:        dir,
 		SubnetFile: filepath.Join(dir, "subnet.env"),
 		LogFile:    filepath.Join(dir, "flanneld.log"),
-	}
-	if tb.Opts.IPv6 {
-		n.Addr6 = segmentAddr6(seg, 10+idx)
 	}
 	return n
 }
@@ -314,10 +311,7 @@ func (tb *Testbed) AddOutside(ctx context.Context) (*Host, error) {
 		tb.mu.Unlock()
 		return h, nil
 	}
-	h := &Host{Name: "out", NS: tb.nsName("out"), Addr: segmentAddr(1, 200)}
-	if tb.Opts.IPv6 {
-		h.Addr6 = segmentAddr6(1, 200)
-	}
+	h := tb.host("out", 1, 200)
 	tb.Outside = h
 	tb.mu.Unlock()
 	if err := tb.wireOutside(h); err != nil {
