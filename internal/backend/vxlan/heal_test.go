@@ -28,15 +28,37 @@ func newBackend(raw string) func(n *bt.Node) (backend.Backend, error) {
 // programmed checks that a holds everything b's lease asks for.
 func (h *healPair) programmed(t *testing.T) error {
 	macB := mustMAC(t, h.LB.Attrs.BackendData)
-	checks := [][2]string{
-		{bt.Run(t, "ip", "-n", h.A.NS, "route", "show", "10.244.2.0/24"), "10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink"},
-		{bt.Run(t, "ip", "-n", h.A.NS, "neigh", "show", "dev", "flannel.1"), "10.244.2.0 lladdr " + macB + " PERMANENT"},
-		{bt.Run(t, "bridge", "-n", h.A.NS, "fdb", "show", "dev", "flannel.1"), macB + " dst 198.51.100.12 self permanent"},
-		{bt.Run(t, "ip", "-n", h.A.NS, "-4", "-o", "addr", "show", "dev", "flannel.1"), "10.244.1.0/32"},
+	return firstErr(
+		readOf(routeOf(h.A.NS, "10.244.2.0/24")).has("10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink"),
+		readOf(neighOf(h.A.NS, "flannel.1")).has("10.244.2.0 lladdr "+macB+" PERMANENT"),
+		readOf(fdbOf(h.A.NS, "flannel.1")).has(macB+" dst 198.51.100.12 dev flannel.1 permanent"),
+		readOf(addrsOf(h.A.NS, "flannel.1")).has("\n10.244.1.0/32\n"),
+	)
+}
+
+// reading is what a read of kernel state gave, for checks in waits: a
+// device may be missing for a while, which is an error, not a failure.
+type reading struct {
+	got string
+	err error
+}
+
+func readOf(got string, err error) reading { return reading{got, err} }
+
+func (r reading) has(want string) error {
+	if r.err != nil {
+		return r.err
 	}
-	for _, c := range checks {
-		if !strings.Contains(c[0], c[1]) {
-			return fmt.Errorf("missing %q in:\n%s", c[1], c[0])
+	if !strings.Contains(r.got, want) {
+		return fmt.Errorf("missing %q in:%s", want, r.got)
+	}
+	return nil
+}
+
+func firstErr(errs ...error) error {
+	for _, err := range errs {
+		if err != nil {
+			return err
 		}
 	}
 	return nil
@@ -91,7 +113,7 @@ func TestHealPeerEntries(t *testing.T) {
 	}
 	bt.Run(t, "ip", "-n", h.A.NS, "route", "add", "10.244.9.0/24", "via", "10.244.9.0", "dev", "flannel.1", "onlink")
 	bt.WaitFor(t, time.Second, "stale route removed", func() error {
-		if got := bt.Run(t, "ip", "-n", h.A.NS, "route", "show", "10.244.9.0/24"); got != "" {
+		if got := routeTo(t, h.A.NS, "10.244.9.0/24"); got != "" {
 			return fmt.Errorf("still there: %s", got)
 		}
 		return nil
@@ -104,11 +126,11 @@ func TestHealPeerEntries(t *testing.T) {
 func TestHealExternalFlap(t *testing.T) {
 	h := newHealPair(t, "hflp", `{"DirectRouting":true}`)
 	const want = "10.244.2.0/24 via 198.51.100.12 dev eth0"
-	assertContains(t, bt.Run(t, "ip", "-n", h.A.NS, "route", "show", "10.244.2.0/24"), want)
+	assertContains(t, routeTo(t, h.A.NS, "10.244.2.0/24"), want)
 	bt.Run(t, "ip", "-n", h.A.NS, "link", "set", "eth0", "down")
 	bt.Run(t, "ip", "-n", h.A.NS, "link", "set", "eth0", "up")
 	took := bt.WaitFor(t, 2*time.Second, "direct route back", func() error {
-		if got := bt.Run(t, "ip", "-n", h.A.NS, "route", "show", "10.244.2.0/24"); !strings.Contains(got, want) {
+		if got := routeTo(t, h.A.NS, "10.244.2.0/24"); !strings.Contains(got, want) {
 			return fmt.Errorf("route now %q", got)
 		}
 		return nil
@@ -117,7 +139,7 @@ func TestHealExternalFlap(t *testing.T) {
 	if err := bt.TryPing(h.PA.NS, h.PB.Addr, 2*time.Second-took); err != nil {
 		t.Fatalf("pods do not talk within 2 s of the flap: %v", err)
 	}
-	assertLacks(t, bt.Run(t, "bridge", "-n", h.A.NS, "fdb", "show", "dev", "flannel.1"), mustMAC(t, h.LB.Attrs.BackendData))
+	assertLacks(t, fdbLines(t, h.A.NS, "flannel.1"), mustMAC(t, h.LB.Attrs.BackendData))
 }
 
 // Two leases share b's VtepMAC and PublicIP (b re-registered under another
@@ -131,24 +153,24 @@ func TestTwinLeasesShareFDB(t *testing.T) {
 	twin := lb
 	twin.Subnet = pfx("10.244.5.0/24")
 	macB := mustMAC(t, lb.Attrs.BackendData)
-	fdb := macB + " dst 198.51.100.12 self permanent"
+	fdb := macB + " dst 198.51.100.12 dev flannel.1 permanent"
 	nwA.HandleEvents(ctx, added(lb, twin))
-	assertContains(t, run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel.1"), fdb)
+	assertContains(t, fdbLines(t, a.NS, "flannel.1"), fdb)
 
 	nwA.HandleEvents(ctx, bt.Removed(twin))
-	assertContains(t, run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel.1"), fdb)
-	assertContains(t, run(t, "ip", "-n", a.NS, "neigh", "show", "dev", "flannel.1"), "10.244.2.0 lladdr "+macB+" PERMANENT")
-	assertLacks(t, run(t, "ip", "-n", a.NS, "neigh", "show", "dev", "flannel.1"), "10.244.5.0")
-	assertLacks(t, run(t, "ip", "-n", a.NS, "route"), "10.244.5.0")
+	assertContains(t, fdbLines(t, a.NS, "flannel.1"), fdb)
+	assertContains(t, neighLines(t, a.NS, "flannel.1"), "10.244.2.0 lladdr "+macB+" PERMANENT")
+	assertLacks(t, neighLines(t, a.NS, "flannel.1"), "10.244.5.0")
+	assertLacks(t, routeLines(t, a.NS), "10.244.5.0")
 	bt.Ping(t, a.NS, netip.MustParseAddr("10.244.2.0"), 56, false)
 
 	nwA.HandleEvents(ctx, added(twin))
 	nwA.HandleEvents(ctx, bt.Removed(lb))
-	assertContains(t, run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel.1"), fdb)
-	assertContains(t, run(t, "ip", "-n", a.NS, "neigh", "show", "dev", "flannel.1"), "10.244.5.0 lladdr "+macB+" PERMANENT")
+	assertContains(t, fdbLines(t, a.NS, "flannel.1"), fdb)
+	assertContains(t, neighLines(t, a.NS, "flannel.1"), "10.244.5.0 lladdr "+macB+" PERMANENT")
 
 	nwA.HandleEvents(ctx, bt.Removed(twin))
-	assertLacks(t, run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel.1"), macB)
+	assertLacks(t, fdbLines(t, a.NS, "flannel.1"), macB)
 }
 
 // A peer whose MAC moved to another address while an older lease still
@@ -164,11 +186,11 @@ func TestSharedMACFollowsNewestLease(t *testing.T) {
 	macB := mustMAC(t, lb.Attrs.BackendData)
 	nwA.HandleEvents(ctx, added(lb))
 	nwA.HandleEvents(ctx, added(moved))
-	fdb := run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel.1")
+	fdb := fdbLines(t, a.NS, "flannel.1")
 	assertContains(t, fdb, macB+" dst 198.51.100.66")
 	assertLacks(t, fdb, "198.51.100.12")
 	nwA.HandleEvents(ctx, bt.Removed(moved))
-	fdb = run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel.1")
+	fdb = fdbLines(t, a.NS, "flannel.1")
 	assertContains(t, fdb, macB+" dst 198.51.100.12")
 	assertLacks(t, fdb, "198.51.100.66")
 }
@@ -183,18 +205,12 @@ func TestHealDeletedIPv6Device(t *testing.T) {
 
 	run(t, "ip", "-n", a.NS, "link", "del", "flannel-v6.1")
 	took := bt.WaitFor(t, 2*time.Second, "flannel-v6.1 and b's IPv6 entries restored", func() error {
-		for _, c := range [][2]string{
-			{bt.Run(t, "ip", "-n", a.NS, "link", "show"), "flannel-v6.1"},
-			{bt.Run(t, "ip", "-6", "-n", a.NS, "route", "show", "fd00:10:244:2::/64"), "via fd00:10:244:2:: dev flannel-v6.1"},
-			{bt.Run(t, "ip", "-6", "-n", a.NS, "neigh", "show", "dev", "flannel-v6.1"), "fd00:10:244:2:: lladdr " + macB6 + " PERMANENT"},
-			{bt.Run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel-v6.1"), macB6 + " dst fd00:198:51:100::12 self permanent"},
-			{bt.Run(t, "ip", "-6", "-n", a.NS, "-o", "addr", "show", "dev", "flannel-v6.1"), "fd00:10:244:1::/128"},
-		} {
-			if !strings.Contains(c[0], c[1]) {
-				return fmt.Errorf("missing %q in:\n%s", c[1], c[0])
-			}
-		}
-		return nil
+		return firstErr(
+			readOf(addrsOf(a.NS, "flannel-v6.1")).has("\nfd00:10:244:1::/128\n"),
+			readOf(routeOf(a.NS, "fd00:10:244:2::/64")).has("via fd00:10:244:2:: dev flannel-v6.1"),
+			readOf(neighOf(a.NS, "flannel-v6.1")).has("fd00:10:244:2:: lladdr "+macB6+" PERMANENT"),
+			readOf(fdbOf(a.NS, "flannel-v6.1")).has(macB6+" dst fd00:198:51:100::12 dev flannel-v6.1 permanent"),
+		)
 	})
 	t.Logf("flannel-v6.1 re-created and programmed %s after deletion", took)
 	assertContains(t, run(t, "ip", "-n", a.NS, "link", "show", "flannel-v6.1"), "link/ether "+mac6)
