@@ -3,8 +3,13 @@
 # backend (vxlan, udp, userspace wireguard, ipsec) as a ratio of VXLAN's and
 # divided by node-to-node iperf3 over the bare underlay, both measured in
 # the same run on a two-node namespace cluster. Needs root.
+# BENCH_RUNS rounds (default 3); BENCH_BACKENDS=vxlan,udp,... measures
+# fewer backends; FLANNEL_UPSTREAM_FLANNELD=<upstream flanneld binary> adds
+# upstream's udp and vxlan, measured in the same run, and ours / upstream's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
 scripts/setup.sh --lab
+echo "load before: $(uptime)"
 go test -count=1 -run '^$' -bench 'OverlayThroughput' -benchtime "${BENCH_RUNS:-3}x" ./test/e2e/ 2>&1 | grep -v '^I[0-9]'
+echo "load after: $(uptime)"

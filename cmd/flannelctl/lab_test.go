@@ -232,7 +232,7 @@ func rootLinks(t *testing.T) map[string]bool {
 
 // labLinkRE matches the names the lab gives links inside its namespaces;
 // one of them in the root namespace would be a leak.
-var labLinkRE = regexp.MustCompile(`^(flannel\.\d+|cni0|ul\d|rtr\d|n\d+|vp\d+|veth[0-9a-f]+|out0)$`)
+var labLinkRE = regexp.MustCompile(`^(flannel\.\d+|flannel0|flannel-wg|cni0|ul\d|rtr\d|n\d+|vp\d+|veth[0-9a-f]+|out0)$`)
 
 func newLabLinks(t *testing.T, before map[string]bool) []string {
 	var out []string
@@ -330,6 +330,33 @@ func TestLabHostGW(t *testing.T) {
 		t.Errorf("host-gw walk: node route %q, want one via %s dev eth0:\n%s", hop, lease[2], check)
 	}
 	l.downAndVerify(links)
+}
+
+// udp and wireguard route the whole network into their own device and
+// pick the peer inside it: the lab is ready when pods ping across nodes,
+// and check judges the node's route into the device.
+func TestLabTunnelBackends(t *testing.T) {
+	for _, c := range []struct{ backend, name, dev, mtu string }{
+		{"udp", "tlud", "flannel0", "1472"},
+		{"wireguard", "tlwg", "flannel-wg", "1420"},
+	} {
+		t.Run(c.backend, func(t *testing.T) {
+			t.Parallel()
+			l := needLab(t, c.name)
+			links := rootLinks(t)
+			out := l.up("--nodes", "2", "--backend", c.backend)
+			for _, want := range []string{"into " + c.dev, "data path: all 2 cross-node pairs answer pings through " + c.dev, "FLANNEL_MTU " + c.mtu} {
+				if !strings.Contains(out, want) {
+					t.Errorf("lab up --backend %s output lacks %q:\n%s", c.backend, want, out)
+				}
+			}
+			check := l.check()
+			if !regexp.MustCompile(`node n\d+ +route +10\.244\.\d+\.\d+ dev ` + c.dev + ` .*ok`).MatchString(check) {
+				t.Errorf("packet walk does not show the node's route into %s:\n%s", c.dev, check)
+			}
+			l.downAndVerify(links)
+		})
+	}
 }
 
 // host-gw needs one L2 segment: across a router flanneld installs no

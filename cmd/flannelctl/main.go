@@ -14,7 +14,7 @@ import (
 const usage = `flannelctl: the flannel operator's tool
 
 usage:
-  flannelctl lab up     [--name N] [--nodes 3] [--backend vxlan|host-gw] [--pods-per-node 1]
+  flannelctl lab up     [--name N] [--nodes 3] [--backend vxlan|host-gw|udp|wireguard] [--pods-per-node 1]
                         [--segments 1|2] [--underlay-mtu 1500] [--pod-mtu auto|N] [--bin-dir DIR]
   flannelctl lab status [--name N]
   flannelctl lab check  [--name N]

@@ -142,7 +142,7 @@ func (r *running) up(ctx context.Context) error {
 	if err := r.addPods(ctx); err != nil {
 		return err
 	}
-	return r.waitRoutes(ctx)
+	return r.waitReady(ctx)
 }
 
 func (r *running) addNodes(ctx context.Context) error {

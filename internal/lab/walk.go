@@ -151,6 +151,13 @@ func (w *walker) srcNodeHop(backend string) error {
 			w.add(hop, "route", seen, want)
 			peerMAC, _ := linkMAC(w.dst.Node.NS, w.dst.Node.Iface)
 			w.neighbour(k, hop, r.LinkIndex, r.Gw, peerMAC, w.dst.Node.Name+" eth0")
+		case "udp", "wireguard":
+			// The device picks the peer; the kernel only routes into it.
+			want := ""
+			if dev := tunnelDevice(backend); r.Dev != dev || r.Gw.IsValid() {
+				want = "dev " + dev + " (the network's route into the " + backend + " device)"
+			}
+			w.add(hop, "route", seen, want)
 		default:
 			w.add(hop, "route", seen+" (backend "+backend+" not judged)", "")
 		}

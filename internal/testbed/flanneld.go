@@ -18,7 +18,8 @@ import (
 //	--etcd-endpoints=<EtcdEndpoint> --iface=eth0 --subnet-file=<node.SubnetFile> -v=2
 //
 // followed by args (a later flag overrides an earlier one), output
-// appended to node.LogFile.
+// appended to node.LogFile. The binary is the node's FlanneldPath, or
+// else the testbed's.
 func (tb *Testbed) StartFlanneld(ctx context.Context, n *Node, args ...string) error {
 	return tb.StartFlanneldEnv(ctx, n, nil, args...)
 }
@@ -29,7 +30,10 @@ func (tb *Testbed) StartFlanneldEnv(ctx context.Context, n *Node, env []string, 
 	if p := tb.flanneld(n); p != nil && p.Running() {
 		return fmt.Errorf("start flanneld on %s: already running as pid %d", n.Name, p.Pid)
 	}
-	bin := tb.Opts.FlanneldPath
+	bin := n.FlanneldPath
+	if bin == "" {
+		bin = tb.Opts.FlanneldPath
+	}
 	if bin == "" {
 		var err error
 		if bin, err = exec.LookPath("flanneld"); err != nil {

@@ -92,6 +92,9 @@ type Node struct {
 	SubnetFile string // subnet.env written by this node's flanneld
 	LogFile    string // flanneld's stdout+stderr
 	Pods       []*Pod // changed by AddPod/RemovePod under the testbed's lock
+	// FlanneldPath is this node's flanneld binary, when it is not
+	// Options.FlanneldPath (an upstream flanneld among ours, say).
+	FlanneldPath string `json:",omitempty"`
 
 	flanneld *Proc
 }

@@ -101,6 +101,23 @@ var overlayBackends = []struct{ name, config string }{
 	{"ipsec", `{"Network":"10.244.0.0/16","Backend":{"Type":"ipsec","PSK":"` + strings.Repeat("bench-psk-", 10) + `"}}`},
 }
 
+// upstreamBackends are extra rows of BenchmarkOverlayThroughput when
+// $FLANNEL_UPSTREAM_FLANNELD names an upstream flanneld binary: both nodes
+// of these clusters run it, so ours and upstream's are measured side by
+// side in one run.
+var upstreamBackends = []struct{ name, config string }{
+	{"upstream-udp", udpConfig},
+	{"upstream-vxlan", defaultConfig},
+}
+
+// benchRow is one measured path of BenchmarkOverlayThroughput.
+type benchRow struct {
+	name string
+	c    *cluster
+	pods []*testbed.Pod
+	bps  float64
+}
+
 // BenchmarkOverlayThroughput measures pod-to-pod iperf3 throughput for each
 // overlay backend and node-to-node throughput over the bare underlay, in
 // one run, and prints each backend's figure as a ratio of VXLAN's and of
@@ -108,35 +125,16 @@ var overlayBackends = []struct{ name, config string }{
 // run and the measurements take turns, round after round, so that a change
 // in the machine's load falls on all of them alike. Set BENCH_BACKENDS
 // (comma-separated names) to measure fewer than all; vxlan is always
-// measured. Not part of CI; run it with scripts/bench.sh.
+// measured. With $FLANNEL_UPSTREAM_FLANNELD set, upstream's udp and vxlan
+// are measured too, and ours is printed as a ratio of upstream's. Not part
+// of CI; run it with scripts/bench.sh.
 func BenchmarkOverlayThroughput(b *testing.B) {
 	if _, err := exec.LookPath("iperf3"); err != nil {
 		b.Skip("needs iperf3 (scripts/setup.sh installs it)")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
-	type row struct {
-		name string
-		c    *cluster
-		pods []*testbed.Pod
-		bps  float64
-	}
-	var rows []*row
-	only := os.Getenv("BENCH_BACKENDS")
-	for _, be := range overlayBackends {
-		if only != "" && be.name != "vxlan" && !slices.Contains(strings.Split(only, ","), be.name) {
-			continue
-		}
-		c := newCluster(b, "bo"+be.name[:2], clusterOpts{nodes: 2, config: be.config})
-		c.start(c.Nodes)
-		pods := c.addPods(c.Nodes)
-		// A one-off iperf3 server is spent by a connection that a tunnel
-		// still being keyed (ipsec, wireguard) drops: wait for the path.
-		if err := testbed.PingWithin(ctx, pods[0].NS, pods[1].IP, 56, false, 30*time.Second); err != nil {
-			b.Fatalf("%s: pods do not reach each other: %v", be.name, err)
-		}
-		rows = append(rows, &row{name: be.name, c: c, pods: pods})
-	}
+	rows := benchRows(ctx, b)
 	var underlay float64
 	for i := 0; i < b.N; i++ {
 		vx := rows[0].c
@@ -155,8 +153,50 @@ func BenchmarkOverlayThroughput(b *testing.B) {
 	}
 	fmt.Printf("%-30s %8s %8s %10s\n", "path", "Gbit/s", "/vxlan", "/underlay")
 	fmt.Printf("%-30s %8.2f %8s %10.3f\n", "underlay (node-node)", underlay/1e9, "", 1.0)
+	byName := map[string]*benchRow{}
 	for _, r := range rows {
+		byName[r.name] = r
 		fmt.Printf("%-30s %8.2f %8.3f %10.3f\n", r.name+" (pod-pod)", r.bps/1e9, r.bps/rows[0].bps, r.bps/underlay)
 		b.ReportMetric(r.bps/rows[0].bps, r.name+"/vxlan")
 	}
+	for _, r := range rows {
+		if up := byName["upstream-"+r.name]; up != nil {
+			fmt.Printf("ours-%s / upstream-%s: %.3f\n", r.name, r.name, r.bps/up.bps)
+			b.ReportMetric(r.bps/up.bps, "ours-"+r.name+"/upstream-"+r.name)
+		}
+	}
+}
+
+// benchRows starts a two-node cluster per measured backend, vxlan first,
+// and waits until its pods reach each other.
+func benchRows(ctx context.Context, b *testing.B) []*benchRow {
+	type bcase struct{ name, short, config, bin string }
+	var cases []bcase
+	only := os.Getenv("BENCH_BACKENDS")
+	for _, be := range overlayBackends {
+		if only == "" || be.name == "vxlan" || slices.Contains(strings.Split(only, ","), be.name) {
+			cases = append(cases, bcase{be.name, "bo" + be.name[:2], be.config, ""})
+		}
+	}
+	if up := os.Getenv("FLANNEL_UPSTREAM_FLANNELD"); up != "" {
+		for _, be := range upstreamBackends {
+			cases = append(cases, bcase{be.name, "bu" + be.name[len("upstream-"):][:2], be.config, up})
+		}
+	}
+	var rows []*benchRow
+	for _, be := range cases {
+		c := newCluster(b, be.short, clusterOpts{nodes: 2, config: be.config})
+		for _, n := range c.Nodes {
+			n.FlanneldPath = be.bin
+		}
+		c.start(c.Nodes)
+		pods := c.addPods(c.Nodes)
+		// A one-off iperf3 server is spent by a connection that a tunnel
+		// still being keyed (ipsec, wireguard) drops: wait for the path.
+		if err := testbed.PingWithin(ctx, pods[0].NS, pods[1].IP, 56, false, 30*time.Second); err != nil {
+			b.Fatalf("%s: pods do not reach each other: %v", be.name, err)
+		}
+		rows = append(rows, &benchRow{name: be.name, c: c, pods: pods})
+	}
+	return rows
 }

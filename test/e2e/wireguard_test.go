@@ -106,6 +106,9 @@ func TestWireGuardThreeNodes(t *testing.T) {
 		if k := strings.Count(string(log), fallbackLine); k != 1 {
 			t.Errorf("node %s logged the userspace fallback %d times, want once", n.Name, k)
 		}
+		if !strings.Contains(string(log), "flannel-wg: TUN offloads true") {
+			t.Errorf("node %s: the userspace device runs without TUN offloads (no \"TUN offloads true\" in its log)", n.Name)
+		}
 	}
 	requirePeers(t, n1, keys, envs, n2, n3)
 
