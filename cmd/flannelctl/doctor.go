@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
@@ -19,6 +18,7 @@ import (
 	"github.com/flannelgo/flannel/internal/subnet"
 	etcdmgr "github.com/flannelgo/flannel/internal/subnet/etcd"
 	kubemgr "github.com/flannelgo/flannel/internal/subnet/kube"
+	"github.com/flannelgo/flannel/internal/subnet/storeflags"
 )
 
 const doctorHelp = `Checks this node for the known flannel failure modes and prints one line per
@@ -27,32 +27,19 @@ Give it the datastore flags flanneld runs with. Exits 0 when no check finds a
 PROBLEM (warnings do not fail), 1 otherwise, 2 on bad usage. Run as root on the
 node (inside the node's network namespace).`
 
-// doctorOpts are flanneld's datastore flags plus doctor's own.
+// doctorOpts are flanneld's datastore flags (its very definitions) plus
+// doctor's own.
 type doctorOpts struct {
-	etcdEndpoints, etcdPrefix, etcdKeyfile, etcdCertfile, etcdCAFile string
-	etcdUsername, etcdPassword                                       string
-	kubeSubnetMgr                                                    bool
-	kubeAPIURL, kubeconfigFile, kubeAnnotationPrefix, netConfigPath  string
-	nodeName, subnetFile, healthz, output                            string
-	timeout                                                          time.Duration
+	store                                 storeflags.Flags
+	nodeName, subnetFile, healthz, output string
+	timeout                               time.Duration
 }
 
 func doctorFlags(stderr io.Writer) (*flag.FlagSet, *doctorOpts) {
 	o := &doctorOpts{}
 	fs := flag.NewFlagSet("flannelctl doctor", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&o.etcdEndpoints, "etcd-endpoints", "http://127.0.0.1:4001,http://127.0.0.1:2379", "a comma-delimited list of etcd endpoints (as flanneld's)")
-	fs.StringVar(&o.etcdPrefix, "etcd-prefix", "/coreos.com/network", "etcd prefix")
-	fs.StringVar(&o.etcdKeyfile, "etcd-keyfile", "", "SSL key file for etcd")
-	fs.StringVar(&o.etcdCertfile, "etcd-certfile", "", "SSL certificate file for etcd")
-	fs.StringVar(&o.etcdCAFile, "etcd-cafile", "", "SSL CA file for etcd")
-	fs.StringVar(&o.etcdUsername, "etcd-username", "", "etcd BasicAuth username")
-	fs.StringVar(&o.etcdPassword, "etcd-password", "", "etcd BasicAuth password")
-	fs.BoolVar(&o.kubeSubnetMgr, "kube-subnet-mgr", false, "read leases from the Kubernetes API (as flanneld --kube-subnet-mgr)")
-	fs.StringVar(&o.kubeAPIURL, "kube-api-url", "", "Kubernetes API server URL")
-	fs.StringVar(&o.kubeconfigFile, "kubeconfig-file", "", "kubeconfig file")
-	fs.StringVar(&o.kubeAnnotationPrefix, "kube-annotation-prefix", "flannel.alpha.coreos.com", "Kubernetes annotation prefix")
-	fs.StringVar(&o.netConfigPath, "net-config-path", "/etc/kube-flannel/net-conf.json", "network config file (kube mode)")
+	o.store.Register(fs)
 	fs.StringVar(&o.nodeName, "node-name", os.Getenv("NODE_NAME"), "this node's Kubernetes name (kube mode; default $NODE_NAME)")
 	fs.StringVar(&o.subnetFile, "subnet-file", "/run/flannel/subnet.env", "flanneld's --subnet-file")
 	fs.StringVar(&o.healthz, "healthz", "", "flanneld's health address IP:PORT (its --healthz-ip:--healthz-port); empty: only check that it runs")
@@ -102,25 +89,22 @@ func runDoctor(args []string, stdout, stderr io.Writer) int {
 // inputs builds the datastore as flanneld would from the same flags.
 func (o *doctorOpts) inputs() (doctor.Inputs, func(), error) {
 	in := doctor.Inputs{SubnetFile: o.subnetFile, Healthz: o.healthz}
-	if !o.kubeSubnetMgr {
-		mgr, err := etcdmgr.New(etcdmgr.Options{
-			Endpoints: strings.Split(o.etcdEndpoints, ","), Prefix: o.etcdPrefix,
-			KeyFile: o.etcdKeyfile, CertFile: o.etcdCertfile, CAFile: o.etcdCAFile,
-			Username: o.etcdUsername, Password: o.etcdPassword,
-		})
+	if !o.store.KubeSubnetMgr {
+		mgr, err := etcdmgr.New(o.store.Etcd())
 		if err != nil {
 			return in, nil, fmt.Errorf("etcd: %w", err)
 		}
 		in.Store = doctor.ManagerStore{Manager: subnet.Manager(mgr)}
 		return in, func() { _ = mgr.Close() }, nil
 	}
-	mgr, err := kubemgr.New(kubemgr.Options{APIURL: o.kubeAPIURL, Kubeconfig: o.kubeconfigFile,
-		AnnotationPrefix: o.kubeAnnotationPrefix, NetConfPath: o.netConfigPath, NodeName: o.nodeName})
+	ko := o.store.Kube()
+	ko.NodeName = o.nodeName
+	mgr, err := kubemgr.New(ko)
 	if err != nil {
 		return in, nil, fmt.Errorf("kubernetes: %w", err)
 	}
 	in.Store = doctor.ManagerStore{Manager: mgr}
-	rc, err := clientcmd.BuildConfigFromFlags(o.kubeAPIURL, o.kubeconfigFile)
+	rc, err := clientcmd.BuildConfigFromFlags(o.store.KubeAPIURL, o.store.KubeconfigFile)
 	if err != nil {
 		return in, nil, fmt.Errorf("kubernetes client config: %w", err)
 	}

@@ -10,13 +10,13 @@ import (
 	"time"
 
 	"k8s.io/klog/v2"
+
+	"github.com/flannelgo/flannel/internal/subnet/storeflags"
 )
 
 // options mirrors upstream flanneld's command line, name for name.
 type options struct {
-	etcdEndpoints, etcdPrefix              string
-	etcdKeyfile, etcdCertfile, etcdCAFile  string
-	etcdUsername, etcdPassword             string
+	store                                  storeflags.Flags // etcd and kube datastore flags
 	iface, ifaceRegex                      stringSlice
 	ifaceCanReach                          string
 	publicIP, publicIPv6                   string
@@ -25,15 +25,13 @@ type options struct {
 	ipMasq, ipMasqFullyRandomDisable       bool
 	iptablesResync                         int
 	iptablesForwardRules, ipBlackholeRoute bool
-	netConfigPath                          string
 	healthzIP                              string
 	healthzPort                            int
 	version, help                          bool
 
 	peerProbeInterval time.Duration
 
-	kubeSubnetMgr, setNodeNetworkUnavailable         bool
-	kubeAPIURL, kubeconfigFile, kubeAnnotationPrefix string
+	setNodeNetworkUnavailable bool
 
 	networkPolicy     bool
 	reconcileInterval time.Duration
@@ -52,13 +50,7 @@ func (s *stringSlice) Set(v string) error {
 
 func newFlagSet(o *options) *flag.FlagSet {
 	fs := flag.NewFlagSet("flanneld", flag.ContinueOnError)
-	fs.StringVar(&o.etcdEndpoints, "etcd-endpoints", "http://127.0.0.1:4001,http://127.0.0.1:2379", "a comma-delimited list of etcd endpoints")
-	fs.StringVar(&o.etcdPrefix, "etcd-prefix", "/coreos.com/network", "etcd prefix")
-	fs.StringVar(&o.etcdKeyfile, "etcd-keyfile", "", "SSL key file used to secure etcd communication")
-	fs.StringVar(&o.etcdCertfile, "etcd-certfile", "", "SSL certification file used to secure etcd communication")
-	fs.StringVar(&o.etcdCAFile, "etcd-cafile", "", "SSL Certificate Authority file used to secure etcd communication")
-	fs.StringVar(&o.etcdUsername, "etcd-username", "", "username for BasicAuth to etcd")
-	fs.StringVar(&o.etcdPassword, "etcd-password", "", "password for BasicAuth to etcd")
+	o.store.Register(fs)
 	fs.Var(&o.iface, "iface", "interface to use (IP or name) for inter-host communication; may be repeated, tried in order")
 	fs.Var(&o.ifaceRegex, "iface-regex", "regex matching the first interface (IP or name) to use for inter-host communication; may be repeated")
 	fs.StringVar(&o.ifaceCanReach, "iface-can-reach", "", "use the interface the kernel would use to reach this address")
@@ -71,15 +63,10 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.IntVar(&o.iptablesResync, "iptables-resync", 5, "resync period for iptables rules, in seconds")
 	fs.BoolVar(&o.iptablesForwardRules, "iptables-forward-rules", true, "add default accept rules to FORWARD chain in iptables")
 	fs.BoolVar(&o.ipBlackholeRoute, "ip-blackhole-route", false, "add a blackhole route for this node's subnet, taking over when the pod bridge is gone")
-	fs.StringVar(&o.netConfigPath, "net-config-path", "/etc/kube-flannel/net-conf.json", "path to the network configuration file (kube subnet manager)")
 	fs.StringVar(&o.healthzIP, "healthz-ip", "0.0.0.0", "the IP address for the healthz server to listen on")
 	fs.IntVar(&o.healthzPort, "healthz-port", 0, "the port for the healthz server to listen on (0 to disable)")
 	fs.BoolVar(&o.version, "version", false, "print version and exit")
 	fs.BoolVar(&o.help, "help", false, "print this message")
-	fs.BoolVar(&o.kubeSubnetMgr, "kube-subnet-mgr", false, "contact the Kubernetes API for subnet assignment instead of etcd")
-	fs.StringVar(&o.kubeAPIURL, "kube-api-url", "", "Kubernetes API server URL; when empty, in-cluster config is used")
-	fs.StringVar(&o.kubeconfigFile, "kubeconfig-file", "", "kubeconfig file location")
-	fs.StringVar(&o.kubeAnnotationPrefix, "kube-annotation-prefix", "flannel.alpha.coreos.com", `Kubernetes annotation prefix; may hold one slash (example.com/flannel gives example.com/flannel-backend-data), else a slash is appended`)
 	fs.BoolVar(&o.setNodeNetworkUnavailable, "set-node-network-unavailable", true, "set the node's NetworkUnavailable condition to false once ready")
 	fs.BoolVar(&o.networkPolicy, "network-policy", false, "enforce Kubernetes NetworkPolicies for this node's pods with nftables (needs --kube-subnet-mgr)")
 	fs.DurationVar(&o.reconcileInterval, "reconcile-interval", 30*time.Second, "how often the kernel's routes, neighbours, FDB entries and devices are compared with the leases and repaired (netlink events trigger repairs at once too); 0 turns self-healing off")
@@ -122,7 +109,7 @@ func (o *options) validate() error {
 	if o.subnetLeaseRenewMargin < 1 || o.subnetLeaseRenewMargin > 1439 {
 		return fmt.Errorf("--subnet-lease-renew-margin=%d: must be between 1 and 1439 minutes", o.subnetLeaseRenewMargin)
 	}
-	if o.networkPolicy && !o.kubeSubnetMgr {
+	if o.networkPolicy && !o.store.KubeSubnetMgr {
 		return errors.New("--network-policy needs --kube-subnet-mgr: NetworkPolicies, pods and namespaces are read from the Kubernetes API, which flanneld does not use with etcd")
 	}
 	if o.networkPolicy && !o.ipMasq {

@@ -11,10 +11,10 @@ func TestDefaultsMatchUpstream(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.etcdEndpoints != "http://127.0.0.1:4001,http://127.0.0.1:2379" || o.etcdPrefix != "/coreos.com/network" ||
+	if o.store.EtcdEndpoints != "http://127.0.0.1:4001,http://127.0.0.1:2379" || o.store.EtcdPrefix != "/coreos.com/network" ||
 		o.subnetFile != "/run/flannel/subnet.env" || o.renewMargin() != 60*time.Minute || o.resync() != 5*time.Second ||
 		!o.iptablesForwardRules || o.ipMasq || o.healthzPort != 0 || o.healthzIP != "0.0.0.0" ||
-		o.netConfigPath != "/etc/kube-flannel/net-conf.json" || o.kubeAnnotationPrefix != "flannel.alpha.coreos.com" {
+		o.store.NetConfigPath != "/etc/kube-flannel/net-conf.json" || o.store.KubeAnnotationPrefix != "flannel.alpha.coreos.com" {
 		t.Fatalf("defaults differ from upstream: %+v", o)
 	}
 }
@@ -28,7 +28,7 @@ func TestEnvironmentFillsUnsetFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.etcdPrefix != "/from/env" || !o.ipMasq || o.subnetFile != "/tmp/s.env" {
+	if o.store.EtcdPrefix != "/from/env" || !o.ipMasq || o.subnetFile != "/tmp/s.env" {
 		t.Fatalf("env handling: %+v", o)
 	}
 	if got := o.iface.String(); got != "eth9" {

@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
-	"strings"
 	"syscall"
 
 	"k8s.io/klog/v2"
@@ -112,23 +111,17 @@ func serve(ctx context.Context, o *options) error {
 // subnetManager picks the datastore: the Kubernetes API with
 // --kube-subnet-mgr, etcd otherwise.
 func subnetManager(o *options) (subnet.Manager, func(), error) {
-	if o.kubeSubnetMgr {
-		mgr, err := kubemgr.New(kubemgr.Options{
-			APIURL: o.kubeAPIURL, Kubeconfig: o.kubeconfigFile,
-			AnnotationPrefix: o.kubeAnnotationPrefix, NetConfPath: o.netConfigPath,
-			NodeName: os.Getenv("NODE_NAME"), PodName: os.Getenv("POD_NAME"), PodNamespace: os.Getenv("POD_NAMESPACE"),
-			SetNodeNetworkUnavailable: o.setNodeNetworkUnavailable,
-		})
+	if o.store.KubeSubnetMgr {
+		ko := o.store.Kube()
+		ko.NodeName, ko.PodName, ko.PodNamespace = os.Getenv("NODE_NAME"), os.Getenv("POD_NAME"), os.Getenv("POD_NAMESPACE")
+		ko.SetNodeNetworkUnavailable = o.setNodeNetworkUnavailable
+		mgr, err := kubemgr.New(ko)
 		if err != nil {
 			return nil, nil, fmt.Errorf("kubernetes subnet manager: %w", err)
 		}
 		return mgr, func() {}, nil
 	}
-	opts := etcdmgr.Options{
-		Endpoints: strings.Split(o.etcdEndpoints, ","), Prefix: o.etcdPrefix,
-		KeyFile: o.etcdKeyfile, CertFile: o.etcdCertfile, CAFile: o.etcdCAFile,
-		Username: o.etcdUsername, Password: o.etcdPassword,
-	}
+	opts := o.store.Etcd()
 	prev := previousSubnets(o.subnetFile)
 	opts.PreviousSubnet, opts.PreviousIPv6Subnet = prev.Subnet, prev.IPv6Subnet
 	mgr, err := etcdmgr.New(opts)

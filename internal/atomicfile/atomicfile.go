@@ -2,7 +2,8 @@
 // content or the new one, never half a file: the data goes to a temporary
 // file in the same directory, which is then renamed over the target.
 // subnet.env (flanneld writes, the CNI plugin reads), the CNI plugin's
-// per-container state, and the testbed's and lab's state files use it.
+// per-container state, the wireguard private key and `flannelctl lab`'s
+// state files use it.
 package atomicfile
 
 import (

@@ -227,7 +227,7 @@ func gateway(p netip.Prefix) netip.Prefix {
 // either mode) in place on purpose: pods keep their connectivity, egress
 // NAT included, while the daemon restarts.
 func (d *Daemon) shutdown() {
-	d.metrics.SetReady(false)
+	d.metrics.Fail(metrics.CondStopping, "flanneld is shutting down")
 	notifySystemd("STOPPING=1")
 	klog.Info("shutting down; routes, devices and traffic rules are left in place so pod traffic keeps flowing")
 }

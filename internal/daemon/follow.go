@@ -13,6 +13,7 @@ import (
 
 	"github.com/flannelgo/flannel/internal/backend"
 	"github.com/flannelgo/flannel/internal/lease"
+	"github.com/flannelgo/flannel/internal/metrics"
 	"github.com/flannelgo/flannel/internal/subnet"
 )
 
@@ -222,7 +223,7 @@ func trackKeys(keys map[string]struct{}, batch []lease.Event) {
 // readyWithoutPeers serves a network that ignores other nodes (alloc): it
 // is ready once subnet.env is written, and no lease watch is started.
 func (d *Daemon) readyWithoutPeers(ctx context.Context) {
-	d.metrics.SetReady(true)
+	d.metrics.Pass(metrics.CondNetwork)
 	klog.Info("ready: this backend does not follow other nodes' leases")
 	go d.announceReady(ctx)
 	<-ctx.Done()

@@ -12,6 +12,7 @@ import (
 
 	"github.com/flannelgo/flannel/internal/config"
 	"github.com/flannelgo/flannel/internal/lease"
+	"github.com/flannelgo/flannel/internal/metrics"
 )
 
 // screen reports other nodes advertising this node's address, then lets
@@ -173,7 +174,7 @@ func (d *Daemon) watchConfig(ctx context.Context, running *config.Config) {
 			if reported != "" {
 				klog.Infof("network config in %s matches the running one again", d.mgr.Name())
 				d.metrics.ConfigMismatch.Set(0)
-				d.metrics.ClearProblem("config")
+				d.metrics.Pass(metrics.CondConfig)
 				reported = ""
 			}
 			continue
@@ -182,7 +183,7 @@ func (d *Daemon) watchConfig(ctx context.Context, running *config.Config) {
 			reported = diff
 			klog.Errorf("network config in %s changed under the running daemon: %s; it takes effect when flanneld restarts", d.mgr.Name(), diff)
 			d.metrics.ConfigMismatch.Set(1)
-			d.metrics.SetProblem("config", "network config changed: "+diff+"; restart flanneld to apply it")
+			d.metrics.Fail(metrics.CondConfig, "network config changed: "+diff+"; restart flanneld to apply it")
 		}
 	}
 }

@@ -1,55 +1,29 @@
 package daemon
 
 import (
-	"sync"
-
 	"k8s.io/klog/v2"
 
 	"github.com/flannelgo/flannel/internal/metrics"
 )
 
-// readiness decides what /readyz says: ready once the first complete batch
-// of leases is applied, and not while the lease watch is broken, with the
-// reason, so a node never reports ready while it cannot follow peers.
+// readiness feeds the daemon's two readiness conditions: the network is in
+// place once the first complete batch of leases is applied, and the lease
+// watch fails while it is broken, with the reason, so a node never reports
+// ready while it cannot follow peers. It logs the watch's transitions.
 type readiness struct {
-	m         *metrics.Metrics
-	mu        sync.Mutex
-	isApplied bool
-	deafWhy   string // non-empty while the node cannot follow peers
+	m *metrics.Metrics
 }
 
-func (r *readiness) applied() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.isApplied = true
-	r.publish()
-}
+func (r *readiness) applied() { r.m.Pass(metrics.CondNetwork) }
 
 func (r *readiness) deaf(why string) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.deafWhy == "" {
+	if r.m.Fail(metrics.CondLeaseWatch, why) {
 		klog.Warningf("not ready: %s", why)
 	}
-	r.deafWhy = why
-	r.publish()
 }
 
 func (r *readiness) hearing() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.deafWhy != "" && r.isApplied {
-		klog.Infof("following other nodes' leases again; ready")
-	}
-	r.deafWhy = ""
-	r.publish()
-}
-
-func (r *readiness) publish() {
-	switch {
-	case r.deafWhy != "":
-		r.m.SetNotReady(r.deafWhy)
-	case r.isApplied:
-		r.m.SetReady(true)
+	if r.m.Pass(metrics.CondLeaseWatch) {
+		klog.Infof("following other nodes' leases again")
 	}
 }

@@ -9,6 +9,8 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/flannelgo/flannel/internal/testbed/tbtest"
 )
 
 // newNS makes a namespace with a VXLAN device programmed for one peer the
@@ -16,18 +18,14 @@ import (
 // FDB entry, and removes it when the test ends.
 func newNS(t *testing.T) string {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates a network namespace")
-	}
-	ns := fmt.Sprintf("fl-ks-%d", os.Getpid())
+	tbtest.NeedRoot(t, "ip", "bridge")
+	ns := tbtest.NS(t, fmt.Sprintf("fl-ks-%d", os.Getpid()))
 	run := func(argv ...string) {
 		t.Helper()
 		if out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput(); err != nil {
 			t.Fatalf("%s: %v\n%s", strings.Join(argv, " "), err, out)
 		}
 	}
-	run("ip", "netns", "add", ns)
-	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
 	for _, c := range [][]string{
 		{"link", "add", "eth0", "type", "veth", "peer", "name", "eth0p"},
 		{"addr", "add", "198.51.100.11/24", "dev", "eth0"},

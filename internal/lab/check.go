@@ -26,7 +26,7 @@ type failure struct{ what, why string }
 
 type checker struct {
 	spec *Spec
-	tb   *testbed.Testbed
+	tb   *recorded
 	out  io.Writer
 	envs map[string]*subnetenv.Env // by node name
 	mtus map[string]int            // pod eth0 MTU by pod name
@@ -61,7 +61,7 @@ func Check(ctx context.Context, out io.Writer, dir string) error {
 	if err != nil {
 		return err
 	}
-	tb, err := testbed.Load(spec.Name, dir)
+	tb, err := loadTestbed(spec.Name, dir)
 	if err != nil {
 		return fmt.Errorf("%w; `flannelctl lab down --name %s` removes what is left", err, spec.Name)
 	}
@@ -84,7 +84,7 @@ func (c *checker) checkProcesses() {
 		c.pass()
 	}
 	for _, n := range c.tb.Nodes {
-		if p := c.tb.Flanneld(n); p == nil || !procRunning(p) {
+		if c.tb.flanneld(n) == nil {
 			c.fail("flanneld on "+n.Name, "not running; see "+n.LogFile)
 		} else {
 			c.pass()

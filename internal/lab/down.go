@@ -37,7 +37,7 @@ func Down(ctx context.Context, out io.Writer, name, dir string) error {
 	wasUp := lp.alive()
 	if wasUp {
 		fmt.Fprintf(out, "lab %s: stopping the lab process (pid %d)\n", name, lp.Pid)
-		errs = append(errs, lp.stop(stopGrace, LogPath(dir)))
+		errs = append(errs, stopLabProc(lp, LogPath(dir)))
 	}
 	left := leftovers(name, dir)
 	if len(left) == 0 && !wasUp {
@@ -47,12 +47,22 @@ func Down(ctx context.Context, out io.Writer, name, dir string) error {
 	if len(left) > 0 {
 		fmt.Fprintf(out, "lab %s: removing %s\n", name, strings.Join(left, ", "))
 	}
-	errs = append(errs, testbed.Cleanup(ctx, name, dir), removeOwn(dir))
+	errs = append(errs, cleanup(name, dir), removeOwn(dir))
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("lab %s down: %w", name, err)
 	}
 	fmt.Fprintf(out, "lab %s: down\n", name)
 	return nil
+}
+
+// stopLabProc stops the lab process: SIGTERM lets it tear the lab down,
+// SIGKILL comes after stopGrace.
+func stopLabProc(lp *recordedProc, logPath string) error {
+	killed, err := lp.stop(stopGrace)
+	if err == nil && killed {
+		err = fmt.Errorf("lab process %d did not stop within %s of SIGTERM and was killed; see %s", lp.Pid, stopGrace, logPath)
+	}
+	return err
 }
 
 // leftovers names what the lab process did not remove.
@@ -89,11 +99,11 @@ func Exec(ctx context.Context, dir, target string, argv []string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	tb, err := testbed.Load(spec.Name, dir)
+	tb, err := loadTestbed(spec.Name, dir)
 	if err != nil {
 		return 0, err
 	}
-	ns, err := findNS(tb, target)
+	ns, err := findNS(tb.Testbed, target)
 	if err != nil {
 		return 0, err
 	}
@@ -144,7 +154,7 @@ func DoctorArgv(dir, node, self string, extra []string) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	tb, err := testbed.Load(spec.Name, dir)
+	tb, err := loadTestbed(spec.Name, dir)
 	if err != nil {
 		return nil, err
 	}

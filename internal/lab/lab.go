@@ -116,7 +116,7 @@ func (s *Spec) NetConf() string {
 // default /run/flannelctl/lab).
 func StateDir(root, name string) string {
 	if root == "" {
-		root = testbed.DefaultStateRoot
+		root = DefaultStateRoot
 	}
 	return filepath.Join(root, name)
 }
@@ -130,7 +130,8 @@ func etcdLogPath(dir string) string { return filepath.Join(dir, "etcd", "etcd.lo
 
 // ownEntries are what the lab adds to the testbed's state dir.
 func ownEntries(dir string) []string {
-	return []string{specPath(dir), procPath(dir), LogPath(dir), binDir(dir)}
+	return []string{specPath(dir), procPath(dir), LogPath(dir), binDir(dir),
+		topologyPath(dir), pidDir(dir)}
 }
 
 func writeJSON(path string, v any) error {
@@ -165,7 +166,7 @@ func Resolve(root, name string) (string, error) {
 		return name, nil
 	}
 	if root == "" {
-		root = testbed.DefaultStateRoot
+		root = DefaultStateRoot
 	}
 	ents, err := os.ReadDir(root)
 	if err != nil {

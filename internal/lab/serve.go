@@ -111,7 +111,7 @@ func (r *running) up(ctx context.Context) error {
 	s := r.spec
 	tb, err := testbed.New(ctx, testbed.Options{
 		Name: s.Name, Segments: s.Segments, UnderlayMTU: s.UnderlayMTU,
-		StateDir: s.StateDir, FlanneldPath: s.FlanneldPath,
+		StateDir: s.StateDir, FlanneldPath: s.FlanneldPath, Recorder: record{s.StateDir},
 	})
 	if err != nil {
 		return err
@@ -389,8 +389,13 @@ func (r *running) teardown(keepLogs bool) error {
 	}
 	if !keepLogs {
 		errs = append(errs, removeOwn(r.spec.StateDir))
-	} else if err := os.Remove(procPath(r.spec.StateDir)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		errs = append(errs, err)
+	} else {
+		// The logs stay for a post-mortem; what says the lab is up goes.
+		for _, p := range []string{procPath(r.spec.StateDir), topologyPath(r.spec.StateDir), pidDir(r.spec.StateDir)} {
+			if err := os.RemoveAll(p); err != nil {
+				errs = append(errs, err)
+			}
+		}
 	}
 	if err := errors.Join(errs...); err != nil {
 		klog.Errorf("lab %s: tear down: %v", r.spec.Name, err)

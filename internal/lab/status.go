@@ -24,7 +24,7 @@ func Describe(ctx context.Context, out io.Writer, dir string) error {
 	if err != nil {
 		return err
 	}
-	tb, err := testbed.Load(spec.Name, dir)
+	tb, err := loadTestbed(spec.Name, dir)
 	if err != nil {
 		return err
 	}
@@ -33,7 +33,7 @@ func Describe(ctx context.Context, out io.Writer, dir string) error {
 }
 
 // describe prints the tables and reports whether every flanneld runs.
-func describe(out io.Writer, tb *testbed.Testbed) (bool, error) {
+func describe(out io.Writer, tb *recorded) (bool, error) {
 	healthy := true
 	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(w, "NODE\tNAMESPACE\tSEGMENT\tUNDERLAY IP\tSUBNET\tMTU\tFLANNELD")
@@ -43,7 +43,7 @@ func describe(out io.Writer, tb *testbed.Testbed) (bool, error) {
 			subnet, mtu = env.Subnet.Masked().String(), strconv.Itoa(env.MTU)
 		}
 		var fl string
-		if p := tb.Flanneld(n); p != nil && procRunning(p) {
+		if p := tb.flanneld(n); p != nil {
 			fl = fmt.Sprintf("pid %d", p.Pid)
 		} else {
 			fl = "NOT RUNNING (see " + n.LogFile + ")"
@@ -67,13 +67,6 @@ func describe(out io.Writer, tb *testbed.Testbed) (bool, error) {
 		}
 	}
 	return healthy, w.Flush()
-}
-
-// procRunning tells whether a process the testbed recorded still runs:
-// same pid, same start time, not a zombie.
-func procRunning(p *testbed.Proc) bool {
-	st, err := procStat(p.Pid)
-	return err == nil && st.Starttime == p.StartTime && st.State != "Z" && st.State != "X"
 }
 
 func linkMTU(ns, name string) (int, error) {
@@ -113,11 +106,11 @@ func Status(ctx context.Context, out io.Writer, dir string) error {
 		fmt.Fprintf(out, "lab process: pid %d is GONE (crashed or killed; see %s); `flannelctl lab down --name %s` removes what is left\n", lp.Pid, LogPath(dir), spec.Name)
 		healthy = false
 	}
-	tb, err := testbed.Load(spec.Name, dir)
+	tb, err := loadTestbed(spec.Name, dir)
 	if err != nil {
 		return fmt.Errorf("%w; `flannelctl lab down --name %s` removes what is left", err, spec.Name)
 	}
-	if err := etcdHealth(ctx, tb); err != nil {
+	if err := etcdHealth(ctx, tb.Testbed); err != nil {
 		fmt.Fprintf(out, "etcd: %s NOT ANSWERING: %v\n", tb.EtcdEndpoint(), err)
 		healthy = false
 	} else {

@@ -102,7 +102,7 @@ func checkFree(name, dir string) error {
 	if lp.alive() {
 		return fmt.Errorf("lab %s is already up (lab process pid %d); run `flannelctl lab down --name %s` first, or pick another --name", name, lp.Pid, name)
 	}
-	if _, err := os.Stat(filepath.Join(dir, "topology.json")); err == nil {
+	if _, err := os.Stat(topologyPath(dir)); err == nil {
 		return fmt.Errorf("lab %s is left over from a lab process that is gone (crashed or killed); run `flannelctl lab down --name %s` first", name, name)
 	}
 	return testbed.CheckRangesFree(name)
@@ -136,7 +136,7 @@ func startLabProcess(spec Spec, o UpOptions) (*exec.Cmd, *os.File, error) {
 		pr.Close()
 		return nil, nil, fmt.Errorf("start lab process %s: %w", self, err)
 	}
-	if _, err := recordLabProc(spec.StateDir, cmd.Process.Pid); err != nil {
+	if _, err := recordLabProc(spec.StateDir, cmd.Process.Pid, cmd.Args); err != nil {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
 		pr.Close()

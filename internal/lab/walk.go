@@ -52,7 +52,7 @@ func (c *checker) walk(ctx context.Context) {
 	if env := c.envs[src.Node.Name]; env != nil {
 		w.srcEnvGW = env.Subnet.Addr()
 	}
-	leases, err := readLeases(ctx, c.tb)
+	leases, err := readLeases(ctx, c.tb.Testbed)
 	if err != nil {
 		c.fail("packet walk", fmt.Sprintf("cannot read leases from etcd: %v", err))
 		return

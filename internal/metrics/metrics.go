@@ -8,8 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"sync"
-	"sync/atomic"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -20,9 +19,8 @@ import (
 
 // Metrics holds the daemon's health state and its Prometheus collectors.
 type Metrics struct {
-	ready    atomic.Bool
-	reason   atomic.Pointer[string] // why not ready, when known
-	registry *prometheus.Registry
+	*Readiness // the conditions /readyz and flannel_ready report
+	registry   *prometheus.Registry
 
 	Ready          prometheus.Gauge
 	Peers          prometheus.Gauge
@@ -38,8 +36,6 @@ type Metrics struct {
 	LeasesRejected     *prometheus.CounterVec
 	OwnLeaseReasserted prometheus.Counter
 	ConfigMismatch     prometheus.Gauge
-
-	problems sync.Map // name -> detail: reasons /readyz fails although the network is up
 }
 
 // New creates a fresh registry with flanneld's collectors.
@@ -47,7 +43,7 @@ func New() *Metrics {
 	m := &Metrics{
 		registry: prometheus.NewRegistry(),
 		Ready: prometheus.NewGauge(prometheus.GaugeOpts{Name: "flannel_ready",
-			Help: "1 when the lease, data plane, traffic rules and subnet file are in place."}),
+			Help: "1 when every readiness condition holds (/readyz answers 200): lease, data plane, traffic rules and subnet file in place, other nodes' leases followed, the network config current."}),
 		Peers: prometheus.NewGauge(prometheus.GaugeOpts{Name: "flannel_peers",
 			Help: "Number of remote subnets currently programmed."}),
 		LeaseEvents: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flannel_lease_events_total",
@@ -61,6 +57,7 @@ func New() *Metrics {
 		DatastoreFails: prometheus.NewCounter(prometheus.CounterOpts{Name: "flannel_datastore_errors_total",
 			Help: "Failed calls to the subnet manager's datastore."}),
 	}
+	m.Readiness = newReadiness(m.Ready)
 	m.ReconcileRepairs = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flannel_reconcile_repairs_total",
 		Help: "Kernel objects (device, address, route, neighbour, fdb) found missing or wrong and restored, by kind."}, []string{"kind"})
 	m.ReconcileErrors = prometheus.NewCounter(prometheus.CounterOpts{Name: "flannel_reconcile_errors_total",
@@ -82,48 +79,6 @@ func (m *Metrics) registerLeaseSafety() {
 	m.registry.MustRegister(m.LeasesRejected, m.OwnLeaseReasserted, m.ConfigMismatch)
 }
 
-// SetProblem makes /readyz fail with detail until ClearProblem(name).
-func (m *Metrics) SetProblem(name, detail string) { m.problems.Store(name, detail) }
-
-// ClearProblem withdraws a problem set with SetProblem.
-func (m *Metrics) ClearProblem(name string) { m.problems.Delete(name) }
-
-// problem returns one current problem's detail, or "".
-func (m *Metrics) problem() string {
-	detail := ""
-	m.problems.Range(func(_, v any) bool {
-		detail = v.(string)
-		return false
-	})
-	return detail
-}
-
-// SetReady flips /readyz and the flannel_ready gauge.
-func (m *Metrics) SetReady(ready bool) {
-	m.reason.Store(nil)
-	m.ready.Store(ready)
-	if ready {
-		m.Ready.Set(1)
-	} else {
-		m.Ready.Set(0)
-	}
-}
-
-// SetNotReady makes /readyz fail with reason, for the operator.
-func (m *Metrics) SetNotReady(reason string) {
-	m.reason.Store(&reason)
-	m.ready.Store(false)
-	m.Ready.Set(0)
-}
-
-// NotReadyReason is why /readyz fails ("" when ready or not yet known).
-func (m *Metrics) NotReadyReason() string {
-	if r := m.reason.Load(); r != nil && !m.IsReady() {
-		return *r
-	}
-	return ""
-}
-
 // Repaired counts restored kernel objects (backend.RepairReporter).
 func (m *Metrics) Repaired(kind string, n int) {
 	m.ReconcileRepairs.WithLabelValues(kind).Add(float64(n))
@@ -132,9 +87,6 @@ func (m *Metrics) Repaired(kind string, n int) {
 // ReconcileFailed counts a failed reconcile (backend.RepairReporter).
 func (m *Metrics) ReconcileFailed() { m.ReconcileErrors.Inc() }
 
-// IsReady reports what /readyz answers.
-func (m *Metrics) IsReady() bool { return m.ready.Load() }
-
 // Handler serves /healthz (the process is alive), /readyz and /metrics.
 func (m *Metrics) Handler() http.Handler {
 	mux := http.NewServeMux()
@@ -142,16 +94,8 @@ func (m *Metrics) Handler() http.Handler {
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !m.IsReady() {
-			msg := "not ready: lease, data plane, traffic rules or subnet file not in place yet"
-			if r := m.NotReadyReason(); r != "" {
-				msg = "not ready: " + r
-			}
-			http.Error(w, msg, http.StatusServiceUnavailable)
-			return
-		}
-		if p := m.problem(); p != "" {
-			http.Error(w, "not ready: "+p, http.StatusServiceUnavailable)
+		if failing := m.Failing(); len(failing) > 0 {
+			http.Error(w, "not ready: "+strings.Join(failing, "; "), http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ok")

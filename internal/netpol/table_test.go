@@ -17,23 +17,15 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/flannelgo/flannel/internal/testbed"
+	"github.com/flannelgo/flannel/internal/testbed/tbtest"
 )
 
 // inNetns runs fn in a fresh network namespace (removed afterwards), on a
 // thread that stays there, so the nft processes fn starts act on it.
 func inNetns(t *testing.T, fn func() error) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates a network namespace")
-	}
-	if _, err := exec.LookPath("nft"); err != nil {
-		t.Skip("needs the nft binary (scripts/setup.sh installs nftables)")
-	}
-	ns := fmt.Sprintf("fl-npunit-%d", os.Getpid())
-	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add %s: %v %s", ns, err, out)
-	}
-	defer exec.Command("ip", "netns", "del", ns).Run()
+	tbtest.NeedRoot(t, "ip", "nft")
+	ns := tbtest.NS(t, fmt.Sprintf("fl-npunit-%d", os.Getpid()))
 	if err := testbed.InNamespace(ns, fn); err != nil {
 		t.Fatal(err)
 	}

@@ -13,8 +13,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/flannelgo/flannel/internal/backend/backendtest"
 	"github.com/flannelgo/flannel/internal/lease"
+	"github.com/flannelgo/flannel/internal/testbed/tbtest"
 )
 
 // fakePinger answers unless its target is in down; it counts probes.
@@ -83,7 +83,7 @@ func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) 
 // they disappear once its last 10 probes were answered; the aggregates
 // count every peer.
 func TestReachabilityTransitions(t *testing.T) {
-	logs := backendtest.CaptureLogs(t)
+	logs := tbtest.CaptureLogs(t)
 	reg := prometheus.NewRegistry()
 	m := NewMetrics(reg)
 	fp := &fakePinger{down: map[netip.Addr]bool{}}

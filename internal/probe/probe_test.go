@@ -11,26 +11,21 @@ import (
 	"time"
 
 	"github.com/flannelgo/flannel/internal/testbed"
+	"github.com/flannelgo/flannel/internal/testbed/tbtest"
 )
 
 // In a namespace whose loopback has MTU 1280: an echo answers, a DF probe
 // larger than the MTU is refused by the kernel, the same size without DF
 // is fragmented and answers, and an address nobody holds times out.
 func TestPing(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates a network namespace and raw ICMP sockets")
-	}
-	ns := fmt.Sprintf("fl-prb-%d", os.Getpid())
+	tbtest.NeedRoot(t, "ip")
+	ns := tbtest.NS(t, fmt.Sprintf("fl-prb-%d", os.Getpid()))
 	for _, argv := range [][]string{
-		{"ip", "netns", "add", ns},
 		{"ip", "-n", ns, "link", "set", "lo", "mtu", "1280", "up"},
 		{"ip", "-n", ns, "route", "add", "10.244.250.0/24", "dev", "lo"}, // not local: dropped, never answered
 	} {
 		if out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput(); err != nil {
 			t.Fatalf("%v: %v\n%s", argv, err, out)
-		}
-		if argv[2] == "add" && argv[1] == "netns" {
-			t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
 		}
 	}
 	var p *Pinger

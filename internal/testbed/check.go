@@ -1,7 +1,6 @@
 package testbed
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -12,15 +11,16 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
-	"k8s.io/klog/v2"
 
 	"github.com/flannelgo/flannel/internal/backend"
 )
 
-// labRanges are the address ranges a testbed uses inside its namespaces. The
-// host must not use them: an operator reading `ip route` on the host, or a
-// lab process that leaks out, must not meet the same addresses twice.
-func labRanges() []netip.Prefix {
+// Ranges are the address ranges every testbed and every namespace test
+// uses inside its namespaces: the two underlay segments and the pod
+// network, IPv4 and IPv6. The host must not use them: an operator reading
+// `ip route` on the host, or a test process that leaks out, must not meet
+// the same addresses twice.
+func Ranges() []netip.Prefix {
 	return []netip.Prefix{
 		SegmentPrefix(1, false), SegmentPrefix(2, false),
 		netip.MustParsePrefix("10.244.0.0/16"),
@@ -33,7 +33,7 @@ func labRanges() []netip.Prefix {
 // calling (root) namespace has no address or route overlapping the testbed's
 // ranges and that no namespace of an earlier testbed with this name is left.
 func CheckRangesFree(name string) error {
-	if !labName.MatchString(name) {
+	if !testbedName.MatchString(name) {
 		return fmt.Errorf("testbed name %q: use 1 to 12 characters a-z, 0-9", name)
 	}
 	left, err := ListNS(nsPrefix(name))
@@ -44,15 +44,11 @@ func CheckRangesFree(name string) error {
 		return fmt.Errorf("testbed %s: namespaces %s are left from an earlier run; run `flannelctl lab down --name %s` first",
 			name, strings.Join(left, ", "), name)
 	}
-	if err := CheckHostRanges(LabRanges()...); err != nil {
+	if err := CheckHostRanges(Ranges()...); err != nil {
 		return fmt.Errorf("testbed %s: %w", name, err)
 	}
 	return nil
 }
-
-// LabRanges are the address ranges every testbed and every namespace test
-// uses: the two underlay segments and the pod network, IPv4 and IPv6.
-func LabRanges() []netip.Prefix { return labRanges() }
 
 // CheckHostRanges is the one range check of the project's tests: it fails
 // when the calling (root) namespace has an address or a non-default route,
@@ -116,39 +112,24 @@ func retryDump[T any](dump func() ([]T, error)) ([]T, error) {
 	return nil, err
 }
 
-// Cleanup removes testbed name without needing the process that built it:
-// it stops the processes recorded in stateDir (only those whose pid still
-// names the process started: same start time and command), deletes every
-// namespace fl-<name>-* and removes stateDir ("" = the default). It is
-// idempotent.
-func Cleanup(ctx context.Context, name, stateDir string) error {
-	if !labName.MatchString(name) {
+// Remove deletes what a testbed called name left behind, without the
+// process that built it: every namespace fl-<name>-* (pods first) and the
+// testbed's entries in stateDir. It stops no process: only a recorder
+// (internal/lab) knows them. It is idempotent.
+func Remove(name, stateDir string) error {
+	if !testbedName.MatchString(name) {
 		return fmt.Errorf("testbed name %q: use 1 to 12 characters a-z, 0-9", name)
 	}
-	if stateDir == "" {
-		stateDir = filepath.Join(DefaultStateRoot, name)
-	}
-	var errs []error
-	procs, err := readPidFiles(stateDir)
-	errs = append(errs, err)
-	var etcd, rest []*Proc
-	for _, p := range procs {
-		klog.V(2).Infof("testbed %s: stopping pid %d (%s)", name, p.Pid, p.Argv[0])
-		if p.Role == roleEtcd {
-			etcd = append(etcd, p)
-		} else {
-			rest = append(rest, p)
-		}
-	}
-	errs = append(errs, stopConcurrently(rest), stopConcurrently(etcd))
 	nss, err := ListNS(nsPrefix(name))
-	errs = append(errs, err)
+	errs := []error{err}
 	for _, ns := range sortPodsFirst(nss) {
 		errs = append(errs, DeleteNS(ns))
 	}
-	errs = append(errs, removeState(stateDir, false))
+	if stateDir != "" {
+		errs = append(errs, removeState(stateDir, false))
+	}
 	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("clean up testbed %s: %w", name, err)
+		return fmt.Errorf("remove testbed %s: %w", name, err)
 	}
 	return nil
 }
@@ -171,26 +152,23 @@ func sortPodsFirst(nss []string) []string {
 	return out
 }
 
-// removeState deletes what the testbed keeps in stateDir, and stateDir
-// itself once empty. It deletes only its own entries: StateDir may have
-// been pointed at a directory holding other things. With keepLogs only the
-// entries that say the testbed is up go (topology, pid files); logs, node
-// directories and etcd data stay for a post-mortem.
+// removeState deletes what the testbed keeps in stateDir (node
+// directories, etcd data), and stateDir itself once empty; with keepLogs
+// nothing. It deletes only its own entries: StateDir may have been pointed
+// at a directory holding other things (`flannelctl lab` keeps its own
+// record there).
 func removeState(stateDir string, keepLogs bool) error {
-	entries := []string{"topology.json", "topology.json.tmp", "pids"}
-	if !keepLogs {
-		entries = append(entries, "nodes", "etcd")
+	if keepLogs {
+		return nil
 	}
 	var errs []error
-	for _, e := range entries {
+	for _, e := range []string{"nodes", "etcd"} {
 		if err := os.RemoveAll(filepath.Join(stateDir, e)); err != nil {
 			errs = append(errs, fmt.Errorf("remove state: %w", err))
 		}
 	}
-	if !keepLogs {
-		if err := os.Remove(stateDir); err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, unix.ENOTEMPTY) {
-			errs = append(errs, fmt.Errorf("remove state dir: %w", err))
-		}
+	if err := os.Remove(stateDir); err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, unix.ENOTEMPTY) {
+		errs = append(errs, fmt.Errorf("remove state dir: %w", err))
 	}
 	return errors.Join(errs...)
 }

@@ -39,7 +39,7 @@ const (
 // Each node keeps its CNI files under <node dir>/cni: the conflist
 // (net.d/10-flannel.conflist), libcni's cache, the flannel plugin's data
 // dir and host-local's allocations. Nothing is written to /var/lib/cni, so
-// nodes and labs stay apart, and deleting the state dir removes it all.
+// nodes and testbeds stay apart, and deleting the state dir removes it all.
 type CNIPods struct {
 	// PluginDir holds the flannel plugin, named "flannel".
 	PluginDir string

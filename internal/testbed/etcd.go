@@ -53,7 +53,7 @@ func (tb *Testbed) StartEtcd(ctx context.Context) error {
 		LogFile:    tb.EtcdLogFile(),
 		ClientURLs: []string{tb.EtcdEndpoint(), fmt.Sprintf("http://127.0.0.1:%d", etcdPort)},
 		PeerURL:    "http://127.0.0.1:2380",
-		PidDir:     pidDir(tb.Opts.StateDir),
+		Recorder:   tb.Opts.Recorder,
 	})
 	if err != nil {
 		return err
@@ -82,8 +82,8 @@ type EtcdOptions struct {
 	PeerURL    string
 	// NoFsync speeds up servers whose data is thrown away.
 	NoFsync bool
-	// PidDir and DieWithParent: see ProcOptions.
-	PidDir        string
+	// Recorder and DieWithParent: see ProcOptions.
+	Recorder      ProcRecorder
 	DieWithParent bool
 }
 
@@ -125,7 +125,7 @@ func StartEtcdServer(ctx context.Context, o EtcdOptions) (*EtcdServer, error) {
 		argv = append(argv, "--unsafe-no-fsync")
 	}
 	p, err := StartProc(ctx, ProcOptions{NS: o.NS, LogFile: o.LogFile, Role: roleEtcd, Argv: argv,
-		PidDir: o.PidDir, DieWithParent: o.DieWithParent})
+		Recorder: o.Recorder, DieWithParent: o.DieWithParent})
 	if err != nil {
 		return nil, fmt.Errorf("start etcd: %w", err)
 	}

@@ -53,7 +53,7 @@ func (tb *Testbed) StartFlanneldEnv(ctx context.Context, n *Node, env []string, 
 	// given by the caller come later and win.
 	env = append([]string{"WIREGUARD_KEY_FILE=" + WireGuardKeyFile(n), "FLANNEL_WIREGUARD_SOCKET_DIR=" + n.Dir,
 		"FLANNEL_IPSEC_DIR=" + filepath.Join(n.Dir, "ipsec")}, env...)
-	p, err := tb.startProc(ctx, ProcOptions{NS: n.NS, LogFile: n.LogFile, Role: roleFlanneld + n.Name, Env: env, Argv: argv})
+	p, err := tb.startProc(ctx, ProcOptions{NS: n.NS, LogFile: n.LogFile, Role: n.FlanneldRole(), Env: env, Argv: argv})
 	if err != nil {
 		return fmt.Errorf("start flanneld on %s: %w", n.Name, err)
 	}
@@ -62,6 +62,9 @@ func (tb *Testbed) StartFlanneldEnv(ctx context.Context, n *Node, env []string, 
 	tb.mu.Unlock()
 	return nil
 }
+
+// FlanneldRole is the role of the node's flanneld in a Recorder's record.
+func (n *Node) FlanneldRole() string { return roleFlanneld + n.Name }
 
 // WireGuardKeyFile is where the node's flanneld keeps its WireGuard
 // private key.

@@ -1,6 +1,7 @@
 package testbed
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -257,9 +258,33 @@ func Ping(ctx context.Context, fromNS string, to netip.Addr, size int, dontFragm
 // PingOutput is Ping that also returns what ping printed (the "frag needed
 // and DF set" line of a path MTU probe, for instance).
 func PingOutput(ctx context.Context, fromNS string, to netip.Addr, size int, dontFragment bool) ([]byte, error) {
-	argv := []string{"ping", "-n", "-c1", "-W1", "-s", strconv.Itoa(size)}
-	if dontFragment {
+	return PingWith(ctx, fromNS, to, PingOptions{Size: size, DontFragment: dontFragment})
+}
+
+// PingOptions shape a ping beyond Ping's one echo of size bytes.
+type PingOptions struct {
+	Size         int // payload bytes; 0 means ping's default, 56
+	DontFragment bool
+	Count        int           // echoes; 0 means 1
+	Interval     time.Duration // between echoes; 0 means ping's default, 1 s
+	Wait         time.Duration // for each reply; 0 means 1 s
+	Pattern      string        // hex bytes that fill the payload (found in underlay captures)
+}
+
+// PingWith runs ping from ns to to as o says and returns what it printed;
+// it fails unless at least one echo is answered.
+func PingWith(ctx context.Context, fromNS string, to netip.Addr, o PingOptions) ([]byte, error) {
+	size, count, wait := cmp.Or(o.Size, 56), cmp.Or(o.Count, 1), cmp.Or(o.Wait, time.Second)
+	secs := func(d time.Duration) string { return strconv.FormatFloat(d.Seconds(), 'f', -1, 64) }
+	argv := []string{"ping", "-n", "-c", strconv.Itoa(count), "-W", secs(wait), "-s", strconv.Itoa(size)}
+	if o.Interval > 0 {
+		argv = append(argv, "-i", secs(o.Interval))
+	}
+	if o.DontFragment {
 		argv = append(argv, "-M", "do")
+	}
+	if o.Pattern != "" {
+		argv = append(argv, "-p", o.Pattern)
 	}
 	return Exec(ctx, fromNS, append(argv, to.String())...)
 }

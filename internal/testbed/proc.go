@@ -2,13 +2,11 @@ package testbed
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -25,9 +23,10 @@ const (
 	pollEvery = 100 * time.Millisecond
 )
 
-// Proc is a process the testbed started inside a namespace, in a session
-// (and process group) of its own. Its pid is recorded in the state dir until it exits, so
-// another process (Load, Cleanup) can stop it after this one is gone.
+// Proc is a process the testbed started inside a namespace, in a process
+// group of its own. A ProcRecorder, if given, is told when it starts and
+// when it is gone (`flannelctl lab` records it so that another process can
+// stop it).
 type Proc struct {
 	Pid       int
 	Role      string // "etcd", "flanneld-n1", or "" for StartProcess
@@ -36,11 +35,10 @@ type Proc struct {
 	LogFile   string
 	StartTime uint64 // clock ticks since boot; tells a reused pid apart
 
-	cmd     *exec.Cmd // nil when adopted from a pid file
-	pidFile string
-	done    chan struct{}
-	err     error
-	poll    sync.Once
+	cmd  *exec.Cmd
+	rec  ProcRecorder
+	done chan struct{}
+	err  error
 
 	mu     sync.Mutex
 	exited bool // our child exited but is not reaped: its pid is still ours
@@ -57,11 +55,11 @@ type ProcOptions struct {
 	Env []string
 	// Argv is the command and its arguments.
 	Argv []string
-	// Role names the process in pid files ("etcd", "flanneld-n1").
+	// Role names the process to a recorder ("etcd", "flanneld-n1").
 	Role string
-	// PidDir, if set, holds a pid file <pid>.json while the process runs,
-	// so another process can find and stop it (Load, Cleanup).
-	PidDir string
+	// Recorder, if set, is told when the process has started and when it
+	// is gone.
+	Recorder ProcRecorder
 	// DieWithParent kills the process (SIGKILL) when the thread that
 	// started it exits, so a test binary killed by its timeout leaves no
 	// server behind. Without it the process gets a session of its own and
@@ -82,15 +80,29 @@ func (tb *Testbed) StartProcessEnv(ctx context.Context, ns, logFile string, env 
 	return tb.startProc(ctx, ProcOptions{NS: ns, LogFile: logFile, Env: env, Argv: argv})
 }
 
-// startProc starts a process of this testbed: recorded in its state dir
-// and stopped by Close.
+// ProcRecorder keeps a record of running processes for a program that
+// must find them again from another process (internal/lab). Started is
+// called once the process runs (an error stops it again); Exited once it
+// is gone and reaped.
+type ProcRecorder interface {
+	Started(p *Proc) error
+	Exited(p *Proc)
+}
+
+// startProc starts a process of this testbed: told to its recorder and
+// stopped by Close.
 func (tb *Testbed) startProc(ctx context.Context, o ProcOptions) (*Proc, error) {
-	o.PidDir = pidDir(tb.Opts.StateDir)
+	if tb.Opts.Recorder != nil {
+		o.Recorder = tb.Opts.Recorder
+	}
 	p, err := StartProc(ctx, o)
 	if err != nil {
 		return nil, err
 	}
 	tb.mu.Lock()
+	if tb.procs == nil {
+		tb.procs = map[*Proc]struct{}{}
+	}
 	tb.procs[p] = struct{}{}
 	tb.mu.Unlock()
 	klog.V(2).Infof("testbed %s: started %s in %s, pid %d, log %s", tb.Name, strings.Join(o.Argv, " "), o.NS, p.Pid, o.LogFile)
@@ -125,7 +137,7 @@ func StartProc(ctx context.Context, o ProcOptions) (*Proc, error) {
 	}
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = log, log
-	cmd.Env = append(labEnviron(), o.Env...)
+	cmd.Env = append(cleanEnviron(), o.Env...)
 	// Its own group, so that it can be signalled as a whole.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if o.DieWithParent {
@@ -138,25 +150,26 @@ func StartProc(ctx context.Context, o ProcOptions) (*Proc, error) {
 	}
 	p := &Proc{
 		Pid: cmd.Process.Pid, Role: o.Role, NS: o.NS, Argv: o.Argv, LogFile: o.LogFile,
-		cmd: cmd, done: make(chan struct{}),
+		cmd: cmd, rec: o.Recorder, done: make(chan struct{}),
 	}
 	// Our unreaped child: its /proc entry cannot belong to anyone else.
 	if st, err := procStat(p.Pid); err == nil {
 		p.StartTime = st.Starttime
 	}
-	if o.PidDir != "" {
-		p.pidFile = filepath.Join(o.PidDir, strconv.Itoa(p.Pid)+".json")
-		if err := p.writePidFile(); err != nil {
+	if p.rec != nil {
+		if err := p.rec.Started(p); err != nil {
 			_ = cmd.Process.Kill()
 			_ = cmd.Wait()
-			return nil, fmt.Errorf("start %s in %s: %w", o.Argv[0], o.NS, err)
+			return nil, fmt.Errorf("start %s in %s: record it: %w", o.Argv[0], o.NS, err)
 		}
 	}
 	go p.reap()
 	return p, nil
 }
 
-func labEnviron() []string {
+// cleanEnviron is this process's environment without the variables that
+// would configure etcd or flanneld behind the caller's back.
+func cleanEnviron() []string {
 	var env []string
 	for _, kv := range os.Environ() {
 		if strings.HasPrefix(kv, "ETCD_") || strings.HasPrefix(kv, "ETCDCTL_") || strings.HasPrefix(kv, "FLANNELD_") {
@@ -182,17 +195,14 @@ func (p *Proc) reap() {
 	p.exited = true
 	p.mu.Unlock()
 	p.err = p.cmd.Wait()
-	p.removePidFile()
+	if p.rec != nil {
+		p.rec.Exited(p)
+	}
 	close(p.done)
 }
 
 // Done is closed once the process has exited.
-func (p *Proc) Done() <-chan struct{} {
-	if p.cmd == nil {
-		p.poll.Do(func() { go p.pollAdopted() })
-	}
-	return p.done
-}
+func (p *Proc) Done() <-chan struct{} { return p.done }
 
 // Running reports whether the process is still alive.
 func (p *Proc) Running() bool {
@@ -204,8 +214,7 @@ func (p *Proc) Running() bool {
 	}
 }
 
-// Wait waits for the process to exit and returns its exit error (always
-// nil for a process adopted from a pid file).
+// Wait waits for the process to exit and returns its exit error.
 func (p *Proc) Wait() error {
 	<-p.Done()
 	return p.err
@@ -239,23 +248,12 @@ func (p *Proc) Kill() error {
 }
 
 func (p *Proc) signal(sig unix.Signal) error {
-	if p.cmd != nil {
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		if p.exited {
-			return nil
-		}
-		return ignoreESRCH(unix.Kill(-p.Pid, sig))
-	}
-	st, ok := p.adoptedStat()
-	if !ok {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.exited {
 		return nil
 	}
-	target := p.Pid
-	if st.PGRP == p.Pid {
-		target = -p.Pid
-	}
-	return ignoreESRCH(unix.Kill(target, sig))
+	return ignoreESRCH(unix.Kill(-p.Pid, sig))
 }
 
 func ignoreESRCH(err error) error {
@@ -265,148 +263,12 @@ func ignoreESRCH(err error) error {
 	return fmt.Errorf("signal: %w", err)
 }
 
-// Pid files: <state>/pids/<pid>.json, one per running process.
-
-func pidDir(stateDir string) string { return filepath.Join(stateDir, "pids") }
-
-func (p *Proc) writePidFile() error {
-	data, err := json.Marshal(p)
-	if err != nil {
-		return err
-	}
-	if err := os.MkdirAll(filepath.Dir(p.pidFile), 0o755); err != nil {
-		return fmt.Errorf("pid file: %w", err)
-	}
-	if err := os.WriteFile(p.pidFile, data, 0o644); err != nil {
-		return fmt.Errorf("pid file: %w", err)
-	}
-	return nil
-}
-
-func (p *Proc) removePidFile() {
-	if p.pidFile == "" {
-		return
-	}
-	if err := os.Remove(p.pidFile); err != nil && !errors.Is(err, os.ErrNotExist) {
-		klog.Warningf("remove pid file: %v", err)
-	}
-}
-
-// readPidFiles loads the processes recorded in stateDir that are still
-// alive and still ours; stale pid files are removed.
-func readPidFiles(stateDir string) ([]*Proc, error) {
-	files, err := filepath.Glob(filepath.Join(pidDir(stateDir), "*.json"))
-	if err != nil {
-		return nil, err
-	}
-	var out []*Proc
-	for _, f := range files {
-		data, err := os.ReadFile(f)
-		if err != nil {
-			return nil, fmt.Errorf("read pid file: %w", err)
-		}
-		p := &Proc{pidFile: f, done: make(chan struct{})}
-		if err := json.Unmarshal(data, p); err != nil || p.Pid <= 0 || len(p.Argv) == 0 {
-			klog.Warningf("ignoring unreadable pid file %s", f)
-			continue
-		}
-		if _, ok := p.adoptedStat(); !ok {
-			p.removePidFile()
-			continue
-		}
-		out = append(out, p)
-	}
-	return out, nil
-}
-
-// adoptedStat returns the process's stat if pid still names the process
-// we started: same start time, and a command line that is ours (argv, or
-// `ip netns exec` just before it execs argv). A dead one is never ours.
-func (p *Proc) adoptedStat() (procfs.ProcStat, bool) {
-	st, err := procStat(p.Pid)
-	if err != nil || st.Starttime != p.StartTime || st.State == "Z" || st.State == "X" {
-		return st, false
-	}
-	cmdline, ok := readCmdline(p.Pid)
-	if !ok {
-		return st, false
-	}
-	// cmdline[1] covers an interpreter running a script.
-	want := filepath.Base(p.Argv[0])
-	for i, arg := range cmdline[:min(2, len(cmdline))] {
-		if b := filepath.Base(arg); b == want || (i == 0 && b == "ip") {
-			return st, true
-		}
-	}
-	return st, false
-}
-
-// readCmdline reads a live process's command line. While the process is
-// in the middle of execve (`ip netns exec` becoming its command) the file
-// reads empty for a moment: that is retried, not taken for a dead process,
-// which Close would then leave running.
-func readCmdline(pid int) ([]string, bool) {
-	pr, err := procfs.NewProc(pid)
-	if err != nil {
-		return nil, false
-	}
-	for range 50 {
-		cmdline, err := pr.CmdLine()
-		if err != nil {
-			return nil, false
-		}
-		if len(cmdline) > 0 {
-			return cmdline, true
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	return nil, false
-}
-
-func (p *Proc) pollAdopted() {
-	t := time.NewTicker(pollEvery)
-	defer t.Stop()
-	for {
-		if _, ok := p.adoptedStat(); !ok {
-			p.removePidFile()
-			close(p.done)
-			return
-		}
-		<-t.C
-	}
-}
-
 func procStat(pid int) (procfs.ProcStat, error) {
 	pr, err := procfs.NewProc(pid)
 	if err != nil {
 		return procfs.ProcStat{}, err
 	}
 	return pr.Stat()
-}
-
-// adoptProcs takes over the processes recorded in the state dir (after
-// Load), so Close and Stop* work from another process.
-func (tb *Testbed) adoptProcs() error {
-	procs, err := readPidFiles(tb.Opts.StateDir)
-	if err != nil {
-		return err
-	}
-	tb.mu.Lock()
-	defer tb.mu.Unlock()
-	for _, p := range procs {
-		tb.procs[p] = struct{}{}
-		switch {
-		case p.Role == roleEtcd:
-			tb.etcd = p
-		case strings.HasPrefix(p.Role, roleFlanneld):
-			for _, n := range tb.Nodes {
-				if p.Role == roleFlanneld+n.Name {
-					n.flanneld = p
-				}
-			}
-		}
-	}
-	return nil
 }
 
 func (tb *Testbed) procsIn(ns string) []*Proc {

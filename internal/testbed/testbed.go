@@ -2,12 +2,14 @@
 // namespaces on one machine: an underlay (one or two L2 segments, with a
 // router namespace between them), nodes, pods, etcd and flanneld processes.
 // It serves the end-to-end tests and `flannelctl lab`, so it never depends
-// on package testing: everything takes a context and returns errors.
+// on package testing: everything takes a context and returns errors. It only
+// builds clusters: keeping a record of one so that another process can find
+// it again is internal/lab's job, through the Recorder hook.
 //
 // Nothing is ever created in the caller's (root) namespace: veth pairs are
 // created directly between the namespaces they join. Every namespace of a
 // testbed called NAME is named fl-NAME-<role>, so several testbeds coexist
-// and a crashed one can be removed by name (Cleanup).
+// and a crashed one can be removed by name (Remove).
 package testbed
 
 import (
@@ -22,14 +24,11 @@ import (
 	"sync"
 
 	"k8s.io/klog/v2"
-
-	"github.com/flannelgo/flannel/internal/atomicfile"
 )
 
 // Defaults for Options.
 const (
 	DefaultUnderlayMTU = 1500
-	DefaultStateRoot   = "/run/flannelctl/lab"
 	// maxHostOctet keeps node addresses below the outside host (.200) and
 	// the router (.254).
 	maxHostOctet = 199
@@ -49,8 +48,8 @@ type Options struct {
 	UnderlayMTU int
 	// IPv6 adds an IPv6 underlay next to the IPv4 one.
 	IPv6 bool
-	// StateDir holds subnet files, logs, etcd data, pid files and
-	// topology.json. Default /run/flannelctl/lab/<Name>.
+	// StateDir holds the nodes' subnet files and logs and etcd's data
+	// (required).
 	StateDir string
 	// FlanneldPath is the flanneld binary; default: "flanneld" from PATH.
 	FlanneldPath string
@@ -59,6 +58,19 @@ type Options struct {
 	// KeepState leaves logs, subnet files and etcd data in StateDir on
 	// Close, for a post-mortem; the next New there starts afresh.
 	KeepState bool
+	// Recorder, if set, is told about every change of the topology and
+	// every process start and exit (`flannelctl lab` keeps a record for
+	// its other commands); tests leave it nil.
+	Recorder Recorder `json:"-"`
+}
+
+// Recorder keeps a record of a testbed for a program that must find it
+// again from another process (internal/lab). Topology gets the testbed's
+// layout as JSON (FromTopology reads it back) after every change, with the
+// testbed locked: it must not call the testbed.
+type Recorder interface {
+	ProcRecorder
+	Topology(data []byte) error
 }
 
 // Host is a namespace with an underlay address.
@@ -116,10 +128,10 @@ type Testbed struct {
 	etcd  *Proc
 }
 
-var labName = regexp.MustCompile(`^[a-z0-9]{1,12}$`)
+var testbedName = regexp.MustCompile(`^[a-z0-9]{1,12}$`)
 
 func (o *Options) setDefaults() error {
-	if !labName.MatchString(o.Name) {
+	if !testbedName.MatchString(o.Name) {
 		return fmt.Errorf("testbed name %q: use 1 to 12 characters a-z, 0-9", o.Name)
 	}
 	if o.Segments == 0 {
@@ -138,7 +150,7 @@ func (o *Options) setDefaults() error {
 		return fmt.Errorf("testbed %s: underlay MTU %d out of range 1280..65535", o.Name, o.UnderlayMTU)
 	}
 	if o.StateDir == "" {
-		o.StateDir = filepath.Join(DefaultStateRoot, o.Name)
+		return fmt.Errorf("testbed %s: no state directory (Options.StateDir)", o.Name)
 	}
 	if o.EtcdPath == "" {
 		o.EtcdPath = "/usr/bin/etcd"
@@ -161,10 +173,6 @@ func New(ctx context.Context, opts Options) (*Testbed, error) {
 	}
 	if err := CheckRangesFree(opts.Name); err != nil {
 		return nil, err
-	}
-	if _, err := os.Stat(topologyPath(opts.StateDir)); err == nil {
-		return nil, fmt.Errorf("testbed %s: %s exists from an earlier run; run `flannelctl lab down --name %s` first",
-			opts.Name, topologyPath(opts.StateDir), opts.Name)
 	}
 	// What is left is the kept state of a closed testbed: start afresh (an old
 	// etcd data dir would bring back old leases).
@@ -286,16 +294,13 @@ func (tb *Testbed) newNode(idx int) *Node {
 	}
 	dir := filepath.Join(tb.Opts.StateDir, "nodes", name)
 	n := &Node{
-		Host:       Host{Name: name, NS: tb.nsName(name), Addr: segmentAddr(seg, 10+idx)},
+		Host:       *tb.host(name, seg, 10+idx),
 		Index:      idx,
 		Segment:    seg,
 		Iface:      "eth0",
 		Dir:        dir,
 		SubnetFile: filepath.Join(dir, "subnet.env"),
 		LogFile:    filepath.Join(dir, "flanneld.log"),
-	}
-	if tb.Opts.IPv6 {
-		n.Addr6 = segmentAddr6(seg, 10+idx)
 	}
 	return n
 }
@@ -309,10 +314,7 @@ func (tb *Testbed) AddOutside(ctx context.Context) (*Host, error) {
 		tb.mu.Unlock()
 		return h, nil
 	}
-	h := &Host{Name: "out", NS: tb.nsName("out"), Addr: segmentAddr(1, 200)}
-	if tb.Opts.IPv6 {
-		h.Addr6 = segmentAddr6(1, 200)
-	}
+	h := tb.host("out", 1, 200)
 	tb.Outside = h
 	tb.mu.Unlock()
 	if err := tb.wireOutside(h); err != nil {
@@ -333,12 +335,11 @@ func (tb *Testbed) Close(ctx context.Context) error {
 	}
 	// New refused to start while any fl-<name>-* existed, so all of them
 	// are ours, including ones made by a half-finished step.
-	rest, err := ListNS(nsPrefix(tb.Name))
-	errs = append(errs, err)
-	for _, ns := range sortPodsFirst(rest) {
-		errs = append(errs, DeleteNS(ns))
+	state := tb.Opts.StateDir
+	if tb.Opts.KeepState {
+		state = ""
 	}
-	errs = append(errs, removeState(tb.Opts.StateDir, tb.Opts.KeepState))
+	errs = append(errs, Remove(tb.Name, state))
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("close testbed %s: %w", tb.Name, err)
 	}
@@ -372,11 +373,11 @@ func (tb *Testbed) podsOf(n *Node) []*Pod {
 	return append([]*Pod(nil), n.Pods...)
 }
 
-// topology.json lets another process (flannelctl lab status/down) load the lab.
-
-func topologyPath(stateDir string) string { return filepath.Join(stateDir, "topology.json") }
-
+// save hands the topology to the recorder, if there is one.
 func (tb *Testbed) save() error {
+	if tb.Opts.Recorder == nil {
+		return nil
+	}
 	// Under the lock for the whole write: concurrent saves must not
 	// interleave, and the last one must describe the latest state.
 	tb.mu.Lock()
@@ -385,38 +386,29 @@ func (tb *Testbed) save() error {
 	if err != nil {
 		return fmt.Errorf("encode topology: %w", err)
 	}
-	if err := atomicfile.WriteFile(topologyPath(tb.Opts.StateDir), data, 0o644); err != nil {
-		return fmt.Errorf("write topology: %w", err)
+	if err := tb.Opts.Recorder.Topology(data); err != nil {
+		return fmt.Errorf("record topology: %w", err)
 	}
 	return nil
 }
 
-// Load reads the topology of a running testbed written by New (possibly in
-// another process) and adopts the processes recorded in its state dir, so
-// Close, StopFlanneld and StopEtcd work on it. stateDir "" means the default.
-func Load(name, stateDir string) (*Testbed, error) {
-	if stateDir == "" {
-		stateDir = filepath.Join(DefaultStateRoot, name)
-	}
-	data, err := os.ReadFile(topologyPath(stateDir))
-	if err != nil {
-		return nil, fmt.Errorf("load testbed %s: %w (is it up?)", name, err)
-	}
+// FromTopology is the testbed a Recorder was given as data, as another
+// process sees it: its hosts, nodes, pods and files, none of its
+// processes (Close deletes the namespaces and the state; stopping the
+// processes is the recorder's job). It restores what the JSON leaves out:
+// the pods' links to their nodes.
+func FromTopology(data []byte) (*Testbed, error) {
 	tb := &Testbed{PodNetworker: HandWired{}, procs: map[*Proc]struct{}{}}
 	if err := json.Unmarshal(data, tb); err != nil {
-		return nil, fmt.Errorf("load testbed %s: %s: %w", name, topologyPath(stateDir), err)
+		return nil, fmt.Errorf("decode testbed topology: %w", err)
 	}
-	if tb.Name != name {
-		return nil, fmt.Errorf("load testbed %s: %s describes testbed %q", name, topologyPath(stateDir), tb.Name)
+	if !testbedName.MatchString(tb.Name) || tb.Hub == nil {
+		return nil, fmt.Errorf("decode testbed topology: no testbed name or hub in it")
 	}
-	tb.Opts.StateDir = stateDir
 	for _, n := range tb.Nodes {
 		for _, p := range n.Pods {
 			p.Node = n
 		}
-	}
-	if err := tb.adoptProcs(); err != nil {
-		return nil, fmt.Errorf("load testbed %s: %w", name, err)
 	}
 	return tb, nil
 }

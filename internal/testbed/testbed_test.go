@@ -2,7 +2,6 @@ package testbed
 
 import (
 	"context"
-	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -143,7 +142,7 @@ func TestNewThreeNodes(t *testing.T) {
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	t.Cleanup(func() { _ = Cleanup(context.Background(), "tbx1", stateDir) })
+	t.Cleanup(func() { _ = Remove("tbx1", stateDir) })
 
 	want := []string{"fl-tbx1-hub", "fl-tbx1-n1", "fl-tbx1-n2", "fl-tbx1-n3"}
 	got, _ := ListNS("fl-tbx1-")
@@ -351,56 +350,18 @@ func TestProcessCleanup(t *testing.T) {
 		return got != "" && got != self
 	})
 
-	// A pid file whose pid was reused by another process must be ignored.
-	bystander := exec.Command("sleep", "30")
-	if err := bystander.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = bystander.Process.Kill(); _ = bystander.Wait() }()
-	fake := &Proc{Pid: bystander.Process.Pid, Argv: []string{"sleep", "30"}, StartTime: 1,
-		pidFile: filepath.Join(pidDir(stateDir), itoa(bystander.Process.Pid)+".json")}
-	if err := fake.writePidFile(); err != nil {
-		t.Fatal(err)
-	}
-
-	loaded, err := Load("tbcln", stateDir)
-	if err != nil {
-		t.Fatalf("Load: %v", err)
-	}
-	if len(loaded.Nodes) != 1 || loaded.Nodes[0].Addr != n.Addr || len(loaded.procs) != 1 {
-		t.Errorf("Load: %d nodes, %d processes; want 1 and 1", len(loaded.Nodes), len(loaded.procs))
-	}
-
-	// A fresh call, as after a crash of the process that built the testbed.
-	if err := Cleanup(ctx, "tbcln", stateDir); err != nil {
-		t.Fatalf("Cleanup: %v", err)
+	if err := tb.Close(ctx); err != nil {
+		t.Fatalf("Close: %v", err)
 	}
 	select {
 	case <-p.Done():
 	case <-time.After(15 * time.Second):
-		t.Fatalf("pid %d survived Cleanup", p.Pid)
-	}
-	if err := bystanderAlive(bystander.Process.Pid); err != nil {
-		t.Errorf("Cleanup killed a process it did not start: %v", err)
+		t.Fatalf("pid %d survived Close", p.Pid)
 	}
 	assertNoNamespaces(t, "tbcln")
 	if _, err := os.Stat(stateDir); !os.IsNotExist(err) {
 		t.Errorf("state dir still there")
 	}
-	if err := Cleanup(ctx, "tbcln", stateDir); err != nil {
-		t.Errorf("second Cleanup: %v", err)
-	}
-}
-
-func bystanderAlive(pid int) error {
-	st, err := procStat(pid)
-	if err != nil {
-		return err
-	}
-	if st.State == "Z" {
-		return os.ErrProcessDone
-	}
-	return nil
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
@@ -628,47 +589,17 @@ func TestFlanneldLifecycle(t *testing.T) {
 	}
 }
 
-func TestLoadAndClose(t *testing.T) {
-	needRoot(t)
-	ctx := testCtx(t)
-	stateDir := filepath.Join(t.TempDir(), "state")
-	tb := newTestbed(t, Options{Name: "tbld", Nodes: 2, Segments: 2, StateDir: stateDir})
-	if _, err := tb.AddOutside(ctx); err != nil {
-		t.Fatal(err)
-	}
-	p, err := tb.StartProcess(ctx, tb.Nodes[1].NS, filepath.Join(stateDir, "sleep.log"), "sleep", "30")
-	if err != nil {
-		t.Fatal(err)
-	}
-	loaded, err := Load("tbld", stateDir)
-	if err != nil {
-		t.Fatalf("Load: %v", err)
-	}
-	if loaded.Outside == nil || loaded.Router == nil || len(loaded.Nodes) != 2 || loaded.Nodes[1].Segment != 2 {
-		t.Errorf("loaded topology: %+v", loaded)
-	}
-	if err := loaded.Close(ctx); err != nil {
-		t.Fatalf("Close of loaded testbed: %v", err)
-	}
-	select {
-	case <-p.Done():
-	case <-time.After(15 * time.Second):
-		t.Fatalf("pid %d survived Close of the loaded testbed", p.Pid)
-	}
-	assertNoNamespaces(t, "tbld")
-	if _, err := Load("tbld", stateDir); err == nil {
-		t.Errorf("Load after Close succeeded")
-	}
-}
-
 func TestOptionsAndAddresses(t *testing.T) {
 	for _, o := range []Options{{Name: ""}, {Name: "toolongname13"}, {Name: "Bad"}, {Name: "ok", Segments: 3}, {Name: "ok", UnderlayMTU: 100}, {Name: "ok", Nodes: 500}} {
 		if err := o.setDefaults(); err == nil {
 			t.Errorf("options %+v accepted", o)
 		}
 	}
-	o := Options{Name: "lab1"}
-	if err := o.setDefaults(); err != nil || o.StateDir != "/run/flannelctl/lab/lab1" || o.UnderlayMTU != 1500 || o.Segments != 1 {
+	if o := (Options{Name: "tb1"}); o.setDefaults() == nil {
+		t.Errorf("options without a state dir accepted")
+	}
+	o := Options{Name: "tb1", StateDir: "/tmp/x"}
+	if err := o.setDefaults(); err != nil || o.UnderlayMTU != 1500 || o.Segments != 1 {
 		t.Errorf("defaults: %+v %v", o, err)
 	}
 	if a := segmentAddr6(2, 254); a != netip.MustParseAddr("fd00:203:0:113::254") {
@@ -703,7 +634,7 @@ func TestKeepState(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = Cleanup(context.Background(), "tbks", stateDir) })
+	t.Cleanup(func() { _ = Remove("tbks", stateDir) })
 	n := tb.Nodes[0]
 	if _, err := tb.StartProcess(ctx, n.NS, n.LogFile, "sleep", "30"); err != nil {
 		t.Fatal(err)
@@ -713,11 +644,6 @@ func TestKeepState(t *testing.T) {
 	}
 	if _, err := os.Stat(n.LogFile); err != nil {
 		t.Errorf("KeepState: log gone: %v", err)
-	}
-	for _, gone := range []string{topologyPath(stateDir), pidDir(stateDir)} {
-		if _, err := os.Stat(gone); !os.IsNotExist(err) {
-			t.Errorf("KeepState: %s still there after Close", gone)
-		}
 	}
 	// A new testbed in the same directory starts afresh.
 	opts.KeepState = false
@@ -738,75 +664,4 @@ func TestKeepState(t *testing.T) {
 		t.Errorf("state dir after Close holds %d entries, want only the foreign file", len(ents))
 	}
 	assertNoNamespaces(t, "tbks")
-}
-
-// TestCleanupAfterCrash builds a testbed in a child process, kills that
-// process with SIGKILL and removes the testbed with Cleanup from here: the
-// processes it left are no children of ours.
-func TestCleanupAfterCrash(t *testing.T) {
-	if os.Getenv("TESTBED_CRASH_HELPER") != "" {
-		crashHelper()
-		return
-	}
-	needRoot(t)
-	ctx := testCtx(t)
-	stateDir := filepath.Join(t.TempDir(), "state")
-	helper := exec.Command(os.Args[0], "-test.run=^TestCleanupAfterCrash$")
-	helper.Env = append(os.Environ(), "TESTBED_CRASH_HELPER="+stateDir)
-	helper.Stderr = os.Stderr
-	out, err := helper.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := helper.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = helper.Process.Kill()
-		_ = helper.Wait()
-		_ = Cleanup(context.Background(), "tbcr", stateDir)
-	})
-	var pid int
-	buf := make([]byte, 64)
-	nr, _ := out.Read(buf)
-	if _, err := fmt.Sscanf(string(buf[:nr]), "READY %d", &pid); err != nil {
-		t.Fatalf("helper said %q: %v", buf[:nr], err)
-	}
-	if err := helper.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	_ = helper.Wait()
-	if err := bystanderAlive(pid); err != nil {
-		t.Fatalf("the helper's process %d died with it: %v", pid, err)
-	}
-	if err := Cleanup(ctx, "tbcr", stateDir); err != nil {
-		t.Fatalf("Cleanup: %v", err)
-	}
-	// Under load the kill and the exit (with its namespace teardown) can
-	// take a while; the state is reported if it never happens.
-	deadline := time.Now().Add(20 * time.Second)
-	for bystanderAlive(pid) == nil {
-		if time.Now().After(deadline) {
-			st, err := procStat(pid)
-			t.Fatalf("pid %d still alive 20 s after Cleanup: state %q (%v)", pid, st.State, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	assertNoNamespaces(t, "tbcr")
-}
-
-func crashHelper() {
-	ctx := context.Background()
-	tb, err := New(ctx, Options{Name: "tbcr", Nodes: 1, StateDir: os.Getenv("TESTBED_CRASH_HELPER")})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	p, err := tb.StartProcess(ctx, tb.Nodes[0].NS, filepath.Join(tb.Nodes[0].Dir, "sleep.log"), "sleep", "300")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	fmt.Printf("READY %d\n", p.Pid)
-	time.Sleep(time.Hour) // until the test kills this process
 }

@@ -48,19 +48,35 @@ func pfx(a netip.Addr, seg int) netip.Prefix {
 	return netip.PrefixFrom(a, SegmentPrefix(seg, a.Is6()).Bits())
 }
 
-func (tb *Testbed) buildHub() error {
-	h := &Host{Name: "hub", NS: tb.nsName("hub"), Addr: segmentAddr(1, hubOctet)}
-	if tb.Opts.IPv6 {
-		h.Addr6 = segmentAddr6(1, hubOctet)
+// host is the testbed's host called name at octet on segment seg, with
+// its IPv6 twin under Options.IPv6; name "" makes an address holder only.
+func (tb *Testbed) host(name string, seg, octet int) *Host {
+	h := &Host{Name: name, Addr: segmentAddr(seg, octet)}
+	if name != "" {
+		h.NS = tb.nsName(name)
 	}
+	if tb.Opts.IPv6 {
+		h.Addr6 = segmentAddr6(seg, octet)
+	}
+	return h
+}
+
+// makeHost records h in *slot (under the lock: Close removes a half-made
+// host too) and creates its namespace with sysctls.
+func (tb *Testbed) makeHost(slot **Host, h *Host, sysctls map[string]string) error {
 	tb.mu.Lock()
-	tb.Hub = h
+	*slot = h
 	tb.mu.Unlock()
 	if err := CreateNS(h.NS); err != nil {
 		return err
 	}
+	return SetSysctls(h.NS, sysctls)
+}
+
+func (tb *Testbed) buildHub() error {
+	h := tb.host("hub", 1, hubOctet)
 	// The hub is a host on segment 1 (it runs etcd), not a router.
-	if err := SetSysctls(h.NS, map[string]string{
+	if err := tb.makeHost(&tb.Hub, h, map[string]string{
 		"net.ipv4.ip_forward":              "0",
 		"net.ipv6.conf.all.forwarding":     "0",
 		"net.ipv6.conf.default.accept_dad": "0",
@@ -107,17 +123,8 @@ func (tb *Testbed) addSegmentRoute(nh *netlink.Handle, seg int) error {
 }
 
 func (tb *Testbed) buildRouter() error {
-	r := &Host{Name: "rtr", NS: tb.nsName("rtr"), Addr: segmentAddr(1, routerOctet)}
-	if tb.Opts.IPv6 {
-		r.Addr6 = segmentAddr6(1, routerOctet)
-	}
-	tb.mu.Lock()
-	tb.Router = r
-	tb.mu.Unlock()
-	if err := CreateNS(r.NS); err != nil {
-		return err
-	}
-	if err := SetSysctls(r.NS, routerSysctls()); err != nil {
+	r := tb.host("rtr", 1, routerOctet)
+	if err := tb.makeHost(&tb.Router, r, routerSysctls()); err != nil {
 		return err
 	}
 	for seg := 1; seg <= 2; seg++ {
@@ -125,10 +132,7 @@ func (tb *Testbed) buildRouter() error {
 		if err := tb.plug(r.NS, leg, fmt.Sprintf("rtr%d", seg-1), seg); err != nil {
 			return err
 		}
-		legHost := &Host{Addr: segmentAddr(seg, routerOctet)}
-		if tb.Opts.IPv6 {
-			legHost.Addr6 = segmentAddr6(seg, routerOctet)
-		}
+		legHost := tb.host("", seg, routerOctet)
 		if err := WithHandle(r.NS, func(nh *netlink.Handle) error {
 			return addHostAddrs(nh, leg, legHost, seg)
 		}); err != nil {

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"github.com/flannelgo/flannel/internal/testbed"
+	"github.com/flannelgo/flannel/internal/testbed/tbtest"
 )
 
 // alloc leases subnets and writes subnet.env, and programs nothing: no
@@ -104,23 +104,8 @@ func TestExtensionBackend(t *testing.T) {
 func TestIPIPBackend(t *testing.T) {
 	c := newCluster(t, "ipip", clusterOpts{nodes: 2, config: `{"Network":"10.244.0.0/16","Backend":{"Type":"ipip"}}`})
 	if !kernelHasIPIP(t) {
-		n := c.Nodes[0]
-		if err := c.StartFlanneld(testCtx(t, time.Minute), n); err != nil {
-			t.Fatal(err)
-		}
-		p := c.Flanneld(n)
-		select {
-		case <-p.Done():
-		case <-time.After(30 * time.Second):
-			t.Fatal("flanneld kept running on a kernel without ipip")
-		}
-		log, _ := os.ReadFile(n.LogFile)
-		for _, want := range []string{"this kernel lacks ipip support", "modprobe ipip", "another backend such as vxlan"} {
-			if !strings.Contains(string(log), want) {
-				t.Errorf("flanneld's log lacks %q:\n%s", want, log)
-			}
-		}
-		t.Skip("kernel lacks ipip: the data path test needs the ipip module; the start-up message was checked")
+		c.requireKernelLacks(t, "ipip", "the data path test needs the ipip module; the start-up message was checked",
+			"this kernel lacks ipip support", "modprobe ipip", "another backend such as vxlan")
 	}
 	envs := c.start(c.Nodes)
 	for n, env := range envs {
@@ -137,12 +122,8 @@ func TestIPIPBackend(t *testing.T) {
 
 // kernelHasIPIP tries to create an ipip device in a scratch namespace.
 func kernelHasIPIP(t *testing.T) bool {
-	ns := "fl-ipipprobe" + os.Getenv("FLANNEL_E2E_TAG")
+	ns := tbtest.NS(t, "fl-ipipprobe"+os.Getenv("FLANNEL_E2E_TAG"))
 	ctx := testCtx(t, 30*time.Second)
-	if out, err := exec.CommandContext(ctx, "ip", "netns", "add", ns).CombinedOutput(); err != nil {
-		t.Fatalf("create %s: %v: %s", ns, err, out)
-	}
-	defer func() { _ = exec.Command("ip", "netns", "del", ns).Run() }()
 	_, err := testbed.Exec(ctx, ns, "ip", "link", "add", "probe0", "type", "ipip", "local", "198.51.100.1")
 	return err == nil
 }

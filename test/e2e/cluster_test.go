@@ -235,6 +235,30 @@ func (c *cluster) addPods(nodes []*testbed.Node) []*testbed.Pod {
 	return pods
 }
 
+// requireKernelLacks is the whole test on a kernel without the module a
+// backend needs (ipip, kernel WireGuard): flanneld on the first node must
+// exit within 30 s with every one of wants in its log (the cause and the
+// way out), and then the test skips with "kernel lacks <feature>: why".
+func (c *cluster) requireKernelLacks(t *testing.T, feature, why string, wants ...string) {
+	t.Helper()
+	n := c.Nodes[0]
+	if err := c.StartFlanneld(testCtx(t, time.Minute), n); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-c.Flanneld(n).Done():
+	case <-time.After(30 * time.Second):
+		t.Fatalf("flanneld kept running on a kernel without %s", feature)
+	}
+	log, _ := os.ReadFile(n.LogFile)
+	for _, want := range wants {
+		if !strings.Contains(string(log), want) {
+			t.Errorf("flanneld's log lacks %q:\n%s", want, log)
+		}
+	}
+	t.Skip("kernel lacks " + feature + ": " + why)
+}
+
 // eventually polls cond until it returns nil or the time is up
 // (tbtest.Eventually).
 func eventually(t *testing.T, within time.Duration, what string, cond func() error) time.Duration {

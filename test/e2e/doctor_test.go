@@ -426,20 +426,11 @@ func TestDoctorKube(t *testing.T) {
 	m := readManifest(t)
 	k := newKubeCluster(t, "dock", 1)
 	ctx := testCtx(t, 3*time.Minute)
-	k.apply(ctx, m)
-	sa := m.account
-	token, err := k.api.ServiceAccountToken(ctx, sa.Namespace, sa.Name, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kubeconfig := filepath.Join(t.TempDir(), "flannel.kubeconfig")
-	if err := k.api.WriteTokenKubeconfig(kubeconfig, token); err != nil {
-		t.Fatal(err)
-	}
+	kubeconfig := k.flannelKubeconfig(ctx, m)
 	n := k.Nodes[0]
 	k.createNode(ctx, n.Name, podCIDR(n.Index))
 	conf := netConf(t, n, defaultConfig)
-	k.startReady(k.Nodes, kubeRun{kubeconfig: kubeconfig, netConf: conf, env: daemonSetEnv(sa.Namespace, n),
+	k.startReady(k.Nodes, kubeRun{kubeconfig: kubeconfig, netConf: conf, env: daemonSetEnv(m.account.Namespace, n),
 		args: []string{"--healthz-port=10244", "--peer-probe-interval=0"}})
 	kubeFlags := func(kc, node string) []string {
 		return []string{"--kube-subnet-mgr", "--kubeconfig-file=" + kc, "--net-config-path=" + conf, "--node-name=" + node}
@@ -457,7 +448,7 @@ func TestDoctorKube(t *testing.T) {
 	requireProblem(t, k.runDoctor(t, n, kubeFlags(kubeconfig, "nocidr")...), "kube node", "node nocidr pod cidr not assigned", "--allocate-node-cidrs")
 	k.createNode(ctx, "outside", netip.MustParsePrefix("10.99.0.0/24"))
 	requireProblem(t, k.runDoctor(t, n, kubeFlags(kubeconfig, "outside")...), "kube node", "10.99.0.0/24 is outside the flannel Network 10.244.0.0/16", "--cluster-cidr")
-	noPatch, err := k.api.ServiceAccountKubeconfig(ctx, sa.Namespace, "flannel-no-patch", without(m.role.Rules, permission{"patch", "nodes/status", ""}))
+	noPatch, err := k.api.ServiceAccountKubeconfig(ctx, m.account.Namespace, "flannel-no-patch", without(m.role.Rules, permission{"patch", "nodes/status", ""}))
 	if err != nil {
 		t.Fatal(err)
 	}

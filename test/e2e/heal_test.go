@@ -71,7 +71,7 @@ func podsTalk(from, to *testbed.Pod) func() error {
 	return func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
-		_, err := testbed.Exec(ctx, from.NS, "ping", "-n", "-c1", "-W0.2", to.IP.String())
+		_, err := testbed.PingWith(ctx, from.NS, to.IP, testbed.PingOptions{Wait: 200 * time.Millisecond})
 		return err
 	}
 }

@@ -12,10 +12,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sys/unix"
 
+	"github.com/flannelgo/flannel/internal/kernelstate"
 	"github.com/flannelgo/flannel/internal/lease"
 	"github.com/flannelgo/flannel/internal/testbed"
 )
@@ -146,47 +146,36 @@ func rssKiB(pid int) (int, error) {
 	return 0, fmt.Errorf("no VmRSS for pid %d", pid)
 }
 
-// fdbDsts lists the remote addresses of flannel.1's FDB entries.
+// fdbDsts lists the remote addresses of flannel.1's FDB entries
+// (kernelstate).
 func fdbDsts(ns string) (map[netip.Addr]bool, error) {
 	out := map[netip.Addr]bool{}
-	err := withNS(ns, func(h *netlink.Handle) error {
-		l, err := h.LinkByName("flannel.1")
+	err := kernelstate.With(ns, func(k *kernelstate.Reader) error {
+		dev, err := k.Device("flannel.1")
 		if err != nil {
 			return err
 		}
-		fdbs, err := h.NeighList(l.Attrs().Index, unix.AF_BRIDGE)
-		for _, f := range fdbs {
-			if a, ok := netip.AddrFromSlice(f.IP); ok {
-				out[a.Unmap()] = true
-			}
+		fdb, err := k.FDB(dev.Index)
+		for _, f := range fdb {
+			out[f.Dst.Unmap()] = true
 		}
 		return err
 	})
 	return out, err
 }
 
-// routesTo lists the node's main-table routes for exactly dst, in ip
-// syntax with the device name.
+// routesTo lists the node's main-table IPv4 routes for exactly dst, in ip
+// syntax with the device name (kernelstate).
 func routesTo(ns string, dst netip.Prefix) ([]string, error) {
 	var out []string
-	err := withNS(ns, func(h *netlink.Handle) error {
-		routes, err := h.RouteListFiltered(unix.AF_INET, &netlink.Route{Dst: &net.IPNet{IP: dst.Addr().AsSlice(), Mask: net.CIDRMask(dst.Bits(), 32)}}, netlink.RT_FILTER_DST)
-		if err != nil {
-			return err
-		}
+	err := kernelstate.With(ns, func(k *kernelstate.Reader) error {
+		routes, err := k.Routes("", unix.AF_INET)
 		for _, r := range routes {
-			l, err := h.LinkByIndex(r.LinkIndex)
-			name := "?"
-			if err == nil {
-				name = l.Attrs().Name
+			if r.Dst == dst {
+				out = append(out, r.String())
 			}
-			s := dst.String()
-			if r.Gw != nil {
-				s += " via " + r.Gw.String()
-			}
-			out = append(out, s+" dev "+name)
 		}
-		return nil
+		return err
 	})
 	return out, err
 }

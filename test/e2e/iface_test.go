@@ -86,7 +86,7 @@ func TestInterfaceSelection(t *testing.T) {
 // eth0 with 203.0.113.15/24 and the default route, a dead end like a VM's
 // NAT interface (this testbed has no path to the outside world).
 func vagrantNICs(n *testbed.Node) error {
-	err := withNS(n.NS, func(h *netlink.Handle) error {
+	err := testbed.WithHandle(n.NS, func(h *netlink.Handle) error {
 		l, err := h.LinkByName("eth0")
 		if err != nil {
 			return err

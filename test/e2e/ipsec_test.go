@@ -90,7 +90,7 @@ func TestIPSecBackend(t *testing.T) {
 	if line, err := bufio.NewReader(stderr).ReadString('\n'); err != nil || !strings.Contains(line, "listening on") {
 		t.Fatalf("tcpdump did not start: %q %v", line, err)
 	}
-	if out, err := testbed.Exec(ctx, pods[0].NS, "ping", "-c", "5", "-i", "0.2", "-p", pattern, pods[1].IP.String()); err != nil {
+	if out, err := testbed.PingWith(ctx, pods[0].NS, pods[1].IP, testbed.PingOptions{Count: 5, Interval: 200 * time.Millisecond, Pattern: pattern}); err != nil {
 		t.Errorf("ping with a pattern: %v: %s", err, out)
 	}
 	_ = dump.Process.Signal(os.Interrupt)

@@ -8,8 +8,6 @@ import (
 
 	"github.com/flannelgo/flannel/internal/kernelstate"
 	"github.com/flannelgo/flannel/internal/testbed"
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 )
 
 // vxlanPeer is what a node's kernel holds for one remote VXLAN lease.
@@ -24,21 +22,6 @@ func (p vxlanPeer) all() bool { return p.route && p.neigh && p.fdb }
 
 func (p vxlanPeer) String() string {
 	return fmt.Sprintf("route=%v neighbour=%v fdb=%v", p.route, p.neigh, p.fdb)
-}
-
-// withNS runs fn with a netlink handle inside the node's namespace.
-func withNS(ns string, fn func(h *netlink.Handle) error) error {
-	nsh, err := netns.GetFromPath(testbed.NSPath(ns))
-	if err != nil {
-		return fmt.Errorf("open namespace %s: %w", ns, err)
-	}
-	defer nsh.Close()
-	h, err := netlink.NewHandleAt(nsh)
-	if err != nil {
-		return fmt.Errorf("netlink in %s: %w", ns, err)
-	}
-	defer h.Close()
-	return fn(h)
 }
 
 // vxlanState reads what node ns has programmed for the peer holding subnet

@@ -422,6 +422,23 @@ func (k *kubeCluster) apply(ctx context.Context, m *manifest) {
 	}
 }
 
+// flannelKubeconfig applies the deploy manifest m and returns a kubeconfig
+// holding its ServiceAccount's token: flanneld's identity in the cluster,
+// exactly as deploy/kube-flannel.yml grants it.
+func (k *kubeCluster) flannelKubeconfig(ctx context.Context, m *manifest) string {
+	k.t.Helper()
+	k.apply(ctx, m)
+	token, err := k.api.ServiceAccountToken(ctx, m.account.Namespace, m.account.Name, time.Hour)
+	if err != nil {
+		k.t.Fatal(err)
+	}
+	kubeconfig := filepath.Join(k.t.TempDir(), "flannel.kubeconfig")
+	if err := k.api.WriteTokenKubeconfig(kubeconfig, token); err != nil {
+		k.t.Fatal(err)
+	}
+	return kubeconfig
+}
+
 // permission is one verb on one (sub)resource of an API group ("" is
 // the core group).
 type permission struct{ verb, resource, group string }

@@ -162,16 +162,7 @@ func TestKubeRBAC(t *testing.T) {
 	t.Logf("%s: ClusterRole %s grants %v", manifestPath, m.role.Name, perms)
 	k := newKubeCluster(t, "krbac", 2+len(perms))
 	ctx := testCtx(t, 3*time.Minute)
-	k.apply(ctx, m)
-	sa := m.account
-	token, err := k.api.ServiceAccountToken(ctx, sa.Namespace, sa.Name, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kubeconfig := filepath.Join(t.TempDir(), "flannel.kubeconfig")
-	if err := k.api.WriteTokenKubeconfig(kubeconfig, token); err != nil {
-		t.Fatal(err)
-	}
+	kubeconfig := k.flannelKubeconfig(ctx, m)
 	for _, n := range k.Nodes {
 		k.createNode(ctx, n.Name, podCIDR(n.Index))
 	}
@@ -181,7 +172,7 @@ func TestKubeRBAC(t *testing.T) {
 		nodes := k.Nodes[:2]
 		started := time.Now()
 		for _, n := range nodes {
-			k.startKube(n, kubeRun{kubeconfig: kubeconfig, env: daemonSetEnv(sa.Namespace, n)})
+			k.startKube(n, kubeRun{kubeconfig: kubeconfig, env: daemonSetEnv(m.account.Namespace, n)})
 		}
 		k.waitReady(nodes, started, time.Minute)
 		for _, n := range nodes {
@@ -217,14 +208,14 @@ func TestKubeRBAC(t *testing.T) {
 	started := time.Now()
 	for i, p := range perms {
 		n := k.Nodes[2+i]
-		run := kubeRun{env: daemonSetEnv(sa.Namespace, n)}
+		run := kubeRun{env: daemonSetEnv(m.account.Namespace, n)}
 		if p.resource == "pods" {
 			// The pod lookup is flanneld's fallback when NODE_NAME is unset.
-			run.env = podOnlyEnv(t, k, ctx, sa.Namespace, n)
+			run.env = podOnlyEnv(t, k, ctx, m.account.Namespace, n)
 		}
 		name := "flannel-no-" + strings.ReplaceAll(p.verb+"-"+p.resource, "/", "-")
 		var err error
-		run.kubeconfig, err = k.api.ServiceAccountKubeconfig(ctx, sa.Namespace, name, without(m.role.Rules, p))
+		run.kubeconfig, err = k.api.ServiceAccountKubeconfig(ctx, m.account.Namespace, name, without(m.role.Rules, p))
 		if err != nil {
 			t.Fatal(err)
 		}

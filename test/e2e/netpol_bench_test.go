@@ -31,7 +31,7 @@ func BenchmarkNetworkPolicyThroughput(b *testing.B) {
 	if _, err := exec.LookPath("iperf3"); err != nil {
 		b.Skip("needs iperf3 (scripts/setup.sh installs it)")
 	}
-	l, client, server := newPerfLab(b)
+	l, client, server := newPerfCluster(b)
 	ctx := testCtx(b, 20*time.Minute)
 	var none, with []float64
 	// Alternating, five times each: the machine's load drifts.
@@ -48,7 +48,7 @@ func BenchmarkNetworkPolicyThroughput(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		bps, err := iperf(ctx, l.Testbed, client.lab.NS, server.lab.NS, server.lab.IP)
+		bps, err := iperf(ctx, l.Testbed, client.tbPod.NS, server.tbPod.NS, server.tbPod.IP)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -74,7 +74,7 @@ func BenchmarkNetworkPolicyThroughput(b *testing.B) {
 func isolated(ctx context.Context, client, server *npPod, want bool) error {
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
-	conn, err := testbed.DialInNamespace(ctx, client.lab.NS, "tcp", netip.AddrPortFrom(server.lab.IP, 9).String())
+	conn, err := testbed.DialInNamespace(ctx, client.tbPod.NS, "tcp", netip.AddrPortFrom(server.tbPod.IP, 9).String())
 	if err == nil {
 		conn.Close()
 		return fmt.Errorf("something listens on %s:9", server)
@@ -103,23 +103,23 @@ func mean(xs []float64) float64 {
 	return s / float64(len(xs))
 }
 
-// newPerfLab: two nodes, namespace perf with a client pod on node 0 and a
+// newPerfCluster: two nodes, namespace perf with a client pod on node 0 and a
 // server pod on node 1.
-func newPerfLab(b *testing.B) (*npLab, *npPod, *npPod) {
+func newPerfCluster(b *testing.B) (*npCluster, *npPod, *npPod) {
 	l, pods := newPerfPods(b, "client", "server")
 	return l, pods[0], pods[1]
 }
 
-// newPerfPods makes the lab with the named pods, alternately on node 0 and
+// newPerfPods makes the testbed with the named pods, alternately on node 0 and
 // node 1.
-func newPerfPods(b *testing.B, names ...string) (*npLab, []*npPod) {
+func newPerfPods(b *testing.B, names ...string) (*npCluster, []*npPod) {
 	k := newKubeCluster(b, "npperf", 2)
 	ctx := testCtx(b, 3*time.Minute)
 	for _, n := range k.Nodes {
 		k.createNode(ctx, n.Name, podCIDR(n.Index))
 	}
 	k.startReady(k.Nodes, npRun(k, true))
-	l := &npLab{kubeCluster: k}
+	l := &npCluster{kubeCluster: k}
 	if _, err := k.cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "perf"}}, metav1.CreateOptions{}); err != nil {
 		b.Fatal(err)
 	}
@@ -130,7 +130,7 @@ func newPerfPods(b *testing.B, names ...string) (*npLab, []*npPod) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		p := &npPod{ns: "perf", name: name, lab: lp}
+		p := &npPod{ns: "perf", name: name, tbPod: lp}
 		l.createPodObject(ctx, p, node.Name)
 		pods = append(pods, p)
 	}
@@ -161,11 +161,11 @@ func BenchmarkNetworkPolicyThroughputSideBySide(b *testing.B) {
 		var with, none float64
 		var g errgroup.Group
 		g.Go(func() (err error) {
-			with, err = iperf(ctx, l.Testbed, pods[0].lab.NS, pods[1].lab.NS, pods[1].lab.IP)
+			with, err = iperf(ctx, l.Testbed, pods[0].tbPod.NS, pods[1].tbPod.NS, pods[1].tbPod.IP)
 			return
 		})
 		g.Go(func() (err error) {
-			none, err = iperf(ctx, l.Testbed, pods[2].lab.NS, pods[3].lab.NS, pods[3].lab.IP)
+			none, err = iperf(ctx, l.Testbed, pods[2].tbPod.NS, pods[3].tbPod.NS, pods[3].tbPod.IP)
 			return
 		})
 		if err := g.Wait(); err != nil {
@@ -180,7 +180,7 @@ func BenchmarkNetworkPolicyThroughputSideBySide(b *testing.B) {
 
 // perfPolicies creates the 500 policies, or deletes them all. Among them,
 // one lets the client reach the server on 5201 and one lets it send there.
-func (l *npLab) perfPolicies(ctx context.Context, loaded bool) {
+func (l *npCluster) perfPolicies(ctx context.Context, loaded bool) {
 	pols := l.cs.NetworkingV1().NetworkPolicies("perf")
 	if !loaded {
 		if err := pols.DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{}); err != nil {
@@ -229,7 +229,7 @@ func BenchmarkNetworkPolicyMemory(b *testing.B) {
 	n := k.Nodes[0]
 	k.createNode(ctx, n.Name, podCIDR(n.Index))
 	k.startReady(k.Nodes, npRun(k, true))
-	l := &npLab{kubeCluster: k}
+	l := &npCluster{kubeCluster: k}
 	begin := time.Now()
 	if err := scaleObjects(ctx, k.cs, n.Name, podCIDR(n.Index)); err != nil {
 		b.Fatal(err)

@@ -12,7 +12,7 @@ import (
 
 // npStep changes the cluster, then the whole matrix must equal want.
 type npStep struct {
-	apply func(ctx context.Context, l *npLab)
+	apply func(ctx context.Context, l *npCluster)
 	want  expectFn
 }
 
@@ -68,8 +68,8 @@ func pnamed(name string) npPort {
 func pproto(proto corev1.Protocol) npPort { return npPort{Protocol: &proto} }
 
 // policy is a step that creates policies ns/name.
-func policy(ns, name string, spec npSpec) func(context.Context, *npLab) {
-	return func(ctx context.Context, l *npLab) { l.createPolicy(ctx, ns, name, spec) }
+func policy(ns, name string, spec npSpec) func(context.Context, *npCluster) {
+	return func(ctx context.Context, l *npCluster) { l.createPolicy(ctx, ns, name, spec) }
 }
 
 func tcpOn(port int) func(int, string) bool {
@@ -111,7 +111,7 @@ func npIngressCases() []npCase {
 			policy("x", "x-a-allows-x-b", npSpec{PodSelector: *lsel("pod", "a"), Ingress: []npIn{{From: []npPeer{{PodSelector: lsel("pod", "b")}}}}}),
 			ingressTo("x/a", fromPods("x/b"))}}},
 		{"should enforce policy to allow ingress traffic for a target", []npStep{{
-			func(ctx context.Context, l *npLab) {
+			func(ctx context.Context, l *npCluster) {
 				l.createPolicy(ctx, "x", "deny-all", npSpec{PolicyTypes: npIngress})
 				l.createPolicy(ctx, "x", "allow-all-to-a", npSpec{PodSelector: *lsel("pod", "a"),
 					Ingress: []npIn{{From: []npPeer{{PodSelector: lsel(), NamespaceSelector: lsel()}}}}})
@@ -179,7 +179,7 @@ func npIngressCases() []npCase {
 			policy("x", "allow-ingress-by-proto", npSpec{PodSelector: *lsel("pod", "a"), Ingress: []npIn{{Ports: []npPort{pproto(corev1.ProtocolTCP)}}}}),
 			ingressTo("x/a", onPort(func(_ int, proto string) bool { return proto == "tcp" }))}}},
 		{"should not mistakenly treat 'protocol: SCTP' as 'protocol: TCP', even if the plugin doesn't support SCTP", []npStep{{
-			func(ctx context.Context, l *npLab) {
+			func(ctx context.Context, l *npCluster) {
 				l.createPolicy(ctx, "x", "deny-ingress", npSpec{PolicyTypes: npIngress})
 				l.createPolicy(ctx, "x", "allow-only-sctp-ingress-on-port-81", npSpec{PodSelector: *lsel("pod", "a"),
 					Ingress: []npIn{{Ports: []npPort{pnum(corev1.ProtocolSCTP, 81)}}}})
@@ -217,7 +217,7 @@ func npEgressCases() []npCase {
 				return ingressTo("x/a", fromPods("x/b"))(f, t, port, proto) && egressFrom("x/a", onPort(tcpOn(80)))(f, t, port, proto)
 			}}}},
 		{"should support denying of egress traffic on the client side (even if the server explicitly allows this traffic)", []npStep{{
-			func(ctx context.Context, l *npLab) {
+			func(ctx context.Context, l *npCluster) {
 				l.createPolicy(ctx, "x", "allow-to-ns-y-pod-a", npSpec{PodSelector: *lsel("pod", "a"), PolicyTypes: npEgress,
 					Egress: []npEg{{To: []npPeer{{NamespaceSelector: nsName("y"), PodSelector: lsel("pod", "a")}}}}})
 				from := []npPeer{{NamespaceSelector: nsName("x"), PodSelector: lsel("pod", "a")}}
@@ -235,27 +235,27 @@ func npEgressCases() []npCase {
 				Egress: []npEg{{To: []npPeer{{NamespaceSelector: nsName("y"), PodSelector: lsel("pod", "a")}}}}}),
 			egressFrom("x/a", fromPods("y/a"))}}},
 		{"should allow egress access to server in CIDR block", []npStep{{
-			func(ctx context.Context, l *npLab) {
+			func(ctx context.Context, l *npCluster) {
 				l.createPolicy(ctx, "x", "allow-client-a-via-cidr-egress-rule", npSpec{PodSelector: *lsel("pod", "a"), PolicyTypes: npEgress,
-					Egress: []npEg{{To: []npPeer{{IPBlock: &networkingv1.IPBlock{CIDR: l.pod("y/b").lab.IP.String() + "/32"}}}}}})
+					Egress: []npEg{{To: []npPeer{{IPBlock: &networkingv1.IPBlock{CIDR: l.pod("y/b").tbPod.IP.String() + "/32"}}}}}})
 			},
 			egressFrom("x/a", fromPods("y/b"))}}},
 		{"should enforce except clause while egress access to server in CIDR block", []npStep{{
-			func(ctx context.Context, l *npLab) {
+			func(ctx context.Context, l *npCluster) {
 				l.createPolicy(ctx, "x", "allow-client-a-via-cidr-egress-rule", npSpec{PodSelector: *lsel("pod", "a"), PolicyTypes: npEgress,
 					Egress: []npEg{{To: []npPeer{{IPBlock: &networkingv1.IPBlock{CIDR: "10.244.0.0/16",
-						Except: []string{l.pod("x/b").lab.IP.String() + "/32"}}}}}}})
+						Except: []string{l.pod("x/b").tbPod.IP.String() + "/32"}}}}}}})
 			},
 			egressFrom("x/a", func(t *npPod, _ int, _ string) bool { return !t.is("x/b") })}}},
 		{"should ensure an IP overlapping both IPBlock.CIDR and IPBlock.Except is allowed", []npStep{
-			{func(ctx context.Context, l *npLab) {
+			{func(ctx context.Context, l *npCluster) {
 				l.createPolicy(ctx, "x", "allow-client-a-via-cidr-egress-rule", npSpec{PodSelector: *lsel("pod", "a"), PolicyTypes: npEgress,
 					Egress: []npEg{{To: []npPeer{{IPBlock: &networkingv1.IPBlock{CIDR: "10.244.0.0/16",
-						Except: []string{l.pod("x/b").lab.IP.String() + "/32"}}}}}}})
+						Except: []string{l.pod("x/b").tbPod.IP.String() + "/32"}}}}}}})
 			}, egressFrom("x/a", func(t *npPod, _ int, _ string) bool { return !t.is("x/b") })},
-			{func(ctx context.Context, l *npLab) {
+			{func(ctx context.Context, l *npCluster) {
 				l.updatePolicy(ctx, "x", "allow-client-a-via-cidr-egress-rule", npSpec{PodSelector: *lsel("pod", "a"), PolicyTypes: npEgress,
-					Egress: []npEg{{To: []npPeer{{IPBlock: &networkingv1.IPBlock{CIDR: l.pod("x/b").lab.IP.String() + "/32"}}}}}})
+					Egress: []npEg{{To: []npPeer{{IPBlock: &networkingv1.IPBlock{CIDR: l.pod("x/b").tbPod.IP.String() + "/32"}}}}}})
 			}, egressFrom("x/a", fromPods("x/b"))},
 		}},
 	}
@@ -266,14 +266,14 @@ func npChangeCases() []npCase {
 	return []npCase{
 		{"should enforce updated policy", []npStep{
 			{policy("x", "allow-all-mutate-to-deny-all", npSpec{PodSelector: *lsel(), Ingress: []npIn{{}}}), allowAll},
-			{func(ctx context.Context, l *npLab) {
+			{func(ctx context.Context, l *npCluster) {
 				l.updatePolicy(ctx, "x", "allow-all-mutate-to-deny-all", npSpec{PodSelector: *lsel(), Ingress: []npIn{}})
 			}, ingressTo("x/*", never)},
 		}},
 		{"should allow ingress access from updated namespace", []npStep{
 			{policy("x", "allow-client-a-via-ns-selector", npSpec{PodSelector: *lsel("pod", "a"), Ingress: []npIn{{From: []npPeer{{NamespaceSelector: lsel("ns2", "updated")}}}}}),
 				ingressTo("x/a", never)},
-			{func(ctx context.Context, l *npLab) {
+			{func(ctx context.Context, l *npCluster) {
 				l.setLabels(ctx, "y", map[string]string{"ns": "y", "ns2": "updated"})
 			},
 				ingressTo("x/a", fromPods("y/*"))},
@@ -281,14 +281,14 @@ func npChangeCases() []npCase {
 		{"should allow ingress access from updated pod", []npStep{
 			{policy("x", "allow-client-a-via-pod-selector", npSpec{PodSelector: *lsel("pod", "a"), Ingress: []npIn{{From: []npPeer{{PodSelector: lsel("pod", "b", "pod2", "updated")}}}}}),
 				ingressTo("x/a", never)},
-			{func(ctx context.Context, l *npLab) {
+			{func(ctx context.Context, l *npCluster) {
 				l.setLabels(ctx, "x/b", map[string]string{"pod": "b", "pod2": "updated"})
 			},
 				ingressTo("x/a", fromPods("x/b"))},
 		}},
 		{"should deny ingress access to updated pod", []npStep{
 			{policy("x", "deny-ingress-via-label-selector", npSpec{PodSelector: *lsel("target", "isolated"), PolicyTypes: npIngress}), allowAll},
-			{func(ctx context.Context, l *npLab) {
+			{func(ctx context.Context, l *npCluster) {
 				l.setLabels(ctx, "x/a", map[string]string{"pod": "a", "target": "isolated"})
 			},
 				ingressTo("x/a", never)},
@@ -305,7 +305,7 @@ func npChangeCases() []npCase {
 		{"should stop enforcing policies after they are deleted", []npStep{
 			{policy("x", "deny-all", npSpec{PodSelector: *lsel(), PolicyTypes: npBoth}),
 				func(f, t *npPod, _ int, _ string) bool { return f.ns != "x" && t.ns != "x" }},
-			{func(ctx context.Context, l *npLab) { l.deletePolicy(ctx, "x", "deny-all") }, allowAll},
+			{func(ctx context.Context, l *npCluster) { l.deletePolicy(ctx, "x", "deny-all") }, allowAll},
 		}},
 		{"should enforce policies to check ingress and egress policies can be controlled independently based on PodSelector", []npStep{
 			{policy("x", "allow-egress-for-target", npSpec{PodSelector: *lsel("pod", "a"), PolicyTypes: npEgress, Egress: []npEg{{}}}), allowAll},

@@ -35,10 +35,10 @@ var (
 	npProtos     = []string{"tcp", "udp"}
 )
 
-// npPod is one pod of the world: its Kubernetes name and its lab pod.
+// npPod is one pod of the world: its Kubernetes name and its testbed pod.
 type npPod struct {
 	ns, name string
-	lab      *testbed.Pod
+	tbPod    *testbed.Pod
 }
 
 func (p *npPod) String() string { return p.ns + "/" + p.name }
@@ -54,15 +54,15 @@ func (p *npPod) is(patterns ...string) bool {
 	return false
 }
 
-// npLab is the kube cluster with the world in it.
-type npLab struct {
+// npCluster is the kube cluster with the world in it.
+type npCluster struct {
 	*kubeCluster
 	pods       []*npPod
 	servers    []io.Closer
 	kubeconfig string // flanneld's
 }
 
-func (l *npLab) pod(s string) *npPod {
+func (l *npCluster) pod(s string) *npPod {
 	for _, p := range l.pods {
 		if p.String() == s {
 			return p
@@ -72,10 +72,10 @@ func (l *npLab) pod(s string) *npPod {
 	return nil
 }
 
-// createWorld makes the namespaces, the lab pods (through CNI), their Pod
+// createWorld makes the namespaces, the testbed pods (through CNI), their Pod
 // objects with status.podIP set as a kubelet would, and starts the
 // servers in every pod.
-func (l *npLab) createWorld(ctx context.Context) {
+func (l *npCluster) createWorld(ctx context.Context) {
 	l.t.Helper()
 	for _, ns := range npNamespaces {
 		obj := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{"ns": ns}}}
@@ -90,7 +90,7 @@ func (l *npLab) createWorld(ctx context.Context) {
 			if err != nil {
 				l.t.Fatal(err)
 			}
-			p := &npPod{ns: ns, name: name, lab: lp}
+			p := &npPod{ns: ns, name: name, tbPod: lp}
 			l.createPodObject(ctx, p, node.Name)
 			l.serve(p)
 			l.pods = append(l.pods, p)
@@ -103,7 +103,7 @@ func (l *npLab) createWorld(ctx context.Context) {
 	})
 }
 
-func (l *npLab) createPodObject(ctx context.Context, p *npPod, node string) {
+func (l *npCluster) createPodObject(ctx context.Context, p *npPod, node string) {
 	l.t.Helper()
 	var ports []corev1.ContainerPort
 	for _, port := range npPorts {
@@ -121,7 +121,7 @@ func (l *npLab) createPodObject(ctx context.Context, p *npPod, node string) {
 	if err != nil {
 		l.t.Fatalf("create pod %s: %v", p, err)
 	}
-	ip := p.lab.IP.String()
+	ip := p.tbPod.IP.String()
 	created.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip, PodIPs: []corev1.PodIP{{IP: ip}}}
 	if _, err := l.cs.CoreV1().Pods(p.ns).UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
 		l.t.Fatalf("set status.podIP of pod %s: %v", p, err)
@@ -130,9 +130,9 @@ func (l *npLab) createPodObject(ctx context.Context, p *npPod, node string) {
 
 // serve listens on TCP and UDP 80 and 81 inside the pod: TCP connections
 // are accepted and closed, UDP datagrams echoed.
-func (l *npLab) serve(p *npPod) {
+func (l *npCluster) serve(p *npPod) {
 	l.t.Helper()
-	err := testbed.InNamespace(p.lab.NS, func() error {
+	err := testbed.InNamespace(p.tbPod.NS, func() error {
 		for _, port := range npPorts {
 			addr := fmt.Sprintf(":%d", port)
 			ln, err := net.Listen("tcp", addr)
@@ -220,7 +220,7 @@ func (p npProbe) String() string { return fmt.Sprintf("%s -> %s %d/%s", p.from, 
 // protocol at once and returns the probes whose outcome differs from want.
 // (A pod talking to itself never leaves its namespace; like the upstream
 // suite, the matrix leaves loopback out.)
-func (l *npLab) matrix(ctx context.Context, want expectFn) (wrong []string, total int) {
+func (l *npCluster) matrix(ctx context.Context, want expectFn) (wrong []string, total int) {
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	for _, from := range l.pods {
@@ -233,7 +233,7 @@ func (l *npLab) matrix(ctx context.Context, want expectFn) (wrong []string, tota
 					total++
 					pr := npProbe{from, to, port, proto}
 					wg.Go(func() {
-						got, exp := probe(ctx, from.lab, to.lab.IP, port, proto), want(from, to, port, proto)
+						got, exp := probe(ctx, from.tbPod, to.tbPod.IP, port, proto), want(from, to, port, proto)
 						if got != exp {
 							mu.Lock()
 							wrong = append(wrong, fmt.Sprintf("%s: allowed=%v, want %v", pr, got, exp))
@@ -250,7 +250,7 @@ func (l *npLab) matrix(ctx context.Context, want expectFn) (wrong []string, tota
 }
 
 // syncCounts reads each node's count of completed policy syncs.
-func (l *npLab) syncCounts(ctx context.Context) []float64 {
+func (l *npCluster) syncCounts(ctx context.Context) []float64 {
 	l.t.Helper()
 	out := make([]float64, len(l.Nodes))
 	for i, n := range l.Nodes {
@@ -265,7 +265,7 @@ func (l *npLab) syncCounts(ctx context.Context) []float64 {
 
 // waitSynced waits until every node has finished a sync after before was
 // read and returns how long that took from since.
-func (l *npLab) waitSynced(ctx context.Context, before []float64, since time.Time) time.Duration {
+func (l *npCluster) waitSynced(ctx context.Context, before []float64, since time.Time) time.Duration {
 	l.t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for i, n := range l.Nodes {
@@ -285,7 +285,7 @@ func (l *npLab) waitSynced(ctx context.Context, before []float64, since time.Tim
 
 // change applies fn (API writes) and waits until every node has synced
 // after it.
-func (l *npLab) change(ctx context.Context, fn func()) time.Duration {
+func (l *npCluster) change(ctx context.Context, fn func()) time.Duration {
 	l.t.Helper()
 	before := l.syncCounts(ctx)
 	start := time.Now()
@@ -295,7 +295,7 @@ func (l *npLab) change(ctx context.Context, fn func()) time.Duration {
 
 // check asserts the full matrix. A sync that began before the last change
 // may still be landing, so a mismatch is probed again, twice at most.
-func (l *npLab) check(ctx context.Context, want expectFn) {
+func (l *npCluster) check(ctx context.Context, want expectFn) {
 	l.t.Helper()
 	var wrong []string
 	var total int
@@ -310,7 +310,7 @@ func (l *npLab) check(ctx context.Context, want expectFn) {
 	l.t.Errorf("%d of %d probes wrong:\n  %s", len(wrong), total, strings.Join(wrong, "\n  "))
 }
 
-func (l *npLab) createPolicy(ctx context.Context, ns, name string, spec networkingv1.NetworkPolicySpec) {
+func (l *npCluster) createPolicy(ctx context.Context, ns, name string, spec networkingv1.NetworkPolicySpec) {
 	l.t.Helper()
 	pol := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Spec: spec}
 	if _, err := l.cs.NetworkingV1().NetworkPolicies(ns).Create(ctx, pol, metav1.CreateOptions{}); err != nil {
@@ -318,7 +318,7 @@ func (l *npLab) createPolicy(ctx context.Context, ns, name string, spec networki
 	}
 }
 
-func (l *npLab) updatePolicy(ctx context.Context, ns, name string, spec networkingv1.NetworkPolicySpec) {
+func (l *npCluster) updatePolicy(ctx context.Context, ns, name string, spec networkingv1.NetworkPolicySpec) {
 	l.t.Helper()
 	pol, err := l.cs.NetworkingV1().NetworkPolicies(ns).Get(ctx, name, metav1.GetOptions{})
 	if err == nil {
@@ -330,7 +330,7 @@ func (l *npLab) updatePolicy(ctx context.Context, ns, name string, spec networki
 	}
 }
 
-func (l *npLab) deletePolicy(ctx context.Context, ns, name string) {
+func (l *npCluster) deletePolicy(ctx context.Context, ns, name string) {
 	l.t.Helper()
 	if err := l.cs.NetworkingV1().NetworkPolicies(ns).Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
 		l.t.Fatalf("delete networkpolicy %s/%s: %v", ns, name, err)
@@ -339,7 +339,7 @@ func (l *npLab) deletePolicy(ctx context.Context, ns, name string) {
 
 // setLabels replaces the labels of a pod ("ns/name") or namespace ("ns")
 // in one write, so no one sees a state in between.
-func (l *npLab) setLabels(ctx context.Context, obj string, lbls map[string]string) {
+func (l *npCluster) setLabels(ctx context.Context, obj string, lbls map[string]string) {
 	l.t.Helper()
 	ns, name, isPod := strings.Cut(obj, "/")
 	var cur map[string]string
@@ -379,7 +379,7 @@ func (l *npLab) setLabels(ctx context.Context, obj string, lbls map[string]strin
 
 // resetSynced resets and, if that changed anything, waits until every
 // node has synced.
-func (l *npLab) resetSynced(ctx context.Context) {
+func (l *npCluster) resetSynced(ctx context.Context) {
 	l.t.Helper()
 	before := l.syncCounts(ctx)
 	start := time.Now()
@@ -390,7 +390,7 @@ func (l *npLab) resetSynced(ctx context.Context) {
 
 // reset deletes every policy and restores the original labels; it reports
 // whether there was anything to do.
-func (l *npLab) reset(ctx context.Context) bool {
+func (l *npCluster) reset(ctx context.Context) bool {
 	l.t.Helper()
 	changed := false
 	for _, ns := range npNamespaces {
@@ -454,7 +454,7 @@ func nftTable(ctx context.Context, n *testbed.Node) (string, error) {
 // checkModel asserts that the model flannelctl policy explain decides
 // from, compiled from what the API server holds now, gives the very table
 // the traffic just gave.
-func (l *npLab) checkModel(ctx context.Context, want expectFn) {
+func (l *npCluster) checkModel(ctx context.Context, want expectFn) {
 	l.t.Helper()
 	in, err := netpol.ListInput(ctx, l.cs.CoreV1(), l.cs.NetworkingV1())
 	if err != nil {
@@ -469,7 +469,7 @@ func (l *npLab) checkModel(ctx context.Context, want expectFn) {
 					if from == to {
 						continue
 					}
-					d := m.Decide(from.lab.IP, to.lab.IP, netpol.Proto(strings.ToUpper(proto)), uint16(port))
+					d := m.Decide(from.tbPod.IP, to.tbPod.IP, netpol.Proto(strings.ToUpper(proto)), uint16(port))
 					if d.Allowed() != want(from, to, port, proto) {
 						wrong = append(wrong, fmt.Sprintf("%s: model says allowed=%v", npProbe{from, to, port, proto}, d.Allowed()))
 					}

@@ -19,7 +19,7 @@ import (
 	"github.com/flannelgo/flannel/internal/testbed"
 )
 
-// npRun is how flanneld runs on the policy lab's nodes, with the admin
+// npRun is how flanneld runs on the policy testbed's nodes, with the admin
 // kubeconfig unless one is given.
 func npRun(k *kubeCluster, policy bool, kubeconfig ...string) kubeRun {
 	// --ip-masq as deploy/kube-flannel.yml: without it the flannel CNI
@@ -35,33 +35,25 @@ func npRun(k *kubeCluster, policy bool, kubeconfig ...string) kubeRun {
 	return r
 }
 
-// newNPLab is three nodes running flanneld --network-policy against a
+// newNPCluster is three nodes running flanneld --network-policy against a
 // real kube-apiserver, with the world of pods in it. flanneld has the
 // identity deploy/kube-flannel.yml gives it: its ClusterRole must suffice.
-func newNPLab(t *testing.T) *npLab {
+func newNPCluster(t *testing.T) *npCluster {
 	k := newKubeCluster(t, "netpol", 3)
 	ctx := testCtx(t, 3*time.Minute)
 	m := readManifest(t)
-	k.apply(ctx, m)
-	token, err := k.api.ServiceAccountToken(ctx, m.account.Namespace, m.account.Name, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kubeconfig := filepath.Join(t.TempDir(), "flannel.kubeconfig")
-	if err := k.api.WriteTokenKubeconfig(kubeconfig, token); err != nil {
-		t.Fatal(err)
-	}
+	kubeconfig := k.flannelKubeconfig(ctx, m)
 	for _, n := range k.Nodes {
 		k.createNode(ctx, n.Name, podCIDR(n.Index))
 	}
 	k.startReady(k.Nodes, npRun(k, true, kubeconfig))
-	l := &npLab{kubeCluster: k, kubeconfig: kubeconfig}
+	l := &npCluster{kubeCluster: k, kubeconfig: kubeconfig}
 	l.createWorld(ctx)
 	return l
 }
 
-func (l *npLab) with(t *testing.T) *npLab {
-	return &npLab{kubeCluster: l.kubeCluster.with(t), pods: l.pods, servers: l.servers, kubeconfig: l.kubeconfig}
+func (l *npCluster) with(t *testing.T) *npCluster {
+	return &npCluster{kubeCluster: l.kubeCluster.with(t), pods: l.pods, servers: l.servers, kubeconfig: l.kubeconfig}
 }
 
 // flanneld --network-policy on three nodes enforces the cases of the
@@ -72,7 +64,7 @@ func (l *npLab) with(t *testing.T) *npLab {
 // take effect, the drop counters, and what a restart and turning the flag
 // off do.
 func TestNetworkPolicy(t *testing.T) {
-	l := newNPLab(t)
+	l := newNPCluster(t)
 	ctx := testCtx(t, 15*time.Minute)
 	if !t.Run("baseline all allowed", func(t *testing.T) {
 		l.with(t).check(ctx, allowAll)
@@ -119,7 +111,7 @@ func percentiles(ds []time.Duration) (p50, p99 time.Duration) {
 // flip measures how long after write starts the traffic from -> to (TCP
 // 80) shows the new state: probes start every 10 ms, and the effect time
 // is the start of the first probe from which on every probe sees it.
-func (l *npLab) flip(ctx context.Context, from, to *npPod, allowed bool, write func()) time.Duration {
+func (l *npCluster) flip(ctx context.Context, from, to *npPod, allowed bool, write func()) time.Duration {
 	l.t.Helper()
 	type result struct {
 		at time.Duration
@@ -135,7 +127,7 @@ func (l *npLab) flip(ctx context.Context, from, to *npPod, allowed bool, write f
 		wg.Go(func() {
 			ctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 			defer cancel()
-			ok := probe(ctx, from.lab, to.lab.IP, 80, "tcp")
+			ok := probe(ctx, from.tbPod, to.tbPod.IP, 80, "tcp")
 			mu.Lock()
 			results = append(results, result{at, ok})
 			mu.Unlock()
@@ -165,7 +157,7 @@ func (l *npLab) flip(ctx context.Context, from, to *npPod, allowed bool, write f
 	return effect
 }
 
-func testNPLatency(ctx context.Context, l *npLab) {
+func testNPLatency(ctx context.Context, l *npCluster) {
 	from, to := l.pod("y/b"), l.pod("x/a")
 	const rounds = 10
 	kinds := []struct {
@@ -213,7 +205,7 @@ func testNPLatency(ctx context.Context, l *npLab) {
 	}
 }
 
-func testNPMetrics(ctx context.Context, l *npLab) {
+func testNPMetrics(ctx context.Context, l *npCluster) {
 	from, to := l.pod("y/b"), l.pod("x/a")
 	node0, node1 := l.Nodes[0], l.Nodes[1]
 	name := `flannel_policy_dropped_packets_total{direction="ingress",namespace="x",pod="a"}`
@@ -227,13 +219,13 @@ func testNPMetrics(ctx context.Context, l *npLab) {
 	}
 	const tries = 5
 	for range tries {
-		if probe(ctx, from.lab, to.lab.IP, 80, "udp") {
+		if probe(ctx, from.tbPod, to.tbPod.IP, 80, "udp") {
 			l.t.Fatalf("%s -> %s allowed under deny-a", from, to)
 		}
 	}
 	// The pod's own node still reaches it (kubelet probes), over TCP and UDP.
 	for _, proto := range npProtos {
-		if !probe(ctx, &testbed.Pod{Name: node0.Name, NS: node0.NS}, to.lab.IP, 80, proto) {
+		if !probe(ctx, &testbed.Pod{Name: node0.Name, NS: node0.NS}, to.tbPod.IP, 80, proto) {
 			l.t.Errorf("node %s cannot reach its pod %s on 80/%s under deny-a", node0.Name, to, proto)
 		}
 	}
@@ -258,12 +250,12 @@ func testNPMetrics(ctx context.Context, l *npLab) {
 // testNPRestart: flanneld stopping leaves the rules in force, stale but
 // whole, until the next run's first sync replaces them in one
 // transaction; flanneld started without --network-policy removes them.
-func testNPRestart(ctx context.Context, l *npLab) {
+func testNPRestart(ctx context.Context, l *npCluster) {
 	t := l.t.(*testing.T)
 	from, to, node := l.pod("y/b"), l.pod("x/a"), l.Nodes[0]
 	denied := func(what string) {
 		l.t.Helper()
-		if probe(ctx, from.lab, to.lab.IP, 80, "tcp") {
+		if probe(ctx, from.tbPod, to.tbPod.IP, 80, "tcp") {
 			l.t.Fatalf("%s: %s -> %s allowed, want denied", what, from, to)
 		}
 	}
@@ -285,7 +277,7 @@ func testNPRestart(ctx context.Context, l *npLab) {
 	restarted := time.Now()
 	l.startKube(node, npRun(l.kubeCluster, true, l.kubeconfig))
 	took := eventually(t, 30*time.Second, "x/a reachable once flanneld is back", func() error {
-		if !probe(ctx, from.lab, to.lab.IP, 80, "tcp") {
+		if !probe(ctx, from.tbPod, to.tbPod.IP, 80, "tcp") {
 			return fmt.Errorf("%s -> %s still denied", from, to)
 		}
 		return nil
@@ -305,7 +297,7 @@ func testNPRestart(ctx context.Context, l *npLab) {
 	if _, err := nftTable(ctx, node); err != errNoTable {
 		l.t.Errorf("with --network-policy off the table is still there (%v)", err)
 	}
-	if !probe(ctx, from.lab, to.lab.IP, 80, "tcp") {
+	if !probe(ctx, from.tbPod, to.tbPod.IP, 80, "tcp") {
 		l.t.Errorf("with --network-policy off %s -> %s is still denied", from, to)
 	}
 	_ = l.cs.NetworkingV1().NetworkPolicies("x").Delete(ctx, "deny-a", metav1.DeleteOptions{})
@@ -313,7 +305,7 @@ func testNPRestart(ctx context.Context, l *npLab) {
 
 // testNPExplain runs the flannelctl binary against the API server and
 // holds its verdicts to what the traffic does.
-func testNPExplain(ctx context.Context, l *npLab) {
+func testNPExplain(ctx context.Context, l *npCluster) {
 	ctl := filepath.Join(bins.dir, "flannelctl")
 	if err := goBuild(ctl, "./cmd/flannelctl"); err != nil {
 		l.t.Fatal(err)
@@ -345,7 +337,7 @@ func testNPExplain(ctx context.Context, l *npLab) {
 		if !strings.Contains(string(out), c.want) || !strings.Contains(string(out), c.because) {
 			l.t.Errorf("explain says:\n%s\nwant %q and %q", out, c.want, c.because)
 		}
-		allowed := probe(ctx, l.pod(c.from).lab, l.pod(c.to).lab.IP, c.port, c.proto)
+		allowed := probe(ctx, l.pod(c.from).tbPod, l.pod(c.to).tbPod.IP, c.port, c.proto)
 		if allowed != strings.HasPrefix(c.want, "ALLOW") {
 			l.t.Errorf("%s -> %s: traffic allowed=%v, explain says %s", c.from, to, allowed, c.want)
 		}

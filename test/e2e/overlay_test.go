@@ -26,7 +26,7 @@ const secret = "flannel-secret!!"
 
 // pingSecret sends three echoes whose payload repeats secret.
 func pingSecret(ctx context.Context, from *testbed.Pod, to *testbed.Pod) error {
-	_, err := testbed.Exec(ctx, from.NS, "ping", "-n", "-c3", "-i0.2", "-W1", "-p", hex.EncodeToString([]byte(secret)), to.IP.String())
+	_, err := testbed.PingWith(ctx, from.NS, to.IP, testbed.PingOptions{Count: 3, Interval: 200 * time.Millisecond, Pattern: hex.EncodeToString([]byte(secret))})
 	return err
 }
 

@@ -189,7 +189,7 @@ func routeVia(ns string, dst netip.Prefix) (route, error) {
 func flannelDevices(t *testing.T, ns string) []string {
 	t.Helper()
 	var names []string
-	err := withNS(ns, func(h *netlink.Handle) error {
+	err := testbed.WithHandle(ns, func(h *netlink.Handle) error {
 		links, err := h.LinkList()
 		for _, l := range links {
 			if strings.HasPrefix(l.Attrs().Name, "flannel") {

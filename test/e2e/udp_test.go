@@ -59,7 +59,7 @@ func TestUDPThreeNodes(t *testing.T) {
 		logHas(t, n, 5*time.Second, "udp: forgot peer "+envs[n3].Subnet.Masked().String())
 	}
 	// Exactly three echoes, each of which must be dropped and counted.
-	if out, err := testbed.Exec(ctx, pods[0].NS, "ping", "-n", "-c", "3", "-i", "0.2", "-W", "1", pods[2].IP.String()); err == nil {
+	if out, err := testbed.PingWith(ctx, pods[0].NS, pods[2].IP, testbed.PingOptions{Count: 3, Interval: 200 * time.Millisecond}); err == nil {
 		t.Errorf("pod %s still reaches %s on the node that left: %s", pods[0].Name, pods[2].IP, out)
 	}
 	after, err := metric(ctx, n1, "flannel_udp_no_peer_drops_total")

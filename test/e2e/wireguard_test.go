@@ -275,7 +275,7 @@ func TestWireGuardDualStack(t *testing.T) {
 }
 
 // kernelHasWireGuard tries to create a WireGuard link in a namespace of
-// the lab.
+// the testbed.
 func kernelHasWireGuard(t *testing.T, n *testbed.Node) (bool, string) {
 	t.Helper()
 	ctx := testCtx(t, time.Minute)
@@ -297,23 +297,7 @@ func TestWireGuardKernel(t *testing.T) {
 	conf := `{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard","Implementation":"kernel"}}`
 	c := newCluster(t, "wgk", clusterOpts{nodes: 2, config: conf})
 	if ok, why := kernelHasWireGuard(t, c.Nodes[0]); !ok {
-		n := c.Nodes[0]
-		if err := c.StartFlanneld(testCtx(t, time.Minute), n); err != nil {
-			t.Fatal(err)
-		}
-		p := c.Flanneld(n)
-		select {
-		case <-p.Done():
-		case <-time.After(30 * time.Second):
-			t.Fatalf("flanneld with Implementation kernel still runs on a kernel without WireGuard")
-		}
-		log, _ := os.ReadFile(n.LogFile)
-		for _, want := range []string{"kernel lacks wireguard", `"Implementation":"userspace"`} {
-			if !strings.Contains(string(log), want) {
-				t.Errorf("log lacks %q:\n%s", want, log)
-			}
-		}
-		t.Skip("kernel lacks wireguard: " + why)
+		c.requireKernelLacks(t, "wireguard", why, "kernel lacks wireguard", `"Implementation":"userspace"`)
 	}
 	c.start(c.Nodes)
 	for _, n := range c.Nodes {

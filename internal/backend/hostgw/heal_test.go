@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flannelgo/flannel/internal/backend"
 	bt "github.com/flannelgo/flannel/internal/testbed/tbtest"
 )
 
@@ -16,23 +17,10 @@ import (
 // back, and pods talk again. The periodic reconcile is
 // an hour away: the repairs come from netlink notifications.
 func TestHealRoutes(t *testing.T) {
-	lab := bt.NewNet(t, "tbk-hg-heal")
-	seg := lab.Segment("br0", 1500)
-	a := lab.Node("a", seg, "198.51.100.11/24", "fd00:198:51:100::11/64")
-	b := lab.Node("b", seg, "198.51.100.12/24", "fd00:198:51:100::12/64")
-	be, err := NewWithHandle(a.H, a.Ext, json.RawMessage(`{}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	nwA, la := bt.Up(t, a, be, bt.BackendConfig(TypeName, true, true), "10.244.1.0/24", "fd00:10:244:1::/64")
-	nwB, lb := up(t, b, `{}`, true, true, "10.244.2.0/24", "fd00:10:244:2::/64")
-	pa := lab.Pod(a, nwA.MTU(), pfx("10.244.1.0/24"), pfx("fd00:10:244:1::/64"))
-	pb := lab.Pod(b, nwB.MTU(), pfx("10.244.2.0/24"), pfx("fd00:10:244:2::/64"))
-	nwA.HandleEvents(ctx, bt.Added(lb))
-	nwB.HandleEvents(ctx, bt.Added(la))
-	rep := bt.Heal(t, a, be, nwA, time.Hour)
-	bt.Ping(t, pa.NS, pb.Addr, 56, false)
-	bt.Ping(t, pa.NS, pb.Addr6, 56, false)
+	h := bt.NewHealPair(t, "tbk-hg-heal", TypeName, true, func(n *bt.Node) (backend.Backend, error) {
+		return NewWithHandle(n.H, n.Ext, json.RawMessage(`{}`))
+	})
+	a, pa, pb, rep := h.A, h.PA, h.PB, h.Rep
 
 	present := func() error {
 		for _, c := range [][3]string{

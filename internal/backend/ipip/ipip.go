@@ -66,12 +66,9 @@ func New(ext *backend.ExternalInterface, raw json.RawMessage) (backend.Backend, 
 	if err != nil {
 		return nil, err
 	}
-	if ext == nil || ext.Iface == nil {
-		return nil, fmt.Errorf("ipip: no external interface")
-	}
-	h, err := netlink.NewHandle()
+	h, err := backend.OpenUnderlay("ipip", ext, nil)
 	if err != nil {
-		return nil, fmt.Errorf("ipip: open netlink: %w", err)
+		return nil, err
 	}
 	return &Backend{ext: ext, opts: opts, nl: h}, nil
 }

@@ -27,7 +27,7 @@ type charon struct {
 
 // startCharon runs charon in a mount namespace of its own in which /run is
 // dir/run, so that its pid file and VICI socket never collide with a
-// strongSwan the host runs for something else (or, in a lab, with the
+// strongSwan the host runs for something else (or, in a testbed, with the
 // charon of another node on the same machine). charon stops with flanneld.
 func startCharon(ctx context.Context, dir string, userspace bool) (*charon, error) {
 	bin, err := findCharon()

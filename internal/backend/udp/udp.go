@@ -73,16 +73,13 @@ type Backend struct {
 // New is the backend.Factory for "udp"; it works in the process's current
 // network namespace.
 func New(ext *backend.ExternalInterface, raw json.RawMessage) (backend.Backend, error) {
-	h, err := netlink.NewHandle()
-	if err != nil {
-		return nil, fmt.Errorf("udp: open netlink: %w", err)
-	}
 	opts, err := parseOptions(raw)
 	if err != nil {
 		return nil, err
 	}
-	if ext == nil || ext.Iface == nil {
-		return nil, fmt.Errorf("udp: no external interface")
+	h, err := backend.OpenUnderlay("udp", ext, nil)
+	if err != nil {
+		return nil, err
 	}
 	return &Backend{ext: ext, opts: opts, nl: h}, nil
 }

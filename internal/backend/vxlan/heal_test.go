@@ -9,54 +9,56 @@ import (
 	"time"
 
 	"github.com/flannelgo/flannel/internal/backend"
-	"github.com/flannelgo/flannel/internal/lease"
 	bt "github.com/flannelgo/flannel/internal/testbed/tbtest"
 )
 
-// healPair is two nodes with one pod each, programmed for each other, and
-// a healer on a whose periodic reconcile is an hour away: every repair it
-// makes in a test comes from a netlink notification.
-type healPair struct {
-	a, b   *bt.Node
-	pa, pb *bt.Pod
-	nwA    backend.Network
-	la, lb lease.Lease
-	rep    *bt.Repairs
-}
+// healPair is tbtest's HealPair of two VXLAN nodes (IPv4 only).
+type healPair struct{ *bt.HealPair }
 
 func newHealPair(t *testing.T, tag, raw string) *healPair {
 	t.Helper()
-	lab := bt.NewNet(t, "tbk-vx-"+tag)
-	seg := lab.Segment("br0", 1500)
-	h := &healPair{a: lab.Node("a", seg, "198.51.100.11/24"), b: lab.Node("b", seg, "198.51.100.12/24")}
-	be, err := NewWithHandle(h.a.H, h.a.Ext, json.RawMessage(raw))
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.nwA, h.la = bt.Up(t, h.a, be, bt.BackendConfig(TypeName, true, false), "10.244.1.0/24", "")
-	nwB, lb := up(t, h.b, raw, "10.244.2.0/24")
-	h.lb = lb
-	h.pa = lab.Pod(h.a, h.nwA.MTU(), pfx("10.244.1.0/24"))
-	h.pb = lab.Pod(h.b, nwB.MTU(), pfx("10.244.2.0/24"))
-	h.nwA.HandleEvents(ctx, added(h.lb))
-	nwB.HandleEvents(ctx, added(h.la))
-	h.rep = bt.Heal(t, h.a, be, h.nwA, time.Hour)
-	bt.Ping(t, h.pa.NS, h.pb.Addr, 56, false)
-	return h
+	return &healPair{bt.NewHealPair(t, "tbk-vx-"+tag, TypeName, false, newBackend(raw))}
+}
+
+// newBackend makes a node's backend for tbtest.NewHealPair.
+func newBackend(raw string) func(n *bt.Node) (backend.Backend, error) {
+	return func(n *bt.Node) (backend.Backend, error) { return NewWithHandle(n.H, n.Ext, json.RawMessage(raw)) }
 }
 
 // programmed checks that a holds everything b's lease asks for.
 func (h *healPair) programmed(t *testing.T) error {
-	macB := mustMAC(t, h.lb.Attrs.BackendData)
-	checks := [][2]string{
-		{bt.Run(t, "ip", "-n", h.a.NS, "route", "show", "10.244.2.0/24"), "10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink"},
-		{bt.Run(t, "ip", "-n", h.a.NS, "neigh", "show", "dev", "flannel.1"), "10.244.2.0 lladdr " + macB + " PERMANENT"},
-		{bt.Run(t, "bridge", "-n", h.a.NS, "fdb", "show", "dev", "flannel.1"), macB + " dst 198.51.100.12 self permanent"},
-		{bt.Run(t, "ip", "-n", h.a.NS, "-4", "-o", "addr", "show", "dev", "flannel.1"), "10.244.1.0/32"},
+	macB := mustMAC(t, h.LB.Attrs.BackendData)
+	return firstErr(
+		readOf(routeOf(h.A.NS, "10.244.2.0/24")).has("10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink"),
+		readOf(neighOf(h.A.NS, "flannel.1")).has("10.244.2.0 lladdr "+macB+" PERMANENT"),
+		readOf(fdbOf(h.A.NS, "flannel.1")).has(macB+" dst 198.51.100.12 dev flannel.1 permanent"),
+		readOf(addrsOf(h.A.NS, "flannel.1")).has("\n10.244.1.0/32\n"),
+	)
+}
+
+// reading is what a read of kernel state gave, for checks in waits: a
+// device may be missing for a while, which is an error, not a failure.
+type reading struct {
+	got string
+	err error
+}
+
+func readOf(got string, err error) reading { return reading{got, err} }
+
+func (r reading) has(want string) error {
+	if r.err != nil {
+		return r.err
 	}
-	for _, c := range checks {
-		if !strings.Contains(c[0], c[1]) {
-			return fmt.Errorf("missing %q in:\n%s", c[1], c[0])
+	if !strings.Contains(r.got, want) {
+		return fmt.Errorf("missing %q in:%s", want, r.got)
+	}
+	return nil
+}
+
+func firstErr(errs ...error) error {
+	for _, err := range errs {
+		if err != nil {
+			return err
 		}
 	}
 	return nil
@@ -67,22 +69,22 @@ func (h *healPair) programmed(t *testing.T) error {
 // neighbour and FDB entry; pods talk again.
 func TestHealDeletedDevice(t *testing.T) {
 	h := newHealPair(t, "hdel", `{}`)
-	mac := mustMAC(t, h.la.Attrs.BackendData)
-	bt.Run(t, "ip", "-n", h.a.NS, "link", "del", "flannel.1")
+	mac := mustMAC(t, h.LA.Attrs.BackendData)
+	bt.Run(t, "ip", "-n", h.A.NS, "link", "del", "flannel.1")
 	took := bt.WaitFor(t, 2*time.Second, "flannel.1 and b's entries restored", func() error {
-		if dev := bt.Run(t, "ip", "-n", h.a.NS, "link", "show"); !strings.Contains(dev, "flannel.1") {
+		if dev := bt.Run(t, "ip", "-n", h.A.NS, "link", "show"); !strings.Contains(dev, "flannel.1") {
 			return fmt.Errorf("no flannel.1")
 		}
 		return h.programmed(t)
 	})
 	t.Logf("flannel.1 re-created and programmed %s after deletion", took)
-	assertContains(t, bt.Run(t, "ip", "-n", h.a.NS, "link", "show", "flannel.1"), "link/ether "+mac)
-	assertContains(t, bt.Run(t, "ip", "-n", h.a.NS, "link", "show", "flannel.1"), "UP")
-	if err := bt.TryPing(h.pa.NS, h.pb.Addr, 2*time.Second-took); err != nil {
+	assertContains(t, bt.Run(t, "ip", "-n", h.A.NS, "link", "show", "flannel.1"), "link/ether "+mac)
+	assertContains(t, bt.Run(t, "ip", "-n", h.A.NS, "link", "show", "flannel.1"), "UP")
+	if err := bt.TryPing(h.PA.NS, h.PB.Addr, 2*time.Second-took); err != nil {
 		t.Fatalf("pods do not talk within 2 s of deleting flannel.1: %v", err)
 	}
 	for _, kind := range []string{"device", "address", "route", "neighbour", "fdb"} {
-		if h.rep.Count(kind) < 1 {
+		if h.Rep.Count(kind) < 1 {
 			t.Errorf("no %s repair counted", kind)
 		}
 	}
@@ -92,31 +94,31 @@ func TestHealDeletedDevice(t *testing.T) {
 // flannel-shaped route no lease accounts for is removed.
 func TestHealPeerEntries(t *testing.T) {
 	h := newHealPair(t, "hent", `{}`)
-	macB := mustMAC(t, h.lb.Attrs.BackendData)
+	macB := mustMAC(t, h.LB.Attrs.BackendData)
 	for _, tc := range []struct {
 		kind string
 		del  []string
 	}{
-		{"route", []string{"ip", "-n", h.a.NS, "route", "del", "10.244.2.0/24"}},
-		{"neighbour", []string{"ip", "-n", h.a.NS, "neigh", "del", "10.244.2.0", "dev", "flannel.1"}},
-		{"fdb", []string{"bridge", "-n", h.a.NS, "fdb", "del", macB, "dev", "flannel.1", "dst", "198.51.100.12", "self"}},
+		{"route", []string{"ip", "-n", h.A.NS, "route", "del", "10.244.2.0/24"}},
+		{"neighbour", []string{"ip", "-n", h.A.NS, "neigh", "del", "10.244.2.0", "dev", "flannel.1"}},
+		{"fdb", []string{"bridge", "-n", h.A.NS, "fdb", "del", macB, "dev", "flannel.1", "dst", "198.51.100.12", "self"}},
 	} {
-		before := h.rep.Count(tc.kind)
+		before := h.Rep.Count(tc.kind)
 		bt.Run(t, tc.del...)
 		took := bt.WaitFor(t, time.Second, tc.kind+" restored", func() error { return h.programmed(t) })
 		t.Logf("%s restored %s after deletion", tc.kind, took)
-		if got := h.rep.Count(tc.kind); got != before+1 {
+		if got := h.Rep.Count(tc.kind); got != before+1 {
 			t.Errorf("%s repairs %d, want %d", tc.kind, got, before+1)
 		}
 	}
-	bt.Run(t, "ip", "-n", h.a.NS, "route", "add", "10.244.9.0/24", "via", "10.244.9.0", "dev", "flannel.1", "onlink")
+	bt.Run(t, "ip", "-n", h.A.NS, "route", "add", "10.244.9.0/24", "via", "10.244.9.0", "dev", "flannel.1", "onlink")
 	bt.WaitFor(t, time.Second, "stale route removed", func() error {
-		if got := bt.Run(t, "ip", "-n", h.a.NS, "route", "show", "10.244.9.0/24"); got != "" {
+		if got := routeTo(t, h.A.NS, "10.244.9.0/24"); got != "" {
 			return fmt.Errorf("still there: %s", got)
 		}
 		return nil
 	})
-	bt.Ping(t, h.pa.NS, h.pb.Addr, 56, false)
+	bt.Ping(t, h.PA.NS, h.PB.Addr, 56, false)
 }
 
 // The external interface goes down and up: with DirectRouting the plain
@@ -124,20 +126,20 @@ func TestHealPeerEntries(t *testing.T) {
 func TestHealExternalFlap(t *testing.T) {
 	h := newHealPair(t, "hflp", `{"DirectRouting":true}`)
 	const want = "10.244.2.0/24 via 198.51.100.12 dev eth0"
-	assertContains(t, bt.Run(t, "ip", "-n", h.a.NS, "route", "show", "10.244.2.0/24"), want)
-	bt.Run(t, "ip", "-n", h.a.NS, "link", "set", "eth0", "down")
-	bt.Run(t, "ip", "-n", h.a.NS, "link", "set", "eth0", "up")
+	assertContains(t, routeTo(t, h.A.NS, "10.244.2.0/24"), want)
+	bt.Run(t, "ip", "-n", h.A.NS, "link", "set", "eth0", "down")
+	bt.Run(t, "ip", "-n", h.A.NS, "link", "set", "eth0", "up")
 	took := bt.WaitFor(t, 2*time.Second, "direct route back", func() error {
-		if got := bt.Run(t, "ip", "-n", h.a.NS, "route", "show", "10.244.2.0/24"); !strings.Contains(got, want) {
+		if got := routeTo(t, h.A.NS, "10.244.2.0/24"); !strings.Contains(got, want) {
 			return fmt.Errorf("route now %q", got)
 		}
 		return nil
 	})
 	t.Logf("direct route back %s after eth0 came up", took)
-	if err := bt.TryPing(h.pa.NS, h.pb.Addr, 2*time.Second-took); err != nil {
+	if err := bt.TryPing(h.PA.NS, h.PB.Addr, 2*time.Second-took); err != nil {
 		t.Fatalf("pods do not talk within 2 s of the flap: %v", err)
 	}
-	assertLacks(t, bt.Run(t, "bridge", "-n", h.a.NS, "fdb", "show", "dev", "flannel.1"), mustMAC(t, h.lb.Attrs.BackendData))
+	assertLacks(t, fdbLines(t, h.A.NS, "flannel.1"), mustMAC(t, h.LB.Attrs.BackendData))
 }
 
 // Two leases share b's VtepMAC and PublicIP (b re-registered under another
@@ -151,24 +153,24 @@ func TestTwinLeasesShareFDB(t *testing.T) {
 	twin := lb
 	twin.Subnet = pfx("10.244.5.0/24")
 	macB := mustMAC(t, lb.Attrs.BackendData)
-	fdb := macB + " dst 198.51.100.12 self permanent"
+	fdb := macB + " dst 198.51.100.12 dev flannel.1 permanent"
 	nwA.HandleEvents(ctx, added(lb, twin))
-	assertContains(t, run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel.1"), fdb)
+	assertContains(t, fdbLines(t, a.NS, "flannel.1"), fdb)
 
 	nwA.HandleEvents(ctx, bt.Removed(twin))
-	assertContains(t, run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel.1"), fdb)
-	assertContains(t, run(t, "ip", "-n", a.NS, "neigh", "show", "dev", "flannel.1"), "10.244.2.0 lladdr "+macB+" PERMANENT")
-	assertLacks(t, run(t, "ip", "-n", a.NS, "neigh", "show", "dev", "flannel.1"), "10.244.5.0")
-	assertLacks(t, run(t, "ip", "-n", a.NS, "route"), "10.244.5.0")
+	assertContains(t, fdbLines(t, a.NS, "flannel.1"), fdb)
+	assertContains(t, neighLines(t, a.NS, "flannel.1"), "10.244.2.0 lladdr "+macB+" PERMANENT")
+	assertLacks(t, neighLines(t, a.NS, "flannel.1"), "10.244.5.0")
+	assertLacks(t, routeLines(t, a.NS), "10.244.5.0")
 	bt.Ping(t, a.NS, netip.MustParseAddr("10.244.2.0"), 56, false)
 
 	nwA.HandleEvents(ctx, added(twin))
 	nwA.HandleEvents(ctx, bt.Removed(lb))
-	assertContains(t, run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel.1"), fdb)
-	assertContains(t, run(t, "ip", "-n", a.NS, "neigh", "show", "dev", "flannel.1"), "10.244.5.0 lladdr "+macB+" PERMANENT")
+	assertContains(t, fdbLines(t, a.NS, "flannel.1"), fdb)
+	assertContains(t, neighLines(t, a.NS, "flannel.1"), "10.244.5.0 lladdr "+macB+" PERMANENT")
 
 	nwA.HandleEvents(ctx, bt.Removed(twin))
-	assertLacks(t, run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel.1"), macB)
+	assertLacks(t, fdbLines(t, a.NS, "flannel.1"), macB)
 }
 
 // A peer whose MAC moved to another address while an older lease still
@@ -184,11 +186,11 @@ func TestSharedMACFollowsNewestLease(t *testing.T) {
 	macB := mustMAC(t, lb.Attrs.BackendData)
 	nwA.HandleEvents(ctx, added(lb))
 	nwA.HandleEvents(ctx, added(moved))
-	fdb := run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel.1")
+	fdb := fdbLines(t, a.NS, "flannel.1")
 	assertContains(t, fdb, macB+" dst 198.51.100.66")
 	assertLacks(t, fdb, "198.51.100.12")
 	nwA.HandleEvents(ctx, bt.Removed(moved))
-	fdb = run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel.1")
+	fdb = fdbLines(t, a.NS, "flannel.1")
 	assertContains(t, fdb, macB+" dst 198.51.100.12")
 	assertLacks(t, fdb, "198.51.100.66")
 }
@@ -197,38 +199,18 @@ func TestSharedMACFollowsNewestLease(t *testing.T) {
 // IPv6 address, and b's IPv6 route, neighbour and FDB entry with it; the
 // IPv4 half is untouched.
 func TestHealDeletedIPv6Device(t *testing.T) {
-	lab := bt.NewNet(t, "tbk-vx-h6")
-	seg := lab.Segment("br0", 1500)
-	a := lab.Node("a", seg, "198.51.100.11/24", "fd00:198:51:100::11/64")
-	b := lab.Node("b", seg, "198.51.100.12/24", "fd00:198:51:100::12/64")
-	be, err := NewWithHandle(a.H, a.Ext, json.RawMessage(`{}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	nwA, la := bt.Up(t, a, be, bt.BackendConfig(TypeName, true, true), "10.244.1.0/24", "fd00:10:244:1::/64")
-	nwB, lb := upFamilies(t, b, `{}`, true, true, "10.244.2.0/24", "fd00:10:244:2::/64")
-	pa := lab.Pod(a, nwA.MTU(), pfx("10.244.1.0/24"), pfx("fd00:10:244:1::/64"))
-	pb := lab.Pod(b, nwB.MTU(), pfx("10.244.2.0/24"), pfx("fd00:10:244:2::/64"))
-	nwA.HandleEvents(ctx, added(lb))
-	nwB.HandleEvents(ctx, added(la))
-	rep := bt.Heal(t, a, be, nwA, time.Hour)
-	bt.Ping(t, pa.NS, pb.Addr6, 56, false)
+	h := bt.NewHealPair(t, "tbk-vx-h6", TypeName, true, newBackend(`{}`))
+	a, pa, pb, la, lb, rep := h.A, h.PA, h.PB, h.LA, h.LB, h.Rep
 	mac6, macB6 := mustMAC(t, la.Attrs.BackendV6Data), mustMAC(t, lb.Attrs.BackendV6Data)
 
 	run(t, "ip", "-n", a.NS, "link", "del", "flannel-v6.1")
 	took := bt.WaitFor(t, 2*time.Second, "flannel-v6.1 and b's IPv6 entries restored", func() error {
-		for _, c := range [][2]string{
-			{bt.Run(t, "ip", "-n", a.NS, "link", "show"), "flannel-v6.1"},
-			{bt.Run(t, "ip", "-6", "-n", a.NS, "route", "show", "fd00:10:244:2::/64"), "via fd00:10:244:2:: dev flannel-v6.1"},
-			{bt.Run(t, "ip", "-6", "-n", a.NS, "neigh", "show", "dev", "flannel-v6.1"), "fd00:10:244:2:: lladdr " + macB6 + " PERMANENT"},
-			{bt.Run(t, "bridge", "-n", a.NS, "fdb", "show", "dev", "flannel-v6.1"), macB6 + " dst fd00:198:51:100::12 self permanent"},
-			{bt.Run(t, "ip", "-6", "-n", a.NS, "-o", "addr", "show", "dev", "flannel-v6.1"), "fd00:10:244:1::/128"},
-		} {
-			if !strings.Contains(c[0], c[1]) {
-				return fmt.Errorf("missing %q in:\n%s", c[1], c[0])
-			}
-		}
-		return nil
+		return firstErr(
+			readOf(addrsOf(a.NS, "flannel-v6.1")).has("\nfd00:10:244:1::/128\n"),
+			readOf(routeOf(a.NS, "fd00:10:244:2::/64")).has("via fd00:10:244:2:: dev flannel-v6.1"),
+			readOf(neighOf(a.NS, "flannel-v6.1")).has("fd00:10:244:2:: lladdr "+macB6+" PERMANENT"),
+			readOf(fdbOf(a.NS, "flannel-v6.1")).has(macB6+" dst fd00:198:51:100::12 dev flannel-v6.1 permanent"),
+		)
 	})
 	t.Logf("flannel-v6.1 re-created and programmed %s after deletion", took)
 	assertContains(t, run(t, "ip", "-n", a.NS, "link", "show", "flannel-v6.1"), "link/ether "+mac6)

@@ -39,22 +39,20 @@ func (b *Backend) WatchNamespace(ns netns.NsHandle) { b.ns = &ns }
 // New is the backend.Factory for "vxlan"; it works in the process's current
 // network namespace.
 func New(ext *backend.ExternalInterface, raw json.RawMessage) (backend.Backend, error) {
-	h, err := netlink.NewHandle()
-	if err != nil {
-		return nil, fmt.Errorf("vxlan: open netlink: %w", err)
-	}
-	return NewWithHandle(h, ext, raw)
+	return NewWithHandle(nil, ext, raw)
 }
 
-// NewWithHandle builds the backend on a given netlink handle (for example one
-// bound to another network namespace).
+// NewWithHandle builds the backend on a given netlink handle, for example
+// one bound to another network namespace (nil: a new one in the current
+// namespace).
 func NewWithHandle(h *netlink.Handle, ext *backend.ExternalInterface, raw json.RawMessage) (*Backend, error) {
 	opts, err := parseOptions(raw)
 	if err != nil {
 		return nil, err
 	}
-	if ext == nil || ext.Iface == nil {
-		return nil, fmt.Errorf("vxlan: no external interface")
+	h, err = backend.OpenUnderlay("vxlan", ext, h)
+	if err != nil {
+		return nil, err
 	}
 	return &Backend{ext: ext, opts: opts, nl: h}, nil
 }

@@ -76,7 +76,7 @@ func TestDeviceAndPeerShape(t *testing.T) {
 	assertLine(t, fdbLines(t, a.NS, "flannel.1"), macB+" dst 198.51.100.12 dev flannel.1 permanent")
 
 	// Encapsulated traffic: A's VTEP address to B's, through the overlay.
-	run(t, "ip", "netns", "exec", a.NS, "ping", "-c1", "-W2", "10.244.2.0")
+	bt.Ping(t, a.NS, netip.MustParseAddr("10.244.2.0"), 56, false)
 
 	nwA.HandleEvents(ctx, bt.Removed(lb))
 	if got := routeTo(t, a.NS, "10.244.2.0/24"); got != "" {
@@ -116,74 +116,97 @@ func assertLine(t *testing.T, got, want string) {
 }
 
 // Kernel state, read with internal/kernelstate (the inspector the e2e
-// tests, lab check and doctor share), one entry per line, "\n" around
-// each: routes and neighbours as `ip` prints them, FDB entries as
-// "<mac> dst <ip> dev <dev> permanent".
+// tests, `flannelctl lab check` and doctor share), one entry per line, "\n"
+// around each: routes and neighbours as `ip` prints them, FDB entries as
+// "<mac> dst <ip> dev <dev> permanent". The t-less forms serve waits, in
+// which a device may be missing for a while.
 func routeLines(t *testing.T, ns string) string {
 	t.Helper()
-	var rs []kernelstate.Route
-	err := kernelstate.With(ns, func(k *kernelstate.Reader) (err error) { rs, err = k.Routes("", unix.AF_INET); return err })
-	if err != nil {
-		t.Fatal(err)
-	}
-	return joinLines(rs)
+	return must(t)(lines(ns, func(k *kernelstate.Reader) ([]kernelstate.Route, error) { return k.Routes("", unix.AF_INET) }))
 }
 
 // routeTo is the route to dst as one line, "" when there is none.
 func routeTo(t *testing.T, ns, dst string) string {
 	t.Helper()
-	var rt *kernelstate.Route
-	err := kernelstate.With(ns, func(k *kernelstate.Reader) (err error) { rt, err = k.HostGWRoute(pfx(dst)); return err })
-	if err != nil {
-		t.Fatal(err)
+	return must(t)(routeOf(ns, dst))
+}
+
+func routeOf(ns, dst string) (string, error) {
+	s, err := lines(ns, func(k *kernelstate.Reader) ([]kernelstate.Route, error) {
+		rt, err := k.HostGWRoute(pfx(dst))
+		if rt == nil {
+			return nil, err
+		}
+		return []kernelstate.Route{*rt}, err
+	})
+	if s == "\n" {
+		s = ""
 	}
-	if rt == nil {
-		return ""
-	}
-	return joinLines([]kernelstate.Route{*rt})
+	return s, err
 }
 
 func neighLines(t *testing.T, ns, dev string) string {
 	t.Helper()
-	var ns6 []kernelstate.Neighbour
-	err := kernelstate.With(ns, func(k *kernelstate.Reader) error {
+	return must(t)(neighOf(ns, dev))
+}
+
+func neighOf(ns, dev string) (string, error) {
+	return lines(ns, func(k *kernelstate.Reader) ([]kernelstate.Neighbour, error) {
 		d, err := k.Device(dev)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		ns6, err = k.Neighbours(d.Index, unix.AF_UNSPEC)
-		return err
+		return k.Neighbours(d.Index, unix.AF_UNSPEC)
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return joinLines(ns6)
 }
 
 func fdbLines(t *testing.T, ns, dev string) string {
 	t.Helper()
-	var fdb []kernelstate.FDBEntry
-	err := kernelstate.With(ns, func(k *kernelstate.Reader) error {
-		d, err := k.Device(dev)
-		if err != nil {
-			return err
-		}
-		fdb, err = k.FDB(d.Index)
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return joinLines(fdb)
+	return must(t)(fdbOf(ns, dev))
 }
 
-func joinLines[T fmt.Stringer](xs []T) string {
+func fdbOf(ns, dev string) (string, error) {
+	return lines(ns, func(k *kernelstate.Reader) ([]kernelstate.FDBEntry, error) {
+		d, err := k.Device(dev)
+		if err != nil {
+			return nil, err
+		}
+		return k.FDB(d.Index)
+	})
+}
+
+// addrsOf lists dev's addresses, one a line.
+func addrsOf(ns, dev string) (string, error) {
+	return lines(ns, func(k *kernelstate.Reader) ([]netip.Prefix, error) {
+		d, err := k.Device(dev)
+		if err != nil {
+			return nil, err
+		}
+		return d.Addrs, nil
+	})
+}
+
+// lines reads entries in ns and puts them one a line.
+func lines[T fmt.Stringer](ns string, read func(k *kernelstate.Reader) ([]T, error)) (string, error) {
+	var xs []T
+	err := kernelstate.With(ns, func(k *kernelstate.Reader) (err error) { xs, err = read(k); return err })
 	var b strings.Builder
 	b.WriteString("\n")
 	for _, x := range xs {
 		b.WriteString(x.String() + "\n")
 	}
-	return b.String()
+	return b.String(), err
+}
+
+// must fails the test on a read error.
+func must(t *testing.T) func(string, error) string {
+	return func(s string, err error) string {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
 }
 
 func assertLacks(t *testing.T, got, unwanted string) {

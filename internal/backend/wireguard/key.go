@@ -9,6 +9,8 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 	"k8s.io/klog/v2"
+
+	"github.com/flannelgo/flannel/internal/atomicfile"
 )
 
 // DefaultKeyFile is where the private key lives unless $WIREGUARD_KEY_FILE
@@ -44,15 +46,10 @@ func loadOrCreateKey(path string) (wgtypes.Key, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return k, fmt.Errorf("create directory for %s: %w", path, err)
 	}
-	// Written under a temporary name and renamed: a crash never leaves a
-	// half-written key that the next start would refuse.
-	tmp := path + ".tmp"
-	_ = os.Remove(tmp) // WriteFile keeps the mode of a file it finds
-	if err := os.WriteFile(tmp, []byte(k.String()+"\n"), 0o600); err != nil {
-		return k, fmt.Errorf("write private key %s: %w", tmp, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return k, fmt.Errorf("rename %s to %s: %w", tmp, path, err)
+	// Atomically: a crash never leaves a half-written key that the next
+	// start would refuse.
+	if err := atomicfile.WriteFile(path, []byte(k.String()+"\n"), 0o600); err != nil {
+		return k, fmt.Errorf("private key: %w", err)
 	}
 	klog.Infof("wireguard: generated a private key in %s", path)
 	return k, nil

@@ -21,7 +21,7 @@ const DefaultSocketDir = "/var/run/wireguard"
 
 // SocketDir is the control sockets' directory from the environment
 // ($FLANNEL_WIREGUARD_SOCKET_DIR); several flanneld processes sharing one
-// file system (a lab on one machine) need one each.
+// file system (a testbed or `flannelctl lab` on one machine) need one each.
 func SocketDir() string {
 	if d := os.Getenv("FLANNEL_WIREGUARD_SOCKET_DIR"); d != "" {
 		return d

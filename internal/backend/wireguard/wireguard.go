@@ -49,12 +49,9 @@ func New(ext *backend.ExternalInterface, raw json.RawMessage) (backend.Backend, 
 	if err != nil {
 		return nil, err
 	}
-	if ext == nil || ext.Iface == nil {
-		return nil, fmt.Errorf("wireguard: no external interface")
-	}
-	h, err := netlink.NewHandle()
+	h, err := backend.OpenUnderlay("wireguard", ext, nil)
 	if err != nil {
-		return nil, fmt.Errorf("wireguard: open netlink: %w", err)
+		return nil, err
 	}
 	return &Backend{ext: ext, opts: opts, nl: h}, nil
 }

@@ -2,6 +2,7 @@ package tbtest
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"sync"
 	"testing"
@@ -10,6 +11,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/flannelgo/flannel/internal/backend"
+	"github.com/flannelgo/flannel/internal/lease"
 	"github.com/flannelgo/flannel/internal/testbed"
 )
 
@@ -98,4 +100,66 @@ func TryPing(ns string, dst netip.Addr, within time.Duration) error {
 	ctx, cancel := context.WithTimeout(context.Background(), within+5*time.Second)
 	defer cancel()
 	return testbed.PingWithin(ctx, ns, dst, 56, false, within)
+}
+
+// HealPair is two nodes on one segment with one pod each, programmed for
+// each other, and a healer on A whose periodic reconcile is an hour away:
+// every repair a test sees comes from a netlink notification.
+type HealPair struct {
+	Net      *Net
+	A, B     *Node
+	PA, PB   *Pod
+	BeA      backend.Backend
+	NwA, NwB backend.Network
+	LA, LB   lease.Lease
+	Rep      *Repairs
+}
+
+// NewHealPair builds a HealPair for the backend type typeName: a at
+// 198.51.100.11 with 10.244.1.0/24, b at .12 with 10.244.2.0/24, and with
+// dual the IPv6 twins (fd00:198:51:100::11, fd00:10:244:1::/64, ...).
+// newBackend makes the backend of a node (the package's NewWithHandle on
+// n.H and n.Ext). It returns once a's pod pings b's, in each family.
+func NewHealPair(t testing.TB, name, typeName string, dual bool, newBackend func(n *Node) (backend.Backend, error)) *HealPair {
+	t.Helper()
+	h := &HealPair{Net: NewNet(t, name)}
+	seg := h.Net.Segment("br0", 1500)
+	addrs := func(i int) []string {
+		if dual {
+			return []string{fmt.Sprintf("198.51.100.%d/24", 10+i), fmt.Sprintf("fd00:198:51:100::%d/64", 10+i)}
+		}
+		return []string{fmt.Sprintf("198.51.100.%d/24", 10+i)}
+	}
+	subnets := func(i int) (string, string, []netip.Prefix) {
+		v4 := fmt.Sprintf("10.244.%d.0/24", i)
+		if !dual {
+			return v4, "", []netip.Prefix{netip.MustParsePrefix(v4)}
+		}
+		v6 := fmt.Sprintf("fd00:10:244:%d::/64", i)
+		return v4, v6, []netip.Prefix{netip.MustParsePrefix(v4), netip.MustParsePrefix(v6)}
+	}
+	h.A, h.B = h.Net.Node("a", seg, addrs(1)...), h.Net.Node("b", seg, addrs(2)...)
+	var err error
+	if h.BeA, err = newBackend(h.A); err != nil {
+		t.Fatal(err)
+	}
+	beB, err := newBackend(h.B)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := BackendConfig(typeName, true, dual)
+	s4, s6, pods := subnets(1)
+	h.NwA, h.LA = Up(t, h.A, h.BeA, cfg, s4, s6)
+	h.PA = h.Net.Pod(h.A, h.NwA.MTU(), pods...)
+	s4, s6, pods = subnets(2)
+	h.NwB, h.LB = Up(t, h.B, beB, cfg, s4, s6)
+	h.PB = h.Net.Pod(h.B, h.NwB.MTU(), pods...)
+	h.NwA.HandleEvents(context.Background(), Added(h.LB))
+	h.NwB.HandleEvents(context.Background(), Added(h.LA))
+	h.Rep = Heal(t, h.A, h.BeA, h.NwA, time.Hour)
+	Ping(t, h.PA.NS, h.PB.Addr, 56, false)
+	if dual {
+		Ping(t, h.PA.NS, h.PB.Addr6, 56, false)
+	}
+	return h
 }

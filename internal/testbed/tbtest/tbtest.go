@@ -81,7 +81,7 @@ func NeedTools(t testing.TB, tools ...string) {
 // the same addresses twice.
 func NeedRangesFree(t testing.TB) {
 	t.Helper()
-	if err := testbed.CheckHostRanges(testbed.LabRanges()...); err != nil {
+	if err := testbed.CheckHostRanges(testbed.Ranges()...); err != nil {
 		t.Fatal(err)
 	}
 }
