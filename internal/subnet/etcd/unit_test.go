@@ -99,10 +99,10 @@ func mkLease(key, mac string) lease.Lease {
 }
 
 func TestDiff(t *testing.T) {
-	old := map[string]lease.Lease{
-		"10.244.1.0-24": mkLease("10.244.1.0-24", "a"),
-		"10.244.2.0-24": mkLease("10.244.2.0-24", "b"),
-		"10.244.3.0-24": mkLease("10.244.3.0-24", "c"),
+	old := knownLeases{
+		"10.244.1.0-24": mkLease("10.244.1.0-24", "a").Attrs,
+		"10.244.2.0-24": mkLease("10.244.2.0-24", "b").Attrs,
+		"10.244.3.0-24": mkLease("10.244.3.0-24", "c").Attrs,
 	}
 	cur := map[string]lease.Lease{
 		"10.244.0.0-24": mkLease("10.244.0.0-24", "new"),
@@ -127,8 +127,8 @@ func TestDiff(t *testing.T) {
 			t.Errorf("event %d = %s, want %s", i, s, want[i])
 		}
 	}
-	if got[0].Lease.Attrs.BackendType != "vxlan" {
-		t.Error("a removal must carry the attributes the receiver was given")
+	if r := got[0].Lease; r.Attrs.BackendType != "vxlan" || string(r.Attrs.BackendData) != `{"VtepMAC":"a"}` || r.Subnet != netip.MustParsePrefix("10.244.1.0/24") || r.IPv6Subnet.IsValid() {
+		t.Errorf("removal %+v: it must carry the subnets and attributes the receiver was given", r)
 	}
 }
 

@@ -118,7 +118,7 @@ func (m *Manager) WatchLeases(ctx context.Context, events chan<- []lease.Event) 
 type watcher struct {
 	m     *Manager
 	out   chan<- []lease.Event
-	known map[string]lease.Lease // by key below <prefix>/subnets/
+	known knownLeases
 	first bool
 
 	mu  sync.Mutex // guards rev, which the probe reads
@@ -150,7 +150,10 @@ func (w *watcher) resync(ctx context.Context, cli *clientv3.Client) (int64, erro
 	}
 	w.hold(cur)
 	batch := diff(w.known, cur)
-	w.known = cur
+	w.known = make(knownLeases, len(cur))
+	for name, l := range cur {
+		w.known[name] = l.Attrs
+	}
 	if len(batch) > 0 || w.first {
 		w.first = false
 		if batch == nil {
@@ -168,9 +171,9 @@ func (w *watcher) hold(cur map[string]lease.Lease) {
 	if time.Now().After(w.holdUntil) {
 		return
 	}
-	for name, l := range w.known {
+	for name := range w.known {
 		if _, ok := cur[name]; !ok && !w.m.isOwn(name) {
-			cur[name] = l
+			cur[name] = w.known.lease(name)
 			if w.held == nil {
 				w.held = map[string]bool{}
 			}
@@ -181,22 +184,37 @@ func (w *watcher) hold(cur map[string]lease.Lease) {
 
 // diff lists removals before additions: when a key changes shape (IPv4-only
 // to dual stack) the receiver must drop the old route before adding the new.
-func diff(old, cur map[string]lease.Lease) []lease.Event {
+func diff(old knownLeases, cur map[string]lease.Lease) []lease.Event {
 	var removed, added []lease.Event
 	for _, name := range sortedKeys(old) {
 		if _, ok := cur[name]; !ok {
-			removed = append(removed, lease.Event{Type: lease.Removed, Lease: old[name]})
+			removed = append(removed, lease.Event{Type: lease.Removed, Lease: old.lease(name)})
 		}
 	}
 	for _, name := range sortedKeys(cur) {
-		if o, ok := old[name]; !ok || !sameAttrs(o.Attrs, cur[name].Attrs) {
+		if o, ok := old[name]; !ok || !sameAttrs(o, cur[name].Attrs) {
 			added = append(added, lease.Event{Type: lease.Added, Lease: cur[name]})
 		}
 	}
 	return append(removed, added...)
 }
 
-func sortedKeys(m map[string]lease.Lease) []string {
+// knownLeases is what the receiver was told, by key below
+// <prefix>/subnets/: only the attributes, since the subnets are in the key
+// and the rest (expiry estimate, revision) is not needed to tell a change
+// or to name a removal. A whole lease per key, stored out of line in the
+// map, cost twice as much at 10000 peers.
+type knownLeases map[string]lease.Attrs
+
+// lease rebuilds the lease the receiver was told about under name. Names
+// are stored only after ParseBoundedKey accepted them (decode), so they
+// parse again to the same subnets.
+func (k knownLeases) lease(name string) lease.Lease {
+	v4, v6, _ := lease.ParseKey(name)
+	return lease.Lease{Subnet: v4, IPv6Subnet: v6, Attrs: k[name]}
+}
+
+func sortedKeys[V any](m map[string]V) []string {
 	keys := make([]string, 0, len(m))
 	for k := range m {
 		keys = append(keys, k)
@@ -306,8 +324,8 @@ func (w *watcher) apply(evs []*clientv3.Event) []lease.Event {
 		old, had := w.known[name]
 		if ev.Type == mvccpb.PUT {
 			if r, ok := w.m.decode(ev.Kv, exp); ok {
-				w.known[name] = r.l
-				if !had || !sameAttrs(old.Attrs, r.l.Attrs) {
+				w.known[name] = r.l.Attrs
+				if !had || !sameAttrs(old, r.l.Attrs) {
 					batch = append(batch, lease.Event{Type: lease.Added, Lease: r.l})
 				}
 				continue
@@ -316,8 +334,8 @@ func (w *watcher) apply(evs []*clientv3.Event) []lease.Event {
 		// A delete, an expiry, or a value overwritten with garbage: the
 		// lease is gone as far as the receiver is concerned.
 		if had {
+			batch = append(batch, lease.Event{Type: lease.Removed, Lease: w.known.lease(name)})
 			delete(w.known, name)
-			batch = append(batch, lease.Event{Type: lease.Removed, Lease: old})
 		}
 	}
 	return batch
