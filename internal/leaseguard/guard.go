@@ -61,7 +61,8 @@ type Guard struct {
 	v4, v6   netip.Prefix // the cluster networks; invalid when disabled
 	own      *lease.Lease
 	host     Host
-	accepted map[string]lease.Lease
+	accepted map[string]lease.Attrs // by key, which holds the subnets
+	odd      map[string]lease.Lease // the subnets of accepted keys that do not parse back to them
 	refused  map[string]string // key -> reason and facts last reported
 
 	// index finds accepted subnets by prefix and lens counts their
@@ -78,7 +79,7 @@ type prefixLen struct {
 
 // New builds a guard for the network cfg and this node's lease own.
 func New(cfg *config.Config, own *lease.Lease, host Host) *Guard {
-	g := &Guard{own: own, host: host, accepted: map[string]lease.Lease{}, refused: map[string]string{},
+	g := &Guard{own: own, host: host, accepted: map[string]lease.Attrs{}, odd: map[string]lease.Lease{}, refused: map[string]string{},
 		index: map[netip.Prefix]string{}, lens: map[prefixLen]int{}}
 	if cfg.EnableIPv4 {
 		g.v4 = cfg.Network
@@ -98,19 +99,17 @@ func (g *Guard) Filter(batch []lease.Event) (out []lease.Event, fresh []Rejectio
 	out = make([]lease.Event, 0, len(batch))
 	for _, ev := range batch {
 		key := ev.Lease.Key()
-		prev, had := g.accepted[key]
+		_, had := g.accepted[key]
 		if ev.Type == lease.Removed {
 			delete(g.refused, key)
 			if had {
-				g.forget(key)
-				out = append(out, lease.Event{Type: lease.Removed, Lease: prev})
+				out = append(out, lease.Event{Type: lease.Removed, Lease: g.forget(key)})
 			}
 			continue
 		}
 		if r, bad := g.check(&ev.Lease, host); bad {
 			if had {
-				g.forget(key)
-				out = append(out, lease.Event{Type: lease.Removed, Lease: prev})
+				out = append(out, lease.Event{Type: lease.Removed, Lease: g.forget(key)})
 			}
 			if g.refused[key] != r.Reason+r.Why {
 				g.refused[key] = r.Reason + r.Why
@@ -166,23 +165,32 @@ func subnets(l *lease.Lease) []netip.Prefix {
 	return out
 }
 
-// accept records key as programmed with l's subnets.
+// accept records key as programmed with l's subnets. Only the attributes
+// are kept: the subnets are in the key (a whole lease per key, stored out
+// of line in the map, cost 2 MB at 10000 peers).
 func (g *Guard) accept(key string, l lease.Lease) {
 	g.forget(key)
-	g.accepted[key] = l
+	g.accepted[key] = l.Attrs
+	if v4, v6, err := lease.ParseKey(key); err != nil || v4 != l.Subnet || v6 != l.IPv6Subnet {
+		g.odd[key] = lease.Lease{Subnet: l.Subnet, IPv6Subnet: l.IPv6Subnet}
+	}
 	for _, p := range subnets(&l) {
 		g.index[p] = key
 		g.lens[prefixLen{p.Addr().Is6(), p.Bits()}]++
 	}
 }
 
-// forget drops key from the accepted leases.
-func (g *Guard) forget(key string) {
-	l, had := g.accepted[key]
+// forget drops key from the accepted leases and returns the lease the
+// backend was given for it (zero if none).
+func (g *Guard) forget(key string) lease.Lease {
+	attrs, had := g.accepted[key]
 	if !had {
-		return
+		return lease.Lease{}
 	}
+	l := g.leaseOf(key)
+	l.Attrs = attrs
 	delete(g.accepted, key)
+	delete(g.odd, key)
 	for _, p := range subnets(&l) {
 		if g.index[p] == key {
 			delete(g.index, p)
@@ -192,6 +200,18 @@ func (g *Guard) forget(key string) {
 			delete(g.lens, pl)
 		}
 	}
+	return l
+}
+
+// leaseOf returns the subnets of an accepted key. Subnet managers hand
+// out masked subnets, whose keys parse back; a key that does not (a
+// subnet that is not a network address) keeps its subnets in odd.
+func (g *Guard) leaseOf(key string) lease.Lease {
+	if l, ok := g.odd[key]; ok {
+		return l
+	}
+	v4, v6, _ := lease.ParseKey(key)
+	return lease.Lease{Subnet: v4, IPv6Subnet: v6}
 }
 
 // overlapping finds an accepted lease other than key whose subnet overlaps

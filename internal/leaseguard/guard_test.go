@@ -122,3 +122,43 @@ func TestGuardExcusesRoutesOfEarlierRun(t *testing.T) {
 		t.Errorf("passed %v, refused %v; want 10.244.4.0-24 through and 10.244.5.0-24 refused for the /25", out, fresh)
 	}
 }
+
+// The guard keeps only an accepted lease's attributes; a removal (also one
+// that names only the key, as after a re-list) must still hand the backend
+// the subnets and attributes it was given, and free the subnets for reuse.
+func TestGuardRemovalCarriesAcceptedLease(t *testing.T) {
+	cfg, err := config.Parse([]byte(`{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	own := mustLease(t, "10.244.1.0-24&fd00:10:244:1::-64", `{"PublicIP":"198.51.100.11","PublicIPv6":"2001:db8::11","BackendType":"vxlan"}`)
+	g := New(cfg, &own, fakeHost{})
+	l := mustLease(t, "10.244.3.0-24&fd00:10:244:3::-64", `{"PublicIP":"198.51.100.13","PublicIPv6":"2001:db8::13","BackendType":"vxlan","BackendData":{"VtepMAC":"ae:11:22:33:44:55"}}`)
+	// An unmasked subnet, which no subnet manager hands out, keeps its key.
+	odd := lease.Lease{Subnet: netip.MustParsePrefix("10.244.4.7/24"), IPv6Subnet: netip.MustParsePrefix("fd00:10:244:4::/64"), Attrs: l.Attrs}
+	if out, fresh, _ := g.Filter([]lease.Event{{Type: lease.Added, Lease: l}, {Type: lease.Added, Lease: odd}}); len(out) != 2 || len(fresh) != 0 {
+		t.Fatalf("accept: passed %v, refused %v", out, fresh)
+	}
+	out, _, _ := g.Filter([]lease.Event{
+		{Type: lease.Removed, Lease: lease.Lease{Subnet: l.Subnet, IPv6Subnet: l.IPv6Subnet}},
+		{Type: lease.Removed, Lease: lease.Lease{Subnet: odd.Subnet, IPv6Subnet: odd.IPv6Subnet}},
+	})
+	if len(out) != 2 {
+		t.Fatalf("removals: %v", out)
+	}
+	for i, want := range []lease.Lease{l, odd} {
+		got := out[i].Lease
+		if out[i].Type != lease.Removed || got.Key() != want.Key() || got.Subnet != want.Subnet || got.IPv6Subnet != want.IPv6Subnet ||
+			got.Attrs.PublicIP != want.Attrs.PublicIP || got.Attrs.PublicIPv6 != want.Attrs.PublicIPv6 ||
+			got.Attrs.BackendType != "vxlan" || string(got.Attrs.BackendData) != string(want.Attrs.BackendData) {
+			t.Errorf("removal %d = %v %+v, want the accepted lease %+v", i, out[i].Type, got, want)
+		}
+	}
+	if len(g.accepted) != 0 || len(g.odd) != 0 || len(g.index) != 0 || len(g.lens) != 0 {
+		t.Errorf("after the removals the guard still holds accepted %v odd %v index %v lens %v", g.accepted, g.odd, g.index, g.lens)
+	}
+	// The subnets are free again: a new lease for them passes.
+	if out, fresh, _ := g.Filter([]lease.Event{{Type: lease.Added, Lease: mustLease(t, "10.244.3.0-24&fd00:10:244:3::-64", `{"PublicIP":"198.51.100.23","PublicIPv6":"2001:db8::23","BackendType":"vxlan"}`)}}); len(out) != 1 || len(fresh) != 0 {
+		t.Errorf("re-use of freed subnets: passed %v, refused %v", out, fresh)
+	}
+}
