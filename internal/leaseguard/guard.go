@@ -63,7 +63,7 @@ type Guard struct {
 	host     Host
 	accepted map[string]lease.Attrs // by key, which holds the subnets
 	odd      map[string]lease.Lease // the subnets of accepted keys that do not parse back to them
-	refused  map[string]string // key -> reason and facts last reported
+	refused  map[string]string      // key -> reason and facts last reported
 
 	// index finds accepted subnets by prefix and lens counts their
 	// lengths, so that checking a lease against thousands of accepted ones
