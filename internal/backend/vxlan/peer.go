@@ -28,10 +28,7 @@ type stack struct {
 	// peers holds, by lease key, what each current lease asks for: the
 	// desired state, whether or not writing it to the kernel worked.
 	peers map[string]peer
-	// order says which peer was programmed last (highest), which decides
-	// between peers that want the same kernel object in different forms.
-	order map[string]uint64
-	seq   uint64
+	seq   uint64 // the last peer's seq
 	// want is what the peers ask of the kernel, kept in step with peers.
 	want *wanted
 	// failed is set when a kernel write failed; the network then asks its
@@ -69,13 +66,22 @@ func (s *stack) activate(own *lease.Lease) error {
 	return nil
 }
 
-// peer is what is programmed for one remote lease; comparable, so a changed
-// lease is detected with ==.
+// peer is what is programmed for one remote lease.
 type peer struct {
 	subnet   netip.Prefix
 	publicIP netip.Addr
 	mac      string
 	direct   bool // plain route via publicIP (DirectRouting, same segment)
+	// seq says which peer was programmed last (highest), which decides
+	// between peers that want the same kernel object in different forms.
+	// Kept here rather than in a map of its own: one entry less per peer.
+	seq uint64
+}
+
+// sameAs says whether p and q program the same, whenever each was set.
+func (p peer) sameAs(q peer) bool {
+	p.seq, q.seq = 0, 0
+	return p == q
 }
 
 func (p peer) String() string {
@@ -165,7 +171,7 @@ func (s *stack) handle(ev lease.Event) {
 		s.drop(key)
 		return
 	}
-	if had && old == p {
+	if had && old.sameAs(p) {
 		return
 	}
 	s.set(key, p)
@@ -184,8 +190,8 @@ func (s *stack) handle(ev lease.Event) {
 // set records p as what key wants now, newer than every other peer.
 func (s *stack) set(key string, p peer) {
 	s.seq++
+	p.seq = s.seq
 	s.peers[key] = p
-	s.order[key] = s.seq
 	s.want.add(p)
 }
 
@@ -197,7 +203,6 @@ func (s *stack) drop(key string) {
 		return
 	}
 	delete(s.peers, key)
-	delete(s.order, key)
 	s.release(old)
 }
 

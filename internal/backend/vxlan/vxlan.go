@@ -88,7 +88,7 @@ func (b *Backend) RegisterNetwork(ctx context.Context, cfg *config.Config) (back
 		}
 		spec.mac = dev.HardwareAddr
 		s := &stack{b: b, v6: spec.srcAddr.Is6(), dev: dev, mtu: spec.mtu, network: cfg.Network, spec: spec,
-			peers: map[string]peer{}, order: map[string]uint64{}, want: newWanted()}
+			peers: map[string]peer{}, want: newWanted()}
 		if s.v6 {
 			s.network, n.v6 = cfg.IPv6Network, s
 		} else {

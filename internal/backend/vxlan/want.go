@@ -40,7 +40,7 @@ func (w *wanted) add(p peer) {
 // replaced. A scan of the peers, done only for a removal.
 func (s *stack) recompute(p peer) {
 	var route, neigh, fdb string // the newest peer's key wanting each
-	newer := func(cur, key string) bool { return cur == "" || s.order[key] > s.order[cur] }
+	newer := func(cur, key string) bool { return cur == "" || s.peers[key].seq > s.peers[cur].seq }
 	for key, q := range s.peers {
 		if q.subnet == p.subnet && newer(route, key) {
 			route = key
