@@ -70,13 +70,29 @@ func (s *stack) activate(own *lease.Lease) error {
 type peer struct {
 	subnet   netip.Prefix
 	publicIP netip.Addr
-	mac      string
+	mac      vtepMAC
 	direct   bool // plain route via publicIP (DirectRouting, same segment)
 	// seq says which peer was programmed last (highest), which decides
 	// between peers that want the same kernel object in different forms.
 	// Kept here rather than in a map of its own: one entry less per peer.
 	seq uint64
 }
+
+// vtepMAC is a VTEP's Ethernet address, held by value: as a string it cost
+// an allocation per peer, and the FDB check a string per kernel entry.
+type vtepMAC [6]byte
+
+// macOf converts a kernel or lease address; ok is false unless it is a
+// 6-byte Ethernet address (the only kind a VXLAN device has).
+func macOf(hw net.HardwareAddr) (m vtepMAC, ok bool) {
+	if len(hw) != len(m) {
+		return m, false
+	}
+	copy(m[:], hw)
+	return m, true
+}
+
+func (m vtepMAC) String() string { return net.HardwareAddr(m[:]).String() }
 
 // sameAs says whether p and q program the same, whenever each was set.
 func (p peer) sameAs(q peer) bool {
@@ -112,11 +128,15 @@ func (s *stack) peerFor(l *lease.Lease) (peer, error) {
 	if !subnet.IsValid() || !public.IsValid() || public.Is6() != s.v6 || len(data) == 0 {
 		return peer{}, fmt.Errorf("lease has no %s subnet, public address or backend data; a dual-stack network needs both on every node", s.family())
 	}
-	mac, err := decodeLeaseData(data)
+	hw, err := decodeLeaseData(data)
 	if err != nil {
 		return peer{}, err
 	}
-	p := peer{subnet: subnet, publicIP: public, mac: mac.String()}
+	mac, ok := macOf(hw)
+	if !ok {
+		return peer{}, fmt.Errorf("VtepMAC %s is not a 6-byte Ethernet address", hw)
+	}
+	p := peer{subnet: subnet, publicIP: public, mac: mac}
 	if s.b.opts.DirectRouting {
 		err := backend.CheckOnSegment(s.b.nl, s.b.ext.Iface.Index, public)
 		p.direct = err == nil
@@ -137,16 +157,16 @@ func (s *stack) routeFor(p peer) *netlink.Route {
 func (s *stack) arpFor(p peer) *netlink.Neigh { return s.arp(p.subnet.Addr(), p.mac) }
 
 // arp is the permanent neighbour entry of a peer's VTEP address.
-func (s *stack) arp(vtep netip.Addr, mac string) *netlink.Neigh {
-	hw, _ := net.ParseMAC(mac)
+func (s *stack) arp(vtep netip.Addr, mac vtepMAC) *netlink.Neigh {
+	hw := net.HardwareAddr(mac[:])
 	return &netlink.Neigh{LinkIndex: s.dev.Index, State: netlink.NUD_PERMANENT, Type: unix.RTN_UNICAST, IP: net.IP(vtep.AsSlice()), HardwareAddr: hw}
 }
 
 func (s *stack) fdbFor(p peer) *netlink.Neigh { return s.fdb(p.mac, p.publicIP) }
 
 // fdb is the FDB entry sending frames for a VTEP's MAC to its public address.
-func (s *stack) fdb(mac string, dst netip.Addr) *netlink.Neigh {
-	hw, _ := net.ParseMAC(mac)
+func (s *stack) fdb(mac vtepMAC, dst netip.Addr) *netlink.Neigh {
+	hw := net.HardwareAddr(mac[:])
 	return &netlink.Neigh{LinkIndex: s.dev.Index, Family: unix.AF_BRIDGE, State: netlink.NUD_PERMANENT, Flags: netlink.NTF_SELF,
 		IP: net.IP(dst.AsSlice()), HardwareAddr: hw}
 }
@@ -251,9 +271,9 @@ func (s *stack) release(p peer) {
 	}
 	switch dst, ok := d.fdb[p.mac]; {
 	case !ok:
-		s.logGone("fdb entry", p.mac+" dst "+p.publicIP.String(), s.b.nl.NeighDel(s.fdbFor(p)))
+		s.logGone("fdb entry", p.mac.String()+" dst "+p.publicIP.String(), s.b.nl.NeighDel(s.fdbFor(p)))
 	case dst != p.publicIP:
-		s.logFailed("fdb entry", p.mac+" dst "+dst.String(), s.b.nl.NeighSet(s.fdb(p.mac, dst)))
+		s.logFailed("fdb entry", p.mac.String()+" dst "+dst.String(), s.b.nl.NeighSet(s.fdb(p.mac, dst)))
 	}
 }
 

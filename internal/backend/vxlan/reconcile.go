@@ -1,6 +1,7 @@
 package vxlan
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -20,9 +21,9 @@ import (
 // exists as long as one of them does, and the last programmed wins a
 // disagreement.
 type desiredState struct {
-	routes map[netip.Prefix]peer // by destination
-	neigh  map[netip.Addr]string // VTEP address -> MAC
-	fdb    map[string]netip.Addr // MAC -> remote public address
+	routes map[netip.Prefix]peer  // by destination
+	neigh  map[netip.Addr]vtepMAC // VTEP address -> MAC
+	fdb    map[vtepMAC]netip.Addr // MAC -> remote public address
 }
 
 // desired is the state the peers ask for, kept up to date by set and
@@ -154,7 +155,7 @@ func (s *stack) repairNeighbours(d desiredState, r backend.Repairs) error {
 	}
 	var errs []error
 	for ip, mac := range d.neigh {
-		if ne, ok := have[ip]; ok && ne.HardwareAddr.String() == mac && ne.State&netlink.NUD_PERMANENT != 0 {
+		if ne, ok := have[ip]; ok && bytes.Equal(ne.HardwareAddr, mac[:]) && ne.State&netlink.NUD_PERMANENT != 0 {
 			continue
 		}
 		if err := s.b.nl.NeighSet(s.arp(ip, mac)); err != nil {
@@ -172,15 +173,16 @@ func (s *stack) repairFDB(d desiredState, r backend.Repairs) error {
 	if err != nil {
 		return fmt.Errorf("list FDB of %s: %w", s.dev.Name, err)
 	}
-	have := map[string]bool{}
+	have := map[fdbEntry]bool{}
 	for _, ne := range entries {
-		if a, ok := netip.AddrFromSlice(ne.IP); ok && ne.LinkIndex == s.dev.Index {
-			have[fdbKey(ne.HardwareAddr.String(), a.Unmap())] = true
+		a, ok := netip.AddrFromSlice(ne.IP)
+		if mac, isMAC := macOf(ne.HardwareAddr); ok && isMAC && ne.LinkIndex == s.dev.Index {
+			have[fdbEntry{mac, a.Unmap()}] = true
 		}
 	}
 	var errs []error
 	for mac, dst := range d.fdb {
-		if have[fdbKey(mac, dst)] {
+		if have[fdbEntry{mac, dst}] {
 			continue
 		}
 		if err := s.b.nl.NeighSet(s.fdb(mac, dst)); err != nil {
@@ -211,18 +213,23 @@ func (s *stack) prune(d desiredState) {
 	s.pruneRoutes(keepRoutes)
 	s.pruneNeighbours(s.netlinkFamily(), "neighbour", func(ne netlink.Neigh) bool {
 		a, ok := netip.AddrFromSlice(ne.IP)
-		return ok && d.neigh[a.Unmap()] == ne.HardwareAddr.String()
+		mac, wanted := d.neigh[a.Unmap()]
+		return ok && wanted && bytes.Equal(ne.HardwareAddr, mac[:])
 	})
 	s.pruneNeighbours(unix.AF_BRIDGE, "fdb entry", func(ne netlink.Neigh) bool {
 		a, _ := netip.AddrFromSlice(ne.IP)
-		dst, ok := d.fdb[ne.HardwareAddr.String()]
-		return ok && dst == a.Unmap()
+		mac, isMAC := macOf(ne.HardwareAddr)
+		dst, ok := d.fdb[mac]
+		return isMAC && ok && dst == a.Unmap()
 	})
 }
 
-// fdbKey identifies an FDB entry: the same MAC towards an old address is
+// fdbEntry identifies an FDB entry: the same MAC towards an old address is
 // stale too.
-func fdbKey(mac string, dst netip.Addr) string { return mac + " " + dst.String() }
+type fdbEntry struct {
+	mac vtepMAC
+	dst netip.Addr
+}
 
 func (s *stack) pruneRoutes(keep map[netip.Prefix]bool) {
 	stale, err := backend.StaleRoutes(s.b.nl, []int{s.dev.Index, s.b.ext.Iface.Index}, s.network, keep)

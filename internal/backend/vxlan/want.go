@@ -21,7 +21,7 @@ type wanted struct {
 }
 
 func newWanted() *wanted {
-	return &wanted{d: desiredState{routes: map[netip.Prefix]peer{}, neigh: map[netip.Addr]string{}, fdb: map[string]netip.Addr{}}}
+	return &wanted{d: desiredState{routes: map[netip.Prefix]peer{}, neigh: map[netip.Addr]vtepMAC{}, fdb: map[vtepMAC]netip.Addr{}}}
 }
 
 // add records p, the newest peer, as what its kernel keys want.
@@ -108,12 +108,13 @@ func (s *stack) neighInLine(u netlink.NeighUpdate) bool {
 		return false
 	}
 	ip = ip.Unmap()
-	mac := u.HardwareAddr.String()
+	mac, isMAC := macOf(u.HardwareAddr)
 	permanent := u.State&netlink.NUD_PERMANENT != 0
 	s.want.mu.RLock()
 	defer s.want.mu.RUnlock()
 	if u.Family == unix.AF_BRIDGE {
 		dst, want := s.want.d.fdb[mac]
+		want = want && isMAC
 		switch {
 		case u.Type == unix.RTM_DELNEIGH:
 			return !want || dst != ip
@@ -129,5 +130,5 @@ func (s *stack) neighInLine(u netlink.NeighUpdate) bool {
 	case !want:
 		return !permanent
 	}
-	return have == mac && permanent
+	return isMAC && have == mac && permanent
 }
