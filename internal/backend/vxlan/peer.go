@@ -107,13 +107,28 @@ func (p peer) String() string {
 	return fmt.Sprintf("%s via %s (VTEP %s)", p.subnet, p.publicIP, p.mac)
 }
 
-// vtepIP is the peer's device address: its subnet's network address.
-func (p peer) vtepIP() net.IP { return net.IP(p.subnet.Addr().AsSlice()) }
+// route is the form of a peer's route, which is all the desired state
+// keeps per destination (a whole peer there cost 40 bytes more per peer).
+// Two peers for one destination install the identical route, replacing one
+// by the other leaving nothing of the old to delete, when their forms are
+// equal.
+type route struct {
+	gw     netip.Addr // the peer's VTEP address (its subnet's network address), or with direct its public address
+	direct bool
+}
 
-// sameRoute says whether p and q install the identical route, so that
-// replacing one by the other leaves nothing of the old to delete.
-func (p peer) sameRoute(q peer) bool {
-	return p.subnet == q.subnet && p.direct == q.direct && (!p.direct || p.publicIP == q.publicIP)
+func (p peer) route() route {
+	if p.direct {
+		return route{gw: p.publicIP, direct: true}
+	}
+	return route{gw: p.subnet.Addr()}
+}
+
+func (r route) String() string {
+	if r.direct {
+		return "via " + r.gw.String() + " (direct)"
+	}
+	return "via " + r.gw.String() + " onlink"
 }
 
 func (s *stack) peerFor(l *lease.Lease) (peer, error) {
@@ -147,11 +162,13 @@ func (s *stack) peerFor(l *lease.Lease) (peer, error) {
 	return p, nil
 }
 
-func (s *stack) routeFor(p peer) *netlink.Route {
-	if p.direct {
-		return &netlink.Route{Dst: backend.IPNet(p.subnet), Gw: net.IP(p.publicIP.AsSlice()), LinkIndex: s.b.ext.Iface.Index}
+func (s *stack) routeFor(p peer) *netlink.Route { return s.routeTo(p.subnet, p.route()) }
+
+func (s *stack) routeTo(dst netip.Prefix, r route) *netlink.Route {
+	if r.direct {
+		return &netlink.Route{Dst: backend.IPNet(dst), Gw: net.IP(r.gw.AsSlice()), LinkIndex: s.b.ext.Iface.Index}
 	}
-	return &netlink.Route{Dst: backend.IPNet(p.subnet), Gw: p.vtepIP(), LinkIndex: s.dev.Index, Flags: int(netlink.FLAG_ONLINK)}
+	return &netlink.Route{Dst: backend.IPNet(dst), Gw: net.IP(r.gw.AsSlice()), LinkIndex: s.dev.Index, Flags: int(netlink.FLAG_ONLINK)}
 }
 
 func (s *stack) arpFor(p peer) *netlink.Neigh { return s.arp(p.subnet.Addr(), p.mac) }
@@ -254,10 +271,10 @@ func (s *stack) program(p peer) error {
 func (s *stack) release(p peer) {
 	s.recompute(p)
 	d := s.desired()
-	if q, ok := d.routes[p.subnet]; !ok || !q.sameRoute(p) {
+	if q, ok := d.routes[p.subnet]; !ok || q != p.route() {
 		s.logGone("route", p.subnet.String(), s.b.nl.RouteDel(s.routeFor(p)))
 		if ok {
-			s.logFailed("route", q.subnet.String(), s.b.nl.RouteReplace(s.routeFor(q)))
+			s.logFailed("route", p.subnet.String()+" "+q.String(), s.b.nl.RouteReplace(s.routeTo(p.subnet, q)))
 		}
 	}
 	if p.direct {

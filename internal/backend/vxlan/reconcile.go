@@ -21,7 +21,7 @@ import (
 // exists as long as one of them does, and the last programmed wins a
 // disagreement.
 type desiredState struct {
-	routes map[netip.Prefix]peer  // by destination
+	routes map[netip.Prefix]route // by destination
 	neigh  map[netip.Addr]vtepMAC // VTEP address -> MAC
 	fdb    map[vtepMAC]netip.Addr // MAC -> remote public address
 }
@@ -127,16 +127,16 @@ func (s *stack) repairRoutes(d desiredState, r backend.Repairs) error {
 		}
 	}
 	var errs []error
-	for dst, p := range d.routes {
-		want := s.routeFor(p)
+	for dst, rt := range d.routes {
+		want := s.routeTo(dst, rt)
 		if slices.ContainsFunc(have[dst], func(rt netlink.Route) bool { return rt.LinkIndex == want.LinkIndex && rt.Gw.Equal(want.Gw) }) {
 			continue
 		}
 		if err := s.b.nl.RouteReplace(want); err != nil {
-			errs = append(errs, fmt.Errorf("restore route %s: %w", p, err))
+			errs = append(errs, fmt.Errorf("restore route %s %s: %w", dst, rt, err))
 			continue
 		}
-		klog.Infof("vxlan: restored route for %s peer %s", s.family(), p)
+		klog.Infof("vxlan: restored route for %s peer %s %s", s.family(), dst, rt)
 		r.Add("route")
 	}
 	return errors.Join(errs...)

@@ -21,14 +21,14 @@ type wanted struct {
 }
 
 func newWanted() *wanted {
-	return &wanted{d: desiredState{routes: map[netip.Prefix]peer{}, neigh: map[netip.Addr]vtepMAC{}, fdb: map[vtepMAC]netip.Addr{}}}
+	return &wanted{d: desiredState{routes: map[netip.Prefix]route{}, neigh: map[netip.Addr]vtepMAC{}, fdb: map[vtepMAC]netip.Addr{}}}
 }
 
 // add records p, the newest peer, as what its kernel keys want.
 func (w *wanted) add(p peer) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.d.routes[p.subnet] = p
+	w.d.routes[p.subnet] = p.route()
 	if !p.direct {
 		w.d.neigh[p.subnet.Addr()] = p.mac
 		w.d.fdb[p.mac] = p.publicIP
@@ -39,11 +39,11 @@ func (w *wanted) add(p peer) {
 // wanting each of them asks for, or forgets them: after p was dropped or
 // replaced. A scan of the peers, done only for a removal.
 func (s *stack) recompute(p peer) {
-	var route, neigh, fdb string // the newest peer's key wanting each
+	var routeKey, neigh, fdb string // the newest peer's key wanting each
 	newer := func(cur, key string) bool { return cur == "" || s.peers[key].seq > s.peers[cur].seq }
 	for key, q := range s.peers {
-		if q.subnet == p.subnet && newer(route, key) {
-			route = key
+		if q.subnet == p.subnet && newer(routeKey, key) {
+			routeKey = key
 		}
 		if !q.direct && q.subnet.Addr() == p.subnet.Addr() && newer(neigh, key) {
 			neigh = key
@@ -56,8 +56,8 @@ func (s *stack) recompute(p peer) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	delete(w.d.routes, p.subnet)
-	if route != "" {
-		w.d.routes[p.subnet] = s.peers[route]
+	if routeKey != "" {
+		w.d.routes[p.subnet] = s.peers[routeKey].route()
 	}
 	if p.direct {
 		return
@@ -82,7 +82,7 @@ func (s *stack) routeInLine(u netlink.RouteUpdate, dev int) bool {
 		return false
 	}
 	s.want.mu.RLock()
-	p, want := s.want.d.routes[dst]
+	r, want := s.want.d.routes[dst]
 	s.want.mu.RUnlock()
 	if u.Type == unix.RTM_DELROUTE {
 		return !want
@@ -91,10 +91,10 @@ func (s *stack) routeInLine(u netlink.RouteUpdate, dev int) bool {
 		return false
 	}
 	gw, _ := netip.AddrFromSlice(u.Gw)
-	if p.direct {
-		return u.LinkIndex == s.b.ext.Iface.Index && gw.Unmap() == p.publicIP
+	if r.direct {
+		return u.LinkIndex == s.b.ext.Iface.Index && gw.Unmap() == r.gw
 	}
-	return u.LinkIndex == dev && gw.Unmap() == p.subnet.Addr()
+	return u.LinkIndex == dev && gw.Unmap() == r.gw
 }
 
 // neighInLine does the same for the device's neighbour (ARP/NDP) and FDB
