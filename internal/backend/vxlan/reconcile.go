@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"slices"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -114,25 +113,31 @@ func (s *stack) redirect() {
 }
 
 func (s *stack) repairRoutes(d desiredState, r backend.Repairs) error {
-	have := map[netip.Prefix][]netlink.Route{}
+	// Kernel routes are compared with the desired ones as the dump
+	// arrives: a listing of every route (10000 at scale) held at once was
+	// the reconcile's largest allocation.
+	in := map[netip.Prefix]bool{} // destinations whose route is as wanted
 	for _, link := range []int{s.dev.Index, s.b.ext.Iface.Index} {
-		routes, err := s.b.nl.RouteListFiltered(s.netlinkFamily(), &netlink.Route{LinkIndex: link}, netlink.RT_FILTER_OIF)
+		err := s.b.nl.RouteListFilteredIter(s.netlinkFamily(), &netlink.Route{LinkIndex: link}, netlink.RT_FILTER_OIF, func(rt netlink.Route) bool {
+			dst, ok := backend.PrefixOf(rt.Dst)
+			if !ok {
+				return true
+			}
+			if want, ok := d.routes[dst]; ok && s.routeMatches(rt, want) {
+				in[dst] = true
+			}
+			return true
+		})
 		if err != nil {
 			return fmt.Errorf("list routes: %w", err)
-		}
-		for _, rt := range routes {
-			if dst, ok := backend.PrefixOf(rt.Dst); ok {
-				have[dst] = append(have[dst], rt)
-			}
 		}
 	}
 	var errs []error
 	for dst, rt := range d.routes {
-		want := s.routeTo(dst, rt)
-		if slices.ContainsFunc(have[dst], func(rt netlink.Route) bool { return rt.LinkIndex == want.LinkIndex && rt.Gw.Equal(want.Gw) }) {
+		if in[dst] {
 			continue
 		}
-		if err := s.b.nl.RouteReplace(want); err != nil {
+		if err := s.b.nl.RouteReplace(s.routeTo(dst, rt)); err != nil {
 			errs = append(errs, fmt.Errorf("restore route %s %s: %w", dst, rt, err))
 			continue
 		}
@@ -140,6 +145,17 @@ func (s *stack) repairRoutes(d desiredState, r backend.Repairs) error {
 		r.Add("route")
 	}
 	return errors.Join(errs...)
+}
+
+// routeMatches says whether a kernel route has the device and gateway
+// of the wanted form.
+func (s *stack) routeMatches(rt netlink.Route, want route) bool {
+	link := s.dev.Index
+	if want.direct {
+		link = s.b.ext.Iface.Index
+	}
+	gw, ok := netip.AddrFromSlice(rt.Gw)
+	return ok && rt.LinkIndex == link && gw.Unmap() == want.gw
 }
 
 func (s *stack) repairNeighbours(d desiredState, r backend.Repairs) error {
