@@ -163,15 +163,18 @@ func (s *stack) repairNeighbours(d desiredState, r backend.Repairs) error {
 	if err != nil {
 		return fmt.Errorf("list neighbours of %s: %w", s.dev.Name, err)
 	}
-	have := map[netip.Addr]netlink.Neigh{}
+	// Only the permanent entries with an Ethernet address, and only that
+	// address: a copy of each kernel entry was the larger part of this.
+	have := make(map[netip.Addr]vtepMAC, len(neighs))
 	for _, ne := range neighs {
-		if a, ok := netip.AddrFromSlice(ne.IP); ok && ne.LinkIndex == s.dev.Index {
-			have[a.Unmap()] = ne
+		a, ok := netip.AddrFromSlice(ne.IP)
+		if mac, isMAC := macOf(ne.HardwareAddr); ok && isMAC && ne.LinkIndex == s.dev.Index && ne.State&netlink.NUD_PERMANENT != 0 {
+			have[a.Unmap()] = mac
 		}
 	}
 	var errs []error
 	for ip, mac := range d.neigh {
-		if ne, ok := have[ip]; ok && bytes.Equal(ne.HardwareAddr, mac[:]) && ne.State&netlink.NUD_PERMANENT != 0 {
+		if got, ok := have[ip]; ok && got == mac {
 			continue
 		}
 		if err := s.b.nl.NeighSet(s.arp(ip, mac)); err != nil {
