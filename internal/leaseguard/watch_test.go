@@ -9,9 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flannelgo/flannel/internal/testbed/tbtest"
 	"github.com/vishvananda/netns"
-
-	"github.com/flannelgo/flannel/internal/testbed"
 )
 
 // WatchedHost reads the host's routes once and again only after a change
@@ -20,14 +19,8 @@ import (
 // NetlinkHost parses every route each time. Foreign routes and addresses
 // still show up, and go, within a second.
 func TestWatchedHostRereadsOnlyForeignChanges(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates a network namespace")
-	}
-	ns := fmt.Sprintf("fl-lgw-%d", os.Getpid())
-	if err := testbed.CreateNS(ns); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = testbed.DeleteNS(ns) })
+	tbtest.NeedRoot(t, "ip")
+	ns := tbtest.NS(t, fmt.Sprintf("fl-lgw-%d", os.Getpid()))
 	ip := func(args ...string) {
 		t.Helper()
 		if out, err := exec.Command("ip", append([]string{"-n", ns}, args...)...).CombinedOutput(); err != nil {

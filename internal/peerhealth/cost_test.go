@@ -16,6 +16,7 @@ import (
 	"github.com/flannelgo/flannel/internal/lease"
 	"github.com/flannelgo/flannel/internal/probe"
 	"github.com/flannelgo/flannel/internal/testbed"
+	"github.com/flannelgo/flannel/internal/testbed/tbtest"
 )
 
 // TestProberCost runs the real prober with real ICMP probes against 1000
@@ -23,21 +24,11 @@ import (
 // checks that every peer is probed at the configured rate and found
 // reachable, and reports the CPU the prober used per probe and per second.
 func TestProberCost(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates a network namespace and raw ICMP sockets")
-	}
-	ns := fmt.Sprintf("fl-phc-%d", os.Getpid())
-	for _, argv := range [][]string{
-		{"ip", "netns", "add", ns},
-		{"ip", "-n", ns, "link", "set", "lo", "up"},
-		{"ip", "-n", ns, "route", "add", "local", "10.244.0.0/16", "dev", "lo"},
-	} {
-		if out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput(); err != nil {
-			t.Fatalf("%v: %v\n%s", argv, err, out)
-		}
-		if argv[2] == "add" {
-			t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
-		}
+	tbtest.NeedRoot(t, "ip")
+	ns := tbtest.NS(t, fmt.Sprintf("fl-phc-%d", os.Getpid()))
+	// Every address of the pod network is local here, so every peer answers.
+	if out, err := exec.Command("ip", "-n", ns, "route", "add", "local", "10.244.0.0/16", "dev", "lo").CombinedOutput(); err != nil {
+		t.Fatalf("route the pod network to lo in %s: %v\n%s", ns, err, out)
 	}
 	var pinger *probe.Pinger
 	if err := testbed.InNamespace(ns, func() (err error) { pinger, err = probe.NewPinger(); return err }); err != nil {
