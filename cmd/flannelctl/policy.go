@@ -63,7 +63,7 @@ func explain(from, to, kubeconfig string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	in, err := netpol.ListInput(ctx, cs.CoreV1(), cs.NetworkingV1())
+	in, err := netpol.ListInput(ctx, cs.CoreV1().RESTClient(), cs.NetworkingV1().RESTClient())
 	if err != nil {
 		return err
 	}

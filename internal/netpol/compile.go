@@ -12,8 +12,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
-	netv1client "k8s.io/client-go/kubernetes/typed/networking/v1"
+	"k8s.io/client-go/rest"
 	"k8s.io/klog/v2"
 )
 
@@ -396,19 +395,22 @@ func (c *compiler) selectPods(ns string, peer networkingv1.NetworkPolicyPeer) []
 }
 
 // ListInput reads the cluster state straight from the API server (for
-// flannelctl policy explain; flanneld's controller reads its caches).
-func ListInput(ctx context.Context, core corev1client.CoreV1Interface, netv1 netv1client.NetworkingV1Interface) (Input, error) {
+// flannelctl policy explain; flanneld's controller reads its caches). core
+// and networking are REST clients for core/v1 and networking/v1: a
+// clientset's (CoreV1().RESTClient()) or internal/kubeapi's, so that this
+// package does not need the clientset.
+func ListInput(ctx context.Context, core, networking rest.Interface) (Input, error) {
 	var in Input
-	pols, err := netv1.NetworkPolicies("").List(ctx, metav1.ListOptions{})
-	if err != nil {
+	pols := &networkingv1.NetworkPolicyList{}
+	if err := networking.Get().Resource("networkpolicies").Do(ctx).Into(pols); err != nil {
 		return in, fmt.Errorf("list networkpolicies: %w", err)
 	}
-	pods, err := core.Pods("").List(ctx, metav1.ListOptions{})
-	if err != nil {
+	pods := &corev1.PodList{}
+	if err := core.Get().Resource("pods").Do(ctx).Into(pods); err != nil {
 		return in, fmt.Errorf("list pods: %w", err)
 	}
-	nss, err := core.Namespaces().List(ctx, metav1.ListOptions{})
-	if err != nil {
+	nss := &corev1.NamespaceList{}
+	if err := core.Get().Resource("namespaces").Do(ctx).Into(nss); err != nil {
 		return in, fmt.Errorf("list namespaces: %w", err)
 	}
 	for i := range pols.Items {

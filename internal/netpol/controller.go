@@ -12,13 +12,13 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
-	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
-	netv1client "k8s.io/client-go/kubernetes/typed/networking/v1"
 	listerscorev1 "k8s.io/client-go/listers/core/v1"
 	listersnetv1 "k8s.io/client-go/listers/networking/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
+
+	"github.com/flannelgo/flannel/internal/kubeapi"
 )
 
 // Rules is where a controller puts compiled models (a Table in flanneld).
@@ -58,18 +58,20 @@ func NewController(opts ControllerOptions, rules Rules) (*Controller, error) {
 	if opts.Debounce <= 0 {
 		opts.Debounce = 50 * time.Millisecond
 	}
-	core, err := corev1client.NewForConfig(opts.RestConfig)
+	// kubeapi's clients, not client-go's typed ones: those would link
+	// every API group into flanneld (see package kubeapi).
+	core, err := kubeapi.Core(opts.RestConfig)
 	if err != nil {
-		return nil, fmt.Errorf("network policy: core/v1 client: %w", err)
+		return nil, fmt.Errorf("network policy: %w", err)
 	}
-	netv1, err := netv1client.NewForConfig(opts.RestConfig)
+	netv1, err := kubeapi.Networking(opts.RestConfig)
 	if err != nil {
-		return nil, fmt.Errorf("network policy: networking/v1 client: %w", err)
+		return nil, fmt.Errorf("network policy: %w", err)
 	}
 	c := &Controller{opts: opts, rules: rules, kick: make(chan struct{}, 1)}
-	pods := c.informer(core.RESTClient(), "pods", &corev1.Pod{})
-	nss := c.informer(core.RESTClient(), "namespaces", &corev1.Namespace{})
-	pols := c.informer(netv1.RESTClient(), "networkpolicies", &networkingv1.NetworkPolicy{})
+	pods := c.informer(core.REST, "pods", &corev1.Pod{})
+	nss := c.informer(core.REST, "namespaces", &corev1.Namespace{})
+	pols := c.informer(netv1.REST, "networkpolicies", &networkingv1.NetworkPolicy{})
 	c.pods = listerscorev1.NewPodLister(pods.GetIndexer())
 	c.nss = listerscorev1.NewNamespaceLister(nss.GetIndexer())
 	c.pols = listersnetv1.NewNetworkPolicyLister(pols.GetIndexer())

@@ -456,7 +456,7 @@ func nftTable(ctx context.Context, n *testbed.Node) (string, error) {
 // the traffic just gave.
 func (l *npCluster) checkModel(ctx context.Context, want expectFn) {
 	l.t.Helper()
-	in, err := netpol.ListInput(ctx, l.cs.CoreV1(), l.cs.NetworkingV1())
+	in, err := netpol.ListInput(ctx, l.cs.CoreV1().RESTClient(), l.cs.NetworkingV1().RESTClient())
 	if err != nil {
 		l.t.Fatal(err)
 	}

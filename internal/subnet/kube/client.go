@@ -2,52 +2,33 @@ package kube
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/serializer"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/rest"
+
+	"github.com/flannelgo/flannel/internal/kubeapi"
 )
 
 // coreClient is the slice of the Kubernetes API flanneld uses: nodes, and
-// the pod it runs in, all in core/v1. A clientset (k8s.io/client-go/
-// kubernetes) and its informer factory would link the types, clients and
-// scheme registrations of every API group into flanneld, and their
-// initialisation touches all of it at start-up: measured, about 20 MiB of
-// resident memory on every node, also in etcd mode (scripts/scale.sh).
+// the pod it runs in, all in core/v1. It is built by internal/kubeapi
+// rather than from a clientset, which would link the types, clients and
+// scheme registrations of every API group into flanneld (see kubeapi).
 type coreClient struct {
 	rc     *rest.RESTClient
 	params runtime.ParameterCodec
 }
 
-// protobuf is how the API server sends nodes: a third of the size of JSON
-// and cheaper to decode, which matters for the initial list of a large
-// cluster. JSON stays acceptable for servers or proxies without it.
-const (
-	protobuf       = "application/vnd.kubernetes.protobuf"
-	acceptProtobuf = protobuf + ",application/json"
-)
-
 func newCoreClient(base *rest.Config) (*coreClient, error) {
-	scheme := runtime.NewScheme()
-	if err := corev1.AddToScheme(scheme); err != nil {
-		return nil, fmt.Errorf("register core/v1 types: %w", err)
-	}
-	cfg := rest.CopyConfig(base)
-	cfg.APIPath = "/api"
-	cfg.GroupVersion = &corev1.SchemeGroupVersion
-	cfg.NegotiatedSerializer = serializer.NewCodecFactory(scheme).WithoutConversion()
-	cfg.ContentType, cfg.AcceptContentTypes = protobuf, acceptProtobuf
-	rc, err := rest.RESTClientFor(cfg)
+	c, err := kubeapi.Core(base)
 	if err != nil {
-		return nil, fmt.Errorf("kubernetes client for %s: %w", cfg.Host, err)
+		return nil, err
 	}
-	return &coreClient{rc: rc, params: runtime.NewParameterCodec(scheme)}, nil
+	return &coreClient{rc: c.REST, params: c.Params}, nil
 }
 
 func (c *coreClient) getNode(ctx context.Context, name string) (*corev1.Node, error) {
