@@ -13,6 +13,7 @@ import (
 
 	"github.com/flannelgo/flannel/internal/config"
 	"github.com/flannelgo/flannel/internal/lease"
+	"github.com/flannelgo/flannel/internal/leaseguard"
 	"github.com/flannelgo/flannel/internal/metrics"
 	"github.com/flannelgo/flannel/internal/testbed/tbtest"
 )
@@ -127,6 +128,39 @@ func TestFollowPeers(t *testing.T) {
 	waitFor(t, "second batch applied", func() bool { return len(nw.batches()) == 2 })
 	if v := gauge(t, m.Peers); v != 0 {
 		t.Errorf("flannel_peers = %v after removal, want 0", v)
+	}
+}
+
+// With the lease guard, flannel_peers counts the leases it let through:
+// a refused lease is not a programmed peer, and a removal frees its place.
+func TestFollowPeersCountsAcceptedLeases(t *testing.T) {
+	cfg, err := config.Parse([]byte(`{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mgr := &fakeManager{batches: make(chan []lease.Event)}
+	m := metrics.New()
+	d := New(Options{RenewMargin: time.Minute}, mgr, nil, m)
+	own := mkLease("10.244.1.0/24", "198.51.100.11")
+	own.Expiration = time.Now().Add(time.Hour)
+	d.guard = leaseguard.New(cfg, own, nil)
+	good, good2 := mkLease("10.244.2.0/24", "198.51.100.12"), mkLease("10.244.3.0/24", "198.51.100.13")
+	bad := mkLease("10.245.0.0/24", "198.51.100.14") // outside the network
+	nw := &fakeNetwork{}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go d.followPeers(ctx, nw, own, make(chan struct{}, 1))
+
+	mgr.batches <- []lease.Event{{Type: lease.Added, Lease: *own}, {Type: lease.Added, Lease: *good}, {Type: lease.Added, Lease: *bad}, {Type: lease.Added, Lease: *good2}}
+	waitFor(t, "first batch applied", func() bool { return len(nw.batches()) == 1 })
+	waitFor(t, "ready", m.IsReady)
+	if v := gauge(t, m.Peers); v != 2 {
+		t.Errorf("flannel_peers = %v, want 2 (the refused lease is not a peer)", v)
+	}
+	mgr.batches <- []lease.Event{{Type: lease.Removed, Lease: *good}, {Type: lease.Removed, Lease: *bad}}
+	waitFor(t, "second batch applied", func() bool { return len(nw.batches()) == 2 })
+	if v := gauge(t, m.Peers); v != 1 {
+		t.Errorf("flannel_peers = %v after the removals, want 1", v)
 	}
 }
 

@@ -165,6 +165,10 @@ func subnets(l *lease.Lease) []netip.Prefix {
 	return out
 }
 
+// Accepted is the number of leases let through and not removed since:
+// those the backend programs.
+func (g *Guard) Accepted() int { return len(g.accepted) }
+
 // accept records key as programmed with l's subnets. Only the attributes
 // are kept: the subnets are in the key (a whole lease per key, stored out
 // of line in the map, cost 2 MB at 10000 peers).
