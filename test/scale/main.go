@@ -43,7 +43,7 @@ type options struct {
 	modes    []string
 	sizes    []int
 	samples  int
-	lab      string
+	testbed  string
 	timeout  time.Duration
 	keepLogs string
 	args     []string
@@ -79,7 +79,7 @@ func parseFlags() (*options, error) {
 	flag.StringVar(&modes, "modes", "etcd,kube", "datastores to measure, comma-separated")
 	flag.StringVar(&sizes, "n", "1000,5000,10000", "numbers of peers, comma-separated, ascending")
 	flag.IntVar(&o.samples, "samples", 200, "new leases put one by one after convergence, for the latency percentiles")
-	flag.StringVar(&o.lab, "lab", "scale"+tag(), "testbed name (namespaces fl-<lab>-*)")
+	flag.StringVar(&o.testbed, "testbed", "scale"+tag(), "testbed name (namespaces fl-<testbed>-*)")
 	flag.DurationVar(&o.timeout, "timeout", 30*time.Minute, "give up (and clean up) after this long")
 	flag.StringVar(&o.keepLogs, "logs", "", "copy flanneld's logs into this directory")
 	flag.StringVar(&args, "args", "", "extra flanneld arguments, space-separated")
@@ -125,7 +125,7 @@ func run(ctx context.Context, o *options) error {
 		return err
 	}
 	defer os.RemoveAll(state)
-	tb, err := testbed.New(ctx, testbed.Options{Name: o.lab, Nodes: 1, StateDir: filepath.Join(state, "lab"), FlanneldPath: o.flanneld})
+	tb, err := testbed.New(ctx, testbed.Options{Name: o.testbed, Nodes: 1, StateDir: filepath.Join(state, "testbed"), FlanneldPath: o.flanneld})
 	if err != nil {
 		return err
 	}
