@@ -113,17 +113,7 @@ func TestWireGuardThreeNodes(t *testing.T) {
 	requirePeers(t, n1, keys, envs, n2, n3)
 
 	pods := c.addPods(c.Nodes)
-	// The first packet to a peer starts its handshake, which a loaded
-	// machine can take longer than ping's retries to finish: let every
-	// pair's handshake complete, then check the matrix strictly.
-	hctx := testCtx(t, time.Minute)
-	for _, a := range pods {
-		for _, b := range pods {
-			if a.Node != b.Node {
-				_ = testbed.PingWithin(hctx, a.NS, b.IP, 56, false, 10*time.Second)
-			}
-		}
-	}
+	awaitHandshakes(t, pods)
 	if pairs := allPairsPing(t, pods); pairs != 6 {
 		t.Fatalf("checked %d pairs, want 6", pairs)
 	}
@@ -164,6 +154,7 @@ func TestWireGuardRestart(t *testing.T) {
 	c := newCluster(t, "wgr", clusterOpts{nodes: 2, config: wgConfig})
 	envs := c.start(c.Nodes)
 	pods := c.addPods(c.Nodes)
+	awaitHandshakes(t, pods)
 	allPairsPing(t, pods)
 	n2 := c.Nodes[1]
 	key := publicKey(t, leaseOf(t, c, envs[n2]))
@@ -307,8 +298,26 @@ func TestWireGuardKernel(t *testing.T) {
 		}
 	}
 	pods := c.addPods(c.Nodes)
+	awaitHandshakes(t, pods)
 	if pairs := allPairsPing(t, pods); pairs != 2 {
 		t.Fatalf("checked %d pairs, want 2", pairs)
+	}
+}
+
+// awaitHandshakes lets the first handshake of every pair of nodes finish
+// (up to 10 s a pair) before a test checks the ping matrix strictly. Nodes
+// that start together each greet the other before it knows them, and
+// WireGuard retries a dropped initiation only after 5 s (REKEY_TIMEOUT),
+// longer than ping's one-second wait.
+func awaitHandshakes(t *testing.T, pods []*testbed.Pod) {
+	t.Helper()
+	ctx := testCtx(t, time.Minute)
+	for _, a := range pods {
+		for _, b := range pods {
+			if a.Node != b.Node {
+				_ = testbed.PingWithin(ctx, a.NS, b.IP, 56, false, 10*time.Second)
+			}
+		}
 	}
 }
 
