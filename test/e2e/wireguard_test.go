@@ -230,6 +230,7 @@ func TestWireGuardDualStack(t *testing.T) {
 			c := newCluster(t, "wd"+mode[:2], clusterOpts{nodes: 2, ipv6: true, config: conf})
 			envs := c.start(c.Nodes)
 			pods := c.addPods(c.Nodes)
+			awaitHandshakes(t, pods)
 			ctx := testCtx(t, time.Minute)
 			for _, pair := range [][2]*testbed.Pod{{pods[0], pods[1]}, {pods[1], pods[0]}} {
 				if err := ping(ctx, pair[0].NS, pair[1].IP, 56, false); err != nil {
@@ -314,8 +315,12 @@ func awaitHandshakes(t *testing.T, pods []*testbed.Pod) {
 	ctx := testCtx(t, time.Minute)
 	for _, a := range pods {
 		for _, b := range pods {
-			if a.Node != b.Node {
-				_ = testbed.PingWithin(ctx, a.NS, b.IP, 56, false, 10*time.Second)
+			if a.Node == b.Node {
+				continue
+			}
+			_ = testbed.PingWithin(ctx, a.NS, b.IP, 56, false, 10*time.Second)
+			if b.IP6.IsValid() { // Mode separate: a device and a handshake of its own
+				_ = testbed.PingWithin(ctx, a.NS, b.IP6, 56, false, 10*time.Second)
 			}
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -136,7 +137,7 @@ func TestWatchLeases(t *testing.T) {
 
 	// Keys that are not leases are skipped.
 	s.put(subnetsPath+"not-a-subnet", "{}")
-	s.put(subnetsPath+"10.244.200.0-24", "not json")
+	s.put(subnetsPath+keyBesides(a, b), "not json")
 	w.quiet(500 * time.Millisecond)
 
 	if _, err := s.raw().Delete(testCtx(t), subnetsPath+b.Key()); err != nil {
@@ -203,7 +204,7 @@ func TestWatchResyncsAfterCompaction(t *testing.T) {
 		if _, err := cli.Put(ctx, subnetsPath+b.Key(), `{"PublicIP":"198.51.100.2","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"ae:00:00:00:00:bb"}}`); err != nil {
 			t.Fatal(err)
 		}
-		cKey = "10.244.250.0-24"
+		cKey = keyBesides(a, b)
 		resp, err := cli.Put(ctx, subnetsPath+cKey, `{"PublicIP":"198.51.100.3","BackendType":"vxlan"}`)
 		if err != nil {
 			t.Fatal(err)
@@ -263,4 +264,16 @@ func TestWatchSurvivesQuickRestart(t *testing.T) {
 	b := acquire(t, s.manager(t, Options{}), vxlanAttrs("198.51.100.2", "ae:00:00:00:00:0b"))
 	expectEvents(t, w.collect(1, 30*time.Second), "added "+b.Key())
 	w.quiet(time.Second)
+}
+
+// keyBesides is a subnet key of the test network that none of leases
+// holds: leases are allocated at random, and a fixed key would now and
+// then land on one of them.
+func keyBesides(leases ...*lease.Lease) string {
+	for i := 250; ; i-- {
+		k := fmt.Sprintf("10.244.%d.0-24", i)
+		if !slices.ContainsFunc(leases, func(l *lease.Lease) bool { return l.Key() == k }) {
+			return k
+		}
+	}
 }
