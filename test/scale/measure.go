@@ -107,7 +107,7 @@ func logSince(path string, off int64) string {
 // kernelPeers counts the peer routes (via flannel.1, not the device's own
 // host route) and permanent FDB entries on flannel.1 in namespace ns.
 func kernelPeers(ns string) (routes, fdb int, err error) {
-	err = withHandle(ns, func(h *netlink.Handle) error {
+	err = testbed.WithHandle(ns, func(h *netlink.Handle) error {
 		link, err := h.LinkByName(vxlanDev)
 		if errors.As(err, &netlink.LinkNotFoundError{}) {
 			return nil // not created yet: no peers
@@ -138,24 +138,10 @@ func kernelPeers(ns string) (routes, fdb int, err error) {
 	return routes, fdb, err
 }
 
-func withHandle(ns string, f func(*netlink.Handle) error) error {
-	nsh, err := netns.GetFromName(ns)
-	if err != nil {
-		return fmt.Errorf("open namespace %s: %w", ns, err)
-	}
-	defer nsh.Close()
-	h, err := netlink.NewHandleAt(nsh)
-	if err != nil {
-		return fmt.Errorf("netlink in %s: %w", ns, err)
-	}
-	defer h.Close()
-	return f(h)
-}
-
 // deleteDevice removes flannel.1 and with it every route, neighbour and
 // FDB entry of the previous run, so each run starts from a clean kernel.
 func deleteDevice(ns string) error {
-	return withHandle(ns, func(h *netlink.Handle) error {
+	return testbed.WithHandle(ns, func(h *netlink.Handle) error {
 		link, err := h.LinkByName(vxlanDev)
 		if err != nil {
 			return nil // not there
