@@ -55,22 +55,16 @@ func parseOptions(raw json.RawMessage) (Options, error) {
 
 // Backend is an ipip backend bound to one external interface.
 type Backend struct {
-	ext  *backend.ExternalInterface
-	opts Options
-	nl   *netlink.Handle
+	backend.Tunnel[Options]
 }
 
 // New is the backend.Factory for "ipip".
 func New(ext *backend.ExternalInterface, raw json.RawMessage) (backend.Backend, error) {
-	opts, err := parseOptions(raw)
+	t, err := backend.NewTunnel("ipip", ext, raw, parseOptions)
 	if err != nil {
 		return nil, err
 	}
-	h, err := backend.OpenUnderlay("ipip", ext, nil)
-	if err != nil {
-		return nil, err
-	}
-	return &Backend{ext: ext, opts: opts, nl: h}, nil
+	return &Backend{t}, nil
 }
 
 // RegisterNetwork creates (or adopts) flannel.ipip, sending from the
@@ -79,19 +73,19 @@ func (b *Backend) RegisterNetwork(ctx context.Context, cfg *config.Config) (back
 	if !cfg.EnableIPv4 || cfg.EnableIPv6 {
 		return nil, fmt.Errorf("ipip: the network must be IPv4 only (ipip carries IPv4 in IPv4); use vxlan or wireguard for IPv6")
 	}
-	local := b.ext.IfaceAddr.Unmap()
+	local := b.Ext.IfaceAddr.Unmap()
 	if !local.Is4() {
-		return nil, fmt.Errorf("ipip: interface %s has no IPv4 address to send tunnelled traffic from", b.ext.Iface.Name)
+		return nil, fmt.Errorf("ipip: interface %s has no IPv4 address to send tunnelled traffic from", b.Ext.Iface.Name)
 	}
-	underlay := b.ext.Iface.MTU
-	if b.opts.MTU > 0 {
-		underlay = b.opts.MTU
+	underlay := b.Ext.Iface.MTU
+	if b.Opts.MTU > 0 {
+		underlay = b.Opts.MTU
 	}
-	dev, err := ensureDevice(b.nl, local, underlay-overhead)
+	dev, err := ensureDevice(b.NL, local, underlay-overhead)
 	if err != nil {
 		return nil, err
 	}
-	klog.Infof("ipip: %s local %s MTU %d, DirectRouting=%v", DeviceName, local, underlay-overhead, b.opts.DirectRouting)
+	klog.Infof("ipip: %s local %s MTU %d, DirectRouting=%v", DeviceName, local, underlay-overhead, b.Opts.DirectRouting)
 	return &network{b: b, dev: dev, mtu: underlay - overhead, network: cfg.Network, routes: map[string]netlink.Route{}}, nil
 }
 
@@ -159,7 +153,7 @@ func (n *network) Activate(ctx context.Context, own *lease.Lease) error {
 	defer n.mu.Unlock()
 	n.own = own.Subnet
 	addr := &netlink.Addr{IPNet: backend.IPNet(netip.PrefixFrom(own.Subnet.Addr(), 32))}
-	if err := n.b.nl.AddrReplace(n.dev, addr); err != nil {
+	if err := n.b.NL.AddrReplace(n.dev, addr); err != nil {
 		return fmt.Errorf("ipip: ip addr add %s dev %s: %w", addr.IPNet, DeviceName, err)
 	}
 	return nil

@@ -42,7 +42,7 @@ func (n *network) handle(ev lease.Event) {
 		return
 	}
 	r := n.routeFor(l.Subnet, l.Attrs.PublicIP.Unmap())
-	if err := n.b.nl.RouteReplace(&r); err != nil {
+	if err := n.b.NL.RouteReplace(&r); err != nil {
 		klog.Errorf("ipip: ip route replace %s via %s dev %s onlink: %v", l.Subnet, l.Attrs.PublicIP, linkName(n, r.LinkIndex), err)
 		n.forget(key)
 		return
@@ -58,8 +58,8 @@ func (n *network) handle(ev lease.Event) {
 // DirectRouting and a peer on our segment "<subnet> via <peer> dev <ext>".
 func (n *network) routeFor(subnet netip.Prefix, gw netip.Addr) netlink.Route {
 	r := netlink.Route{Dst: backend.IPNet(subnet), Gw: net.IP(gw.AsSlice()), LinkIndex: n.dev.Attrs().Index, Flags: int(netlink.FLAG_ONLINK)}
-	if n.b.opts.DirectRouting && backend.CheckOnSegment(n.b.nl, n.b.ext.Iface.Index, gw) == nil {
-		r.LinkIndex, r.Flags = n.b.ext.Iface.Index, 0
+	if n.b.Opts.DirectRouting && backend.CheckOnSegment(n.b.NL, n.b.Ext.Iface.Index, gw) == nil {
+		r.LinkIndex, r.Flags = n.b.Ext.Iface.Index, 0
 	}
 	return r
 }
@@ -72,7 +72,7 @@ func (n *network) forget(key string) {
 }
 
 func (n *network) delRoute(r netlink.Route) {
-	if err := n.b.nl.RouteDel(&r); err != nil && !backend.IsGone(err) {
+	if err := n.b.NL.RouteDel(&r); err != nil && !backend.IsGone(err) {
 		klog.Errorf("ipip: ip route del %s via %s: %v", r.Dst, r.Gw, err)
 	}
 }
@@ -85,10 +85,10 @@ func (n *network) removeStale() {
 		}
 	}
 	links := []int{n.dev.Attrs().Index}
-	if n.b.opts.DirectRouting {
-		links = append(links, n.b.ext.Iface.Index)
+	if n.b.Opts.DirectRouting {
+		links = append(links, n.b.Ext.Iface.Index)
 	}
-	stale, err := backend.StaleRoutes(n.b.nl, links, n.network, keep)
+	stale, err := backend.StaleRoutes(n.b.NL, links, n.network, keep)
 	if err != nil {
 		klog.Errorf("ipip: routes left from an earlier run are not cleaned up: %v", err)
 		return
@@ -103,5 +103,5 @@ func linkName(n *network, index int) string {
 	if index == n.dev.Attrs().Index {
 		return DeviceName
 	}
-	return n.b.ext.Iface.Name
+	return n.b.Ext.Iface.Name
 }

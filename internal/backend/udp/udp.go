@@ -19,7 +19,6 @@ import (
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/vishvananda/netlink"
 	"k8s.io/klog/v2"
 
 	"github.com/flannelgo/flannel/internal/backend"
@@ -65,23 +64,17 @@ func parseOptions(raw json.RawMessage) (Options, error) {
 
 // Backend is a udp backend bound to one external interface.
 type Backend struct {
-	ext  *backend.ExternalInterface
-	opts Options
-	nl   *netlink.Handle
+	backend.Tunnel[Options]
 }
 
 // New is the backend.Factory for "udp"; it works in the process's current
 // network namespace.
 func New(ext *backend.ExternalInterface, raw json.RawMessage) (backend.Backend, error) {
-	opts, err := parseOptions(raw)
+	t, err := backend.NewTunnel("udp", ext, raw, parseOptions)
 	if err != nil {
 		return nil, err
 	}
-	h, err := backend.OpenUnderlay("udp", ext, nil)
-	if err != nil {
-		return nil, err
-	}
-	return &Backend{ext: ext, opts: opts, nl: h}, nil
+	return &Backend{t}, nil
 }
 
 // RegisterNetwork creates flannel0 and opens the UDP socket, so that a
@@ -93,22 +86,22 @@ func (b *Backend) RegisterNetwork(ctx context.Context, cfg *config.Config) (back
 	if !cfg.EnableIPv4 {
 		return nil, fmt.Errorf("udp: the network enables no IPv4")
 	}
-	if !b.ext.IfaceAddr.Unmap().Is4() {
-		return nil, fmt.Errorf("udp: interface %s has no IPv4 address to send UDP-encapsulated traffic from", b.ext.Iface.Name)
+	if !b.Ext.IfaceAddr.Unmap().Is4() {
+		return nil, fmt.Errorf("udp: interface %s has no IPv4 address to send UDP-encapsulated traffic from", b.Ext.Iface.Name)
 	}
-	underlay := b.ext.Iface.MTU
-	if b.opts.MTU > 0 {
-		underlay = b.opts.MTU
+	underlay := b.Ext.Iface.MTU
+	if b.Opts.MTU > 0 {
+		underlay = b.Opts.MTU
 	}
 	mtu := underlay - overhead
 	if mtu < minMTU {
-		return nil, fmt.Errorf("udp: MTU %d of %s leaves pods %d bytes, below the IPv4 minimum of %d", underlay, b.ext.Iface.Name, mtu, minMTU)
+		return nil, fmt.Errorf("udp: MTU %d of %s leaves pods %d bytes, below the IPv4 minimum of %d", underlay, b.Ext.Iface.Name, mtu, minMTU)
 	}
-	dp, err := openDataPath(DeviceName, mtu, uint16(b.opts.Port))
+	dp, err := openDataPath(DeviceName, mtu, uint16(b.Opts.Port))
 	if err != nil {
 		return nil, fmt.Errorf("udp: %w", err)
 	}
-	klog.Infof("udp: %s (MTU %d) and UDP port %d open; TUN offloads %v, batches of %d", DeviceName, mtu, b.opts.Port, dp.offloads(), dp.dev.BatchSize())
+	klog.Infof("udp: %s (MTU %d) and UDP port %d open; TUN offloads %v, batches of %d", DeviceName, mtu, b.Opts.Port, dp.offloads(), dp.dev.BatchSize())
 	return &network{b: b, cfg: cfg, mtu: mtu, dp: dp, peers: map[string]peer{}}, nil
 }
 
@@ -141,7 +134,7 @@ func (n *network) Activate(ctx context.Context, own *lease.Lease) error {
 	n.mu.Lock()
 	n.own = *own
 	n.mu.Unlock()
-	if err := backend.ConfigureTunnel(n.b.nl, DeviceName, own.Subnet.Masked().Addr(), n.cfg.Network); err != nil {
+	if err := backend.ConfigureTunnel(n.b.NL, DeviceName, own.Subnet.Masked().Addr(), n.cfg.Network); err != nil {
 		return fmt.Errorf("udp: %w", err)
 	}
 	n.dp.start(ctx)
@@ -201,5 +194,5 @@ func (n *network) peerFor(l *lease.Lease) (peer, error) {
 	if l.Subnet.Overlaps(n.own.Subnet) {
 		return peer{}, fmt.Errorf("subnet %s overlaps this node's %s", l.Subnet, n.own.Subnet)
 	}
-	return peer{subnet: l.Subnet.Masked(), addr: ip, port: uint16(n.b.opts.Port)}, nil
+	return peer{subnet: l.Subnet.Masked(), addr: ip, port: uint16(n.b.Opts.Port)}, nil
 }

@@ -38,7 +38,7 @@ func (t *tunnel) activate(own *lease.Lease) error {
 		if !own.Subnet.IsValid() {
 			return fmt.Errorf("wireguard: own lease %s has no IPv4 subnet", own.Key())
 		}
-		if err := backend.ConfigureTunnel(t.n.b.nl, t.dev.Name(), own.Subnet.Masked().Addr(), t.n.cfg.Network); err != nil {
+		if err := backend.ConfigureTunnel(t.n.b.NL, t.dev.Name(), own.Subnet.Masked().Addr(), t.n.cfg.Network); err != nil {
 			return fmt.Errorf("wireguard: %w", err)
 		}
 	}
@@ -46,7 +46,7 @@ func (t *tunnel) activate(own *lease.Lease) error {
 		if !own.IPv6Subnet.IsValid() {
 			return fmt.Errorf("wireguard: own lease %s has no IPv6 subnet", own.Key())
 		}
-		if err := backend.ConfigureTunnel(t.n.b.nl, t.dev.Name(), own.IPv6Subnet.Masked().Addr(), t.n.cfg.IPv6Network); err != nil {
+		if err := backend.ConfigureTunnel(t.n.b.NL, t.dev.Name(), own.IPv6Subnet.Masked().Addr(), t.n.cfg.IPv6Network); err != nil {
 			return fmt.Errorf("wireguard: %w", err)
 		}
 	}
@@ -85,7 +85,7 @@ func (t *tunnel) handle(ev lease.Event) {
 	}
 	t.peers[key] = p
 	if !had {
-		if err := t.dev.Greet(p.key, *t.n.b.opts.keepalive()); err != nil {
+		if err := t.dev.Greet(p.key, *t.n.b.Opts.keepalive()); err != nil {
 			klog.V(1).Infof("wireguard: %s: greet peer %s: %v", t.dev.Name(), p.allowed, err)
 		}
 	}
@@ -94,8 +94,8 @@ func (t *tunnel) handle(ev lease.Event) {
 
 func (t *tunnel) peerConfig(p peer) wgtypes.PeerConfig {
 	pc := wgtypes.PeerConfig{
-		PublicKey: p.key, PresharedKey: t.n.b.opts.psk, Endpoint: net.UDPAddrFromAddrPort(p.endpoint),
-		PersistentKeepaliveInterval: t.n.b.opts.keepalive(), ReplaceAllowedIPs: true,
+		PublicKey: p.key, PresharedKey: t.n.b.Opts.psk, Endpoint: net.UDPAddrFromAddrPort(p.endpoint),
+		PersistentKeepaliveInterval: t.n.b.Opts.keepalive(), ReplaceAllowedIPs: true,
 	}
 	for _, s := range strings.Split(p.allowed, ",") {
 		pc.AllowedIPs = append(pc.AllowedIPs, *backend.IPNet(netip.MustParsePrefix(s)))
@@ -152,7 +152,7 @@ func (t *tunnel) peerFor(l *lease.Lease) (peer, error) {
 // this node both have a non-private IPv6 address.
 func (t *tunnel) endpoint(ip4, ip6 netip.Addr) (netip.Addr, error) {
 	has4, has6 := ip4.Is4(), ip6.Is6() && !ip6.Is4In6()
-	mode := t.n.b.opts.Mode
+	mode := t.n.b.Opts.Mode
 	want6 := false
 	switch {
 	case mode == Separate:
@@ -160,7 +160,7 @@ func (t *tunnel) endpoint(ip4, ip6 netip.Addr) (netip.Addr, error) {
 	case mode == IPv6:
 		want6 = true
 	case mode == Auto:
-		local6 := t.n.b.ext.ExtV6Addr
+		local6 := t.n.b.Ext.ExtV6Addr
 		want6 = !has4 || (has6 && ip4.IsPrivate() && !ip6.IsPrivate() && local6.Is6() && !local6.IsPrivate())
 	}
 	if want6 {

@@ -18,7 +18,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 	"k8s.io/klog/v2"
 
@@ -37,23 +36,17 @@ const (
 
 // Backend is a wireguard backend bound to one external interface.
 type Backend struct {
-	ext  *backend.ExternalInterface
-	opts Options
-	nl   *netlink.Handle
+	backend.Tunnel[Options]
 }
 
 // New is the backend.Factory for "wireguard"; it works in the process's
 // current network namespace.
 func New(ext *backend.ExternalInterface, raw json.RawMessage) (backend.Backend, error) {
-	opts, err := parseOptions(raw)
+	t, err := backend.NewTunnel("wireguard", ext, raw, parseOptions)
 	if err != nil {
 		return nil, err
 	}
-	h, err := backend.OpenUnderlay("wireguard", ext, nil)
-	if err != nil {
-		return nil, err
-	}
-	return &Backend{ext: ext, opts: opts, nl: h}, nil
+	return &Backend{t}, nil
 }
 
 // RegisterNetwork loads (or makes) the private key and creates the
@@ -84,29 +77,29 @@ func (b *Backend) RegisterNetwork(ctx context.Context, cfg *config.Config) (back
 // checkAddresses makes sure peers can be reached over the families the
 // Mode sends on.
 func (b *Backend) checkAddresses(cfg *config.Config) error {
-	has4, has6 := b.ext.ExtAddr.Unmap().Is4(), b.ext.ExtV6Addr.Is6() && !b.ext.ExtV6Addr.Is4In6()
-	need4 := (b.opts.Mode == Separate && cfg.EnableIPv4) || b.opts.Mode == IPv4
-	need6 := (b.opts.Mode == Separate && cfg.EnableIPv6) || b.opts.Mode == IPv6
+	has4, has6 := b.Ext.ExtAddr.Unmap().Is4(), b.Ext.ExtV6Addr.Is6() && !b.Ext.ExtV6Addr.Is4In6()
+	need4 := (b.Opts.Mode == Separate && cfg.EnableIPv4) || b.Opts.Mode == IPv4
+	need6 := (b.Opts.Mode == Separate && cfg.EnableIPv6) || b.Opts.Mode == IPv6
 	switch {
 	case need4 && !has4:
-		return fmt.Errorf("wireguard: interface %s has no IPv4 address, which Mode %q needs to reach peers", b.ext.Iface.Name, b.opts.Mode)
+		return fmt.Errorf("wireguard: interface %s has no IPv4 address, which Mode %q needs to reach peers", b.Ext.Iface.Name, b.Opts.Mode)
 	case need6 && !has6:
-		return fmt.Errorf("wireguard: interface %s has no IPv6 address, which Mode %q needs to reach peers", b.ext.Iface.Name, b.opts.Mode)
+		return fmt.Errorf("wireguard: interface %s has no IPv6 address, which Mode %q needs to reach peers", b.Ext.Iface.Name, b.Opts.Mode)
 	case !has4 && !has6:
-		return fmt.Errorf("wireguard: interface %s has no address to reach peers from", b.ext.Iface.Name)
+		return fmt.Errorf("wireguard: interface %s has no address to reach peers from", b.Ext.Iface.Name)
 	}
 	return nil
 }
 
 func (b *Backend) mtu(cfg *config.Config) (int, error) {
-	underlay := b.ext.Iface.MTU
-	if b.opts.MTU > 0 {
-		underlay = b.opts.MTU
+	underlay := b.Ext.Iface.MTU
+	if b.Opts.MTU > 0 {
+		underlay = b.Opts.MTU
 	}
 	mtu := underlay - overhead
 	if mtu < minMTUv4 || (cfg.EnableIPv6 && mtu < minMTUv6) {
 		return 0, fmt.Errorf("wireguard: MTU %d of %s leaves pods %d bytes after the %d-byte encapsulation, too few for %s",
-			underlay, b.ext.Iface.Name, mtu, overhead, map[bool]string{false: "IPv4 (576)", true: "IPv6 (1280)"}[cfg.EnableIPv6])
+			underlay, b.Ext.Iface.Name, mtu, overhead, map[bool]string{false: "IPv4 (576)", true: "IPv6 (1280)"}[cfg.EnableIPv6])
 	}
 	return mtu, nil
 }
@@ -125,7 +118,7 @@ type network struct {
 
 // createTunnels makes flannel-wg (and flannel-wg-v6 in Mode separate).
 func (n *network) createTunnels() error {
-	o := n.b.opts
+	o := n.b.Opts
 	if o.Mode != Separate {
 		return n.addTunnel(DeviceName, o.ListenPort, n.cfg.EnableIPv4, n.cfg.EnableIPv6)
 	}
@@ -158,9 +151,9 @@ func (n *network) addTunnel(name string, port int, v4, v6 bool) error {
 // createDevice picks the implementation: the kernel module when asked or
 // when present, else wireguard-go, saying so once.
 func (n *network) createDevice(name string) (device, error) {
-	impl := n.b.opts.Implementation
+	impl := n.b.Opts.Implementation
 	if impl != ImplUserspace {
-		d, err := newKernelDevice(n.b.nl, name, n.mtu)
+		d, err := newKernelDevice(n.b.NL, name, n.mtu)
 		if err == nil {
 			return d, nil
 		}
@@ -173,8 +166,8 @@ func (n *network) createDevice(name string) (device, error) {
 				"Pod traffic stops while flanneld restarts; load the wireguard module for the kernel data path", err)
 		}
 	}
-	if old, err := n.b.nl.LinkByName(name); err == nil && old.Type() != "tuntap" {
-		if err := n.b.nl.LinkDel(old); err != nil {
+	if old, err := n.b.NL.LinkByName(name); err == nil && old.Type() != "tuntap" {
+		if err := n.b.NL.LinkDel(old); err != nil {
 			return nil, fmt.Errorf("wireguard: remove the %s link %s left by an earlier run: %w", old.Type(), name, err)
 		}
 	}

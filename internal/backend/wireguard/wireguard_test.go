@@ -126,7 +126,7 @@ func TestEndpoint(t *testing.T) {
 		{Auto, true, true, netip.Addr{}, priv4, pub6, priv4, false},
 		{Auto, true, true, netip.Addr{}, netip.Addr{}, pub6, pub6, false},
 	} {
-		n := &network{b: &Backend{opts: Options{Mode: tc.mode}, ext: &backend.ExternalInterface{ExtV6Addr: tc.local6}}}
+		n := &network{b: &Backend{backend.Tunnel[Options]{Opts: Options{Mode: tc.mode}, Ext: &backend.ExternalInterface{ExtV6Addr: tc.local6}}}}
 		tun := &tunnel{n: n, v4: tc.v4, v6: tc.v6}
 		got, err := tun.endpoint(tc.ip4, tc.ip6)
 		if (err != nil) != tc.wantFailed || got != tc.want {
