@@ -12,6 +12,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/flannelgo/flannel/internal/backend"
+	"github.com/flannelgo/flannel/internal/ctxwait"
 	"github.com/flannelgo/flannel/internal/lease"
 	"github.com/flannelgo/flannel/internal/metrics"
 	"github.com/flannelgo/flannel/internal/subnet"
@@ -157,10 +158,8 @@ func (d *Daemon) watch(ctx context.Context, out chan<- watchBatch) {
 		reason := fmt.Sprintf("the lease watch on %s ended: %v; re-establishing it", d.mgr.Name(), err)
 		klog.Errorf("%s (in %s)", reason, wait)
 		d.ready.deaf(reason)
-		select {
-		case <-ctx.Done():
+		if ctxwait.Sleep(ctx, wait) != nil {
 			return
-		case <-time.After(wait):
 		}
 		wait = min(wait*2, maxWait)
 	}

@@ -11,6 +11,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/flannelgo/flannel/internal/config"
+	"github.com/flannelgo/flannel/internal/ctxwait"
 	"github.com/flannelgo/flannel/internal/lease"
 	"github.com/flannelgo/flannel/internal/metrics"
 )
@@ -74,7 +75,7 @@ func (d *Daemon) noticeOverwrite(ev lease.Event, own *lease.Lease) {
 func (d *Daemon) reassertOwn(ctx context.Context, own *lease.Lease, seen int64, fight *fightState) {
 	if delay := fight.next(); delay > 0 {
 		klog.Errorf("lease %s overwritten %d times in a row; is another flanneld using this node's subnet? waiting %s before writing it back", own.Key(), fight.count, delay)
-		if sleepCtx(ctx, delay) != nil {
+		if ctxwait.Sleep(ctx, delay) != nil {
 			return
 		}
 	}
@@ -143,17 +144,6 @@ func vtepMAC(a lease.Attrs) string {
 	return data.VtepMAC
 }
 
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
 // configPollEvery is how often a running daemon compares the datastore's
 // network config with the one it runs with.
 const configPollEvery = 5 * time.Second
@@ -163,7 +153,7 @@ const configPollEvery = 5 * time.Second
 // until then leases of the new network are refused as outside the network.
 func (d *Daemon) watchConfig(ctx context.Context, running *config.Config) {
 	reported := ""
-	for sleepCtx(ctx, configPollEvery) == nil {
+	for ctxwait.Sleep(ctx, configPollEvery) == nil {
 		cur, err := d.mgr.GetNetworkConfig(ctx)
 		if err != nil {
 			klog.V(1).Infof("re-read network config: %v", err)

@@ -7,6 +7,7 @@ import (
 
 	"k8s.io/klog/v2"
 
+	"github.com/flannelgo/flannel/internal/ctxwait"
 	"github.com/flannelgo/flannel/internal/metrics"
 )
 
@@ -42,10 +43,8 @@ func retry(ctx context.Context, what string, m *metrics.Metrics, fn func() error
 		} else {
 			klog.V(1).Infof("%s: still failing: %v", what, err)
 		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(wait):
+		if err := ctxwait.Sleep(ctx, wait); err != nil {
+			return err
 		}
 		wait = min(wait*2, maxWait)
 	}

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/flannelgo/flannel/internal/ctxwait"
 	authnv1 "k8s.io/api/authentication/v1"
 	authzv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -164,10 +165,8 @@ func WaitAuthorized(ctx context.Context, cs kubernetes.Interface, namespace, nam
 		if time.Now().After(deadline) {
 			return fmt.Errorf("RBAC did not grant %s %q on %q within 30s (error %v)", user, attrs.Verb, attrs.Resource+"/"+attrs.Subresource, err)
 		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
+		if err := ctxwait.Sleep(ctx, 100*time.Millisecond); err != nil {
+			return err
 		}
 	}
 }

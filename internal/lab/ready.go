@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/flannelgo/flannel/internal/ctxwait"
 	"github.com/flannelgo/flannel/internal/kernelstate"
 	"github.com/flannelgo/flannel/internal/subnetenv"
 	"github.com/flannelgo/flannel/internal/testbed"
@@ -78,10 +79,8 @@ func (r *running) waitNetworkRoutes(ctx context.Context, dev string, envs map[*t
 		if time.Now().After(deadline) {
 			return fmt.Errorf("routes still missing after %s: %s; see the nodes' flanneld.log", readyWithin, strings.Join(missing, "; "))
 		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(200 * time.Millisecond):
+		if err := ctxwait.Sleep(ctx, 200*time.Millisecond); err != nil {
+			return err
 		}
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
+	"github.com/flannelgo/flannel/internal/ctxwait"
 	"github.com/flannelgo/flannel/internal/kernelstate"
 	"github.com/flannelgo/flannel/internal/subnetenv"
 	"github.com/flannelgo/flannel/internal/testbed"
@@ -252,10 +253,8 @@ func (r *running) waitRoutes(ctx context.Context) error {
 			}
 			return nil
 		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(200 * time.Millisecond):
+		if err := ctxwait.Sleep(ctx, 200*time.Millisecond); err != nil {
+			return err
 		}
 		if time.Since(start) > time.Minute {
 			return fmt.Errorf("routes still missing after a minute: %s; see the nodes' flanneld.log", joinMissing(missing))

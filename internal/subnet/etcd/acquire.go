@@ -15,6 +15,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/flannelgo/flannel/internal/config"
+	"github.com/flannelgo/flannel/internal/ctxwait"
 	"github.com/flannelgo/flannel/internal/lease"
 )
 
@@ -47,7 +48,7 @@ func (m *Manager) AcquireLease(ctx context.Context, attrs *lease.Attrs) (*lease.
 	}
 	for attempt := range maxAttempts {
 		if attempt > 0 {
-			if err := sleep(ctx, jitter(attempt)); err != nil {
+			if err := ctxwait.Sleep(ctx, jitter(attempt)); err != nil {
 				return nil, fmt.Errorf("acquire lease for %s: %w", who, err)
 			}
 		}
@@ -248,7 +249,7 @@ func (m *Manager) RenewLease(ctx context.Context, l *lease.Lease) error {
 func (m *Manager) recreate(ctx context.Context, cli *clientv3.Client, l *lease.Lease) error {
 	for attempt := range renewAttempts {
 		if attempt > 0 {
-			if err := sleep(ctx, jitter(attempt)); err != nil {
+			if err := ctxwait.Sleep(ctx, jitter(attempt)); err != nil {
 				return fmt.Errorf("renew lease %s: %w", l, err)
 			}
 		}
@@ -403,15 +404,4 @@ func describeNode(a lease.Attrs) string {
 func jitter(attempt int) time.Duration {
 	ceiling := 20 * time.Millisecond << min(attempt, 4)
 	return ceiling/2 + rand.N(ceiling/2)
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/flannelgo/flannel/internal/ctxwait"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"k8s.io/klog/v2"
 )
@@ -78,7 +79,7 @@ func (m *Manager) holdAlive(ctx context.Context, leaseName string) {
 		if err := m.holdAliveOnce(ctx, leaseName); err != nil && ctx.Err() == nil {
 			klog.V(1).Infof("liveness marker for %s: %v (retrying)", leaseName, err)
 		}
-		if err := sleep(ctx, 2*time.Second); err != nil {
+		if err := ctxwait.Sleep(ctx, 2*time.Second); err != nil {
 			return
 		}
 	}

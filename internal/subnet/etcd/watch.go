@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/connectivity"
 	"k8s.io/klog/v2"
 
+	"github.com/flannelgo/flannel/internal/ctxwait"
 	"github.com/flannelgo/flannel/internal/lease"
 )
 
@@ -83,7 +84,7 @@ func (m *Manager) WatchLeases(ctx context.Context, events chan<- []lease.Event) 
 		}
 		if err != nil {
 			health.fail(err)
-			if sleep(ctx, bo.next()) != nil {
+			if ctxwait.Sleep(ctx, bo.next()) != nil {
 				return ctx.Err()
 			}
 			continue
@@ -107,7 +108,7 @@ func (m *Manager) WatchLeases(ctx context.Context, events chan<- []lease.Event) 
 		if time.Since(started) > stableWatch {
 			bo = backoff{}
 		}
-		if sleep(ctx, bo.next()) != nil {
+		if ctxwait.Sleep(ctx, bo.next()) != nil {
 			return ctx.Err()
 		}
 	}

@@ -17,6 +17,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/flannelgo/flannel/internal/config"
+	"github.com/flannelgo/flannel/internal/ctxwait"
 	"github.com/flannelgo/flannel/internal/lease"
 )
 
@@ -91,10 +92,8 @@ func (m *Manager) watchConfig(ctx context.Context) (*config.Config, error) {
 			return cfg, nil
 		}
 		klog.Errorf("watch leases: %v; retrying in %s", err, wait)
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(wait):
+		if err := ctxwait.Sleep(ctx, wait); err != nil {
+			return nil, err
 		}
 		wait = min(2*wait, 30*time.Second)
 	}
