@@ -61,21 +61,19 @@ func (d *Daemon) followPeers(ctx context.Context, nw backend.Network, own *lease
 		}
 		klog.V(2).Infof("applied %d lease events in %s", len(others), time.Since(start))
 		d.metrics.Peers.Set(float64(d.peerCount(peers)))
-		wasFirst := first
 		if b.snapshot {
 			d.ready.hearing()
 		}
-		if first {
+		switch {
+		case first:
 			first = false
 			d.ready.applied()
 			klog.Infof("ready: %d peers programmed", d.peerCount(peers))
 			go d.announceReady(ctx)
 			notifySystemd("READY=1")
-		}
-		if wasFirst {
 			tightenGC()
-		}
-		if wasFirst || len(others) >= bigBatch {
+			releaseMemory()
+		case len(others) >= bigBatch:
 			releaseMemory()
 		}
 	}
