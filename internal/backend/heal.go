@@ -95,9 +95,24 @@ type HealLoop struct {
 	// Reconcile makes the kernel match the desired state and says what it
 	// had to repair. An error schedules a retry with back-off.
 	Reconcile func() (Repairs, error)
-	// Kick, when a network sends on it, asks for a reconcile at once (a
+	// Kick, when the network kicks it, asks for a reconcile at once (a
 	// failed write while handling lease events).
-	Kick <-chan struct{}
+	Kick Kicker
+}
+
+// Kicker asks a healer for a reconcile at once. Kicks while one is still
+// pending merge into it, and kicking never blocks the caller.
+type Kicker chan struct{}
+
+// NewKicker returns a Kicker that holds one pending kick.
+func NewKicker() Kicker { return make(Kicker, 1) }
+
+// Kick asks for a reconcile unless one is already pending.
+func (k Kicker) Kick() {
+	select {
+	case k <- struct{}{}:
+	default:
+	}
 }
 
 // RunHealer reconciles when a relevant netlink notification arrives, when

@@ -41,7 +41,7 @@ func TestHealerRetriesWithBackoff(t *testing.T) {
 		}
 		return Repairs{"fdb": 1}, nil
 	}
-	kick := make(chan struct{}, 1)
+	kick := NewKicker()
 	rep := &countingReporter{repaired: map[string]int{}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})

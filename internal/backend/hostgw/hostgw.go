@@ -91,7 +91,7 @@ func (b *Backend) RegisterNetwork(ctx context.Context, cfg *config.Config) (back
 	if err != nil {
 		return nil, err
 	}
-	n := &network{b: b, mtu: mtu, kick: make(chan struct{}, 1)}
+	n := &network{b: b, mtu: mtu, kick: backend.NewKicker()}
 	if cfg.EnableIPv4 {
 		if !b.ext.IfaceAddr.Unmap().Is4() {
 			return nil, fmt.Errorf("host-gw: interface %s has no IPv4 address to route IPv4 pod traffic through", b.ext.Iface.Name)
@@ -136,7 +136,7 @@ type network struct {
 	// synced is set once the first (complete) batch of leases is applied;
 	// only then may routes that no lease accounts for be removed.
 	synced bool
-	kick   chan struct{}  // asks the healer for a reconcile now
+	kick   backend.Kicker // asks the healer for a reconcile now
 	owned  *backend.Owned // what the healer watches; never changes
 }
 
@@ -195,10 +195,7 @@ func (n *network) HandleEvents(ctx context.Context, events []lease.Event) {
 		}
 	}
 	if failed {
-		select {
-		case n.kick <- struct{}{}:
-		default:
-		}
+		n.kick.Kick()
 	}
 }
 

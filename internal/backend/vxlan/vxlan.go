@@ -80,7 +80,7 @@ func (b *Backend) RegisterNetwork(ctx context.Context, cfg *config.Config) (back
 		}
 		specs = append(specs, s)
 	}
-	n := &network{b: b, kick: make(chan struct{}, 1)}
+	n := &network{b: b, kick: backend.NewKicker()}
 	for _, spec := range specs {
 		dev, err := ensureDevice(b.nl, spec)
 		if err != nil {
@@ -135,7 +135,7 @@ type network struct {
 	// synced is set once the first (complete) batch of leases is applied;
 	// only then may state that no lease accounts for be removed.
 	synced bool
-	kick   chan struct{}                 // asks the healer for a reconcile now
+	kick   backend.Kicker                // asks the healer for a reconcile now
 	owned  atomic.Pointer[backend.Owned] // what the healer watches
 }
 
@@ -205,10 +205,7 @@ func (n *network) HandleEvents(ctx context.Context, events []lease.Event) {
 		}
 	}
 	if failed {
-		select {
-		case n.kick <- struct{}{}:
-		default:
-		}
+		n.kick.Kick()
 	}
 }
 
