@@ -6,6 +6,7 @@ package probe
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -29,15 +30,38 @@ var ErrTooBig = errors.New("larger than the route's MTU")
 
 // Pinger owns two raw ICMP sockets (one that fragments, one that sets
 // don't-fragment) and one reader goroutine that hands each reply to the
-// probe waiting for it. Safe for concurrent use.
+// probe waiting for it. A probe in flight is one small record in pending,
+// not a goroutine: peer health keeps a thousand of them out at once.
+// Safe for concurrent use.
 type Pinger struct {
 	frag, df *net.IPConn
 	id       uint16
 
 	mu      sync.Mutex
 	seq     uint16
-	pending map[uint16]chan struct{}
+	serial  uint64 // counts probes sent; its low 48 bits are the token
+	pending map[uint16]pending
 	closed  chan struct{}
+}
+
+// ID names one probe in flight: its sequence number in the top 16 bits,
+// its token in the low 48. It is also the first 8 bytes of the probe's
+// payload, which the reply echoes: a late reply to an old probe whose
+// sequence number a newer one reuses after the 16-bit wrap carries the
+// old token and is dropped.
+type ID uint64
+
+const tokenBits = 48
+
+func (id ID) seq() uint16 { return uint16(id >> tokenBits) }
+
+// pending is a probe waiting for its reply.
+type pending struct {
+	id      ID
+	dst     netip.Addr
+	sent    time.Time
+	tokened bool // the payload carries id; without room for it the source address alone must match
+	onReply func(rtt time.Duration)
 }
 
 // NewPinger opens the sockets in the current network namespace.
@@ -64,7 +88,9 @@ func NewPinger() (*Pinger, error) {
 		df.Close()
 		return nil, fmt.Errorf("set ICMP filter: %w", ferr)
 	}
-	p := &Pinger{frag: frag, df: df, id: uint16(rand.N(1 << 16)), pending: map[uint16]chan struct{}{}, closed: make(chan struct{})}
+	// A random start keeps a restarted flanneld's tokens apart from the
+	// replies still on their way to its predecessor.
+	p := &Pinger{frag: frag, df: df, id: uint16(rand.N(1 << 16)), serial: rand.Uint64(), pending: map[uint16]pending{}, closed: make(chan struct{})}
 	go p.read(frag) // replies to probes sent on either socket land here
 	return p, nil
 }
@@ -87,7 +113,8 @@ func listen(mode int) (*net.IPConn, error) {
 	return c.(*net.IPConn), nil
 }
 
-// Close stops the reader and closes the sockets; pending probes time out.
+// Close stops the reader and closes the sockets; no reply is delivered
+// after it, and Ping waits out its timeout.
 func (p *Pinger) Close() error {
 	close(p.closed)
 	return errors.Join(p.frag.Close(), p.df.Close())
@@ -96,7 +123,7 @@ func (p *Pinger) Close() error {
 func (p *Pinger) read(c *net.IPConn) {
 	buf := make([]byte, 65536)
 	for {
-		n, _, err := c.ReadFrom(buf)
+		n, from, err := c.ReadFromIP(buf)
 		if err != nil {
 			select {
 			case <-p.closed:
@@ -108,6 +135,7 @@ func (p *Pinger) read(c *net.IPConn) {
 			}
 			continue
 		}
+		now := time.Now()
 		m, err := icmp.ParseMessage(1, buf[:n])
 		if err != nil || m.Type != ipv4.ICMPTypeEchoReply {
 			continue
@@ -116,54 +144,115 @@ func (p *Pinger) read(c *net.IPConn) {
 		if !ok || uint16(echo.ID) != p.id {
 			continue
 		}
-		p.mu.Lock()
-		if ch, ok := p.pending[uint16(echo.Seq)]; ok {
-			delete(p.pending, uint16(echo.Seq))
-			close(ch)
+		src, _ := netip.AddrFromSlice(from.IP)
+		if pr, ok := p.match(uint16(echo.Seq), src.Unmap(), echo.Data); ok {
+			// Outside the lock: onReply may take its owner's lock, and
+			// its owner may call Send or Cancel holding that lock.
+			pr.onReply(now.Sub(pr.sent))
 		}
-		p.mu.Unlock()
 	}
 }
 
-// Ping sends one echo request with size bytes of payload (as `ping -s`:
-// the IP packet is size+28 bytes) and waits up to timeout for the reply.
-// With df the packet may not be fragmented anywhere on its way.
-func (p *Pinger) Ping(ctx context.Context, dst netip.Addr, size int, df bool, timeout time.Duration) (time.Duration, error) {
+// match takes the probe a reply answers off pending: same sequence
+// number, from the probed address, and (when the payload has room for
+// it) carrying the probe's token.
+func (p *Pinger) match(seq uint16, src netip.Addr, data []byte) (pending, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	pr, ok := p.pending[seq]
+	if !ok || src != pr.dst {
+		return pending{}, false
+	}
+	if pr.tokened && (len(data) < 8 || ID(binary.BigEndian.Uint64(data)) != pr.id) {
+		return pending{}, false
+	}
+	delete(p.pending, seq)
+	return pr, true
+}
+
+// Send sends one echo request with size bytes of payload (as `ping -s`:
+// the IP packet is size+28 bytes; with df it may not be fragmented
+// anywhere on its way) and returns at once. When the reply comes,
+// onReply runs once with the round-trip time, on the Pinger's reader
+// goroutine: it must not block. Every probe sent must be cancelled or
+// answered: call Cancel when done waiting, or the record stays.
+func (p *Pinger) Send(dst netip.Addr, size int, df bool, onReply func(rtt time.Duration)) (ID, error) {
 	if !dst.Is4() {
 		return 0, fmt.Errorf("probe %s: only IPv4 is probed", dst)
 	}
-	p.mu.Lock()
-	p.seq++
-	seq := p.seq
-	done := make(chan struct{})
-	p.pending[seq] = done
-	p.mu.Unlock()
-	defer func() {
-		p.mu.Lock()
-		delete(p.pending, seq)
-		p.mu.Unlock()
-	}()
-	msg := icmp.Message{Type: ipv4.ICMPTypeEcho, Body: &icmp.Echo{ID: int(p.id), Seq: int(seq), Data: make([]byte, size)}}
-	b, err := msg.Marshal(nil)
+	id, err := p.register(dst, size >= 8, onReply)
 	if err != nil {
 		return 0, err
 	}
-	c := p.frag
-	if df {
-		c = p.df
+	data := make([]byte, size)
+	if size >= 8 {
+		binary.BigEndian.PutUint64(data, uint64(id))
 	}
-	start := time.Now()
-	if _, err := c.WriteTo(b, &net.IPAddr{IP: dst.AsSlice()}); err != nil {
+	msg := icmp.Message{Type: ipv4.ICMPTypeEcho, Body: &icmp.Echo{ID: int(p.id), Seq: int(id.seq()), Data: data}}
+	b, err := msg.Marshal(nil)
+	if err == nil {
+		c := p.frag
+		if df {
+			c = p.df
+		}
+		_, err = c.WriteTo(b, &net.IPAddr{IP: dst.AsSlice()})
+	}
+	if err != nil {
+		p.Cancel(id)
 		if errors.Is(err, unix.EMSGSIZE) {
 			return 0, fmt.Errorf("probe %s with %d bytes, don't fragment: %w", dst, size+28, ErrTooBig)
 		}
 		return 0, fmt.Errorf("send probe to %s: %w", dst, err)
 	}
+	return id, nil
+}
+
+// register records a probe before it is sent (its reply may come before
+// WriteTo returns). After the 16-bit sequence number wraps it skips the
+// numbers of probes still waiting, so two probes in flight never share one.
+func (p *Pinger) register(dst netip.Addr, tokened bool, onReply func(time.Duration)) (ID, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.pending) >= 1<<16 {
+		return 0, fmt.Errorf("probe %s: 65536 probes are waiting for replies already (a caller does not cancel its probes)", dst)
+	}
+	p.seq++
+	for _, busy := p.pending[p.seq]; busy; _, busy = p.pending[p.seq] {
+		p.seq++
+	}
+	p.serial++
+	id := ID(p.seq)<<tokenBits | ID(p.serial&(1<<tokenBits-1))
+	p.pending[p.seq] = pending{id: id, dst: dst, sent: time.Now(), tokened: tokened, onReply: onReply}
+	return id, nil
+}
+
+// Cancel stops waiting for a probe's reply; a reply that comes later is
+// dropped. It reports whether the probe was still waiting: false means
+// its reply came first and onReply has run or is about to.
+func (p *Pinger) Cancel(id ID) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if pr, ok := p.pending[id.seq()]; ok && pr.id == id {
+		delete(p.pending, id.seq())
+		return true
+	}
+	return false
+}
+
+// Ping sends one echo request (see Send) and waits up to timeout for the
+// reply.
+func (p *Pinger) Ping(ctx context.Context, dst netip.Addr, size int, df bool, timeout time.Duration) (time.Duration, error) {
+	replied := make(chan time.Duration, 1)
+	id, err := p.Send(dst, size, df, func(rtt time.Duration) { replied <- rtt })
+	if err != nil {
+		return 0, err
+	}
+	defer p.Cancel(id)
 	t := time.NewTimer(timeout)
 	defer t.Stop()
 	select {
-	case <-done:
-		return time.Since(start), nil
+	case rtt := <-replied:
+		return rtt, nil
 	case <-t.C:
 		return 0, fmt.Errorf("%s (%d bytes, df=%v) within %s: %w", dst, size+28, df, timeout, ErrTimeout)
 	case <-ctx.Done():
