@@ -21,6 +21,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/flannelgo/flannel/internal/lease"
+	"github.com/flannelgo/flannel/internal/probe"
 )
 
 const (
@@ -30,17 +31,22 @@ const (
 	// window is how many recent probes the loss ratio covers (at most 16:
 	// they are the bits of peer.results).
 	window = 10
-	// maxTimeout bounds how long one probe waits for its reply. Each
-	// probe out waits in a goroutine: with 10000 peers that do not answer
-	// at the default interval, 1000 probes a second times this many
-	// seconds are waiting at any time. An overlay reply later than 1 s is
-	// an outage anyway.
+	// maxTimeout bounds how long one probe waits for its reply: with
+	// 10000 peers that do not answer at the default interval, 1000 probes
+	// a second times this many seconds are out at any time (a record of
+	// 32 bytes here, one of about 100 in the Pinger, no goroutine). An
+	// overlay reply later than 1 s is an outage anyway.
 	maxTimeout = time.Second
+	// probeSize is the probes' payload: room for the Pinger's token.
+	probeSize = 16
 )
 
-// Pinger is what the prober needs from internal/probe.
+// Pinger is what the prober needs from internal/probe: send an echo and
+// be called back with its reply, on another goroutine; forget a probe
+// whose time is up.
 type Pinger interface {
-	Ping(ctx context.Context, dst netip.Addr, size int, df bool, timeout time.Duration) (time.Duration, error)
+	Send(dst netip.Addr, size int, df bool, onReply func(rtt time.Duration)) (probe.ID, error)
+	Cancel(id probe.ID) bool
 }
 
 // MaxPeerSeries bounds the peers that have per-peer series at once. Only
@@ -88,31 +94,39 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	return m
 }
 
-// peer is one remote node's probing state.
+// peer is one remote node's probing state: 64 bytes, one allocation, the
+// key string shared with the map (10000 of them are what a node at scale
+// keeps). Times are offsets from the prober's epoch.
 type peer struct {
 	key         string // lease key, the subnet label
 	publicIP    netip.Addr
-	target      netip.Addr
-	next        time.Time
-	index       int    // in the schedule heap; -1 when removed
-	results     uint16 // the last window probes, one bit each (1 = lost)
-	n           uint8  // probes recorded, up to window
-	lost        uint8  // consecutive losses, up to lostToUnreachable
+	next        time.Duration // since epoch
+	target      [4]byte       // IPv4 only
+	index       int32         // in the schedule heap; -1 when removed
+	results     uint16        // the last window probes, one bit each (1 = lost)
+	n           uint8         // probes recorded, up to window
+	lost        uint8         // consecutive losses, up to lostToUnreachable
 	unreachable bool
 	troubled    bool // a lost probe among the last window
 	labelled    bool // has per-peer series
+	gone        bool // removed or replaced: results of its probes out are dropped
 }
 
-// Prober probes every known peer once per interval.
+// Prober probes every known peer once per interval. Its Run loop sends
+// the probes and expires them; a probe out is a record in a FIFO (every
+// probe waits the same timeout, so send order is deadline order), and its
+// reply arrives as a call from the Pinger's reader.
 type Prober struct {
-	interval      time.Duration
-	pinger        Pinger
-	m             *Metrics
-	replies, lost prometheus.Counter
+	interval, timeout time.Duration
+	pinger            Pinger
+	m                 *Metrics
+	replies, lost     prometheus.Counter
+	epoch             time.Time
 
 	mu       sync.Mutex
 	peers    map[string]*peer
 	due      schedule
+	out      fifo // probes out, oldest first
 	wake     chan struct{}
 	troubled int // peers with a loss in their window
 	labelled int // of which have per-peer series
@@ -120,7 +134,8 @@ type Prober struct {
 
 // New makes a prober; Update tells it the peers and Run probes them.
 func New(interval time.Duration, pinger Pinger, m *Metrics) *Prober {
-	return &Prober{interval: interval, pinger: pinger, m: m, peers: map[string]*peer{}, wake: make(chan struct{}, 1),
+	return &Prober{interval: interval, timeout: min(interval, maxTimeout), pinger: pinger, m: m, epoch: time.Now(),
+		peers: map[string]*peer{}, wake: make(chan struct{}, 1),
 		replies: m.Probes.WithLabelValues("reply"), lost: m.Probes.WithLabelValues("lost")}
 }
 
@@ -139,6 +154,7 @@ func Target(l lease.Lease) netip.Addr {
 func (p *Prober) Update(evs []lease.Event) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	now := p.since(time.Now())
 	for _, ev := range evs {
 		key := ev.Lease.Key()
 		if old, ok := p.peers[key]; ok {
@@ -148,7 +164,7 @@ func (p *Prober) Update(evs []lease.Event) {
 		if ev.Type == lease.Removed || !target.Is4() {
 			continue
 		}
-		pe := &peer{key: key, publicIP: ev.Lease.Attrs.PublicIP, target: target, next: time.Now().Add(rand.N(p.interval))}
+		pe := &peer{key: key, publicIP: ev.Lease.Attrs.PublicIP, target: target.As4(), next: now + rand.N(p.interval)}
 		p.peers[key] = pe
 		heap.Push(&p.due, pe)
 	}
@@ -161,8 +177,9 @@ func (p *Prober) Update(evs []lease.Event) {
 
 func (p *Prober) forget(pe *peer) {
 	delete(p.peers, pe.key)
+	pe.gone = true
 	if pe.index >= 0 {
-		heap.Remove(&p.due, pe.index)
+		heap.Remove(&p.due, int(pe.index))
 	}
 	if pe.unreachable {
 		p.m.Unreachable.Dec()
@@ -170,15 +187,18 @@ func (p *Prober) forget(pe *peer) {
 	p.setTroubled(pe, false)
 }
 
-// Run probes peers as they fall due until ctx ends.
+// since is t as an offset from the prober's epoch (monotonic).
+func (p *Prober) since(t time.Time) time.Duration { return t.Sub(p.epoch) }
+
+// Run probes peers as they fall due until ctx ends. It is the only
+// goroutine that sends and expires probes; replies come in on the
+// Pinger's reader.
 func (p *Prober) Run(ctx context.Context) {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
+	defer p.stop()
 	for {
-		for _, pe := range p.takeDue(time.Now()) {
-			go p.probe(ctx, pe)
-		}
-		timer.Reset(p.untilNext())
+		timer.Reset(p.tick(time.Now()))
 		select {
 		case <-ctx.Done():
 			return
@@ -188,42 +208,86 @@ func (p *Prober) Run(ctx context.Context) {
 	}
 }
 
-// takeDue pops the peers whose time has come and schedules their next
-// probe one interval (±10 %) later.
-func (p *Prober) takeDue(now time.Time) []*peer {
+// tick records a loss for every probe whose time is up, sends the probes
+// that are due, and says how long until the next of either.
+func (p *Prober) tick(t time.Time) time.Duration {
+	now := p.since(t)
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	var out []*peer
-	for p.due.Len() > 0 && !p.due[0].next.After(now) {
+	p.expire(now)
+	p.sendDue(now)
+	next := time.Hour
+	if p.due.Len() > 0 {
+		next = p.due[0].next - now
+	}
+	if p.out.len() > 0 {
+		next = min(next, p.out.front().deadline-now)
+	}
+	return max(next, time.Millisecond)
+}
+
+// expire takes the probes whose deadline has come off the FIFO and
+// records a loss for each still unanswered.
+func (p *Prober) expire(now time.Duration) {
+	for p.out.len() > 0 && p.out.front().deadline <= now {
+		o := p.out.pop()
+		if o.answered {
+			continue
+		}
+		// When Cancel finds the reply already in (it came just now),
+		// the loss stands: replied finds the probe gone.
+		p.pinger.Cancel(o.id)
+		if !o.pe.gone {
+			p.record(o.pe, false, 0)
+		}
+	}
+}
+
+// sendDue sends a probe to each peer whose time has come and schedules
+// its next probe one interval (±10 %) later. A probe the kernel refuses
+// (no route, say) is lost at once.
+func (p *Prober) sendDue(now time.Duration) {
+	for p.due.Len() > 0 && p.due[0].next <= now {
 		pe := p.due[0]
-		out = append(out, pe)
 		jitter := time.Duration(rand.Int64N(int64(p.interval)/5+1)) - p.interval/10
-		pe.next = now.Add(p.interval + jitter)
+		pe.next = now + p.interval + jitter
 		heap.Fix(&p.due, 0)
+		serial := p.out.end()
+		id, err := p.pinger.Send(netip.AddrFrom4(pe.target), probeSize, false, func(rtt time.Duration) { p.replied(serial, rtt) })
+		if err != nil {
+			klog.V(4).Infof("probe of peer %s: %v", pe.key, err)
+			p.record(pe, false, 0)
+			continue
+		}
+		p.out.push(inFlight{pe: pe, id: id, deadline: now + p.timeout})
 	}
-	return out
 }
 
-func (p *Prober) untilNext() time.Duration {
+// replied records the reply to the probe with the given serial, unless
+// that probe timed out already or its peer is gone. It runs on the
+// Pinger's reader goroutine.
+func (p *Prober) replied(serial uint64, rtt time.Duration) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.due.Len() == 0 {
-		return time.Hour
-	}
-	return max(time.Until(p.due[0].next), time.Millisecond)
-}
-
-func (p *Prober) probe(ctx context.Context, pe *peer) {
-	rtt, err := p.pinger.Ping(ctx, pe.target, 16, false, min(p.interval, maxTimeout))
-	if ctx.Err() != nil {
+	o := p.out.at(serial)
+	if o == nil || o.answered {
 		return
 	}
+	o.answered = true
+	if !o.pe.gone {
+		p.record(o.pe, true, rtt)
+	}
+}
+
+// stop forgets every probe out when Run ends: their replies are dropped.
+func (p *Prober) stop() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.peers[pe.key] != pe {
-		return // removed or replaced while the probe was out
+	for p.out.len() > 0 {
+		if o := p.out.pop(); !o.answered {
+			p.pinger.Cancel(o.id)
+		}
 	}
-	p.record(pe, err == nil, rtt)
 }
 
 // record updates the peer's state and metrics and logs a change of
@@ -306,14 +370,14 @@ func (p *Prober) setSeries(pe *peer, ok bool, rtt time.Duration) {
 type schedule []*peer
 
 func (s schedule) Len() int           { return len(s) }
-func (s schedule) Less(i, j int) bool { return s[i].next.Before(s[j].next) }
+func (s schedule) Less(i, j int) bool { return s[i].next < s[j].next }
 func (s schedule) Swap(i, j int) {
 	s[i], s[j] = s[j], s[i]
-	s[i].index, s[j].index = i, j
+	s[i].index, s[j].index = int32(i), int32(j)
 }
 func (s *schedule) Push(x any) {
 	pe := x.(*peer)
-	pe.index = len(*s)
+	pe.index = int32(len(*s))
 	*s = append(*s, pe)
 }
 func (s *schedule) Pop() any {
@@ -322,4 +386,56 @@ func (s *schedule) Pop() any {
 	pe.index = -1
 	*s = old[:len(old)-1]
 	return pe
+}
+
+// inFlight is one probe out.
+type inFlight struct {
+	pe       *peer
+	id       probe.ID
+	deadline time.Duration // since epoch
+	answered bool
+}
+
+// fifo is the probes out, oldest first, in a ring that grows as needed.
+// Each probe has a serial number, fixed when it is pushed: the reply
+// callback finds its probe by it, or finds it gone once it has expired.
+type fifo struct {
+	ring  []inFlight
+	head  int    // index in ring of the oldest
+	n     int    // probes out
+	first uint64 // serial of the oldest
+}
+
+func (f *fifo) len() int             { return f.n }
+func (f *fifo) end() uint64          { return f.first + uint64(f.n) } // the next push's serial
+func (f *fifo) front() *inFlight     { return &f.ring[f.head] }
+func (f *fifo) slot(i int) *inFlight { return &f.ring[(f.head+i)%len(f.ring)] }
+
+func (f *fifo) push(o inFlight) {
+	if f.n == len(f.ring) {
+		grown := make([]inFlight, max(16, 2*len(f.ring)))
+		for i := range f.n {
+			grown[i] = *f.slot(i)
+		}
+		f.ring, f.head = grown, 0
+	}
+	*f.slot(f.n) = o
+	f.n++
+}
+
+func (f *fifo) pop() inFlight {
+	o := *f.front()
+	*f.front() = inFlight{} // drop the peer pointer
+	f.head = (f.head + 1) % len(f.ring)
+	f.n--
+	f.first++
+	return o
+}
+
+// at is the probe with the given serial, nil when it is no longer out.
+func (f *fifo) at(serial uint64) *inFlight {
+	if serial < f.first || serial >= f.end() {
+		return nil
+	}
+	return f.slot(int(serial - f.first))
 }

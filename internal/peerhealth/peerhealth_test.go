@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -14,30 +15,129 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/flannelgo/flannel/internal/lease"
+	"github.com/flannelgo/flannel/internal/probe"
 	"github.com/flannelgo/flannel/internal/testbed/tbtest"
 )
 
-// fakePinger answers unless its target is in down; it counts probes.
+// fakePinger stands in for probe.Pinger. With answering set it answers
+// every probe whose target is not down, on its own goroutine as the real
+// reader does; the others stay out until cancelled. Every probe sent is
+// kept in sent, so that a test can answer by hand, also too late.
 type fakePinger struct {
-	mu    sync.Mutex
-	down  map[netip.Addr]bool
-	count atomic.Int64
+	answers chan func() // nil: nothing is answered but by hand
+	stop    chan struct{}
+	count   atomic.Int64
+
+	mu      sync.Mutex
+	down    map[netip.Addr]bool
+	refused map[netip.Addr]bool // Send fails, as for a target without a route
+	lastID  probe.ID
+	sent    []fakeProbe
+	out     map[probe.ID]bool // sent, neither answered nor cancelled
 }
 
-func (f *fakePinger) Ping(_ context.Context, dst netip.Addr, _ int, _ bool, _ time.Duration) (time.Duration, error) {
+type fakeProbe struct {
+	id      probe.ID
+	dst     netip.Addr
+	onReply func(time.Duration)
+}
+
+func newFakePinger(t *testing.T, answering bool) *fakePinger {
+	f := &fakePinger{down: map[netip.Addr]bool{}, refused: map[netip.Addr]bool{}, out: map[probe.ID]bool{}}
+	if answering {
+		// The prober's Run may outlive the test by a moment: Send
+		// after the test drops its answer.
+		f.answers, f.stop = make(chan func(), 1<<16), make(chan struct{})
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for {
+				select {
+				case answer := <-f.answers:
+					answer()
+				case <-f.stop:
+					return
+				}
+			}
+		}()
+		t.Cleanup(func() { close(f.stop); <-done })
+	}
+	return f
+}
+
+func (f *fakePinger) Send(dst netip.Addr, _ int, _ bool, onReply func(time.Duration)) (probe.ID, error) {
 	f.count.Add(1)
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.down[dst] {
-		return 0, errors.New("lost")
+	if f.refused[dst] {
+		return 0, errors.New("network is unreachable")
 	}
-	return 300 * time.Microsecond, nil
+	f.lastID++
+	id := f.lastID
+	if f.answers != nil && !f.down[dst] {
+		select {
+		case f.answers <- func() { onReply(300 * time.Microsecond) }:
+		case <-f.stop:
+		}
+		return id, nil
+	}
+	f.sent = append(f.sent, fakeProbe{id: id, dst: dst, onReply: onReply})
+	f.out[id] = true
+	return id, nil
+}
+
+func (f *fakePinger) Cancel(id probe.ID) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	was := f.out[id]
+	delete(f.out, id)
+	return was
 }
 
 func (f *fakePinger) set(a netip.Addr, down bool) {
 	f.mu.Lock()
 	f.down[a] = down
 	f.mu.Unlock()
+}
+
+// outstanding is how many probes are out: sent, not answered, not
+// cancelled.
+func (f *fakePinger) outstanding() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.out)
+}
+
+// answer calls back every probe to dst that is still out, as the reader
+// would on their replies, and says how many there were.
+func (f *fakePinger) answer(dst netip.Addr) int {
+	var calls []func(time.Duration)
+	f.mu.Lock()
+	for _, s := range f.sent {
+		if s.dst == dst && f.out[s.id] {
+			delete(f.out, s.id)
+			calls = append(calls, s.onReply)
+		}
+	}
+	f.mu.Unlock()
+	for _, onReply := range calls {
+		onReply(300 * time.Microsecond)
+	}
+	return len(calls)
+}
+
+// last is the latest probe sent to dst (answered or not).
+func (f *fakePinger) last(t *testing.T, dst netip.Addr) fakeProbe {
+	t.Helper()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for i := len(f.sent) - 1; i >= 0; i-- {
+		if f.sent[i].dst == dst {
+			return f.sent[i]
+		}
+	}
+	t.Fatalf("no probe sent to %s", dst)
+	return fakeProbe{}
 }
 
 func vxlanLease(subnet, pub string) lease.Lease {
@@ -86,7 +186,7 @@ func TestReachabilityTransitions(t *testing.T) {
 	logs := tbtest.CaptureLogs(t)
 	reg := prometheus.NewRegistry()
 	m := NewMetrics(reg)
-	fp := &fakePinger{down: map[netip.Addr]bool{}}
+	fp := newFakePinger(t, true)
 	p := New(40*time.Millisecond, fp, m)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -132,7 +232,7 @@ func TestReachabilityTransitions(t *testing.T) {
 func TestPeerSeriesBounded(t *testing.T) {
 	const peers = MaxPeerSeries + 50
 	m := NewMetrics(prometheus.NewRegistry())
-	fp := &fakePinger{down: map[netip.Addr]bool{}}
+	fp := newFakePinger(t, true)
 	p := New(20*time.Millisecond, fp, m)
 	var evs []lease.Event
 	for i := range peers {
@@ -163,7 +263,7 @@ func TestPeerSeriesBounded(t *testing.T) {
 // Probes are spread over the interval: with 1000 peers and a 1 s interval
 // about 1000 probes go out per second, not a burst of 1000 every second.
 func TestRateAndSpread(t *testing.T) {
-	fp := &fakePinger{down: map[netip.Addr]bool{}}
+	fp := newFakePinger(t, true)
 	p := New(time.Second, fp, NewMetrics(prometheus.NewRegistry()))
 	var evs []lease.Event
 	for i := range 1000 {
@@ -184,5 +284,93 @@ func TestRateAndSpread(t *testing.T) {
 	}
 	if total < 2400 || total > 3300 {
 		t.Errorf("%d probes in 3 s for 1000 peers at 1 s, want about 3000", total)
+	}
+}
+
+// Probes out cost no goroutine: with 5000 peers that never answer and the
+// timeout equal to the interval, about 5000 probes are out at any time,
+// and the prober runs on one goroutine (Run) all the same.
+func TestProbesOutNoGoroutines(t *testing.T) {
+	const peers = 5000
+	fp := newFakePinger(t, false)
+	m := NewMetrics(prometheus.NewRegistry())
+	p := New(time.Second, fp, m)
+	var evs []lease.Event
+	for i := range peers {
+		evs = append(evs, lease.Event{Type: lease.Added, Lease: lease.Lease{
+			Subnet: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 0}), 24),
+			Attrs:  lease.Attrs{PublicIP: netip.MustParseAddr("198.51.100.2"), BackendType: "vxlan"}}})
+	}
+	before := runtime.NumGoroutine()
+	p.Update(evs)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go p.Run(ctx)
+	waitFor(t, 5*time.Second, "4500 probes out", func() bool { return fp.outstanding() >= 4500 })
+	if extra := runtime.NumGoroutine() - before; extra > 2 {
+		t.Errorf("%d goroutines more than before with %d probes out, want at most 2 (Run, and one the runtime may start)", extra, fp.outstanding())
+	}
+	waitFor(t, 5*time.Second, "every peer unreachable", func() bool { return testutil.ToFloat64(m.Unreachable) == peers })
+	cancel()
+	waitFor(t, 5*time.Second, "probes out cancelled when Run ends", func() bool { return fp.outstanding() == 0 })
+}
+
+// On a clock the test sets (tick): an unanswered probe is lost exactly at
+// its timeout, a reply after that is ignored, a probe the kernel refuses
+// is lost at once, and the results of probes out to a peer that is
+// removed or replaced meanwhile are dropped.
+func TestTimeoutsAndLateReplies(t *testing.T) {
+	const interval, timeout = 10 * time.Second, maxTimeout
+	m := NewMetrics(prometheus.NewRegistry())
+	fp := newFakePinger(t, false)
+	p := New(interval, fp, m)
+	a, b, c, d := vxlanLease("10.244.1.0/24", "198.51.100.11"), vxlanLease("10.244.2.0/24", "198.51.100.12"),
+		vxlanLease("10.244.3.0/24", "198.51.100.13"), vxlanLease("10.244.4.0/24", "198.51.100.14")
+	ta, tb := a.Subnet.Addr(), b.Subnet.Addr()
+	fp.refused[d.Subnet.Addr()] = true
+	p.Update([]lease.Event{{Type: lease.Added, Lease: a}, {Type: lease.Added, Lease: b}, {Type: lease.Added, Lease: c}, {Type: lease.Added, Lease: d}})
+	counts := func(when string, replies, lost float64) {
+		t.Helper()
+		if r, l := testutil.ToFloat64(p.replies), testutil.ToFloat64(p.lost); r != replies || l != lost {
+			t.Errorf("%s: %v replies, %v lost; want %v and %v", when, r, l, replies, lost)
+		}
+	}
+	t0 := time.Now().Add(interval) // every peer's first probe is due by then
+	if wait := p.tick(t0); wait != timeout {
+		t.Errorf("after sending, the prober sleeps %s, want %s (until the probes' deadline)", wait, timeout)
+	}
+	if n := fp.outstanding(); n != 3 {
+		t.Fatalf("%d probes out, want 3", n)
+	}
+	counts("refused probe", 0, 1)
+	if fp.answer(ta) != 1 {
+		t.Fatal("a's probe not out")
+	}
+	counts("a answered", 1, 1)
+	fp.last(t, ta).onReply(time.Millisecond) // a duplicate reply
+	counts("a answered twice", 1, 1)
+	p.tick(t0.Add(timeout - time.Nanosecond))
+	counts("1 ns before the deadline", 1, 1)
+	p.tick(t0.Add(timeout))
+	counts("at the deadline", 1, 3)
+	if n := fp.outstanding(); n != 0 {
+		t.Errorf("%d probes still out after their deadline, want them cancelled", n)
+	}
+	fp.last(t, tb).onReply(time.Millisecond) // the reader had b's reply just as it expired
+	counts("b's reply after its deadline", 1, 3)
+
+	// Second round: b is removed and c replaced while their probes are out.
+	t1 := t0.Add(interval + interval/10)
+	p.tick(t1)
+	c2 := c
+	c2.Attrs.PublicIP = netip.MustParseAddr("198.51.100.23")
+	p.Update([]lease.Event{{Type: lease.Removed, Lease: b}, {Type: lease.Added, Lease: c2}})
+	if fp.answer(tb) != 1 {
+		t.Fatal("b's second probe not out")
+	}
+	p.tick(t1.Add(timeout)) // a's and c's probes lost; only a's counts
+	counts("probes to a removed and a replaced peer", 1, 5)
+	if got := testutil.ToFloat64(m.Troubled); got != 2 {
+		t.Errorf("flannel_peers_with_losses %v, want 2 (a and d; b is gone, the new c has no result yet)", got)
 	}
 }
