@@ -29,7 +29,7 @@ type Backend struct {
 	ext  *backend.ExternalInterface
 	opts Options
 	nl   *netlink.Handle
-	ns   *netns.NsHandle // where nl works, for netlink notifications; nil: here
+	ns   *netns.NsHandle // where nl works, for netlink notifications and dumps; nil: here
 }
 
 // WatchNamespace names the network namespace nl is bound to, so that the
@@ -39,13 +39,14 @@ func (b *Backend) WatchNamespace(ns netns.NsHandle) { b.ns = &ns }
 // New is the backend.Factory for "vxlan"; it works in the process's current
 // network namespace.
 func New(ext *backend.ExternalInterface, raw json.RawMessage) (backend.Backend, error) {
-	return NewWithHandle(nil, ext, raw)
+	return NewWithHandle(nil, nil, ext, raw)
 }
 
-// NewWithHandle builds the backend on a given netlink handle, for example
-// one bound to another network namespace (nil: a new one in the current
-// namespace).
-func NewWithHandle(h *netlink.Handle, ext *backend.ExternalInterface, raw json.RawMessage) (*Backend, error) {
+// NewWithHandle builds the backend on a given netlink handle bound to
+// network namespace ns, for example another one than the process's (nil,
+// nil: a new handle in the current namespace). The namespace is needed as
+// well because the reconcile reads neighbours on sockets of its own.
+func NewWithHandle(h *netlink.Handle, ns *netns.NsHandle, ext *backend.ExternalInterface, raw json.RawMessage) (*Backend, error) {
 	opts, err := parseOptions(raw)
 	if err != nil {
 		return nil, err
@@ -54,7 +55,7 @@ func NewWithHandle(h *netlink.Handle, ext *backend.ExternalInterface, raw json.R
 	if err != nil {
 		return nil, err
 	}
-	return &Backend{ext: ext, opts: opts, nl: h}, nil
+	return &Backend{ext: ext, opts: opts, nl: h, ns: ns}, nil
 }
 
 // RegisterNetwork creates (or adopts) flannel.<VNI> when the network has
