@@ -15,6 +15,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
 
 	"github.com/flannelgo/flannel/internal/backend"
 	"github.com/flannelgo/flannel/internal/config"
@@ -185,6 +186,11 @@ func (n *network) Activate(ctx context.Context, own *lease.Lease) error {
 	return nil
 }
 
+// perPeerLogMax is the largest batch whose peers are each logged at level
+// 0: at start-up with 10000 peers, a line per peer cost about 0.1 s of the
+// convergence and buried everything else in the log.
+const perPeerLogMax = 100
+
 // HandleEvents programs and removes peers. The first batch is the full set
 // of leases, so after it any flannel-shaped state the kernel still holds for
 // leases that no longer exist is left over from an earlier run and removed.
@@ -194,8 +200,15 @@ func (n *network) HandleEvents(ctx context.Context, events []lease.Event) {
 	defer n.mu.Unlock()
 	failed := false
 	for _, s := range n.stacks() {
+		s.log = klog.V(0)
+		if len(events) > perPeerLogMax {
+			s.log = klog.V(2)
+		}
 		for _, ev := range events {
 			s.handle(ev)
+		}
+		if len(events) > perPeerLogMax {
+			klog.Infof("vxlan: applied %d lease events; %d %s peers programmed (each peer's line at -v=2)", len(events), len(s.peers), s.family())
 		}
 		failed = failed || s.failed
 	}
