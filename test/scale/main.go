@@ -5,7 +5,10 @@
 //   - convergence: flanneld started → ready with N peers and N routes and
 //     FDB entries programmed on flannel.1;
 //   - memory of flanneld from /proc: VmRSS right after convergence
-//     (RSS@ready), VmRSS after the latency phase (RSS, the steady state)
+//     (RSS@ready), VmRSS after the latency phase (RSS), and at the end
+//     (after the latency phase, or -settle later: past the 30 s
+//     reconcile and a round of peer probes, the steady state) VmRSS, its
+//     anonymous (heap, stacks) and file-backed (the binary's pages) parts,
 //     and VmHWM (the peak of the run);
 //   - new-lease-to-route p50/p99: leases (etcd keys or Node objects) put one
 //     by one after convergence, each timed until its route appears.
@@ -53,6 +56,7 @@ type options struct {
 	kernelReady bool
 	heapDir     string   // write flanneld's heap profiles here (our flanneld only)
 	env         []string // extra environment for flanneld (GOGC=25, GOMEMLIMIT=...)
+	settle      time.Duration
 }
 
 func main() {
@@ -87,6 +91,7 @@ func parseFlags() (*options, error) {
 	flag.BoolVar(&o.kernelReady, "kernel-ready", false, "take convergence from the kernel state alone (for a flanneld that does not log \"ready: N peers programmed\", e.g. upstream's)")
 	flag.StringVar(&o.heapDir, "heap", "", "write flanneld's heap profile after convergence and after the latency phase into this directory (adds --debug-pprof-address)")
 	klog.InitFlags(nil)
+	flag.DurationVar(&o.settle, "settle", 0, "after the latency phase, wait this long and read the memory again (the RSS@end columns)")
 	flag.Parse()
 	if o.flanneld == "" {
 		return nil, fmt.Errorf("-flanneld is required")
@@ -134,7 +139,8 @@ func run(ctx context.Context, o *options) error {
 			klog.Errorf("remove testbed: %v", err)
 		}
 	}()
-	fmt.Printf("%-5s %6s %12s %10s %10s %10s %9s %9s\n", "mode", "N", "convergence", "RSS@ready", "RSS", "HWM", "p50", "p99")
+	fmt.Printf("%-5s %6s %12s %10s %10s %10s %10s %10s %10s %9s %9s\n", "mode", "N", "convergence", "RSS@ready", "RSS",
+		"RSS@end", "anon@end", "file@end", "HWM", "p50", "p99")
 	for _, mode := range o.modes {
 		var rows []row
 		var err error
@@ -174,13 +180,14 @@ type row struct {
 	convergence time.Duration
 	rss         int64 // VmRSS (KiB) right after convergence
 	rssAfter    int64 // VmRSS (KiB) after the latency phase: the steady state
-	hwm         int64 // VmHWM (KiB) at the end: the peak of the whole run
+	last        mem   // at the end: after the latency phase, or after -settle
 	p50, p99    time.Duration
 }
 
 func (r row) print() {
-	fmt.Printf("%-5s %6d %12s %10s %10s %10s %9s %9s\n", r.mode, r.n, r.convergence.Round(time.Millisecond),
-		mib(r.rss), mib(r.rssAfter), mib(r.hwm), r.p50.Round(100*time.Microsecond), r.p99.Round(100*time.Microsecond))
+	fmt.Printf("%-5s %6d %12s %10s %10s %10s %10s %10s %10s %9s %9s\n", r.mode, r.n, r.convergence.Round(time.Millisecond),
+		mib(r.rss), mib(r.rssAfter), mib(r.last.rss), mib(r.last.anon), mib(r.last.file), mib(r.last.hwm),
+		r.p50.Round(100*time.Microsecond), r.p99.Round(100*time.Microsecond))
 }
 
 func mib(kib int64) string { return fmt.Sprintf("%.1fMiB", float64(kib)/1024) }

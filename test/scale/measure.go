@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -150,34 +149,27 @@ func deleteDevice(ns string) error {
 	})
 }
 
-// memory reads VmRSS and VmHWM (KiB) of pid.
-func memory(pid int) (rss, hwm int64, err error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+// mem is flanneld's memory from /proc/<pid>/status, in KiB.
+type mem struct {
+	rss, hwm   int64 // VmRSS, VmHWM
+	anon, file int64 // RssAnon, RssFile: heap and stacks; the binary's pages
+}
+
+// memory reads pid's memory figures.
+func memory(pid int) (m mem, err error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		return 0, 0, err
+		return m, err
 	}
-	defer f.Close()
-	var detail []string
-	defer func() {
-		klog.V(1).Infof("flanneld pid %d: VmRSS %d kB, VmHWM %d kB, %s", pid, rss, hwm, strings.Join(detail, ", "))
-	}()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), ":")
-		if !ok {
-			continue
-		}
-		num, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-		switch k {
-		case "VmRSS":
-			rss = num
-		case "VmHWM":
-			hwm = num
-		case "RssAnon", "RssFile":
-			detail = append(detail, k+" "+strings.TrimSpace(v))
+	fields := map[string]*int64{"VmRSS": &m.rss, "VmHWM": &m.hwm, "RssAnon": &m.anon, "RssFile": &m.file}
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, _ := strings.Cut(line, ":")
+		if dst, ok := fields[k]; ok {
+			*dst, _ = strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
 		}
 	}
-	return rss, hwm, sc.Err()
+	klog.V(1).Infof("flanneld pid %d: VmRSS %d kB, VmHWM %d kB, RssAnon %d kB, RssFile %d kB", pid, m.rss, m.hwm, m.anon, m.file)
+	return m, nil
 }
 
 // routeWatch reports routes added in a namespace, as the kernel announces
@@ -269,22 +261,36 @@ func ownIndex(n *testbed.Node) int {
 	return int(b[2])<<6 | int(b[3])>>2
 }
 
-// measure records memory after convergence, runs the latency phase and
-// records memory again.
+// measure records memory after convergence, runs the latency phase,
+// records memory again and, with o.settle, once more after that long.
 func measure(ctx context.Context, tb *testbed.Testbed, n *testbed.Node, r *row, o *options, put func(i int) error) error {
 	pid := tb.Flanneld(n).Pid
-	var err error
-	if r.rss, r.hwm, err = memory(pid); err != nil {
+	ready, err := memory(pid)
+	if err != nil {
 		return err
 	}
+	r.rss = ready.rss
 	logMappings(pid)
 	saveHeap(n.NS, o.heapDir, fmt.Sprintf("%s-%d-ready", r.mode, r.n))
 	if r.p50, r.p99, err = latencies(ctx, n.NS, r.n+1, o.samples, ownIndex(n), put); err != nil {
 		return err
 	}
-	r.rssAfter, r.hwm, err = memory(pid)
+	after, err := memory(pid)
+	if err != nil {
+		return err
+	}
+	r.rssAfter, r.last = after.rss, after
 	saveHeap(n.NS, o.heapDir, fmt.Sprintf("%s-%d-after", r.mode, r.n))
-	return err
+	if o.settle > 0 {
+		if err := pause(ctx, o.settle); err != nil {
+			return err
+		}
+		if r.last, err = memory(pid); err != nil {
+			return err
+		}
+		saveHeap(n.NS, o.heapDir, fmt.Sprintf("%s-%d-settled", r.mode, r.n))
+	}
+	return nil
 }
 
 // pprofAddr is where flanneld serves its profiles with -heap, inside the

@@ -24,7 +24,7 @@ import (
 func TestOwnWritesDoNotWakeHealer(t *testing.T) {
 	tn := bt.NewNet(t, "tbk-vx-echo")
 	a := tn.Node("a", tn.Segment("br0", 1500), "198.51.100.11/24")
-	be, err := NewWithHandle(a.H, a.Ext, json.RawMessage(`{"Type":"vxlan"}`))
+	be, err := NewWithHandle(a.H, &a.NSH, a.Ext, json.RawMessage(`{"Type":"vxlan"}`))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -22,7 +22,9 @@ func newHealPair(t *testing.T, tag, raw string) *healPair {
 
 // newBackend makes a node's backend for tbtest.NewHealPair.
 func newBackend(raw string) func(n *bt.Node) (backend.Backend, error) {
-	return func(n *bt.Node) (backend.Backend, error) { return NewWithHandle(n.H, n.Ext, json.RawMessage(raw)) }
+	return func(n *bt.Node) (backend.Backend, error) {
+		return NewWithHandle(n.H, &n.NSH, n.Ext, json.RawMessage(raw))
+	}
 }
 
 // programmed checks that a holds everything b's lease asks for.

@@ -34,6 +34,9 @@ type stack struct {
 	// failed is set when a kernel write failed; the network then asks its
 	// reconciler to retry at once instead of waiting for the next event.
 	failed bool
+	// log is where a peer's change goes: level 0, or -v=2 inside a big
+	// batch (start-up, re-list), which gets one summary line instead.
+	log klog.Verbose
 }
 
 func (s *stack) family() string {
@@ -198,7 +201,7 @@ func (s *stack) handle(ev lease.Event) {
 	if ev.Type == lease.Removed {
 		if had {
 			s.drop(key)
-			klog.Infof("vxlan: removed %s peer %s", s.family(), old)
+			s.log.Infof("vxlan: removed %s peer %s", s.family(), old)
 		}
 		return
 	}
@@ -217,11 +220,11 @@ func (s *stack) handle(ev lease.Event) {
 		s.failed = true
 	}
 	if !had {
-		klog.Infof("vxlan: added %s peer %s", s.family(), p)
+		s.log.Infof("vxlan: added %s peer %s", s.family(), p)
 		return
 	}
 	s.release(old)
-	klog.Infof("vxlan: re-programmed %s peer %s (was %s)", s.family(), p, old)
+	s.log.Infof("vxlan: re-programmed %s peer %s (was %s)", s.family(), p, old)
 }
 
 // set records p as what key wants now, newer than every other peer.

@@ -1,11 +1,11 @@
 package vxlan
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -40,9 +40,9 @@ func (s *stack) repair(r backend.Repairs, prune bool) error {
 	}
 	s.redirect()
 	d := s.desired()
-	err := errors.Join(s.repairRoutes(d, r), s.repairNeighbours(d, r), s.repairFDB(d, r))
+	err := errors.Join(s.repairRoutes(d, r), s.syncNeighbours(d, r, prune), s.syncFDB(d, r, prune))
 	if prune {
-		s.prune(d)
+		s.pruneRoutes(d)
 	}
 	return err
 }
@@ -158,23 +158,39 @@ func (s *stack) routeMatches(rt netlink.Route, want route) bool {
 	return ok && rt.LinkIndex == link && gw.Unmap() == want.gw
 }
 
-func (s *stack) repairNeighbours(d desiredState, r backend.Repairs) error {
-	neighs, err := s.b.nl.NeighList(s.dev.Index, s.netlinkFamily())
+// syncNeighbours reads the device's neighbour entries once, as the dump
+// arrives, and restores every wanted entry that is missing or points to
+// another MAC; with prune it first deletes the permanent entries no peer
+// wants. r nil: prune only (right after the first batch programmed every
+// peer), which deletes a wanted address's entry with another MAC too.
+func (s *stack) syncNeighbours(d desiredState, r backend.Repairs, prune bool) error {
+	seen := make(map[netip.Addr]bool, len(d.neigh))
+	var stale []netlink.Neigh
+	err := backend.EachNeigh(s.b.ns, s.dev.Index, s.netlinkFamily(), func(ne netlink.Neigh) {
+		a, ok := netip.AddrFromSlice(ne.IP)
+		mac, isMAC := macOf(ne.HardwareAddr)
+		if !ok || ne.State&netlink.NUD_PERMANENT == 0 {
+			return
+		}
+		want, wanted := d.neigh[a.Unmap()]
+		switch {
+		case wanted && isMAC && want == mac:
+			seen[a.Unmap()] = true
+		case wanted && r != nil: // restored below
+		case prune && !isZeroMAC(ne.HardwareAddr):
+			stale = append(stale, detach(ne))
+		}
+	})
 	if err != nil {
 		return fmt.Errorf("list neighbours of %s: %w", s.dev.Name, err)
 	}
-	// Only the permanent entries with an Ethernet address, and only that
-	// address: a copy of each kernel entry was the larger part of this.
-	have := make(map[netip.Addr]vtepMAC, len(neighs))
-	for _, ne := range neighs {
-		a, ok := netip.AddrFromSlice(ne.IP)
-		if mac, isMAC := macOf(ne.HardwareAddr); ok && isMAC && ne.LinkIndex == s.dev.Index && ne.State&netlink.NUD_PERMANENT != 0 {
-			have[a.Unmap()] = mac
-		}
+	s.deleteStale("neighbour", stale)
+	if r == nil {
+		return nil
 	}
 	var errs []error
 	for ip, mac := range d.neigh {
-		if got, ok := have[ip]; ok && got == mac {
+		if seen[ip] {
 			continue
 		}
 		if err := s.b.nl.NeighSet(s.arp(ip, mac)); err != nil {
@@ -187,21 +203,34 @@ func (s *stack) repairNeighbours(d desiredState, r backend.Repairs) error {
 	return errors.Join(errs...)
 }
 
-func (s *stack) repairFDB(d desiredState, r backend.Repairs) error {
-	entries, err := s.b.nl.NeighList(s.dev.Index, unix.AF_BRIDGE)
+// syncFDB does the same for the FDB: an entry is wanted when a peer wants
+// its MAC towards its address; the same MAC towards an old address is
+// stale.
+func (s *stack) syncFDB(d desiredState, r backend.Repairs, prune bool) error {
+	seen := make(map[vtepMAC]bool, len(d.fdb))
+	var stale []netlink.Neigh
+	err := backend.EachNeigh(s.b.ns, s.dev.Index, unix.AF_BRIDGE, func(ne netlink.Neigh) {
+		a, ok := netip.AddrFromSlice(ne.IP)
+		mac, isMAC := macOf(ne.HardwareAddr)
+		if !ok || !isMAC {
+			return
+		}
+		if dst, wanted := d.fdb[mac]; wanted && dst == a.Unmap() {
+			seen[mac] = true
+		} else if prune && ne.State&netlink.NUD_PERMANENT != 0 && !isZeroMAC(ne.HardwareAddr) {
+			stale = append(stale, detach(ne))
+		}
+	})
 	if err != nil {
 		return fmt.Errorf("list FDB of %s: %w", s.dev.Name, err)
 	}
-	have := map[fdbEntry]bool{}
-	for _, ne := range entries {
-		a, ok := netip.AddrFromSlice(ne.IP)
-		if mac, isMAC := macOf(ne.HardwareAddr); ok && isMAC && ne.LinkIndex == s.dev.Index {
-			have[fdbEntry{mac, a.Unmap()}] = true
-		}
+	s.deleteStale("fdb entry", stale)
+	if r == nil {
+		return nil
 	}
 	var errs []error
 	for mac, dst := range d.fdb {
-		if have[fdbEntry{mac, dst}] {
+		if seen[mac] {
 			continue
 		}
 		if err := s.b.nl.NeighSet(s.fdb(mac, dst)); err != nil {
@@ -212,6 +241,21 @@ func (s *stack) repairFDB(d desiredState, r backend.Repairs) error {
 		r.Add("fdb")
 	}
 	return errors.Join(errs...)
+}
+
+// detach copies the parts of a dumped entry that point into the receive
+// buffer.
+func detach(ne netlink.Neigh) netlink.Neigh {
+	ne.IP = slices.Clone(ne.IP)
+	ne.HardwareAddr = slices.Clone(ne.HardwareAddr)
+	return ne
+}
+
+func (s *stack) deleteStale(what string, stale []netlink.Neigh) {
+	for _, ne := range stale {
+		klog.Infof("vxlan: removing stale %s %s lladdr %s on %s", what, ne.IP, ne.HardwareAddr, s.dev.Name)
+		s.logGone(what, ne.IP.String(), s.b.nl.NeighDel(&ne))
+	}
 }
 
 func (s *stack) netlinkFamily() int {
@@ -225,32 +269,19 @@ func (s *stack) netlinkFamily() int {
 // but match no current peer: left by an earlier run for leases that
 // expired while this node's daemon was down, or added by hand.
 func (s *stack) prune(d desiredState) {
-	keepRoutes := map[netip.Prefix]bool{s.own: true}
-	for dst := range d.routes {
-		keepRoutes[dst] = true
+	s.pruneRoutes(d)
+	for _, sync := range []func(desiredState, backend.Repairs, bool) error{s.syncNeighbours, s.syncFDB} {
+		if err := sync(d, nil, true); err != nil {
+			klog.Errorf("vxlan: %s entries no lease accounts for are not cleaned up: %v", s.family(), err)
+		}
 	}
-	s.pruneRoutes(keepRoutes)
-	s.pruneNeighbours(s.netlinkFamily(), "neighbour", func(ne netlink.Neigh) bool {
-		a, ok := netip.AddrFromSlice(ne.IP)
-		mac, wanted := d.neigh[a.Unmap()]
-		return ok && wanted && bytes.Equal(ne.HardwareAddr, mac[:])
-	})
-	s.pruneNeighbours(unix.AF_BRIDGE, "fdb entry", func(ne netlink.Neigh) bool {
-		a, _ := netip.AddrFromSlice(ne.IP)
-		mac, isMAC := macOf(ne.HardwareAddr)
-		dst, ok := d.fdb[mac]
-		return isMAC && ok && dst == a.Unmap()
-	})
 }
 
-// fdbEntry identifies an FDB entry: the same MAC towards an old address is
-// stale too.
-type fdbEntry struct {
-	mac vtepMAC
-	dst netip.Addr
-}
-
-func (s *stack) pruneRoutes(keep map[netip.Prefix]bool) {
+func (s *stack) pruneRoutes(d desiredState) {
+	keep := map[netip.Prefix]bool{s.own: true}
+	for dst := range d.routes {
+		keep[dst] = true
+	}
 	stale, err := backend.StaleRoutes(s.b.nl, []int{s.dev.Index, s.b.ext.Iface.Index}, s.network, keep)
 	if err != nil {
 		klog.Errorf("vxlan: %s routes no lease accounts for are not cleaned up: %v", s.family(), err)
@@ -259,21 +290,6 @@ func (s *stack) pruneRoutes(keep map[netip.Prefix]bool) {
 	for _, r := range stale {
 		klog.Infof("vxlan: removing stale route %s via %s", r.Dst, r.Gw)
 		s.logGone("route", r.Dst.String(), s.b.nl.RouteDel(&r))
-	}
-}
-
-func (s *stack) pruneNeighbours(family int, what string, wanted func(netlink.Neigh) bool) {
-	neighs, err := s.b.nl.NeighList(s.dev.Index, family)
-	if err != nil {
-		klog.Errorf("vxlan: list neighbours of %s for reconciliation: %v", s.dev.Name, err)
-		return
-	}
-	for _, ne := range neighs {
-		if ne.LinkIndex != s.dev.Index || ne.State&netlink.NUD_PERMANENT == 0 || wanted(ne) || isZeroMAC(ne.HardwareAddr) {
-			continue
-		}
-		klog.Infof("vxlan: removing stale %s %s lladdr %s on %s", what, ne.IP, ne.HardwareAddr, s.dev.Name)
-		s.logGone(what, ne.IP.String(), s.b.nl.NeighDel(&ne))
 	}
 }
 

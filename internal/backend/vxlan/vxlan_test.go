@@ -37,7 +37,7 @@ func up(t *testing.T, n *bt.Node, raw, subnet string) (backend.Network, lease.Le
 
 func upFamilies(t *testing.T, n *bt.Node, raw string, v4, v6 bool, subnet4, subnet6 string) (backend.Network, lease.Lease) {
 	t.Helper()
-	be, err := NewWithHandle(n.H, n.Ext, json.RawMessage(raw))
+	be, err := NewWithHandle(n.H, &n.NSH, n.Ext, json.RawMessage(raw))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -476,7 +476,7 @@ func TestMTUKeyIsUnderlayMTU(t *testing.T) {
 		{`{"MTU":1400}`, true, "flannel-v6.1", 1330},
 		{`{"MTU":1500,"VNI":7}`, false, "flannel.7", 1450},
 	} {
-		be, err := NewWithHandle(nil, ext, json.RawMessage(tc.raw))
+		be, err := NewWithHandle(nil, nil, ext, json.RawMessage(tc.raw))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -512,7 +512,7 @@ func TestRegisterRefuses(t *testing.T) {
 		{"IPv4 without an IPv4 address", v6only, `{}`, true, false, "eth0 has no IPv4 address"},
 		{"no family", ext, `{}`, false, false, "neither"},
 	} {
-		be, err := NewWithHandle(nil, tc.ext, json.RawMessage(tc.raw))
+		be, err := NewWithHandle(nil, nil, tc.ext, json.RawMessage(tc.raw))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 
 	"github.com/flannelgo/flannel/internal/backend"
 	"github.com/flannelgo/flannel/internal/testbed"
@@ -122,6 +123,7 @@ type Node struct {
 	Name  string
 	NS    string
 	H     *netlink.Handle
+	NSH   netns.NsHandle // the namespace H works in
 	Ext   *backend.ExternalInterface
 	Addr  netip.Addr // eth0's IPv4 address, if any
 	Addr6 netip.Addr // eth0's IPv6 address, if any
@@ -139,6 +141,7 @@ func (n *Net) Node(name string, seg *Segment, addrs ...string) *Node {
 	n.check(testbed.VethPair(n.hub, nd.port, nd.NS, "eth0", seg.MTU))
 	n.check(testbed.Attach(n.hub, nd.port, seg.Bridge))
 	nd.H = Handle(n.t, nd.NS)
+	nd.NSH = NSHandle(n.t, nd.NS)
 	nd.address(seg, addrs)
 	return nd
 }

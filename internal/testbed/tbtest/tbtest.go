@@ -183,6 +183,17 @@ func InNS(t testing.TB, ns string, fn func()) {
 
 // Handle is a netlink handle bound to namespace ns, closed when the test
 // ends.
+// NSHandle opens namespace ns for the rest of the test.
+func NSHandle(t testing.TB, ns string) netns.NsHandle {
+	t.Helper()
+	nsh, err := netns.GetFromName(ns)
+	if err != nil {
+		t.Fatalf("open namespace %s: %v", ns, err)
+	}
+	t.Cleanup(func() { nsh.Close() })
+	return nsh
+}
+
 func Handle(t testing.TB, ns string) *netlink.Handle {
 	t.Helper()
 	nsh, err := netns.GetFromName(ns)
