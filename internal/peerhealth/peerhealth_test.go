@@ -21,8 +21,8 @@ import (
 
 // fakePinger stands in for probe.Pinger. With answering set it answers
 // every probe whose target is not down, on its own goroutine as the real
-// reader does; the others stay out until cancelled. Every probe sent is
-// kept in sent, so that a test can answer by hand, also too late.
+// reader does; the others stay out until cancelled, and are kept in sent
+// so that a test can answer them by hand, also too late.
 type fakePinger struct {
 	answers chan func() // nil: nothing is answered but by hand
 	stop    chan struct{}
