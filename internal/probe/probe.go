@@ -103,6 +103,7 @@ func listen(mode int) (*net.IPConn, error) {
 		var serr error
 		err := c.Control(func(fd uintptr) {
 			serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, mode)
+			growSendBuffer(int(fd))
 		})
 		return errors.Join(err, serr)
 	}}
@@ -111,6 +112,25 @@ func listen(mode int) (*net.IPConn, error) {
 		return nil, fmt.Errorf("open raw ICMP socket (needs CAP_NET_RAW, i.e. run as root): %w", err)
 	}
 	return c.(*net.IPConn), nil
+}
+
+// sendBuffer is the raw sockets' send buffer. A probe stays charged to
+// its socket while the kernel holds it, and a probe through VXLAN to a
+// peer whose underlay address does not answer ARP waits up to 3 s in the
+// neighbour's queue. With the default buffer (208 KiB) about 500 such
+// probes fill it, and every further probe, also to healthy peers, fails
+// with ENOBUFS: at 1000 probes a second (10000 peers), a few hundred dead
+// nodes would make healthy ones look lossy. The memory is used only while
+// probes wait; the kernel doubles the value and allows twice that.
+const sendBuffer = 1 << 20
+
+// growSendBuffer raises the send buffer past net.core.wmem_max where
+// flanneld may (CAP_NET_ADMIN), else as far as wmem_max allows. Best
+// effort: a small buffer costs false losses only under mass outages.
+func growSendBuffer(fd int) {
+	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, sendBuffer) != nil {
+		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, sendBuffer)
+	}
 }
 
 // Close stops the reader and closes the sockets; no reply is delivered

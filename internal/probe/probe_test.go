@@ -149,3 +149,35 @@ func TestSequenceWrap(t *testing.T) {
 		t.Error("cancel of an answered probe reports it still waiting")
 	}
 }
+
+// Probes to addresses whose ARP is never answered stay charged to the
+// socket while they wait in the neighbour queues (3 s): 2000 of them to
+// 250 such addresses, as peer health sends to dead nodes at scale, are
+// all sent. With the default send buffer three in four failed with
+// ENOBUFS, and so would probes to healthy peers after them.
+func TestSendWhileARPPending(t *testing.T) {
+	tbtest.NeedRoot(t, "ip")
+	ns := tbtest.NS(t, fmt.Sprintf("fl-pra-%d", os.Getpid()))
+	// v1 has no address: v0's ARP requests for 203.0.113.2-251 go unanswered.
+	tbtest.Run(t, "ip", "-n", ns, "link", "add", "v0", "type", "veth", "peer", "name", "v1")
+	tbtest.Run(t, "ip", "-n", ns, "addr", "add", "203.0.113.1/24", "dev", "v0")
+	tbtest.Run(t, "ip", "-n", ns, "link", "set", "v0", "up")
+	tbtest.Run(t, "ip", "-n", ns, "link", "set", "v1", "up")
+	var p *Pinger
+	if err := testbed.InNamespace(ns, func() (err error) { p, err = NewPinger(); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	failed, last := 0, error(nil)
+	for i := range 2000 {
+		id, err := p.Send(netip.AddrFrom4([4]byte{203, 0, 113, byte(2 + i%250)}), 16, false, func(time.Duration) {})
+		if err != nil {
+			failed, last = failed+1, err
+			continue
+		}
+		p.Cancel(id)
+	}
+	if failed > 0 {
+		t.Errorf("%d of 2000 probes not sent while ARP is pending, last: %v", failed, last)
+	}
+}
