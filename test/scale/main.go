@@ -139,8 +139,8 @@ func run(ctx context.Context, o *options) error {
 			klog.Errorf("remove testbed: %v", err)
 		}
 	}()
-	fmt.Printf("%-5s %6s %12s %10s %10s %10s %10s %10s %10s %9s %9s\n", "mode", "N", "convergence", "RSS@ready", "RSS",
-		"RSS@end", "anon@end", "file@end", "HWM", "p50", "p99")
+	fmt.Printf("%-5s %6s %12s %10s %10s %10s %10s %10s %10s %9s %9s %9s\n", "mode", "N", "convergence", "RSS@ready", "RSS",
+		"RSS@end", "anon@end", "file@end", "HWM", "p50", "p99", "CPU@settle")
 	for _, mode := range o.modes {
 		var rows []row
 		var err error
@@ -178,16 +178,17 @@ type row struct {
 	mode        string
 	n           int
 	convergence time.Duration
-	rss         int64 // VmRSS (KiB) right after convergence
-	rssAfter    int64 // VmRSS (KiB) after the latency phase: the steady state
-	last        mem   // at the end: after the latency phase, or after -settle
+	rss         int64   // VmRSS (KiB) right after convergence
+	rssAfter    int64   // VmRSS (KiB) after the latency phase: the steady state
+	last        mem     // at the end: after the latency phase, or after -settle
+	settleCPU   float64 // CPU share flanneld used during -settle (1 = one core)
 	p50, p99    time.Duration
 }
 
 func (r row) print() {
-	fmt.Printf("%-5s %6d %12s %10s %10s %10s %10s %10s %10s %9s %9s\n", r.mode, r.n, r.convergence.Round(time.Millisecond),
+	fmt.Printf("%-5s %6d %12s %10s %10s %10s %10s %10s %10s %9s %9s %8.2f%%\n", r.mode, r.n, r.convergence.Round(time.Millisecond),
 		mib(r.rss), mib(r.rssAfter), mib(r.last.rss), mib(r.last.anon), mib(r.last.file), mib(r.last.hwm),
-		r.p50.Round(100*time.Microsecond), r.p99.Round(100*time.Microsecond))
+		r.p50.Round(100*time.Microsecond), r.p99.Round(100*time.Microsecond), 100*r.settleCPU)
 }
 
 func mib(kib int64) string { return fmt.Sprintf("%.1fMiB", float64(kib)/1024) }

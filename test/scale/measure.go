@@ -282,15 +282,34 @@ func measure(ctx context.Context, tb *testbed.Testbed, n *testbed.Node, r *row, 
 	r.rssAfter, r.last = after.rss, after
 	saveHeap(n.NS, o.heapDir, fmt.Sprintf("%s-%d-after", r.mode, r.n))
 	if o.settle > 0 {
+		cpu0 := cpuTime(pid)
 		if err := pause(ctx, o.settle); err != nil {
 			return err
 		}
 		if r.last, err = memory(pid); err != nil {
 			return err
 		}
+		r.settleCPU = float64(cpuTime(pid)-cpu0) / float64(o.settle)
 		saveHeap(n.NS, o.heapDir, fmt.Sprintf("%s-%d-settled", r.mode, r.n))
 	}
 	return nil
+}
+
+// cpuTime is the CPU time pid has used (user and system), or 0.
+func cpuTime(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name (which may hold spaces): utime and
+	// stime are the 12th and 13th, in clock ticks of 1/100 s.
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	s, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(u+s) * 10 * time.Millisecond
 }
 
 // pprofAddr is where flanneld serves its profiles with -heap, inside the
