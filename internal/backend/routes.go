@@ -29,8 +29,7 @@ func StaleRoutes(h *netlink.Handle, links []int, network netip.Prefix, keep map[
 		// Visited one by one as the dump arrives: with thousands of peers,
 		// a listing of every route would be the daemon's largest allocation.
 		err := h.RouteListFilteredIter(family, &netlink.Route{LinkIndex: link}, netlink.RT_FILTER_OIF, func(r netlink.Route) bool {
-			dst, ok := PrefixOf(r.Dst)
-			if ok && r.Gw != nil && r.Protocol == unix.RTPROT_BOOT && !keep[dst.Masked()] && within(dst, network) {
+			if dst, ok := FlannelShaped(r, network); ok && !keep[dst.Masked()] {
 				stale = append(stale, r)
 			}
 			return true
@@ -40,6 +39,14 @@ func StaleRoutes(h *netlink.Handle, links []int, network netip.Prefix, keep map[
 		}
 	}
 	return stale, nil
+}
+
+// FlannelShaped says whether r looks like a route a flannel backend
+// installs for a peer in network (see StaleRoutes), and returns its
+// destination.
+func FlannelShaped(r netlink.Route, network netip.Prefix) (netip.Prefix, bool) {
+	dst, ok := PrefixOf(r.Dst)
+	return dst, ok && r.Gw != nil && r.Protocol == unix.RTPROT_BOOT && within(dst, network)
 }
 
 // within says whether p is network itself or a part of it.

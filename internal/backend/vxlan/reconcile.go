@@ -40,11 +40,7 @@ func (s *stack) repair(r backend.Repairs, prune bool) error {
 	}
 	s.redirect()
 	d := s.desired()
-	err := errors.Join(s.repairRoutes(d, r), s.syncNeighbours(d, r, prune), s.syncFDB(d, r, prune))
-	if prune {
-		s.pruneRoutes(d)
-	}
-	return err
+	return errors.Join(s.syncRoutes(d, r, prune), s.syncNeighbours(d, r, prune), s.syncFDB(d, r, prune))
 }
 
 func (s *stack) repairDevice(r backend.Repairs) error {
@@ -112,25 +108,38 @@ func (s *stack) redirect() {
 	}
 }
 
-func (s *stack) repairRoutes(d desiredState, r backend.Repairs) error {
-	// Kernel routes are compared with the desired ones as the dump
-	// arrives: a listing of every route (10000 at scale) held at once was
-	// the reconcile's largest allocation.
-	in := map[netip.Prefix]bool{} // destinations whose route is as wanted
+// syncRoutes reads the routes on the VXLAN device and the external
+// interface once, as the dump arrives, restores every wanted route that is
+// missing or different, and with prune deletes flannel-shaped routes into
+// the network that no peer wants (left by an earlier run for leases that
+// expired meanwhile, or added by hand). r nil: prune only.
+func (s *stack) syncRoutes(d desiredState, r backend.Repairs, prune bool) error {
+	in := make(map[netip.Prefix]bool, len(d.routes)) // destinations whose route is as wanted
+	var stale []netlink.Route
 	for _, link := range []int{s.dev.Index, s.b.ext.Iface.Index} {
 		err := s.b.nl.RouteListFilteredIter(s.netlinkFamily(), &netlink.Route{LinkIndex: link}, netlink.RT_FILTER_OIF, func(rt netlink.Route) bool {
 			dst, ok := backend.PrefixOf(rt.Dst)
 			if !ok {
 				return true
 			}
-			if want, ok := d.routes[dst]; ok && s.routeMatches(rt, want) {
+			want, wanted := d.routes[dst]
+			if wanted && s.routeMatches(rt, want) {
 				in[dst] = true
+			} else if _, shaped := backend.FlannelShaped(rt, s.network); prune && shaped && !wanted && dst.Masked() != s.own {
+				stale = append(stale, rt)
 			}
 			return true
 		})
 		if err != nil {
 			return fmt.Errorf("list routes: %w", err)
 		}
+	}
+	for _, rt := range stale {
+		klog.Infof("vxlan: removing stale route %s via %s", rt.Dst, rt.Gw)
+		s.logGone("route", rt.Dst.String(), s.b.nl.RouteDel(&rt))
+	}
+	if r == nil {
+		return nil
 	}
 	var errs []error
 	for dst, rt := range d.routes {
@@ -269,27 +278,10 @@ func (s *stack) netlinkFamily() int {
 // but match no current peer: left by an earlier run for leases that
 // expired while this node's daemon was down, or added by hand.
 func (s *stack) prune(d desiredState) {
-	s.pruneRoutes(d)
-	for _, sync := range []func(desiredState, backend.Repairs, bool) error{s.syncNeighbours, s.syncFDB} {
+	for _, sync := range []func(desiredState, backend.Repairs, bool) error{s.syncRoutes, s.syncNeighbours, s.syncFDB} {
 		if err := sync(d, nil, true); err != nil {
-			klog.Errorf("vxlan: %s entries no lease accounts for are not cleaned up: %v", s.family(), err)
+			klog.Errorf("vxlan: %s state no lease accounts for is not cleaned up: %v", s.family(), err)
 		}
-	}
-}
-
-func (s *stack) pruneRoutes(d desiredState) {
-	keep := map[netip.Prefix]bool{s.own: true}
-	for dst := range d.routes {
-		keep[dst] = true
-	}
-	stale, err := backend.StaleRoutes(s.b.nl, []int{s.dev.Index, s.b.ext.Iface.Index}, s.network, keep)
-	if err != nil {
-		klog.Errorf("vxlan: %s routes no lease accounts for are not cleaned up: %v", s.family(), err)
-		return
-	}
-	for _, r := range stale {
-		klog.Infof("vxlan: removing stale route %s via %s", r.Dst, r.Gw)
-		s.logGone("route", r.Dst.String(), s.b.nl.RouteDel(&r))
 	}
 }
 
