@@ -39,6 +39,7 @@ func TestProberCost(t *testing.T) {
 	const peers, interval, measure = 1000, time.Second, 4 * time.Second
 	m := NewMetrics(prometheus.NewRegistry())
 	p := New(interval, pinger, m)
+	p.maxRate = 0 // the cost of 1000 probes a second
 	var evs []lease.Event
 	for i := range peers {
 		evs = append(evs, lease.Event{Type: lease.Added, Lease: lease.Lease{

@@ -188,6 +188,7 @@ func TestReachabilityTransitions(t *testing.T) {
 	m := NewMetrics(reg)
 	fp := newFakePinger(t, true)
 	p := New(40*time.Millisecond, fp, m)
+	p.maxRate = 0 // this test probes faster than the cap
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go p.Run(ctx)
@@ -234,6 +235,7 @@ func TestPeerSeriesBounded(t *testing.T) {
 	m := NewMetrics(prometheus.NewRegistry())
 	fp := newFakePinger(t, true)
 	p := New(20*time.Millisecond, fp, m)
+	p.maxRate = 0 // this test probes faster than the cap
 	var evs []lease.Event
 	for i := range peers {
 		l := vxlanLease(fmt.Sprintf("10.244.%d.0/24", i+1), "198.51.100.2")
@@ -265,6 +267,7 @@ func TestPeerSeriesBounded(t *testing.T) {
 func TestRateAndSpread(t *testing.T) {
 	fp := newFakePinger(t, true)
 	p := New(time.Second, fp, NewMetrics(prometheus.NewRegistry()))
+	p.maxRate = 0 // this test probes faster than the cap
 	var evs []lease.Event
 	for i := range 1000 {
 		evs = append(evs, lease.Event{Type: lease.Added, Lease: lease.Lease{
@@ -295,6 +298,7 @@ func TestProbesOutNoGoroutines(t *testing.T) {
 	fp := newFakePinger(t, false)
 	m := NewMetrics(prometheus.NewRegistry())
 	p := New(time.Second, fp, m)
+	p.maxRate = 0 // this test probes faster than the cap
 	var evs []lease.Event
 	for i := range peers {
 		evs = append(evs, lease.Event{Type: lease.Added, Lease: lease.Lease{
@@ -372,5 +376,33 @@ func TestTimeoutsAndLateReplies(t *testing.T) {
 	counts("probes to a removed and a replaced peer", 1, 5)
 	if got := testutil.ToFloat64(m.Troubled); got != 2 {
 		t.Errorf("flannel_peers_with_losses %v, want 2 (a and d; b is gone, the new c has no result yet)", got)
+	}
+}
+
+// Above maxRate peers per second, each peer's probes are spaced out so
+// that the node sends at most maxRate probes a second: 3000 peers at 1 s
+// with a cap of 500 are probed every 6 s, about 500 a second.
+func TestProbeRateCapped(t *testing.T) {
+	const peers, rate = 3000, 500
+	fp := newFakePinger(t, true)
+	p := New(time.Second, fp, NewMetrics(prometheus.NewRegistry()))
+	p.maxRate = rate
+	var evs []lease.Event
+	for i := range peers {
+		evs = append(evs, lease.Event{Type: lease.Added, Lease: lease.Lease{
+			Subnet: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 0}), 24),
+			Attrs:  lease.Attrs{PublicIP: netip.MustParseAddr("198.51.100.2"), BackendType: "vxlan"}}})
+	}
+	p.Update(evs)
+	if p.period != 6*time.Second {
+		t.Errorf("period %s for %d peers at most %d a second, want 6s", p.period, peers, rate)
+	}
+	// On the test's clock: the probes sent in the first 3 s.
+	start := time.Now()
+	for ms := 0; ms <= 3000; ms += 10 {
+		p.tick(start.Add(time.Duration(ms) * time.Millisecond))
+	}
+	if n := fp.count.Load(); n < 0.8*3*rate || n > 1.2*3*rate {
+		t.Errorf("%d probes in 3 s, want about %d (capped at %d a second), not %d", n, 3*rate, rate, 3*peers)
 	}
 }
