@@ -1,11 +1,13 @@
 package etcd
 
 import (
-	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"math/rand/v2"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -58,7 +60,7 @@ var (
 // WatchLeases follows <prefix>/subnets/ until ctx ends; see subnet.Manager.
 // It returns ctx.Err(), or an error if the manager is closed.
 func (m *Manager) WatchLeases(ctx context.Context, events chan<- []lease.Event) error {
-	w := &watcher{m: m, out: events, first: true}
+	w := &watcher{m: m, out: events, first: true, seed: maphash.MakeSeed()}
 	health := outage{
 		down: func(err error) {
 			klog.Errorf("etcd unreachable at %s: %v; retrying", m.endpoints(), err)
@@ -120,6 +122,7 @@ type watcher struct {
 	m     *Manager
 	out   chan<- []lease.Event
 	known knownLeases
+	seed  maphash.Seed
 	first bool
 
 	mu  sync.Mutex // guards rev, which the probe reads
@@ -150,11 +153,16 @@ func (w *watcher) resync(ctx context.Context, cli *clientv3.Client) (int64, erro
 			w.m.endpoints(), rev, last, len(w.known), w.m.removalHold)
 	}
 	w.hold(cur)
-	batch := diff(w.known, cur)
-	w.known = make(knownLeases, len(cur))
+	batch := w.diff(cur)
+	known := make(knownLeases, len(cur))
 	for name, l := range cur {
-		w.known[name] = l.Attrs
+		if w.held[name] {
+			known[name] = w.known[name] // kept as it was: cur has its subnets only
+		} else {
+			known[name] = w.digest(l.Attrs)
+		}
 	}
+	w.known = known
 	if len(batch) > 0 || w.first {
 		w.first = false
 		if batch == nil {
@@ -174,7 +182,7 @@ func (w *watcher) hold(cur map[string]lease.Lease) {
 	}
 	for name := range w.known {
 		if _, ok := cur[name]; !ok && !w.m.isOwn(name) {
-			cur[name] = w.known.lease(name)
+			cur[name] = subnetsOf(name)
 			if w.held == nil {
 				w.held = map[string]bool{}
 			}
@@ -185,15 +193,15 @@ func (w *watcher) hold(cur map[string]lease.Lease) {
 
 // diff lists removals before additions: when a key changes shape (IPv4-only
 // to dual stack) the receiver must drop the old route before adding the new.
-func diff(old knownLeases, cur map[string]lease.Lease) []lease.Event {
+func (w *watcher) diff(cur map[string]lease.Lease) []lease.Event {
 	var removed, added []lease.Event
-	for _, name := range sortedKeys(old) {
+	for _, name := range sortedKeys(w.known) {
 		if _, ok := cur[name]; !ok {
-			removed = append(removed, lease.Event{Type: lease.Removed, Lease: old.lease(name)})
+			removed = append(removed, lease.Event{Type: lease.Removed, Lease: subnetsOf(name)})
 		}
 	}
 	for _, name := range sortedKeys(cur) {
-		if o, ok := old[name]; !ok || !sameAttrs(o, cur[name].Attrs) {
+		if d, ok := w.known[name]; !w.held[name] && (!ok || d != w.digest(cur[name].Attrs)) {
 			added = append(added, lease.Event{Type: lease.Added, Lease: cur[name]})
 		}
 	}
@@ -201,18 +209,36 @@ func diff(old knownLeases, cur map[string]lease.Lease) []lease.Event {
 }
 
 // knownLeases is what the receiver was told, by key below
-// <prefix>/subnets/: only the attributes, since the subnets are in the key
-// and the rest (expiry estimate, revision) is not needed to tell a change
-// or to name a removal. A whole lease per key, stored out of line in the
-// map, cost twice as much at 10000 peers.
-type knownLeases map[string]lease.Attrs
+// <prefix>/subnets/: a digest of the attributes, enough to tell a change,
+// since the subnets are in the key. A removal names the lease by its
+// subnets; the daemon's lease guard hands the backend the attributes it
+// accepted. The attributes themselves per key cost 2.8 MB at 10000 peers.
+type knownLeases map[string]uint64
 
-// lease rebuilds the lease the receiver was told about under name. Names
-// are stored only after ParseBoundedKey accepted them (decode), so they
-// parse again to the same subnets.
-func (k knownLeases) lease(name string) lease.Lease {
+// subnetsOf is the lease named name, without attributes. Names are stored
+// only after ParseBoundedKey accepted them (decode), so they parse again.
+func subnetsOf(name string) lease.Lease {
 	v4, v6, _ := lease.ParseKey(name)
-	return lease.Lease{Subnet: v4, IPv6Subnet: v6, Attrs: k[name]}
+	return lease.Lease{Subnet: v4, IPv6Subnet: v6}
+}
+
+// digest hashes a's fields with the watcher's seed: two attributes with
+// one digest are taken as equal (a chance of 2^-64 per comparison).
+func (w *watcher) digest(a lease.Attrs) uint64 {
+	var h maphash.Hash
+	h.SetSeed(w.seed)
+	for _, ip := range []netip.Addr{a.PublicIP, a.PublicIPv6} {
+		b, _ := ip.MarshalBinary()
+		h.WriteByte(byte(len(b)))
+		h.Write(b)
+	}
+	for _, f := range [][]byte{[]byte(a.BackendType), a.BackendData, a.BackendV6Data} {
+		var n [8]byte
+		binary.LittleEndian.PutUint64(n[:], uint64(len(f)))
+		h.Write(n[:])
+		h.Write(f)
+	}
+	return h.Sum64()
 }
 
 func sortedKeys[V any](m map[string]V) []string {
@@ -222,11 +248,6 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	slices.Sort(keys)
 	return keys
-}
-
-func sameAttrs(a, b lease.Attrs) bool {
-	return a.PublicIP == b.PublicIP && a.PublicIPv6 == b.PublicIPv6 && a.BackendType == b.BackendType &&
-		bytes.Equal(a.BackendData, b.BackendData) && bytes.Equal(a.BackendV6Data, b.BackendV6Data)
 }
 
 func (w *watcher) send(ctx context.Context, batch []lease.Event) error {
@@ -325,8 +346,9 @@ func (w *watcher) apply(evs []*clientv3.Event) []lease.Event {
 		old, had := w.known[name]
 		if ev.Type == mvccpb.PUT {
 			if r, ok := w.m.decode(ev.Kv, exp); ok {
-				w.known[name] = r.l.Attrs
-				if !had || !sameAttrs(old, r.l.Attrs) {
+				d := w.digest(r.l.Attrs)
+				w.known[name] = d
+				if !had || old != d {
 					batch = append(batch, lease.Event{Type: lease.Added, Lease: r.l})
 				}
 				continue
@@ -335,7 +357,7 @@ func (w *watcher) apply(evs []*clientv3.Event) []lease.Event {
 		// A delete, an expiry, or a value overwritten with garbage: the
 		// lease is gone as far as the receiver is concerned.
 		if had {
-			batch = append(batch, lease.Event{Type: lease.Removed, Lease: w.known.lease(name)})
+			batch = append(batch, lease.Event{Type: lease.Removed, Lease: subnetsOf(name)})
 			delete(w.known, name)
 		}
 	}
