@@ -114,7 +114,11 @@ func TestDiff(t *testing.T) {
 		// key before it adds the new one.
 		"10.244.1.0-24&fd00:10:244:1::-64": mkLease("10.244.1.0-24&fd00:10:244:1::-64", "a"),
 	}
-	got := w.diff(cur)
+	next := knownLeases{}
+	for name, l := range cur {
+		next[name] = w.digest(l.Attrs)
+	}
+	got := diff(w.known, next, cur)
 	want := []string{
 		"removed 10.244.1.0-24",
 		"added 10.244.0.0-24",

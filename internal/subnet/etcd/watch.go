@@ -153,16 +153,16 @@ func (w *watcher) resync(ctx context.Context, cli *clientv3.Client) (int64, erro
 			w.m.endpoints(), rev, last, len(w.known), w.m.removalHold)
 	}
 	w.hold(cur)
-	batch := w.diff(cur)
-	known := make(knownLeases, len(cur))
+	next := make(knownLeases, len(cur))
 	for name, l := range cur {
 		if w.held[name] {
-			known[name] = w.known[name] // kept as it was: cur has its subnets only
+			next[name] = w.known[name] // kept as it was: cur has its subnets only
 		} else {
-			known[name] = w.digest(l.Attrs)
+			next[name] = w.digest(l.Attrs)
 		}
 	}
-	w.known = known
+	batch := diff(w.known, next, cur)
+	w.known = next
 	if len(batch) > 0 || w.first {
 		w.first = false
 		if batch == nil {
@@ -191,17 +191,19 @@ func (w *watcher) hold(cur map[string]lease.Lease) {
 	}
 }
 
-// diff lists removals before additions: when a key changes shape (IPv4-only
-// to dual stack) the receiver must drop the old route before adding the new.
-func (w *watcher) diff(cur map[string]lease.Lease) []lease.Event {
+// diff turns the change from the old known leases to next (the current
+// leases cur, digested) into events, removals before additions: when a key
+// changes shape (IPv4-only to dual stack) the receiver must drop the old
+// route before adding the new.
+func diff(old, next knownLeases, cur map[string]lease.Lease) []lease.Event {
 	var removed, added []lease.Event
-	for _, name := range sortedKeys(w.known) {
-		if _, ok := cur[name]; !ok {
+	for _, name := range sortedKeys(old) {
+		if _, ok := next[name]; !ok {
 			removed = append(removed, lease.Event{Type: lease.Removed, Lease: subnetsOf(name)})
 		}
 	}
-	for _, name := range sortedKeys(cur) {
-		if d, ok := w.known[name]; !w.held[name] && (!ok || d != w.digest(cur[name].Attrs)) {
+	for _, name := range sortedKeys(next) {
+		if d, ok := old[name]; !ok || d != next[name] {
 			added = append(added, lease.Event{Type: lease.Added, Lease: cur[name]})
 		}
 	}
