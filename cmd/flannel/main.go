@@ -5,12 +5,18 @@ package main
 import (
 	"github.com/containernetworking/cni/pkg/skel"
 
+	"github.com/flannelgo/flannel/internal/antispoof"
 	"github.com/flannelgo/flannel/internal/cniplugin"
 	"github.com/flannelgo/flannel/internal/version"
 )
 
 func main() {
 	p := &cniplugin.Plugin{}
+	// Without the nft binary on the host, flanneld pins new pods from
+	// their records instead (fail closed until then).
+	if t, err := antispoof.NewTable(); err == nil {
+		p.Pins = t
+	}
 	skel.PluginMainFuncs(skel.CNIFuncs{
 		Add:    p.Add,
 		Del:    p.Del,

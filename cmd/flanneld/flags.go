@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -34,9 +35,45 @@ type options struct {
 	setNodeNetworkUnavailable bool
 
 	networkPolicy     bool
+	antiSpoofing      autoBool
+	cniCacheDir       string
 	reconcileInterval time.Duration
 
 	debugPprofAddress string
+}
+
+// autoBool is a flag that is true, false or auto (the default): it can
+// be given alone (--anti-spoofing) like a bool.
+type autoBool struct{ set, on bool }
+
+func (b *autoBool) String() string {
+	if b == nil || !b.set {
+		return "auto"
+	}
+	return fmt.Sprint(b.on)
+}
+
+func (b *autoBool) Set(v string) error {
+	if v == "auto" {
+		*b = autoBool{}
+		return nil
+	}
+	on, err := strconv.ParseBool(v)
+	if err != nil {
+		return fmt.Errorf("%q: want true, false or auto", v)
+	}
+	*b = autoBool{set: true, on: on}
+	return nil
+}
+
+func (b *autoBool) IsBoolFlag() bool { return true }
+
+// value is the flag's setting, with auto resolved to def.
+func (b autoBool) value(def bool) bool {
+	if b.set {
+		return b.on
+	}
+	return def
 }
 
 // stringSlice is a repeatable flag (--iface=eth0 --iface=eth1).
@@ -69,6 +106,8 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.BoolVar(&o.help, "help", false, "print this message")
 	fs.BoolVar(&o.setNodeNetworkUnavailable, "set-node-network-unavailable", true, "set the node's NetworkUnavailable condition to false once ready")
 	fs.BoolVar(&o.networkPolicy, "network-policy", false, "enforce Kubernetes NetworkPolicies for this node's pods with nftables (needs --kube-subnet-mgr)")
+	fs.Var(&o.antiSpoofing, "anti-spoofing", "drop frames a pod sends from an address or MAC that is not its own (true, false, or auto: on with --network-policy, whose rules trust source addresses); not an upstream flag")
+	fs.StringVar(&o.cniCacheDir, "cni-cache-dir", "/var/lib/cni", "libcni's cache directory on the node: with --anti-spoofing, pods added before flannel's CNI plugin kept records of their addresses (an upgrade, a migration from upstream) are pinned from it; not an upstream flag")
 	fs.DurationVar(&o.reconcileInterval, "reconcile-interval", 30*time.Second, "how often the kernel's routes, neighbours, FDB entries and devices are compared with the leases and repaired (netlink events trigger repairs at once too); 0 turns self-healing off")
 	fs.DurationVar(&o.peerProbeInterval, "peer-probe-interval", 10*time.Second, "how often each peer is probed over the overlay for the flannel_peers_* and flannel_peer_* metrics (jittered); 0 turns probing off")
 	fs.StringVar(&o.debugPprofAddress, "debug-pprof-address", "", "serve Go runtime profiles (/debug/pprof/) on this host:port, e.g. 127.0.0.1:6060, for debugging memory and CPU; not an upstream flag; empty (the default) turns it off")

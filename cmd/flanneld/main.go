@@ -94,6 +94,9 @@ func serve(ctx context.Context, o *options) error {
 	if err := networkPolicy(ctx, o, mgr, m); err != nil {
 		return err
 	}
+	if err := antiSpoofing(ctx, o, m); err != nil {
+		return err
+	}
 	d := daemon.New(daemon.Options{
 		Iface: iface.Options{
 			Ifaces: o.iface, IfaceRegex: o.ifaceRegex, IfaceCanReach: o.ifaceCanReach,

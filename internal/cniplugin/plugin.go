@@ -16,6 +16,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/version"
 
+	"github.com/flannelgo/flannel/internal/antispoof"
 	"github.com/flannelgo/flannel/internal/subnetenv"
 )
 
@@ -28,6 +29,15 @@ type Plugin struct {
 	Exec invoke.Exec
 	// Stdout receives the ADD result; nil means os.Stdout.
 	Stdout io.Writer
+	// Pins puts a pod's own addresses into flanneld's anti-spoofing
+	// table before ADD returns; nil leaves that to flanneld, which reads
+	// the pod's record (see internal/antispoof).
+	Pins PinTable
+}
+
+// PinTable is what ADD needs of internal/antispoof's Table.
+type PinTable interface {
+	Pin(ctx context.Context, p antispoof.Pod) (pinned bool, err error)
 }
 
 // Add renders the delegate config, saves it for DEL and CHECK, and runs the
@@ -75,6 +85,9 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 				fmt.Sprintf("convert delegate %s result to CNI version %s: %v", typ, n.CNIVersion, err), "")
 		}
 	}
+	if err := p.pin(n, conf, typ, res, args); err != nil {
+		return err
+	}
 	return res.PrintTo(p.stdout())
 }
 
@@ -99,6 +112,11 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 	}
 	if err := invoke.DelegateDel(context.Background(), typ, data, p.Exec); err != nil {
 		return delegateError("DEL", typ, err)
+	}
+	// The veth is gone with the delegate's DEL; flanneld removes its
+	// entries from the table when it sees the port go.
+	if err := antispoof.RemoveRecord(antispoof.RecordDir(n.SubnetFile), args.ContainerID); err != nil {
+		return types.NewError(types.ErrIOFailure, fmt.Sprintf("delegate %s DEL succeeded but %v", typ, err), "")
 	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return types.NewError(types.ErrIOFailure,

@@ -65,8 +65,8 @@ func (f *fakeExec) ExecPlugin(_ context.Context, pluginPath string, stdin []byte
 				"ip4":{"ip":"10.244.1.2/24","gateway":"10.244.1.1","routes":[{"dst":"10.244.0.0/16"}]}}`, v)), nil
 		}
 		return []byte(fmt.Sprintf(`{"cniVersion":%q,
-			"interfaces":[{"name":"cni0"},{"name":"eth0","sandbox":"/var/run/netns/x"}],
-			"ips":[{"version":"4","address":"10.244.1.2/24","gateway":"10.244.1.1","interface":1}],
+			"interfaces":[{"name":"cni0"},{"name":"veth0a1b2c3d"},{"name":"eth0","mac":"0a:58:0a:f4:01:02","sandbox":"/var/run/netns/x"}],
+			"ips":[{"version":"4","address":"10.244.1.2/24","gateway":"10.244.1.1","interface":2}],
 			"routes":[{"dst":"10.244.0.0/16"}]}`, conf["cniVersion"])), nil
 	}
 	return nil, nil

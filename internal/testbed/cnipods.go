@@ -155,6 +155,8 @@ func runtimeConf(p *Pod) *libcni.RuntimeConf {
 		ContainerID: p.NS,
 		NetNS:       NSPath(p.NS),
 		IfName:      podIfName,
+		// As kubelet's runtimes name the pod to the plugins.
+		Args: [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", "testbed"}, {"K8S_POD_NAME", p.Name}},
 	}
 }
 

@@ -51,8 +51,10 @@ func (tb *Testbed) StartFlanneldEnv(ctx context.Context, n *Node, env []string, 
 	// backend's charon directory default to fixed paths that the nodes of
 	// a testbed, sharing one file system, must not share; env entries
 	// given by the caller come later and win.
+	// libcni's cache of CNIPods is per node too (upstream ignores the
+	// variable).
 	env = append([]string{"WIREGUARD_KEY_FILE=" + WireGuardKeyFile(n), "FLANNEL_WIREGUARD_SOCKET_DIR=" + n.Dir,
-		"FLANNEL_IPSEC_DIR=" + filepath.Join(n.Dir, "ipsec")}, env...)
+		"FLANNEL_IPSEC_DIR=" + filepath.Join(n.Dir, "ipsec"), "FLANNELD_CNI_CACHE_DIR=" + filepath.Join(CNIDir(n), "cache")}, env...)
 	p, err := tb.startProc(ctx, ProcOptions{NS: n.NS, LogFile: n.LogFile, Role: n.FlanneldRole(), Env: env, Argv: argv})
 	if err != nil {
 		return fmt.Errorf("start flanneld on %s: %w", n.Name, err)

@@ -53,15 +53,19 @@ type kubeCluster struct {
 // newKubeCluster builds the namespaces and starts etcd + kube-apiserver in
 // the hub. The testbed's own etcd is not started: flanneld in kube mode
 // never talks to it. Everything goes away when the test ends.
-func newKubeCluster(t testing.TB, name string, nodes int) *kubeCluster {
+func newKubeCluster(t testing.TB, name string, nodes int, opts ...func(*testbed.Options)) *kubeCluster {
 	t.Helper()
 	needNamespaces(t)
 	ctx := testCtx(t, 3*time.Minute)
 	name = taggedName(name)
-	tb, err := testbed.New(ctx, testbed.Options{
+	o := testbed.Options{
 		Name: name, Nodes: nodes, StateDir: filepath.Join(t.TempDir(), "testbed"),
 		FlanneldPath: bins.flanneld, KeepState: true,
-	})
+	}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	tb, err := testbed.New(ctx, o)
 	if err != nil {
 		t.Fatalf("build testbed: %v", err)
 	}

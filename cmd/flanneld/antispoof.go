@@ -1,0 +1,52 @@
+package main
+
+import (
+	"context"
+
+	"k8s.io/klog/v2"
+
+	"github.com/flannelgo/flannel/internal/antispoof"
+	"github.com/flannelgo/flannel/internal/metrics"
+)
+
+// antiSpoofing pins every pod of this node to its own addresses (on by
+// default with --network-policy). Off, a table an earlier run left is
+// removed, so no pod stays pinned to entries nobody updates.
+func antiSpoofing(ctx context.Context, o *options, m *metrics.Metrics) error {
+	on := o.antiSpoofing.value(o.networkPolicy)
+	tbl, err := antispoof.NewTable()
+	if !on {
+		if err != nil {
+			klog.V(2).Infof("no nftables, so no anti-spoofing table to remove: %v", err)
+			return nil
+		}
+		if removed, err := tbl.Remove(ctx); err != nil {
+			return err
+		} else if removed {
+			klog.Infof("anti-spoofing is off: removed nftables table bridge %s left by an earlier run", antispoof.TableName)
+		}
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	ctl := antispoof.NewController(antispoof.Options{
+		RecordDir: antispoof.RecordDir(o.subnetFile), CNICacheDir: o.cniCacheDir,
+	}, tbl)
+	// The first sync before anything else: pods made while flanneld was
+	// away are pinned before it reports ready.
+	if err := ctl.Sync(ctx); err != nil {
+		return err
+	}
+	if err := m.Register(antispoof.NewCollector(ctl)); err != nil {
+		return err
+	}
+	klog.Infof("anti-spoofing: each pod on this node may send only from its own addresses and MAC (nftables table bridge %s; pod records in %s)",
+		antispoof.TableName, antispoof.RecordDir(o.subnetFile))
+	go func() {
+		if err := ctl.Run(ctx); err != nil {
+			klog.Errorf("anti-spoofing stopped: %v", err)
+		}
+	}()
+	return nil
+}
