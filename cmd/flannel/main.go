@@ -3,6 +3,8 @@
 package main
 
 import (
+	"os"
+
 	"github.com/containernetworking/cni/pkg/skel"
 
 	"github.com/flannelgo/flannel/internal/antispoof"
@@ -12,10 +14,13 @@ import (
 
 func main() {
 	p := &cniplugin.Plugin{}
-	// Without the nft binary on the host, flanneld pins new pods from
-	// their records instead (fail closed until then).
-	if t, err := antispoof.NewTable(); err == nil {
-		p.Pins = t
+	// Only ADD pins (connecting to nftables runs nft). Without the nft
+	// binary on the host, flanneld pins new pods from their records
+	// instead, dropping their frames until then.
+	if os.Getenv("CNI_COMMAND") == "ADD" {
+		if t, err := antispoof.NewTable(); err == nil {
+			p.Pins = t
+		}
 	}
 	skel.PluginMainFuncs(skel.CNIFuncs{
 		Add:    p.Add,
