@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
+	"slices"
 	"strings"
 
 	"sigs.k8s.io/knftables"
@@ -304,4 +305,29 @@ func (t *Table) entries(ctx context.Context) (map[string]*portEntries, error) {
 		}
 	}
 	return out, nil
+}
+
+// Unpinned lists the policed ports that have no pod's entries: every frame
+// they send is dropped. present is false when there is no table
+// (anti-spoofing is off).
+func (t *Table) Unpinned(ctx context.Context) (ports []string, present bool, err error) {
+	have, err := t.entries(ctx)
+	if err != nil {
+		return nil, false, err
+	}
+	if _, err := t.nft.List(ctx, "chain"); knftables.IsNotFound(err) {
+		return nil, false, nil
+	}
+	for port, e := range have {
+		inPorts, pinned := false, false
+		for _, el := range e.elements {
+			inPorts = inPorts || el.Set == setPorts
+			pinned = pinned || el.Set == setMACs
+		}
+		if inPorts && !pinned {
+			ports = append(ports, port)
+		}
+	}
+	slices.Sort(ports)
+	return ports, true, nil
 }

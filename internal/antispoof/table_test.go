@@ -113,6 +113,23 @@ func (b *bed) drops(tbl *Table) map[string]uint64 {
 	return d
 }
 
+func (b *bed) unpinned(tbl *Table) []string {
+	b.t.Helper()
+	var ports []string
+	if err := testbed.InNamespace(b.node, func() error {
+		var err error
+		var present bool
+		ports, present, err = tbl.Unpinned(context.Background())
+		if err == nil && !present {
+			err = fmt.Errorf("Unpinned found no table")
+		}
+		return err
+	}); err != nil {
+		b.t.Fatal(err)
+	}
+	return ports
+}
+
 // ping reports whether an echo from src (an address of from's) to dst is
 // answered; the pod's neighbour entries are flushed first, so an entry
 // left incomplete by an earlier, dropped attempt cannot delay it.
@@ -236,7 +253,13 @@ func TestPinning(t *testing.T) {
 		if b.ping("c", c.ip4, v.ip4) {
 			t.Error("c, which has no record, reached b")
 		}
+		if got := b.unpinned(tbl); len(got) != 1 || got[0] != c.veth {
+			t.Errorf("Unpinned = %v, want [%s]", got, c.veth)
+		}
 		b.sync("c")
+		if got := b.unpinned(tbl); len(got) != 0 {
+			t.Errorf("Unpinned after c's record = %v, want none", got)
+		}
 		if !b.ping("c", c.ip4, v.ip4) {
 			t.Error("c cannot reach b once it has a record")
 		}
