@@ -50,7 +50,9 @@ func containerdDir() string {
 func TestImage(t *testing.T) {
 	bin := filepath.Join(containerdDir(), "usr", "bin")
 	tbtest.NeedRoot(t, "apt-get", "dpkg-deb", "runc", filepath.Join(bin, "containerd"), filepath.Join(bin, "ctr"), filepath.Join(bin, "containerd-shim-runc-v2"))
-	ctx := tbtest.Ctx(t, 20*time.Minute)
+	// Under go test's -timeout (20m in scripts/image-test.sh and test.sh),
+	// so that the cleanup still runs when it expires.
+	ctx := tbtest.Ctx(t, 15*time.Minute)
 
 	tarPath := filepath.Join(t.TempDir(), "flannel-image.tar")
 	start := time.Now()
@@ -101,8 +103,11 @@ func TestImage(t *testing.T) {
 			{[]string{"flannelctl", "--help"}, "doctor"},
 			{[]string{"test", "-f", "/usr/lib/ipsec/plugins/libstrongswan-kernel-libipsec.so"}, ""},
 		} {
-			if out := r.run(ctx, t, opts{}, c.argv...); !strings.Contains(out, c.want) {
+			out := r.run(ctx, t, opts{}, c.argv...)
+			if !strings.Contains(out, c.want) {
 				t.Errorf("%s printed %q, want %q in it", strings.Join(c.argv, " "), out, c.want)
+			} else if c.want != "" {
+				t.Logf("  %s", strings.SplitN(strings.TrimSpace(out), "\n", 2)[0])
 			}
 		}
 	})
@@ -328,6 +333,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 	c.cmd.Stdout, c.cmd.Stderr = log, log
 	// The shim it starts finds itself and runc on PATH.
 	c.cmd.Env = append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"))
+	// Should the test binary die before its cleanup (a panic), containerd
+	// goes with it.
+	c.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	if err := c.cmd.Start(); err != nil {
 		t.Fatalf("start containerd: %v", err)
 	}
