@@ -29,6 +29,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/flannelgo/flannel/internal/atomicfile"
 )
 
 // revision changes whenever the Debian layer would come out different from
@@ -52,11 +54,20 @@ type Options struct {
 	Logf      func(format string, args ...any)
 }
 
-var triplets = map[string]string{"amd64": "x86_64-linux-gnu", "arm64": "aarch64-linux-gnu"}
+// triplet is Debian's multiarch directory name for arch ("" if unknown).
+func triplet(arch string) string {
+	switch arch {
+	case "amd64":
+		return "x86_64-linux-gnu"
+	case "arm64":
+		return "aarch64-linux-gnu"
+	}
+	return ""
+}
 
 // Build writes the image to o.Out.
 func Build(ctx context.Context, o Options) error {
-	if _, ok := triplets[o.Arch]; !ok {
+	if triplet(o.Arch) == "" {
 		return fmt.Errorf("architecture %q: the builder knows amd64 and arm64", o.Arch)
 	}
 	ref, err := name.NewTag(o.Tag)
@@ -122,14 +133,7 @@ func assemble(o Options, pkgs []Package, deb, fl v1.Layer) (v1.Image, error) {
 // debianLayer returns the layer of Debian packages, from the cache when
 // the same packages were unpacked before.
 func debianLayer(ctx context.Context, o Options) (v1.Layer, []Package, error) {
-	pkgs, err := fetch(ctx, o)
-	if err != nil && o.AptUpdate {
-		o.Logf("%v\nrefreshing apt's package lists (apt-get update) and trying again", err)
-		if out, uerr := run(ctx, "apt-get", "update", "-q"); uerr != nil {
-			return nil, nil, fmt.Errorf("apt-get update: %w\n%s", uerr, out)
-		}
-		pkgs, err = fetch(ctx, o)
-	}
+	pkgs, err := fetchWithUpdate(ctx, o)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -145,37 +149,62 @@ func debianLayer(ctx context.Context, o Options) (v1.Layer, []Package, error) {
 		return l, pkgs, err
 	}
 	o.Logf("Debian layer: unpacking %d packages", len(pkgs))
-	t := newTree()
-	for _, p := range pkgs {
-		if err := unpack(ctx, t, filepath.Join(o.CacheDir, "debs", p.File()), p.Name); err != nil {
-			return nil, nil, err
-		}
-	}
-	addSystemFiles(t, o.Created)
-	status, err := dpkgStatus(ctx, o, pkgs)
+	t, err := debianTree(ctx, o, pkgs)
 	if err != nil {
 		return nil, nil, err
 	}
-	t.entries["var/lib/dpkg/status"] = &entry{typ: tar.TypeReg, data: status, mode: 0o644, mtime: o.Created, from: "imagebuild"}
-	tri := triplets[o.Arch]
-	if err := t.checkLinking([]string{"/usr/lib/" + tri, "/usr/lib"}, Unlinked()); err != nil {
-		return nil, nil, err
-	}
-	gz, err := gzipTree(t, o.Created)
+	gz, err := gzipTree(t, debianTime())
 	if err != nil {
 		return nil, nil, err
 	}
 	if err := os.MkdirAll(filepath.Dir(cached), 0o755); err != nil {
 		return nil, nil, err
 	}
-	if err := os.WriteFile(cached+".tmp", gz, 0o644); err != nil {
-		return nil, nil, err
-	}
-	if err := os.Rename(cached+".tmp", cached); err != nil {
+	if err := atomicfile.WriteFile(cached, gz, 0o644); err != nil {
 		return nil, nil, err
 	}
 	l, err := tarball.LayerFromFile(cached)
 	return l, pkgs, err
+}
+
+// debianTime dates what the builder adds to the Debian layer: the layer
+// is cached by its packages alone, so nothing else may change its bytes.
+func debianTime() time.Time { return time.Unix(0, 0).UTC() }
+
+// debianTree unpacks pkgs, adds what their maintainer scripts would have
+// made, and checks that every program finds its libraries.
+func debianTree(ctx context.Context, o Options, pkgs []Package) (*tree, error) {
+	t := newTree()
+	for _, p := range pkgs {
+		if err := unpack(ctx, t, filepath.Join(o.CacheDir, "debs", p.File()), p.Name); err != nil {
+			return nil, err
+		}
+	}
+	addSystemFiles(t, debianTime())
+	status, err := dpkgStatus(ctx, o, pkgs)
+	if err != nil {
+		return nil, err
+	}
+	t.entries["var/lib/dpkg/status"] = &entry{typ: tar.TypeReg, data: status, mode: 0o644, mtime: debianTime(), from: "imagebuild"}
+	if err := t.checkLinking([]string{"/usr/lib/" + triplet(o.Arch), "/usr/lib"}, Unlinked()); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// fetchWithUpdate resolves and downloads the packages, refreshing apt's
+// lists once if they do not know a package or name a version the mirror
+// no longer has.
+func fetchWithUpdate(ctx context.Context, o Options) ([]Package, error) {
+	pkgs, err := fetch(ctx, o)
+	if err == nil || !o.AptUpdate {
+		return pkgs, err
+	}
+	o.Logf("%v\nrefreshing apt's package lists (apt-get update) and trying again", err)
+	if out, uerr := exec.CommandContext(ctx, "apt-get", "update", "-q").CombinedOutput(); uerr != nil {
+		return nil, fmt.Errorf("apt-get update: %w\n%s", uerr, out)
+	}
+	return fetch(ctx, o)
 }
 
 func fetch(ctx context.Context, o Options) ([]Package, error) {
@@ -186,16 +215,12 @@ func fetch(ctx context.Context, o Options) ([]Package, error) {
 	return pkgs, Download(ctx, filepath.Join(o.CacheDir, "debs"), pkgs)
 }
 
-func run(ctx context.Context, name string, args ...string) ([]byte, error) {
-	return exec.CommandContext(ctx, name, args...).CombinedOutput()
-}
-
 // addSystemFiles does what the skipped maintainer scripts and Debian's
 // base image would have done and a container needs: the merged-/usr links,
 // root and nobody, the scratch directories, and the CA bundle
 // (update-ca-certificates' output, every certificate the package ships).
 func addSystemFiles(t *tree, mtime time.Time) {
-	for _, d := range mergedDirs {
+	for _, d := range mergedDirs() {
 		if _, ok := t.entries["usr/"+d]; ok {
 			t.entries[d] = &entry{typ: tar.TypeSymlink, link: "usr/" + d, mode: 0o777, mtime: mtime, from: "usrmerge"}
 		}

@@ -32,14 +32,14 @@ func newTree() *tree { return &tree{entries: map[string]*entry{}} }
 
 // mergedDirs are the top-level directories that Debian's merged-/usr
 // layout makes links into /usr.
-var mergedDirs = []string{"bin", "sbin", "lib", "lib32", "lib64", "libx32"}
+func mergedDirs() []string { return []string{"bin", "sbin", "lib", "lib32", "lib64", "libx32"} }
 
 // clean turns a path from a package ("./bin/dash", "/lib/x") into the
 // tree's key in the merged-/usr layout ("usr/bin/dash", "usr/lib/x").
 func clean(p string) string {
 	p = strings.TrimPrefix(path.Clean("/"+p), "/")
 	top, _, _ := strings.Cut(p, "/")
-	if slices.Contains(mergedDirs, top) {
+	if slices.Contains(mergedDirs(), top) {
 		p = "usr/" + p
 	}
 	return p
