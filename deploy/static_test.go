@@ -220,8 +220,8 @@ func TestDockerfileBuildsWhatTheManifestRuns(t *testing.T) {
 	if got := expand(froms[0]); !strings.HasPrefix(got, "--platform=") || !strings.Contains(got, " golang:1.26 AS build") {
 		t.Errorf("builder stage %q (expanded %q), want --platform=$BUILDPLATFORM golang:1.26 AS build", froms[0], got)
 	}
-	if got := expand(froms[1]); !strings.HasPrefix(got, "alpine:") {
-		t.Errorf("final stage %q, want a small alpine base", got)
+	if got := expand(froms[1]); !strings.HasPrefix(got, "debian:") || !strings.HasSuffix(got, "-slim") {
+		t.Errorf("final stage %q, want debian:<release>-slim (the packages scripts/image.sh unpacks)", got)
 	}
 	for _, a := range []string{"TARGETOS", "TARGETARCH"} {
 		if _, ok := argDefaults[a]; !ok {
@@ -240,7 +240,7 @@ func TestDockerfileBuildsWhatTheManifestRuns(t *testing.T) {
 		}
 	}
 	root := repoRoot(t)
-	for _, cmd := range []string{"flanneld", "flannel", "flannelctl"} {
+	for _, cmd := range []string{"flanneld", "flannel", "flannelctl", "install-conf"} {
 		if !strings.Contains(build, "./cmd/"+cmd+" ") && !strings.HasSuffix(build, "./cmd/"+cmd) {
 			t.Errorf("go build step does not build ./cmd/%s", cmd)
 		}
@@ -253,9 +253,9 @@ func TestDockerfileBuildsWhatTheManifestRuns(t *testing.T) {
 			t.Errorf("final stage lacks COPY %s (paths the manifest runs); COPY lines: %q", c, copies)
 		}
 	}
-	apk := strings.Join(runs, " ")
+	apt := strings.Join(runs, " ")
 	for _, pkg := range []string{"iptables", "nftables", "iproute2"} {
-		if !regexp.MustCompile(`apk add .*\b` + pkg + `\b`).MatchString(apk) {
+		if !regexp.MustCompile(`apt-get install .*\b` + pkg + `\b`).MatchString(apt) {
 			t.Errorf("final stage does not install %s", pkg)
 		}
 	}
@@ -269,7 +269,7 @@ func TestFlanneldCrossCompilesAsTheDockerfileDoes(t *testing.T) {
 		t.Skip("skipped in -short mode: cross-compiles three programs for arm64")
 	}
 	var pkgs []string
-	for _, cmd := range []string{"flanneld", "flannel", "flannelctl"} {
+	for _, cmd := range []string{"flanneld", "flannel", "flannelctl", "install-conf"} {
 		if _, err := os.Stat(filepath.Join(repoRoot(t), "cmd", cmd)); err == nil {
 			pkgs = append(pkgs, "./cmd/"+cmd)
 		}

@@ -2,7 +2,8 @@
 # Installs what building and testing need on a fresh Debian machine with Go:
 # Debian packages (etcd, iperf3, iptables, nftables, ...) and the pinned
 # reference CNI tools, and (unless --lab) kube-apiserver and Helm for the
-# Kubernetes tests. Idempotent: already-present tools are not reinstalled.
+# Kubernetes tests and Debian's containerd for the image test. Idempotent:
+# already-present tools are not reinstalled.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
@@ -31,5 +32,9 @@ if [ "${1:-}" != "--lab" ]; then
   scripts/build-kube-apiserver.sh >/dev/null
   echo "setup: helm (cached after the first build)"
   scripts/install-helm.sh >/dev/null
+  # The image test (test/image) runs the image in a private containerd:
+  # Debian's, unpacked into the cache (no system service), and runc.
+  echo "setup: containerd for the image test (cached)"
+  scripts/install-containerd.sh >/dev/null
 fi
 echo "setup: done"
