@@ -127,7 +127,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	go d.watchConfig(ctx, cfg)
 	renewNow := make(chan struct{}, 1)
 	go d.renewLoop(ctx, own, renewNow)
-	d.prober = d.startProber(ctx)
+	d.prober = d.startProber(ctx, nw)
 	d.followPeers(ctx, nw, own, renewNow)
 	d.shutdown()
 	return nil
