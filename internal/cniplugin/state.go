@@ -1,38 +1,24 @@
 package cniplugin
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
-	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/flannelgo/flannel/internal/atomicfile"
+	"github.com/flannelgo/flannel/internal/containerid"
 )
 
 // The delegate config used for ADD is kept per container so that DEL and
 // CHECK act on exactly what ADD set up, even after subnet.env changed
 // (flanneld got another subnet) or vanished (flanneld is down).
 
-// The state file is named by the container ID, as upstream names it, so a
-// node that switches plugins keeps its pods' state. The CNI spec sets no
-// length limit on IDs but a file name has one (NAME_MAX, 255 bytes): a
-// longer ID keeps its first bytes and gets its SHA-256 after a '+', a
-// character valid IDs never contain, so it can never name another
-// container's file.
-const maxStateName = 255
-
+// statePath names the state file after the container ID, as upstream
+// does, so a node that switches plugins keeps its pods' state; IDs longer
+// than a file name get a shortened, hashed name (see containerid).
 func statePath(dataDir, containerID string) (string, error) {
-	if containerID == "" || containerID == "." || containerID == ".." ||
-		strings.ContainsAny(containerID, `/\`) {
-		return "", fmt.Errorf("container ID %q cannot name a file in %s", containerID, dataDir)
-	}
-	name := containerID
-	if len(name) > maxStateName {
-		sum := sha256.Sum256([]byte(containerID))
-		digest := hex.EncodeToString(sum[:])
-		name = containerID[:maxStateName-1-len(digest)] + "+" + digest
+	name, err := containerid.FileName(dataDir, containerID)
+	if err != nil {
+		return "", err
 	}
 	return filepath.Join(dataDir, name), nil
 }
