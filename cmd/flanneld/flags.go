@@ -12,6 +12,7 @@ import (
 
 	"k8s.io/klog/v2"
 
+	"github.com/flannelgo/flannel/internal/iface"
 	"github.com/flannelgo/flannel/internal/subnet/storeflags"
 )
 
@@ -40,6 +41,10 @@ type options struct {
 	reconcileInterval time.Duration
 
 	debugPprofAddress string
+
+	// envIgnored holds one line per FLANNELD_* value that could not be
+	// applied; run logs them once logging is set up.
+	envIgnored []string
 }
 
 // autoBool is a flag that is true, false or auto (the default): it can
@@ -116,7 +121,10 @@ func newFlagSet(o *options) *flag.FlagSet {
 }
 
 // parseFlags parses the command line, then fills every flag not given there
-// from FLANNELD_<FLAG> (upper case, '-' as '_'), as upstream does.
+// from FLANNELD_<FLAG> (upper case, '-' as '_'), as upstream does: an empty
+// value is skipped (systemd EnvironmentFiles and manifests carry them), and
+// an invalid one is recorded in envIgnored and skipped, so the flag keeps
+// its default instead of flanneld refusing to start.
 func parseFlags(args []string) (*options, *flag.FlagSet, error) {
 	o := &options{}
 	fs := newFlagSet(o)
@@ -128,19 +136,25 @@ func parseFlags(args []string) (*options, *flag.FlagSet, error) {
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	var envErr error
 	fs.VisitAll(func(f *flag.Flag) {
-		if set[f.Name] || envErr != nil {
+		if set[f.Name] {
 			return
 		}
 		key := "FLANNELD_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
-		if v, ok := os.LookupEnv(key); ok {
-			if err := fs.Set(f.Name, v); err != nil {
-				envErr = fmt.Errorf("environment variable %s=%q: %w", key, v, err)
-			}
+		v := os.Getenv(key)
+		if v == "" {
+			return
+		}
+		prev := f.Value.String()
+		if err := fs.Set(f.Name, v); err != nil {
+			// The flag package stores the zero value on a parse error
+			// (--iptables-resync would become 0); put the default back.
+			_ = f.Value.Set(prev)
+			o.envIgnored = append(o.envIgnored, fmt.Sprintf("ignoring environment variable %s=%q: %v; --%s keeps %q (fix or unset the variable)",
+				key, v, err, f.Name, prev))
 		}
 	})
-	return o, fs, envErr
+	return o, fs, nil
 }
 
 // validate refuses flag values that would otherwise fail late or silently.
@@ -173,6 +187,9 @@ func (o *options) validate() error {
 		}
 		if (name == "public-ip") != a.Is4() {
 			return fmt.Errorf("--%s=%q: wrong address family", name, v)
+		}
+		if err := iface.CheckPublicAddr(name, a); err != nil {
+			return err
 		}
 	}
 	return nil

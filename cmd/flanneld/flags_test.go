@@ -56,6 +56,13 @@ func TestValidateRefuses(t *testing.T) {
 		{[]string{"--iptables-resync=0"}, "at least 1 second"},
 		{[]string{"--public-ip=fd00::1"}, "wrong address family"},
 		{[]string{"--public-ip=nope"}, "not an IP address"},
+		{[]string{"--public-ip=0.0.0.0"}, "--public-ip 0.0.0.0 is the unspecified address"},
+		{[]string{"--public-ip=127.0.0.1"}, "--public-ip 127.0.0.1 is a loopback address"},
+		{[]string{"--public-ip=224.0.0.1"}, "--public-ip 224.0.0.1 is a multicast address"},
+		{[]string{"--public-ip=255.255.255.255"}, "--public-ip 255.255.255.255 is the broadcast address"},
+		{[]string{"--public-ipv6=::"}, "--public-ipv6 :: is the unspecified address"},
+		{[]string{"--public-ipv6=::1"}, "--public-ipv6 ::1 is a loopback address"},
+		{[]string{"--public-ipv6=ff02::1"}, "--public-ipv6 ff02::1 is a multicast address"},
 	} {
 		o, _, err := parseFlags(tc.args)
 		if err != nil {
@@ -67,10 +74,28 @@ func TestValidateRefuses(t *testing.T) {
 	}
 }
 
-func TestBadEnvValueIsReported(t *testing.T) {
+// As upstream (coreos/pkg flagutil): an invalid FLANNELD_* value is logged
+// and skipped, the flag keeping its default; an empty one is skipped
+// silently. Neither stops flanneld.
+func TestBadEnvValueIsIgnored(t *testing.T) {
 	t.Setenv("FLANNELD_IPTABLES_RESYNC", "soon")
-	if _, _, err := parseFlags(nil); err == nil || !strings.Contains(err.Error(), "FLANNELD_IPTABLES_RESYNC") {
-		t.Fatalf("error %v should name the variable", err)
+	t.Setenv("FLANNELD_IP_MASQ", "")
+	t.Setenv("FLANNELD_SUBNET_FILE", "")
+	t.Setenv("FLANNELD_IPTABLES_FORWARD_RULES", "maybe")
+	o, _, err := parseFlags(nil)
+	if err != nil {
+		t.Fatalf("parseFlags: %v", err)
+	}
+	if o.resync() != 5*time.Second || !o.iptablesForwardRules || o.ipMasq || o.subnetFile != "/run/flannel/subnet.env" {
+		t.Errorf("bad or empty values changed flags: resync %s, forward rules %v, ip-masq %v, subnet-file %q", o.resync(), o.iptablesForwardRules, o.ipMasq, o.subnetFile)
+	}
+	if err := o.validate(); err != nil {
+		t.Errorf("validate after ignored values: %v", err)
+	}
+	got := strings.Join(o.envIgnored, "\n")
+	if len(o.envIgnored) != 2 || !strings.Contains(got, `FLANNELD_IPTABLES_RESYNC="soon"`) || !strings.Contains(got, `--iptables-resync keeps "5"`) ||
+		!strings.Contains(got, "FLANNELD_IPTABLES_FORWARD_RULES") {
+		t.Errorf("envIgnored = %q, want one line per invalid variable naming it and the value kept", o.envIgnored)
 	}
 }
 

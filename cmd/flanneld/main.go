@@ -58,6 +58,9 @@ func run(args []string) int {
 		return 0
 	}
 	defer klog.Flush()
+	for _, msg := range o.envIgnored {
+		klog.Warning(msg)
+	}
 	if err := o.validate(); err != nil {
 		klog.Errorf("%v", err)
 		return 2

@@ -31,6 +31,7 @@ import (
 	"strings"
 
 	"github.com/flannelgo/flannel/internal/atomicfile"
+	"github.com/flannelgo/flannel/internal/containerid"
 )
 
 // Pod is what a pod owns on the bridge: its host-side veth, its MAC and
@@ -96,11 +97,14 @@ func RecordDir(subnetFile string) string {
 	return filepath.Join(filepath.Dir(subnetFile), "pods")
 }
 
+// recordPath names the record after the container ID; IDs longer than a
+// file name get a shortened, hashed name (see containerid).
 func recordPath(dir, containerID string) (string, error) {
-	if containerID == "" || containerID == "." || containerID == ".." || strings.ContainsAny(containerID, `/\`) {
-		return "", fmt.Errorf("container ID %q cannot name a file in %s", containerID, dir)
+	name, err := containerid.FileName(dir, containerID)
+	if err != nil {
+		return "", err
 	}
-	return filepath.Join(dir, containerID), nil
+	return filepath.Join(dir, name), nil
 }
 
 // WriteRecord saves p atomically: a reader never sees half a record.

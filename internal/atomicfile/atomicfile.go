@@ -18,7 +18,7 @@ import (
 // next to the target.
 func WriteFile(path string, data []byte, perm os.FileMode) error {
 	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
+	tmp, err := os.CreateTemp(dir, tempPattern(filepath.Base(path)))
 	if err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
@@ -39,4 +39,20 @@ func WriteFile(path string, data []byte, perm os.FileMode) error {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil
+}
+
+// maxTempBase bounds the part of the target's name that the temporary
+// file's name repeats: a name may have 255 bytes (NAME_MAX) and CreateTemp
+// adds up to 10 random digits, so ".<name>.<digits>" would not fit for a
+// target name longer than 243 bytes (a long CNI container ID). The target
+// itself is never renamed to this name, so a shortened one is harmless.
+const maxTempBase = 200
+
+// tempPattern is the CreateTemp pattern for a target named base: hidden,
+// recognisably its own, and always a valid file name.
+func tempPattern(base string) string {
+	if len(base) > maxTempBase {
+		base = base[:maxTempBase]
+	}
+	return "." + base + ".*"
 }

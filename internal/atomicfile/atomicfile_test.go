@@ -1,8 +1,10 @@
 package atomicfile
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -81,4 +83,24 @@ func TestWriteFileReaderNeverSeesHalf(t *testing.T) {
 	}
 	close(stop)
 	wg.Wait()
+}
+
+// A target name of up to NAME_MAX (255 bytes) works: the temporary file's
+// name must not outgrow it (it used to be the name plus 12 bytes).
+func TestWriteFileLongName(t *testing.T) {
+	dir := t.TempDir()
+	for _, n := range []int{200, 243, 244, 255} {
+		p := filepath.Join(dir, strings.Repeat("a", n-3)+fmt.Sprintf("%03d", n))
+		if err := WriteFile(p, []byte("x"), 0o600); err != nil {
+			t.Errorf("%d-byte name: %v", n, err)
+			continue
+		}
+		if got, err := os.ReadFile(p); err != nil || string(got) != "x" {
+			t.Errorf("%d-byte name: read back %q, %v", n, got, err)
+		}
+	}
+	ents, _ := os.ReadDir(dir)
+	if len(ents) != 4 {
+		t.Errorf("directory holds %d entries, want the 4 files and no temporary", len(ents))
+	}
 }

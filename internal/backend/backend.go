@@ -81,6 +81,14 @@ func (r Registry) New(typ string, ext *ExternalInterface, raw json.RawMessage) (
 	return f(ext, raw)
 }
 
+// Transported is implemented by a Network whose traffic between nodes
+// needs a port or protocol that firewalls must let through. Transport names
+// it as an operator writes a firewall rule, e.g. "UDP 8472 (VXLAN)", for
+// messages that tell the operator what to open.
+type Transported interface {
+	Transport() string
+}
+
 // Instrumented is implemented by a Network whose data path runs inside
 // flanneld (udp, userspace WireGuard) and so has counters of its own; the
 // daemon adds them to /metrics.

@@ -29,6 +29,9 @@ type Plugin struct {
 	Exec invoke.Exec
 	// Stdout receives the ADD result; nil means os.Stdout.
 	Stdout io.Writer
+	// Stderr receives warnings that do not fail the command (the runtime
+	// logs the plugin's standard error); nil means os.Stderr.
+	Stderr io.Writer
 	// Pins puts a pod's own addresses into flanneld's anti-spoofing
 	// table before ADD returns; nil leaves that to flanneld, which reads
 	// the pod's record (see internal/antispoof).
@@ -108,7 +111,8 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 	}
 	_, typ, err := decodeState(path, data)
 	if err != nil {
-		return err
+		p.ignoreCorruptState(args.ContainerID, path, err)
+		return nil
 	}
 	if err := invoke.DelegateDel(context.Background(), typ, data, p.Exec); err != nil {
 		return delegateError("DEL", typ, err)
@@ -238,6 +242,19 @@ func (p *Plugin) loadState(n *NetConf, containerID string) (string, []byte, erro
 			fmt.Sprintf("failed to read saved delegate config: %v", err), "")
 	}
 	return path, data, nil
+}
+
+// ignoreCorruptState is DEL's answer to a saved config it cannot read, as
+// upstream's: failing would have the runtime retry the pod's teardown
+// forever, and no retry can repair the file. The file is kept as evidence.
+func (p *Plugin) ignoreCorruptState(containerID, path string, err error) {
+	w := p.Stderr
+	if w == nil {
+		w = os.Stderr
+	}
+	fmt.Fprintf(w, "flannel: DEL of container %s succeeds without running the delegate's DEL: %v. "+
+		"The pod's interface and its address in the delegate's IPAM may be left behind: release them by hand, then remove %s\n",
+		containerID, err, path)
 }
 
 func decodeState(path string, data []byte) (map[string]any, string, error) {

@@ -345,18 +345,37 @@ func TestDelFailureKeepsConfigForRetry(t *testing.T) {
 	}
 }
 
+// DEL with a saved config it cannot read succeeds and says so on standard
+// error, as upstream's plugin: an error would have the runtime retry the
+// pod's teardown forever.
 func TestDelCorruptSavedConfig(t *testing.T) {
-	f := newFixture(t)
-	if err := os.MkdirAll(f.dataDir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(f.dataDir, "ctr1")
-	if err := os.WriteFile(path, []byte("{"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	e := cniError(t, f.plugin.Del(f.args("1.0.0", "ctr1", "")))
-	if e.Code != types.ErrDecodingFailure || !strings.Contains(e.Msg, path) {
-		t.Errorf("error = %d %q, want code 6 naming %s", e.Code, e.Msg, path)
+	for name, content := range map[string]string{"not JSON": "{", "no type": `{"cniVersion":"1.0.0","name":"cbr0"}`} {
+		t.Run(name, func(t *testing.T) {
+			f := newFixture(t)
+			var stderr bytes.Buffer
+			f.plugin.Stderr = &stderr
+			if err := os.MkdirAll(f.dataDir, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			path := filepath.Join(f.dataDir, "ctr1")
+			if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := f.plugin.Del(f.args("1.0.0", "ctr1", "")); err != nil {
+				t.Fatalf("Del with a corrupt saved config: %v, want success", err)
+			}
+			if got := f.exec.commands(); len(got) != 0 {
+				t.Errorf("delegate called with a config that cannot be read: %v", got)
+			}
+			for _, w := range []string{"container ctr1", path, "release them by hand"} {
+				if !strings.Contains(stderr.String(), w) {
+					t.Errorf("standard error %q does not contain %q", stderr.String(), w)
+				}
+			}
+			if err := f.plugin.Del(f.args("1.0.0", "ctr1", "")); err != nil {
+				t.Errorf("second Del: %v", err)
+			}
+		})
 	}
 }
 

@@ -1,24 +1,26 @@
 package cniplugin
 
 import (
-	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/flannelgo/flannel/internal/atomicfile"
+	"github.com/flannelgo/flannel/internal/containerid"
 )
 
 // The delegate config used for ADD is kept per container so that DEL and
 // CHECK act on exactly what ADD set up, even after subnet.env changed
 // (flanneld got another subnet) or vanished (flanneld is down).
 
+// statePath names the state file after the container ID, as upstream
+// does, so a node that switches plugins keeps its pods' state; IDs longer
+// than a file name get a shortened, hashed name (see containerid).
 func statePath(dataDir, containerID string) (string, error) {
-	if containerID == "" || containerID == "." || containerID == ".." ||
-		strings.ContainsAny(containerID, `/\`) {
-		return "", fmt.Errorf("container ID %q cannot name a file in %s", containerID, dataDir)
+	name, err := containerid.FileName(dataDir, containerID)
+	if err != nil {
+		return "", err
 	}
-	return filepath.Join(dataDir, containerID), nil
+	return filepath.Join(dataDir, name), nil
 }
 
 // saveState writes atomically: a half-written file would make the

@@ -24,8 +24,14 @@ type Config struct {
 	IPv6SubnetMin netip.Addr
 	IPv6SubnetMax netip.Addr
 
-	// BackendType is Backend's "Type" field, lower-cased ("vxlan" by default).
+	// BackendType is Backend's "Type" field, lower-cased (DefaultBackend,
+	// "udp", when absent).
 	BackendType string
 	// Backend is the raw backend object; each backend decodes its own options.
 	Backend json.RawMessage
+
+	// Warnings are what Parse accepted but the operator should fix (no
+	// backend named, host bits in a network). Parse runs again whenever the
+	// config is re-read, so the daemon logs them once, at start-up.
+	Warnings []string
 }

@@ -9,10 +9,11 @@ import (
 	"strings"
 )
 
-// DefaultBackend is the backend used when net-conf.json names none.
-// Upstream falls back to "udp"; VXLAN is what every shipped manifest uses and
-// what this project supports first, so an absent Backend means VXLAN here.
-const DefaultBackend = "vxlan"
+// DefaultBackend is the backend used when net-conf.json names none. It is
+// upstream's fallback: in a cluster that mixes upstream nodes with ours (a
+// rolling migration with the classic minimal config), every node must pick
+// the same data plane, however slow udp is.
+const DefaultBackend = "udp"
 
 const (
 	defaultSubnetLen     = 24
@@ -81,6 +82,7 @@ func Parse(data []byte) (*Config, error) {
 		if err != nil {
 			return nil, err
 		}
+		c.Warnings = append(c.Warnings, r.warnings...)
 		c.Network, c.SubnetLen, c.SubnetMin, c.SubnetMax = r.network, r.subnetLen, r.min, r.max
 	}
 	if c.EnableIPv6 {
@@ -88,11 +90,16 @@ func Parse(data []byte) (*Config, error) {
 		if err != nil {
 			return nil, err
 		}
+		c.Warnings = append(c.Warnings, r.warnings...)
 		c.IPv6Network, c.IPv6SubnetLen, c.IPv6SubnetMin, c.IPv6SubnetMax = r.network, r.subnetLen, r.min, r.max
 	}
 	var err error
-	if c.Backend, c.BackendType, err = parseBackend(w.Backend); err != nil {
+	var warn string
+	if c.Backend, c.BackendType, warn, err = parseBackend(w.Backend); err != nil {
 		return nil, err
+	}
+	if warn != "" {
+		c.Warnings = append(c.Warnings, warn)
 	}
 	return c, nil
 }
@@ -101,6 +108,7 @@ type resolved struct {
 	network   netip.Prefix
 	subnetLen int
 	min, max  netip.Addr
+	warnings  []string
 }
 
 // resolve validates one address family's network, subnet length and range,
@@ -109,6 +117,16 @@ func (f family) resolve(network string, subnetLen int, minS, maxS string) (resol
 	var r resolved
 	var err error
 	if r.network, err = f.parseNetwork(network); err != nil {
+		return r, err
+	}
+	if m := r.network.Masked(); m != r.network {
+		// Upstream reads the network with net.ParseCIDR, which drops host
+		// bits silently; a config that works there must work here.
+		r.warnings = append(r.warnings, fmt.Sprintf("%s %s has host bits set: using %s (write %q to silence this warning)",
+			f.networkField, r.network, m, m.String()))
+		r.network = m
+	}
+	if err = f.refuseSpecial(r.network); err != nil {
 		return r, err
 	}
 	if r.subnetLen, err = f.subnetLen(r.network, subnetLen); err != nil {
@@ -149,9 +167,6 @@ func (f family) parseNetwork(s string) (netip.Prefix, error) {
 	}
 	if !f.v6 && !p.Addr().Is4() {
 		return netip.Prefix{}, fmt.Errorf("Network %s is not an IPv4 network (put IPv6 networks in IPv6Network and set \"EnableIPv6\": true)", s)
-	}
-	if m := p.Masked(); m != p {
-		return netip.Prefix{}, fmt.Errorf("%s %s is not a network address (host bits are set): did you mean %s?", f.networkField, s, m)
 	}
 	return p, nil
 }
@@ -198,22 +213,29 @@ func (f family) parseBound(field, s string, network netip.Prefix, subnetLen int)
 	return a, nil
 }
 
-// parseBackend returns the raw Backend object and its lower-cased type.
-func parseBackend(raw json.RawMessage) (json.RawMessage, string, error) {
+// noBackendWarning is logged when the config names no backend: udp sends
+// every packet through flanneld, which few operators choose knowingly.
+const noBackendWarning = "the network config names no backend (%s): using udp, as upstream flannel does. " +
+	"udp carries every pod packet through flanneld and is much slower than vxlan; " +
+	"to switch, set \"Backend\": {\"Type\": \"vxlan\"} and restart flanneld on every node (nodes on different backends cannot reach each other)"
+
+// parseBackend returns the raw Backend object, its lower-cased type, and a
+// warning when the type fell back to DefaultBackend.
+func parseBackend(raw json.RawMessage) (json.RawMessage, string, string, error) {
 	if len(raw) == 0 || bytes.Equal(bytes.TrimSpace(raw), []byte("null")) {
-		return json.RawMessage(`{"Type":"` + DefaultBackend + `"}`), DefaultBackend, nil
+		return json.RawMessage(`{"Type":"` + DefaultBackend + `"}`), DefaultBackend,
+			fmt.Sprintf(noBackendWarning, "no Backend object"), nil
 	}
 	var obj map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &obj); err != nil {
-		return nil, "", fmt.Errorf("Backend: must be a JSON object such as {\"Type\":\"vxlan\"}, got %s", raw)
+		return nil, "", "", fmt.Errorf("Backend: must be a JSON object such as {\"Type\":\"vxlan\"}, got %s", raw)
 	}
 	var typ struct{ Type *string }
 	if err := json.Unmarshal(raw, &typ); err != nil {
-		return nil, "", fmt.Errorf("Backend: Type must be a string such as \"vxlan\": %w", err)
+		return nil, "", "", fmt.Errorf("Backend: Type must be a string such as \"vxlan\": %w", err)
 	}
-	bt := DefaultBackend
-	if typ.Type != nil && strings.TrimSpace(*typ.Type) != "" {
-		bt = strings.ToLower(strings.TrimSpace(*typ.Type))
+	if typ.Type == nil || strings.TrimSpace(*typ.Type) == "" {
+		return raw, DefaultBackend, fmt.Sprintf(noBackendWarning, "Backend has no Type"), nil
 	}
-	return raw, bt, nil
+	return raw, strings.ToLower(strings.TrimSpace(*typ.Type)), "", nil
 }

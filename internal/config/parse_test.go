@@ -99,7 +99,7 @@ func TestParseDualStack(t *testing.T) {
 }
 
 func TestParseIPv6Only(t *testing.T) {
-	c := mustParse(t, `{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56"}`)
+	c := mustParse(t, `{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}`)
 	if c.EnableIPv4 || !c.EnableIPv6 {
 		t.Fatalf("families: v4=%v v6=%v", c.EnableIPv4, c.EnableIPv6)
 	}
@@ -110,7 +110,7 @@ func TestParseIPv6Only(t *testing.T) {
 		t.Errorf("IPv4 subnets on an IPv6-only network")
 	}
 	if c.BackendType != "vxlan" || string(c.Backend) != `{"Type":"vxlan"}` {
-		t.Errorf("default backend = %q %s", c.BackendType, c.Backend)
+		t.Errorf("backend = %q %s", c.BackendType, c.Backend)
 	}
 	if c.IPv6SubnetCount() != 255 {
 		t.Errorf("IPv6SubnetCount = %d", c.IPv6SubnetCount())
@@ -150,7 +150,6 @@ func TestParseDefaults(t *testing.T) {
 		{"only SubnetMin", `{"Network":"10.244.0.0/16","SubnetMin":"10.244.250.0"}`, 24, "10.244.250.0", "10.244.255.0", 6},
 		{"only SubnetMax", `{"Network":"10.244.0.0/16","SubnetMax":"10.244.3.0"}`, 24, "10.244.1.0", "10.244.3.0", 3},
 		{"SubnetMin first subnet", `{"Network":"10.244.0.0/16","SubnetMin":"10.244.0.0","SubnetMax":"10.244.0.0"}`, 24, "10.244.0.0", "10.244.0.0", 1},
-		{"whole IPv4 space", `{"Network":"0.0.0.0/0"}`, 24, "0.0.1.0", "255.255.255.0", 1<<24 - 1},
 		{"explicit EnableIPv4", `{"EnableIPv4":true,"Network":"10.244.0.0/16"}`, 24, "10.244.1.0", "10.244.255.0", 255},
 		{"EnableIPv4 null", `{"EnableIPv4":null,"Network":"10.244.0.0/16"}`, 24, "10.244.1.0", "10.244.255.0", 255},
 	}
@@ -254,10 +253,10 @@ func TestParseBackend(t *testing.T) {
 	tests := []struct {
 		name, backend, wantType, wantRaw string
 	}{
-		{"absent", ``, "vxlan", `{"Type":"vxlan"}`},
-		{"null", `,"Backend":null`, "vxlan", `{"Type":"vxlan"}`},
-		{"no Type", `,"Backend":{"VNI":2}`, "vxlan", `{"VNI":2}`},
-		{"empty Type", `,"Backend":{"Type":""}`, "vxlan", `{"Type":""}`},
+		{"absent", ``, "udp", `{"Type":"udp"}`},
+		{"null", `,"Backend":null`, "udp", `{"Type":"udp"}`},
+		{"no Type", `,"Backend":{"Port":8286}`, "udp", `{"Port":8286}`},
+		{"empty Type", `,"Backend":{"Type":""}`, "udp", `{"Type":""}`},
 		{"upper case", `,"Backend":{"Type":"VXLAN"}`, "vxlan", `{"Type":"VXLAN"}`},
 		{"host-gw", `,"Backend":{"Type":"host-gw"}`, "host-gw", `{"Type":"host-gw"}`},
 		{"wireguard", `,"Backend":{"Type":"WireGuard","PersistentKeepaliveInterval":25}`, "wireguard", `{"Type":"WireGuard","PersistentKeepaliveInterval":25}`},
@@ -271,6 +270,15 @@ func TestParseBackend(t *testing.T) {
 			}
 			if string(c.Backend) != tt.wantRaw {
 				t.Errorf("Backend = %s, want %s", c.Backend, tt.wantRaw)
+			}
+			// The fallback is worth one warning that recommends vxlan; a
+			// named backend is worth none.
+			fellBack := tt.wantType == "udp"
+			if fellBack != (len(c.Warnings) == 1) || len(c.Warnings) > 1 {
+				t.Errorf("Warnings = %q, want one only when the backend fell back to udp", c.Warnings)
+			}
+			if fellBack && len(c.Warnings) == 1 && (!strings.Contains(c.Warnings[0], "udp") || !strings.Contains(c.Warnings[0], `"Type": "vxlan"`)) {
+				t.Errorf("warning %q should say udp is used and recommend vxlan", c.Warnings[0])
 			}
 		})
 	}
@@ -300,7 +308,6 @@ func TestParseRefusals(t *testing.T) {
 		{"Network not CIDR", `{"Network":"10.244.0.0"}`, []string{"Network", `"10.244.0.0"`, "CIDR"}},
 		{"Network garbage", `{"Network":"ten"}`, []string{"Network", "CIDR"}},
 		{"Network is IPv6", `{"Network":"fd00:10:244::/56"}`, []string{"Network fd00:10:244::/56", "not an IPv4 network", "IPv6Network"}},
-		{"Network host bits", `{"Network":"10.244.1.0/16"}`, []string{"Network 10.244.1.0/16", "not a network address", "10.244.0.0/16"}},
 		{"SubnetLen equal", `{"Network":"10.244.0.0/16","SubnetLen":16}`, []string{"SubnetLen 16 must be longer than the network's prefix length 16 (Network 10.244.0.0/16)"}},
 		{"SubnetLen shorter", `{"Network":"10.244.0.0/16","SubnetLen":8}`, []string{"SubnetLen 8 must be longer", "Network 10.244.0.0/16"}},
 		{"SubnetLen 31", `{"Network":"10.244.0.0/16","SubnetLen":31}`, []string{"SubnetLen 31", "no usable host", "30"}},
@@ -320,7 +327,6 @@ func TestParseRefusals(t *testing.T) {
 		{"no IPv6Network", `{"EnableIPv6":true,"Network":"10.244.0.0/16"}`, []string{"IPv6Network is required", "EnableIPv6"}},
 		{"IPv6Network is IPv4", `{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"10.244.0.0/16"}`, []string{"IPv6Network 10.244.0.0/16", "not an IPv6 network"}},
 		{"IPv6Network mapped", `{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"::ffff:10.244.0.0/112"}`, []string{"IPv6Network", "not an IPv6 network"}},
-		{"IPv6Network host bits", `{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244:1::/56"}`, []string{"IPv6Network fd00:10:244:1::/56", "not a network address", "fd00:10:244::/56"}},
 		{"IPv6Network garbage", `{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::zz/56"}`, []string{"IPv6Network", "CIDR"}},
 		{"IPv6SubnetLen equal", `{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","IPv6SubnetLen":56}`, []string{"IPv6SubnetLen 56 must be longer than the network's prefix length 56 (IPv6Network fd00:10:244::/56)"}},
 		{"IPv6SubnetLen 127", `{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","IPv6SubnetLen":127}`, []string{"IPv6SubnetLen 127", "no usable host", "126"}},
@@ -361,5 +367,70 @@ func TestParseRefusals(t *testing.T) {
 				t.Errorf("error %q must start with the greppable phrase", err)
 			}
 		})
+	}
+}
+
+// Host bits in a network are dropped with a warning, as upstream's
+// net.ParseCIDR drops them (silently there).
+func TestParseMasksHostBits(t *testing.T) {
+	c := mustParse(t, `{"Network":"10.244.1.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244:1::/56","Backend":{"Type":"vxlan"}}`)
+	if c.Network != pfx("10.244.0.0/16") || c.SubnetMin != addr("10.244.1.0") {
+		t.Errorf("Network = %s (SubnetMin %s), want 10.244.0.0/16 (10.244.1.0)", c.Network, c.SubnetMin)
+	}
+	if c.IPv6Network != pfx("fd00:10:244::/56") {
+		t.Errorf("IPv6Network = %s, want fd00:10:244::/56", c.IPv6Network)
+	}
+	want := []string{"Network 10.244.1.0/16 has host bits set: using 10.244.0.0/16", "IPv6Network fd00:10:244:1::/56 has host bits set: using fd00:10:244::/56"}
+	if len(c.Warnings) != len(want) {
+		t.Fatalf("Warnings = %q, want %d", c.Warnings, len(want))
+	}
+	for i, w := range want {
+		if !strings.Contains(c.Warnings[i], w) {
+			t.Errorf("warning %q does not contain %q", c.Warnings[i], w)
+		}
+	}
+	if c := mustParse(t, `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}`); len(c.Warnings) != 0 {
+		t.Errorf("a clean config warns: %q", c.Warnings)
+	}
+}
+
+// Networks no node can route pod addresses in are refused, each with a
+// message naming the parameter and a valid example.
+func TestParseRefusesSpecialNetworks(t *testing.T) {
+	v6 := func(n string) string {
+		return `{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"` + n + `","Backend":{"Type":"vxlan"}}`
+	}
+	v4 := func(n string) string { return `{"Network":"` + n + `","Backend":{"Type":"vxlan"}}` }
+	for _, tt := range []struct {
+		name, json, field, why, example string
+	}{
+		{"IPv4 default", v4("0.0.0.0/0"), "Network 0.0.0.0/0", "default route", "10.244.0.0/16"},
+		{"IPv4 default with host bits", v4("10.0.0.0/0"), "Network 0.0.0.0/0", "default route", "10.244.0.0/16"},
+		{"IPv4 loopback", v4("127.0.0.0/8"), "Network 127.0.0.0/8", "loopback range 127.0.0.0/8", "10.244.0.0/16"},
+		{"IPv4 inside loopback", v4("127.10.0.0/16"), "Network 127.10.0.0/16", "loopback", "10.244.0.0/16"},
+		{"IPv4 around loopback", v4("0.0.0.0/1"), "Network 0.0.0.0/1", "loopback", "10.244.0.0/16"},
+		{"IPv4 multicast", v4("224.0.0.0/4"), "Network 224.0.0.0/4", "multicast range 224.0.0.0/4", "10.244.0.0/16"},
+		{"IPv4 inside multicast", v4("239.1.0.0/16"), "Network 239.1.0.0/16", "multicast", "10.244.0.0/16"},
+		{"IPv4 link-local", v4("169.254.0.0/16"), "Network 169.254.0.0/16", "link-local range 169.254.0.0/16", "10.244.0.0/16"},
+		{"IPv6 default", v6("::/0"), "IPv6Network ::/0", "default route", "fd00:10:244::/56"},
+		{"IPv6 loopback", v6("::/64"), "IPv6Network ::/64", "loopback range ::1/128", "fd00:10:244::/56"},
+		{"IPv6 multicast", v6("ff05:10:244::/56"), "IPv6Network ff05:10:244::/56", "multicast range ff00::/8", "fd00:10:244::/56"},
+		{"IPv6 link-local", v6("fe80::/56"), "IPv6Network fe80::/56", "link-local range fe80::/10", "fd00:10:244::/56"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse([]byte(tt.json))
+			if err == nil {
+				t.Fatalf("Parse accepted %s", tt.json)
+			}
+			for _, w := range []string{tt.field, tt.why, tt.example} {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not contain %q", err, w)
+				}
+			}
+		})
+	}
+	// Private ranges next to the special ones stay accepted.
+	for _, ok := range []string{v4("10.0.0.0/8"), v4("100.64.0.0/10"), v4("192.168.0.0/16"), v6("fd00::/8"), v6("2001:db8::/32")} {
+		mustParse(t, ok)
 	}
 }

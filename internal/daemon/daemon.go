@@ -127,7 +127,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	go d.watchConfig(ctx, cfg)
 	renewNow := make(chan struct{}, 1)
 	go d.renewLoop(ctx, own, renewNow)
-	d.prober = d.startProber(ctx)
+	d.prober = d.startProber(ctx, nw)
 	d.followPeers(ctx, nw, own, renewNow)
 	d.shutdown()
 	return nil
@@ -146,6 +146,9 @@ func (d *Daemon) networkConfig(ctx context.Context) (*config.Config, error) {
 		return nil, err
 	}
 	klog.Infof("network config: Network=%v SubnetLen=%d IPv6Network=%v backend=%s", cfg.Network, cfg.SubnetLen, cfg.IPv6Network, cfg.BackendType)
+	for _, w := range cfg.Warnings {
+		klog.Warningf("network config in %s: %s", d.mgr.Name(), w)
+	}
 	if err := checkBrNetfilter(d.opts.ProcSys, cfg); err != nil {
 		return nil, err
 	}

@@ -5,6 +5,7 @@ import (
 
 	"k8s.io/klog/v2"
 
+	"github.com/flannelgo/flannel/internal/backend"
 	"github.com/flannelgo/flannel/internal/peerhealth"
 	"github.com/flannelgo/flannel/internal/probe"
 )
@@ -13,7 +14,7 @@ import (
 // The returned prober is fed the same lease events as the backend; nil
 // means probing is off. Probing is a diagnostic: when it cannot start
 // (no CAP_NET_RAW) the network still comes up, with an error in the log.
-func (d *Daemon) startProber(ctx context.Context) *peerhealth.Prober {
+func (d *Daemon) startProber(ctx context.Context, nw backend.Network) *peerhealth.Prober {
 	if d.opts.PeerProbeInterval <= 0 {
 		return nil
 	}
@@ -26,7 +27,11 @@ func (d *Daemon) startProber(ctx context.Context) *peerhealth.Prober {
 		<-ctx.Done()
 		_ = pinger.Close()
 	}()
-	pr := peerhealth.New(d.opts.PeerProbeInterval, pinger, peerhealth.NewMetrics(d.metrics.Registry()))
+	transport := ""
+	if t, ok := nw.(backend.Transported); ok {
+		transport = t.Transport()
+	}
+	pr := peerhealth.New(d.opts.PeerProbeInterval, pinger, peerhealth.NewMetrics(d.metrics.Registry()), transport)
 	go pr.Run(ctx)
 	klog.Infof("probing every peer over the overlay once per %s (flannel_peers_probed, flannel_peers_unreachable; per-peer series for peers with losses)", d.opts.PeerProbeInterval)
 	return pr

@@ -107,7 +107,43 @@ func byPublicIP(opts Options) (*backend.ExternalInterface, error) {
 	return build(candidate{link: link, addr: ip}, opts)
 }
 
+// CheckPublicAddr refuses an address that other nodes can never send to:
+// unspecified, loopback, multicast or the IPv4 broadcast address. flag
+// names the parameter (public-ip or public-ipv6) for the message.
+func CheckPublicAddr(flag string, a netip.Addr) error {
+	a = a.Unmap()
+	bad := ""
+	switch {
+	case a.IsUnspecified():
+		bad = "the unspecified address"
+	case a.IsLoopback():
+		bad = "a loopback address"
+	case a.IsMulticast():
+		bad = "a multicast address"
+	case a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		bad = "the broadcast address"
+	default:
+		return nil
+	}
+	example := "--public-ip=10.0.0.5"
+	if flag == "public-ipv6" {
+		example = "--public-ipv6=fd00::5"
+	}
+	return fmt.Errorf("--%s %s is %s, which no other node can send packets to: give a unicast address of this node that the others reach, e.g. %s",
+		flag, a, bad, example)
+}
+
 func checkPublic(opts *Options) error {
+	for _, p := range []struct {
+		flag string
+		a    netip.Addr
+	}{{"public-ip", opts.PublicIP}, {"public-ipv6", opts.PublicIPv6}} {
+		if p.a.IsValid() {
+			if err := CheckPublicAddr(p.flag, p.a); err != nil {
+				return err
+			}
+		}
+	}
 	if opts.PublicIP.IsValid() {
 		switch {
 		case !opts.PublicIP.Unmap().Is4():

@@ -38,7 +38,7 @@ func TestProberCost(t *testing.T) {
 
 	const peers, interval, measure = 1000, time.Second, 4 * time.Second
 	m := NewMetrics(prometheus.NewRegistry())
-	p := New(interval, pinger, m)
+	p := New(interval, pinger, m, "UDP 8472 (VXLAN)")
 	p.maxRate = 0 // the cost of 1000 probes a second
 	var evs []lease.Event
 	for i := range peers {

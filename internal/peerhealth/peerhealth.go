@@ -11,6 +11,7 @@ package peerhealth
 import (
 	"container/heap"
 	"context"
+	"fmt"
 	"math/bits"
 	"math/rand/v2"
 	"net/netip"
@@ -136,6 +137,7 @@ type Prober struct {
 	period            time.Duration // each peer's probe spacing: interval, or more under maxRate
 	pinger            Pinger
 	m                 *Metrics
+	transport         string // what the backend needs open between nodes, e.g. "UDP 8472 (VXLAN)"; "" for routed backends
 	replies, lost     prometheus.Counter
 	epoch             time.Time
 
@@ -149,8 +151,11 @@ type Prober struct {
 }
 
 // New makes a prober; Update tells it the peers and Run probes them.
-func New(interval time.Duration, pinger Pinger, m *Metrics) *Prober {
-	return &Prober{interval: interval, timeout: min(interval, maxTimeout), maxRate: maxProbeRate, period: interval, pinger: pinger, m: m, epoch: time.Now(),
+// transport is what the backend needs open between nodes (see
+// backend.Transported), named in the unreachable warning; "" means the
+// backend only routes.
+func New(interval time.Duration, pinger Pinger, m *Metrics, transport string) *Prober {
+	return &Prober{interval: interval, timeout: min(interval, maxTimeout), maxRate: maxProbeRate, period: interval, pinger: pinger, m: m, epoch: time.Now(), transport: transport,
 		peers: map[string]*peer{}, wake: make(chan struct{}, 1),
 		replies: m.Probes.WithLabelValues("reply"), lost: m.Probes.WithLabelValues("lost")}
 }
@@ -341,7 +346,7 @@ func (p *Prober) record(pe *peer, ok bool, rtt time.Duration) {
 		if pe.unreachable {
 			pe.unreachable = false
 			p.m.Unreachable.Dec()
-			klog.Infof("peer %s (%s) is reachable again over the overlay (probe to %s answered in %s)", pe.key, pe.publicIP, pe.target, rtt.Round(time.Microsecond))
+			klog.Infof("peer %s (%s) is reachable again over the overlay (probe to %s answered in %s)", pe.key, pe.publicIP, pe.targetAddr(), rtt.Round(time.Microsecond))
 		}
 	} else {
 		p.lost.Inc()
@@ -349,15 +354,26 @@ func (p *Prober) record(pe *peer, ok bool, rtt time.Duration) {
 		if pe.lost == lostToUnreachable && !pe.unreachable {
 			pe.unreachable = true
 			p.m.Unreachable.Inc()
-			klog.Warningf("peer %s (%s) is unreachable over the overlay: %d probes to %s in a row got no reply; "+
-				"check that the backend's port (VXLAN: UDP 8472) is open between this node and %s (run flannelctl doctor)",
-				pe.key, pe.publicIP, pe.lost, pe.target, pe.publicIP)
+			klog.Warningf("peer %s (%s) is unreachable over the overlay: %d probes to %s in a row got no reply; %s (run flannelctl doctor)",
+				pe.key, pe.publicIP, pe.lost, pe.targetAddr(), p.checkHint(pe))
 		}
 	}
 	p.setTroubled(pe, pe.results != 0)
 	if pe.labelled {
 		p.setSeries(pe, ok, rtt)
 	}
+}
+
+// targetAddr is the probe target as an address: the peer keeps it as
+// 4 bytes, which print as raw bytes (a NUL, a newline) with %s.
+func (pe *peer) targetAddr() netip.Addr { return netip.AddrFrom4(pe.target) }
+
+// checkHint says what to look at when a peer stops answering.
+func (p *Prober) checkHint(pe *peer) string {
+	if p.transport == "" {
+		return fmt.Sprintf("check routing and firewalls between this node and %s", pe.publicIP)
+	}
+	return fmt.Sprintf("check that %s is open between this node and %s", p.transport, pe.publicIP)
 }
 
 // setTroubled moves a peer into or out of the peers with losses, giving

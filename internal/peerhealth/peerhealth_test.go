@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -187,7 +188,7 @@ func TestReachabilityTransitions(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	m := NewMetrics(reg)
 	fp := newFakePinger(t, true)
-	p := New(40*time.Millisecond, fp, m)
+	p := New(40*time.Millisecond, fp, m, "UDP 8472 (VXLAN)")
 	p.maxRate = 0 // this test probes faster than the cap
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -234,7 +235,7 @@ func TestPeerSeriesBounded(t *testing.T) {
 	const peers = MaxPeerSeries + 50
 	m := NewMetrics(prometheus.NewRegistry())
 	fp := newFakePinger(t, true)
-	p := New(20*time.Millisecond, fp, m)
+	p := New(20*time.Millisecond, fp, m, "UDP 8472 (VXLAN)")
 	p.maxRate = 0 // this test probes faster than the cap
 	var evs []lease.Event
 	for i := range peers {
@@ -266,7 +267,7 @@ func TestPeerSeriesBounded(t *testing.T) {
 // about 1000 probes go out per second, not a burst of 1000 every second.
 func TestRateAndSpread(t *testing.T) {
 	fp := newFakePinger(t, true)
-	p := New(time.Second, fp, NewMetrics(prometheus.NewRegistry()))
+	p := New(time.Second, fp, NewMetrics(prometheus.NewRegistry()), "UDP 8472 (VXLAN)")
 	p.maxRate = 0 // this test probes faster than the cap
 	var evs []lease.Event
 	for i := range 1000 {
@@ -297,7 +298,7 @@ func TestProbesOutNoGoroutines(t *testing.T) {
 	const peers = 5000
 	fp := newFakePinger(t, false)
 	m := NewMetrics(prometheus.NewRegistry())
-	p := New(time.Second, fp, m)
+	p := New(time.Second, fp, m, "UDP 8472 (VXLAN)")
 	p.maxRate = 0 // this test probes faster than the cap
 	var evs []lease.Event
 	for i := range peers {
@@ -327,7 +328,7 @@ func TestTimeoutsAndLateReplies(t *testing.T) {
 	const interval, timeout = 10 * time.Second, maxTimeout
 	m := NewMetrics(prometheus.NewRegistry())
 	fp := newFakePinger(t, false)
-	p := New(interval, fp, m)
+	p := New(interval, fp, m, "UDP 8472 (VXLAN)")
 	a, b, c, d := vxlanLease("10.244.1.0/24", "198.51.100.11"), vxlanLease("10.244.2.0/24", "198.51.100.12"),
 		vxlanLease("10.244.3.0/24", "198.51.100.13"), vxlanLease("10.244.4.0/24", "198.51.100.14")
 	ta, tb := a.Subnet.Addr(), b.Subnet.Addr()
@@ -385,7 +386,7 @@ func TestTimeoutsAndLateReplies(t *testing.T) {
 func TestProbeRateCapped(t *testing.T) {
 	const peers, rate = 3000, 500
 	fp := newFakePinger(t, true)
-	p := New(time.Second, fp, NewMetrics(prometheus.NewRegistry()))
+	p := New(time.Second, fp, NewMetrics(prometheus.NewRegistry()), "UDP 8472 (VXLAN)")
 	p.maxRate = rate
 	var evs []lease.Event
 	for i := range peers {
@@ -404,5 +405,47 @@ func TestProbeRateCapped(t *testing.T) {
 	}
 	if n := fp.count.Load(); n < 0.8*3*rate || n > 1.2*3*rate {
 		t.Errorf("%d probes in 3 s, want about %d (capped at %d a second), not %d", n, 3*rate, rate, 3*peers)
+	}
+}
+
+// The unreachable warning prints the probe target as an address (it once
+// printed its 4 raw bytes: 10.244.10.0 became a newline, 0xf4, a newline
+// and a NUL) and names what the backend needs open, not VXLAN's default
+// port whatever the backend; a routed backend is told to check routing.
+func TestUnreachableWarningNamesTargetAndTransport(t *testing.T) {
+	for _, tc := range []struct {
+		transport, backend string
+		want               []string
+	}{
+		{"UDP 4789 (VXLAN)", "vxlan", []string{"probes to 10.244.10.0 in a row", "check that UDP 4789 (VXLAN) is open between this node and 198.51.100.20"}},
+		{"", "host-gw", []string{"probes to 198.51.100.20 in a row", "check routing and firewalls between this node and 198.51.100.20"}},
+	} {
+		t.Run(tc.backend, func(t *testing.T) {
+			logs := tbtest.CaptureLogs(t)
+			m := NewMetrics(prometheus.NewRegistry())
+			fp := newFakePinger(t, true)
+			p := New(20*time.Millisecond, fp, m, tc.transport)
+			p.maxRate = 0
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			l := vxlanLease("10.244.10.0/24", "198.51.100.20")
+			l.Attrs.BackendType = tc.backend
+			fp.set(Target(l), true)
+			go p.Run(ctx)
+			p.Update([]lease.Event{{Type: lease.Added, Lease: l}})
+			waitFor(t, 2*time.Second, "the peer is unreachable", func() bool { return testutil.ToFloat64(m.Unreachable) == 1 })
+			got := logs.Matching("10.244.10.0-24", "is unreachable")
+			if len(got) != 1 {
+				t.Fatalf("unreachable logged %d times: %q", len(got), got)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(got[0], w) {
+					t.Errorf("warning %q does not contain %q", got[0], w)
+				}
+			}
+			if strings.ContainsAny(got[0], "\x00\n") || strings.Contains(got[0], "8472") {
+				t.Errorf("warning %q has raw bytes or a port the backend does not use", got[0])
+			}
+		})
 	}
 }

@@ -76,7 +76,10 @@ func Read(path string) (*Env, error) {
 	return e, nil
 }
 
-// Parse parses subnet.env content.
+// Parse parses subnet.env content. Its errors name the line and the key
+// but never quote the content: the CNI plugin passes them to the runtime,
+// which logs them, and a subnetFile pointed at a secret (/etc/shadow) must
+// not leak it there.
 func Parse(data []byte) (*Env, error) {
 	e := &Env{}
 	sc := bufio.NewScanner(bytes.NewReader(data))
@@ -87,10 +90,10 @@ func Parse(data []byte) (*Env, error) {
 		}
 		k, v, ok := strings.Cut(line, "=")
 		if !ok {
-			return nil, fmt.Errorf("line %d: expected KEY=VALUE, got %q", n, line)
+			return nil, fmt.Errorf("line %d is not KEY=VALUE (is this a subnet.env file written by flanneld?)", n)
 		}
 		if err := e.set(k, strings.Trim(v, `"'`)); err != nil {
-			return nil, fmt.Errorf("line %d: %s: %w", n, k, err)
+			return nil, fmt.Errorf("line %d: %w", n, err)
 		}
 	}
 	if err := sc.Err(); err != nil {
@@ -102,23 +105,35 @@ func Parse(data []byte) (*Env, error) {
 	return e, nil
 }
 
+// set stores one known key; unknown keys are ignored. Its errors say what
+// the key needs, not what the value was (see Parse).
 func (e *Env) set(k, v string) error {
 	var err error
+	want := ""
 	switch k {
 	case "FLANNEL_NETWORK":
 		e.Network, e.ExtraNetworks, err = parsePrefixes(v)
+		want = "a CIDR list such as 10.244.0.0/16"
 	case "FLANNEL_SUBNET":
 		e.Subnet, err = netip.ParsePrefix(v)
+		want = "a CIDR such as 10.244.1.1/24"
 	case "FLANNEL_IPV6_NETWORK":
 		e.IPv6Network, e.ExtraIPv6Networks, err = parsePrefixes(v)
+		want = "a CIDR list such as fd00:10:244::/56"
 	case "FLANNEL_IPV6_SUBNET":
 		e.IPv6Subnet, err = netip.ParsePrefix(v)
+		want = "a CIDR such as fd00:10:244:1::1/64"
 	case "FLANNEL_MTU":
 		e.MTU, err = strconv.Atoi(v)
+		want = "a number such as 1450"
 	case "FLANNEL_IPMASQ":
 		e.IPMasq, err = strconv.ParseBool(v)
+		want = "true or false"
 	}
-	return err
+	if err != nil {
+		return fmt.Errorf("the value of %s is not %s", k, want)
+	}
+	return nil
 }
 
 // parsePrefixes reads a comma-separated list of prefixes: the first, and

@@ -279,7 +279,7 @@ func TestEtcd(t *testing.T) {
 		t.Fatalf("put: %v", err)
 	}
 	cli.Close()
-	if err := tb.PutConfig(ctx, "", `{"Network":"10.244.0.0/16"}`); err != nil {
+	if err := tb.PutConfig(ctx, "", `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}`); err != nil {
 		t.Fatalf("PutConfig: %v", err)
 	}
 

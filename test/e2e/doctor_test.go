@@ -262,6 +262,13 @@ func (c *cluster) blockedPort(t *testing.T, n1, n2 *testbed.Node) {
 		}
 		return nil
 	})
+	// The warning names the backend's real port, and its probe target as
+	// an address (once its raw bytes reached the log).
+	log, _ := os.ReadFile(n1.LogFile)
+	if logCount("is unreachable over the overlay: 2 probes to 10.244.") != 1 ||
+		strings.Count(string(log), "check that UDP 8472 (VXLAN) is open between this node and "+n2.Addr.String()+" ") != 1 {
+		t.Errorf("n1's unreachable warning for %s does not name the probe target as an address and UDP 8472 (VXLAN)", n2.Addr)
+	}
 	unblock()
 	took := eventually(t, 30*time.Second, "flannel_peer_reachable of "+n2.Name+" is 1 again", func() error {
 		return peerReachable(n1, n2, "1")

@@ -97,3 +97,21 @@ func requireSegmented(t *testing.T, from, to *testbed.Node, a, b *testbed.Pod) {
 		t.Errorf("4 MiB of TCP left as %d packets of 1472 bytes (all sizes: %v); want most of about 2900", sizes[1472], sizes)
 	}
 }
+
+// The classic minimal config names no backend: flanneld uses udp, as
+// upstream does (so a mixed cluster agrees on the data plane), and says
+// once that vxlan is what the operator most likely wants.
+func TestMinimalConfigMeansUDP(t *testing.T) {
+	c := newCluster(t, "min", clusterOpts{nodes: 2, config: `{"Network":"10.244.0.0/16"}`})
+	envs := c.start(c.Nodes)
+	for n, env := range envs {
+		if env.MTU != 1472 {
+			t.Errorf("node %s: FLANNEL_MTU=%d, want udp's 1472", n.Name, env.MTU)
+		}
+		nsRun(t, n.NS, "ip", "link", "show", "flannel0")
+		logHas(t, n, 5*time.Second, "names no backend (no Backend object): using udp, as upstream flannel does")
+	}
+	if pairs := allPairsPing(t, c.addPods(c.Nodes)); pairs != 2 {
+		t.Fatalf("checked %d pairs, want 2", pairs)
+	}
+}

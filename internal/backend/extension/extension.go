@@ -147,7 +147,10 @@ func (n *network) Activate(ctx context.Context, own *lease.Lease) error {
 	return nil
 }
 
-// leaseVars are the variables upstream sets for a lease, plus the IPv6 ones.
+// leaseVars are the variables upstream sets for a lease (SUBNET, PUBLIC_IP,
+// and for PostStartupCommand IPV6SUBNET and PUBLIC_IPV6), set here for every
+// command. IPV6_SUBNET is this project's earlier name for IPV6SUBNET, kept so
+// that commands written for it still work; upstream sets no such variable.
 func leaseVars(l *lease.Lease) map[string]string {
 	vars := map[string]string{}
 	set := func(k string, ok bool, v string) {
@@ -157,6 +160,7 @@ func leaseVars(l *lease.Lease) map[string]string {
 	}
 	set("SUBNET", l.Subnet.IsValid(), l.Subnet.String())
 	set("PUBLIC_IP", l.Attrs.PublicIP.IsValid(), l.Attrs.PublicIP.String())
+	set("IPV6SUBNET", l.IPv6Subnet.IsValid(), l.IPv6Subnet.String())
 	set("IPV6_SUBNET", l.IPv6Subnet.IsValid(), l.IPv6Subnet.String())
 	set("PUBLIC_IPV6", l.Attrs.PublicIPv6.IsValid(), l.Attrs.PublicIPv6.String())
 	return vars

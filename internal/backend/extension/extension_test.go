@@ -153,3 +153,23 @@ func TestPreStartupFailureStopsStart(t *testing.T) {
 		t.Errorf("err = %v", err)
 	}
 }
+
+// PostStartupCommand gets upstream's variable names, IPV6SUBNET among them,
+// both expanded in its words and in its environment.
+func TestPostStartupVariablesAsUpstream(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "log")
+	post := script(t, dir, "post", `echo "$1 $2 env:$NETWORK $SUBNET $IPV6SUBNET $PUBLIC_IP $PUBLIC_IPV6" >>`+log)
+	raw, _ := json.Marshal(Options{PostStartupCommand: post + " $IPV6SUBNET ${PUBLIC_IPV6}"})
+	n := testNetwork(t, string(raw))
+	own := peer("10.244.1.0/24", "198.51.100.11", "")
+	own.IPv6Subnet = netip.MustParsePrefix("fd00:10:244:1::/64")
+	own.Attrs.PublicIPv6 = netip.MustParseAddr("fd00:198:51:100::11")
+	if err := n.Activate(context.Background(), &own); err != nil {
+		t.Fatal(err)
+	}
+	want := "fd00:10:244:1::/64 fd00:198:51:100::11 env:10.244.0.0/16 10.244.1.0/24 fd00:10:244:1::/64 198.51.100.11 fd00:198:51:100::11\n"
+	if got, _ := os.ReadFile(log); string(got) != want {
+		t.Errorf("PostStartupCommand ran with:\n%s\nwant:\n%s", got, want)
+	}
+}

@@ -146,6 +146,9 @@ func (n *network) LeaseAttrs() lease.Attrs { return lease.Attrs{BackendType: Typ
 
 func (n *network) MTU() int { return n.mtu }
 
+// Transport is IP-in-IP's protocol number; there is no port.
+func (n *network) Transport() string { return "IP protocol 4 (IPIP)" }
+
 // Activate gives the device the subnet's network address as a /32: the
 // source address of traffic the node itself sends to other nodes' pods.
 func (n *network) Activate(ctx context.Context, own *lease.Lease) error {

@@ -144,6 +144,14 @@ func (n *network) LeaseAttrs() lease.Attrs { return lease.Attrs{BackendType: Typ
 
 func (n *network) MTU() int { return n.mtu }
 
+// Transport is what IKE and ESP need between the nodes.
+func (n *network) Transport() string {
+	if n.encap {
+		return "UDP 500 and 4500 (IPsec, ESP in UDP)"
+	}
+	return "UDP 500 and 4500 and IP protocol 50 (IPsec ESP)"
+}
+
 // Activate loads the PSK for this node's own address. In userspace mode
 // ipsec0 gets the subnet's network address, as flannel.1 does in VXLAN:
 // charon routes a child SA only from an address inside its local subnet,

@@ -122,6 +122,9 @@ func (n *network) LeaseAttrs() lease.Attrs { return lease.Attrs{BackendType: Typ
 
 func (n *network) MTU() int { return n.mtu }
 
+// Transport is the UDP port peers send to.
+func (n *network) Transport() string { return fmt.Sprintf("UDP %d (udp backend)", n.b.Opts.Port) }
+
 // Collectors are the data path's counters, for the daemon's registry.
 func (n *network) Collectors() []prometheus.Collector { return n.dp.collectors() }
 

@@ -151,6 +151,11 @@ func (n *network) stacks() []*stack {
 	return out
 }
 
+// Transport is the VXLAN UDP port this network's devices use.
+func (n *network) Transport() string {
+	return fmt.Sprintf("UDP %d (VXLAN)", effectivePort(n.b.opts.Port))
+}
+
 // MTU is the smaller of the two devices' MTUs in dual stack: pods get one
 // MTU for both families.
 func (n *network) MTU() int {

@@ -200,6 +200,16 @@ func (n *network) LeaseAttrs() lease.Attrs {
 
 func (n *network) MTU() int { return n.mtu }
 
+// Transport names the listen ports in use: IPv4 peers are probed, and
+// with Mode separate IPv6 has a port of its own.
+func (n *network) Transport() string {
+	o := n.b.Opts
+	if o.Mode == Separate && n.cfg.EnableIPv6 {
+		return fmt.Sprintf("UDP %d and %d for IPv6 (WireGuard)", o.ListenPort, o.ListenPortV6)
+	}
+	return fmt.Sprintf("UDP %d (WireGuard)", o.ListenPort)
+}
+
 // Activate addresses the devices, routes the networks through them and
 // starts watching handshakes. Userspace devices end with ctx.
 func (n *network) Activate(ctx context.Context, own *lease.Lease) error {

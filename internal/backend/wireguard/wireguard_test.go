@@ -69,6 +69,50 @@ func TestKeyFileReused(t *testing.T) {
 	}
 }
 
+// A key file found open to other users is forced back to 0600 and still
+// used; upstream's 0400 is kept as it is.
+func TestKeyFileModeTightened(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "wgkey")
+	k1, err := loadOrCreateKey(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ set, want os.FileMode }{{0o644, 0o600}, {0o666, 0o600}, {0o640, 0o600}, {0o400, 0o400}, {0o600, 0o600}} {
+		// Chmod, not WriteFile's mode: the umask must not soften the test.
+		if err := os.Chmod(path, tc.set); err != nil {
+			t.Fatal(err)
+		}
+		k2, err := loadOrCreateKey(path)
+		if err != nil || k2 != k1 {
+			t.Fatalf("mode %04o: key %v, %v; want the same key", tc.set, k2 == k1, err)
+		}
+		st, err := os.Stat(path)
+		if err != nil || st.Mode().Perm() != tc.want {
+			t.Errorf("key file found with mode %04o is now %04o (%v), want %04o", tc.set, st.Mode().Perm(), err, tc.want)
+		}
+	}
+}
+
+// A key directory other users may write to is reported; a sticky one
+// (/tmp) or an owner-only one is not.
+func TestKeyDirProblem(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		mode os.FileMode
+		bad  bool
+	}{{0o777, true}, {0o775, true}, {0o757, true}, {0o755, false}, {0o700, false}, {0o777 | os.ModeSticky, false}} {
+		if err := os.Chmod(dir, tc.mode); err != nil {
+			t.Fatal(err)
+		}
+		msg := keyDirProblem(dir)
+		if (msg != "") != tc.bad || (tc.bad && (!strings.Contains(msg, dir) || !strings.Contains(msg, "chmod go-w"))) {
+			t.Errorf("mode %v: %q", tc.mode, msg)
+		}
+	}
+	_ = os.Chmod(dir, 0o700)
+}
+
 // What flanneld writes to a userspace device reads back the same.
 func TestUAPIRoundTrip(t *testing.T) {
 	priv, _ := wgtypes.GeneratePrivateKey()
