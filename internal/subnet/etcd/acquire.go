@@ -87,10 +87,17 @@ func (m *Manager) tryAcquire(ctx context.Context, cli *clientv3.Client, cfg *con
 	}
 	l, err := m.claim(ctx, cli, cfg, attrs, value, rev, recs, own, marker)
 	if l == nil || err != nil {
-		m.revoke(ctx, cli, marker)
+		if marker != 0 {
+			m.revoke(ctx, cli, marker)
+		}
+		if marker != 0 && m.refusedMarker(err) {
+			return nil, nil // re-list and claim without the marker
+		}
 		return nil, err
 	}
-	m.startAlive(ctx, l.Key(), marker)
+	if marker != 0 {
+		m.startAlive(ctx, l.Key(), marker)
+	}
 	m.noteOwn(l.Key())
 	return l, nil
 }

@@ -94,10 +94,17 @@ func (m *Manager) dropStale(ctx context.Context, cli *clientv3.Client, cfg *conf
 			}
 		}
 		key := m.subnetsPrefix() + r.name
+		ops := []clientv3.Op{clientv3.OpDelete(key)}
+		if !m.markersOff() {
+			ops = append(ops, clientv3.OpDelete(m.aliveKey(r.name)))
+		}
 		rctx, cancel := context.WithTimeout(ctx, requestTimeout)
 		resp, err := cli.Txn(rctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", r.kv.ModRevision)).
-			Then(clientv3.OpDelete(key), clientv3.OpDelete(m.aliveKey(r.name))).Commit()
+			Then(ops...).Commit()
 		cancel()
+		if len(ops) > 1 && m.refusedMarker(err) {
+			return true, nil // nothing deleted: re-list and delete without the marker
+		}
 		if err != nil {
 			return dropped, m.etcdErr("delete stale lease "+key, err)
 		}
