@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"sync"
 	"testing"
@@ -15,14 +16,16 @@ import (
 	"github.com/flannelgo/flannel/internal/lease"
 	"github.com/flannelgo/flannel/internal/leaseguard"
 	"github.com/flannelgo/flannel/internal/metrics"
+	"github.com/flannelgo/flannel/internal/subnet"
 	"github.com/flannelgo/flannel/internal/testbed/tbtest"
 )
 
 // fakeManager feeds scripted lease batches and counts renewals.
 type fakeManager struct {
-	batches chan []lease.Event
-	mu      sync.Mutex
-	renews  int
+	batches  chan []lease.Event
+	mu       sync.Mutex
+	renews   int
+	renewErr error // what RenewLease returns
 }
 
 func (f *fakeManager) Name() string { return "fake" }
@@ -36,6 +39,9 @@ func (f *fakeManager) RenewLease(_ context.Context, l *lease.Lease) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.renews++
+	if f.renewErr != nil {
+		return f.renewErr
+	}
 	if !l.Expiration.IsZero() {
 		l.Expiration = time.Now().Add(time.Hour)
 	}
@@ -104,7 +110,7 @@ func TestFollowPeers(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	renewNow := make(chan struct{}, 1)
-	go d.renewLoop(ctx, own, renewNow)
+	go d.renewLoop(ctx, own, renewNow, func(error) {})
 	go d.followPeers(ctx, nw, own, renewNow)
 
 	if m.IsReady() {
@@ -128,6 +134,41 @@ func TestFollowPeers(t *testing.T) {
 	waitFor(t, "second batch applied", func() bool { return len(nw.batches()) == 2 })
 	if v := gauge(t, m.Peers); v != 0 {
 		t.Errorf("flannel_peers = %v after removal, want 0", v)
+	}
+}
+
+// When the own lease is gone and another node holds its subnet, the daemon
+// stops following and returns the datastore's error (flanneld exits 1);
+// a renewal error of another kind is retried.
+func TestLeaseTakenStopsDaemon(t *testing.T) {
+	taken := fmt.Errorf("renew lease 10.244.1.0/24: %w: subnet 10.244.1.0-24 is now held by node 198.51.100.99", subnet.ErrLeaseTaken)
+	for _, tc := range []struct {
+		name     string
+		err      error
+		wantExit bool
+	}{{"taken", taken, true}, {"etcd down", errors.New("etcd unavailable"), false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			mgr := &fakeManager{batches: make(chan []lease.Event), renewErr: tc.err}
+			d := New(Options{RenewMargin: time.Minute}, mgr, nil, metrics.New())
+			own := mkLease("10.244.1.0/24", "198.51.100.11")
+			own.Expiration = time.Now().Add(time.Hour)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			done := make(chan error, 1)
+			go func() { done <- d.follow(ctx, &fakeNetwork{}, own) }()
+			mgr.batches <- []lease.Event{{Type: lease.Added, Lease: *own}}
+			mgr.batches <- []lease.Event{{Type: lease.Removed, Lease: *own}}
+			select {
+			case err := <-done:
+				if !tc.wantExit || !errors.Is(err, subnet.ErrLeaseTaken) {
+					t.Fatalf("follow returned %v; want it to keep running on %q", err, tc.err)
+				}
+			case <-time.After(2 * time.Second):
+				if tc.wantExit {
+					t.Fatal("the daemon kept running after its subnet was taken")
+				}
+			}
+		})
 	}
 }
 
@@ -182,7 +223,7 @@ func TestRenewTiming(t *testing.T) {
 			own.Expiration = tc.expiry
 			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 			defer cancel()
-			d.renewLoop(ctx, own, make(chan struct{}))
+			d.renewLoop(ctx, own, make(chan struct{}), func(error) {})
 			if got := mgr.renewCount(); got != tc.want {
 				t.Errorf("renewed %d times, want %d", got, tc.want)
 			}

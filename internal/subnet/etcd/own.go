@@ -26,7 +26,11 @@ func (m *Manager) ReassertLease(ctx context.Context, l *lease.Lease, seen int64)
 		return false, fmt.Errorf("re-assert lease %s: encode attributes: %w", l, err)
 	}
 	key := m.subnetsPrefix() + l.Key()
-	got, err := m.put(ctx, cli, key, value, 0, clientv3.Compare(clientv3.ModRevision(key), "=", seen))
+	// Only an overwrite of the key we wrote is answered: a key created
+	// after our last write is another node's lease for a subnet that was
+	// free after ours was deleted, and RenewLease reports it as taken.
+	got, err := m.put(ctx, cli, key, value, 0, clientv3.Compare(clientv3.ModRevision(key), "=", seen),
+		clientv3.Compare(clientv3.CreateRevision(key), "<", l.Revision+1))
 	if err != nil || got == nil {
 		return false, err
 	}
