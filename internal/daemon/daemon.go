@@ -88,6 +88,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("create %s backend: %w", cfg.BackendType, err)
 	}
+	d.resumeBackend(ctx, be, cfg.BackendType)
 	nw, err := be.RegisterNetwork(ctx, cfg)
 	if err != nil {
 		return fmt.Errorf("register %s network: %w", cfg.BackendType, err)

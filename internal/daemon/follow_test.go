@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -12,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/flannelgo/flannel/internal/backend"
 	"github.com/flannelgo/flannel/internal/config"
 	"github.com/flannelgo/flannel/internal/lease"
 	"github.com/flannelgo/flannel/internal/leaseguard"
@@ -238,4 +240,40 @@ func gauge(t *testing.T, g prometheus.Gauge) float64 {
 		t.Fatal(err)
 	}
 	return out.GetGauge().GetValue()
+}
+
+// storingManager is a fakeManager that kept the node's backend annotations.
+type storingManager struct {
+	fakeManager
+	typ    string
+	v4, v6 json.RawMessage
+}
+
+func (m *storingManager) StoredBackend(context.Context) (string, json.RawMessage, json.RawMessage) {
+	return m.typ, m.v4, m.v6
+}
+
+// resumingBackend records what the daemon resumes it with.
+type resumingBackend struct{ v4, v6 json.RawMessage }
+
+func (b *resumingBackend) RegisterNetwork(context.Context, *config.Config) (backend.Network, error) {
+	return nil, errors.New("not used")
+}
+func (b *resumingBackend) Resume(v4, v6 json.RawMessage) { b.v4, b.v6 = v4, v6 }
+
+// A backend is resumed with what the node published for the same backend
+// type in its last run, and not with another type's data.
+func TestResumeBackend(t *testing.T) {
+	data := json.RawMessage(`{"VNI":1,"VtepMAC":"ae:11:22:33:44:55"}`)
+	for _, tc := range []struct {
+		stored string
+		want   json.RawMessage
+	}{{"vxlan", data}, {"host-gw", nil}, {"", nil}} {
+		d := New(Options{}, &storingManager{typ: tc.stored, v4: data}, nil, metrics.New())
+		be := &resumingBackend{}
+		d.resumeBackend(context.Background(), be, "vxlan")
+		if string(be.v4) != string(tc.want) || be.v6 != nil {
+			t.Errorf("stored type %q: resumed with %s, %s; want %s", tc.stored, be.v4, be.v6, tc.want)
+		}
+	}
 }
