@@ -35,16 +35,21 @@ func (c iptChain) jump() []string {
 func (c iptChain) canonical() []string {
 	lines := []string{"-N " + c.name}
 	for _, r := range c.rules {
-		words := make([]string, len(r))
-		for i, w := range r {
-			if strings.ContainsAny(w, " \t\"") {
-				w = fmt.Sprintf("%q", w)
-			}
-			words[i] = w
-		}
-		lines = append(lines, "-A "+c.name+" "+strings.Join(words, " "))
+		lines = append(lines, listedRule(c.name, r))
 	}
 	return lines
+}
+
+// listedRule is how iptables -S prints rule spec in chain.
+func listedRule(chain string, spec []string) string {
+	words := make([]string, len(spec))
+	for i, w := range spec {
+		if strings.ContainsAny(w, " \t\"") {
+			w = fmt.Sprintf("%q", w)
+		}
+		words[i] = w
+	}
+	return "-A " + chain + " " + strings.Join(words, " ")
 }
 
 // iptFamily is the iptables (or ip6tables) half of an IPTables manager.
@@ -163,37 +168,42 @@ func (f *iptFamily) ensureJump(c iptChain) (bool, error) {
 	if ok && f.placed[c.name] {
 		return false, nil
 	}
+	old := 0
 	if ok {
-		last, err := f.jumpIsLast(c)
-		if err != nil || last {
+		last := false
+		if old, last, err = f.jumps(c); err != nil || (last && old == 1) {
 			f.placed[c.name] = err == nil
 			return false, err
 		}
-		if err := f.deleteJumps(c); err != nil {
-			return true, err
-		}
 	}
+	// Make before break: the new jump is in place before the old ones go,
+	// and a delete removes the first (oldest) copy.
 	if err := f.ipt.Append(c.table, c.hook, c.jump()...); err != nil {
 		return true, fmt.Errorf("add %s jump %s -> %s: %w", f.label, c.hook, c.name, err)
+	}
+	for range old {
+		if err := f.ipt.Delete(c.table, c.hook, c.jump()...); err != nil {
+			return true, fmt.Errorf("delete %s jump %s -> %s: %w", f.label, c.hook, c.name, err)
+		}
 	}
 	f.placed[c.name] = true
 	return true, nil
 }
 
-// jumpIsLast says whether the built-in chain holds our jump exactly once,
-// as its last rule: then a restart need not touch it.
-func (f *iptFamily) jumpIsLast(c iptChain) (bool, error) {
+// jumps counts our jumps in the built-in chain and says whether the last
+// rule there is one.
+func (f *iptFamily) jumps(c iptChain) (n int, last bool, err error) {
 	rules, err := f.ipt.List(c.table, c.hook)
 	if err != nil {
-		return false, fmt.Errorf("list %s chain %s/%s: %w", f.label, c.table, c.hook, err)
+		return 0, false, fmt.Errorf("list %s chain %s/%s: %w", f.label, c.table, c.hook, err)
 	}
-	n := 0
+	line := listedRule(c.hook, c.jump())
 	for _, r := range rules {
-		if strings.HasSuffix(r, " -j "+c.name) {
+		if r == line {
 			n++
 		}
 	}
-	return n == 1 && strings.HasSuffix(rules[len(rules)-1], " -j "+c.name), nil
+	return n, len(rules) > 0 && rules[len(rules)-1] == line, nil
 }
 
 // deleteJumps removes every copy of our jump from the built-in chain.
