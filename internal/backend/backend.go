@@ -60,6 +60,15 @@ type PeerIndifferent interface {
 	IgnoresPeers()
 }
 
+// Resumer is a backend that takes up what this node published in its last
+// run (its BackendData per family, nil where none), when the datastore kept
+// it across a reboot that removed the node's devices. The daemon calls
+// Resume before RegisterNetwork. The VXLAN backend gives a device it has to
+// create the VTEP MAC the peers still have in their FDB, as upstream does.
+type Resumer interface {
+	Resume(v4, v6 json.RawMessage)
+}
+
 // Factory builds a backend for the given underlay and raw backend config.
 type Factory func(ext *ExternalInterface, raw json.RawMessage) (Backend, error)
 

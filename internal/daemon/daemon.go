@@ -88,6 +88,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("create %s backend: %w", cfg.BackendType, err)
 	}
+	d.resumeBackend(ctx, be, cfg.BackendType)
 	nw, err := be.RegisterNetwork(ctx, cfg)
 	if err != nil {
 		return fmt.Errorf("register %s network: %w", cfg.BackendType, err)
@@ -125,11 +126,24 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 	d.guard = leaseguard.New(cfg, own, guardHost(ctx))
 	go d.watchConfig(ctx, cfg)
+	return d.follow(ctx, nw, own)
+}
+
+// follow renews the own lease and follows other nodes' until ctx ends or
+// the own lease is lost for good (another node took its subnet): then it
+// returns that error, and flanneld exits non-zero so that its supervisor
+// restarts it into a fresh subnet.
+func (d *Daemon) follow(parent context.Context, nw backend.Network, own *lease.Lease) error {
+	ctx, stop := context.WithCancelCause(parent)
+	defer stop(nil)
 	renewNow := make(chan struct{}, 1)
-	go d.renewLoop(ctx, own, renewNow)
+	go d.renewLoop(ctx, own, renewNow, stop)
 	d.prober = d.startProber(ctx, nw)
 	d.followPeers(ctx, nw, own, renewNow)
 	d.shutdown()
+	if err := context.Cause(ctx); errors.Is(err, subnet.ErrLeaseTaken) {
+		return err
+	}
 	return nil
 }
 

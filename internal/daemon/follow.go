@@ -273,8 +273,9 @@ func (d *Daemon) otherNodes(batch []lease.Event, own *lease.Lease, renewNow chan
 }
 
 // renewLoop renews the lease RenewMargin before it expires, and at once
-// when asked to.
-func (d *Daemon) renewLoop(ctx context.Context, own *lease.Lease, renewNow <-chan struct{}) {
+// when asked to. When another node has taken the subnet it stops the
+// daemon with that error.
+func (d *Daemon) renewLoop(ctx context.Context, own *lease.Lease, renewNow <-chan struct{}, stop context.CancelCauseFunc) {
 	const retryEvery = 10 * time.Second
 	wait := d.untilRenewal(own)
 	var fight fightState
@@ -298,6 +299,10 @@ func (d *Daemon) renewLoop(ctx context.Context, own *lease.Lease, renewNow <-cha
 				return
 			}
 			d.metrics.LeaseRenewals.WithLabelValues("error").Inc()
+			if errors.Is(err, subnet.ErrLeaseTaken) {
+				stop(err)
+				return
+			}
 			klog.Errorf("renew lease %s: %v (retrying in %s; it expires %s)", own.Key(), err, retryEvery, own.Expiration.Format(time.RFC3339))
 			wait = retryEvery
 			continue

@@ -2,7 +2,9 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"net/netip"
 	"sync"
 	"testing"
@@ -11,18 +13,21 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/flannelgo/flannel/internal/backend"
 	"github.com/flannelgo/flannel/internal/config"
 	"github.com/flannelgo/flannel/internal/lease"
 	"github.com/flannelgo/flannel/internal/leaseguard"
 	"github.com/flannelgo/flannel/internal/metrics"
+	"github.com/flannelgo/flannel/internal/subnet"
 	"github.com/flannelgo/flannel/internal/testbed/tbtest"
 )
 
 // fakeManager feeds scripted lease batches and counts renewals.
 type fakeManager struct {
-	batches chan []lease.Event
-	mu      sync.Mutex
-	renews  int
+	batches  chan []lease.Event
+	mu       sync.Mutex
+	renews   int
+	renewErr error // what RenewLease returns
 }
 
 func (f *fakeManager) Name() string { return "fake" }
@@ -36,6 +41,9 @@ func (f *fakeManager) RenewLease(_ context.Context, l *lease.Lease) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.renews++
+	if f.renewErr != nil {
+		return f.renewErr
+	}
 	if !l.Expiration.IsZero() {
 		l.Expiration = time.Now().Add(time.Hour)
 	}
@@ -104,7 +112,7 @@ func TestFollowPeers(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	renewNow := make(chan struct{}, 1)
-	go d.renewLoop(ctx, own, renewNow)
+	go d.renewLoop(ctx, own, renewNow, func(error) {})
 	go d.followPeers(ctx, nw, own, renewNow)
 
 	if m.IsReady() {
@@ -128,6 +136,41 @@ func TestFollowPeers(t *testing.T) {
 	waitFor(t, "second batch applied", func() bool { return len(nw.batches()) == 2 })
 	if v := gauge(t, m.Peers); v != 0 {
 		t.Errorf("flannel_peers = %v after removal, want 0", v)
+	}
+}
+
+// When the own lease is gone and another node holds its subnet, the daemon
+// stops following and returns the datastore's error (flanneld exits 1);
+// a renewal error of another kind is retried.
+func TestLeaseTakenStopsDaemon(t *testing.T) {
+	taken := fmt.Errorf("renew lease 10.244.1.0/24: %w: subnet 10.244.1.0-24 is now held by node 198.51.100.99", subnet.ErrLeaseTaken)
+	for _, tc := range []struct {
+		name     string
+		err      error
+		wantExit bool
+	}{{"taken", taken, true}, {"etcd down", errors.New("etcd unavailable"), false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			mgr := &fakeManager{batches: make(chan []lease.Event), renewErr: tc.err}
+			d := New(Options{RenewMargin: time.Minute}, mgr, nil, metrics.New())
+			own := mkLease("10.244.1.0/24", "198.51.100.11")
+			own.Expiration = time.Now().Add(time.Hour)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			done := make(chan error, 1)
+			go func() { done <- d.follow(ctx, &fakeNetwork{}, own) }()
+			mgr.batches <- []lease.Event{{Type: lease.Added, Lease: *own}}
+			mgr.batches <- []lease.Event{{Type: lease.Removed, Lease: *own}}
+			select {
+			case err := <-done:
+				if !tc.wantExit || !errors.Is(err, subnet.ErrLeaseTaken) {
+					t.Fatalf("follow returned %v; want it to keep running on %q", err, tc.err)
+				}
+			case <-time.After(2 * time.Second):
+				if tc.wantExit {
+					t.Fatal("the daemon kept running after its subnet was taken")
+				}
+			}
+		})
 	}
 }
 
@@ -182,7 +225,7 @@ func TestRenewTiming(t *testing.T) {
 			own.Expiration = tc.expiry
 			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 			defer cancel()
-			d.renewLoop(ctx, own, make(chan struct{}))
+			d.renewLoop(ctx, own, make(chan struct{}), func(error) {})
 			if got := mgr.renewCount(); got != tc.want {
 				t.Errorf("renewed %d times, want %d", got, tc.want)
 			}
@@ -197,4 +240,40 @@ func gauge(t *testing.T, g prometheus.Gauge) float64 {
 		t.Fatal(err)
 	}
 	return out.GetGauge().GetValue()
+}
+
+// storingManager is a fakeManager that kept the node's backend annotations.
+type storingManager struct {
+	fakeManager
+	typ    string
+	v4, v6 json.RawMessage
+}
+
+func (m *storingManager) StoredBackend(context.Context) (string, json.RawMessage, json.RawMessage) {
+	return m.typ, m.v4, m.v6
+}
+
+// resumingBackend records what the daemon resumes it with.
+type resumingBackend struct{ v4, v6 json.RawMessage }
+
+func (b *resumingBackend) RegisterNetwork(context.Context, *config.Config) (backend.Network, error) {
+	return nil, errors.New("not used")
+}
+func (b *resumingBackend) Resume(v4, v6 json.RawMessage) { b.v4, b.v6 = v4, v6 }
+
+// A backend is resumed with what the node published for the same backend
+// type in its last run, and not with another type's data.
+func TestResumeBackend(t *testing.T) {
+	data := json.RawMessage(`{"VNI":1,"VtepMAC":"ae:11:22:33:44:55"}`)
+	for _, tc := range []struct {
+		stored string
+		want   json.RawMessage
+	}{{"vxlan", data}, {"host-gw", nil}, {"", nil}} {
+		d := New(Options{}, &storingManager{typ: tc.stored, v4: data}, nil, metrics.New())
+		be := &resumingBackend{}
+		d.resumeBackend(context.Background(), be, "vxlan")
+		if string(be.v4) != string(tc.want) || be.v6 != nil {
+			t.Errorf("stored type %q: resumed with %s, %s; want %s", tc.stored, be.v4, be.v6, tc.want)
+		}
+	}
 }

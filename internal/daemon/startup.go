@@ -13,11 +13,17 @@ import (
 // defaultProcSys is where the kernel's sysctls are.
 const defaultProcSys = "/proc/sys"
 
-// checkBrNetfilter refuses to run without the br_netfilter module, as
-// upstream does: without it, traffic between pods on the same bridge skips
-// iptables, so kube-proxy's service rules and network policies silently do
-// not apply to it. The sysctl files exist exactly when the module is loaded.
+// checkBrNetfilter refuses to run without the br_netfilter module in
+// iptables mode, as upstream does: without it, traffic between pods on the
+// same bridge skips iptables, so kube-proxy's service rules and network
+// policies silently do not apply to it. The sysctl files exist exactly when
+// the module is loaded. Upstream makes the check only in iptables mode
+// (EnableNFTables skips it), and so do we: a node that upstream runs on
+// must not be refused after the swap.
 func checkBrNetfilter(procSys string, cfg *config.Config) error {
+	if cfg.EnableNFTables {
+		return nil
+	}
 	if procSys == "" {
 		procSys = defaultProcSys
 	}

@@ -13,6 +13,12 @@ import (
 // ErrNoFreeSubnet is wrapped by AcquireLease when every subnet is taken.
 var ErrNoFreeSubnet = errors.New("no free subnet")
 
+// ErrLeaseTaken is wrapped by RenewLease when this node's lease was deleted
+// and another node has since taken its subnet. Renewing can never succeed
+// then: the daemon exits, so that its supervisor restarts it into a fresh
+// subnet. The text is upstream's, which logs it and exits in that case.
+var ErrLeaseTaken = errors.New("lease has been revoked")
+
 // Manager hands out and tracks subnet leases. Implementations never touch
 // netlink; they only talk to their datastore.
 type Manager interface {
@@ -22,7 +28,9 @@ type Manager interface {
 	// datastore still holds a lease with the same public address, otherwise a
 	// newly allocated free subnet. attrs is what the node publishes.
 	AcquireLease(ctx context.Context, attrs *lease.Attrs) (*lease.Lease, error)
-	// RenewLease extends the lease's lifetime and updates l.Expiration.
+	// RenewLease extends the lease's lifetime and updates l.Expiration. A
+	// lease that vanished is written again unless another node took its
+	// subnet meanwhile: then the error wraps ErrLeaseTaken.
 	RenewLease(ctx context.Context, l *lease.Lease) error
 	// WatchLeases sends batches of events until ctx ends. The first batch is
 	// the full current set as Added events (possibly empty). After any gap

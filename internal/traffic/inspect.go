@@ -6,7 +6,6 @@ import (
 	"strings"
 
 	"github.com/coreos/go-iptables/iptables"
-	"sigs.k8s.io/knftables"
 )
 
 // Inspection is a read-only look at the rules of this namespace, judged
@@ -89,32 +88,32 @@ func (in *Inspection) iptMissing(ipt *iptables.IPTables, cfg Config, f family) e
 	return nil
 }
 
+// nftMissing looks for each planned rule among the lines nft lists for its
+// chain (the rules carry no comment to find them by, as upstream's).
 func (in *Inspection) nftMissing(ctx context.Context, cfg Config, f family) error {
-	nft, err := knftables.New(knftables.IPv4Family, nftTableIPv4)
+	fr, err := newNFTTable(f)
 	if err != nil {
 		return fmt.Errorf("nftables (nft installed? root?): %w", err)
+	}
+	listing, err := fr.list(ctx)
+	if err != nil {
+		return err
+	}
+	have := map[string]bool{}
+	for _, l := range strings.Split(listing, "\n") {
+		have[strings.TrimSpace(l)] = true
 	}
 	type plan struct {
 		want  bool
 		chain string
 		rules []rule
 	}
-	for _, p := range []plan{{cfg.Masquerade, nftMasqChain, masqueradeRules(f)}, {cfg.Forward, nftForwardChain, forwardRules(f)}} {
+	for _, p := range []plan{{cfg.Masquerade, nftMasqChain, nftMasqueradeRules(f)}, {cfg.Forward, nftForwardChain, forwardRules(f)}} {
 		if !p.want {
 			continue
 		}
-		have := map[string]bool{}
-		rules, err := nft.ListRules(ctx, p.chain)
-		if err != nil && !knftables.IsNotFound(err) {
-			return fmt.Errorf("list nftables chain %s/%s: %w", nftTableIPv4, p.chain, err)
-		}
-		for _, r := range rules {
-			if r.Comment != nil {
-				have[*r.Comment] = true
-			}
-		}
 		for _, r := range p.rules {
-			if !have[nftCommentPrefix+r.purpose] {
+			if !have[r.nftRule("ip", false)] && !have[r.nftRule("ip", true)] {
 				in.Missing = append(in.Missing, fmt.Sprintf("nft table ip %s chain %s: %s", nftTableIPv4, p.chain, r.nftRule("ip", false)))
 			}
 		}

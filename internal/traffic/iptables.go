@@ -35,16 +35,21 @@ func (c iptChain) jump() []string {
 func (c iptChain) canonical() []string {
 	lines := []string{"-N " + c.name}
 	for _, r := range c.rules {
-		words := make([]string, len(r))
-		for i, w := range r {
-			if strings.ContainsAny(w, " \t\"") {
-				w = fmt.Sprintf("%q", w)
-			}
-			words[i] = w
-		}
-		lines = append(lines, "-A "+c.name+" "+strings.Join(words, " "))
+		lines = append(lines, listedRule(c.name, r))
 	}
 	return lines
+}
+
+// listedRule is how iptables -S prints rule spec in chain.
+func listedRule(chain string, spec []string) string {
+	words := make([]string, len(spec))
+	for i, w := range spec {
+		if strings.ContainsAny(w, " \t\"") {
+			w = fmt.Sprintf("%q", w)
+		}
+		words[i] = w
+	}
+	return "-A " + chain + " " + strings.Join(words, " ")
 }
 
 // iptFamily is the iptables (or ip6tables) half of an IPTables manager.
@@ -57,6 +62,9 @@ type iptFamily struct {
 	// rendering, stays exact even if an iptables version prints rules a
 	// little differently, and still notices deleted or reordered rules.
 	listed map[string][]string
+	// placed holds the chains whose jump this manager has put at the end
+	// of its built-in chain since it was made (or since Cleanup).
+	placed map[string]bool
 }
 
 // NewIPTables returns a Manager that uses iptables and ip6tables. The
@@ -99,7 +107,7 @@ func newIPTFamily(cfg Config, f family) (*iptFamily, error) {
 	for _, r := range forwardRules(f) {
 		fwd.rules = append(fwd.rules, r.iptablesArgs(forwardComment, false))
 	}
-	return &iptFamily{ipt: ipt, label: label, chains: []iptChain{masq, fwd}, listed: map[string][]string{}}, nil
+	return &iptFamily{ipt: ipt, label: label, chains: []iptChain{masq, fwd}, listed: map[string][]string{}, placed: map[string]bool{}}, nil
 }
 
 func (f *iptFamily) sync(ctx context.Context) (bool, error) {
@@ -141,19 +149,77 @@ func (f *iptFamily) ensure(c iptChain) (bool, error) {
 	if err != nil {
 		return rewrote, err
 	}
+	moved, err := f.ensureJump(c)
+	return rewrote || moved, err
+}
+
+// ensureJump appends the jump into c to the end of its built-in chain, as
+// upstream does, so that whatever another firewall (KUBE-FORWARD, a policy
+// engine's chains, the host's own DROP rules) put there earlier is
+// evaluated first and flannel's blanket ACCEPT cannot override it. The
+// first time this manager sees the jump (at start-up) it moves an existing
+// one to the end, as upstream does at every start; later resyncs only put
+// back a jump that was deleted, and leave alone rules appended after it.
+func (f *iptFamily) ensureJump(c iptChain) (bool, error) {
 	ok, err := f.ipt.Exists(c.table, c.hook, c.jump()...)
 	if err != nil {
-		return rewrote, fmt.Errorf("check %s jump %s -> %s: %w", f.label, c.hook, c.name, err)
+		return false, fmt.Errorf("check %s jump %s -> %s: %w", f.label, c.hook, c.name, err)
 	}
+	if ok && f.placed[c.name] {
+		return false, nil
+	}
+	old := 0
 	if ok {
-		return rewrote, nil
+		last := false
+		if old, last, err = f.jumps(c); err != nil || (last && old == 1) {
+			f.placed[c.name] = err == nil
+			return false, err
+		}
 	}
-	// First in the built-in chain, so a REJECT or DROP appended by another
-	// firewall cannot shadow the forward accepts.
-	if err := f.ipt.Insert(c.table, c.hook, 1, c.jump()...); err != nil {
+	// Make before break: the new jump is in place before the old ones go,
+	// and a delete removes the first (oldest) copy.
+	if err := f.ipt.Append(c.table, c.hook, c.jump()...); err != nil {
 		return true, fmt.Errorf("add %s jump %s -> %s: %w", f.label, c.hook, c.name, err)
 	}
+	for range old {
+		if err := f.ipt.Delete(c.table, c.hook, c.jump()...); err != nil {
+			return true, fmt.Errorf("delete %s jump %s -> %s: %w", f.label, c.hook, c.name, err)
+		}
+	}
+	f.placed[c.name] = true
 	return true, nil
+}
+
+// jumps counts our jumps in the built-in chain and says whether the last
+// rule there is one.
+func (f *iptFamily) jumps(c iptChain) (n int, last bool, err error) {
+	rules, err := f.ipt.List(c.table, c.hook)
+	if err != nil {
+		return 0, false, fmt.Errorf("list %s chain %s/%s: %w", f.label, c.table, c.hook, err)
+	}
+	line := listedRule(c.hook, c.jump())
+	for _, r := range rules {
+		if r == line {
+			n++
+		}
+	}
+	return n, len(rules) > 0 && rules[len(rules)-1] == line, nil
+}
+
+// deleteJumps removes every copy of our jump from the built-in chain.
+func (f *iptFamily) deleteJumps(c iptChain) error {
+	for {
+		ok, err := f.ipt.Exists(c.table, c.hook, c.jump()...)
+		if err != nil {
+			return fmt.Errorf("check %s jump %s -> %s: %w", f.label, c.hook, c.name, err)
+		}
+		if !ok {
+			return nil
+		}
+		if err := f.ipt.Delete(c.table, c.hook, c.jump()...); err != nil {
+			return fmt.Errorf("delete %s jump %s -> %s: %w", f.label, c.hook, c.name, err)
+		}
+	}
 }
 
 func (f *iptFamily) ensureRules(c iptChain) (bool, error) {
@@ -206,6 +272,7 @@ func (f *iptFamily) ensureRules(c iptChain) (bool, error) {
 // was there.
 func (f *iptFamily) remove(c iptChain) (bool, error) {
 	delete(f.listed, c.name)
+	delete(f.placed, c.name)
 	exists, err := f.ipt.ChainExists(c.table, c.name)
 	if err != nil {
 		return false, fmt.Errorf("look for %s chain %s/%s: %w", f.label, c.table, c.name, err)
@@ -213,17 +280,8 @@ func (f *iptFamily) remove(c iptChain) (bool, error) {
 	if !exists {
 		return false, nil
 	}
-	for {
-		ok, err := f.ipt.Exists(c.table, c.hook, c.jump()...)
-		if err != nil {
-			return true, fmt.Errorf("check %s jump %s -> %s: %w", f.label, c.hook, c.name, err)
-		}
-		if !ok {
-			break
-		}
-		if err := f.ipt.Delete(c.table, c.hook, c.jump()...); err != nil {
-			return true, fmt.Errorf("delete %s jump %s -> %s: %w", f.label, c.hook, c.name, err)
-		}
+	if err := f.deleteJumps(c); err != nil {
+		return true, err
 	}
 	if err := f.ipt.ClearAndDeleteChain(c.table, c.name); err != nil {
 		return true, fmt.Errorf("delete %s chain %s/%s (is another rule still jumping to it?): %w", f.label, c.table, c.name, err)

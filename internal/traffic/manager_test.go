@@ -76,9 +76,11 @@ var nftablesImpl = impl{
 		return ns.sh(t, "nft list table ip flannel-ipv4 2>&1 || true")
 	},
 	breakages: []breakage{
-		{"masquerade rule deleted", `h=$(nft -a list chain ip flannel-ipv4 postrouting | grep 'pods to outside' | sed 's/.*# handle //') &&
-			nft delete rule ip flannel-ipv4 postrouting handle $h`},
-		{"foreign rule added", `nft add rule ip flannel-ipv4 postrouting ip saddr 10.244.0.0/16 masquerade`},
+		{"masquerade rule deleted", `h=$(nft -a list chain ip flannel-ipv4 postrtg | grep 'daddr != 224.0.0.0/4' | sed 's/.*# handle //') &&
+			nft delete rule ip flannel-ipv4 postrtg handle $h`},
+		{"foreign rule added", `nft add rule ip flannel-ipv4 postrtg ip saddr 10.244.0.0/16 masquerade`},
+		{"rule replaced by an equal-looking one", `h=$(nft -a list chain ip flannel-ipv4 postrtg | grep 'mark' | sed 's/.*# handle //') &&
+			nft replace rule ip flannel-ipv4 postrtg handle $h meta mark and 0x4000 == 0x4000 return`},
 		{"forward chain flushed", `nft flush chain ip flannel-ipv4 forward`},
 		{"forward chain deleted", `nft flush chain ip flannel-ipv4 forward && nft delete chain ip flannel-ipv4 forward`},
 		{"table deleted", `nft delete table ip flannel-ipv4`},
@@ -129,42 +131,56 @@ const (
 -A FLANNEL-FWD -s fd00:10:244::/56 -m comment --comment "flanneld forward" -j ACCEPT
 -A FLANNEL-FWD -d fd00:10:244::/56 -m comment --comment "flanneld forward" -j ACCEPT
 `
+	// The nftables tables are exactly what upstream's nftables mode
+	// (pkg/trafficmngr/nftables, v0.28) lists for the same configuration:
+	// same names, comments, rules and order. nftUpstreamScript is how
+	// upstream writes them.
 	wantNFTablesV4 = `table ip flannel-ipv4 {
-	comment "flanneld masquerade and forward rules"
-	chain postrouting {
+	comment "rules for flannel-ipv4"
+	chain postrtg {
+		comment "chain to manage traffic masquerading by flannel"
 		type nat hook postrouting priority srcnat; policy accept;
-		meta mark & 0x00004000 == 0x00004000 return comment "flanneld: kube-proxy marked, kube-proxy masquerades"
-		ip saddr 10.244.1.0/24 ip daddr 10.244.0.0/16 return comment "flanneld: local pods to pod network, no masquerade"
-		ip saddr 10.244.0.0/16 ip daddr 10.244.1.0/24 return comment "flanneld: pod network to local pods, no masquerade"
-		ip saddr != 10.244.0.0/16 ip daddr 10.244.1.0/24 return comment "flanneld: outside to local pods, no masquerade"
-		ip saddr 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random comment "flanneld: pods to outside, masquerade"
-		ip saddr != 10.244.0.0/16 ip daddr 10.244.0.0/16 masquerade fully-random comment "flanneld: host to pod network, masquerade"
+		meta mark 0x00004000 return
+		ip saddr 10.244.1.0/24 ip daddr 10.244.0.0/16 return
+		ip saddr 10.244.0.0/16 ip daddr 10.244.1.0/24 return
+		ip saddr != 10.244.1.0/24 ip daddr 10.244.0.0/16 return
+		ip saddr 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random
+		ip saddr != 10.244.0.0/16 ip daddr 10.244.0.0/16 masquerade fully-random
 	}
 
 	chain forward {
+		comment "chain to accept flannel traffic"
 		type filter hook forward priority filter; policy accept;
-		ip saddr 10.244.0.0/16 accept comment "flanneld: forward from pod network"
-		ip daddr 10.244.0.0/16 accept comment "flanneld: forward to pod network"
+		ip saddr 10.244.0.0/16 accept
+		ip daddr 10.244.0.0/16 accept
 	}
 }
 `
 	wantNFTablesV6 = `table ip6 flannel-ipv6 {
-	comment "flanneld masquerade and forward rules"
-	chain postrouting {
+	comment "rules for flannel-ipv6"
+	chain postrtg {
+		comment "chain to manage traffic masquerading by flannel"
 		type nat hook postrouting priority srcnat; policy accept;
-		meta mark & 0x00004000 == 0x00004000 return comment "flanneld: kube-proxy marked, kube-proxy masquerades"
-		ip6 saddr fd00:10:244:1::/64 ip6 daddr fd00:10:244::/56 return comment "flanneld: local pods to pod network, no masquerade"
-		ip6 saddr fd00:10:244::/56 ip6 daddr fd00:10:244:1::/64 return comment "flanneld: pod network to local pods, no masquerade"
-		ip6 saddr != fd00:10:244::/56 ip6 daddr fd00:10:244:1::/64 return comment "flanneld: outside to local pods, no masquerade"
-		ip6 saddr fd00:10:244::/56 ip6 daddr != ff00::/8 masquerade fully-random comment "flanneld: pods to outside, masquerade"
-		ip6 saddr != fd00:10:244::/56 ip6 daddr fd00:10:244::/56 masquerade fully-random comment "flanneld: host to pod network, masquerade"
+		meta mark 0x00004000 return
+		ip6 saddr fd00:10:244:1::/64 ip6 daddr fd00:10:244::/56 return
+		ip6 saddr fd00:10:244::/56 ip6 daddr fd00:10:244:1::/64 return
+		ip6 saddr != fd00:10:244:1::/64 ip6 daddr fd00:10:244::/56 return
+		ip6 saddr fd00:10:244::/56 ip6 daddr != ff00::/8 masquerade fully-random
+		ip6 saddr != fd00:10:244::/56 ip6 daddr fd00:10:244::/56 masquerade fully-random
 	}
 
 	chain forward {
+		comment "chain to accept flannel traffic"
 		type filter hook forward priority filter; policy accept;
-		ip6 saddr fd00:10:244::/56 accept comment "flanneld: forward from pod network"
-		ip6 daddr fd00:10:244::/56 accept comment "flanneld: forward to pod network"
+		ip6 saddr fd00:10:244::/56 accept
+		ip6 daddr fd00:10:244::/56 accept
 	}
+}
+`
+	// wantNFTablesEmptyV6 is the IPv6 table of an IPv4-only node, as
+	// upstream leaves it.
+	wantNFTablesEmptyV6 = `table ip6 flannel-ipv6 {
+	comment "rules for flannel-ipv6"
 }
 `
 )
@@ -345,8 +361,8 @@ func TestIPv6Rules(t *testing.T) {
 		m6 := newManagerIn(t, ns6, im, Config{IPv6Network: v6Network, IPv6Subnet: v6Subnet, Masquerade: true, FullyRandom: true, Forward: true})
 		applyIn(t, ns6, m6)
 		checkDump(t, ns6, im, true, "IPv6 only")
-		v4 := ns6.sh(t, "iptables -t nat -S; iptables -t filter -S; nft list tables")
-		if strings.Contains(v4, "FLANNEL") || strings.Contains(v4, nftTableIPv4) {
+		v4 := ns6.sh(t, "iptables -t nat -S; iptables -t filter -S; nft list ruleset ip")
+		if strings.Contains(v4, "FLANNEL") || strings.Contains(v4, "chain") {
 			t.Errorf("IPv6-only config installed IPv4 rules:\n%s", v4)
 		}
 	})
@@ -361,7 +377,7 @@ func TestFeatureSwitches(t *testing.T) {
 		noMasq.Masquerade = false
 		applyIn(t, ns, newManagerIn(t, ns, im, noMasq))
 		state := im.dump(t, ns, false)
-		if masq := regexp.MustCompile(`MASQUERADE|masquerade fully|chain postrouting|FLANNEL-POSTRTG`); masq.MatchString(state) {
+		if masq := regexp.MustCompile(`MASQUERADE|masquerade fully|chain postrtg|FLANNEL-POSTRTG`); masq.MatchString(state) {
 			t.Errorf("Masquerade=false left masquerade rules:\n%s", state)
 		}
 		if !strings.Contains(state, "10.244.0.0/16 accept") && !strings.Contains(state, "-A FLANNEL-FWD -s 10.244.0.0/16") {

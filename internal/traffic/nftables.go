@@ -1,39 +1,55 @@
 package traffic
 
 import (
+	"bytes"
 	"context"
 	"fmt"
-	"slices"
+	"os/exec"
+	"strings"
 	"time"
 
 	"k8s.io/klog/v2"
 	"sigs.k8s.io/knftables"
 )
 
-// Table and chain names of the nftables mode. The tables are ours alone,
-// so Apply can rewrite and Cleanup can delete them whole.
+// Table and chain names, and the comments nft lists with them, are those of
+// upstream's nftables mode: `nft list table ip flannel-ipv4` reads the same
+// after the swap, and a table either implementation wrote is one the other
+// recognises as correct, so a node switched between them is not rewritten.
 const (
-	nftTableIPv4     = "flannel-ipv4"
-	nftTableIPv6     = "flannel-ipv6"
-	nftMasqChain     = "postrouting"
-	nftForwardChain  = "forward"
-	nftCommentPrefix = "flanneld: "
+	nftTableIPv4           = "flannel-ipv4"
+	nftTableIPv6           = "flannel-ipv6"
+	nftMasqChain           = "postrtg"
+	nftForwardChain        = "forward"
+	nftMasqChainComment    = "chain to manage traffic masquerading by flannel"
+	nftForwardChainComment = "chain to accept flannel traffic"
 )
+
+func nftTableComment(table string) string { return "rules for " + table }
 
 type nftChain struct {
 	chain knftables.Chain
-	rules []knftables.Rule
+	rules []string // as nft lists them
 }
 
 // nftFamily is one family's table of an NFTables manager.
 type nftFamily struct {
 	nft    knftables.Interface
+	nftBin string
+	family knftables.Family
 	table  string
-	chains []nftChain // only the wanted ones; none means "no table"
+	chains []nftChain // only the wanted ones; none leaves the table empty
+	// listed is nft's listing of the table right after we last wrote or
+	// verified it. Comparing with it, rather than only with our rendering,
+	// stays exact even if an nft version prints a rule a little
+	// differently, and still notices any rule deleted, added or changed.
+	listed string
 }
 
 // NewNFTables returns a Manager that keeps its rules in the nftables tables
-// ip flannel-ipv4 and ip6 flannel-ipv6.
+// ip flannel-ipv4 and ip6 flannel-ipv6. As upstream, both tables exist;
+// the one of a family the network lacks stays empty (which also clears
+// rules a dual-stack run left there).
 //
 // nftables evaluates every table's base chains: an accept in our forward
 // chain does not overrule a drop in another table (for example Docker's
@@ -44,8 +60,20 @@ func NewNFTables(cfg Config) (Manager, error) {
 		return nil, err
 	}
 	m := &manager{kind: "nftables"}
+	configured := map[bool]bool{}
 	for _, f := range fams {
 		fr, err := newNFTFamily(cfg, f)
+		if err != nil {
+			return nil, err
+		}
+		m.families = append(m.families, fr)
+		configured[f.v6] = true
+	}
+	for _, v6 := range []bool{false, true} {
+		if configured[v6] {
+			continue
+		}
+		fr, err := newNFTTable(family{v6: v6})
 		if err != nil {
 			return nil, err
 		}
@@ -54,42 +82,60 @@ func NewNFTables(cfg Config) (Manager, error) {
 	return m, nil
 }
 
-func newNFTFamily(cfg Config, f family) (*nftFamily, error) {
-	nfFamily, table, keyword := knftables.IPv4Family, nftTableIPv4, "ip"
+// newNFTTable is f's table without chains.
+func newNFTTable(f family) (*nftFamily, error) {
+	nfFamily, table := knftables.IPv4Family, nftTableIPv4
 	if f.v6 {
-		nfFamily, table, keyword = knftables.IPv6Family, nftTableIPv6, "ip6"
+		nfFamily, table = knftables.IPv6Family, nftTableIPv6
 	}
 	nft, err := knftables.New(nfFamily, table)
 	if err != nil {
 		return nil, fmt.Errorf("set up nftables for %s masquerade/forward rules (is nft >= 1.0.1 installed and are we root?): %w", f, err)
 	}
-	fr := &nftFamily{nft: nft, table: table}
+	bin, err := exec.LookPath("nft")
+	if err != nil {
+		return nil, fmt.Errorf("set up nftables for %s masquerade/forward rules: %w", f, err)
+	}
+	return &nftFamily{nft: nft, nftBin: bin, family: nfFamily, table: table}, nil
+}
+
+func newNFTFamily(cfg Config, f family) (*nftFamily, error) {
+	fr, err := newNFTTable(f)
+	if err != nil {
+		return nil, err
+	}
+	keyword := "ip"
+	if f.v6 {
+		keyword = "ip6"
+	}
 	fullyRandom := cfg.FullyRandom
-	if fullyRandom && cfg.Masquerade && !nftFullyRandom(nft) {
+	if fullyRandom && cfg.Masquerade && !nftFullyRandom(fr.nft) {
 		klog.Warningf("nftables: this kernel or nft does not support masquerade fully-random; masquerading without it")
 		fullyRandom = false
 	}
 	if cfg.Masquerade {
 		c := nftChain{chain: knftables.Chain{
 			Name:     nftMasqChain,
+			Comment:  knftables.PtrTo(nftMasqChainComment),
 			Type:     knftables.PtrTo(knftables.NATType),
 			Hook:     knftables.PtrTo(knftables.PostroutingHook),
 			Priority: knftables.PtrTo(knftables.SNATPriority),
 		}}
-		for _, r := range masqueradeRules(f) {
-			c.rules = append(c.rules, nftRuleFor(nftMasqChain, r, keyword, fullyRandom))
+		for _, r := range nftMasqueradeRules(f) {
+			c.rules = append(c.rules, r.nftRule(keyword, fullyRandom))
 		}
 		fr.chains = append(fr.chains, c)
 	}
 	if cfg.Forward {
 		c := nftChain{chain: knftables.Chain{
 			Name:     nftForwardChain,
+			Comment:  knftables.PtrTo(nftForwardChainComment),
 			Type:     knftables.PtrTo(knftables.FilterType),
 			Hook:     knftables.PtrTo(knftables.ForwardHook),
 			Priority: knftables.PtrTo(knftables.FilterPriority),
 		}}
 		for _, r := range forwardRules(f) {
-			c.rules = append(c.rules, nftRuleFor(nftForwardChain, r, keyword, false))
+			c.rules = append(c.rules, r.nftRule(keyword, false))
 		}
 		fr.chains = append(fr.chains, c)
 	}
@@ -119,37 +165,82 @@ func nftFullyRandom(nft knftables.Interface) bool {
 	return true
 }
 
-func nftRuleFor(chain string, r rule, keyword string, fullyRandom bool) knftables.Rule {
-	return knftables.Rule{
-		Chain:   chain,
-		Rule:    r.nftRule(keyword, fullyRandom),
-		Comment: knftables.PtrTo(nftCommentPrefix + r.purpose),
-	}
-}
-
 func (f *nftFamily) sync(ctx context.Context) (bool, error) {
-	ok, err := f.inSync(ctx)
+	have, err := f.list(ctx)
 	if err != nil {
 		return false, err
 	}
-	if ok {
+	want := f.listed
+	if want == "" {
+		want = f.render()
+	}
+	if have == want {
+		f.listed = have
 		return false, nil
 	}
+	if have != "" {
+		klog.V(2).Infof("nftables table %s %s is\n%s\nwant\n%s", f.family, f.table, have, want)
+	}
+	if err := f.write(ctx); err != nil {
+		return true, err
+	}
+	f.listed, err = f.list(ctx)
+	return true, err
+}
+
+// write replaces the table with ours in one transaction, so no packet
+// sees it half written.
+func (f *nftFamily) write(ctx context.Context) error {
 	tx := f.nft.NewTransaction()
 	f.dropTable(tx)
-	if len(f.chains) > 0 {
-		tx.Add(&knftables.Table{Comment: knftables.PtrTo("flanneld masquerade and forward rules")})
-		for _, c := range f.chains {
-			tx.Add(&c.chain)
-			for _, r := range c.rules {
-				tx.Add(&r)
-			}
+	tx.Add(&knftables.Table{Comment: knftables.PtrTo(nftTableComment(f.table))})
+	for _, c := range f.chains {
+		tx.Add(&c.chain)
+		for _, r := range c.rules {
+			tx.Add(&knftables.Rule{Chain: c.chain.Name, Rule: r})
 		}
 	}
 	if err := f.nft.Run(ctx, tx); err != nil {
-		return true, fmt.Errorf("write nftables table %s: %w", f.table, err)
+		return fmt.Errorf("write nftables table %s %s: %w", f.family, f.table, err)
 	}
-	return true, nil
+	return nil
+}
+
+// render is the table as `nft list table` prints it when it holds exactly
+// our chains and rules.
+func (f *nftFamily) render() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "table %s %s {\n\tcomment %q\n", f.family, f.table, nftTableComment(f.table))
+	for i, c := range f.chains {
+		if i > 0 {
+			b.WriteString("\n")
+		}
+		fmt.Fprintf(&b, "\tchain %s {\n\t\tcomment %q\n\t\ttype %s hook %s priority %s; policy accept;\n",
+			c.chain.Name, *c.chain.Comment, *c.chain.Type, *c.chain.Hook, *c.chain.Priority)
+		for _, r := range c.rules {
+			fmt.Fprintf(&b, "\t\t%s\n", r)
+		}
+		b.WriteString("\t}\n")
+	}
+	b.WriteString("}\n")
+	return b.String()
+}
+
+// list returns `nft list table` of our table, or "" when it does not
+// exist. knftables cannot list rule text, so nft is run directly, in the
+// network namespace of the calling thread as knftables runs it.
+func (f *nftFamily) list(ctx context.Context) (string, error) {
+	cmd := exec.CommandContext(ctx, f.nftBin, "list", "table", string(f.family), f.table)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil && strings.Contains(stderr.String(), "No such file or directory") {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("list nftables table %s %s: %w: %s", f.family, f.table, err, strings.TrimSpace(stderr.String()))
+	}
+	return string(out), nil
 }
 
 // dropTable deletes the table whether or not it exists: add is a no-op on
@@ -160,62 +251,11 @@ func (f *nftFamily) dropTable(tx *knftables.Transaction) {
 }
 
 func (f *nftFamily) cleanup(ctx context.Context) error {
+	f.listed = ""
 	tx := f.nft.NewTransaction()
 	f.dropTable(tx)
 	if err := f.nft.Run(ctx, tx); err != nil {
-		return fmt.Errorf("delete nftables table %s: %w", f.table, err)
+		return fmt.Errorf("delete nftables table %s %s: %w", f.family, f.table, err)
 	}
 	return nil
-}
-
-// inSync says whether the table holds exactly our chains with our rules in
-// order. Rules are recognised by their comments, which nft keeps with the
-// rule: a rule replaced or re-added by hand loses or changes its comment.
-func (f *nftFamily) inSync(ctx context.Context) (bool, error) {
-	chains, err := f.nft.List(ctx, "chains")
-	if knftables.IsNotFound(err) {
-		return len(f.chains) == 0, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("list nftables table %s: %w", f.table, err)
-	}
-	if len(f.chains) == 0 {
-		return false, nil // the table is there but should not be
-	}
-	want := make([]string, 0, len(f.chains))
-	for _, c := range f.chains {
-		want = append(want, c.chain.Name)
-	}
-	slices.Sort(chains)
-	slices.Sort(want)
-	if !slices.Equal(chains, want) {
-		klog.V(2).Infof("nftables table %s has chains %v, want %v", f.table, chains, want)
-		return false, nil
-	}
-	rules, err := f.nft.ListRules(ctx, "")
-	if knftables.IsNotFound(err) {
-		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("list nftables rules of %s: %w", f.table, err)
-	}
-	have := map[string][]string{}
-	for _, r := range rules {
-		comment := ""
-		if r.Comment != nil {
-			comment = *r.Comment
-		}
-		have[r.Chain] = append(have[r.Chain], comment)
-	}
-	for _, c := range f.chains {
-		var wantComments []string
-		for _, r := range c.rules {
-			wantComments = append(wantComments, *r.Comment)
-		}
-		if !slices.Equal(have[c.chain.Name], wantComments) {
-			klog.V(2).Infof("nftables chain %s/%s has rules %q, want %q", f.table, c.chain.Name, have[c.chain.Name], wantComments)
-			return false, nil
-		}
-	}
-	return true, nil
 }

@@ -46,6 +46,17 @@ func masqueradeRules(f family) []rule {
 	}
 }
 
+// nftMasqueradeRules is the postrouting plan of upstream's nftables mode,
+// which differs from its iptables mode in the fourth rule: it returns
+// everything to the cluster network that does not come from this node's
+// pods (saddr != subnet), so traffic from the host and from outside to any
+// pod keeps its source address there.
+func nftMasqueradeRules(f family) []rule {
+	r := masqueradeRules(f)
+	r[3] = rule{purpose: "not from local pods to pod network, no masquerade", src: f.subnet, notSrc: true, dst: f.network, verdict: verdictReturn}
+	return r
+}
+
 // forwardRules is the forward plan: accept anything from or to the pods.
 func forwardRules(f family) []rule {
 	return []rule{
@@ -88,7 +99,9 @@ func (r rule) iptablesArgs(comment string, fullyRandom bool) []string {
 	return args
 }
 
-// nftRule renders r as an nftables rule for family keyword ip or ip6.
+// nftRule renders r as an nftables rule for family keyword ip or ip6,
+// exactly as nft lists it, so a listing of a correct table equals our
+// rendering (nftables.go).
 func (r rule) nftRule(ipKeyword string, fullyRandom bool) string {
 	var parts []string
 	addr := func(neg bool, field string, p netip.Prefix) {
@@ -102,7 +115,9 @@ func (r rule) nftRule(ipKeyword string, fullyRandom bool) string {
 		parts = append(parts, fmt.Sprintf("%s %s %s%s", ipKeyword, field, op, p))
 	}
 	if r.kubeMark {
-		parts = append(parts, fmt.Sprintf("meta mark & %#x == %#x", kubeProxyMasqMark, kubeProxyMasqMark))
+		// The whole mark equals 0x4000, not the bit alone: upstream's
+		// nftables mode matches it so (its iptables mode tests the bit).
+		parts = append(parts, fmt.Sprintf("meta mark 0x%08x", kubeProxyMasqMark))
 	}
 	addr(r.notSrc, "saddr", r.src)
 	addr(r.notDst, "daddr", r.dst)

@@ -26,8 +26,8 @@ func TestMasqueradeModes(t *testing.T) {
 			present:   []string{"iptables", "-t", "nat", "-S", "FLANNEL-POSTRTG"},
 			want:      "MASQUERADE"},
 		{name: "nftables", tb: "mnft", nft: true,
-			breakRule: []string{"nft", "flush", "chain", "ip", "flannel-ipv4", "postrouting"},
-			present:   []string{"nft", "list", "chain", "ip", "flannel-ipv4", "postrouting"},
+			breakRule: []string{"nft", "flush", "chain", "ip", "flannel-ipv4", "postrtg"},
+			present:   []string{"nft", "list", "chain", "ip", "flannel-ipv4", "postrtg"},
 			want:      "masquerade"},
 	}
 	for _, m := range modes {
@@ -79,7 +79,7 @@ func checkRestartAndSwitch(t *testing.T, c *cluster, pods []*testbed.Pod, out *t
 	if err := c.StopFlanneld(n1); err != nil {
 		t.Fatal(err)
 	}
-	if b, err := testbed.Exec(ctx, n1.NS, "nft", "list", "chain", "ip", "flannel-ipv4", "postrouting"); err != nil || !strings.Contains(string(b), "masquerade") {
+	if b, err := testbed.Exec(ctx, n1.NS, "nft", "list", "chain", "ip", "flannel-ipv4", "postrtg"); err != nil || !strings.Contains(string(b), "masquerade") {
 		t.Errorf("table ip flannel-ipv4 gone after SIGTERM (%v):\n%s", err, b)
 	}
 	checkMasq(t, ctx, pods, out.NS, out.Addr)

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"sync/atomic"
 
@@ -31,6 +32,9 @@ type Backend struct {
 	opts Options
 	nl   *netlink.Handle
 	ns   *netns.NsHandle // where nl works, for netlink notifications and dumps; nil: here
+	// resumeMAC is the VTEP MAC per family (v4, v6) this node published
+	// last time, for a device that has to be created (Resume).
+	resumeMAC [2]net.HardwareAddr
 }
 
 // WatchNamespace names the network namespace nl is bound to, so that the
@@ -127,7 +131,52 @@ func (b *Backend) spec(v6 bool) (deviceSpec, error) {
 		vtepDev: b.ext.Iface.Index, srcAddr: src,
 		learning: b.opts.Learning, gbp: b.opts.GBP, mtu: mtu,
 		noTxChecksum: b.opts.DisableTxChecksumOffload,
+		mac:          b.resumeMAC[boolIndex(v6)],
 	}, nil
+}
+
+func boolIndex(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// Resume takes the VTEP MACs from the BackendData this node published in
+// its last run (Kubernetes: the backend-data and backend-v6-data
+// annotations). A device that has to be created (after a reboot) gets that
+// MAC again, so the FDB entries the peers hold for this node stay valid and
+// no peer has to re-program anything; a device that survived keeps its own.
+// A missing or unusable MAC is ignored: the kernel picks a new one.
+func (b *Backend) Resume(v4, v6 json.RawMessage) {
+	for i, raw := range []json.RawMessage{v4, v6} {
+		if len(raw) == 0 {
+			continue
+		}
+		mac, err := publishedMAC(raw)
+		if err != nil {
+			klog.Warningf("vxlan: not reusing the VTEP MAC this node published last time: %v", err)
+			continue
+		}
+		b.resumeMAC[i] = mac
+	}
+}
+
+// publishedMAC is the VtepMAC of a BackendData value, when it is one a
+// device can have (a unicast Ethernet address).
+func publishedMAC(raw json.RawMessage) (net.HardwareAddr, error) {
+	var d struct{ VtepMAC string }
+	if err := json.Unmarshal(raw, &d); err != nil {
+		return nil, fmt.Errorf("BackendData %s: %w", raw, err)
+	}
+	if d.VtepMAC == "" {
+		return nil, fmt.Errorf("BackendData %s has no VtepMAC", raw)
+	}
+	mac, err := net.ParseMAC(d.VtepMAC)
+	if err != nil || len(mac) != 6 || mac[0]&1 != 0 || mac.String() == "00:00:00:00:00:00" {
+		return nil, fmt.Errorf("VtepMAC %q in BackendData is not a unicast Ethernet address", d.VtepMAC)
+	}
+	return mac, nil
 }
 
 type network struct {

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"k8s.io/klog/v2"
@@ -17,6 +18,7 @@ import (
 	"github.com/flannelgo/flannel/internal/config"
 	"github.com/flannelgo/flannel/internal/ctxwait"
 	"github.com/flannelgo/flannel/internal/lease"
+	"github.com/flannelgo/flannel/internal/subnet"
 )
 
 // maxAttempts bounds how often AcquireLease re-lists after losing a race. In
@@ -87,10 +89,17 @@ func (m *Manager) tryAcquire(ctx context.Context, cli *clientv3.Client, cfg *con
 	}
 	l, err := m.claim(ctx, cli, cfg, attrs, value, rev, recs, own, marker)
 	if l == nil || err != nil {
-		m.revoke(ctx, cli, marker)
+		if marker != 0 {
+			m.revoke(ctx, cli, marker)
+		}
+		if marker != 0 && m.refusedMarker(err) {
+			return nil, nil // re-list and claim without the marker
+		}
 		return nil, err
 	}
-	m.startAlive(ctx, l.Key(), marker)
+	if marker != 0 {
+		m.startAlive(ctx, l.Key(), marker)
+	}
 	m.noteOwn(l.Key())
 	return l, nil
 }
@@ -227,7 +236,7 @@ func (m *Manager) RenewLease(ctx context.Context, l *lease.Lease) error {
 		return m.rewrite(ctx, cli, l, key, clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision))
 	}
 	if !sameNode(cur, l.Attrs, l.IPv6Subnet.IsValid()) {
-		return fmt.Errorf("renew lease %s: %w", l, takenErr(key, kv.Value))
+		return m.foreignValue(l, kv)
 	}
 	if kv.Lease != 0 {
 		ka, err := cli.KeepAliveOnce(rctx, clientv3.LeaseID(kv.Lease))
@@ -264,7 +273,7 @@ func (m *Manager) recreate(ctx context.Context, cli *clientv3.Client, l *lease.L
 				return nil
 			}
 			if overlaps(r.l, *l) {
-				return fmt.Errorf("renew lease %s: our lease expired and %w", l, takenErr(string(r.kv.Key), r.kv.Value))
+				return fmt.Errorf("renew lease %s: %w", l, takenErr(string(r.kv.Key), r.kv.Value))
 			}
 		}
 		value, err := json.Marshal(l.Attrs)
@@ -304,13 +313,30 @@ func (m *Manager) rewrite(ctx context.Context, cli *clientv3.Client, l *lease.Le
 	return nil
 }
 
-func takenErr(key string, value []byte) error {
-	var a lease.Attrs
-	holder := fmt.Sprintf("a value we cannot read (%s)", lease.Quote(value))
-	if json.Unmarshal(value, &a) == nil {
-		holder = describeNode(a)
+// foreignValue is the renewal error for our key holding another node's
+// value. A key created after our last write means ours was deleted and
+// another node took the subnet: final. An overwrite in place is another
+// writer's doing, which the daemon answers by writing ours back
+// (ReassertLease): retried.
+func (m *Manager) foreignValue(l *lease.Lease, kv *mvccpb.KeyValue) error {
+	if kv.CreateRevision > l.Revision {
+		return fmt.Errorf("renew lease %s: %w", l, takenErr(string(kv.Key), kv.Value))
 	}
-	return fmt.Errorf("subnet %s is now held by %s: another node took it while our lease was expired; restart flanneld to acquire a new subnet", key, holder)
+	return fmt.Errorf("renew lease %s: %s overwrote it in place (revision %d); it is being written back", l, holderOf(kv.Value), kv.ModRevision)
+}
+
+func takenErr(key string, value []byte) error {
+	return fmt.Errorf("%w: this node's lease was deleted and subnet %s is now held by %s; "+
+		"exiting so that flanneld, restarted by its supervisor, acquires a fresh subnet", subnet.ErrLeaseTaken, key, holderOf(value))
+}
+
+// holderOf names the node a lease value describes, by its public address.
+func holderOf(value []byte) string {
+	var a lease.Attrs
+	if json.Unmarshal(value, &a) != nil {
+		return fmt.Sprintf("a value we cannot read (%s)", lease.Quote(value))
+	}
+	return describeNode(a)
 }
 
 // ownLease returns the lease this node held before, if it still fits the

@@ -15,6 +15,7 @@ import (
 	"path"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -91,6 +92,9 @@ type Manager struct {
 
 	// markers counts holdAlive loops; Close waits for them to revoke.
 	markers sync.WaitGroup
+	// noMarkers is set once etcd refused the liveness marker keys: the
+	// user's role grants only upstream's keys (alive.go).
+	noMarkers atomic.Bool
 
 	status watchStatus // who hears about watch outages (status.go)
 }

@@ -465,10 +465,56 @@ func TestRenewAfterLeaseRevoked(t *testing.T) {
 			t.Fatal(err)
 		}
 		err := m.RenewLease(ctx, l)
-		if err == nil || !strings.Contains(err.Error(), "held by node 198.51.100.99") {
-			t.Fatalf("err = %v, want it to name the new holder", err)
+		if err == nil || !strings.Contains(err.Error(), "held by node 198.51.100.99") || !errors.Is(err, subnet.ErrLeaseTaken) {
+			t.Fatalf("err = %v, want ErrLeaseTaken naming the new holder", err)
 		}
 	})
+}
+
+// A foreign value written over our key in place is another writer's doing:
+// renewal fails without ErrLeaseTaken and ReassertLease writes ours back.
+// A key created after ours was deleted is another node's lease: renewal
+// fails with ErrLeaseTaken and ReassertLease leaves it alone.
+func TestRenewForeignValue(t *testing.T) {
+	s := startEtcd(t)
+	s.put(configKey, netConf)
+	m := s.manager(t, Options{LeaseTTL: time.Minute})
+	l := acquire(t, m, vxlanAttrs("198.51.100.2", "ae:00:00:00:00:01"))
+	key := subnetsPath + l.Key()
+	cli := s.raw()
+	ctx := testCtx(t)
+	const foreign = `{"PublicIP":"198.51.100.99","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"ae:99:99:99:99:99"}}`
+
+	resp, err := cli.Put(ctx, key, foreign)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.RenewLease(ctx, l); err == nil || errors.Is(err, subnet.ErrLeaseTaken) {
+		t.Fatalf("renew over an in-place overwrite: %v, want a retryable error", err)
+	}
+	if wrote, err := m.ReassertLease(ctx, l, resp.Header.Revision); !wrote || err != nil {
+		t.Fatalf("ReassertLease over an in-place overwrite: wrote=%v err=%v, want it written back", wrote, err)
+	}
+	if err := m.RenewLease(ctx, l); err != nil {
+		t.Fatalf("renew after writing back: %v", err)
+	}
+
+	if _, err := cli.Delete(ctx, key); err != nil {
+		t.Fatal(err)
+	}
+	if resp, err = cli.Put(ctx, key, foreign); err != nil {
+		t.Fatal(err)
+	}
+	if wrote, err := m.ReassertLease(ctx, l, resp.Header.Revision); wrote || err != nil {
+		t.Fatalf("ReassertLease over another node's new lease: wrote=%v err=%v, want it left alone", wrote, err)
+	}
+	err = m.RenewLease(ctx, l)
+	if !errors.Is(err, subnet.ErrLeaseTaken) || !strings.Contains(err.Error(), "198.51.100.99") {
+		t.Fatalf("renew after another node took the subnet: %v, want ErrLeaseTaken naming 198.51.100.99", err)
+	}
+	if got := string(getRaw(t, cli, key).Kvs[0].Value); got != foreign {
+		t.Errorf("the other node's lease became %s", got)
+	}
 }
 
 // More nodes than subnets race for a tiny network: each subnet goes to

@@ -26,7 +26,11 @@ func (m *Manager) ReassertLease(ctx context.Context, l *lease.Lease, seen int64)
 		return false, fmt.Errorf("re-assert lease %s: encode attributes: %w", l, err)
 	}
 	key := m.subnetsPrefix() + l.Key()
-	got, err := m.put(ctx, cli, key, value, 0, clientv3.Compare(clientv3.ModRevision(key), "=", seen))
+	// Only an overwrite of the key we wrote is answered: a key created
+	// after our last write is another node's lease for a subnet that was
+	// free after ours was deleted, and RenewLease reports it as taken.
+	got, err := m.put(ctx, cli, key, value, 0, clientv3.Compare(clientv3.ModRevision(key), "=", seen),
+		clientv3.Compare(clientv3.CreateRevision(key), "<", l.Revision+1))
 	if err != nil || got == nil {
 		return false, err
 	}
@@ -94,10 +98,17 @@ func (m *Manager) dropStale(ctx context.Context, cli *clientv3.Client, cfg *conf
 			}
 		}
 		key := m.subnetsPrefix() + r.name
+		ops := []clientv3.Op{clientv3.OpDelete(key)}
+		if !m.markersOff() {
+			ops = append(ops, clientv3.OpDelete(m.aliveKey(r.name)))
+		}
 		rctx, cancel := context.WithTimeout(ctx, requestTimeout)
 		resp, err := cli.Txn(rctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", r.kv.ModRevision)).
-			Then(clientv3.OpDelete(key), clientv3.OpDelete(m.aliveKey(r.name))).Commit()
+			Then(ops...).Commit()
 		cancel()
+		if len(ops) > 1 && m.refusedMarker(err) {
+			return true, nil // nothing deleted: re-list and delete without the marker
+		}
 		if err != nil {
 			return dropped, m.etcdErr("delete stale lease "+key, err)
 		}

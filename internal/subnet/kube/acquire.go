@@ -250,6 +250,25 @@ func (m *Manager) MarkReady(ctx context.Context) error {
 	return nil
 }
 
+// StoredBackend returns what this node published in its last run: the
+// backend-type annotation and the backend-data and backend-v6-data values
+// (nil where absent). After a reboot they survive in the Node object while
+// the devices are gone; upstream reads the VXLAN MAC from them. A node that
+// cannot be read yet has nothing stored.
+func (m *Manager) StoredBackend(ctx context.Context) (typ string, v4, v6 json.RawMessage) {
+	name, err := m.resolveNodeName(ctx)
+	if err != nil {
+		klog.Warningf("cannot read this node's backend annotations yet: %v", err)
+		return "", nil, nil
+	}
+	node, _, err := m.getNode(ctx, name)
+	if err != nil || node == nil {
+		klog.Warningf("cannot read the backend annotations of node %q (%v); the backend starts afresh", name, err)
+		return "", nil, nil
+	}
+	return m.keys.storedBackend(node)
+}
+
 // StoredPublicIP returns the addresses in the node's node-public-ip and
 // node-public-ipv6 annotations (invalid where unset). Upstream reads them at
 // start-up, and they replace --public-ip and --public-ipv6, also for

@@ -80,6 +80,19 @@ func newKeys(prefix string) (keys, error) {
 	return k, nil
 }
 
+// storedBackend reads the backend-type, backend-data and backend-v6-data
+// annotations; a data annotation that is not JSON is left out.
+func (k keys) storedBackend(node *corev1.Node) (typ string, v4, v6 json.RawMessage) {
+	data := func(key string) json.RawMessage {
+		v, ok := node.Annotations[key]
+		if !ok || !json.Valid([]byte(v)) {
+			return nil
+		}
+		return json.RawMessage(v)
+	}
+	return node.Annotations[k.backendType], data(k.backendData), data(k.backendV6Data)
+}
+
 // nodePublic reads the node-public-ip(v6) annotations, which upstream lets
 // replace --public-ip(v6) before the interface is chosen. Empty or absent
 // annotations give invalid addresses.

@@ -442,3 +442,20 @@ func apiequality(a, b *corev1.Node) bool {
 	jb, _ := json.Marshal(b)
 	return string(ja) == string(jb)
 }
+
+// The backend annotations this node published last time are read back
+// for the backend to resume (the VXLAN MAC after a reboot, as upstream).
+func TestStoredBackend(t *testing.T) {
+	k := mustKeys(t)
+	typ, v4, v6 := k.storedBackend(node("n1", map[string]string{
+		"flannel.alpha.coreos.com/backend-type":    "vxlan",
+		"flannel.alpha.coreos.com/backend-data":    `{"VNI":1,"VtepMAC":"ae:11:22:33:44:55"}`,
+		"flannel.alpha.coreos.com/backend-v6-data": `not json`,
+	}))
+	if typ != "vxlan" || string(v4) != `{"VNI":1,"VtepMAC":"ae:11:22:33:44:55"}` || v6 != nil {
+		t.Errorf("storedBackend = %q, %s, %s; want vxlan, the backend-data value and nothing for the invalid v6 one", typ, v4, v6)
+	}
+	if typ, v4, v6 := k.storedBackend(node("n2", nil)); typ != "" || v4 != nil || v6 != nil {
+		t.Errorf("no annotations: storedBackend = %q, %s, %s", typ, v4, v6)
+	}
+}
