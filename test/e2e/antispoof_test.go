@@ -21,8 +21,9 @@ import (
 const dualStackConf = `{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}`
 
 // spoofWorld is a dual-stack kube cluster with --network-policy: on node
-// 0 pods t (admits only f), f and s (egress denied to everyone), on node 1
-// pods r (admits only f) and o. s is the hostile tenant.
+// 0 pods t (admits only f), f, s (egress denied to everyone) and q, on
+// node 1 pods r (admits only f) and o. s is the hostile tenant; f, q and o
+// admit anyone.
 type spoofWorld struct {
 	*kubeCluster
 	pods map[string]*testbed.Pod
@@ -52,7 +53,7 @@ func newSpoofWorld(t *testing.T) *spoofWorld {
 	for _, p := range []struct {
 		name string
 		node int
-	}{{"t", 0}, {"f", 0}, {"s", 0}, {"r", 1}, {"o", 1}} {
+	}{{"t", 0}, {"f", 0}, {"s", 0}, {"q", 0}, {"r", 1}, {"o", 1}} {
 		tp, err := k.AddPod(ctx, k.Nodes[p.node])
 		if err != nil {
 			t.Fatal(err)
@@ -207,7 +208,7 @@ func TestAntiSpoofing(t *testing.T) {
 	attacks := []attack{
 		{"ingress bypass, same node (f's address to t)", tgt, func(l netip.Addr) netip.Addr { return addr(f, l) }},
 		{"ingress bypass, cross node (f's address to r)", r, func(l netip.Addr) netip.Addr { return addr(f, l) }},
-		{"egress bypass, same node (unused address to f)", f, func(l netip.Addr) netip.Addr { return unused(s, l) }},
+		{"egress bypass, same node (unused address to q)", w.pods["q"], func(l netip.Addr) netip.Addr { return unused(s, l) }},
 		{"egress bypass, cross node (unused address to o)", w.pods["o"], func(l netip.Addr) netip.Addr { return unused(s, l) }},
 	}
 	check := func(t *testing.T, wantThrough bool) {
@@ -258,8 +259,8 @@ func TestAntiSpoofing(t *testing.T) {
 	t.Run("records follow pods", func(t *testing.T) {
 		dir := antispoof.RecordDir(s.Node.SubnetFile)
 		recs, err := antispoof.ReadRecords(dir)
-		if err != nil || len(recs) != 3 {
-			t.Fatalf("records on %s: %d (%v), want 3", s.Node.Name, len(recs), err)
+		if err != nil || len(recs) != 4 {
+			t.Fatalf("records on %s: %d (%v), want 4", s.Node.Name, len(recs), err)
 		}
 		gone, err := w.AddPod(ctx, s.Node)
 		if err != nil {
@@ -268,8 +269,8 @@ func TestAntiSpoofing(t *testing.T) {
 		if err := w.RemovePod(ctx, gone); err != nil {
 			t.Fatal(err)
 		}
-		if recs, _ := antispoof.ReadRecords(dir); len(recs) != 3 {
-			t.Errorf("after a pod came and went: %d records, want 3", len(recs))
+		if recs, _ := antispoof.ReadRecords(dir); len(recs) != 4 {
+			t.Errorf("after a pod came and went: %d records, want 4", len(recs))
 		}
 	})
 	t.Run("with anti-spoofing off the attacks work", func(t *testing.T) {
