@@ -12,4 +12,6 @@ export PATH="$PATH:/usr/local/go/bin"
 scripts/setup.sh --lab
 echo "load before: $(uptime)"
 go test -count=1 -run '^$' -bench 'OverlayThroughput' -benchtime "${BENCH_RUNS:-3}x" ./test/e2e/ 2>&1 | grep -v '^I[0-9]'
+echo "anti-spoofing cost (pod to pod on one bridge, pinned / unpinned, alternating):"
+go test -count=1 -run '^$' -bench 'PinningCost' -benchtime "${BENCH_RUNS:-3}x" ./internal/antispoof/ 2>&1 | grep -E '^(pod-to-pod|Benchmark)'
 echo "load after: $(uptime)"
