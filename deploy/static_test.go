@@ -54,7 +54,7 @@ func goTool() string {
 	return "/usr/local/go/bin/go"
 }
 
-// flagName turns "--healthz-port=10244" into "healthz-port".
+// flagName turns "--healthz-port=8081" into "healthz-port".
 func flagName(arg string) string {
 	name, _, _ := strings.Cut(strings.TrimLeft(arg, "-"), "=")
 	return name
