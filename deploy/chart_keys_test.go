@@ -335,16 +335,8 @@ func TestChartVariants(t *testing.T) {
 // refused with its name, not dropped.
 func TestChartSchema(t *testing.T) {
 	bin := helmBinary(t)
-	all := map[string]any{}
-	for _, k := range upstreamKeys {
-		setPath(all, k, exampleValue(k))
-	}
-	b, err := yaml.Marshal(all)
-	if err != nil {
-		t.Fatal(err)
-	}
 	path := filepath.Join(t.TempDir(), "every-upstream-key.yaml")
-	writeFile(t, path, b)
+	writeFile(t, path, everyUpstreamKeyValues(t))
 	renderChartArgs(t, bin, chartDir, "-f", path)
 
 	for set, name := range map[string]string{
@@ -360,7 +352,7 @@ func TestChartSchema(t *testing.T) {
 			t.Errorf("--set %s: want a refusal naming '%s', got %v", set, name, err)
 		}
 	}
-	_, err = helm(t, bin, "template", "flannel", chartDir, "--set", "flannel.tunnelMode=both")
+	_, err := helm(t, bin, "template", "flannel", chartDir, "--set", "flannel.tunnelMode=both")
 	if err == nil || !strings.Contains(err.Error(), "tunnelMode") {
 		t.Errorf("tunnelMode=both: want a refusal naming tunnelMode, got %v", err)
 	}
@@ -425,5 +417,58 @@ func writeFile(t *testing.T, path string, data []byte) {
 	t.Helper()
 	if err := os.WriteFile(path, data, 0o644); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// everyUpstreamKeyValues is a values file setting every key of upstream's
+// chart (and none of ours), each to a value of its type.
+func everyUpstreamKeyValues(t *testing.T) []byte {
+	t.Helper()
+	all := map[string]any{}
+	for _, k := range upstreamKeys {
+		setPath(all, k, exampleValue(k))
+	}
+	b, err := yaml.Marshal(all)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// withDefaults copies the chart with values as its defaults, which is how
+// `helm upgrade --reuse-values` renders it: the previous release's
+// coalesced values take the place of the new chart's values.yaml.
+func withDefaults(t *testing.T, values []byte) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "flannel")
+	if err := os.CopyFS(dir, os.DirFS(chartDir)); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(dir, "values.yaml"), values)
+	return dir
+}
+
+// `helm upgrade --reuse-values` from a release of upstream's chart renders
+// this chart with upstream's values and none of the keys only this chart
+// has: it must still render, with upstream's defaults' meaning (no
+// namespace of its own, no --anti-spoofing flag, EnableNFTables false).
+func TestChartRendersWithOnlyUpstreamKeys(t *testing.T) {
+	bin := helmBinary(t)
+	objs := renderChartArgs(t, bin, withDefaults(t, everyUpstreamKeyValues(t)))
+	for _, o := range objs {
+		if o.kind() == "Namespace" {
+			t.Errorf("renders %s", o.key())
+		}
+		if ns := o.meta("namespace"); ns != "" && ns != namespace {
+			t.Errorf("%s is not in the release's namespace", o.key())
+		}
+	}
+	cfg, _ := renderedNetConf(t, objs)
+	if cfg.EnableNFTables || cfg.BackendType != "vxlan" {
+		t.Errorf("net-conf.json %+v", cfg)
+	}
+	c := container(t, podSpec(t, objs), "kube-flannel")
+	if want := []string{"--ip-masq", "--kube-subnet-mgr", "--healthz-port=8081"}; !slices.Equal(c.Args, want) {
+		t.Errorf("args %q, want %q", c.Args, want)
 	}
 }

@@ -50,7 +50,8 @@ func fixUpstream(objs []object) bool {
 // values (each chart's defaults, then each variant file) and compares
 // every field of every object: each difference must be one of
 // fromUpstreamChart. Then ours renders with upstream's own values.yaml
-// (every upstream key, upstream's defaults) to the same result.
+// (every upstream key, upstream's defaults) to the same result, given
+// with -f and in place of ours (as `helm upgrade --reuse-values` does).
 func TestChartAgainstUpstream(t *testing.T) {
 	up := upstreamChart(t)
 	bin := helmBinary(t)
@@ -83,5 +84,19 @@ func TestChartAgainstUpstream(t *testing.T) {
 	}
 	t.Run("values=upstream-values", func(t *testing.T) {
 		compare(t, "upstream-values", nil, []string{"-f", filepath.Join(up, "values.yaml")})
+	})
+	// What `helm upgrade --reuse-values` from an upstream release renders:
+	// ours with upstream's values.yaml in place of its own.
+	t.Run("values=upstream-values-as-defaults", func(t *testing.T) {
+		values, err := os.ReadFile(filepath.Join(up, "values.yaml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ours := withDefaults(t, values)
+		upObjs := byKey(t, renderChartArgs(t, bin, up))
+		ourObjs := byKey(t, renderChartArgs(t, bin, ours))
+		joinArgv(upObjs)
+		joinArgv(ourObjs)
+		checkIntended(t, "upstream-values", diffObjects(upObjs, ourObjs), fromUpstreamChart)
 	})
 }

@@ -18,8 +18,10 @@ import (
 // standInUpstreamChart writes a chart shaped as upstream's chart installs
 // flannel: the objects of kube-flannel.yml less the Namespace, placed in
 // the release's namespace (no metadata.namespace), under upstream's chart
-// name and version, with an image of its own. What Helm checks on upgrade
-// (which objects the release owns, in which namespace) is all it needs.
+// name and version, with an image of its own and values with every key of
+// upstream's chart. What Helm checks on upgrade (which objects the release
+// owns, in which namespace) and what it passes on (the values) is all it
+// needs.
 // scripts/chart-compare.sh runs the same test with upstream's real chart.
 func standInUpstreamChart(t *testing.T) string {
 	t.Helper()
@@ -38,6 +40,9 @@ func standInUpstreamChart(t *testing.T) string {
 		docs = append(docs, strings.ReplaceAll(string(b), "ghcr.io/flannelgo/flannel:", "registry.example/upstream-flannel:"))
 	}
 	writeFile(t, filepath.Join(dir, "Chart.yaml"), []byte("apiVersion: v1\nname: flannel\nversion: v0.28.9\nappVersion: v0.28.9\n"))
+	// Its values are every key of upstream's chart: what `helm upgrade
+	// --reuse-values` hands to the next chart.
+	writeFile(t, filepath.Join(dir, "values.yaml"), everyUpstreamKeyValues(t))
 	if err := os.Mkdir(filepath.Join(dir, "templates"), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -49,7 +54,8 @@ func standInUpstreamChart(t *testing.T) string {
 // README does (namespace created and labelled by hand, release installed
 // into it) and upgrades the release to this chart: Helm must accept every
 // object as the release's own, the DaemonSet must be updated in place, and
-// the hand-made namespace stays as it was. A second upgrade turns network
+// the hand-made namespace stays as it was. `helm upgrade --reuse-values`
+// from the upstream release works too, and a last upgrade turns network
 // policy on.
 func TestHelmUpgradeFromAnUpstreamRelease(t *testing.T) {
 	bin := helmBinary(t)
@@ -84,6 +90,18 @@ func TestHelmUpgradeFromAnUpstreamRelease(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// --reuse-values renders this chart with upstream's values as its
+	// defaults, none of this chart's own keys among them: it must work,
+	// though it keeps upstream's images; then back to the upstream release.
+	if out, err := helm(t, bin, append([]string{"upgrade", "flannel", chartDir, "--reuse-values"}, kc...)...); err != nil {
+		t.Fatalf("helm upgrade --reuse-values from the upstream release: %v\n%s", err, out)
+	}
+	if out, err := helm(t, bin, append([]string{"rollback", "flannel", "1"}, kc...)...); err != nil {
+		t.Fatalf("helm rollback to the upstream release: %v\n%s", err, out)
+	}
+
+	// As deploy/README.md says to upgrade: the release's values are
+	// reused, this chart's defaults apply to the rest.
 	if out, err := helm(t, bin, append([]string{"upgrade", "flannel", chartDir}, kc...)...); err != nil {
 		t.Fatalf("helm upgrade from the upstream release: %v\n%s", err, out)
 	}
@@ -117,7 +135,7 @@ func TestHelmUpgradeFromAnUpstreamRelease(t *testing.T) {
 		t.Errorf("netpol.enabled did not grant networkpolicies: %v", role.Rules)
 	}
 	out, err := helm(t, bin, append([]string{"history", "flannel"}, kc...)...)
-	if err != nil || strings.Count(string(out), "deployed") != 1 || strings.Count(string(out), "superseded") != 2 {
-		t.Errorf("helm history: want revisions 1 and 2 superseded, 3 deployed; got %v\n%s", err, out)
+	if err != nil || strings.Count(string(out), "deployed") != 1 || strings.Count(string(out), "superseded") != 4 {
+		t.Errorf("helm history: want revisions 1 to 4 superseded, 5 deployed; got %v\n%s", err, out)
 	}
 }

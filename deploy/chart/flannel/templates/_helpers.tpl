@@ -1,10 +1,14 @@
 {{/*
 Namespace of every namespaced object: the release's, as upstream's chart,
 unless the chart creates the namespace itself (namespace.create).
+Values only this chart has may be missing altogether: `helm upgrade
+--reuse-values` from a release of upstream's chart renders with upstream's
+values in place of this chart's defaults.
 */}}
 {{- define "flannel.namespace" -}}
-{{- if .Values.namespace.create -}}
-{{- $ns := required "namespace.name must name the namespace the chart creates" .Values.namespace.name -}}
+{{- $v := .Values.namespace | default dict -}}
+{{- if $v.create -}}
+{{- $ns := required "namespace.name must name the namespace the chart creates" $v.name -}}
 {{- if eq $ns .Release.Namespace -}}
 {{- fail (printf "namespace.create=true makes the chart own namespace %s, but Helm keeps the release in it, so it must exist first: install the release into another namespace (-n kube-system), or create and label %s yourself and leave namespace.create false" $ns $ns) -}}
 {{- end -}}
@@ -21,7 +25,7 @@ unless the chart creates the namespace itself (namespace.create).
 
 {{/* The install-cni-plugin image: flannel_cni.image, else flannel.image. */}}
 {{- define "flannel.cniImage" -}}
-{{- $i := .Values.flannel.flannel_cni.image | default dict -}}
+{{- $i := (.Values.flannel.flannel_cni | default dict).image | default dict -}}
 {{- if $i.repository -}}
 {{- printf "%s:%s" $i.repository ($i.tag | default .Chart.AppVersion) -}}
 {{- else -}}
@@ -63,7 +67,7 @@ JSON is well formed whatever is set (upstream writes tunnelMode unquoted).
 {{- if and (not .Values.podCidr) (not .Values.podCidrv6) -}}
 {{- fail "set podCidr (IPv4), podCidrv6 (IPv6) or both: flannel needs a pod network" -}}
 {{- end -}}
-{{- $net := dict "EnableNFTables" .Values.flannel.enableNFTables "Backend" (include "flannel.backend" . | fromJson) -}}
+{{- $net := dict "EnableNFTables" (.Values.flannel.enableNFTables | default false) "Backend" (include "flannel.backend" . | fromJson) -}}
 {{- if .Values.podCidr -}}
 {{- $_ := set $net "Network" .Values.podCidr -}}
 {{- else -}}
