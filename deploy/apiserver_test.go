@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"testing"
 	"time"
 
@@ -102,8 +103,10 @@ func (a *applier) apply(ctx context.Context, o object, dryRun bool) (*unstructur
 // TestManifestAndChartOnARealAPIServer creates every object of
 // kube-flannel.yml on a real kube-apiserver, proves the ServiceAccount can
 // make exactly flanneld's calls and no others, runs the real Kubernetes
-// subnet manager with that ServiceAccount's token, then server-side
-// dry-runs the rendered chart over it and checks that would change nothing.
+// subnet manager with that ServiceAccount's token, server-side dry-runs
+// the rendered chart over it and checks that would change nothing, and
+// last applies the ClusterRole with its --network-policy lines uncommented
+// and checks the policy controller's reads are then allowed.
 func TestManifestAndChartOnARealAPIServer(t *testing.T) {
 	s := startAPIServer(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -142,7 +145,7 @@ func TestManifestAndChartOnARealAPIServer(t *testing.T) {
 
 	t.Run("ChartDryRunChangesNothing", func(t *testing.T) {
 		bin := helmBinary(t)
-		for _, o := range renderChart(t, bin) {
+		for _, o := range renderChartArgs(t, bin, chartDir, "-n", "kube-system", "-f", valuesFile("manifest")) {
 			got, err := a.apply(ctx, o, true)
 			if err != nil {
 				t.Fatal(err)
@@ -161,6 +164,86 @@ func TestManifestAndChartOnARealAPIServer(t *testing.T) {
 			}
 		}
 	})
+
+	// Last: it changes the ClusterRole the subtests above check.
+	t.Run("NetworkPolicyLinesGrantWhatItReads", func(t *testing.T) {
+		checkNetworkPolicyPermissions(ctx, t, s, a, admin)
+	})
+}
+
+// checkNetworkPolicyPermissions applies the manifest's ClusterRole with its
+// --network-policy rules uncommented and checks the ServiceAccount can now
+// list and watch what the policy controller follows.
+func checkNetworkPolicyPermissions(ctx context.Context, t *testing.T, s *kubetest.Server, a *applier, admin kubernetes.Interface) {
+	data, err := WithNetworkPolicy(readFile(t, manifestPath))
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs, err := decodeStream(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.apply(ctx, find(t, objs, "ClusterRole", "flannel"), false); err != nil {
+		t.Fatal(err)
+	}
+	waitRoleInForce(ctx, t, admin, objs)
+	sa := serviceAccountClient(ctx, t, s)
+	for name, call := range networkPolicyCalls(ctx, sa) {
+		if err := call(); err != nil {
+			t.Errorf("with the --network-policy rules, the flannel ServiceAccount cannot %s: %v", name, err)
+		}
+	}
+}
+
+// networkPolicyCalls are the reads flanneld --network-policy makes: it
+// lists and watches pods, namespaces and NetworkPolicies cluster-wide.
+func networkPolicyCalls(ctx context.Context, sa kubernetes.Interface) map[string]func() error {
+	watch := func(w interface{ Stop() }, err error) error {
+		if err == nil {
+			w.Stop()
+		}
+		return err
+	}
+	return map[string]func() error{
+		"list pods (--network-policy)": func() error {
+			_, err := sa.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+			return err
+		},
+		"watch pods (--network-policy)": func() error {
+			return watch(sa.CoreV1().Pods("").Watch(ctx, metav1.ListOptions{}))
+		},
+		"list namespaces (--network-policy)": func() error {
+			_, err := sa.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
+			return err
+		},
+		"watch namespaces (--network-policy)": func() error {
+			return watch(sa.CoreV1().Namespaces().Watch(ctx, metav1.ListOptions{}))
+		},
+		"list networkpolicies (--network-policy)": func() error {
+			_, err := sa.NetworkingV1().NetworkPolicies("").List(ctx, metav1.ListOptions{})
+			return err
+		},
+		"watch networkpolicies (--network-policy)": func() error {
+			return watch(sa.NetworkingV1().NetworkPolicies("").Watch(ctx, metav1.ListOptions{}))
+		},
+	}
+}
+
+// serviceAccountClient acts as the manifest's ServiceAccount, with a token
+// the API server mints for it.
+func serviceAccountClient(ctx context.Context, t *testing.T, s *kubetest.Server) kubernetes.Interface {
+	t.Helper()
+	token, err := s.ServiceAccountToken(ctx, namespace, "flannel", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sa, err := kubernetes.NewForConfig(&rest.Config{
+		Host: s.URL, BearerToken: token, TLSClientConfig: rest.TLSClientConfig{CAFile: s.CAFile},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sa
 }
 
 // comparable strips server bookkeeping and normalises embedded JSON.
@@ -206,16 +289,7 @@ func checkFlannelPermissions(ctx context.Context, t *testing.T, s *kubetest.Serv
 		t.Fatalf("create pod: %v", err)
 	}
 
-	token, err := s.ServiceAccountToken(ctx, namespace, "flannel", time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sa, err := kubernetes.NewForConfig(&rest.Config{
-		Host: s.URL, BearerToken: token, TLSClientConfig: rest.TLSClientConfig{CAFile: s.CAFile},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	sa := serviceAccountClient(ctx, t, s)
 
 	allowed := map[string]func() error{
 		"get own pod": func() error {
@@ -249,16 +323,6 @@ func checkFlannelPermissions(ctx context.Context, t *testing.T, s *kubetest.Serv
 			_, err := sa.CoreV1().Nodes().Patch(ctx, node.Name, types.StrategicMergePatchType, []byte(p), metav1.PatchOptions{}, "status")
 			return err
 		},
-	}
-	// --network-policy reads pods, namespaces and policies (never more):
-	// the manifest grants it so that the flag can be turned on alone.
-	allowed["list pods (--network-policy)"] = func() error {
-		_, err := sa.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{})
-		return err
-	}
-	allowed["list networkpolicies (--network-policy)"] = func() error {
-		_, err := sa.NetworkingV1().NetworkPolicies(namespace).List(ctx, metav1.ListOptions{})
-		return err
 	}
 	for name, call := range allowed {
 		if err := call(); err != nil {
@@ -311,6 +375,9 @@ func checkFlannelPermissions(ctx context.Context, t *testing.T, s *kubetest.Serv
 			return err
 		},
 	}
+	// Without --network-policy nothing reads pods, namespaces or
+	// policies in bulk, so the plain manifest does not grant it.
+	maps.Copy(forbidden, networkPolicyCalls(ctx, sa))
 	for name, call := range forbidden {
 		if err := call(); !apierrors.IsForbidden(err) {
 			t.Errorf("flannel ServiceAccount should be forbidden to %s; got %v", name, err)

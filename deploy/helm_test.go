@@ -100,15 +100,23 @@ func (e *helmError) Error() string {
 	return "helm " + strings.Join(e.args, " ") + ": " + e.err.Error() + "\n" + e.stdout + e.stderr
 }
 
-// renderChart returns the objects `helm template` renders with setArgs
-// (each "key=value", passed as --set).
+// renderChart returns the objects `helm template` renders in release
+// namespace kube-flannel with setArgs (each "key=value", passed as --set).
 func renderChart(t *testing.T, bin string, setArgs ...string) []object {
 	t.Helper()
-	args := []string{"template", "flannel", chartDir}
+	var args []string
 	for _, s := range setArgs {
 		args = append(args, "--set", s)
 	}
-	out, err := helm(t, bin, args...)
+	return renderChartArgs(t, bin, chartDir, args...)
+}
+
+// renderChartArgs renders chart in release namespace kube-flannel (as
+// upstream's README installs it) with further helm arguments; a later
+// "-n" overrides the namespace.
+func renderChartArgs(t *testing.T, bin, chart string, args ...string) []object {
+	t.Helper()
+	out, err := helm(t, bin, append([]string{"template", "flannel", chart, "-n", namespace}, args...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,18 +127,25 @@ func renderChart(t *testing.T, bin string, setArgs ...string) []object {
 	return objs
 }
 
+// valuesFile is the path of one of the values files in
+// testdata/chart-values.
+func valuesFile(name string) string { return filepath.Join("testdata", "chart-values", name+".yaml") }
+
+// variants are the values files the chart is rendered with both here and,
+// by scripts/chart-compare.sh, against upstream's chart ("" is the
+// defaults).
+var variants = []string{"", "vxlan", "wireguard", "netpol"}
+
 func TestHelmLint(t *testing.T) {
 	bin := helmBinary(t)
-	for name, sets := range map[string][]string{
-		"defaults":   nil,
-		"dual-stack": {"podCidrv6=fd00:10:244::/56"},
-		"options": {"flannel.backendPort=4789", "flannel.vni=4096", "flannel.directRouting=true",
-			"flannel.mtu=1400", "flannel.enableNFTables=true", "flannel.healthzPort=0"},
-	} {
-		t.Run(name, func(t *testing.T) {
-			args := []string{"lint", "--strict", chartDir}
-			for _, s := range sets {
-				args = append(args, "--set", s)
+	for _, v := range append(slices.Clone(variants), "manifest") {
+		t.Run("values="+v, func(t *testing.T) {
+			args := []string{"lint", "--strict", chartDir, "-n", namespace}
+			if v != "" {
+				args = append(args, "-f", valuesFile(v))
+			}
+			if v == "manifest" {
+				args = append(args, "-n", "kube-system")
 			}
 			out, err := helm(t, bin, args...)
 			if err != nil {
@@ -141,10 +156,13 @@ func TestHelmLint(t *testing.T) {
 	}
 }
 
-func TestChartDefaultsRenderTheManifest(t *testing.T) {
+// The chart's defaults are upstream's chart's; with the values where
+// upstream's own manifest differs from its chart (testdata/chart-values/
+// manifest.yaml) it renders exactly kube-flannel.yml.
+func TestChartRendersTheManifest(t *testing.T) {
 	bin := helmBinary(t)
 	want := byKey(t, loadManifest(t))
-	got := byKey(t, renderChart(t, bin))
+	got := byKey(t, renderChartArgs(t, bin, chartDir, "-n", "kube-system", "-f", valuesFile("manifest")))
 	if diff := cmp.Diff(sortedKeys(want), sortedKeys(got)); diff != "" {
 		t.Fatalf("objects: manifest (-) vs chart (+):\n%s", diff)
 	}
@@ -196,6 +214,13 @@ func renderedNetConf(t *testing.T, objs []object) (*config.Config, map[string]an
 	return cfg, raw
 }
 
+func daemonSet(t *testing.T, objs []object) appsv1.DaemonSet {
+	t.Helper()
+	var ds appsv1.DaemonSet
+	decodeStrict(t, find(t, objs, "DaemonSet", "kube-flannel-ds"), &ds)
+	return ds
+}
+
 func TestChartDualStackAndIPv6Only(t *testing.T) {
 	bin := helmBinary(t)
 	v6 := netip.MustParsePrefix("fd00:10:244::/56")
@@ -216,84 +241,51 @@ func TestChartDualStackAndIPv6Only(t *testing.T) {
 	}
 }
 
-func TestChartBackendOptions(t *testing.T) {
+func TestChartHealthzPortZero(t *testing.T) {
 	bin := helmBinary(t)
-	objs := renderChart(t, bin, "flannel.backendPort=4789", "flannel.vni=4096", "flannel.directRouting=true",
-		"flannel.mtu=1400", "flannel.enableNFTables=true", "podCidr=10.10.0.0/16")
-	cfg, raw := renderedNetConf(t, objs)
-	if !cfg.EnableNFTables || cfg.BackendType != "vxlan" || cfg.Network != netip.MustParsePrefix("10.10.0.0/16") {
-		t.Errorf("config = %+v", cfg)
-	}
-	want := map[string]any{"Type": "vxlan", "Port": 4789.0, "VNI": 4096.0, "DirectRouting": true, "MTU": 1400.0}
-	if diff := cmp.Diff(want, raw["Backend"]); diff != "" {
-		t.Errorf("Backend (-want +got):\n%s", diff)
-	}
-
-	// Another backend type, with a key the chart has no value for.
-	_, raw = renderedNetConf(t, renderChart(t, bin, "flannel.backend=wireguard", "flannel.extraBackendOptions.PersistentKeepaliveInterval=25"))
-	want = map[string]any{"Type": "wireguard", "PersistentKeepaliveInterval": 25.0}
-	if diff := cmp.Diff(want, raw["Backend"]); diff != "" {
-		t.Errorf("wireguard Backend (-want +got):\n%s", diff)
-	}
-}
-
-func TestChartHealthzPort(t *testing.T) {
-	bin := helmBinary(t)
-	checkDaemonSet(t, renderChart(t, bin, "flannel.healthzPort=9099"), 9099)
-
-	var ds appsv1.DaemonSet
-	decodeStrict(t, find(t, renderChart(t, bin, "flannel.healthzPort=0"), "DaemonSet", "kube-flannel-ds"), &ds)
-	c := ds.Spec.Template.Spec.Containers[0]
+	c := daemonSet(t, renderChart(t, bin, "flannel.healthz.port=0")).Spec.Template.Spec.Containers[0]
 	if c.ReadinessProbe != nil || c.LivenessProbe != nil || len(c.Ports) != 0 ||
 		slices.ContainsFunc(c.Args, func(a string) bool { return flagName(a) == "healthz-port" }) {
-		t.Errorf("healthzPort=0 must drop the port, the probes and --healthz-port: %+v", c)
+		t.Errorf("healthz.port=0 must drop the port, the probes and --healthz-port: %+v", c)
 	}
-
-	if _, err := helm(t, bin, "template", "flannel", chartDir, "--set", "flannel.healthzPort=70000"); err == nil {
-		t.Errorf("healthzPort=70000 was accepted; values.schema.json should refuse it")
-	}
-}
-
-func TestChartImageArgsAndNamespace(t *testing.T) {
-	bin := helmBinary(t)
-	objs := renderChart(t, bin, "flannel.image.repository=registry.example/flannel", "flannel.image.tag=v9.9.9",
-		"flannel.args={--ip-masq,--kube-subnet-mgr,--iface=eth1}", "namespace.name=net", "namespace.create=false")
-	for _, o := range objs {
-		if o.kind() == "Namespace" {
-			t.Errorf("namespace.create=false still renders %s", o.key())
-		}
-		if ns := o.meta("namespace"); ns != "" && ns != "net" {
-			t.Errorf("%s is not in namespace net", o.key())
-		}
-	}
-	var ds appsv1.DaemonSet
-	decodeStrict(t, find(t, objs, "DaemonSet", "kube-flannel-ds"), &ds)
-	spec := ds.Spec.Template.Spec
-	for _, c := range append(slices.Clone(spec.InitContainers), spec.Containers...) {
-		if c.Image != "registry.example/flannel:v9.9.9" {
-			t.Errorf("container %s image %q", c.Name, c.Image)
-		}
-	}
-	wantArgs := []string{"--ip-masq", "--kube-subnet-mgr", "--iface=eth1", "--healthz-port=10244"}
-	if got := spec.Containers[0].Args; !slices.Equal(got, wantArgs) {
-		t.Errorf("args %q, want %q", got, wantArgs)
-	}
-	binding := find(t, objs, "ClusterRoleBinding", "flannel")
-	if !strings.Contains(string(binding.raw), "namespace: net") {
-		t.Errorf("ClusterRoleBinding does not bind the ServiceAccount in namespace net:\n%s", binding.raw)
+	if _, err := helm(t, bin, "template", "flannel", chartDir, "--set", "flannel.healthz.port=70000"); err == nil {
+		t.Errorf("healthz.port=70000 was accepted; values.schema.json should refuse it")
 	}
 }
 
-// flannel.networkPolicy=true adds --network-policy; the ClusterRole
-// grants what it reads either way.
-func TestChartNetworkPolicy(t *testing.T) {
+// Objects go in the release's namespace, as upstream's chart puts them;
+// namespace.create=true makes the chart own namespace.name instead, and
+// refuses to own the release's own namespace (Helm could not store the
+// release before creating it).
+func TestChartNamespace(t *testing.T) {
 	bin := helmBinary(t)
-	objs := renderChart(t, bin, "flannel.networkPolicy=true")
-	var ds appsv1.DaemonSet
-	decodeStrict(t, find(t, objs, "DaemonSet", "kube-flannel-ds"), &ds)
-	wantArgs := []string{"--ip-masq", "--kube-subnet-mgr", "--healthz-port=10244", "--network-policy"}
-	if got := ds.Spec.Template.Spec.Containers[0].Args; !slices.Equal(got, wantArgs) {
-		t.Errorf("args %q, want %q", got, wantArgs)
+	checkNamespaces := func(objs []object, want string, wantNS bool) {
+		t.Helper()
+		var sawNS bool
+		for _, o := range objs {
+			if o.kind() == "Namespace" {
+				sawNS = true
+				if o.meta("name") != want {
+					t.Errorf("renders %s, want namespace %s", o.key(), want)
+				}
+			}
+			if ns := o.meta("namespace"); ns != "" && ns != want {
+				t.Errorf("%s is not in namespace %s", o.key(), want)
+			}
+		}
+		if sawNS != wantNS {
+			t.Errorf("Namespace object rendered: %v, want %v", sawNS, wantNS)
+		}
+		binding := find(t, objs, "ClusterRoleBinding", "flannel")
+		if !strings.Contains(string(binding.raw), "namespace: "+want) {
+			t.Errorf("ClusterRoleBinding does not bind the ServiceAccount in namespace %s:\n%s", want, binding.raw)
+		}
 	}
-	checkClusterRole(t, objs)
+	checkNamespaces(renderChartArgs(t, bin, chartDir, "-n", "net"), "net", false)
+	checkNamespaces(renderChartArgs(t, bin, chartDir, "-n", "kube-system", "--set", "namespace.create=true", "--set", "namespace.name=net"), "net", true)
+
+	_, err := helm(t, bin, "template", "flannel", chartDir, "-n", "kube-flannel", "--set", "namespace.create=true")
+	if err == nil || !strings.Contains(err.Error(), "install the release into another namespace") {
+		t.Errorf("namespace.create=true with the release in kube-flannel itself: want a refusal that says what to do, got %v", err)
+	}
 }

@@ -14,6 +14,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/flannelgo/flannel/internal/cniplugin"
 	"github.com/flannelgo/flannel/internal/config"
@@ -21,8 +22,8 @@ import (
 )
 
 // healthzPort is the port flanneld's /healthz, /readyz and /metrics listen
-// on in the manifest (see the header of kube-flannel.yml for the choice).
-const healthzPort = 10244
+// on in the manifest: upstream's manifest runs --healthz-port=8081.
+const healthzPort = 8081
 
 func TestManifestHasExactlyTheFlannelObjects(t *testing.T) {
 	objs := loadManifest(t)
@@ -56,10 +57,55 @@ func TestNamespaceAllowsPrivilegedPods(t *testing.T) {
 type rbacTuple struct{ group, resource, verb string }
 
 func TestClusterRoleIsLeastPrivilege(t *testing.T) {
-	checkClusterRole(t, loadManifest(t))
+	checkClusterRole(t, loadManifest(t), false)
 }
 
-func checkClusterRole(t *testing.T, objs []object) {
+// The manifest keeps --network-policy and the rules it needs commented
+// out; uncommented as its comments say, they turn policy on and grant
+// exactly what it reads. The comment next to the flag names
+// --anti-spoofing, which needs no flag of its own.
+func TestManifestNetworkPolicyLines(t *testing.T) {
+	plain := readFile(t, manifestPath)
+	data, err := WithNetworkPolicy(plain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Count(string(plain), "\n") - strings.Count(string(data), "\n"); got != 0 {
+		t.Fatalf("uncommenting changed the number of lines by %d", got)
+	}
+	changed := 0
+	for i, l := range strings.Split(string(data), "\n") {
+		if l != strings.Split(string(plain), "\n")[i] {
+			changed++
+		}
+	}
+	// Six lines of rules and the flag.
+	if changed != 7 {
+		t.Errorf("%d lines uncommented, want 7 (two ClusterRole rules of three lines, and --network-policy)", changed)
+	}
+	objs, err := decodeStream(data)
+	if err != nil {
+		t.Fatalf("manifest with network policy: %v", err)
+	}
+	checkClusterRole(t, objs, true)
+	var ds appsv1.DaemonSet
+	decodeStrict(t, find(t, objs, "DaemonSet", "kube-flannel-ds"), &ds)
+	want := []string{"--ip-masq", "--kube-subnet-mgr", "--healthz-port=8081", "--network-policy"}
+	if got := ds.Spec.Template.Spec.Containers[0].Args; !slices.Equal(got, want) {
+		t.Errorf("args with network policy %q, want %q", got, want)
+	}
+	var ds0 appsv1.DaemonSet
+	decodeStrict(t, find(t, loadManifest(t), "DaemonSet", "kube-flannel-ds"), &ds0)
+	if got := ds0.Spec.Template.Spec.Containers[0].Args; slices.Contains(got, "--network-policy") {
+		t.Errorf("network policy is on in the plain manifest: %q", got)
+	}
+	i := strings.Index(string(plain), "#- --network-policy")
+	if i < 0 || !strings.Contains(string(plain[max(0, i-600):i]), "--anti-spoofing") {
+		t.Errorf("the comment next to the commented --network-policy line does not mention --anti-spoofing")
+	}
+}
+
+func checkClusterRole(t *testing.T, objs []object, netpol bool) {
 	t.Helper()
 	var role rbacv1.ClusterRole
 	decodeStrict(t, find(t, objs, "ClusterRole", "flannel"), &role)
@@ -89,13 +135,15 @@ func checkClusterRole(t *testing.T, objs []object) {
 		{"", "nodes", "list"}:         true,
 		{"", "nodes", "watch"}:        true,
 		{"", "nodes/status", "patch"}: true,
-		// --network-policy: read only.
-		{"", "pods", "list"}:                              true,
-		{"", "pods", "watch"}:                             true,
-		{"", "namespaces", "list"}:                        true,
-		{"", "namespaces", "watch"}:                       true,
-		{"networking.k8s.io", "networkpolicies", "list"}:  true,
-		{"networking.k8s.io", "networkpolicies", "watch"}: true,
+	}
+	if netpol { // --network-policy reads, and only then
+		for _, p := range []rbacTuple{
+			{"", "pods", "list"}, {"", "pods", "watch"},
+			{"", "namespaces", "list"}, {"", "namespaces", "watch"},
+			{"networking.k8s.io", "networkpolicies", "list"}, {"networking.k8s.io", "networkpolicies", "watch"},
+		} {
+			want[p] = true
+		}
 	}
 	if diff := cmp.Diff(want, got, cmp.AllowUnexported(rbacTuple{})); diff != "" {
 		t.Errorf("ClusterRole flannel permissions (-want +got):\n%s", diff)
@@ -188,7 +236,16 @@ func checkCNIConf(t *testing.T, data []byte) {
 }
 
 func TestDaemonSetMatchesTheContract(t *testing.T) {
-	checkDaemonSet(t, loadManifest(t), healthzPort)
+	objs := loadManifest(t)
+	checkDaemonSet(t, objs, healthzPort)
+	var ds appsv1.DaemonSet
+	decodeStrict(t, find(t, objs, "DaemonSet", "kube-flannel-ds"), &ds)
+	// As upstream's manifest: every NoSchedule taint, nothing more (the
+	// DaemonSet controller adds the not-ready and unreachable ones).
+	want := []corev1.Toleration{{Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoSchedule}}
+	if diff := cmp.Diff(want, ds.Spec.Template.Spec.Tolerations); diff != "" {
+		t.Errorf("tolerations (-want +got):\n%s", diff)
+	}
 }
 
 func checkDaemonSet(t *testing.T, objs []object, port int) {
@@ -206,32 +263,12 @@ func checkDaemonSet(t *testing.T, objs []object, port int) {
 		t.Errorf("hostNetwork=%v priorityClassName=%q serviceAccountName=%q, want true, system-node-critical, flannel",
 			spec.HostNetwork, spec.PriorityClassName, spec.ServiceAccountName)
 	}
-	checkTolerations(t, spec.Tolerations)
 	volumes := checkVolumes(t, spec.Volumes)
 	checkInitContainers(t, spec.InitContainers, volumes)
 	if len(spec.Containers) != 1 {
 		t.Fatalf("want one container, got %d", len(spec.Containers))
 	}
 	checkFlanneldContainer(t, spec.Containers[0], volumes, port)
-}
-
-func checkTolerations(t *testing.T, tols []corev1.Toleration) {
-	t.Helper()
-	var noSchedule, all bool
-	for _, tol := range tols {
-		if tol.Operator != corev1.TolerationOpExists || tol.Key != "" {
-			continue
-		}
-		switch tol.Effect {
-		case corev1.TaintEffectNoSchedule:
-			noSchedule = true
-		case "":
-			all = true
-		}
-	}
-	if !noSchedule || !all {
-		t.Errorf("tolerations %+v: want operator Exists for effect NoSchedule and for every taint", tols)
-	}
 }
 
 // checkVolumes returns the volumes by name after checking the host paths.
@@ -243,6 +280,7 @@ func checkVolumes(t *testing.T, vols []corev1.Volume) map[string]corev1.Volume {
 	}
 	hostPaths := map[string]string{
 		"run": "/run/flannel", "cni-plugin": "/opt/cni/bin", "cni": "/etc/cni/net.d", "xtables-lock": "/run/xtables.lock",
+		"cni-cache": "/var/lib/cni",
 	}
 	for name, path := range hostPaths {
 		v, ok := byName[name]
@@ -253,11 +291,14 @@ func checkVolumes(t *testing.T, vols []corev1.Volume) map[string]corev1.Volume {
 	if hp := byName["xtables-lock"].HostPath; hp == nil || hp.Type == nil || *hp.Type != corev1.HostPathFileOrCreate {
 		t.Errorf("volume xtables-lock must be hostPath type FileOrCreate (the lock file may not exist yet): %+v", hp)
 	}
+	if hp := byName["cni-cache"].HostPath; hp == nil || hp.Type == nil || *hp.Type != corev1.HostPathDirectoryOrCreate {
+		t.Errorf("volume cni-cache must be hostPath type DirectoryOrCreate (no pod has run on a new node yet): %+v", hp)
+	}
 	if cm := byName["flannel-cfg"].ConfigMap; cm == nil || cm.Name != "kube-flannel-cfg" {
 		t.Errorf("volume flannel-cfg must be ConfigMap kube-flannel-cfg, got %+v", byName["flannel-cfg"])
 	}
 	if len(byName) != len(hostPaths)+1 {
-		t.Errorf("volumes %v: want exactly run, cni-plugin, cni, xtables-lock, flannel-cfg", vols)
+		t.Errorf("volumes %v: want exactly run, cni-plugin, cni, xtables-lock, cni-cache, flannel-cfg", vols)
 	}
 	return byName
 }
@@ -322,10 +363,7 @@ func checkFlanneldContainer(t *testing.T, c corev1.Container, volumes map[string
 			t.Errorf("args %q lack %s", c.Args, a)
 		}
 	}
-	p := c.ReadinessProbe
-	if p == nil || p.HTTPGet == nil || p.HTTPGet.Path != "/readyz" || p.HTTPGet.Port.IntValue() != port {
-		t.Errorf("readinessProbe %+v, want httpGet /readyz on port %d", p, port)
-	}
+	checkProbes(t, c, port)
 	if cpu, mem := c.Resources.Requests[corev1.ResourceCPU], c.Resources.Requests[corev1.ResourceMemory]; cpu.Cmp(resource.MustParse("100m")) != 0 || mem.Cmp(resource.MustParse("50Mi")) != 0 {
 		t.Errorf("resource requests cpu %s memory %s, want 100m and 50Mi", cpu.String(), mem.String())
 	}
@@ -350,10 +388,38 @@ func checkFlanneldContainer(t *testing.T, c corev1.Container, volumes map[string
 		t.Errorf("env EVENT_QUEUE_DEPTH = %q: flanneld does not read it; leave it out", e.Value)
 	}
 	m := mounts(t, c, volumes)
-	for path, vol := range map[string]string{"/run/flannel": "run", "/etc/kube-flannel": "flannel-cfg", "/run/xtables.lock": "xtables-lock"} {
+	for path, vol := range map[string]string{"/run/flannel": "run", "/etc/kube-flannel": "flannel-cfg", "/run/xtables.lock": "xtables-lock", "/var/lib/cni": "cni-cache"} {
 		if m[path] != vol {
 			t.Errorf("flanneld container: %s should be mounted from volume %s (mounts %v)", path, vol, m)
 		}
+	}
+	for _, vm := range c.VolumeMounts {
+		if vm.Name == "cni-cache" && !vm.ReadOnly {
+			t.Errorf("flanneld container: /var/lib/cni must be mounted read-only: flanneld only reads the CNI results")
+		}
+	}
+}
+
+// checkProbes checks the health port and the probes are upstream
+// manifest's: port "healthz", liveness /healthz after 10 s every 30 s,
+// readiness /readyz after 5 s every 10 s, the other settings defaulted.
+func checkProbes(t *testing.T, c corev1.Container, port int) {
+	t.Helper()
+	wantPorts := []corev1.ContainerPort{{Name: "healthz", ContainerPort: int32(port), Protocol: corev1.ProtocolTCP}}
+	if diff := cmp.Diff(wantPorts, c.Ports); diff != "" {
+		t.Errorf("ports (-want +got):\n%s", diff)
+	}
+	probe := func(path string, delay, period int32) *corev1.Probe {
+		return &corev1.Probe{
+			ProbeHandler:        corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: path, Port: intstr.FromString("healthz")}},
+			InitialDelaySeconds: delay, PeriodSeconds: period,
+		}
+	}
+	if diff := cmp.Diff(probe("/healthz", 10, 30), c.LivenessProbe); diff != "" {
+		t.Errorf("livenessProbe (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(probe("/readyz", 5, 10), c.ReadinessProbe); diff != "" {
+		t.Errorf("readinessProbe (-want +got):\n%s", diff)
 	}
 }
 

@@ -54,7 +54,7 @@ func goTool() string {
 	return "/usr/local/go/bin/go"
 }
 
-// flagName turns "--healthz-port=10244" into "healthz-port".
+// flagName turns "--healthz-port=8081" into "healthz-port".
 func flagName(arg string) string {
 	name, _, _ := strings.Cut(strings.TrimLeft(arg, "-"), "=")
 	return name
@@ -62,12 +62,27 @@ func flagName(arg string) string {
 
 func TestEveryFlagInTheKitExistsInFlanneld(t *testing.T) {
 	flags := flanneldFlags(t)
-	var ds appsv1.DaemonSet
-	decodeStrict(t, find(t, loadManifest(t), "DaemonSet", "kube-flannel-ds"), &ds)
 	var args []string
-	for _, c := range ds.Spec.Template.Spec.Containers {
-		args = append(args, c.Args...)
+	addArgs := func(objs []object) {
+		var ds appsv1.DaemonSet
+		decodeStrict(t, find(t, objs, "DaemonSet", "kube-flannel-ds"), &ds)
+		for _, c := range ds.Spec.Template.Spec.Containers {
+			args = append(args, c.Args...)
+		}
 	}
+	addArgs(loadManifest(t))
+	// The manifest with its --network-policy lines uncommented, and the
+	// chart with every flag it can add.
+	data, err := WithNetworkPolicy(readFile(t, manifestPath))
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs, err := decodeStream(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addArgs(objs)
+	addArgs(renderChart(t, helmBinary(t), "netpol.enabled=true", "flannel.antiSpoofing=false", "flannel.healthz.port=9099"))
 	args = append(args, unitExecStartArgs(t)...)
 	for _, a := range args {
 		if !strings.HasPrefix(a, "-") {
@@ -79,8 +94,8 @@ func TestEveryFlagInTheKitExistsInFlanneld(t *testing.T) {
 		}
 	}
 	// FLANNELD_* variables documented in the unit file must map to flags.
-	data := readFile(t, "flanneld.service")
-	for _, m := range regexp.MustCompile(`FLANNELD_([A-Z0-9_]+)=`).FindAllStringSubmatch(string(data), -1) {
+	unit := readFile(t, "flanneld.service")
+	for _, m := range regexp.MustCompile(`FLANNELD_([A-Z0-9_]+)=`).FindAllStringSubmatch(string(unit), -1) {
 		name := strings.ToLower(strings.ReplaceAll(m[1], "_", "-"))
 		if !flags[name] {
 			t.Errorf("flanneld.service documents FLANNELD_%s, but flanneld has no --%s", m[1], name)
