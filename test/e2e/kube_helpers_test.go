@@ -30,6 +30,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 
+	"github.com/flannelgo/flannel/deploy"
 	"github.com/flannelgo/flannel/internal/kernelstate"
 	"github.com/flannelgo/flannel/internal/kubetest"
 	"github.com/flannelgo/flannel/internal/subnetenv"
@@ -349,13 +350,33 @@ const manifestPath = "../../deploy/kube-flannel.yml"
 // checks whatever RBAC the manifest grants.
 func readManifest(t *testing.T) *manifest {
 	t.Helper()
-	f, err := os.Open(manifestPath)
+	data, err := os.ReadFile(manifestPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
+	return decodeManifest(t, data)
+}
+
+// readManifestWithNetworkPolicy is readManifest with the lines the
+// manifest keeps commented out for --network-policy (the flag and the
+// ClusterRole rules it needs) uncommented, as an operator turns it on.
+func readManifestWithNetworkPolicy(t *testing.T) *manifest {
+	t.Helper()
+	data, err := os.ReadFile(manifestPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err = deploy.WithNetworkPolicy(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return decodeManifest(t, data)
+}
+
+func decodeManifest(t *testing.T, data []byte) *manifest {
+	t.Helper()
 	var m manifest
-	r := utilyaml.NewYAMLReader(bufio.NewReader(f))
+	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
 	for {
 		doc, err := r.Read()
 		if err == io.EOF {

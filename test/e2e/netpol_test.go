@@ -37,11 +37,12 @@ func npRun(k *kubeCluster, policy bool, kubeconfig ...string) kubeRun {
 
 // newNPCluster is three nodes running flanneld --network-policy against a
 // real kube-apiserver, with the world of pods in it. flanneld has the
-// identity deploy/kube-flannel.yml gives it: its ClusterRole must suffice.
+// identity deploy/kube-flannel.yml gives it with its --network-policy
+// lines uncommented: that ClusterRole must suffice.
 func newNPCluster(t *testing.T) *npCluster {
 	k := newKubeCluster(t, "netpol", 3)
 	ctx := testCtx(t, 3*time.Minute)
-	m := readManifest(t)
+	m := readManifestWithNetworkPolicy(t)
 	kubeconfig := k.flannelKubeconfig(ctx, m)
 	for _, n := range k.Nodes {
 		k.createNode(ctx, n.Name, podCIDR(n.Index))
