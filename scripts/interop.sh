@@ -18,4 +18,4 @@ if [ -z "${FLANNEL_UPSTREAM_FLANNELD:-}" ]; then
   echo "interop.sh: set FLANNEL_UPSTREAM_FLANNELD to an upstream flanneld binary" >&2
   exit 1
 fi
-exec go test -tags upstream -count=1 -run TestUpstreamInterop "$@" ./test/e2e
+exec go test -tags upstream -count=1 -run 'TestUpstreamInterop|TestUpstreamRollingReplacement|TestUpstreamNFTablesTable' "$@" ./test/e2e
