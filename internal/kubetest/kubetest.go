@@ -62,6 +62,10 @@ type Options struct {
 	Dir string
 	// ServiceCIDR is --service-cluster-ip-range; default DefaultServiceCIDR.
 	ServiceCIDR string
+	// ExtraArgs are appended to kube-apiserver's command line; a flag given
+	// again there overrides the test default (a lab with real nodes turns
+	// the ServiceAccount admission plugin and the endpoint reconciler back on).
+	ExtraArgs []string
 }
 
 // Server is a running etcd + kube-apiserver pair.
@@ -76,6 +80,9 @@ type Server struct {
 	AdminKubeconfig string
 	// APIServerLog and EtcdLog hold the servers' output.
 	APIServerLog, EtcdLog string
+	// SAKeyFile is the private key that signs ServiceAccount tokens (a
+	// controller manager needs it).
+	SAKeyFile string
 
 	opts   Options
 	pki    *pki
@@ -198,7 +205,7 @@ func Start(ctx context.Context, opts Options) (s *Server, err error) {
 	if s.pki, err = writePKI(s.Dir, s.servingIPs()); err != nil {
 		return s, err
 	}
-	s.CAFile = s.pki.CAFile
+	s.CAFile, s.SAKeyFile = s.pki.CAFile, s.pki.SAPrivate
 	s.AdminKubeconfig = filepath.Join(s.Dir, "admin.kubeconfig")
 	if err := writeCertKubeconfig(s.AdminKubeconfig, s.URL, s.pki); err != nil {
 		return s, err
@@ -284,6 +291,7 @@ func (s *Server) startAPIServer(ctx context.Context, etcdURL string) error {
 		"--profiling=false",
 		"--cert-dir=" + filepath.Join(s.Dir, "certs"),
 	}
+	argv = append(argv, s.opts.ExtraArgs...)
 	p, err := testbed.StartProc(ctx, testbed.ProcOptions{
 		NS: s.opts.NetNS, LogFile: s.APIServerLog, Role: "kube-apiserver", Argv: argv, DieWithParent: true,
 	})

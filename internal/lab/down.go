@@ -80,6 +80,9 @@ func leftovers(name, dir string) []string {
 			out = append(out, fmt.Sprintf("%d namespace(s) fl-%s-*", n, name))
 		}
 	}
+	if cgroupLeft(name) {
+		out = append(out, "cgroup /"+labCgroup(name))
+	}
 	if _, err := os.Stat(dir); err == nil {
 		out = append(out, "state "+dir)
 	}

@@ -79,6 +79,15 @@ func prepare(ctx context.Context, spec *Spec, o UpOptions, say func(string, ...a
 	if err := os.MkdirAll(spec.StateDir, 0o755); err != nil {
 		return nil, nil, fmt.Errorf("create state dir: %w", err)
 	}
+	if spec.Kube != nil {
+		if err := prepareKube(spec, say); err != nil {
+			return nil, nil, err
+		}
+		if err := writeJSON(specPath(spec.StateDir), spec); err != nil {
+			return nil, nil, fmt.Errorf("write lab spec: %w", err)
+		}
+		return startLabProcess(*spec, o)
+	}
 	bins, err := FindBinaries(ctx, o.BinDir, spec.CNIBinDir, spec.StateDir, say)
 	if err != nil {
 		return nil, nil, err
