@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 	"k8s.io/client-go/tools/clientcmd"
@@ -221,6 +222,9 @@ func (kl *kubeLab) startNode(ctx context.Context, n *kubeNode) error {
 			return err
 		}
 	}
+	if err := kl.defaultRoute(n); err != nil {
+		return err
+	}
 	if err := n.startHolder(ctx, kl.hs); err != nil {
 		return err
 	}
@@ -318,4 +322,22 @@ func rssBytes(pid int) uint64 {
 		return 0
 	}
 	return uint64(st.ResidentMemory())
+}
+
+// defaultRoute gives the node a default route via the hub, as a real node
+// has one: flanneld, started by the manifest without --iface, picks the
+// interface of the default route. The hub forwards nothing (ip_forward is
+// off there) and has no way out, so the lab stays closed.
+func (kl *kubeLab) defaultRoute(n *kubeNode) error {
+	return testbed.WithHandle(n.NS, func(nh *netlink.Handle) error {
+		link, err := nh.LinkByName(n.Iface)
+		if err != nil {
+			return fmt.Errorf("node %s: %s: %w", n.Name, n.Iface, err)
+		}
+		rt := &netlink.Route{LinkIndex: link.Attrs().Index, Gw: kl.tb.Hub.Addr.AsSlice()}
+		if err := nh.RouteReplace(rt); err != nil {
+			return fmt.Errorf("node %s: ip route replace default via %s dev %s: %w", n.Name, kl.tb.Hub.Addr, n.Iface, err)
+		}
+		return nil
+	})
 }
