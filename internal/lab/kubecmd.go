@@ -4,8 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
+	"strings"
+	"text/tabwriter"
+	"time"
 )
 
 // Kubeconfig returns the admin kubeconfig of the Kubernetes lab in dir.
@@ -46,4 +50,42 @@ func Kubectl(ctx context.Context, dir string, args []string) (int, error) {
 		return 0, fmt.Errorf("run %s: %w", cmd.Path, err)
 	}
 	return 0, nil
+}
+
+// describeKube prints a Kubernetes lab's nodes as the machine sees them
+// (namespace, address, processes and memory of the node's cgroup), then
+// as the cluster sees them (kubectl get nodes, the pods). It reports
+// whether every node runs something and the API server answers.
+func describeKube(ctx context.Context, out io.Writer, spec *Spec, tb *recorded) (bool, error) {
+	hs, err := cgroupHierarchies()
+	if err != nil {
+		return false, err
+	}
+	healthy := true
+	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(w, "NODE\tNAMESPACE\tUNDERLAY IP\tCGROUP\tPROCESSES\tMEMORY")
+	for _, n := range tb.Nodes {
+		rel := nodeCgroup(spec.Name, n.Name)
+		procs := len(cgroupPids(hs, rel))
+		if procs == 0 {
+			healthy = false
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t/%s\t%d\t%d MiB\n", n.Name, n.NS, n.Addr, rel, procs, cgroupMemory(hs, rel)>>20)
+	}
+	if err := w.Flush(); err != nil {
+		return false, err
+	}
+	for _, args := range [][]string{{"get", "nodes", "-o", "wide"}, {"get", "pods", "-A", "-o", "wide"}} {
+		fmt.Fprintf(out, "\n$ kubectl %s\n", strings.Join(args, " "))
+		kctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		res, err := exec.CommandContext(kctx, spec.Kube.bin("kubectl"),
+			append([]string{"--kubeconfig", KubeconfigPath(spec.StateDir), "--request-timeout=10s"}, args...)...).CombinedOutput()
+		cancel()
+		_, _ = out.Write(res)
+		if err != nil {
+			fmt.Fprintf(out, "kubectl: %v\n", err)
+			healthy = false
+		}
+	}
+	return healthy, nil
 }

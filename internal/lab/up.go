@@ -69,6 +69,11 @@ func Up(ctx context.Context, spec Spec, o UpOptions) error {
 	if err := Describe(ctx, o.Out, spec.StateDir); err != nil {
 		return err
 	}
+	if spec.Kube != nil {
+		fmt.Fprintf(o.Out, "\nnext: flannelctl lab kubectl --name %s -- get pods -A | export KUBECONFIG=$(flannelctl lab kubeconfig --name %s) | flannelctl lab down --name %s\n",
+			spec.Name, spec.Name, spec.Name)
+		return nil
+	}
 	fmt.Fprintf(o.Out, "\nnext: flannelctl lab check --name %s | flannelctl lab exec --name %s POD -- CMD | flannelctl lab down --name %s\n",
 		spec.Name, spec.Name, spec.Name)
 	return nil
