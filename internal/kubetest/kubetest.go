@@ -62,9 +62,12 @@ type Options struct {
 	Dir string
 	// ServiceCIDR is --service-cluster-ip-range; default DefaultServiceCIDR.
 	ServiceCIDR string
-	// ExtraArgs are appended to kube-apiserver's command line; a flag given
-	// again there overrides the test default (a lab with real nodes turns
-	// the ServiceAccount admission plugin and the endpoint reconciler back on).
+	// ForNodes makes a server for real kubelets and pods (`flannelctl lab
+	// up --kubernetes`): the admission plugins (ServiceAccount tokens,
+	// priority classes) and the endpoint reconciler of the "kubernetes"
+	// Service stay on, as in a real cluster.
+	ForNodes bool
+	// ExtraArgs are appended to kube-apiserver's command line.
 	ExtraArgs []string
 }
 
@@ -279,17 +282,20 @@ func (s *Server) startAPIServer(ctx context.Context, etcdURL string) error {
 		"--service-account-signing-key-file=" + s.pki.SAPrivate,
 		"--service-cluster-ip-range=" + s.opts.ServiceCIDR,
 		"--authorization-mode=RBAC",
-		// Tests create bare pods and nodes: no controller manager creates
-		// default ServiceAccounts, nothing enforces quotas or webhooks.
-		"--disable-admission-plugins=ServiceAccount,LimitRanger,ResourceQuota,MutatingAdmissionWebhook," +
-			"ValidatingAdmissionWebhook,PodSecurity,TaintNodesByCondition,DefaultStorageClass",
-		// The "kubernetes" Service endpoints would point at a loopback or
-		// test address that no pod could use anyway.
-		"--endpoint-reconciler-type=none",
 		// Fewer moving parts on a 2-core machine.
 		"--enable-priority-and-fairness=false",
 		"--profiling=false",
 		"--cert-dir=" + filepath.Join(s.Dir, "certs"),
+	}
+	if !s.opts.ForNodes {
+		argv = append(argv,
+			// Tests create bare pods and nodes: no controller manager creates
+			// default ServiceAccounts, nothing enforces quotas or webhooks.
+			"--disable-admission-plugins=ServiceAccount,LimitRanger,ResourceQuota,MutatingAdmissionWebhook,"+
+				"ValidatingAdmissionWebhook,PodSecurity,TaintNodesByCondition,DefaultStorageClass",
+			// The "kubernetes" Service endpoints would point at a loopback or
+			// test address that no pod could use anyway.
+			"--endpoint-reconciler-type=none")
 	}
 	argv = append(argv, s.opts.ExtraArgs...)
 	p, err := testbed.StartProc(ctx, testbed.ProcOptions{

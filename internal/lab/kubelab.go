@@ -76,14 +76,9 @@ func (kl *kubeLab) startControlPlane(ctx context.Context) error {
 	api, err := kubetest.Start(ctx, kubetest.Options{
 		Binary: kl.k.bin("kube-apiserver"), NetNS: hub.NS, Address: hub.Addr, Port: 6443,
 		Dir: filepath.Join(kubeDir(kl.spec.StateDir), "apiserver"), ServiceCIDR: kubeServiceCIDR,
-		ExtraArgs: []string{
-			// The tests' server leaves these off; pods need a
-			// ServiceAccount token, the "kubernetes" Service its endpoint
-			// (the hub), and flannel a privileged container.
-			"--disable-admission-plugins=",
-			"--endpoint-reconciler-type=lease",
-			"--allow-privileged=true",
-		},
+		// Pods need ServiceAccount tokens and the "kubernetes" Service an
+		// endpoint (the hub); flannel's DaemonSet may be privileged.
+		ForNodes: true, ExtraArgs: []string{"--allow-privileged=true"},
 	})
 	if err != nil {
 		return fmt.Errorf("control plane: %w", err)
