@@ -19,12 +19,14 @@ const (
 // them and is moved into the node's directory (the default,
 // /opt/containerd, would be shared by every node and left on the host).
 //
+// The runc runtime is containerd's default (runc from PATH: Debian's).
+//
 // restrict_oom_score_adj: this machine's sandbox lacks CAP_SYS_RESOURCE
 // even in the bounding set, so no process may lower an OOM score; kubelet
 // asks -998 for a pod sandbox and -997 for critical pods (the flannel
 // DaemonSet), and runc then fails every such pod with "can't get final
 // child's PID from pipe". The setting caps them at containerd's own.
-func containerdConfig(n *kubeNode, k *KubeSpec) string {
+func containerdConfig(n *kubeNode) string {
 	return fmt.Sprintf(`version = 3
 root = "/var/lib/containerd"
 state = "/run/containerd"
@@ -41,19 +43,12 @@ state = "/run/containerd"
       sandbox = %q
   [plugins."io.containerd.cri.v1.runtime"]
     restrict_oom_score_adj = true
-    [plugins."io.containerd.cri.v1.runtime".containerd]
-      default_runtime_name = "runc"
-      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
-        runtime_type = "io.containerd.runc.v2"
-        [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
-          BinaryName = %q
-          SystemdCgroup = false
     [plugins."io.containerd.cri.v1.runtime".cni]
       bin_dirs = ["/opt/cni/bin"]
       conf_dir = "/etc/cni/net.d"
   [plugins."io.containerd.grpc.v1.cri"]
     stream_server_address = "127.0.0.1"
-`, filepath.Join(n.dir, "containerd-opt"), pauseImage, k.Runc)
+`, filepath.Join(n.dir, "containerd-opt"), pauseImage)
 }
 
 // kubeletConfig is the node's KubeletConfiguration.

@@ -207,7 +207,7 @@ func (kl *kubeLab) startNode(ctx context.Context, n *kubeNode) error {
 		}
 	}
 	files := map[string]string{
-		"containerd.toml": containerdConfig(n, kl.k),
+		"containerd.toml": containerdConfig(n),
 		"kubelet.yaml":    kubeletConfig(n),
 		"kube-proxy.yaml": kubeProxyConfig(n, kl.api.AdminKubeconfig),
 		"resolv.conf":     nodeResolvConf,
@@ -243,7 +243,8 @@ func (kl *kubeLab) startNode(ctx context.Context, n *kubeNode) error {
 // startContainerd starts the node's containerd, with its shim next to it
 // on PATH, and waits for its socket.
 func (kl *kubeLab) startContainerd(ctx context.Context, n *kubeNode) error {
-	env := []string{"PATH=" + kl.k.ContainerdDir + ":" + os.Getenv("PATH")}
+	// The shim is found next to containerd, runc (Debian's) on PATH.
+	env := []string{"PATH=" + kl.k.ContainerdDir + ":" + filepath.Dir(kl.k.Runc) + ":" + os.Getenv("PATH")}
 	p, err := n.start(ctx, kl.hs, "containerd", env, filepath.Join(kl.k.ContainerdDir, "containerd"),
 		"--config="+filepath.Join(n.dir, "containerd.toml"))
 	if err != nil {
