@@ -162,6 +162,9 @@ func DoctorArgv(dir, node, self string, extra []string) ([]string, error) {
 		return nil, err
 	}
 	for _, n := range tb.Nodes {
+		if (n.Name == node || n.NS == node) && spec.Kube != nil {
+			return append(kubeDoctorArgv(dir, n.Name, self), extra...), nil
+		}
 		if n.Name == node || n.NS == node {
 			argv := []string{self, "doctor", "--etcd-endpoints=" + tb.EtcdEndpoint(), "--subnet-file=" + n.SubnetFile,
 				fmt.Sprintf("--healthz=127.0.0.1:%d", healthzPort)}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -88,4 +89,15 @@ func describeKube(ctx context.Context, out io.Writer, spec *Spec, tb *recorded) 
 		}
 	}
 	return healthy, nil
+}
+
+// kubeDoctorArgv runs `flannelctl doctor` on a Kubernetes node as the
+// DaemonSet's flanneld runs: kube subnet manager, the node's own
+// subnet.env (the DaemonSet's hostPath /run/flannel), its health port.
+func kubeDoctorArgv(dir, node, self string) []string {
+	n := &kubeNode{dir: filepath.Join(kubeDir(dir), node)}
+	return []string{self, "doctor", "--kube-subnet-mgr",
+		"--kubeconfig-file=" + filepath.Join(kubeDir(dir), "apiserver", "admin.kubeconfig"),
+		"--node-name=" + node, "--subnet-file=" + n.root("/run/flannel/subnet.env"),
+		fmt.Sprintf("--healthz=127.0.0.1:%d", healthzPort)}
 }
