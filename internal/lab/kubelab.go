@@ -93,8 +93,11 @@ func (kl *kubeLab) startControlPlane(ctx context.Context) error {
 
 func (kl *kubeLab) startControllers(ctx context.Context) error {
 	dir := kubeDir(kl.spec.StateDir)
+	// Both authenticate their own callers (health, metrics) through the API
+	// server, as the admin.
+	auth := []string{"--kubeconfig=" + kl.api.AdminKubeconfig,
+		"--authentication-kubeconfig=" + kl.api.AdminKubeconfig, "--authorization-kubeconfig=" + kl.api.AdminKubeconfig}
 	cm := []string{kl.k.bin("kube-controller-manager"),
-		"--kubeconfig=" + kl.api.AdminKubeconfig,
 		"--allocate-node-cidrs=true", "--cluster-cidr=" + kubeClusterCIDR, "--node-cidr-mask-size=24",
 		"--service-cluster-ip-range=" + kubeServiceCIDR,
 		"--service-account-private-key-file=" + kl.api.SAKeyFile, "--root-ca-file=" + kl.api.CAFile,
@@ -102,10 +105,11 @@ func (kl *kubeLab) startControllers(ctx context.Context) error {
 		"--flex-volume-plugin-dir=" + filepath.Join(dir, "flex"),
 		"--bind-address=127.0.0.1", "--profiling=false",
 	}
-	sched := []string{kl.k.bin("kube-scheduler"),
-		"--kubeconfig=" + kl.api.AdminKubeconfig, "--leader-elect=false",
+	sched := []string{kl.k.bin("kube-scheduler"), "--leader-elect=false",
 		"--bind-address=127.0.0.1", "--profiling=false",
 	}
+	cm = append(cm, auth...)
+	sched = append(sched, auth...)
 	for _, argv := range [][]string{cm, sched} {
 		role := filepath.Base(argv[0])
 		p, err := testbed.StartProc(ctx, testbed.ProcOptions{
