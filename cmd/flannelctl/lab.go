@@ -123,6 +123,7 @@ func upFlags(fs *flag.FlagSet, c *labCtx) {
 	fs.DurationVar(&c.spec.Timeout, "timeout", 0, "give up when the lab is not up within this time (default 5m)")
 	fs.BoolVar(&c.kube, "kubernetes", false, "make the nodes Kubernetes nodes (control plane in the hub; containerd, kubelet, kube-proxy in each node) and install flannel with kubectl apply of the manifest")
 	fs.StringVar(&c.kubeSpec.FlannelImage, "image-tar", "", "--kubernetes: the flannel image archive to import into every node (default bin/flannel-image.tar of the source tree, from scripts/image.sh)")
+	fs.StringVar(&c.kubeSpec.ContainerdDir, "containerd-dir", "", "--kubernetes: directory with containerd, ctr and containerd-shim-runc-v2, 1.x or 2.x (default "+lab.DefaultContainerdDir+", from scripts/build-containerd.sh)")
 	fs.StringVar(&c.kubeSpec.Manifest, "manifest", "", "--kubernetes: the manifest to apply (default deploy/kube-flannel.yml of the source tree)")
 }
 

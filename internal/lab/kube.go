@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 
@@ -26,6 +27,9 @@ type KubeSpec struct {
 	FlannelImage  string // the flannel image archive (scripts/image.sh)
 	Manifest      string // deploy/kube-flannel.yml
 	Runc          string // runc binary
+	// ContainerdMajor is containerd's major version (1 or 2), which
+	// decides the configuration's format.
+	ContainerdMajor int
 }
 
 // Defaults of `lab up --kubernetes`; scripts/setup.sh builds them there.
@@ -98,10 +102,10 @@ func (k *KubeSpec) check() error {
 			missing = append(missing, p)
 		}
 	}
-	for _, img := range kubeImages() {
-		if p := filepath.Join(k.ImageDir, img); !exists(p) {
-			missing = append(missing, p)
-		}
+	// Only the pause image is needed to come up; agnhost and CoreDNS are
+	// for tests, imported when there.
+	if p := filepath.Join(k.ImageDir, kubeImages()[0]); !exists(p) {
+		missing = append(missing, p)
 	}
 	if !isExec(k.Runc) {
 		missing = append(missing, k.Runc+" (apt-get install runc)")
@@ -109,6 +113,11 @@ func (k *KubeSpec) check() error {
 	if len(missing) > 0 {
 		return fmt.Errorf("the Kubernetes lab needs %s: %s", strings.Join(missing, ", "), setupHint)
 	}
+	major, err := containerdMajor(filepath.Join(k.ContainerdDir, "containerd"))
+	if err != nil {
+		return err
+	}
+	k.ContainerdMajor = major
 	if k.FlannelImage == "" || !exists(k.FlannelImage) {
 		return fmt.Errorf("no flannel image archive at %q: build it with scripts/image.sh (writes bin/flannel-image.tar), or give one with --image-tar", k.FlannelImage)
 	}
@@ -200,4 +209,25 @@ func prepareKube(spec *Spec, say func(string, ...any)) error {
 	say("Kubernetes %s from %s, containerd from %s, images from %s", spec.Kube.Version, spec.Kube.KubeBinDir, spec.Kube.ContainerdDir, spec.Kube.ImageDir)
 	say("flannel: %s applied with image %s", spec.Kube.Manifest, spec.Kube.FlannelImage)
 	return nil
+}
+
+// containerdMajor asks containerd for its version: "containerd
+// github.com/containerd/containerd/v2 v2.2.9 <commit>" (or "1.6.20~ds1").
+func containerdMajor(bin string) (int, error) {
+	out, err := exec.Command(bin, "--version").Output()
+	if err != nil {
+		return 0, fmt.Errorf("%s --version: %w", bin, err)
+	}
+	f := strings.Fields(string(out))
+	if len(f) < 3 {
+		return 0, fmt.Errorf("%s --version said %q: cannot tell its version", bin, out)
+	}
+	switch v := strings.TrimPrefix(f[2], "v"); {
+	case strings.HasPrefix(v, "1."):
+		return 1, nil
+	case strings.HasPrefix(v, "2."):
+		return 2, nil
+	default:
+		return 0, fmt.Errorf("containerd %s (%s): the lab knows the configuration of 1.x and 2.x only", f[2], bin)
+	}
 }

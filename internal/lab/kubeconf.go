@@ -26,7 +26,10 @@ const (
 // asks -998 for a pod sandbox and -997 for critical pods (the flannel
 // DaemonSet), and runc then fails every such pod with "can't get final
 // child's PID from pipe". The setting caps them at containerd's own.
-func containerdConfig(n *kubeNode) string {
+func containerdConfig(n *kubeNode, major int) string {
+	if major == 1 {
+		return containerd1Config(n)
+	}
 	return fmt.Sprintf(`version = 3
 root = "/var/lib/containerd"
 state = "/run/containerd"
@@ -48,6 +51,32 @@ state = "/run/containerd"
       conf_dir = "/etc/cni/net.d"
   [plugins."io.containerd.grpc.v1.cri"]
     stream_server_address = "127.0.0.1"
+`, filepath.Join(n.dir, "containerd-opt"), pauseImage)
+}
+
+// containerd1Config is the same for containerd 1.6 and 1.7 (version 2 of
+// the configuration; Debian's containerd is 1.6). Kubernetes 1.37 still
+// runs on it through a fallback that 1.38 removes.
+func containerd1Config(n *kubeNode) string {
+	return fmt.Sprintf(`version = 2
+root = "/var/lib/containerd"
+state = "/run/containerd"
+
+[grpc]
+  address = "/run/containerd/containerd.sock"
+
+[plugins]
+  [plugins."io.containerd.internal.v1.opt"]
+    path = %q
+  [plugins."io.containerd.grpc.v1.cri"]
+    sandbox_image = %q
+    restrict_oom_score_adj = true
+    stream_server_address = "127.0.0.1"
+    [plugins."io.containerd.grpc.v1.cri".containerd]
+      snapshotter = "overlayfs"
+    [plugins."io.containerd.grpc.v1.cri".cni]
+      bin_dir = "/opt/cni/bin"
+      conf_dir = "/etc/cni/net.d"
 `, filepath.Join(n.dir, "containerd-opt"), pauseImage)
 }
 

@@ -30,7 +30,12 @@ const (
 func (kl *kubeLab) importImages(ctx context.Context) error {
 	archives := []string{kl.k.FlannelImage}
 	for _, img := range kubeImages() {
-		archives = append(archives, filepath.Join(kl.k.ImageDir, img))
+		p := filepath.Join(kl.k.ImageDir, img)
+		if !exists(p) {
+			kl.rep.say("WARNING: no %s (scripts/build-kube-images.sh builds it): pods that use it will not start", p)
+			continue
+		}
+		archives = append(archives, p)
 	}
 	start := time.Now()
 	errs := make(chan error, len(kl.nodes))

@@ -211,7 +211,7 @@ func (kl *kubeLab) startNode(ctx context.Context, n *kubeNode) error {
 		}
 	}
 	files := map[string]string{
-		"containerd.toml": containerdConfig(n),
+		"containerd.toml": containerdConfig(n, kl.k.ContainerdMajor),
 		"kubelet.yaml":    kubeletConfig(n),
 		"kube-proxy.yaml": kubeProxyConfig(n, kl.api.AdminKubeconfig),
 		"resolv.conf":     nodeResolvConf,
