@@ -91,7 +91,13 @@ func (n *kubeNode) prepare(cniBinDir string) error {
 // there they vanish), then the node's own directories and sysctl files.
 func (n *kubeNode) mountScript(hs []cgroupHierarchy) string {
 	var b strings.Builder
-	b.WriteString("set -e\nmount -t sysfs -o nosuid,nodev,noexec sysfs /sys\n")
+	b.WriteString("set -e\n")
+	// The new mount namespace starts as a copy of the host's, with a copy
+	// of every namespace bind mount there (other labs', other tests' in
+	// /run/netns): each would keep its namespace alive after its owner
+	// deleted it, for as long as this node runs. They go first.
+	b.WriteString("grep ' - nsfs ' /proc/self/mountinfo | cut -d' ' -f5 | sort -r | while read -r m; do umount -l \"$m\"; done\n")
+	b.WriteString("mount -t sysfs -o nosuid,nodev,noexec sysfs /sys\n")
 	v2only := len(hs) == 1 && hs[0].Dir == "/sys/fs/cgroup"
 	if !v2only {
 		b.WriteString("mount -t tmpfs -o mode=755,nosuid,nodev,noexec cgroup /sys/fs/cgroup\n")

@@ -48,7 +48,7 @@ func TestKubeNodeNamespaces(t *testing.T) {
 		t.Fatal(err)
 	}
 	script := `ls /sys/class/net | tr '\n' ' '; echo; cat /proc/sys/vm/overcommit_memory; ls /etc/cni/net.d; ls /sys/fs/cgroup | tr '\n' ' '; echo; ` +
-		`setsid sleep 300 & echo started; sleep 300`
+		`echo nsfs $(grep -c ' - nsfs ' /proc/self/mountinfo); setsid sleep 300 & echo started; sleep 300`
 	p, err := n.start(ctx, hs, "probe", nil, "sh", "-c", script)
 	if err != nil {
 		t.Fatal(err)
@@ -61,10 +61,15 @@ func TestKubeNodeNamespaces(t *testing.T) {
 	if len(lines) < 4 || !strings.Contains(lines[0], "eth0") || lines[1] != "1" || lines[2] != "marker" || !strings.Contains(lines[3], "memory") {
 		t.Errorf("inside the node:\n%s", out)
 	}
+	// The host's namespace mounts (the testbed's own, at least) are not
+	// held by the node.
+	if !strings.Contains(string(out), "nsfs 0\n") {
+		t.Errorf("namespace bind mounts copied into the node's mount namespace:\n%s", out)
+	}
 	if got := readTrim(t, "/proc/sys/vm/overcommit_memory"); got != hostOvercommit {
 		t.Errorf("host vm.overcommit_memory %s, was %s", got, hostOvercommit)
 	}
-	if pids := cgroupPids(hs, labCgroup("lbkn")); len(pids) < 4 { // holder, sh, 2 sleeps
+	if pids := cgroupPids(hs, labCgroup("lbkn")); len(pids) < 3 { // holder, probe, its setsid sleep
 		t.Errorf("cgroup holds %v, want the holder, the probe and its sleeps", pids)
 	}
 	if err := killCgroup(labCgroup("lbkn")); err != nil {
