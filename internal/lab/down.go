@@ -111,6 +111,11 @@ func Exec(ctx context.Context, dir, target string, argv []string) (int, error) {
 		return 0, err
 	}
 	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns}, argv...)...)
+	if spec.Kube != nil {
+		if pre := kubeNodeEnter(dir, tb.Testbed, target); pre != nil {
+			cmd = exec.CommandContext(ctx, pre[0], append(pre[1:], argv...)...)
+		}
+	}
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	err = cmd.Run()
 	var ee *exec.ExitError

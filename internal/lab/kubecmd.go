@@ -11,6 +11,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/flannelgo/flannel/internal/testbed"
 )
 
 // Kubeconfig returns the admin kubeconfig of the Kubernetes lab in dir.
@@ -100,4 +102,26 @@ func kubeDoctorArgv(dir, node, self string) []string {
 		"--kubeconfig-file=" + filepath.Join(kubeDir(dir), "apiserver", "admin.kubeconfig"),
 		"--node-name=" + node, "--subnet-file=" + n.root("/run/flannel/subnet.env"),
 		fmt.Sprintf("--healthz=127.0.0.1:%d", healthzPort)}
+}
+
+// kubeNodeEnter is the nsenter prefix that runs a command in a Kubernetes
+// node's network and mount namespaces (where its containerd socket and
+// directories are), or nil when target is no running node.
+func kubeNodeEnter(dir string, tb *testbed.Testbed, target string) []string {
+	for _, nd := range tb.Nodes {
+		if nd.Name != target && nd.NS != target {
+			continue
+		}
+		n := &kubeNode{dir: filepath.Join(kubeDir(dir), nd.Name)}
+		data, err := os.ReadFile(n.holderPidFile())
+		if err != nil {
+			return nil
+		}
+		ns := "/proc/" + strings.TrimSpace(string(data)) + "/ns/"
+		if !exists(ns + "mnt") {
+			return nil
+		}
+		return []string{"nsenter", "--net=" + ns + "net", "--mount=" + ns + "mnt", "--"}
+	}
+	return nil
 }

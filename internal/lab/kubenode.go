@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -56,6 +57,7 @@ func nodeSysctls() map[string]string {
 func (n *kubeNode) root(p string) string { return filepath.Join(n.dir, "root", p) }
 func (n *kubeNode) readyFile() string    { return filepath.Join(n.dir, "mounts.ready") }
 func (n *kubeNode) socket() string       { return n.root("/run/containerd/containerd.sock") }
+func (n *kubeNode) holderPidFile() string { return filepath.Join(n.dir, "holder.pid") }
 
 // prepare creates the node's directories and files, and the mount points
 // on the host that its mount namespace binds over (empty directories).
@@ -138,6 +140,10 @@ func (n *kubeNode) startHolder(ctx context.Context, hs []cgroupHierarchy) error 
 		return err
 	}
 	n.holder = p
+	// `lab exec NODE` enters the node's namespaces through the holder.
+	if err := writeFile(n.holderPidFile(), strconv.Itoa(p.Pid)); err != nil {
+		return err
+	}
 	for !exists(n.readyFile()) {
 		select {
 		case <-p.Done():
