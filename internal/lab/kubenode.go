@@ -54,9 +54,9 @@ func nodeSysctls() map[string]string {
 	}
 }
 
-func (n *kubeNode) root(p string) string { return filepath.Join(n.dir, "root", p) }
-func (n *kubeNode) readyFile() string    { return filepath.Join(n.dir, "mounts.ready") }
-func (n *kubeNode) socket() string       { return n.root("/run/containerd/containerd.sock") }
+func (n *kubeNode) root(p string) string  { return filepath.Join(n.dir, "root", p) }
+func (n *kubeNode) readyFile() string     { return filepath.Join(n.dir, "mounts.ready") }
+func (n *kubeNode) socket() string        { return n.root("/run/containerd/containerd.sock") }
 func (n *kubeNode) holderPidFile() string { return filepath.Join(n.dir, "holder.pid") }
 
 // prepare creates the node's directories and files, and the mount points
