@@ -205,7 +205,6 @@ func prepareKube(spec *Spec, say func(string, ...any)) error {
 	if spec.Segments == 2 {
 		return errors.New("--kubernetes: one segment only for now (nodes get a default route via the hub, which only segment 1 reaches)")
 	}
-	spec.PodsPerNode = 0 // pods are the cluster's business in this mode
 	say("Kubernetes %s from %s, containerd from %s, images from %s", spec.Kube.Version, spec.Kube.KubeBinDir, spec.Kube.ContainerdDir, spec.Kube.ImageDir)
 	say("flannel: %s applied with image %s", spec.Kube.Manifest, spec.Kube.FlannelImage)
 	return nil

@@ -46,6 +46,9 @@ func Up(ctx context.Context, spec Spec, o UpOptions) error {
 	say := func(format string, args ...any) {
 		fmt.Fprintf(o.Out, "lab %s: %s\n", spec.Name, fmt.Sprintf(format, args...))
 	}
+	if spec.Kube != nil {
+		spec.PodsPerNode = 0 // the cluster's pods are its users' business
+	}
 	podMTU := "auto (FLANNEL_MTU)"
 	if spec.PodMTU > 0 {
 		podMTU = strconv.Itoa(spec.PodMTU)
