@@ -20,9 +20,13 @@ func kubeLabPrereqs(t *testing.T) (imageTar, missing string) {
 		imageTar, _ = filepath.Abs("../../bin/flannel-image.tar")
 	}
 	var miss []string
+	containerd := os.Getenv("KUBE_CONTAINERD_DIR")
+	if containerd == "" {
+		containerd = lab.DefaultContainerdDir
+	}
 	for _, p := range []string{
 		filepath.Join(lab.DefaultKubeBinDir, "kubelet-"+lab.DefaultKubeVersion),
-		filepath.Join(lab.DefaultContainerdDir, "containerd"),
+		filepath.Join(containerd, "containerd"),
 		filepath.Join(lab.DefaultImageDir, "pause-3.10.2.tar"),
 		imageTar,
 	} {
@@ -45,7 +49,11 @@ func TestLabKubernetes(t *testing.T) {
 	links := rootLinks(t)
 	kubeRulesBefore := hostKubeRules(t)
 	start := time.Now()
-	out := l.up("--nodes", "3", "--kubernetes", "--image-tar", imageTar)
+	args := []string{"--nodes", "3", "--kubernetes", "--image-tar", imageTar, "--timeout", "10m"}
+	if d := os.Getenv("KUBE_CONTAINERD_DIR"); d != "" {
+		args = append(args, "--containerd-dir", d)
+	}
+	out := l.up(args...)
 	t.Logf("lab up --kubernetes: %s\n%s", time.Since(start).Round(time.Second), out)
 
 	nodes, code := l.run(time.Minute, "kubectl", "--", "get", "nodes", "--no-headers")

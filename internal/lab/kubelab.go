@@ -77,8 +77,10 @@ func (kl *kubeLab) startControlPlane(ctx context.Context) error {
 		Binary: kl.k.bin("kube-apiserver"), NetNS: hub.NS, Address: hub.Addr, Port: 6443,
 		Dir: filepath.Join(kubeDir(kl.spec.StateDir), "apiserver"), ServiceCIDR: kubeServiceCIDR,
 		// Pods need ServiceAccount tokens and the "kubernetes" Service an
-		// endpoint (the hub); flannel's DaemonSet may be privileged.
-		ForNodes: true, ExtraArgs: []string{"--allow-privileged=true"},
+		// endpoint (the hub); flannel's DaemonSet may be privileged. Nodes
+		// have no DNS names: logs and exec reach kubelets by address.
+		ForNodes: true, ExtraArgs: []string{"--allow-privileged=true",
+			"--kubelet-preferred-address-types=InternalIP,Hostname"},
 	})
 	if err != nil {
 		return fmt.Errorf("control plane: %w", err)
