@@ -28,7 +28,9 @@ type labCtx struct {
 	name, stateRoot string
 	spec            lab.Spec
 	podMTU, binDir  string
-	stateDir        string // serve only
+	kube            bool         // up --kubernetes
+	kubeSpec        lab.KubeSpec // its paths
+	stateDir        string       // serve only
 	verbosity       int
 	args            []string
 	stdout, stderr  io.Writer
@@ -41,6 +43,8 @@ func labCommands() []labCmd {
 		{name: "check", help: checkHelp, run: labCheck},
 		{name: "exec", args: " POD|NODE -- CMD [ARGS...]", help: "Runs CMD in the namespace of a pod (n1-p1) or node (n1), with this terminal's\nstdin/stdout/stderr; exits with CMD's exit code.", run: labExec},
 		{name: "doctor", args: " NODE [DOCTOR FLAGS...]", help: "Runs `flannelctl doctor` inside the node's namespace with the lab's etcd, subnet file and\nhealth address; doctor flags (--output json) may follow NODE. Exits with doctor's code.", run: labDoctor},
+		{name: "kubectl", args: " -- KUBECTL ARGS...", help: "Runs kubectl against a Kubernetes lab (lab up --kubernetes) as its admin; exits with kubectl's code.", run: labKubectl},
+		{name: "kubeconfig", help: "Prints the path of a Kubernetes lab's admin kubeconfig, valid on this machine while the lab runs.", run: labKubeconfig},
 		{name: "down", help: "Stops the lab process (which stops flanneld and etcd and deletes the namespaces),\nthen removes whatever is left: also after the lab process crashed.", run: labDown},
 		{name: "serve", help: "The lab process; `flannelctl lab up` starts it. Not for direct use.", run: labServe, flags: serveFlags},
 	}
@@ -117,6 +121,10 @@ func upFlags(fs *flag.FlagSet, c *labCtx) {
 	fs.StringVar(&c.binDir, "bin-dir", "", "directory with flanneld and flannel (default: next to flannelctl, else built with go build from the source tree)")
 	fs.StringVar(&c.spec.CNIBinDir, "cni-bin-dir", "/opt/cni/bin", "directory with the reference CNI plugins bridge, host-local, portmap")
 	fs.DurationVar(&c.spec.Timeout, "timeout", 0, "give up when the lab is not up within this time (default 5m)")
+	fs.BoolVar(&c.kube, "kubernetes", false, "make the nodes Kubernetes nodes (control plane in the hub; containerd, kubelet, kube-proxy in each node) and install flannel with kubectl apply of the manifest")
+	fs.StringVar(&c.kubeSpec.FlannelImage, "image-tar", "", "--kubernetes: the flannel image archive to import into every node (default bin/flannel-image.tar of the source tree, from scripts/image.sh)")
+	fs.StringVar(&c.kubeSpec.ContainerdDir, "containerd-dir", "", "--kubernetes: directory with containerd, ctr and containerd-shim-runc-v2, 1.x or 2.x (default "+lab.DefaultContainerdDir+", from scripts/build-containerd.sh)")
+	fs.StringVar(&c.kubeSpec.Manifest, "manifest", "", "--kubernetes: the manifest to apply (default deploy/kube-flannel.yml of the source tree)")
 }
 
 func serveFlags(fs *flag.FlagSet, c *labCtx) {
@@ -148,6 +156,9 @@ func labUp(ctx context.Context, c *labCtx) int {
 	}
 	c.spec.PodMTU = mtu
 	c.spec.Name = c.name
+	if c.kube {
+		c.spec.Kube = &c.kubeSpec
+	}
 	if c.spec.Name == "" {
 		c.spec.Name = lab.DefaultName
 	}
@@ -264,5 +275,36 @@ func labServe(ctx context.Context, c *labCtx) int {
 		klog.Errorf("%v", err)
 		return 1
 	}
+	return 0
+}
+
+func labKubectl(ctx context.Context, c *labCtx) int {
+	args := c.args
+	if len(args) > 0 && args[0] == "--" {
+		args = args[1:]
+	}
+	dir, err := c.dir()
+	if err != nil {
+		return c.failed(err)
+	}
+	// kubectl handles interrupts itself (watch, exec); the lab tool waits.
+	signal.Ignore(syscall.SIGINT)
+	code, err := lab.Kubectl(context.WithoutCancel(ctx), dir, args)
+	if err != nil {
+		return c.failed(err)
+	}
+	return code
+}
+
+func labKubeconfig(ctx context.Context, c *labCtx) int {
+	dir, err := c.dir()
+	if err != nil {
+		return c.failed(err)
+	}
+	path, err := lab.Kubeconfig(dir)
+	if err != nil {
+		return c.failed(err)
+	}
+	fmt.Fprintln(c.stdout, path)
 	return 0
 }

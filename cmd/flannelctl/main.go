@@ -16,10 +16,13 @@ const usage = `flannelctl: the flannel operator's tool
 usage:
   flannelctl lab up     [--name N] [--nodes 3] [--backend vxlan|host-gw|udp|wireguard] [--pods-per-node 1]
                         [--segments 1|2] [--underlay-mtu 1500] [--pod-mtu auto|N] [--bin-dir DIR]
+                        [--kubernetes [--image-tar FILE] [--manifest FILE]]
   flannelctl lab status [--name N]
   flannelctl lab check  [--name N]
   flannelctl lab exec   [--name N] POD|NODE -- CMD [ARGS...]
   flannelctl lab down   [--name N]
+  flannelctl lab kubectl    [--name N] -- KUBECTL ARGS...   (--kubernetes labs)
+  flannelctl lab kubeconfig [--name N]
   flannelctl policy explain --from NS/POD --to NS/POD[:PORT/PROTO] [--kubeconfig FILE]
   flannelctl lab doctor [--name N] NODE [DOCTOR FLAGS...]
   flannelctl doctor     [--etcd-endpoints ... | --kube-subnet-mgr --kubeconfig-file F]

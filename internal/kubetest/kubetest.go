@@ -62,6 +62,13 @@ type Options struct {
 	Dir string
 	// ServiceCIDR is --service-cluster-ip-range; default DefaultServiceCIDR.
 	ServiceCIDR string
+	// ForNodes makes a server for real kubelets and pods (`flannelctl lab
+	// up --kubernetes`): the admission plugins (ServiceAccount tokens,
+	// priority classes) and the endpoint reconciler of the "kubernetes"
+	// Service stay on, as in a real cluster.
+	ForNodes bool
+	// ExtraArgs are appended to kube-apiserver's command line.
+	ExtraArgs []string
 }
 
 // Server is a running etcd + kube-apiserver pair.
@@ -76,6 +83,9 @@ type Server struct {
 	AdminKubeconfig string
 	// APIServerLog and EtcdLog hold the servers' output.
 	APIServerLog, EtcdLog string
+	// SAKeyFile is the private key that signs ServiceAccount tokens (a
+	// controller manager needs it).
+	SAKeyFile string
 
 	opts   Options
 	pki    *pki
@@ -198,7 +208,7 @@ func Start(ctx context.Context, opts Options) (s *Server, err error) {
 	if s.pki, err = writePKI(s.Dir, s.servingIPs()); err != nil {
 		return s, err
 	}
-	s.CAFile = s.pki.CAFile
+	s.CAFile, s.SAKeyFile = s.pki.CAFile, s.pki.SAPrivate
 	s.AdminKubeconfig = filepath.Join(s.Dir, "admin.kubeconfig")
 	if err := writeCertKubeconfig(s.AdminKubeconfig, s.URL, s.pki); err != nil {
 		return s, err
@@ -272,18 +282,22 @@ func (s *Server) startAPIServer(ctx context.Context, etcdURL string) error {
 		"--service-account-signing-key-file=" + s.pki.SAPrivate,
 		"--service-cluster-ip-range=" + s.opts.ServiceCIDR,
 		"--authorization-mode=RBAC",
-		// Tests create bare pods and nodes: no controller manager creates
-		// default ServiceAccounts, nothing enforces quotas or webhooks.
-		"--disable-admission-plugins=ServiceAccount,LimitRanger,ResourceQuota,MutatingAdmissionWebhook," +
-			"ValidatingAdmissionWebhook,PodSecurity,TaintNodesByCondition,DefaultStorageClass",
-		// The "kubernetes" Service endpoints would point at a loopback or
-		// test address that no pod could use anyway.
-		"--endpoint-reconciler-type=none",
 		// Fewer moving parts on a 2-core machine.
 		"--enable-priority-and-fairness=false",
 		"--profiling=false",
 		"--cert-dir=" + filepath.Join(s.Dir, "certs"),
 	}
+	if !s.opts.ForNodes {
+		argv = append(argv,
+			// Tests create bare pods and nodes: no controller manager creates
+			// default ServiceAccounts, nothing enforces quotas or webhooks.
+			"--disable-admission-plugins=ServiceAccount,LimitRanger,ResourceQuota,MutatingAdmissionWebhook,"+
+				"ValidatingAdmissionWebhook,PodSecurity,TaintNodesByCondition,DefaultStorageClass",
+			// The "kubernetes" Service endpoints would point at a loopback or
+			// test address that no pod could use anyway.
+			"--endpoint-reconciler-type=none")
+	}
+	argv = append(argv, s.opts.ExtraArgs...)
 	p, err := testbed.StartProc(ctx, testbed.ProcOptions{
 		NS: s.opts.NetNS, LogFile: s.APIServerLog, Role: "kube-apiserver", Argv: argv, DieWithParent: true,
 	})

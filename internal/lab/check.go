@@ -61,6 +61,9 @@ func Check(ctx context.Context, out io.Writer, dir string) error {
 	if err != nil {
 		return err
 	}
+	if spec.Kube != nil {
+		return fmt.Errorf("lab %s is a Kubernetes lab: `lab check` does not know its pods yet; use `flannelctl lab kubectl --name %s -- ...`", spec.Name, spec.Name)
+	}
 	tb, err := loadTestbed(spec.Name, dir)
 	if err != nil {
 		return fmt.Errorf("%w; `flannelctl lab down --name %s` removes what is left", err, spec.Name)

@@ -80,6 +80,9 @@ func leftovers(name, dir string) []string {
 			out = append(out, fmt.Sprintf("%d namespace(s) fl-%s-*", n, name))
 		}
 	}
+	if cgroupLeft(name) {
+		out = append(out, "cgroup /"+labCgroup(name))
+	}
 	if _, err := os.Stat(dir); err == nil {
 		out = append(out, "state "+dir)
 	}
@@ -108,6 +111,11 @@ func Exec(ctx context.Context, dir, target string, argv []string) (int, error) {
 		return 0, err
 	}
 	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns}, argv...)...)
+	if spec.Kube != nil {
+		if pre := kubeNodeEnter(dir, tb.Testbed, target); pre != nil {
+			cmd = exec.CommandContext(ctx, pre[0], append(pre[1:], argv...)...)
+		}
+	}
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	err = cmd.Run()
 	var ee *exec.ExitError
@@ -159,6 +167,9 @@ func DoctorArgv(dir, node, self string, extra []string) ([]string, error) {
 		return nil, err
 	}
 	for _, n := range tb.Nodes {
+		if (n.Name == node || n.NS == node) && spec.Kube != nil {
+			return append(kubeDoctorArgv(dir, n.Name, self), extra...), nil
+		}
 		if n.Name == node || n.NS == node {
 			argv := []string{self, "doctor", "--etcd-endpoints=" + tb.EtcdEndpoint(), "--subnet-file=" + n.SubnetFile,
 				fmt.Sprintf("--healthz=127.0.0.1:%d", healthzPort)}

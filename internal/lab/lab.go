@@ -52,6 +52,9 @@ type Spec struct {
 	CNIBinDir    string // holds bridge, host-local, portmap
 	// Timeout bounds the whole of `lab up`.
 	Timeout time.Duration
+	// Kube, when set, makes the nodes Kubernetes nodes (`lab up
+	// --kubernetes`): flannel comes from the manifest, not the lab.
+	Kube *KubeSpec `json:",omitempty"`
 }
 
 var nameRE = regexp.MustCompile(`^[a-z0-9]{1,6}$`)
@@ -131,7 +134,7 @@ func etcdLogPath(dir string) string { return filepath.Join(dir, "etcd", "etcd.lo
 // ownEntries are what the lab adds to the testbed's state dir.
 func ownEntries(dir string) []string {
 	return []string{specPath(dir), procPath(dir), LogPath(dir), binDir(dir),
-		topologyPath(dir), pidDir(dir)}
+		topologyPath(dir), pidDir(dir), kubeDir(dir)}
 }
 
 func writeJSON(path string, v any) error {

@@ -143,7 +143,9 @@ func cleanup(name, dir string) error {
 		wg.Go(func() { _, perr[i] = p.stop(procGrace) })
 	}
 	wg.Wait()
-	errs = append(errs, errors.Join(perr...), testbed.Remove(name, dir))
+	// A Kubernetes lab's pods and shims were never the lab process's
+	// children: its cgroup finds them.
+	errs = append(errs, errors.Join(perr...), killCgroup(labCgroup(name)), testbed.Remove(name, dir))
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("clean up lab %s: %w", name, err)
 	}

@@ -75,6 +75,7 @@ type running struct {
 	tb   *testbed.Testbed
 	etcd *embed.Etcd
 	rep  *reporter
+	kube *kubeLab // Kubernetes mode only
 }
 
 // Serve is the lab process: it builds the lab described in stateDir's
@@ -102,7 +103,9 @@ func Serve(ctx context.Context, stateDir string, progress io.Writer) error {
 	}
 	rep.ready()
 	klog.Infof("lab %s is up; waiting for `flannelctl lab down`", spec.Name)
-	go r.watchFlanneld(ctx)
+	if r.kube == nil {
+		go r.watchFlanneld(ctx)
+	}
 	<-ctx.Done()
 	klog.Infof("lab %s: shutting down", spec.Name)
 	return r.teardown(false)
@@ -124,6 +127,12 @@ func (r *running) up(ctx context.Context) error {
 		segs += " + " + testbed.SegmentPrefix(2, false).String() + " via router " + tb.Router.NS
 	}
 	r.rep.say("underlay: hub %s, %s, MTU %d", tb.Hub.NS, segs, s.UnderlayMTU)
+	if s.Kube != nil {
+		if err := r.addNodes(ctx); err != nil {
+			return err
+		}
+		return r.upKube(ctx)
+	}
 
 	if r.etcd, err = startEtcd(ctx, tb); err != nil {
 		return err
@@ -368,6 +377,9 @@ func (r *running) watchFlanneld(ctx context.Context) {
 // for a post-mortem.
 func (r *running) teardown(keepLogs bool) error {
 	var errs []error
+	if r.kube != nil {
+		errs = append(errs, r.kube.teardown())
+	}
 	if r.tb != nil {
 		var wg sync.WaitGroup
 		for _, n := range r.tb.Nodes {

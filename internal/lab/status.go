@@ -28,6 +28,10 @@ func Describe(ctx context.Context, out io.Writer, dir string) error {
 	if err != nil {
 		return err
 	}
+	if spec.Kube != nil {
+		_, err = describeKube(ctx, out, spec, tb)
+		return err
+	}
 	_, err = describe(out, tb)
 	return err
 }
@@ -109,6 +113,17 @@ func Status(ctx context.Context, out io.Writer, dir string) error {
 	tb, err := loadTestbed(spec.Name, dir)
 	if err != nil {
 		return fmt.Errorf("%w; `flannelctl lab down --name %s` removes what is left", err, spec.Name)
+	}
+	if spec.Kube != nil {
+		fmt.Fprintln(out)
+		ok, err := describeKube(ctx, out, spec, tb)
+		if err != nil {
+			return err
+		}
+		if !healthy || !ok {
+			return ErrDegraded
+		}
+		return nil
 	}
 	if err := etcdHealth(ctx, tb.Testbed); err != nil {
 		fmt.Fprintf(out, "etcd: %s NOT ANSWERING: %v\n", tb.EtcdEndpoint(), err)

@@ -46,6 +46,9 @@ func Up(ctx context.Context, spec Spec, o UpOptions) error {
 	say := func(format string, args ...any) {
 		fmt.Fprintf(o.Out, "lab %s: %s\n", spec.Name, fmt.Sprintf(format, args...))
 	}
+	if spec.Kube != nil {
+		spec.PodsPerNode = 0 // the cluster's pods are its users' business
+	}
 	podMTU := "auto (FLANNEL_MTU)"
 	if spec.PodMTU > 0 {
 		podMTU = strconv.Itoa(spec.PodMTU)
@@ -69,6 +72,11 @@ func Up(ctx context.Context, spec Spec, o UpOptions) error {
 	if err := Describe(ctx, o.Out, spec.StateDir); err != nil {
 		return err
 	}
+	if spec.Kube != nil {
+		fmt.Fprintf(o.Out, "\nnext: flannelctl lab kubectl --name %s -- get pods -A | export KUBECONFIG=$(flannelctl lab kubeconfig --name %s) | flannelctl lab down --name %s\n",
+			spec.Name, spec.Name, spec.Name)
+		return nil
+	}
 	fmt.Fprintf(o.Out, "\nnext: flannelctl lab check --name %s | flannelctl lab exec --name %s POD -- CMD | flannelctl lab down --name %s\n",
 		spec.Name, spec.Name, spec.Name)
 	return nil
@@ -78,6 +86,15 @@ func Up(ctx context.Context, spec Spec, o UpOptions) error {
 func prepare(ctx context.Context, spec *Spec, o UpOptions, say func(string, ...any)) (*exec.Cmd, *os.File, error) {
 	if err := os.MkdirAll(spec.StateDir, 0o755); err != nil {
 		return nil, nil, fmt.Errorf("create state dir: %w", err)
+	}
+	if spec.Kube != nil {
+		if err := prepareKube(spec, say); err != nil {
+			return nil, nil, err
+		}
+		if err := writeJSON(specPath(spec.StateDir), spec); err != nil {
+			return nil, nil, fmt.Errorf("write lab spec: %w", err)
+		}
+		return startLabProcess(*spec, o)
 	}
 	bins, err := FindBinaries(ctx, o.BinDir, spec.CNIBinDir, spec.StateDir, say)
 	if err != nil {

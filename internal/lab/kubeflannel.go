@@ -1,0 +1,245 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/flannelgo/flannel/internal/ctxwait"
+	"github.com/flannelgo/flannel/internal/testbed"
+)
+
+// The DaemonSet deploy/kube-flannel.yml creates.
+const (
+	flannelNamespace = "kube-flannel"
+	flannelDaemonSet = "kube-flannel-ds"
+)
+
+// importImages loads the images into every node's containerd (the CRI's
+// k8s.io namespace): nothing is pulled, no registry is reachable.
+func (kl *kubeLab) importImages(ctx context.Context) error {
+	archives := []string{kl.k.FlannelImage}
+	for _, img := range kubeImages() {
+		p := filepath.Join(kl.k.ImageDir, img)
+		if !exists(p) {
+			kl.rep.say("WARNING: no %s (scripts/build-kube-images.sh builds it): pods that use it will not start", p)
+			continue
+		}
+		archives = append(archives, p)
+	}
+	start := time.Now()
+	errs := make(chan error, len(kl.nodes))
+	for _, n := range kl.nodes {
+		go func() { errs <- kl.importInto(ctx, n, archives) }()
+	}
+	for range kl.nodes {
+		if err := <-errs; err != nil {
+			return err
+		}
+	}
+	kl.rep.say("images imported into every node's containerd: %s (%.1fs)", baseNames(archives), time.Since(start).Seconds())
+	return nil
+}
+
+func (kl *kubeLab) importInto(ctx context.Context, n *kubeNode, archives []string) error {
+	for _, a := range archives {
+		cmd := exec.CommandContext(ctx, filepath.Join(kl.k.ContainerdDir, "ctr"),
+			"--address", n.socket(), "--namespace", "k8s.io", "images", "import", a)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("node %s: ctr images import %s: %w: %s", n.Name, a, err, strings.TrimSpace(string(out)))
+		}
+	}
+	return nil
+}
+
+func baseNames(paths []string) string {
+	var b []string
+	for _, p := range paths {
+		b = append(b, filepath.Base(p))
+	}
+	return strings.Join(b, ", ")
+}
+
+var (
+	imageLine   = regexp.MustCompile(`(?m)^(\s*-?\s*image:\s*)\S+\s*$`)
+	backendType = regexp.MustCompile(`("Type":\s*)"vxlan"`)
+)
+
+// flannelManifest is the manifest as a user would edit it: the image
+// references point at the local image, and the backend is the lab's.
+func flannelManifest(manifest []byte, image, backend string) ([]byte, error) {
+	if !imageLine.Match(manifest) {
+		return nil, fmt.Errorf("the manifest has no image: lines to point at %s", image)
+	}
+	out := imageLine.ReplaceAll(manifest, []byte("${1}"+image))
+	if backend != "" && backend != "vxlan" {
+		if !backendType.Match(out) {
+			return nil, fmt.Errorf(`the manifest's net-conf.json has no "Type": "vxlan" to change to %q`, backend)
+		}
+		out = backendType.ReplaceAll(out, []byte(`${1}"`+backend+`"`))
+	}
+	return out, nil
+}
+
+// installFlannel applies the manifest with kubectl, as a user does.
+func (kl *kubeLab) installFlannel(ctx context.Context) error {
+	ref, err := imageRef(kl.k.FlannelImage)
+	if err != nil {
+		return err
+	}
+	if strings.HasSuffix(ref, ":latest") || !strings.Contains(ref[strings.LastIndex(ref, "/")+1:], ":") {
+		return fmt.Errorf("flannel image %s (in %s) has no tag or :latest, which kubelet always pulls, and nothing can be pulled here: tag it with a version", ref, kl.k.FlannelImage)
+	}
+	raw, err := os.ReadFile(kl.k.Manifest)
+	if err != nil {
+		return fmt.Errorf("read manifest: %w", err)
+	}
+	m, err := flannelManifest(raw, ref, kl.spec.Backend)
+	if err != nil {
+		return fmt.Errorf("%s: %w", kl.k.Manifest, err)
+	}
+	path := filepath.Join(kubeDir(kl.spec.StateDir), "kube-flannel.yml")
+	if err := os.WriteFile(path, m, 0o644); err != nil {
+		return err
+	}
+	out, err := exec.CommandContext(ctx, kl.k.bin("kubectl"), "--kubeconfig", KubeconfigPath(kl.spec.StateDir),
+		"apply", "-f", path).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("kubectl apply -f %s: %w: %s", path, err, strings.TrimSpace(string(out)))
+	}
+	kl.rep.say("kubectl apply -f %s (image %s, backend %s)", kl.k.Manifest, ref, kl.spec.Backend)
+	return nil
+}
+
+// waitReady waits until every node is Ready and the flannel DaemonSet has
+// a ready pod on each, reporting each node as it gets there.
+func (kl *kubeLab) waitReady(ctx context.Context) error {
+	cs, err := kl.api.AdminClient()
+	if err != nil {
+		return err
+	}
+	seen := map[string]bool{}
+	for {
+		st, err := clusterState(ctx, cs)
+		if err == nil {
+			for _, n := range kl.nodes {
+				if msg := st.nodes[n.Name]; msg != "" && !seen[n.Name+msg] {
+					seen[n.Name+msg] = true
+					kl.rep.say("node %s: %s", n.Name, msg)
+				}
+			}
+			if st.readyNodes == len(kl.nodes) && st.dsReady == len(kl.nodes) {
+				kl.rep.say("%d nodes Ready, DaemonSet %s/%s Ready on every node", len(kl.nodes), flannelNamespace, flannelDaemonSet)
+				return nil
+			}
+		}
+		if werr := ctxwait.Sleep(ctx, 500*time.Millisecond); werr != nil {
+			return fmt.Errorf("cluster not ready: %w; %s\n%s", werr, st.describe(err), kl.logTails())
+		}
+	}
+}
+
+// clusterView is what waitReady watches.
+type clusterView struct {
+	nodes      map[string]string // node -> "podCIDR x" or "Ready"
+	readyNodes int
+	dsReady    int
+	dsDesired  int
+	pending    []string // pods not ready, with why
+}
+
+func clusterState(ctx context.Context, cs kubernetes.Interface) (*clusterView, error) {
+	v := &clusterView{nodes: map[string]string{}}
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	nodes, err := cs.CoreV1().Nodes().List(rctx, metav1.ListOptions{})
+	if err != nil {
+		return v, err
+	}
+	for _, n := range nodes.Items {
+		v.nodes[n.Name] = "registered, podCIDR " + n.Spec.PodCIDR
+		if nodeReady(&n) {
+			v.nodes[n.Name] = "Ready, podCIDR " + n.Spec.PodCIDR
+			v.readyNodes++
+		}
+	}
+	ds, err := cs.AppsV1().DaemonSets(flannelNamespace).Get(rctx, flannelDaemonSet, metav1.GetOptions{})
+	if err == nil {
+		v.dsReady, v.dsDesired = int(ds.Status.NumberReady), int(ds.Status.DesiredNumberScheduled)
+	}
+	pods, err := cs.CoreV1().Pods("").List(rctx, metav1.ListOptions{})
+	if err == nil {
+		for _, p := range pods.Items {
+			if why := podTrouble(&p); why != "" {
+				v.pending = append(v.pending, p.Namespace+"/"+p.Name+" on "+p.Spec.NodeName+": "+why)
+			}
+		}
+	}
+	return v, nil
+}
+
+func nodeReady(n *corev1.Node) bool {
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// podTrouble says why a pod is not ready, or "" when it is.
+func podTrouble(p *corev1.Pod) string {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
+			return ""
+		}
+	}
+	var why []string
+	for _, s := range append(p.Status.InitContainerStatuses, p.Status.ContainerStatuses...) {
+		switch {
+		case s.State.Waiting != nil:
+			why = append(why, s.Name+" waiting: "+s.State.Waiting.Reason+" "+s.State.Waiting.Message)
+		case s.State.Terminated != nil && s.State.Terminated.ExitCode != 0:
+			why = append(why, fmt.Sprintf("%s exited %d: %s", s.Name, s.State.Terminated.ExitCode, s.State.Terminated.Message))
+		}
+	}
+	if len(why) == 0 {
+		why = append(why, string(p.Status.Phase))
+	}
+	return strings.Join(why, "; ")
+}
+
+func (v *clusterView) describe(err error) string {
+	if v == nil || err != nil {
+		return fmt.Sprintf("API server: %v", err)
+	}
+	var names []string
+	for n, s := range v.nodes {
+		names = append(names, n+" "+s)
+	}
+	sort.Strings(names)
+	return fmt.Sprintf("nodes: %s; DaemonSet %s/%s: %d of %d ready; pods not ready: %s",
+		strings.Join(names, ", "), flannelNamespace, flannelDaemonSet, v.dsReady, v.dsDesired, strings.Join(v.pending, " | "))
+}
+
+// logTails shows the end of each node's kubelet and containerd logs.
+func (kl *kubeLab) logTails() string {
+	var b strings.Builder
+	for _, n := range kl.nodes {
+		for _, f := range []string{"kubelet.log", "containerd.log"} {
+			p := filepath.Join(n.dir, f)
+			fmt.Fprintf(&b, "--- %s:\n%s\n", p, testbed.LogTail(p))
+		}
+	}
+	return b.String()
+}

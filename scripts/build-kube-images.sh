@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Assembles the container images the Kubernetes lab imports into every
+# node's containerd, since no registry can be reached: the pause image (a
+# tiny static program, scripts/kubeimages/pause), agnhost under the name
+# and tag Kubernetes' own e2e tests use (test/utils/image/manifest.go of
+# the release), and CoreDNS at the version kubeadm of that release deploys.
+# Each is a docker-archive written by scripts/kubeimages (go-containerregistry).
+# agnhost comes from scripts/build-kube.sh; it gets busybox (Debian's
+# busybox-static) for `sh`, as tests exec into it.
+#
+# Usage: scripts/build-kube-images.sh
+# Env:   IMAGE_DIR (default /var/cache/flannel-go/images), KUBE_VERSION,
+#        KUBE_BIN_DIR as scripts/build-kube.sh. Prints the directory;
+#        archives already there are reused.
+set -euo pipefail
+export PATH="$PATH:/usr/local/go/bin"
+here="$(cd "$(dirname "$0")" && pwd)"
+
+version="${KUBE_VERSION:-v1.37.2}"
+kubedir="${KUBE_BIN_DIR:-/var/cache/flannel-go/kube}"
+dir="${IMAGE_DIR:-/var/cache/flannel-go/images}"
+# Of k8s.io/kubernetes v1.37.2: test/utils/image/manifest.go (pause, agnhost)
+# and cmd/kubeadm/app/constants (CoreDNS).
+pause_tag=3.10.2
+agnhost_tag=2.66.1
+coredns_version=v1.14.6
+
+mkdir -p "$dir"
+tool="$dir/.tools"
+mkdir -p "$tool"
+if [ ! -x "$tool/kubeimages" ] || [ ! -x "$tool/pause" ]; then
+  (cd "$here/kubeimages" && CGO_ENABLED=0 go build -trimpath -o "$tool/kubeimages" . &&
+    CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$tool/pause" ./pause)
+fi
+
+if [ ! -f "$dir/pause-$pause_tag.tar" ]; then
+  "$tool/kubeimages" -o "$dir/pause-$pause_tag.tar" -tag "registry.k8s.io/pause:$pause_tag" \
+    -entrypoint /pause -file "/pause=$tool/pause"
+fi
+
+if [ ! -f "$dir/agnhost-$agnhost_tag.tar" ]; then
+  agnhost="$kubedir/agnhost-$version"
+  [ -x "$agnhost" ] || { echo "build-kube-images: $agnhost missing: run scripts/build-kube.sh first" >&2; exit 1; }
+  [ -x /bin/busybox ] || { echo "build-kube-images: /bin/busybox missing: apt-get install busybox-static" >&2; exit 1; }
+  links=()
+  for l in sh ls cat ping wget nslookup ip sleep nc hostname; do links+=(-link "/bin/$l=busybox"); done
+  "$tool/kubeimages" -o "$dir/agnhost-$agnhost_tag.tar" -tag "registry.k8s.io/e2e-test-images/agnhost:$agnhost_tag" \
+    -entrypoint /agnhost -file "/agnhost=$agnhost" -file /bin/busybox=/bin/busybox "${links[@]}"
+fi
+
+if [ ! -f "$dir/coredns-$coredns_version.tar" ]; then
+  if [ ! -x "$tool/coredns-$coredns_version" ]; then
+    echo "build-kube-images: building github.com/coredns/coredns $coredns_version" >&2
+    CGO_ENABLED=0 GOBIN="$tool/gobin" go install -trimpath -ldflags "-s -w" "github.com/coredns/coredns@$coredns_version"
+    mv "$tool/gobin/coredns" "$tool/coredns-$coredns_version"
+  fi
+  "$tool/kubeimages" -o "$dir/coredns-$coredns_version.tar" -tag "registry.k8s.io/coredns/coredns:$coredns_version" \
+    -entrypoint /coredns -file "/coredns=$tool/coredns-$coredns_version"
+fi
+echo "$dir"
