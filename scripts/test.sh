@@ -64,6 +64,11 @@ run() {
   return "$rc"
 }
 
+# The Kubernetes lab's test (cmd/flannelctl) installs flannel from the
+# image, as a user would: build it first (about a minute once cached).
+echo "== flannel image for the Kubernetes lab test (scripts/image.sh)"
+scripts/image.sh >/tmp/flannel-image.log 2>&1 || { echo "scripts/image.sh failed:"; tail -20 /tmp/flannel-image.log; exit 1; }
+export FLANNEL_IMAGE_TAR="$PWD/bin/flannel-image.tar"
 echo "== unit and component tests (-race; log: /tmp/flannel-unit.log)"
 rc=0
 run unit /tmp/flannel-unit.log -race -count=1 -timeout 15m $(go list ./... | grep -v /test/e2e) || rc=$?

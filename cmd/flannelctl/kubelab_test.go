@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/flannelgo/flannel/internal/lab"
+	"github.com/flannelgo/flannel/internal/testbed/tbtest"
 )
 
 // kubeLabPrereqs says what `lab up --kubernetes` lacks on this machine
@@ -43,7 +44,7 @@ func kubeLabPrereqs(t *testing.T) (imageTar, missing string) {
 func TestLabKubernetes(t *testing.T) {
 	imageTar, missing := kubeLabPrereqs(t)
 	if missing != "" {
-		t.Skipf("needs %s: run scripts/setup.sh and scripts/image.sh", missing)
+		tbtest.Unavailable(t, "needs %s: run scripts/setup.sh and scripts/image.sh", missing)
 	}
 	l := needLab(t, "tk8")
 	links := rootLinks(t)

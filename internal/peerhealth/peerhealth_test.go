@@ -427,13 +427,19 @@ func TestUnreachableWarningNamesTargetAndTransport(t *testing.T) {
 			p := New(20*time.Millisecond, fp, m, tc.transport)
 			p.maxRate = 0
 			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
+			done := make(chan struct{})
+			// Run must be gone before the log capture is undone.
+			defer func() { cancel(); <-done }()
 			l := vxlanLease("10.244.10.0/24", "198.51.100.20")
 			l.Attrs.BackendType = tc.backend
 			fp.set(Target(l), true)
-			go p.Run(ctx)
+			go func() { defer close(done); p.Run(ctx) }()
 			p.Update([]lease.Event{{Type: lease.Added, Lease: l}})
-			waitFor(t, 2*time.Second, "the peer is unreachable", func() bool { return testutil.ToFloat64(m.Unreachable) == 1 })
+			// The warning itself is the fact waited on: the gauge is set
+			// before it is written.
+			waitFor(t, 2*time.Second, "the unreachable warning", func() bool {
+				return len(logs.Matching("10.244.10.0-24", "is unreachable")) > 0
+			})
 			got := logs.Matching("10.244.10.0-24", "is unreachable")
 			if len(got) != 1 {
 				t.Fatalf("unreachable logged %d times: %q", len(got), got)
