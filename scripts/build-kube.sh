@@ -9,20 +9,23 @@
 #
 # Usage: scripts/build-kube.sh [KUBE_VERSION]
 # Env:   KUBE_VERSION (default v1.37.2), KUBE_BIN_DIR (default
-#        /var/cache/flannel-go/kube). Binaries are <name>-<version> there;
-#        the ones already present are not rebuilt. Prints the directory.
+#        /var/cache/flannel-go/kube), KUBE_COMPONENTS (default all of
+#        them; scripts/build-kube-apiserver.sh asks for kube-apiserver
+#        alone). Binaries are <name>-<version> there; the ones already
+#        present are not rebuilt. Prints the directory.
 set -euo pipefail
 export PATH="$PATH:/usr/local/go/bin"
 
 version="${1:-${KUBE_VERSION:-v1.37.2}}"
 bindir="${KUBE_BIN_DIR:-/var/cache/flannel-go/kube}"
-cmds=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
+read -r -a cmds <<<"${KUBE_COMPONENTS:-kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl agnhost}"
 
 pkgs=()
 for c in "${cmds[@]}"; do
-  [ -x "$bindir/$c-$version" ] || pkgs+=("k8s.io/kubernetes/cmd/$c")
+  pkg="k8s.io/kubernetes/cmd/$c"
+  [ "$c" = agnhost ] && pkg="k8s.io/kubernetes/test/images/agnhost"
+  [ -x "$bindir/$c-$version" ] || pkgs+=("$pkg")
 done
-[ -x "$bindir/agnhost-$version" ] || pkgs+=("k8s.io/kubernetes/test/images/agnhost")
 if [ ${#pkgs[@]} -eq 0 ]; then
   echo "$bindir"
   exit 0
@@ -45,7 +48,21 @@ if [ -z "$modfile" ] || [ ! -f "$modfile" ]; then
   echo "build-kube: cannot fetch the go.mod of k8s.io/kubernetes@$version from the module proxy" >&2
   exit 1
 fi
+need_go="$(sed -n 's/^go \([0-9.]*\)$/\1/p' "$modfile")"
+have_go="$(go env GOVERSION | sed 's/^go//')"
+if [ "$(printf '%s\n%s\n' "$need_go" "$have_go" | sort -V | head -n1)" != "$need_go" ]; then
+  echo "build-kube: k8s.io/kubernetes@$version needs Go $need_go, this Go is $have_go; pick an older KUBE_VERSION" >&2
+  exit 1
+fi
+# Staging modules, from lines like "k8s.io/api => ./staging/src/k8s.io/api".
 mapfile -t mods < <(sed -n 's#^[[:space:]]*\(k8s\.io/[^ ]*\) => \./staging/src/.*#\1#p' "$modfile")
+if [ ${#mods[@]} -eq 0 ]; then
+  echo "build-kube: found no staging replacements in $modfile" >&2
+  exit 1
+fi
+# A staging module never published at this version cannot be pinned; it
+# matters only if a program built here imports it, and then the build
+# names it.
 {
   echo "require k8s.io/kubernetes $version"
   echo "replace ("
@@ -58,6 +75,7 @@ mapfile -t mods < <(sed -n 's#^[[:space:]]*\(k8s\.io/[^ ]*\) => \./staging/src/.
   done
   echo ")"
 } > replace.txt
+# Appended only now: go list above reads go.mod and must see it whole.
 cat replace.txt >> go.mod
 
 {
