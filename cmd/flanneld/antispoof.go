@@ -20,12 +20,7 @@ func antiSpoofing(ctx context.Context, o *options, m *metrics.Metrics) error {
 			klog.V(2).Infof("no nftables, so no anti-spoofing table to remove: %v", err)
 			return nil
 		}
-		if removed, err := tbl.Remove(ctx); err != nil {
-			return err
-		} else if removed {
-			klog.Infof("anti-spoofing is off: removed nftables table bridge %s left by an earlier run", antispoof.TableName)
-		}
-		return nil
+		return removeLeftover(ctx, "anti-spoofing is off", "bridge "+antispoof.TableName, tbl.Remove)
 	}
 	if err != nil {
 		return err
@@ -48,5 +43,18 @@ func antiSpoofing(ctx context.Context, o *options, m *metrics.Metrics) error {
 			klog.Errorf("anti-spoofing stopped: %v", err)
 		}
 	}()
+	return nil
+}
+
+// removeLeftover deletes a table an earlier run left once its feature is
+// off: nothing may go on filtering pods under rules nobody updates.
+func removeLeftover(ctx context.Context, why, table string, remove func(context.Context) (bool, error)) error {
+	removed, err := remove(ctx)
+	if err != nil {
+		return err
+	}
+	if removed {
+		klog.Infof("%s: removed nftables table %s left by an earlier run", why, table)
+	}
 	return nil
 }

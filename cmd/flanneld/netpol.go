@@ -33,12 +33,7 @@ func networkPolicy(ctx context.Context, o *options, mgr subnet.Manager, m *metri
 			klog.V(2).Infof("no nftables, so no network policy table to remove: %v", err)
 			return nil
 		}
-		if removed, err := tbl.Remove(ctx); err != nil {
-			return err
-		} else if removed {
-			klog.Infof("--network-policy is off: removed nftables table inet %s left by an earlier run", netpol.TableName)
-		}
-		return nil
+		return removeLeftover(ctx, "--network-policy is off", "inet "+netpol.TableName, tbl.Remove)
 	}
 	if err != nil {
 		return err

@@ -225,7 +225,7 @@ func (t *Table) Drops(ctx context.Context) (map[string]uint64, error) {
 // made and is gone now. Read the other way round, a pod pinned in between
 // would look stale and lose its entries.
 func (t *Table) Sync(ctx context.Context, pods []Pod, ports func() (map[string]bool, error)) error {
-	have, err := t.entries(ctx)
+	have, _, err := t.entries(ctx)
 	if err != nil {
 		return err
 	}
@@ -267,8 +267,8 @@ type portEntries struct {
 }
 
 // entries reads the table's elements and counters by port; an empty map
-// when there is no table yet.
-func (t *Table) entries(ctx context.Context) (map[string]*portEntries, error) {
+// and present=false when there is no table yet.
+func (t *Table) entries(ctx context.Context) (have map[string]*portEntries, present bool, err error) {
 	out := map[string]*portEntries{}
 	get := func(port string) *portEntries {
 		if out[port] == nil {
@@ -286,7 +286,7 @@ func (t *Table) entries(ctx context.Context) (map[string]*portEntries, error) {
 			continue
 		}
 		if err != nil {
-			return nil, fmt.Errorf("list %s %s of nftables table bridge %s: %w", l.kind, l.name, TableName, err)
+			return nil, false, fmt.Errorf("list %s %s of nftables table bridge %s: %w", l.kind, l.name, TableName, err)
 		}
 		for _, el := range els {
 			if len(el.Key) > 0 {
@@ -295,28 +295,30 @@ func (t *Table) entries(ctx context.Context) (map[string]*portEntries, error) {
 			}
 		}
 	}
+	// The table always holds the "unknown" counter, so this listing also
+	// tells whether there is a table.
 	cs, err := t.nft.ListCounters(ctx)
-	if err != nil && !knftables.IsNotFound(err) {
-		return nil, fmt.Errorf("list counters of nftables table bridge %s: %w", TableName, err)
+	if knftables.IsNotFound(err) {
+		return out, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("list counters of nftables table bridge %s: %w", TableName, err)
 	}
 	for _, c := range cs {
 		if port, ok := portFromCounter(c.Name); ok {
 			get(port).counter = true
 		}
 	}
-	return out, nil
+	return out, true, nil
 }
 
 // Unpinned lists the policed ports that have no pod's entries: every frame
 // they send is dropped. present is false when there is no table
 // (anti-spoofing is off).
 func (t *Table) Unpinned(ctx context.Context) (ports []string, present bool, err error) {
-	have, err := t.entries(ctx)
-	if err != nil {
-		return nil, false, err
-	}
-	if _, err := t.nft.List(ctx, "chain"); knftables.IsNotFound(err) {
-		return nil, false, nil
+	have, present, err := t.entries(ctx)
+	if err != nil || !present {
+		return nil, present, err
 	}
 	for port, e := range have {
 		inPorts, pinned := false, false
