@@ -156,7 +156,7 @@ func ensureProbes(ctx context.Context, cs kubernetes.Interface) error {
 				ObjectMeta: metav1.ObjectMeta{Labels: labels},
 				Spec: corev1.PodSpec{
 					TerminationGracePeriodSeconds: &grace,
-					Containers: []corev1.Container{{Name: "pause", Image: pauseImage, ImagePullPolicy: corev1.PullIfNotPresent}},
+					Containers:                    []corev1.Container{{Name: "pause", Image: pauseImage, ImagePullPolicy: corev1.PullIfNotPresent}},
 				},
 			},
 		},
