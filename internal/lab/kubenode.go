@@ -97,8 +97,10 @@ func (n *kubeNode) mountScript(hs []cgroupHierarchy) string {
 	// The new mount namespace starts as a copy of the host's, with a copy
 	// of every namespace bind mount there (other labs', other tests' in
 	// /run/netns): each would keep its namespace alive after its owner
-	// deleted it, for as long as this node runs. They go first.
-	b.WriteString("grep ' - nsfs ' /proc/self/mountinfo | cut -d' ' -f5 | sort -r | while read -r m; do umount -l \"$m\"; done\n")
+	// deleted it, for as long as this node runs. They go first. One whose
+	// file its owner removed meanwhile is already going (the kernel
+	// detaches mounts on a deleted file in every namespace): no error.
+	b.WriteString("grep ' - nsfs ' /proc/self/mountinfo | cut -d' ' -f5 | sort -r | while read -r m; do umount -l \"$m\" 2>/dev/null || [ ! -e \"$m\" ]; done\n")
 	b.WriteString("mount -t sysfs -o nosuid,nodev,noexec sysfs /sys\n")
 	v2only := len(hs) == 1 && hs[0].Dir == "/sys/fs/cgroup"
 	if !v2only {

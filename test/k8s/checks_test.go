@@ -211,7 +211,9 @@ var bitsPerSecond = regexp.MustCompile(`"bits_per_second":\s*([0-9.e+]+)`)
 // receiver's bits per second.
 func (l *kubeLab) iperf(t *testing.T, srcTarget, dstTarget string, dst netip.Addr) float64 {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	// `lab exec` starts a process of its own for each try: on a loaded
+	// machine that takes seconds, so the deadlines are generous.
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	server := exec.CommandContext(ctx, flannelctl, "lab", "exec", "--name", l.name, "--state-root", l.root, dstTarget, "--",
 		"iperf3", "-s", "-1", "-p", "5201")
@@ -221,12 +223,12 @@ func (l *kubeLab) iperf(t *testing.T, srcTarget, dstTarget string, dst netip.Add
 	defer func() { _ = server.Process.Kill(); _ = server.Wait() }()
 	var out string
 	var err error
-	for range 50 { // until the server listens
+	for deadline := time.Now().Add(90 * time.Second); ; { // until the server listens
 		out, err = l.exec(30*time.Second, srcTarget, "iperf3", "-c", dst.String(), "-p", "5201", "-t", "3", "-J")
-		if err == nil {
+		if err == nil || time.Now().After(deadline) {
 			break
 		}
-		time.Sleep(200 * time.Millisecond)
+		time.Sleep(300 * time.Millisecond)
 	}
 	if err != nil {
 		t.Errorf("iperf3 %s -> %s: %v", srcTarget, dst, err)
