@@ -24,6 +24,10 @@ const (
 //
 // The runc runtime is containerd's default (runc from PATH: Debian's).
 //
+// NRI is off: its socket, /var/run/nri/nri.sock, is not among the node's
+// own directories, so every node's containerd (and every lab's) would bind
+// the same file on the host, and all but the first fail to start.
+//
 // restrict_oom_score_adj: this machine's sandbox lacks CAP_SYS_RESOURCE
 // even in the bounding set, so no process may lower an OOM score; kubelet
 // asks -998 for a pod sandbox and -997 for critical pods (the flannel
@@ -54,6 +58,8 @@ state = "/run/containerd"
       conf_dir = "/etc/cni/net.d"
   [plugins."io.containerd.grpc.v1.cri"]
     stream_server_address = "127.0.0.1"
+  [plugins."io.containerd.nri.v1.nri"]
+    disable = true
 `, filepath.Join(n.dir, "containerd-opt"), pauseImage)
 }
 

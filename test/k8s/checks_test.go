@@ -143,6 +143,12 @@ type syncWriter struct {
 	b  *strings.Builder
 }
 
+func (w *syncWriter) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.String()
+}
+
 func (w *syncWriter) Write(p []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -217,10 +223,15 @@ func (l *kubeLab) iperf(t *testing.T, srcTarget, dstTarget string, dst netip.Add
 	defer cancel()
 	server := exec.CommandContext(ctx, flannelctl, "lab", "exec", "--name", l.name, "--state-root", l.root, dstTarget, "--",
 		"iperf3", "-s", "-1", "-p", "5201")
+	var sout syncWriter
+	sout.b = &strings.Builder{}
+	server.Stdout, server.Stderr = &sout, &sout
 	if err := server.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer func() { _ = server.Process.Kill(); _ = server.Wait() }()
+	exited := make(chan struct{})
+	go func() { _ = server.Wait(); close(exited) }()
+	defer func() { _ = server.Process.Kill(); <-exited }()
 	var out string
 	var err error
 	for deadline := time.Now().Add(90 * time.Second); ; { // until the server listens
@@ -228,10 +239,15 @@ func (l *kubeLab) iperf(t *testing.T, srcTarget, dstTarget string, dst netip.Add
 		if err == nil || time.Now().After(deadline) {
 			break
 		}
-		time.Sleep(300 * time.Millisecond)
+		select {
+		case <-exited:
+			t.Errorf("iperf3 server in %s exited: %s", dstTarget, sout.String())
+			return 0
+		case <-time.After(300 * time.Millisecond):
+		}
 	}
 	if err != nil {
-		t.Errorf("iperf3 %s -> %s: %v", srcTarget, dst, err)
+		t.Errorf("iperf3 %s -> %s: %v; server: %s", srcTarget, dst, err, sout.String())
 		return 0
 	}
 	m := bitsPerSecond.FindAllStringSubmatch(out, -1)
