@@ -28,6 +28,7 @@ import (
 	"github.com/flannelgo/flannel/internal/daemon"
 	"github.com/flannelgo/flannel/internal/iface"
 	"github.com/flannelgo/flannel/internal/metrics"
+	"github.com/flannelgo/flannel/internal/preflight"
 	"github.com/flannelgo/flannel/internal/subnet"
 	etcdmgr "github.com/flannelgo/flannel/internal/subnet/etcd"
 	kubemgr "github.com/flannelgo/flannel/internal/subnet/kube"
@@ -116,6 +117,7 @@ func serve(ctx context.Context, o *options) error {
 		ForwardRules: o.iptablesForwardRules, Resync: o.resync(), BlackholeRoute: o.ipBlackholeRoute,
 		ReconcileInterval: o.reconcileInterval, SelfHealOff: o.reconcileInterval == 0,
 		PeerProbeInterval: o.peerProbeInterval,
+		Preflight:         preflight.Host{}.Check,
 	}, mgr, backends(), m)
 	return d.Run(ctx)
 }
