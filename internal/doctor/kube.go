@@ -40,7 +40,7 @@ func (k *KubeCheck) check(ctx context.Context, cfg *config.Config) Result {
 	}
 	node, err := k.Client.CoreV1().Nodes().Get(ctx, k.NodeName, metav1.GetOptions{})
 	if err != nil {
-		return problem(name, "cannot read node "+k.NodeName, fixRBAC+"; check --kubeconfig-file", append(denied, err.Error())...)
+		return problem(name, "cannot read node "+k.NodeName, fixRBAC+"; check --kubeconfig", append(denied, err.Error())...)
 	}
 	if len(denied) > 0 {
 		return problem(name, "flanneld's credentials lack permissions it needs", fixRBAC, denied...)
@@ -58,6 +58,9 @@ func (k *KubeCheck) check(ctx context.Context, cfg *config.Config) Result {
 		p, err := netip.ParsePrefix(c)
 		if err != nil {
 			return problem(name, "node "+k.NodeName+" has an unparsable podCIDR "+c, "fix spec.podCIDR", ev...)
+		}
+		if cfg == nil {
+			continue // not compared: no network config (see datastore)
 		}
 		net := cfg.Network
 		if p.Addr().Is6() {
