@@ -84,7 +84,7 @@ func TestSubnetEnvAsTheCNIPluginSeesIt(t *testing.T) {
 	for text, want := range map[string]string{
 		"FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.99.1.1/24\nFLANNEL_MTU=1450\n": "FLANNEL_SUBNET=10.99.1.1/24 is not inside FLANNEL_NETWORK=10.244.0.0/16",
 		"FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\n":                  "FLANNEL_MTU is missing",
-		"FLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\n":                                "FLANNEL_NETWORK is missing",
+		"FLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\n":                               "FLANNEL_NETWORK is missing",
 	} {
 		f := &facts{in: Inputs{Store: namedStore{}, SubnetFile: "subnet.env"}, env: env(t, text), cfgErr: errors.New("down")}
 		r := f.checkSubnetEnv(context.Background())
@@ -93,4 +93,3 @@ func TestSubnetEnvAsTheCNIPluginSeesIt(t *testing.T) {
 		}
 	}
 }
-
