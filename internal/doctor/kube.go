@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 
 	authv1 "k8s.io/api/authorization/v1"
@@ -93,4 +95,30 @@ func (k *KubeCheck) rbac(ctx context.Context) []string {
 		}
 	}
 	return denied
+}
+
+// NetConfFromAPI copies net-conf.json of the ConfigMap ref (NAMESPACE/NAME)
+// to a private temporary file for the subnet manager to read, as the pod
+// reads its mount of it: doctor run on the node itself has no such file.
+// done removes the copy.
+func NetConfFromAPI(ctx context.Context, client kubernetes.Interface, ref string) (path string, done func(), err error) {
+	ns, name, _ := strings.Cut(ref, "/")
+	cm, err := client.CoreV1().ConfigMaps(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return "", nil, fmt.Errorf("failed to read net conf: ConfigMap %s: %w (no --net-config-path file on this node either; give --net-conf-configmap NAMESPACE/NAME)", ref, err)
+	}
+	data, ok := cm.Data["net-conf.json"]
+	if !ok {
+		return "", nil, fmt.Errorf("failed to read net conf: ConfigMap %s has no net-conf.json key", ref)
+	}
+	dir, err := os.MkdirTemp("", "flannelctl-doctor-")
+	if err != nil {
+		return "", nil, err
+	}
+	path = filepath.Join(dir, "net-conf.json")
+	if err := os.WriteFile(path, []byte(data), 0o600); err != nil {
+		os.RemoveAll(dir)
+		return "", nil, err
+	}
+	return path, func() { os.RemoveAll(dir) }, nil
 }
