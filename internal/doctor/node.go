@@ -172,6 +172,13 @@ func (f *facts) checkDevice(context.Context) Result {
 		_, dev = f.vxlan()
 	case "ipip":
 		dev = "flannel.ipip"
+	case "udp":
+		dev = "flannel0"
+	case "wireguard":
+		if !f.cfg.EnableIPv4 {
+			return skip(name, "IPv6-only WireGuard: its device depends on Mode")
+		}
+		dev = "flannel-wg"
 	case "host-gw":
 		dev = f.local[f.own.Attrs.PublicIP]
 	default:
