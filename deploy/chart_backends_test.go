@@ -17,7 +17,7 @@ import (
 // The chart gives a backend what it needs beyond NET_ADMIN and NET_RAW,
 // and only that backend: the TUN device to udp and WireGuard (userspace
 // where the kernel has none), SYS_ADMIN to ipsec (charon's mount
-// namespace). flanneld refuses to start without them
+// namespace) and TUN for its userspace ESP. flanneld refuses to start without them
 // (internal/preflight).
 func TestChartBackendSettings(t *testing.T) {
 	bin := helmBinary(t)
@@ -27,7 +27,7 @@ func TestChartBackendSettings(t *testing.T) {
 		sysAdmin bool
 	}{
 		{"vxlan", false, false}, {"host-gw", false, false}, {"ipip", false, false},
-		{"udp", true, false}, {"wireguard", true, false}, {"ipsec", false, true},
+		{"udp", true, false}, {"wireguard", true, false}, {"ipsec", true, true},
 	} {
 		spec := podSpec(t, renderChart(t, bin, "flannel.backend="+tc.backend))
 		c := container(t, spec, "kube-flannel")
