@@ -16,6 +16,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/flannelgo/flannel/internal/atomicfile"
@@ -105,6 +106,15 @@ func kubeconfigFlag(cmd *cobra.Command, target *string) {
 	f.StringVar(target, "kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, ~/.kube/config, or in-cluster)")
 }
 
+// restConfig is the client config: in-cluster when neither is given (in
+// the flannel pod, without client-go's warning that it might not work).
+func restConfig(apiURL, kubeconfig string) (*rest.Config, error) {
+	if apiURL == "" && kubeconfig == "" {
+		return rest.InClusterConfig()
+	}
+	return clientcmd.BuildConfigFromFlags(apiURL, kubeconfig)
+}
+
 // defaultKubeconfig fills an unset --kubeconfig as kubectl would:
 // $KUBECONFIG (its first file), else ~/.kube/config when it exists; left
 // empty, the in-cluster config is used.
@@ -187,7 +197,7 @@ func (o *doctorOpts) inputs(ctx context.Context) (doctor.Inputs, func(), error) 
 		return in, func() { _ = mgr.Close() }, nil
 	}
 	o.store.KubeconfigFile = defaultKubeconfig(o.store.KubeconfigFile)
-	rc, err := clientcmd.BuildConfigFromFlags(o.store.KubeAPIURL, o.store.KubeconfigFile)
+	rc, err := restConfig(o.store.KubeAPIURL, o.store.KubeconfigFile)
 	if err != nil {
 		return in, nil, fmt.Errorf("kubernetes client config (--kubeconfig %q): %w", o.store.KubeconfigFile, err)
 	}
