@@ -9,6 +9,7 @@ import (
 	"archive/tar"
 	"compress/gzip"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -97,4 +98,29 @@ func Write(w io.Writer, dir string, items []Item, now time.Time) error {
 		return fmt.Errorf("support bundle: %w", err)
 	}
 	return gz.Close()
+}
+
+// Read returns the files of an archive Write wrote, by name: what a
+// maintainer (or a test) sees after unpacking it.
+func Read(r io.Reader) (map[string]string, error) {
+	gz, err := gzip.NewReader(r)
+	if err != nil {
+		return nil, fmt.Errorf("support bundle: %w", err)
+	}
+	tr := tar.NewReader(gz)
+	files := map[string]string{}
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return files, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("support bundle: %w", err)
+		}
+		data, err := io.ReadAll(tr)
+		if err != nil {
+			return nil, fmt.Errorf("support bundle: %s: %w", h.Name, err)
+		}
+		files[h.Name] = string(data)
+	}
 }

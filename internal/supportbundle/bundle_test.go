@@ -1,9 +1,7 @@
 package supportbundle
 
 import (
-	"archive/tar"
 	"bytes"
-	"compress/gzip"
 	"context"
 	"errors"
 	"io"
@@ -90,26 +88,11 @@ func TestWriteRedactsEveryItem(t *testing.T) {
 
 func readArchive(t *testing.T, r io.Reader) map[string]string {
 	t.Helper()
-	gz, err := gzip.NewReader(r)
+	files, err := Read(r)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tr := tar.NewReader(gz)
-	files := map[string]string{}
-	for {
-		h, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			return files
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		data, err := io.ReadAll(tr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		files[h.Name] = string(data)
-	}
+	return files
 }
 
 func keys(m map[string]string) []string {

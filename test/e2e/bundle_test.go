@@ -1,12 +1,8 @@
 package e2e
 
 import (
-	"archive/tar"
 	"bufio"
-	"compress/gzip"
-	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +12,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/flannelgo/flannel/internal/supportbundle"
 	"github.com/flannelgo/flannel/internal/testbed"
 )
 
@@ -117,26 +114,11 @@ func readBundle(t *testing.T, path string) map[string]string {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	gz, err := gzip.NewReader(f)
+	files, err := supportbundle.Read(f)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tr := tar.NewReader(gz)
-	files := map[string]string{}
-	for {
-		h, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			return files
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		data, err := io.ReadAll(tr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		files[h.Name] = string(data)
-	}
+	return files
 }
 
 func sortedNames(m map[string]string) []string {
