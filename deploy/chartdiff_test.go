@@ -187,6 +187,8 @@ var fromUpstreamChart = []intended{
 		"netpol.enabled: upstream's chart adds a kube-network-policies container; ours has flanneld enforce the policies (--network-policy)"},
 	{`^DaemonSet/.* spec\.template\.spec\.volumes\[lib-modules\]$`, []string{"netpol"},
 		"netpol.enabled: upstream's kube-network-policies container mounts /lib/modules; flanneld needs no such mount"},
+	{`^DaemonSet/.* spec\.template\.spec\.(volumes|containers\[kube-flannel\]\.volumeMounts)\[tun\]$`, []string{"wireguard"},
+		"the wireguard backend gets /dev/net/tun, where userspace WireGuard creates its device; upstream's chart mounts no TUN device"},
 	{`^DaemonSet/.* spec\.template\.spec\.containers\[kube-flannel\]\.command$`, []string{"netpol"},
 		"netpol.enabled: ours adds --network-policy to flanneld's arguments"},
 }

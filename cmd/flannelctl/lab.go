@@ -9,8 +9,10 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 
+	"github.com/spf13/cobra"
 	"k8s.io/klog/v2"
 
 	"github.com/flannelgo/flannel/internal/lab"
@@ -18,9 +20,13 @@ import (
 
 // labCmd is one `flannelctl lab` subcommand.
 type labCmd struct {
-	name, args, help string
-	run              func(ctx context.Context, c *labCtx) int
-	flags            func(fs *flag.FlagSet, c *labCtx)
+	name, args, help, example string
+	run                       func(ctx context.Context, c *labCtx) int
+	flags                     func(fs *flag.FlagSet, c *labCtx)
+	// passArgs: flags after the first argument belong to the command run
+	// (exec's CMD, doctor's flags, kubectl's), not to lab.
+	passArgs bool
+	hidden   bool
 }
 
 // labCtx carries the parsed flags and output streams of one invocation.
@@ -38,59 +44,78 @@ type labCtx struct {
 
 func labCommands() []labCmd {
 	return []labCmd{
-		{name: "up", help: upHelp, run: labUp, flags: upFlags},
-		{name: "status", help: "Shows the lab process, etcd, each node's flanneld, subnet and MTU, and the pods.\nExits 1 when any of them is down.", run: labStatus},
-		{name: "check", help: checkHelp, run: labCheck},
-		{name: "exec", args: " POD|NODE -- CMD [ARGS...]", help: "Runs CMD in the namespace of a pod (n1-p1; in a Kubernetes lab NAMESPACE/NAME,\nwith this machine's tools in the pod's network namespace) or node (n1), with\nthis terminal's stdin/stdout/stderr; exits with CMD's exit code.", run: labExec},
-		{name: "doctor", args: " NODE [DOCTOR FLAGS...]", help: "Runs `flannelctl doctor` inside the node's namespace with the lab's etcd, subnet file and\nhealth address; doctor flags (--output json) may follow NODE. Exits with doctor's code.", run: labDoctor},
-		{name: "kubectl", args: " -- KUBECTL ARGS...", help: "Runs kubectl against a Kubernetes lab (lab up --kubernetes) as its admin; exits with kubectl's code.", run: labKubectl},
-		{name: "kubeconfig", help: "Prints the path of a Kubernetes lab's admin kubeconfig, valid on this machine while the lab runs.", run: labKubeconfig},
-		{name: "down", help: "Stops the lab process (which stops flanneld and etcd and deletes the namespaces),\nthen removes whatever is left: also after the lab process crashed.", run: labDown},
-		{name: "serve", help: "The lab process; `flannelctl lab up` starts it. Not for direct use.", run: labServe, flags: serveFlags},
+		{name: "up", help: upHelp, run: labUp, flags: upFlags, example: upExample},
+		{name: "status", help: "Shows the lab process, etcd, each node's flanneld, subnet and MTU, and the pods.\nExits 1 when any of them is down.", run: labStatus,
+			example: "  flannelctl lab status --name demo"},
+		{name: "check", help: checkHelp, run: labCheck, example: "  flannelctl lab check --name demo"},
+		{name: "exec", args: " POD|NODE -- CMD [ARGS...]", help: "Runs CMD in the namespace of a pod (n1-p1; in a Kubernetes lab NAMESPACE/NAME,\nwith this machine's tools in the pod's network namespace) or node (n1), with\nthis terminal's stdin/stdout/stderr; exits with CMD's exit code.", run: labExec, passArgs: true,
+			example: "  flannelctl lab exec --name demo n1-p1 -- ping -c3 10.244.2.2\n  flannelctl lab exec --name demo n1 -- ip route\n  flannelctl lab exec --name k1 kube-system/coredns-5d8c9b7f4-abcde -- ip addr"},
+		{name: "doctor", args: " NODE [DOCTOR FLAGS...]", help: "Runs `flannelctl doctor` inside the node's namespace with the lab's etcd, subnet file and\nhealth address; doctor flags (--output json) may follow NODE. Exits with doctor's code.", run: labDoctor, passArgs: true,
+			example: "  flannelctl lab doctor --name demo n1\n  flannelctl lab doctor --name demo n2 --output json"},
+		{name: "kubectl", args: " -- KUBECTL ARGS...", help: "Runs kubectl against a Kubernetes lab (lab up --kubernetes) as its admin; exits with kubectl's code.", run: labKubectl, passArgs: true,
+			example: "  flannelctl lab kubectl --name k1 -- get nodes -o wide"},
+		{name: "kubeconfig", help: "Prints the path of a Kubernetes lab's admin kubeconfig, valid on this machine while the lab runs.", run: labKubeconfig,
+			example: "  export KUBECONFIG=$(flannelctl lab kubeconfig --name k1)"},
+		{name: "down", help: "Stops the lab process (which stops flanneld and etcd and deletes the namespaces),\nthen removes whatever is left: also after the lab process crashed.", run: labDown,
+			example: "  flannelctl lab down --name demo"},
+		{name: "serve", help: "The lab process; `flannelctl lab up` starts it. Not for direct use.", run: labServe, flags: serveFlags, hidden: true},
 	}
 }
 
-func runLab(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
-		fmt.Fprint(stdout, usage)
-		return 2
+func labCommand() *cobra.Command {
+	group := &cobra.Command{
+		Use:   "lab",
+		Short: "A real multi-node flannel cluster in network namespaces on this machine",
+		Long: `A real multi-node flannel cluster in network namespaces on this machine: an
+underlay, an embedded etcd, the real flanneld on every node and pods created
+through the real CNI plugin; with --kubernetes, real Kubernetes nodes with
+flannel installed from deploy/kube-flannel.yml. Run as root.`,
+		Example: "  flannelctl lab up --name demo --nodes 3 --backend vxlan\n  flannelctl lab check --name demo\n  flannelctl lab down --name demo",
+		Args:    noArgs,
+		RunE:    needSubcommand,
 	}
-	for _, cmd := range labCommands() {
-		if cmd.name != args[0] {
-			continue
-		}
-		c := &labCtx{stdout: stdout, stderr: stderr}
-		fs := flag.NewFlagSet("flannelctl lab "+cmd.name, flag.ContinueOnError)
-		fs.SetOutput(stderr)
-		fs.StringVar(&c.name, "name", "", "lab name, 1-6 characters a-z 0-9 (default: the only lab, else \"lab\")")
-		fs.StringVar(&c.stateRoot, "state-root", "", "directory holding labs' state (default /run/flannelctl/lab)")
-		// Of klog's flags only -v: the rest would drown --help.
-		kfs := flag.NewFlagSet("klog", flag.ContinueOnError)
-		klog.InitFlags(kfs)
-		fs.Var(kfs.Lookup("v").Value, "v", "log verbosity (the lab process logs to <state>/lab.log)")
-		fs.Usage = func() {
-			fmt.Fprintf(stderr, "usage: flannelctl lab %s [flags]%s\n\n%s\n\nflags:\n", cmd.name, cmd.args, cmd.help)
-			fs.PrintDefaults()
-		}
-		if cmd.flags != nil {
-			cmd.flags(fs, c)
-		}
-		if err := fs.Parse(args[1:]); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return 0
+	for _, lc := range labCommands() {
+		group.AddCommand(lc.command())
+	}
+	return group
+}
+
+// command builds the cobra command. Flags are defined on a Go FlagSet (as
+// before the move to cobra, so each command's flag function stays as it
+// was) and handed to cobra whole.
+func (lc labCmd) command() *cobra.Command {
+	c := &labCtx{}
+	fs := flag.NewFlagSet("flannelctl lab "+lc.name, flag.ContinueOnError)
+	fs.StringVar(&c.name, "name", "", "lab name, 1-6 characters a-z 0-9 (default: the only lab, else \"lab\")")
+	fs.StringVar(&c.stateRoot, "state-root", "", "directory holding labs' state (default /run/flannelctl/lab)")
+	// Of klog's flags only -v: the rest would drown --help.
+	kfs := flag.NewFlagSet("klog", flag.ContinueOnError)
+	klog.InitFlags(kfs)
+	fs.Var(kfs.Lookup("v").Value, "v", "log verbosity (the lab process logs to <state>/lab.log)")
+	if lc.flags != nil {
+		lc.flags(fs, c)
+	}
+	short, _, _ := strings.Cut(lc.help, "\n")
+	cmd := &cobra.Command{
+		Use:     lc.name + lc.args,
+		Short:   strings.TrimSuffix(short, "."),
+		Long:    lc.help,
+		Example: lc.example,
+		Hidden:  lc.hidden,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c.args, c.stdout, c.stderr = args, cmd.OutOrStdout(), cmd.ErrOrStderr()
+			c.verbosity, _ = strconv.Atoi(fs.Lookup("v").Value.String())
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			if code := lc.run(ctx, c); code != 0 {
+				return exitCode(code)
 			}
-			return 2
-		}
-		c.args = fs.Args()
-		if f := fs.Lookup("v"); f != nil {
-			c.verbosity, _ = strconv.Atoi(f.Value.String())
-		}
-		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-		defer stop()
-		return cmd.run(ctx, c)
+			return nil
+		},
 	}
-	fmt.Fprintf(stderr, "flannelctl lab: unknown command %q\n\n%s", args[0], usage)
-	return 2
+	cmd.Flags().AddGoFlagSet(fs)
+	cmd.Flags().SetInterspersed(!lc.passArgs)
+	return cmd
 }
 
 const upHelp = `Builds a flannel cluster in network namespaces on this machine and leaves it
@@ -104,6 +129,10 @@ Binaries: flanneld and the CNI plugin "flannel" are taken from --bin-dir, else
 from the directory of this flannelctl, else built with 'go build' into
 <state-root>/<name>/bin when run inside the source tree. The reference plugins
 come from --cni-bin-dir (scripts/install-cni-tools.sh installs them).`
+
+const upExample = `  flannelctl lab up --name demo --nodes 3 --backend vxlan
+  flannelctl lab up --name hg --nodes 4 --segments 2 --backend host-gw
+  flannelctl lab up --name k1 --nodes 3 --kubernetes`
 
 const checkHelp = `Pings every pod from every pod and every node from every pod, finds the MTU
 boundary of each pod pair (largest DF ping payload that arrives) and compares it
@@ -157,7 +186,8 @@ func labUp(ctx context.Context, c *labCtx) int {
 	}
 	mtu, err := lab.ParsePodMTU(c.podMTU)
 	if err != nil {
-		return c.failed(err)
+		fmt.Fprintf(c.stderr, "flannelctl lab up: %v\n", err)
+		return 2
 	}
 	c.spec.PodMTU = mtu
 	c.spec.Name = c.name
@@ -169,6 +199,19 @@ func labUp(ctx context.Context, c *labCtx) int {
 	}
 	if c.spec.Name == "" {
 		c.spec.Name = lab.DefaultName
+	}
+	if err := c.spec.Validate(); err != nil {
+		fmt.Fprintf(c.stderr, "flannelctl lab up: %v\n", err)
+		return 2
+	}
+	// Before anything is built: a backend this kernel cannot run would
+	// otherwise be found only once every node's flanneld fails.
+	if err := lab.CheckBackend(c.spec.Backend); err != nil {
+		fmt.Fprintf(c.stderr, "flannelctl lab up: %v\n", err)
+		if errors.Is(err, lab.ErrUnknownBackend) {
+			return 2
+		}
+		return 1
 	}
 	err = lab.Up(ctx, c.spec, lab.UpOptions{StateRoot: c.stateRoot, BinDir: c.binDir, Out: c.stdout, Verbosity: c.verbosity})
 	if err != nil {

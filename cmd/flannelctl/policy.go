@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net/netip"
@@ -11,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/cobra"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
@@ -18,38 +18,52 @@ import (
 	"github.com/flannelgo/flannel/internal/netpol"
 )
 
-const policyUsage = `usage:
-  flannelctl policy explain --from NS/POD --to NS/POD[:PORT/PROTO] [--kubeconfig FILE]
-
-Prints whether a new connection from one pod to another is allowed by the
+const explainHelp = `Prints whether a new connection from one pod to another is allowed by the
 cluster's NetworkPolicies, and which policies and rules decide it, from the
 same compiler flanneld --network-policy enforces with. Either side may be an
 IP address instead of a pod. Without :PORT/PROTO every container port the
-destination pod declares is explained.
-`
+destination pod declares is explained. Exits 0 after explaining (ALLOW or
+DENY alike), 1 when the cluster cannot be read, 2 on bad usage.`
 
-func runPolicy(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || args[0] != "explain" {
-		fmt.Fprint(stderr, policyUsage)
-		return 2
+func policyCommand() *cobra.Command {
+	group := &cobra.Command{
+		Use:     "policy",
+		Short:   "Explain NetworkPolicy decisions as flanneld --network-policy makes them",
+		Example: "  flannelctl policy explain --from default/client --to default/server:80/TCP",
+		Args:    noArgs,
+		RunE:    needSubcommand,
 	}
-	fs := flag.NewFlagSet("flannelctl policy explain", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	from := fs.String("from", "", "source: NAMESPACE/POD or an IP address")
-	to := fs.String("to", "", "destination: NAMESPACE/POD or an IP address, optionally :PORT/PROTO (80/TCP)")
-	kubeconfig := fs.String("kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, ~/.kube/config, or in-cluster)")
-	if err := fs.Parse(args[1:]); err != nil {
-		return 2
+	group.AddCommand(explainCommand())
+	return group
+}
+
+func explainCommand() *cobra.Command {
+	var from, to, kubeconfig string
+	cmd := &cobra.Command{
+		Use:   "explain --from NS/POD --to NS/POD[:PORT/PROTO] [--kubeconfig FILE]",
+		Short: "Say whether a connection between two pods is allowed, and by which rules",
+		Long:  explainHelp,
+		Example: `  flannelctl policy explain --from default/client --to default/server:80/TCP
+  flannelctl policy explain --from 10.244.1.5 --to prod/db --kubeconfig ~/.kube/prod.conf`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if from == "" || to == "" {
+				return usagef("both --from and --to are needed")
+			}
+			if _, _, err := parseTarget(to); err != nil {
+				return usageError{err}
+			}
+			if err := explain(from, to, kubeconfig, cmd.OutOrStdout()); err != nil {
+				fmt.Fprintf(cmd.ErrOrStderr(), "flannelctl policy explain: %v\n", err)
+				return exitCode(1)
+			}
+			return nil
+		},
 	}
-	if *from == "" || *to == "" || fs.NArg() > 0 {
-		fmt.Fprint(stderr, policyUsage)
-		return 2
-	}
-	if err := explain(*from, *to, *kubeconfig, stdout); err != nil {
-		fmt.Fprintf(stderr, "flannelctl policy explain: %v\n", err)
-		return 1
-	}
-	return 0
+	cmd.Flags().StringVar(&from, "from", "", "source: NAMESPACE/POD or an IP address")
+	cmd.Flags().StringVar(&to, "to", "", "destination: NAMESPACE/POD or an IP address, optionally :PORT/PROTO (80/TCP)")
+	kubeconfigFlag(cmd, &kubeconfig)
+	return cmd
 }
 
 func explain(from, to, kubeconfig string, out io.Writer) error {

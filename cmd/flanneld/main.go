@@ -28,6 +28,7 @@ import (
 	"github.com/flannelgo/flannel/internal/daemon"
 	"github.com/flannelgo/flannel/internal/iface"
 	"github.com/flannelgo/flannel/internal/metrics"
+	"github.com/flannelgo/flannel/internal/preflight"
 	"github.com/flannelgo/flannel/internal/subnet"
 	etcdmgr "github.com/flannelgo/flannel/internal/subnet/etcd"
 	kubemgr "github.com/flannelgo/flannel/internal/subnet/kube"
@@ -40,6 +41,11 @@ func main() {
 }
 
 func run(args []string) int {
+	// Caught from the first instruction: SIGTERM during start-up (a node
+	// drained while flanneld waits for its datastore) is a clean stop, and
+	// systemd must not mark the unit failed for it.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
 	o, fs, err := parseFlags(args)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
@@ -66,10 +72,11 @@ func run(args []string) int {
 		return 2
 	}
 	klog.Infof("flanneld %s starting", version.Version)
-
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	if err := serve(ctx, o); err != nil {
+	err = serve(ctx, o)
+	switch {
+	case err != nil && ctx.Err() != nil:
+		klog.Infof("stopped by a signal before start-up completed (%v)", err)
+	case err != nil:
 		klog.Errorf("%v", err)
 		return 1
 	}
@@ -110,6 +117,7 @@ func serve(ctx context.Context, o *options) error {
 		ForwardRules: o.iptablesForwardRules, Resync: o.resync(), BlackholeRoute: o.ipBlackholeRoute,
 		ReconcileInterval: o.reconcileInterval, SelfHealOff: o.reconcileInterval == 0,
 		PeerProbeInterval: o.peerProbeInterval,
+		Preflight:         preflight.Host{}.Check,
 	}, mgr, backends(), m)
 	return d.Run(ctx)
 }

@@ -76,18 +76,26 @@ type Factory func(ext *ExternalInterface, raw json.RawMessage) (Backend, error)
 // main, not at package init, so tests can register exactly what they need.
 type Registry map[string]Factory
 
+// Check says whether typ is a backend of this build, so that a misspelt
+// Backend.Type is reported before any work (choosing an interface) starts.
+func (r Registry) Check(typ string) error {
+	if _, ok := r[typ]; ok {
+		return nil
+	}
+	names := make([]string, 0, len(r))
+	for n := range r {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return fmt.Errorf("unknown backend type %q (supported: %v): fix Backend.Type in the network config", typ, names)
+}
+
 // New builds the backend named typ.
 func (r Registry) New(typ string, ext *ExternalInterface, raw json.RawMessage) (Backend, error) {
-	f, ok := r[typ]
-	if !ok {
-		names := make([]string, 0, len(r))
-		for n := range r {
-			names = append(names, n)
-		}
-		sort.Strings(names)
-		return nil, fmt.Errorf("unknown backend type %q (supported: %v)", typ, names)
+	if err := r.Check(typ); err != nil {
+		return nil, err
 	}
-	return f(ext, raw)
+	return r[typ](ext, raw)
 }
 
 // Transported is implemented by a Network whose traffic between nodes

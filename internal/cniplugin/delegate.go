@@ -85,23 +85,7 @@ func checkDelegate(d map[string]any) error {
 	return nil
 }
 
-func checkEnv(env *subnetenv.Env) error {
-	if !env.Subnet.IsValid() && !env.IPv6Subnet.IsValid() {
-		return fmt.Errorf("neither FLANNEL_SUBNET nor FLANNEL_IPV6_SUBNET is set")
-	}
-	if env.Subnet.IsValid() && !env.Network.IsValid() {
-		return fmt.Errorf("FLANNEL_SUBNET is set but FLANNEL_NETWORK is missing")
-	}
-	if env.IPv6Subnet.IsValid() && !env.IPv6Network.IsValid() {
-		return fmt.Errorf("FLANNEL_IPV6_SUBNET is set but FLANNEL_IPV6_NETWORK is missing")
-	}
-	if env.MTU <= 0 {
-		return fmt.Errorf("FLANNEL_MTU is missing or not positive (%d)", env.MTU)
-	}
-	// A pod must never get an address outside the network the other nodes
-	// route to it (a subnet.env left from another network config).
-	return env.Check()
-}
+func checkEnv(env *subnetenv.Env) error { return env.Validate() }
 
 // delegateIPAM builds host-local IPAM for the node's subnet(s). subnet.env
 // holds the gateway with the prefix length (10.244.1.1/24); host-local

@@ -5,7 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
+	"reflect"
+	"slices"
 	"strings"
 )
 
@@ -64,13 +67,16 @@ var (
 
 // Parse decodes net-conf.json (or the value of <prefix>/config in etcd),
 // fills in every default and refuses configurations flanneld cannot run.
-// Unknown fields are ignored, as upstream does.
+// Unknown fields are ignored, as upstream does, but each gets a warning: a
+// misspelt key ("Subnetlen" is fine, "SubnetLength" is not) would otherwise
+// silently leave its default in place.
 func Parse(data []byte) (*Config, error) {
 	var w wireConfig
 	if err := json.Unmarshal(data, &w); err != nil {
 		return nil, fmt.Errorf("error parsing subnet config: %w", err)
 	}
 	c := &Config{EnableIPv4: true, EnableIPv6: w.EnableIPv6, EnableNFTables: w.EnableNFTables}
+	c.Warnings = unknownKeys(data)
 	if w.EnableIPv4 != nil {
 		c.EnableIPv4 = *w.EnableIPv4
 	}
@@ -238,4 +244,26 @@ func parseBackend(raw json.RawMessage) (json.RawMessage, string, string, error) 
 		return raw, DefaultBackend, fmt.Sprintf(noBackendWarning, "Backend has no Type"), nil
 	}
 	return raw, strings.ToLower(strings.TrimSpace(*typ.Type)), "", nil
+}
+
+// unknownKeys warns once for each top-level key that no field of
+// wireConfig takes. encoding/json matches names case-insensitively, and so
+// does this check.
+func unknownKeys(data []byte) []string {
+	var obj map[string]json.RawMessage
+	if json.Unmarshal(data, &obj) != nil {
+		return nil
+	}
+	t := reflect.TypeOf(wireConfig{})
+	known := make([]string, 0, t.NumField())
+	for i := range t.NumField() {
+		known = append(known, t.Field(i).Name)
+	}
+	var out []string
+	for _, k := range slices.Sorted(maps.Keys(obj)) {
+		if !slices.ContainsFunc(known, func(n string) bool { return strings.EqualFold(n, k) }) {
+			out = append(out, fmt.Sprintf("unknown key %q is ignored (known keys: %s)", k, strings.Join(known, ", ")))
+		}
+	}
+	return out
 }

@@ -434,3 +434,19 @@ func TestParseRefusesSpecialNetworks(t *testing.T) {
 		mustParse(t, ok)
 	}
 }
+
+func TestUnknownKeysWarnOncePerKey(t *testing.T) {
+	c := mustParse(t, `{"Network":"10.244.0.0/16","subnetlen":25,"SubnetLength":26,"Bakend":{"Type":"vxlan"},"Backend":{"Type":"vxlan"}}`)
+	if c.SubnetLen != 25 {
+		t.Errorf("SubnetLen = %d: keys match case-insensitively, as encoding/json does", c.SubnetLen)
+	}
+	want := []string{`unknown key "Bakend" is ignored`, `unknown key "SubnetLength" is ignored`}
+	if len(c.Warnings) != len(want) {
+		t.Fatalf("Warnings = %q, want one per unknown key: %q", c.Warnings, want)
+	}
+	for i, w := range want {
+		if !strings.Contains(c.Warnings[i], w) || !strings.Contains(c.Warnings[i], "known keys: Network, SubnetLen") {
+			t.Errorf("warning %q: want %q and the list of known keys", c.Warnings[i], w)
+		}
+	}
+}

@@ -45,6 +45,10 @@ type Options struct {
 	// PeerProbeInterval is how often each peer is probed over the overlay
 	// (internal/peerhealth); 0 turns probing off.
 	PeerProbeInterval time.Duration
+	// Preflight, when set, is asked before anything is set up whether
+	// this host can run cfg's backend at all (a DaemonSet without
+	// /dev/net/tun for udp, say); its error stops the start.
+	Preflight func(cfg *config.Config) error
 }
 
 // Daemon runs one node's flannel network.
@@ -72,6 +76,14 @@ func (d *Daemon) Run(ctx context.Context) error {
 	cfg, err := d.networkConfig(ctx)
 	if err != nil {
 		return err
+	}
+	if err := d.backends.Check(cfg.BackendType); err != nil {
+		return err
+	}
+	if d.opts.Preflight != nil {
+		if err := d.opts.Preflight(cfg); err != nil {
+			return err
+		}
 	}
 	opts := d.opts.Iface
 	opts.EnableIPv4, opts.EnableIPv6 = cfg.EnableIPv4, cfg.EnableIPv6
@@ -159,7 +171,7 @@ func (d *Daemon) networkConfig(ctx context.Context) (*config.Config, error) {
 	if err != nil {
 		return nil, err
 	}
-	klog.Infof("network config: Network=%v SubnetLen=%d IPv6Network=%v backend=%s", cfg.Network, cfg.SubnetLen, cfg.IPv6Network, cfg.BackendType)
+	klog.Info(configLine(cfg))
 	for _, w := range cfg.Warnings {
 		klog.Warningf("network config in %s: %s", d.mgr.Name(), w)
 	}
@@ -167,6 +179,19 @@ func (d *Daemon) networkConfig(ctx context.Context) (*config.Config, error) {
 		return nil, err
 	}
 	return cfg, nil
+}
+
+// configLine names only the families in use: a zero netip.Prefix prints as
+// "invalid Prefix", which reads like an error.
+func configLine(cfg *config.Config) string {
+	s := "network config:"
+	if cfg.EnableIPv4 {
+		s += fmt.Sprintf(" Network=%v SubnetLen=%d", cfg.Network, cfg.SubnetLen)
+	}
+	if cfg.EnableIPv6 {
+		s += fmt.Sprintf(" IPv6Network=%v IPv6SubnetLen=%d", cfg.IPv6Network, cfg.IPv6SubnetLen)
+	}
+	return s + " backend=" + cfg.BackendType
 }
 
 // acquire publishes this node with the backend's attributes. Running out

@@ -30,6 +30,11 @@ const (
 	Problem Status = "PROBLEM"
 	// Warning is a pass with something to watch (subnets running out).
 	Warning Status = "warning"
+	// Skip is a check that could not run, because what it needs (the
+	// datastore, subnet.env, peers) is missing: it proves nothing either
+	// way and is not counted as a problem. The check whose data is missing
+	// reports the problem.
+	Skip Status = "SKIP"
 )
 
 // Result is one check's outcome.
@@ -60,6 +65,8 @@ type Inputs struct {
 	Kube *KubeCheck
 	// ProbeTimeout bounds each reachability probe (default 1 s).
 	ProbeTimeout time.Duration
+	// Progress, when set, is given each result as soon as its check ends.
+	Progress func(Result)
 }
 
 // facts is what the checks share, gathered once.
@@ -70,6 +77,7 @@ type facts struct {
 	cfg     *config.Config
 	cfgErr  error
 	leases  []lease.Lease
+	leasErr error // nil also when the config could not be read (cfgErr says why)
 	own     *lease.Lease
 	peers   []lease.Lease // leases of other nodes (IPv4)
 	local   map[netip.Addr]string
@@ -78,14 +86,21 @@ type facts struct {
 	timeout time.Duration
 }
 
-// Run runs every check and returns the results in a stable order.
+// Run runs every check and returns the results in a stable order, giving
+// each to in.Progress as it ends.
 func Run(ctx context.Context, in Inputs) []Result {
 	f := &facts{in: in, timeout: in.ProbeTimeout}
 	if f.timeout == 0 {
 		f.timeout = time.Second
 	}
+	report := func(r Result) Result {
+		if in.Progress != nil {
+			in.Progress(r)
+		}
+		return r
+	}
 	if res := f.gather(ctx); res != nil {
-		return res
+		return []Result{report(res[0])}
 	}
 	defer f.k.Close()
 	if f.pinger != nil {
@@ -98,10 +113,10 @@ func Run(ctx context.Context, in Inputs) []Result {
 	}
 	out := make([]Result, 0, len(checks)+1)
 	for _, c := range checks {
-		out = append(out, c(ctx))
+		out = append(out, report(c(ctx)))
 	}
 	if in.Kube != nil {
-		out = append(out, in.Kube.check(ctx, f.cfg))
+		out = append(out, report(in.Kube.check(ctx, f.cfg)))
 	}
 	return out
 }
@@ -118,7 +133,7 @@ func (f *facts) gather(ctx context.Context) []Result {
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if f.cfg, f.cfgErr = f.in.Store.Config(cctx); f.cfgErr == nil {
-		f.leases, f.cfgErr = f.in.Store.Leases(cctx)
+		f.leases, f.leasErr = f.in.Store.Leases(cctx)
 	}
 	addrs, _ := f.k.Addresses()
 	f.local = map[netip.Addr]string{}
@@ -162,6 +177,16 @@ func ok(check, summary string, ev ...string) Result {
 func problem(check, summary, fix string, ev ...string) Result {
 	return Result{Check: check, Status: Problem, Summary: summary, Evidence: ev, Fix: fix}
 }
+
+// skip says why a check could not run; the check that lacks the data
+// reports the problem itself.
+func skip(check, why string, ev ...string) Result {
+	return Result{Check: check, Status: Skip, Summary: "not run: " + why, Evidence: ev}
+}
+
+// leasesRead reports whether the leases were read (an empty list read from
+// the datastore is data; a failed read is none).
+func (f *facts) leasesRead() bool { return f.cfg != nil && f.leasErr == nil }
 
 // peerName names a peer lease the way operators see it in etcd.
 func peerName(l lease.Lease) string {

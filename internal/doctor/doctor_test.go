@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/flannelgo/flannel/internal/config"
 	"github.com/flannelgo/flannel/internal/lease"
 )
 
@@ -30,7 +31,7 @@ func TestPublicAddress(t *testing.T) {
 			[]string{"Vagrant NAT pattern", "10.0.2.15", "--iface=eth1"}},
 		{"vagrant alone", []lease.Lease{leaseAt("10.244.1.0/24", "10.0.2.15")}, 0, Problem, []string{"Vagrant NAT pattern", "this node's PublicIP is 10.0.2.15 on eth0"}},
 	} {
-		f := &facts{leases: tc.leases, own: &tc.leases[tc.own], local: map[netip.Addr]string{tc.leases[tc.own].Attrs.PublicIP: "eth0"}}
+		f := &facts{cfg: &config.Config{}, leases: tc.leases, own: &tc.leases[tc.own], local: map[netip.Addr]string{tc.leases[tc.own].Attrs.PublicIP: "eth0"}}
 		r := f.checkPublicAddress(context.Background())
 		text := r.Summary + " " + strings.Join(r.Evidence, " ") + " " + r.Fix
 		if r.Status != tc.status {

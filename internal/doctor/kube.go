@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 
 	authv1 "k8s.io/api/authorization/v1"
@@ -40,7 +42,7 @@ func (k *KubeCheck) check(ctx context.Context, cfg *config.Config) Result {
 	}
 	node, err := k.Client.CoreV1().Nodes().Get(ctx, k.NodeName, metav1.GetOptions{})
 	if err != nil {
-		return problem(name, "cannot read node "+k.NodeName, fixRBAC+"; check --kubeconfig-file", append(denied, err.Error())...)
+		return problem(name, "cannot read node "+k.NodeName, fixRBAC+"; check --kubeconfig", append(denied, err.Error())...)
 	}
 	if len(denied) > 0 {
 		return problem(name, "flanneld's credentials lack permissions it needs", fixRBAC, denied...)
@@ -58,6 +60,9 @@ func (k *KubeCheck) check(ctx context.Context, cfg *config.Config) Result {
 		p, err := netip.ParsePrefix(c)
 		if err != nil {
 			return problem(name, "node "+k.NodeName+" has an unparsable podCIDR "+c, "fix spec.podCIDR", ev...)
+		}
+		if cfg == nil {
+			continue // not compared: no network config (see datastore)
 		}
 		net := cfg.Network
 		if p.Addr().Is6() {
@@ -90,4 +95,30 @@ func (k *KubeCheck) rbac(ctx context.Context) []string {
 		}
 	}
 	return denied
+}
+
+// NetConfFromAPI copies net-conf.json of the ConfigMap ref (NAMESPACE/NAME)
+// to a private temporary file for the subnet manager to read, as the pod
+// reads its mount of it: doctor run on the node itself has no such file.
+// done removes the copy.
+func NetConfFromAPI(ctx context.Context, client kubernetes.Interface, ref string) (path string, done func(), err error) {
+	ns, name, _ := strings.Cut(ref, "/")
+	cm, err := client.CoreV1().ConfigMaps(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return "", nil, fmt.Errorf("failed to read net conf: ConfigMap %s: %w (no --net-config-path file on this node either; give --net-conf-configmap NAMESPACE/NAME)", ref, err)
+	}
+	data, ok := cm.Data["net-conf.json"]
+	if !ok {
+		return "", nil, fmt.Errorf("failed to read net conf: ConfigMap %s has no net-conf.json key", ref)
+	}
+	dir, err := os.MkdirTemp("", "flannelctl-doctor-")
+	if err != nil {
+		return "", nil, err
+	}
+	path = filepath.Join(dir, "net-conf.json")
+	if err := os.WriteFile(path, []byte(data), 0o600); err != nil {
+		os.RemoveAll(dir)
+		return "", nil, err
+	}
+	return path, func() { os.RemoveAll(dir) }, nil
 }

@@ -95,8 +95,12 @@ func (f *facts) checkDatastore(context.Context) Result {
 	const name = "datastore"
 	if f.cfgErr != nil {
 		return problem(name, "failed to read net conf or leases from "+f.in.Store.Name(),
-			"check the datastore flags (--etcd-endpoints, --etcd-prefix, TLS files; or --kube-subnet-mgr --kubeconfig-file) and that the network config exists (etcdctl get <prefix>/config)",
+			"check the datastore flags (--etcd-endpoints, --etcd-prefix, TLS files; or --kube-subnet-mgr --kubeconfig) and that the network config exists (etcdctl get <prefix>/config; kube: the kube-flannel-cfg ConfigMap)",
 			f.cfgErr.Error())
+	}
+	if f.leasErr != nil {
+		return problem(name, "read the network config but not the leases from "+f.in.Store.Name(),
+			"check that these credentials may list the leases (etcd: read <prefix>/subnets/; kube: list nodes)", f.leasErr.Error())
 	}
 	return ok(name, fmt.Sprintf("%s: Network %s, backend %s, %d leases", f.in.Store.Name(), f.cfg.Network, f.cfg.BackendType, len(f.leases)))
 }
@@ -113,8 +117,12 @@ func (f *facts) checkSubnetEnv(context.Context) Result {
 		return problem(name, f.in.SubnetFile+" cannot be read", "restart flanneld so that it rewrites the file", f.envErr.Error())
 	}
 	ev := []string{fmt.Sprintf("FLANNEL_NETWORK=%s FLANNEL_SUBNET=%s FLANNEL_MTU=%d FLANNEL_IPMASQ=%v", f.env.Network, f.env.Subnet, f.env.MTU, f.env.IPMasq)}
-	if f.cfg == nil {
-		return ok(name, "present (not compared: the datastore cannot be read)", ev...)
+	if err := f.env.Validate(); err != nil {
+		return problem(name, "the flannel CNI plugin refuses "+f.in.SubnetFile+": "+err.Error(),
+			"restart flanneld so that it rewrites the file from the current config; until then no pod can start on this node", ev...)
+	}
+	if !f.leasesRead() {
+		return skip(name, "the CNI plugin accepts the file, but it cannot be compared with the datastore (see datastore)", ev...)
 	}
 	if f.env.Network != f.cfg.Network {
 		return problem(name, fmt.Sprintf("FLANNEL_NETWORK=%s but the datastore's Network is %s", f.env.Network, f.cfg.Network),
@@ -156,7 +164,7 @@ func (f *facts) vxlan() (vxlanOpts, string) {
 func (f *facts) checkDevice(context.Context) Result {
 	const name = "backend device"
 	if f.cfg == nil || f.own == nil {
-		return problem(name, "not checked: needs the config and this node's lease", "fix the checks above first")
+		return skip(name, "needs the config and this node's lease (see datastore, subnet.env)")
 	}
 	dev := ""
 	switch f.cfg.BackendType {
@@ -164,10 +172,17 @@ func (f *facts) checkDevice(context.Context) Result {
 		_, dev = f.vxlan()
 	case "ipip":
 		dev = "flannel.ipip"
+	case "udp":
+		dev = "flannel0"
+	case "wireguard":
+		if !f.cfg.EnableIPv4 {
+			return skip(name, "IPv6-only WireGuard: its device depends on Mode")
+		}
+		dev = "flannel-wg"
 	case "host-gw":
 		dev = f.local[f.own.Attrs.PublicIP]
 	default:
-		return ok(name, "backend "+f.cfg.BackendType+": device not judged")
+		return skip(name, "backend "+f.cfg.BackendType+" has no device check")
 	}
 	d, err := f.k.Device(dev)
 	if err != nil {
@@ -196,7 +211,7 @@ func (f *facts) checkDevice(context.Context) Result {
 func (f *facts) checkBridge(context.Context) Result {
 	const name = "cni0"
 	if f.env == nil {
-		return problem(name, "not checked: no subnet.env", "fix subnet.env first")
+		return skip(name, "no usable subnet.env (see subnet.env)")
 	}
 	d, err := f.k.Device("cni0")
 	if errors.Is(err, kernelstate.ErrNoDevice) {

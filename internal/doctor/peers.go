@@ -32,8 +32,8 @@ func vtepMAC(l lease.Lease) net.HardwareAddr {
 // entry is left for a lease that is gone.
 func (f *facts) checkKernelState(context.Context) Result {
 	const name = "kernel state"
-	if f.cfg == nil || f.own == nil {
-		return problem(name, "not checked: needs the leases and this node's lease", "fix the checks above first")
+	if !f.leasesRead() || f.own == nil {
+		return skip(name, "needs the leases and this node's lease (see datastore, subnet.env)")
 	}
 	var bad []string
 	var err error
@@ -43,7 +43,7 @@ func (f *facts) checkKernelState(context.Context) Result {
 	case "host-gw":
 		bad, err = f.hostGWState()
 	default:
-		return ok(name, "backend "+f.cfg.BackendType+": kernel state not judged")
+		return skip(name, "backend "+f.cfg.BackendType+" has no kernel-state check")
 	}
 	if err != nil {
 		return problem(name, "cannot read the kernel's tables", "restart flanneld, which re-creates its device", err.Error())
@@ -124,6 +124,19 @@ func (f *facts) hostGWState() ([]string, error) {
 	return bad, nil
 }
 
+// needPeers stops a peer check that would judge nothing: without the
+// leases, or with no other node's lease, "all peers pass" would be an ok
+// made of no data.
+func (f *facts) needPeers(name string) (Result, bool) {
+	switch {
+	case !f.leasesRead():
+		return skip(name, "no leases were read (see datastore)"), true
+	case len(f.peers) == 0:
+		return skip(name, "no other node's lease, so no peer to probe"), true
+	}
+	return Result{}, false
+}
+
 // vagrantNAT is the address VirtualBox gives every VM's first (NAT) NIC.
 var vagrantNAT = netip.MustParseAddr("10.0.2.15")
 
@@ -131,6 +144,9 @@ var vagrantNAT = netip.MustParseAddr("10.0.2.15")
 // node's is not the Vagrant NAT address that no other node can reach.
 func (f *facts) checkPublicAddress(context.Context) Result {
 	const name = "public address"
+	if !f.leasesRead() || len(f.leases) == 0 {
+		return skip(name, "no leases were read (see datastore)")
+	}
 	byAddr := map[netip.Addr][]string{}
 	for _, l := range f.leases {
 		if l.Attrs.PublicIP.IsValid() {
@@ -196,6 +212,9 @@ func (f *facts) probePeers(ctx context.Context) []peerProbe {
 // overlay no is the classic blocked VXLAN port.
 func (f *facts) checkReachability(ctx context.Context) Result {
 	const name = "peer reachability"
+	if r, stop := f.needPeers(name); stop {
+		return r
+	}
 	if f.pinger == nil {
 		return problem(name, "cannot send ICMP probes", "run flannelctl doctor as root (it needs CAP_NET_RAW)")
 	}
@@ -292,7 +311,10 @@ func (f *facts) overhead() int {
 func (f *facts) checkPathMTU(ctx context.Context) Result {
 	const name = "path MTU"
 	if f.pinger == nil || f.env == nil || f.cfg == nil {
-		return problem(name, "not checked: needs ICMP probes, subnet.env and the config", "fix the checks above first")
+		return skip(name, "needs ICMP probes, subnet.env and the config (see above)")
+	}
+	if r, stop := f.needPeers(name); stop {
+		return r
 	}
 	need := f.env.MTU + f.overhead()
 	var bad, fine []string
@@ -308,6 +330,9 @@ func (f *facts) checkPathMTU(ctx context.Context) Result {
 		largest := f.largestDF(ctx, pub, need)
 		bad = append(bad, fmt.Sprintf("peer %s: the underlay path carries at most %d bytes (DF probes: %d ok, %d lost); FLANNEL_MTU=%d needs %d (MTU + %d encapsulation)",
 			peerName(l), largest, largest, largest+1, f.env.MTU, need, f.overhead()))
+	}
+	if len(bad) == 0 && len(fine) == 0 {
+		return skip(name, "no peer answered on the underlay, so nothing was measured (see peer reachability)")
 	}
 	if len(bad) > 0 {
 		return problem(name, "the path MTU to some peers is smaller than FLANNEL_MTU needs: large pod packets are dropped (small pings work, big transfers hang)",
@@ -334,8 +359,8 @@ func (f *facts) largestDF(ctx context.Context, dst netip.Addr, limit int) int {
 // checkExhaustion: leased / available subnets; above 80 % a warning.
 func (f *facts) checkExhaustion(context.Context) Result {
 	const name = "subnet usage"
-	if f.cfg == nil {
-		return problem(name, "not checked: no network config", "fix the datastore check first")
+	if !f.leasesRead() {
+		return skip(name, "no leases were read (see datastore)")
 	}
 	total := f.cfg.SubnetCount()
 	used := len(f.leases)

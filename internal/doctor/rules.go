@@ -18,7 +18,7 @@ func (f *facts) inspectRules(ctx context.Context, masq, fwd bool) (*traffic.Insp
 func (f *facts) checkForward(ctx context.Context) Result {
 	const name = "forward rules"
 	if f.cfg == nil || f.own == nil {
-		return problem(name, "not checked: needs the config and this node's lease", "fix the checks above first")
+		return skip(name, "needs the config and this node's lease (see datastore, subnet.env)")
 	}
 	in, err := f.inspectRules(ctx, false, true)
 	if err != nil {
@@ -40,7 +40,7 @@ func (f *facts) checkForward(ctx context.Context) Result {
 func (f *facts) checkMasquerade(ctx context.Context) Result {
 	const name = "masquerade"
 	if f.cfg == nil || f.own == nil || f.env == nil {
-		return problem(name, "not checked: needs the config, subnet.env and this node's lease", "fix the checks above first")
+		return skip(name, "needs the config, subnet.env and this node's lease (see above)")
 	}
 	if !f.env.IPMasq {
 		return ok(name, "FLANNEL_IPMASQ=false: flanneld does not masquerade (something else must)")
@@ -61,7 +61,10 @@ func (f *facts) checkMasquerade(ctx context.Context) Result {
 // corrupt checksums behind NAT and some NICs.
 func (f *facts) checkChecksum(context.Context) Result {
 	const name = "vxlan checksum offload"
-	if f.cfg == nil || f.cfg.BackendType != "vxlan" {
+	if f.cfg == nil {
+		return skip(name, "no network config (see datastore)")
+	}
+	if f.cfg.BackendType != "vxlan" {
 		return ok(name, "not a VXLAN network")
 	}
 	o, dev := f.vxlan()

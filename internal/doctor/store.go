@@ -11,7 +11,20 @@ import (
 
 // ManagerStore reads config and leases through a subnet manager, exactly
 // as flanneld sees them.
-type ManagerStore struct{ subnet.Manager }
+type ManagerStore struct {
+	subnet.Manager
+	// Via says where the manager's config comes from when that is not
+	// where flanneld reads it (a ConfigMap instead of the file).
+	Via string
+}
+
+// Name names the datastore, and where its config came from.
+func (m ManagerStore) Name() string {
+	if m.Via == "" {
+		return m.Manager.Name()
+	}
+	return m.Manager.Name() + " (" + m.Via + ")"
+}
 
 // Config returns the validated network config.
 func (m ManagerStore) Config(ctx context.Context) (*config.Config, error) {

@@ -230,6 +230,9 @@ func prepareKube(spec *Spec, say func(string, ...any)) error {
 	if spec.Segments == 2 {
 		return errors.New("--kubernetes: one segment only for now (nodes get a default route via the hub, which only segment 1 reaches)")
 	}
+	if spec.Kube.DualStack && spec.Backend == "udp" {
+		return errors.New("--dual-stack: the udp backend carries IPv4 only (as upstream's); use vxlan, host-gw or wireguard")
+	}
 	say("Kubernetes %s from %s, containerd from %s, images from %s", spec.Kube.Version, spec.Kube.KubeBinDir, spec.Kube.ContainerdDir, spec.Kube.ImageDir)
 	if spec.Kube.Helm {
 		say("flannel: chart %s installed with %s, image %s", spec.Kube.Chart, spec.Kube.HelmBin, spec.Kube.FlannelImage)

@@ -22,6 +22,27 @@ func (e *Env) Check() error {
 	return nil
 }
 
+// Validate is everything the flannel CNI plugin demands of the file before
+// it sets up a pod (flannelctl doctor asks the same): a subnet with its
+// network, a positive MTU, and Check.
+func (e *Env) Validate() error {
+	if !e.Subnet.IsValid() && !e.IPv6Subnet.IsValid() {
+		return fmt.Errorf("neither FLANNEL_SUBNET nor FLANNEL_IPV6_SUBNET is set")
+	}
+	if e.Subnet.IsValid() && !e.Network.IsValid() {
+		return fmt.Errorf("FLANNEL_SUBNET is set but FLANNEL_NETWORK is missing")
+	}
+	if e.IPv6Subnet.IsValid() && !e.IPv6Network.IsValid() {
+		return fmt.Errorf("FLANNEL_IPV6_SUBNET is set but FLANNEL_IPV6_NETWORK is missing")
+	}
+	if e.MTU <= 0 {
+		return fmt.Errorf("FLANNEL_MTU is missing or not positive (%d)", e.MTU)
+	}
+	// A pod must never get an address outside the network the other nodes
+	// route to it (a subnet.env left from another network config).
+	return e.Check()
+}
+
 // minMTU is IPv4's minimum (RFC 791); maxMTU the largest an IP packet can be.
 const minMTU, maxMTU = 68, 65535
 

@@ -13,6 +13,8 @@ import (
 	"golang.zx2c4.com/wireguard/tun"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 	"k8s.io/klog/v2"
+
+	"github.com/flannelgo/flannel/internal/preflight"
 )
 
 // DefaultSocketDir is where wireguard-go, and so `wg show`, look for a
@@ -41,7 +43,8 @@ type userDevice struct {
 func newUserDevice(name string, mtu int) (*userDevice, error) {
 	t, err := tun.CreateTUN(name, mtu)
 	if err != nil {
-		return nil, fmt.Errorf("create TUN device %s for userspace WireGuard: %w (is another flanneld running on this node?)", name, err)
+		return nil, fmt.Errorf("create TUN device %s for userspace WireGuard: %w (is another flanneld running on this node? "+
+			"In a DaemonSet, /dev/net/tun must be mounted: %s)", name, err, preflight.TunPatch)
 	}
 	logger := &wgdevice.Logger{
 		Verbosef: func(format string, args ...any) {
