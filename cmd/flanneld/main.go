@@ -7,10 +7,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"net"
 	"os"
 	"os/signal"
-	"strconv"
 	"syscall"
 
 	"k8s.io/klog/v2"
@@ -78,11 +76,8 @@ func run(args []string) int {
 
 func serve(ctx context.Context, o *options) error {
 	m := metrics.New()
-	if o.healthzPort > 0 {
-		addr := net.JoinHostPort(o.healthzIP, strconv.Itoa(o.healthzPort))
-		if err := m.Serve(ctx, addr); err != nil {
-			return err
-		}
+	if err := serveHTTP(ctx, o, m); err != nil {
+		return err
 	}
 	if o.debugPprofAddress != "" {
 		if err := servePprof(ctx, o.debugPprofAddress); err != nil {
