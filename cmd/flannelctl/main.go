@@ -24,6 +24,7 @@ usage:
   flannelctl lab kubectl    [--name N] -- KUBECTL ARGS...   (--kubernetes labs)
   flannelctl lab kubeconfig [--name N]
   flannelctl policy explain --from NS/POD --to NS/POD[:PORT/PROTO] [--kubeconfig FILE]
+  flannelctl policy drops   [--node N | --all-nodes] [--namespace NS] [--follow] [--output text|json]
   flannelctl lab doctor [--name N] NODE [DOCTOR FLAGS...]
   flannelctl doctor     [--etcd-endpoints ... | --kube-subnet-mgr --kubeconfig-file F]
                         [--subnet-file F] [--healthz IP:PORT] [--output text|json]

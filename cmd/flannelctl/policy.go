@@ -29,6 +29,9 @@ destination pod declares is explained.
 `
 
 func runPolicy(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "drops" {
+		return runPolicyDrops(args[1:], stdout, stderr)
+	}
 	if len(args) == 0 || args[0] != "explain" {
 		fmt.Fprint(stderr, policyUsage)
 		return 2

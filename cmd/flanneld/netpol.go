@@ -49,7 +49,11 @@ func networkPolicy(ctx context.Context, o *options, mgr subnet.Manager, m *metri
 	if err := m.Register(met.Collectors()...); err != nil {
 		return err
 	}
-	ctl, err := netpol.NewController(netpol.ControllerOptions{RestConfig: km.RestConfig(), NodeName: km.NodeName, Metrics: met}, tbl)
+	rules, err := dropLog(ctx, o, tbl, m, km.NodeName)
+	if err != nil {
+		return err
+	}
+	ctl, err := netpol.NewController(netpol.ControllerOptions{RestConfig: km.RestConfig(), NodeName: km.NodeName, Metrics: met}, rules)
 	if err != nil {
 		return err
 	}
