@@ -170,3 +170,10 @@ func (m *Metrics) Register(cs ...prometheus.Collector) error {
 // Registry is where other packages (internal/peerhealth) register their
 // collectors, so that /metrics serves them too.
 func (m *Metrics) Registry() prometheus.Registerer { return m.registry }
+
+// Collectors are flanneld's own collectors (not the Go runtime's), for
+// the catalog of its metrics (internal/metrics/catalog).
+func (m *Metrics) Collectors() []prometheus.Collector {
+	return append([]prometheus.Collector{m.Ready, m.Peers, m.LeaseEvents, m.LeaseRenewals, m.LeaseExpiry, m.RuleRepairs, m.DatastoreFails,
+		m.ReconcileRepairs, m.ReconcileErrors, m.LeasesRejected, m.OwnLeaseReasserted, m.ConfigMismatch}, m.clusterMetrics.collectors()...)
+}
