@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/flannelgo/flannel/internal/antispoof"
 	"github.com/flannelgo/flannel/internal/backend/udp"
@@ -53,11 +54,20 @@ func sources() []source {
 // All is every flannel_* metric, by name. The Go runtime's go_* and the
 // process_* metrics are left out: they are the client library's standard
 // ones.
-func All() ([]Metric, error) {
+func All() ([]Metric, error) { return list(sources(), "flannel_") }
+
+// Served is every metric /metrics serves: All and the client library's
+// go_* and process_* ones, which dashboards may use too.
+func Served() ([]Metric, error) {
+	return list(append(sources(), source{"always (client library)", []prometheus.Collector{
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})}}), "")
+}
+
+func list(srcs []source, prefix string) ([]Metric, error) {
 	var out []Metric
-	for _, s := range sources() {
+	for _, s := range srcs {
 		for _, c := range s.collectors {
-			ms, err := describe(c, s.when)
+			ms, err := describe(c, s.when, prefix)
 			if err != nil {
 				return nil, err
 			}
@@ -71,7 +81,7 @@ func All() ([]Metric, error) {
 // descRE reads a Desc's String(), the only public view of its fields.
 var descRE = regexp.MustCompile(`^Desc\{fqName: "([^"]*)", help: "((?:[^"\\]|\\.)*)",(?: unit: "[^"]*",)? constLabels: \{[^}]*\}, variableLabels: \{([^}]*)\}\}$`)
 
-func describe(c prometheus.Collector, when string) ([]Metric, error) {
+func describe(c prometheus.Collector, when, prefix string) ([]Metric, error) {
 	ch := make(chan *prometheus.Desc, 64)
 	go func() {
 		c.Describe(ch)
@@ -83,7 +93,7 @@ func describe(c prometheus.Collector, when string) ([]Metric, error) {
 		if m == nil {
 			return nil, fmt.Errorf("cannot read metric description %s", d)
 		}
-		if !strings.HasPrefix(m[1], "flannel_") {
+		if !strings.HasPrefix(m[1], prefix) {
 			continue
 		}
 		var labels []string
