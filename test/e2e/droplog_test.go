@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/procfs"
+
 	"github.com/flannelgo/flannel/internal/droplog"
 	"github.com/flannelgo/flannel/internal/testbed"
 )
@@ -63,7 +65,7 @@ func floodCost(ctx context.Context, t *testing.T, l *npCluster, records <-chan s
 		t.Fatal(err)
 	}
 	pid := l.Flanneld(node).Pid
-	cpu0, start := procCPU(pid), time.Now()
+	cpu0, start := procCPU(t, pid), time.Now()
 	sendFlood(ctx, t, src.tbPod, dst.tbPod.IP.String()+":81")
 	sent := time.Since(start)
 	eventually(t, 10*time.Second, "the drop counter to count the flood", func() error {
@@ -75,7 +77,7 @@ func floodCost(ctx context.Context, t *testing.T, l *npCluster, records <-chan s
 	})
 	// The last records reach flanneld within the NFLOG flush interval.
 	quiet := drainRecords(records, 500*time.Millisecond)
-	wall, cpu := time.Since(start), procCPU(pid)-cpu0
+	wall, cpu := time.Since(start), procCPU(t, pid)-cpu0
 	after, _ := metric(ctx, node, counter)
 	logged, _ := metric(ctx, node, `flannel_drop_log_records_total{reason="policy"}`)
 	share := float64(cpu) / float64(wall) * 100
@@ -189,17 +191,16 @@ func drainRecords(ch <-chan seenRecord, quiet time.Duration) int {
 }
 
 // procCPU is the CPU time (user and system) pid has used, from
-// /proc/<pid>/stat, in clock ticks of 10 ms.
-func procCPU(pid int) time.Duration {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+// /proc/<pid>/stat (in clock ticks of 10 ms).
+func procCPU(t *testing.T, pid int) time.Duration {
+	t.Helper()
+	p, err := procfs.NewProc(pid)
 	if err != nil {
-		return 0
+		t.Fatal(err)
 	}
-	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
-	if len(f) < 13 {
-		return 0
+	st, err := p.Stat()
+	if err != nil {
+		t.Fatal(err)
 	}
-	u, _ := strconv.ParseInt(f[11], 10, 64)
-	s, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(u+s) * 10 * time.Millisecond
+	return time.Duration(st.CPUTime() * float64(time.Second))
 }

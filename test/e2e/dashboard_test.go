@@ -1,0 +1,176 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/flannelgo/flannel/internal/testbed"
+	"github.com/flannelgo/flannel/internal/testbed/tbtest"
+)
+
+const (
+	dashboardPath  = "../../deploy/monitoring/flannel-dashboard.json"
+	prometheusAddr = "127.0.0.1:19090"
+)
+
+// Every query of the Grafana dashboard returns data from a real Prometheus
+// scraping a 3-node cluster (flanneld --network-policy against a real
+// kube-apiserver) for about a minute, once the cluster has seen what the
+// panels show: a denied connection and a repaired route.
+func TestMonitoringDashboard(t *testing.T) {
+	tbtest.NeedTools(t, "prometheus")
+	queries := dashboardQueries(t)
+	// The healthz server on every address of the node, so the hub reaches it.
+	l := newNPCluster(t, "--healthz-ip=0.0.0.0")
+	ctx := testCtx(t, 6*time.Minute)
+	l.change(ctx, func() {
+		l.createPolicy(ctx, "x", "deny-a", npSpec{PodSelector: *lsel("pod", "a"), PolicyTypes: npIngress})
+	})
+	if probe(ctx, l.pod("y/b").tbPod, l.pod("x/a").tbPod.IP, 80, "udp") {
+		t.Fatal("y/b -> x/a allowed under deny-a")
+	}
+	n1 := l.Nodes[0]
+	tbtest.Run(t, "ip", "-n", n1.NS, "route", "del", podCIDR(l.Nodes[1].Index).String())
+	startPrometheus(ctx, t, l.cluster)
+	started := time.Now()
+	var empty []string
+	last := ""
+	eventually(t, 3*time.Minute, "every dashboard query to return data", func() error {
+		empty = empty[:0]
+		for _, q := range queries {
+			n, err := promQuery(ctx, l.Hub, q.expr)
+			if err != nil {
+				return err
+			}
+			if n == 0 {
+				empty = append(empty, fmt.Sprintf("%s: %s", q.panel, q.expr))
+			}
+		}
+		if msg := strings.Join(empty, "; "); len(empty) > 0 && msg != last {
+			last = msg
+			t.Logf("%s after Prometheus started, %d queries return nothing: %s", time.Since(started).Round(time.Second), len(empty), msg)
+		}
+		if len(empty) > 0 {
+			return fmt.Errorf("%d of %d queries return nothing:\n%s", len(empty), len(queries), strings.Join(empty, "\n"))
+		}
+		return nil
+	})
+	t.Logf("all %d queries of the dashboard's panels returned data %s after Prometheus started", len(queries), time.Since(started).Round(time.Second))
+}
+
+type panelQuery struct{ panel, expr string }
+
+// dashboardQueries are the dashboard's expressions as Grafana sends them,
+// its variables replaced (as scripts/promqlcheck does).
+func dashboardQueries(t *testing.T) []panelQuery {
+	b, err := os.ReadFile(dashboardPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d struct {
+		Panels []struct {
+			Title   string `json:"title"`
+			Targets []struct {
+				Expr string `json:"expr"`
+			} `json:"targets"`
+		} `json:"panels"`
+	}
+	if err := json.Unmarshal(b, &d); err != nil {
+		t.Fatal(err)
+	}
+	vars := strings.NewReplacer("$__rate_interval", "1m", "$__interval", "1m", "$__range", "1h", "${instance}", ".*", "$instance", ".*")
+	var out []panelQuery
+	for _, p := range d.Panels {
+		for _, tg := range p.Targets {
+			out = append(out, panelQuery{p.Title, vars.Replace(tg.Expr)})
+		}
+	}
+	return out
+}
+
+// startPrometheus runs Debian's prometheus in the hub namespace, scraping
+// every node's flanneld every 5 s; the testbed stops it.
+func startPrometheus(ctx context.Context, t *testing.T, c *cluster) {
+	dir := t.TempDir()
+	t.Cleanup(func() {
+		if t.Failed() {
+			log, _ := os.ReadFile(filepath.Join(dir, "prometheus.log"))
+			t.Logf("prometheus log:\n%s", tailLines(string(log), 40))
+		}
+	})
+	var targets []string
+	for _, n := range c.Nodes {
+		targets = append(targets, strconv.Quote(net.JoinHostPort(n.Addr.String(), strconv.Itoa(metricsPort))))
+	}
+	cfg := fmt.Sprintf(`global: {scrape_interval: 5s, evaluation_interval: 5s}
+scrape_configs:
+  - job_name: flannel
+    honor_labels: true
+    static_configs: [{targets: [%s]}]
+`, strings.Join(targets, ", "))
+	path := filepath.Join(dir, "prometheus.yml")
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := c.StartProcess(ctx, c.Hub.NS, filepath.Join(dir, "prometheus.log"), "prometheus",
+		"--config.file="+path, "--storage.tsdb.path="+filepath.Join(dir, "data"), "--web.listen-address="+prometheusAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, time.Minute, "prometheus to answer", func() error {
+		_, err := promQuery(ctx, c.Hub, "up")
+		return err
+	})
+}
+
+// promQuery runs an instant query and returns how many series answered.
+// Each query has a connection of its own, closed after it: kept-alive
+// connections of throw-away clients would pile up to Prometheus's
+// connection limit.
+func promQuery(ctx context.Context, hub *testbed.Host, expr string) (int, error) {
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return testbed.DialInNamespace(ctx, hub.NS, network, addr)
+		},
+	}}
+	u := "http://" + prometheusAddr + "/api/v1/query?query=" + url.QueryEscape(expr)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	var r struct {
+		Status string `json:"status"`
+		Error  string `json:"error"`
+		Data   struct {
+			Result []json.RawMessage `json:"result"`
+		} `json:"data"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
+		return 0, fmt.Errorf("query %q: %w", expr, err)
+	}
+	if r.Status != "success" {
+		return 0, fmt.Errorf("query %q: %s", expr, r.Error)
+	}
+	return len(r.Data.Result), nil
+}
+
+func tailLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
