@@ -8,12 +8,19 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/flannelgo/flannel/internal/ctxwait"
+	"github.com/flannelgo/flannel/internal/droplog"
 	"github.com/flannelgo/flannel/internal/testbed"
 	"github.com/flannelgo/flannel/internal/testbed/tbtest"
 )
@@ -43,29 +50,75 @@ func TestMonitoringDashboard(t *testing.T) {
 	tbtest.Run(t, "ip", "-n", n1.NS, "route", "del", podCIDR(l.Nodes[1].Index).String())
 	startPrometheus(ctx, t, l.cluster)
 	started := time.Now()
-	var empty []string
 	last := ""
 	eventually(t, 3*time.Minute, "every dashboard query to return data", func() error {
-		empty = empty[:0]
-		for _, q := range queries {
-			n, err := promQuery(ctx, l.Hub, q.expr)
-			if err != nil {
-				return err
-			}
-			if n == 0 {
-				empty = append(empty, fmt.Sprintf("%s: %s", q.panel, q.expr))
-			}
-		}
-		if msg := strings.Join(empty, "; "); len(empty) > 0 && msg != last {
+		empty, err := emptyQueries(ctx, l.Hub, queries)
+		if msg := strings.Join(empty, "; "); err == nil && len(empty) > 0 && msg != last {
 			last = msg
 			t.Logf("%s after Prometheus started, %d queries return nothing: %s", time.Since(started).Round(time.Second), len(empty), msg)
 		}
-		if len(empty) > 0 {
-			return fmt.Errorf("%d of %d queries return nothing:\n%s", len(empty), len(queries), strings.Join(empty, "\n"))
+		if err == nil && len(empty) > 0 {
+			err = fmt.Errorf("%d of %d queries return nothing:\n%s", len(empty), len(queries), strings.Join(empty, "\n"))
 		}
-		return nil
+		return err
 	})
 	t.Logf("all %d queries of the dashboard's panels returned data %s after Prometheus started", len(queries), time.Since(started).Round(time.Second))
+	// The issue's figure is a minute of scraping: the panels must still
+	// show data then (nothing went stale, no series vanished).
+	if err := ctxwait.Sleep(ctx, time.Minute-time.Since(started)); err != nil {
+		t.Fatal(err)
+	}
+	empty, err := emptyQueries(ctx, l.Hub, queries)
+	if err != nil || len(empty) > 0 {
+		t.Fatalf("after %s of scraping (%v), queries without data:\n%s", time.Since(started).Round(time.Second), err, strings.Join(empty, "\n"))
+	}
+	t.Logf("after %s of scraping 3 nodes every 5 s, all %d queries still return data", time.Since(started).Round(time.Second), len(queries))
+	dropsAcrossNodes(ctx, t, l)
+}
+
+// dropsAcrossNodes: `flannelctl policy drops --all-nodes`, run beside the
+// API server, asks every node's flanneld at its InternalIP and finds the
+// denied probe on x/a's node.
+func dropsAcrossNodes(ctx context.Context, t *testing.T, l *npCluster) {
+	for _, n := range l.Nodes {
+		node := l.node(ctx, n.Name)
+		node.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: n.Addr.String()}}
+		if _, err := l.cs.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{}); err != nil {
+			t.Fatalf("set the InternalIP of node %s: %v", n.Name, err)
+		}
+	}
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", l.Hub.NS, buildFlannelctl(t), "policy", "drops", "--all-nodes",
+		"--kubeconfig", l.api.AdminKubeconfig, "--address", "127.0.0.1:"+strconv.Itoa(metricsPort), "--namespace", "x", "--output", "json")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("policy drops --all-nodes: %v\n%s", err, out)
+	}
+	var found bool
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		var r droplog.Record
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			t.Fatalf("policy drops printed %q: %v", line, err)
+		}
+		found = found || r.Node == l.Nodes[0].Name && r.Source.String() == "y/b" && r.Dest.String() == "x/a" && slices.Equal(r.Policies, []string{"x/deny-a"})
+	}
+	if !found {
+		t.Errorf("policy drops --all-nodes lacks y/b -> x/a on %s:\n%s", l.Nodes[0].Name, out)
+	}
+}
+
+// emptyQueries runs every query and lists those that returned no series.
+func emptyQueries(ctx context.Context, hub *testbed.Host, queries []panelQuery) ([]string, error) {
+	var empty []string
+	for _, q := range queries {
+		n, err := promQuery(ctx, hub, q.expr)
+		if err != nil {
+			return nil, err
+		}
+		if n == 0 {
+			empty = append(empty, fmt.Sprintf("%s: %s", q.panel, q.expr))
+		}
+	}
+	return empty, nil
 }
 
 type panelQuery struct{ panel, expr string }

@@ -119,10 +119,7 @@ type seenRecord struct {
 // followDrops runs `flannelctl policy drops --follow --output json` in the
 // node's namespace against its flanneld.
 func followDrops(ctx context.Context, t *testing.T, n *testbed.Node) <-chan seenRecord {
-	ctl := filepath.Join(bins.dir, "flannelctl")
-	if err := goBuild(ctl, "./cmd/flannelctl"); err != nil {
-		t.Fatal(err)
-	}
+	ctl := buildFlannelctl(t)
 	ctx, cancel := context.WithCancel(ctx)
 	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", n.NS, ctl, "policy", "drops", "--follow", "--output", "json",
 		"--address", "127.0.0.1:"+strconv.Itoa(metricsPort))
@@ -152,6 +149,14 @@ func followDrops(ctx context.Context, t *testing.T, n *testbed.Node) <-chan seen
 		}
 	}()
 	return ch
+}
+
+func buildFlannelctl(t *testing.T) string {
+	ctl := filepath.Join(bins.dir, "flannelctl")
+	if err := goBuild(ctl, "./cmd/flannelctl"); err != nil {
+		t.Fatal(err)
+	}
+	return ctl
 }
 
 func waitRecord(t *testing.T, ch <-chan seenRecord, within time.Duration, match func(droplog.Record) bool) seenRecord {
