@@ -9,7 +9,7 @@ import (
 )
 
 type panel struct {
-	Title   string  `json:"title"`
+	Title   string `json:"title"`
 	Targets []struct {
 		Expr string `json:"expr"`
 	} `json:"targets"`
