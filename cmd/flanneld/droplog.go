@@ -10,6 +10,7 @@ import (
 
 	"k8s.io/klog/v2"
 
+	"github.com/flannelgo/flannel/internal/antispoof"
 	"github.com/flannelgo/flannel/internal/droplog"
 	"github.com/flannelgo/flannel/internal/metrics"
 	"github.com/flannelgo/flannel/internal/netpol"
@@ -23,7 +24,7 @@ type dropLogOptions struct {
 }
 
 func (d *dropLogOptions) addFlags(fs *flag.FlagSet) {
-	fs.UintVar(&d.group, "policy-drop-log-group", 100, "with --network-policy, the NFLOG group the kernel logs a sample of the dropped packets to, for `flannelctl policy drops`; 0 turns the drop log off; not an upstream flag")
+	fs.UintVar(&d.group, "policy-drop-log-group", 100, "with --network-policy, the NFLOG group the kernel logs a sample of the packets network policy (and anti-spoofing) drops to, for `flannelctl policy drops`; 0 turns the drop log off; not an upstream flag")
 	fs.IntVar(&d.rate, "policy-drop-log-rate", 100, "the most dropped packets per second and direction the kernel logs (its own rate limit: a flood costs flanneld no more; the drop counters count every packet); not an upstream flag")
 	fs.StringVar(&d.output, "policy-drop-log-output", "", "also write each drop record as a JSON line: \"log\" to flanneld's log, or a file path (appended); empty: only served at /policy/drops; not an upstream flag")
 }
@@ -31,21 +32,21 @@ func (d *dropLogOptions) addFlags(fs *flag.FlagSet) {
 // dropLog starts the drop log when its group is set and returns the rules
 // the policy controller syncs: the table, behind the keeper of the model
 // that names the records' pods and policies.
-func dropLog(ctx context.Context, o *options, tbl *netpol.Table, m *metrics.Metrics, nodeName func(context.Context) (string, error)) (netpol.Rules, error) {
+func dropLog(ctx context.Context, o *options, tbl *netpol.Table, m *metrics.Metrics, nodeName func(context.Context) (string, error)) (netpol.Rules, *droplog.Log, error) {
 	if o.dropLog.group == 0 {
-		return tbl, nil
+		return tbl, nil, nil
 	}
 	if o.dropLog.group > 65535 {
-		return nil, fmt.Errorf("--policy-drop-log-group %d: an NFLOG group is 1 to 65535", o.dropLog.group)
+		return nil, nil, fmt.Errorf("--policy-drop-log-group %d: an NFLOG group is 1 to 65535", o.dropLog.group)
 	}
 	conn, err := droplog.Listen(uint16(o.dropLog.group), 100*time.Millisecond)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	sink, err := dropSink(ctx, o.dropLog.output)
 	if err != nil {
 		conn.Close()
-		return nil, err
+		return nil, nil, err
 	}
 	node, err := nodeName(ctx)
 	if err != nil {
@@ -55,13 +56,13 @@ func dropLog(ctx context.Context, o *options, tbl *netpol.Table, m *metrics.Metr
 	log := droplog.New(node, keeper, sink)
 	if err := m.Register(log.Collectors()...); err != nil {
 		conn.Close()
-		return nil, err
+		return nil, nil, err
 	}
 	m.Handle(droplog.Path, log.Handler(o.dropLog.rate))
 	tbl.SetDropLog(netpol.DropLog{Group: uint16(o.dropLog.group), Rate: o.dropLog.rate})
 	go log.Run(ctx, conn)
 	klog.Infof("policy drop log: NFLOG group %d, at most %d records per second and direction", o.dropLog.group, o.dropLog.rate)
-	return keeper, nil
+	return keeper, log, nil
 }
 
 func dropSink(ctx context.Context, output string) (io.Writer, error) {
@@ -80,4 +81,14 @@ func dropSink(ctx context.Context, output string) (io.Writer, error) {
 		f.Close()
 	}()
 	return f, nil
+}
+
+// spoofDropLog has the anti-spoofing table log a sample of its drops to
+// the same group, when the drop log runs.
+func spoofDropLog(o *options, drops *droplog.Log, tbl *antispoof.Table, ctl *antispoof.Controller) {
+	if drops == nil {
+		return
+	}
+	tbl.SetDropLog(uint16(o.dropLog.group), o.dropLog.rate)
+	drops.RecordSpoofing(ctl)
 }

@@ -89,10 +89,11 @@ func serve(ctx context.Context, o *options) error {
 		return err
 	}
 	defer closeMgr()
-	if err := networkPolicy(ctx, o, mgr, m); err != nil {
+	drops, err := networkPolicy(ctx, o, mgr, m)
+	if err != nil {
 		return err
 	}
-	if err := antiSpoofing(ctx, o, m); err != nil {
+	if err := antiSpoofing(ctx, o, m, drops); err != nil {
 		return err
 	}
 	d := daemon.New(daemon.Options{

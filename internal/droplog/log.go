@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/klog/v2"
 
+	"github.com/flannelgo/flannel/internal/antispoof"
 	"github.com/flannelgo/flannel/internal/netpol"
 )
 
@@ -24,10 +25,11 @@ type Log struct {
 	names *ModelKeeper
 	sink  io.Writer // nil: none
 
-	mu   sync.Mutex
-	ring []Record
-	next int
-	subs map[chan Record]struct{}
+	mu    sync.Mutex
+	ports Ports // nil: anti-spoofing drops are not recorded
+	ring  []Record
+	next  int
+	subs  map[chan Record]struct{}
 
 	records *prometheus.CounterVec
 	lost    prometheus.Counter
@@ -90,6 +92,8 @@ func (l *Log) record(p Packet) (Record, bool) {
 		r.Direction = netpol.Ingress.String()
 	case netpol.LogPrefixEgress:
 		r.Direction = netpol.Egress.String()
+	case antispoof.LogPrefix:
+		return l.spoofed(r, p.InDev)
 	default:
 		return Record{}, false
 	}

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flannelgo/flannel/internal/antispoof"
 	"github.com/flannelgo/flannel/internal/netpol"
 )
 
@@ -93,5 +94,25 @@ func TestRingKeepsLatest(t *testing.T) {
 	got := l.Latest()
 	if len(got) != ringSize || got[0].Port != 5 || got[len(got)-1].Port != ringSize+4 {
 		t.Fatalf("kept %d, first %d, last %d", len(got), got[0].Port, got[len(got)-1].Port)
+	}
+}
+
+type fakePorts map[string][2]string
+
+func (f fakePorts) PodOf(port string) (string, string) { return f[port][0], f[port][1] }
+
+// A frame anti-spoofing logged names its sender by the port it came in
+// on, keeps the forged address, and names the destination pod.
+func TestRecordSpoofed(t *testing.T) {
+	l := New("n1", keeper(t), nil)
+	p := Packet{Prefix: antispoof.LogPrefix, InDev: 1, Payload: ipv4TCP("10.244.9.9", "10.244.1.3", 80)}
+	if _, ok := l.record(p); ok {
+		t.Fatal("recorded an anti-spoofing drop before RecordSpoofing")
+	}
+	l.RecordSpoofing(fakePorts{"lo": {"shop", "mallory"}}) // ifindex 1 is lo
+	r, ok := l.record(p)
+	if !ok || r.Reason != "anti-spoofing" || r.Source.String() != "shop/mallory" || r.Source.IP.String() != "10.244.9.9" ||
+		r.Dest.String() != "db/server" || len(r.Policies) != 0 {
+		t.Fatalf("record %+v", r)
 	}
 }

@@ -23,14 +23,20 @@ const (
 	cmdBind       = 1
 	copyPacket    = 2
 	attrTimestamp = 3
+	attrInDev     = 4
+	attrPhysInDev = 6
 	attrPayload   = 9
 	attrPrefix    = 10
 )
 
 // Packet is one packet the kernel logged to the group.
 type Packet struct {
-	Time    time.Time
-	Prefix  string // the nftables rule's log prefix
+	Time   time.Time
+	Prefix string // the nftables rule's log prefix
+	// InDev is the index of the interface the packet came in on: in the
+	// bridge family the bridge port (the kernel reports the port as the
+	// physical input device there, and the bridge as the input device).
+	InDev   uint32
 	Payload []byte // from the network header on, at most copyRange bytes
 }
 
@@ -139,6 +145,12 @@ func parsePacket(b []byte) (Packet, error) {
 			p.Prefix = ad.String()
 		case attrPayload:
 			p.Payload = ad.Bytes()
+		case attrInDev:
+			if p.InDev == 0 {
+				p.InDev = ad.Uint32()
+			}
+		case attrPhysInDev:
+			p.InDev = ad.Uint32()
 		case attrTimestamp:
 			if ts := ad.Bytes(); len(ts) == 16 {
 				p.Time = time.Unix(int64(binary.BigEndian.Uint64(ts)), int64(binary.BigEndian.Uint64(ts[8:]))*1000)

@@ -187,16 +187,8 @@ scrape_configs:
 }
 
 // promQuery runs an instant query and returns how many series answered.
-// Each query has a connection of its own, closed after it: kept-alive
-// connections of throw-away clients would pile up to Prometheus's
-// connection limit.
 func promQuery(ctx context.Context, hub *testbed.Host, expr string) (int, error) {
-	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		DisableKeepAlives: true,
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			return testbed.DialInNamespace(ctx, hub.NS, network, addr)
-		},
-	}}
+	hc := nsClient(hub.NS, 10*time.Second)
 	u := "http://" + prometheusAddr + "/api/v1/query?query=" + url.QueryEscape(expr)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {

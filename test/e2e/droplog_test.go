@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -208,4 +210,37 @@ func procCPU(t *testing.T, pid int) time.Duration {
 		t.Fatal(err)
 	}
 	return time.Duration(st.CPUTime() * float64(time.Second))
+}
+
+// nodeDrops reads the records node n's flanneld keeps (its /policy/drops).
+func nodeDrops(ctx context.Context, n *testbed.Node) ([]droplog.Record, error) {
+	hc := nsClient(n.NS, 5*time.Second)
+	u := fmt.Sprintf("http://127.0.0.1:%d%s", metricsPort, droplog.Path)
+	resp, err := hc.Get(u)
+	if err != nil {
+		return nil, fmt.Errorf("node %s: %w", n.Name, err)
+	}
+	defer resp.Body.Close()
+	var out []droplog.Record
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		var r droplog.Record
+		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+			return nil, fmt.Errorf("node %s: %s: %w", n.Name, u, err)
+		}
+		out = append(out, r)
+	}
+	return out, sc.Err()
+}
+
+// nsClient is an HTTP client whose connections are made inside network
+// namespace ns, one per request (kept-alive connections of throw-away
+// clients would pile up: Prometheus, for one, stops accepting at 512).
+func nsClient(ns string, timeout time.Duration) *http.Client {
+	return &http.Client{Timeout: timeout, Transport: &http.Transport{
+		DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return testbed.DialInNamespace(ctx, ns, network, addr)
+		},
+	}}
 }
