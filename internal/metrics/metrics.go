@@ -95,12 +95,15 @@ func (m *Metrics) Repaired(kind string, n int) {
 func (m *Metrics) ReconcileFailed() { m.ReconcileErrors.Inc() }
 
 // Handler serves /healthz (the process is alive), /readyz, /metrics and
-// the added routes on one address, as upstream's --healthz-port does.
+// the added routes on one address: upstream's --healthz-port, and
+// --metrics-address (where the health endpoints are served too, so that
+// `flannelctl doctor --healthz` works with the address a scraper knows).
 func (m *Metrics) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/healthz", m.HealthHandler())
 	mux.Handle("/readyz", m.HealthHandler())
-	mux.Handle("/", m.MetricsHandler())
+	mux.Handle("/metrics", promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{}))
+	mux.Handle("/", m.routes)
 	return mux
 }
 
@@ -118,15 +121,6 @@ func (m *Metrics) HealthHandler() http.Handler {
 		}
 		fmt.Fprintln(w, "ok")
 	})
-	return mux
-}
-
-// MetricsHandler serves /metrics and the added routes (--metrics-address):
-// pod names and addresses, for the scraper and operators only.
-func (m *Metrics) MetricsHandler() http.Handler {
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{}))
-	mux.Handle("/", m.routes)
 	return mux
 }
 
