@@ -37,9 +37,11 @@ const (
 func TestMonitoringDashboard(t *testing.T) {
 	tbtest.NeedTools(t, "prometheus")
 	queries := dashboardQueries(t)
-	// The healthz server on every address of the node, so the hub reaches it.
-	l := newNPCluster(t, "--healthz-ip=0.0.0.0")
+	// /metrics on every address of the node (so the hub reaches it), at
+	// the port the helpers read; the health endpoints alone on another.
+	l := newNPCluster(t, "--metrics-address=0.0.0.0:"+strconv.Itoa(metricsPort), "--healthz-port="+strconv.Itoa(healthOnlyPort))
 	ctx := testCtx(t, 6*time.Minute)
+	checkHealthOnly(ctx, t, l.Nodes[0])
 	l.change(ctx, func() {
 		l.createPolicy(ctx, "x", "deny-a", npSpec{PodSelector: *lsel("pod", "a"), PolicyTypes: npIngress})
 	})
@@ -119,6 +121,26 @@ func emptyQueries(ctx context.Context, hub *testbed.Host, queries []panelQuery) 
 		}
 	}
 	return empty, nil
+}
+
+// healthOnlyPort is the healthz port when --metrics-address is set.
+const healthOnlyPort = 10246
+
+// checkHealthOnly: with --metrics-address the healthz port answers the
+// probes and serves no metrics.
+func checkHealthOnly(ctx context.Context, t *testing.T, n *testbed.Node) {
+	hc := nsClient(n.NS, 5*time.Second)
+	for path, want := range map[string]int{"/readyz": http.StatusOK, "/metrics": http.StatusNotFound, droplog.Path: http.StatusNotFound} {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d%s", healthOnlyPort, path), nil)
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatalf("healthz port of %s: %v", n.Name, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("%s on the healthz port with --metrics-address: %d, want %d", path, resp.StatusCode, want)
+		}
+	}
 }
 
 type panelQuery struct{ panel, expr string }
