@@ -28,12 +28,12 @@ DENY alike), 1 when the cluster cannot be read, 2 on bad usage.`
 func policyCommand() *cobra.Command {
 	group := &cobra.Command{
 		Use:     "policy",
-		Short:   "Explain NetworkPolicy decisions as flanneld --network-policy makes them",
-		Example: "  flannelctl policy explain --from default/client --to default/server:80/TCP",
+		Short:   "Explain NetworkPolicy decisions as flanneld --network-policy makes them, and show the packets it dropped",
+		Example: "  flannelctl policy explain --from default/client --to default/server:80/TCP\n  flannelctl policy drops --all-nodes --namespace prod --follow",
 		Args:    noArgs,
 		RunE:    needSubcommand,
 	}
-	group.AddCommand(explainCommand())
+	group.AddCommand(explainCommand(), dropsCommand())
 	return group
 }
 

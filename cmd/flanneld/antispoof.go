@@ -6,13 +6,14 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/flannelgo/flannel/internal/antispoof"
+	"github.com/flannelgo/flannel/internal/droplog"
 	"github.com/flannelgo/flannel/internal/metrics"
 )
 
 // antiSpoofing pins every pod of this node to its own addresses (on by
 // default with --network-policy). Off, a table an earlier run left is
 // removed, so no pod stays pinned to entries nobody updates.
-func antiSpoofing(ctx context.Context, o *options, m *metrics.Metrics) error {
+func antiSpoofing(ctx context.Context, o *options, m *metrics.Metrics, drops *droplog.Log) error {
 	on := o.antiSpoofing.value(o.networkPolicy)
 	tbl, err := antispoof.NewTable()
 	if !on {
@@ -28,6 +29,7 @@ func antiSpoofing(ctx context.Context, o *options, m *metrics.Metrics) error {
 	ctl := antispoof.NewController(antispoof.Options{
 		RecordDir: antispoof.RecordDir(o.subnetFile), CNICacheDir: o.cniCacheDir,
 	}, tbl)
+	spoofDropLog(o, drops, tbl, ctl)
 	// The first sync before anything else: pods made while flanneld was
 	// away are pinned before it reports ready.
 	if err := ctl.Sync(ctx); err != nil {

@@ -41,6 +41,8 @@ type options struct {
 	reconcileInterval time.Duration
 
 	debugPprofAddress string
+	metricsAddress    string
+	dropLog           dropLogOptions
 
 	// envIgnored holds one line per FLANNELD_* value that could not be
 	// applied; run logs them once logging is set up.
@@ -116,6 +118,8 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.DurationVar(&o.reconcileInterval, "reconcile-interval", 30*time.Second, "how often the kernel's routes, neighbours, FDB entries and devices are compared with the leases and repaired (netlink events trigger repairs at once too); 0 turns self-healing off")
 	fs.DurationVar(&o.peerProbeInterval, "peer-probe-interval", 10*time.Second, "how often each peer is probed over the overlay for the flannel_peers_* and flannel_peer_* metrics (jittered); 0 turns probing off")
 	fs.StringVar(&o.debugPprofAddress, "debug-pprof-address", "", "serve Go runtime profiles (/debug/pprof/) on this host:port, e.g. 127.0.0.1:6060, for debugging memory and CPU; not an upstream flag; empty (the default) turns it off")
+	fs.StringVar(&o.metricsAddress, "metrics-address", "", "serve /metrics (and the policy drop log, /policy/drops, and /healthz and /readyz) on this host:port, and not on the healthz server, which then answers /healthz and /readyz only; not an upstream flag; empty (the default): /metrics is served with /healthz")
+	o.dropLog.addFlags(fs)
 	klog.InitFlags(fs)
 	return fs
 }

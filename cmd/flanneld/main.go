@@ -7,10 +7,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"net"
 	"os"
 	"os/signal"
-	"strconv"
 	"syscall"
 
 	"k8s.io/klog/v2"
@@ -85,11 +83,8 @@ func run(args []string) int {
 
 func serve(ctx context.Context, o *options) error {
 	m := metrics.New()
-	if o.healthzPort > 0 {
-		addr := net.JoinHostPort(o.healthzIP, strconv.Itoa(o.healthzPort))
-		if err := m.Serve(ctx, addr); err != nil {
-			return err
-		}
+	if err := serveHTTP(ctx, o, m); err != nil {
+		return err
 	}
 	if o.debugPprofAddress != "" {
 		if err := servePprof(ctx, o.debugPprofAddress); err != nil {
@@ -101,10 +96,11 @@ func serve(ctx context.Context, o *options) error {
 		return err
 	}
 	defer closeMgr()
-	if err := networkPolicy(ctx, o, mgr, m); err != nil {
+	drops, err := networkPolicy(ctx, o, mgr, m)
+	if err != nil {
 		return err
 	}
-	if err := antiSpoofing(ctx, o, m); err != nil {
+	if err := antiSpoofing(ctx, o, m, drops); err != nil {
 		return err
 	}
 	d := daemon.New(daemon.Options{

@@ -10,6 +10,7 @@ import (
 
 	"k8s.io/klog/v2"
 
+	"github.com/flannelgo/flannel/internal/droplog"
 	"github.com/flannelgo/flannel/internal/metrics"
 	"github.com/flannelgo/flannel/internal/netpol"
 	"github.com/flannelgo/flannel/internal/subnet"
@@ -26,39 +27,44 @@ var bridgeSysctls = []string{
 // networkPolicy starts enforcing NetworkPolicies with --network-policy.
 // Without it, a table an earlier run left is removed: turning the flag
 // off must not leave pods isolated by rules nobody updates.
-func networkPolicy(ctx context.Context, o *options, mgr subnet.Manager, m *metrics.Metrics) error {
+// The drop log it returns (nil when off) records anti-spoofing drops too.
+func networkPolicy(ctx context.Context, o *options, mgr subnet.Manager, m *metrics.Metrics) (*droplog.Log, error) {
 	tbl, err := netpol.NewTable()
 	if !o.networkPolicy {
 		if err != nil {
 			klog.V(2).Infof("no nftables, so no network policy table to remove: %v", err)
-			return nil
+			return nil, nil
 		}
-		return removeLeftover(ctx, "--network-policy is off", "inet "+netpol.TableName, tbl.Remove)
+		return nil, removeLeftover(ctx, "--network-policy is off", "inet "+netpol.TableName, tbl.Remove)
 	}
 	if err != nil {
-		return err
+		return nil, err
 	}
 	km, ok := mgr.(*kubemgr.Manager)
 	if !ok {
-		return errors.New("--network-policy needs --kube-subnet-mgr")
+		return nil, errors.New("--network-policy needs --kube-subnet-mgr")
 	}
 	if err := enableBridgeNetfilter(); err != nil {
-		return err
+		return nil, err
 	}
 	met := netpol.NewMetrics(tbl)
 	if err := m.Register(met.Collectors()...); err != nil {
-		return err
+		return nil, err
 	}
-	ctl, err := netpol.NewController(netpol.ControllerOptions{RestConfig: km.RestConfig(), NodeName: km.NodeName, Metrics: met}, tbl)
+	rules, log, err := dropLog(ctx, o, tbl, m, km.NodeName)
 	if err != nil {
-		return err
+		return nil, err
+	}
+	ctl, err := netpol.NewController(netpol.ControllerOptions{RestConfig: km.RestConfig(), NodeName: km.NodeName, Metrics: met}, rules)
+	if err != nil {
+		return nil, err
 	}
 	go func() {
 		if err := ctl.Run(ctx); err != nil {
 			klog.Errorf("network policy controller stopped: %v", err)
 		}
 	}()
-	return nil
+	return log, nil
 }
 
 // enableBridgeNetfilter turns the sysctls on unless they are on already

@@ -89,6 +89,7 @@ var chains = []struct {
 // Table writes pods' pins into the kernel.
 type Table struct {
 	nft knftables.Interface
+	log string // the drop log's rule, first in the spoofed chain (droplog.go); empty: none
 }
 
 // NewTable connects to nftables (the nft binary must be installed).
@@ -111,7 +112,7 @@ func portFromCounter(name string) (string, bool) {
 
 // base declares the table and writes its chains anew; sets and their
 // elements are left as they are.
-func base(tx *knftables.Transaction) {
+func (t *Table) base(tx *knftables.Transaction) {
 	tx.Add(&knftables.Table{Comment: knftables.PtrTo("flanneld: each pod may send only from its own addresses")})
 	for _, s := range sets {
 		tx.Add(&s)
@@ -128,7 +129,11 @@ func base(tx *knftables.Transaction) {
 		}
 		tx.Add(ch)
 		tx.Flush(&knftables.Chain{Name: c.name})
-		for _, r := range c.rules {
+		rules := c.rules
+		if c.name == spoofChain && t.log != "" {
+			rules = append([]string{t.log}, rules...)
+		}
+		for _, r := range rules {
 			tx.Add(&knftables.Rule{Chain: c.name, Rule: r})
 		}
 	}
@@ -234,7 +239,7 @@ func (t *Table) Sync(ctx context.Context, pods []Pod, ports func() (map[string]b
 		return err
 	}
 	tx := t.nft.NewTransaction()
-	base(tx)
+	t.base(tx)
 	for port, e := range have {
 		if cur[port] {
 			continue

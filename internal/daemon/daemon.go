@@ -137,6 +137,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 	klog.Infof("wrote %s (subnet %s, MTU %d)", d.opts.SubnetFile, own.Key(), nw.MTU())
 
 	d.guard = leaseguard.New(cfg, own, guardHost(ctx))
+	d.metrics.SetBuildInfo(cfg.BackendType)
+	if cfg.EnableIPv4 {
+		d.metrics.PoolCapacity.Set(float64(cfg.SubnetCount()))
+	}
 	go d.watchConfig(ctx, cfg)
 	return d.follow(ctx, nw, own)
 }

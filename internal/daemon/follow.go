@@ -61,7 +61,11 @@ func (d *Daemon) followPeers(ctx context.Context, nw backend.Network, own *lease
 			d.prober.Update(others)
 		}
 		klog.V(2).Infof("applied %d lease events in %s", len(others), time.Since(start))
+		if len(others) > 0 {
+			d.metrics.LeaseApply.Observe(time.Since(b.arrived).Seconds())
+		}
 		d.metrics.Peers.Set(float64(d.peerCount(peers)))
+		d.metrics.PoolUsed.Set(float64(len(known)))
 		if b.snapshot {
 			d.ready.hearing()
 		}
@@ -147,6 +151,7 @@ func (d *Daemon) watchStatus(err error) {
 type watchBatch struct {
 	events   []lease.Event
 	snapshot bool
+	arrived  time.Time // when the watch delivered it: the start of flannel_lease_event_apply_duration_seconds
 }
 
 // watch runs WatchLeases until ctx ends. The contract says it returns only
@@ -192,7 +197,7 @@ func (d *Daemon) watchOnce(ctx context.Context, out chan<- watchBatch) error {
 			return err
 		case evs := <-events:
 			select {
-			case out <- watchBatch{events: evs, snapshot: first}:
+			case out <- watchBatch{events: evs, snapshot: first, arrived: time.Now()}:
 				first = false
 			case <-ctx.Done():
 				return ctx.Err()

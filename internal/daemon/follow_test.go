@@ -127,6 +127,13 @@ func TestFollowPeers(t *testing.T) {
 	if v := gauge(t, m.Peers); v != 1 {
 		t.Errorf("flannel_peers = %v, want 1", v)
 	}
+	if v := gauge(t, m.PoolUsed); v != 2 {
+		t.Errorf("flannel_subnet_pool_used = %v, want 2 (own and peer)", v)
+	}
+	var h dto.Metric
+	if err := m.LeaseApply.(prometheus.Metric).Write(&h); err != nil || h.GetHistogram().GetSampleCount() != 1 {
+		t.Errorf("flannel_lease_event_apply_duration_seconds: %d batches observed (%v), want 1", h.GetHistogram().GetSampleCount(), err)
+	}
 	if mgr.renewCount() != 0 {
 		t.Fatalf("renewed %d times before the margin", mgr.renewCount())
 	}

@@ -20,7 +20,11 @@ import (
 // Metrics holds the daemon's health state and its Prometheus collectors.
 type Metrics struct {
 	*Readiness // the conditions /readyz and flannel_ready report
-	registry   *prometheus.Registry
+	clusterMetrics
+	registry *prometheus.Registry
+	// routes are served beside /metrics (the policy drop log); a ServeMux
+	// takes registrations while it serves.
+	routes *http.ServeMux
 
 	Ready          prometheus.Gauge
 	Peers          prometheus.Gauge
@@ -41,7 +45,9 @@ type Metrics struct {
 // New creates a fresh registry with flanneld's collectors.
 func New() *Metrics {
 	m := &Metrics{
-		registry: prometheus.NewRegistry(),
+		registry:       prometheus.NewRegistry(),
+		routes:         http.NewServeMux(),
+		clusterMetrics: newClusterMetrics(),
 		Ready: prometheus.NewGauge(prometheus.GaugeOpts{Name: "flannel_ready",
 			Help: "1 when every readiness condition holds (/readyz answers 200): lease, data plane, traffic rules and subnet file in place, other nodes' leases followed, the network config current."}),
 		Peers: prometheus.NewGauge(prometheus.GaugeOpts{Name: "flannel_peers",
@@ -66,6 +72,7 @@ func New() *Metrics {
 	m.registry.MustRegister(m.Ready, m.Peers, m.LeaseEvents, m.LeaseRenewals, m.LeaseExpiry, m.RuleRepairs, m.DatastoreFails,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.registerLeaseSafety()
+	m.registry.MustRegister(m.clusterMetrics.collectors()...)
 	return m
 }
 
@@ -87,8 +94,22 @@ func (m *Metrics) Repaired(kind string, n int) {
 // ReconcileFailed counts a failed reconcile (backend.RepairReporter).
 func (m *Metrics) ReconcileFailed() { m.ReconcileErrors.Inc() }
 
-// Handler serves /healthz (the process is alive), /readyz and /metrics.
+// Handler serves /healthz (the process is alive), /readyz, /metrics and
+// the added routes on one address: upstream's --healthz-port, and
+// --metrics-address (where the health endpoints are served too, so that
+// `flannelctl doctor --healthz` works with the address a scraper knows).
 func (m *Metrics) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/healthz", m.HealthHandler())
+	mux.Handle("/readyz", m.HealthHandler())
+	mux.Handle("/metrics", promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{}))
+	mux.Handle("/", m.routes)
+	return mux
+}
+
+// HealthHandler serves /healthz and /readyz alone: what a kubelet probe
+// needs, and nothing about the cluster.
+func (m *Metrics) HealthHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
@@ -100,18 +121,21 @@ func (m *Metrics) Handler() http.Handler {
 		}
 		fmt.Fprintln(w, "ok")
 	})
-	mux.Handle("/metrics", promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{}))
 	return mux
 }
 
-// Serve listens on addr until ctx ends. The listener is opened before it
-// returns, so a port already in use is reported at start-up.
-func (m *Metrics) Serve(ctx context.Context, addr string) error {
+// Handle adds a route beside /metrics; it may be called while serving.
+func (m *Metrics) Handle(pattern string, h http.Handler) { m.routes.Handle(pattern, h) }
+
+// Serve listens on addr until ctx ends, serving h; what names the server
+// and its flag in messages. The listener is opened before it returns, so a
+// port already in use is reported at start-up.
+func Serve(ctx context.Context, addr string, h http.Handler, what string) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return fmt.Errorf("healthz listen on %s: %w (choose another --healthz-port)", addr, err)
+		return fmt.Errorf("%s listen on %s: %w (choose another address or port)", what, addr, err)
 	}
-	srv := &http.Server{Handler: m.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		<-ctx.Done()
 		shutdown, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -120,10 +144,10 @@ func (m *Metrics) Serve(ctx context.Context, addr string) error {
 	}()
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			klog.Errorf("healthz server on %s stopped: %v", addr, err)
+			klog.Errorf("%s server on %s stopped: %v", what, addr, err)
 		}
 	}()
-	klog.Infof("serving /healthz, /readyz and /metrics on %s", addr)
+	klog.Infof("serving %s on %s", what, addr)
 	return nil
 }
 
@@ -140,3 +164,10 @@ func (m *Metrics) Register(cs ...prometheus.Collector) error {
 // Registry is where other packages (internal/peerhealth) register their
 // collectors, so that /metrics serves them too.
 func (m *Metrics) Registry() prometheus.Registerer { return m.registry }
+
+// Collectors are flanneld's own collectors (not the Go runtime's), for
+// the catalog of its metrics (internal/metrics/catalog).
+func (m *Metrics) Collectors() []prometheus.Collector {
+	return append([]prometheus.Collector{m.Ready, m.Peers, m.LeaseEvents, m.LeaseRenewals, m.LeaseExpiry, m.RuleRepairs, m.DatastoreFails,
+		m.ReconcileRepairs, m.ReconcileErrors, m.LeasesRejected, m.OwnLeaseReasserted, m.ConfigMismatch}, m.clusterMetrics.collectors()...)
+}

@@ -18,7 +18,7 @@ type Metrics struct {
 // NewMetrics reads the drop counters from t at each scrape.
 func NewMetrics(t *Table) *Metrics {
 	return &Metrics{
-		SyncSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "flannel_policy_sync_seconds",
+		SyncSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "flannel_policy_sync_duration_seconds",
 			Help:    "Time to compile the network policies and load them into nftables.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
 		Active: prometheus.NewGauge(prometheus.GaugeOpts{Name: "flannel_policy_active",

@@ -110,8 +110,9 @@ func newRuleset() *ruleset {
 // buildRuleset lays the model out. Class chains are named after a hash of
 // their grants, so a class keeps its name from one sync to the next and
 // an update touches only what changed.
-func buildRuleset(m *Model) *ruleset {
+func buildRuleset(m *Model, log DropLog) *ruleset {
 	r := newRuleset()
+	r.addLogChains(log)
 	for d, cs := range layout(m) {
 		dir := Direction(d)
 		for _, c := range cs {
@@ -148,6 +149,7 @@ func (r *ruleset) classChain(d Direction, name string, c *class) {
 			rules = append(rules, fmt.Sprintf("%s %s @%s %s", ip, peer, set, allow))
 		}
 	}
+	rules = append(rules, r.logJump(d)...)
 	for _, v6 := range []bool{false, true} {
 		rules = append(rules, fmt.Sprintf("counter name %s %s map @cnt-%s%s drop",
 			ipKeyword(v6), self, dirPrefix(d), familySuffix(v6)))

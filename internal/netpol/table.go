@@ -19,6 +19,7 @@ type Table struct {
 	// when unknown (first Sync, or after a failed one): then the table is
 	// listed and everything in it is rewritten.
 	have *ruleset
+	log  DropLog // the drop log's NFLOG group and rate (droplog.go)
 }
 
 // NewTable connects to nftables (the nft binary must be installed).
@@ -32,7 +33,7 @@ func NewTable() (*Table, error) {
 
 // Sync makes the table's content m's rules, in one transaction.
 func (t *Table) Sync(ctx context.Context, m *Model) error {
-	want := buildRuleset(m)
+	want := buildRuleset(m, t.log)
 	var tx *knftables.Transaction
 	if t.have == nil {
 		names, err := t.list(ctx)
@@ -182,12 +183,17 @@ func fill(tx *knftables.Transaction, have, want *ruleset) {
 			}
 		}
 	}
+	var changed []string
 	for name, rules := range want.chains {
 		if old, ok := have.chains[name]; ok && slices.Equal(old, rules) {
 			continue
 		}
+		changed = append(changed, name)
 		tx.Add(&knftables.Chain{Name: name})
-		for _, r := range rules {
+	}
+	// Rules after every chain exists: a class chain jumps to a log chain.
+	for _, name := range changed {
+		for _, r := range want.chains[name] {
 			tx.Add(&knftables.Rule{Chain: name, Rule: r})
 		}
 	}

@@ -125,7 +125,7 @@ func TestTableIncrementalEqualsFresh(t *testing.T) {
 				return fmt.Errorf("step %d: %w", i, err)
 			}
 		}
-		if tx := tbl.update(tbl.have, buildRuleset(Compile(w.in, nil))); tx.NumOperations() > 1+1+len(baseMaps) {
+		if tx := tbl.update(tbl.have, buildRuleset(Compile(w.in, nil), DropLog{})); tx.NumOperations() > 1+1+len(baseMaps) {
 			t.Errorf("an update without changes does %d operations:\n%s", tx.NumOperations(), tx)
 		}
 		stepped := sortedLines(nftList(t))
@@ -235,7 +235,7 @@ func scaleRun(t *testing.T, in Input, target func(*corev1.Pod) bool, limit time.
 	}
 	took, cpu := time.Since(start), cpuTime()-cpu0
 	classes := layout(m)
-	tx := tbl.rewrite(newRuleset(), buildRuleset(m))
+	tx := tbl.rewrite(newRuleset(), buildRuleset(m, DropLog{}))
 	t.Logf("%d isolated pods (ingress) in %d+%d classes, %d policies select them, %d nft operations: compile %s; compile+load %s wall, %s CPU (flanneld+nft, user+sys)",
 		len(m.Rules[Ingress]), len(classes[0]), len(classes[1]), m.PolicyCount, tx.NumOperations(),
 		compiled.Round(time.Millisecond), took.Round(time.Millisecond), cpu.Round(time.Millisecond))

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/flannelgo/flannel/internal/antispoof"
+	"github.com/flannelgo/flannel/internal/droplog"
 	"github.com/flannelgo/flannel/internal/testbed"
 )
 
@@ -232,6 +234,18 @@ func TestAntiSpoofing(t *testing.T) {
 		name := fmt.Sprintf(`flannel_spoofed_packets_dropped_total{namespace="testbed",pod=%q}`, s.Name)
 		if v, err := metric(ctx, s.Node, name); err != nil || v == 0 {
 			t.Errorf("%s = %v (%v), want > 0", name, v, err)
+		}
+		// The policy drop log names the sender by its port, with the
+		// forged address it used.
+		recs, err := nodeDrops(ctx, s.Node)
+		if err != nil {
+			t.Fatal(err)
+		}
+		forged := addr(f, f.IP)
+		if !slices.ContainsFunc(recs, func(r droplog.Record) bool {
+			return r.Reason == "anti-spoofing" && r.Source.Pod == s.Name && r.Source.IP == forged
+		}) {
+			t.Errorf("no anti-spoofing record from %s with source %s among %d records: %+v", s.Name, forged, len(recs), recs)
 		}
 	})
 	t.Run("own addresses, the node and Services pass", func(t *testing.T) {

@@ -254,7 +254,7 @@ func (l *npCluster) syncCounts(ctx context.Context) []float64 {
 	l.t.Helper()
 	out := make([]float64, len(l.Nodes))
 	for i, n := range l.Nodes {
-		v, err := metric(ctx, n, "flannel_policy_sync_seconds_count")
+		v, err := metric(ctx, n, "flannel_policy_sync_duration_seconds_count")
 		if err != nil {
 			l.t.Fatal(err)
 		}
@@ -270,7 +270,7 @@ func (l *npCluster) waitSynced(ctx context.Context, before []float64, since time
 	deadline := time.Now().Add(10 * time.Second)
 	for i, n := range l.Nodes {
 		for {
-			v, err := metric(ctx, n, "flannel_policy_sync_seconds_count")
+			v, err := metric(ctx, n, "flannel_policy_sync_duration_seconds_count")
 			if err == nil && v > before[i] {
 				break
 			}

@@ -39,7 +39,7 @@ func npRun(k *kubeCluster, policy bool, kubeconfig ...string) kubeRun {
 // real kube-apiserver, with the world of pods in it. flanneld has the
 // identity deploy/kube-flannel.yml gives it with its --network-policy
 // lines uncommented: that ClusterRole must suffice.
-func newNPCluster(t *testing.T) *npCluster {
+func newNPCluster(t *testing.T, extraArgs ...string) *npCluster {
 	k := newKubeCluster(t, "netpol", 3)
 	ctx := testCtx(t, 3*time.Minute)
 	m := readManifestWithNetworkPolicy(t)
@@ -47,7 +47,9 @@ func newNPCluster(t *testing.T) *npCluster {
 	for _, n := range k.Nodes {
 		k.createNode(ctx, n.Name, podCIDR(n.Index))
 	}
-	k.startReady(k.Nodes, npRun(k, true, kubeconfig))
+	r := npRun(k, true, kubeconfig)
+	r.args = append(r.args, extraArgs...)
+	k.startReady(k.Nodes, r)
 	l := &npCluster{kubeCluster: k, kubeconfig: kubeconfig}
 	l.createWorld(ctx)
 	return l

@@ -199,3 +199,7 @@ func (n *network) peerFor(l *lease.Lease) (peer, error) {
 	}
 	return peer{subnet: l.Subnet.Masked(), addr: ip, port: uint16(n.b.Opts.Port)}, nil
 }
+
+// CatalogCollectors are the data path's collectors with nothing counted,
+// for the catalog of flanneld's metrics (internal/metrics/catalog).
+func CatalogCollectors() []prometheus.Collector { return (&dataPath{}).collectors() }
