@@ -16,6 +16,7 @@ import (
 	"github.com/flannelgo/flannel/internal/imagetrim"
 	"github.com/flannelgo/flannel/internal/lease"
 	"github.com/flannelgo/flannel/internal/metrics"
+	"github.com/flannelgo/flannel/internal/pace"
 	"github.com/flannelgo/flannel/internal/subnet"
 )
 
@@ -153,25 +154,22 @@ type watchBatch struct {
 // then; if it returns earlier (an error), the node is deaf: it says so on
 // /readyz and re-establishes the watch with back-off.
 func (d *Daemon) watch(ctx context.Context, out chan<- watchBatch) {
-	const maxWait = 10 * time.Second
-	wait := 200 * time.Millisecond
+	bo := pace.New(pace.Policy{Min: 200 * time.Millisecond, Max: 10 * time.Second, Stable: time.Minute})
 	for {
 		started := time.Now()
 		err := d.watchOnce(ctx, out)
 		if ctx.Err() != nil {
 			return
 		}
-		if time.Since(started) > time.Minute {
-			wait = 200 * time.Millisecond
-		}
+		bo.Settled(time.Since(started))
 		d.metrics.DatastoreFails.Inc()
+		wait := bo.Next()
 		reason := fmt.Sprintf("the lease watch on %s ended: %v; re-establishing it", d.mgr.Name(), err)
 		klog.Errorf("%s (in %s)", reason, wait)
 		d.ready.deaf(reason)
 		if ctxwait.Sleep(ctx, wait) != nil {
 			return
 		}
-		wait = min(wait*2, maxWait)
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/flannelgo/flannel/internal/ctxwait"
 	"github.com/flannelgo/flannel/internal/lease"
 	"github.com/flannelgo/flannel/internal/metrics"
+	"github.com/flannelgo/flannel/internal/pace"
 )
 
 // screen reports other nodes advertising this node's address, then lets
@@ -97,22 +98,29 @@ func (d *Daemon) reassertOwn(ctx context.Context, own *lease.Lease, seen int64, 
 	}
 }
 
-// fightState tracks re-asserts that follow each other closely.
+// fightState tracks re-asserts that follow each other closely: the first
+// three are answered at once, the next ever more slowly; ten quiet seconds
+// end the fight.
 type fightState struct {
 	last  time.Time
 	count int
+	slow  *pace.Backoff
 }
 
 func (f *fightState) next() time.Duration {
+	if f.slow == nil {
+		f.slow = pace.New(pace.Policy{Min: 200 * time.Millisecond, Max: 30 * time.Second})
+	}
 	if time.Since(f.last) > 10*time.Second {
 		f.count = 0
+		f.slow.Reset()
 	}
 	f.last = time.Now()
 	f.count++
 	if f.count <= 3 {
 		return 0
 	}
-	return min(100*time.Millisecond<<min(f.count-3, 10), 30*time.Second)
+	return f.slow.Next()
 }
 
 func sameAttrs(a, b lease.Attrs) bool {
