@@ -161,11 +161,11 @@ const configPollEvery = 5 * time.Second
 // until then leases of the new network are refused as outside the network.
 func (d *Daemon) watchConfig(ctx context.Context, running *config.Config) {
 	reported := ""
-	for ctxwait.Sleep(ctx, configPollEvery) == nil {
+	pace.Every(ctx, configPollEvery, 0.1, func(ctx context.Context) bool {
 		cur, err := d.mgr.GetNetworkConfig(ctx)
 		if err != nil {
 			klog.V(1).Infof("re-read network config: %v", err)
-			continue
+			return true
 		}
 		diff := configDiff(running, cur)
 		if diff == "" {
@@ -175,7 +175,7 @@ func (d *Daemon) watchConfig(ctx context.Context, running *config.Config) {
 				d.metrics.Pass(metrics.CondConfig)
 				reported = ""
 			}
-			continue
+			return true
 		}
 		if diff != reported {
 			reported = diff
@@ -183,7 +183,8 @@ func (d *Daemon) watchConfig(ctx context.Context, running *config.Config) {
 			d.metrics.ConfigMismatch.Set(1)
 			d.metrics.Fail(metrics.CondConfig, "network config changed: "+diff+"; restart flanneld to apply it")
 		}
-	}
+		return true
+	})
 }
 
 // configDiff names what differs between the running and the current

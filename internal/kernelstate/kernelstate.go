@@ -16,6 +16,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/flannelgo/flannel/internal/nldump"
 )
 
 // Reader reads the tables of one network namespace.
@@ -101,7 +103,7 @@ func (r *Reader) device(l netlink.Link) (*Device, error) {
 	if vx, ok := l.(*netlink.Vxlan); ok {
 		d.VNI, d.Port = vx.VxlanId, vx.Port
 	}
-	addrs, err := r.h.AddrList(l, netlink.FAMILY_ALL)
+	addrs, err := nldump.List(func() ([]netlink.Addr, error) { return r.h.AddrList(l, netlink.FAMILY_ALL) })
 	if err != nil {
 		return nil, fmt.Errorf("list addresses of %s in %s: %w", a.Name, r.label, err)
 	}
@@ -124,7 +126,7 @@ func (r *Reader) DeviceByIndex(idx int) (*Device, error) {
 
 // Addresses lists every address in the namespace, by device name.
 func (r *Reader) Addresses() (map[string][]netip.Prefix, error) {
-	links, err := r.h.LinkList()
+	links, err := nldump.List(func() ([]netlink.Link, error) { return r.h.LinkList() })
 	if err != nil {
 		return nil, fmt.Errorf("list links in %s: %w", r.label, err)
 	}

@@ -8,6 +8,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/flannelgo/flannel/internal/nldump"
 )
 
 // Route is one routing-table entry.
@@ -129,7 +131,7 @@ func (r *Reader) Routes(dev string, family int) ([]Route, error) {
 		}
 		filter.LinkIndex, mask = d.Index, netlink.RT_FILTER_OIF
 	}
-	nrs, err := r.h.RouteListFiltered(family, filter, mask)
+	nrs, err := nldump.List(func() ([]netlink.Route, error) { return r.h.RouteListFiltered(family, filter, mask) })
 	if err != nil {
 		return nil, fmt.Errorf("list routes in %s: %w", r.label, err)
 	}
@@ -142,7 +144,7 @@ func (r *Reader) Routes(dev string, family int) ([]Route, error) {
 
 // Neighbours lists the neighbour entries of family on link (0: all links).
 func (r *Reader) Neighbours(link, family int) ([]Neighbour, error) {
-	ns, err := r.h.NeighList(link, family)
+	ns, err := nldump.List(func() ([]netlink.Neigh, error) { return r.h.NeighList(link, family) })
 	if err != nil {
 		return nil, fmt.Errorf("list neighbours in %s: %w", r.label, err)
 	}
@@ -170,7 +172,7 @@ func (r *Reader) Neighbour(link int, ip netip.Addr) (Neighbour, bool, error) {
 // FDB lists the forwarding entries of a VXLAN device that have a remote
 // destination (the kernel's own local entries have none).
 func (r *Reader) FDB(link int) ([]FDBEntry, error) {
-	ns, err := r.h.NeighList(link, unix.AF_BRIDGE)
+	ns, err := nldump.List(func() ([]netlink.Neigh, error) { return r.h.NeighList(link, unix.AF_BRIDGE) })
 	if err != nil {
 		return nil, fmt.Errorf("list FDB in %s: %w", r.label, err)
 	}

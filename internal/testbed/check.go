@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/flannelgo/flannel/internal/backend"
+	"github.com/flannelgo/flannel/internal/nldump"
 )
 
 // Ranges are the address ranges every testbed and every namespace test
@@ -77,7 +78,7 @@ type usedPrefix struct {
 // routes, in all routing tables.
 func hostPrefixes() ([]usedPrefix, error) {
 	var out []usedPrefix
-	addrs, err := retryDump(func() ([]netlink.Addr, error) { return netlink.AddrList(nil, netlink.FAMILY_ALL) })
+	addrs, err := nldump.List(func() ([]netlink.Addr, error) { return netlink.AddrList(nil, netlink.FAMILY_ALL) })
 	if err != nil {
 		return nil, err
 	}
@@ -86,7 +87,7 @@ func hostPrefixes() ([]usedPrefix, error) {
 			out = append(out, usedPrefix{p.Masked(), "address " + a.IPNet.String()})
 		}
 	}
-	routes, err := retryDump(func() ([]netlink.Route, error) {
+	routes, err := nldump.List(func() ([]netlink.Route, error) {
 		return netlink.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
 	})
 	if err != nil {
@@ -99,17 +100,6 @@ func hostPrefixes() ([]usedPrefix, error) {
 		}
 	}
 	return out, nil
-}
-
-func retryDump[T any](dump func() ([]T, error)) ([]T, error) {
-	var err error
-	for range 5 {
-		var v []T
-		if v, err = dump(); !errors.Is(err, netlink.ErrDumpInterrupted) {
-			return v, err
-		}
-	}
-	return nil, err
 }
 
 // Remove deletes what a testbed called name left behind, without the

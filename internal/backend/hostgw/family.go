@@ -11,6 +11,7 @@ import (
 
 	"github.com/flannelgo/flannel/internal/backend"
 	"github.com/flannelgo/flannel/internal/lease"
+	"github.com/flannelgo/flannel/internal/nldump"
 )
 
 // family is one address family's routes. The IPv4 half reads a lease's
@@ -195,7 +196,9 @@ func (f *family) repair(r backend.Repairs) error {
 	if f.v6 {
 		family = netlink.FAMILY_V6
 	}
-	have, err := f.b.nl.RouteListFiltered(family, &netlink.Route{LinkIndex: f.b.ext.Iface.Index}, netlink.RT_FILTER_OIF)
+	have, err := nldump.List(func() ([]netlink.Route, error) {
+		return f.b.nl.RouteListFiltered(family, &netlink.Route{LinkIndex: f.b.ext.Iface.Index}, netlink.RT_FILTER_OIF)
+	})
 	if err != nil {
 		return fmt.Errorf("list routes on %s: %w", f.b.ext.Iface.Name, err)
 	}

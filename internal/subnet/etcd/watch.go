@@ -305,33 +305,27 @@ func (w *watcher) seen(rev int64) {
 // falls below one seen, and with errHoldOver once leases held since a reset
 // are due to be re-checked. A failed read is left to connLost.
 func (w *watcher) probe(ctx context.Context, cli *clientv3.Client, cancel context.CancelCauseFunc, due time.Time) {
-	t := time.NewTicker(probeEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	pace.Every(ctx, probeEvery, 0.1, func(ctx context.Context) bool {
 		if !due.IsZero() && time.Now().After(due) {
 			cancel(errHoldOver)
-			return
+			return false
 		}
 		rctx, rcancel := context.WithTimeout(ctx, requestTimeout)
 		resp, err := cli.Get(rctx, w.m.subnetsPrefix(), clientv3.WithPrefix(), clientv3.WithCountOnly())
 		rcancel()
 		if err != nil {
-			continue
+			return true
 		}
 		w.mu.Lock()
 		last := w.rev
 		w.mu.Unlock()
 		if resp.Header.Revision < last {
 			cancel(fmt.Errorf("%w (from %d to %d)", errRevisionBack, last, resp.Header.Revision))
-			return
+			return false
 		}
 		w.seen(resp.Header.Revision)
-	}
+		return true
+	})
 }
 
 // apply folds watch events into known and returns what the receiver must
