@@ -15,6 +15,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"k8s.io/klog/v2"
 
 	"github.com/flannelgo/flannel/internal/backend"
 	"github.com/flannelgo/flannel/internal/config"
@@ -108,6 +109,14 @@ func (b *Backend) RegisterNetwork(ctx context.Context, cfg *config.Config) (back
 	for _, f := range n.families() {
 		o.Networks = append(o.Networks, f.network)
 	}
+	// The echo of the network's own writes wakes no reconcile.
+	o.RouteInLine = func(u netlink.RouteUpdate) bool {
+		f := n.v4
+		if u.Dst != nil && u.Dst.IP.To4() == nil {
+			f = n.v6
+		}
+		return f != nil && f.routes.InLine(u)
+	}
 	n.owned = o
 	return n, nil
 }
@@ -169,7 +178,7 @@ func (n *network) Activate(ctx context.Context, own *lease.Lease) error {
 		if !subnet.IsValid() {
 			return fmt.Errorf("host-gw: own lease %s has no %s subnet although the network enables %s", own.Key(), f.name(), f.name())
 		}
-		f.own = subnet
+		f.routes.SetOwn(subnet)
 	}
 	return nil
 }
@@ -186,12 +195,14 @@ func (n *network) HandleEvents(ctx context.Context, events []lease.Event) {
 		for _, ev := range events {
 			f.handle(ev)
 		}
-		failed = failed || f.failed
+		failed = failed || f.routes.Failed()
 	}
 	if !n.synced {
 		n.synced = true
 		for _, f := range n.families() {
-			f.reconcile()
+			if err := f.routes.Repair(backend.Repairs{}, true); err != nil {
+				klog.Errorf("host-gw: %s routes left from an earlier run are not cleaned up: %v", f.name(), err)
+			}
 		}
 	}
 	if failed {
@@ -215,12 +226,8 @@ func (n *network) reconcile() (backend.Repairs, error) {
 	r := backend.Repairs{}
 	var errs []error
 	for _, f := range n.families() {
-		f.failed = false
-		if err := f.repair(r); err != nil {
+		if err := f.repair(r, n.synced); err != nil {
 			errs = append(errs, fmt.Errorf("host-gw %s: %w", f.name(), err))
-		}
-		if n.synced {
-			f.reconcile()
 		}
 	}
 	return r, errors.Join(errs...)
