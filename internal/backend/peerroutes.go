@@ -1,6 +1,7 @@
 package backend
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -8,9 +9,11 @@ import (
 	"sync"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
+	"github.com/flannelgo/flannel/internal/lease"
 	"github.com/flannelgo/flannel/internal/nldump"
 )
 
@@ -300,4 +303,121 @@ func (p *PeerRoutes) InLine(u netlink.RouteUpdate) bool {
 		return !wanted
 	}
 	return wanted && want.matches(u.Route)
+}
+
+// Peers is the rest of the skeleton a route-programming backend shares:
+// the lock over its PeerRoutes (one per address family), the prune after
+// the first (complete) batch of leases, the healer's kick after a failed
+// write, and the healer itself. A backend supplies the route each lease
+// asks for (its handle function) and, when it has one, a check to run
+// before every repair.
+type Peers struct {
+	name   string
+	routes []*PeerRoutes
+	check  func() error
+	kick   Kicker
+	owned  *Owned
+
+	mu     sync.Mutex
+	synced bool
+}
+
+// PeersConfig is what a backend tells its Peers.
+type PeersConfig struct {
+	Name   string // backend name, for logs
+	Routes []*PeerRoutes
+	// Owned is what the healer watches besides the routes (devices, the
+	// external interface); its Networks and RouteInLine are filled in.
+	Owned *Owned
+	// Check, when set, runs before every repair; an error is the
+	// reconcile's (host-gw: the external interface is down).
+	Check func() error
+}
+
+// NewPeers returns the skeleton over cfg.Routes.
+func NewPeers(cfg PeersConfig) *Peers {
+	p := &Peers{name: cfg.Name, routes: cfg.Routes, check: cfg.Check, kick: NewKicker(), owned: cfg.Owned}
+	if p.owned == nil {
+		p.owned = &Owned{}
+	}
+	for _, r := range p.routes {
+		p.owned.Networks = append(p.owned.Networks, r.cfg.Network)
+	}
+	p.owned.RouteInLine = p.inLine
+	return p
+}
+
+// Locked runs fn under the lock that guards the routes.
+func (p *Peers) Locked(fn func()) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	fn()
+}
+
+// Apply hands every event to handle, under the lock. After the first
+// batch (the full set of leases) routes no lease accounts for are left
+// from an earlier run and removed. A failed write kicks the healer.
+func (p *Peers) Apply(events []lease.Event, handle func(lease.Event)) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, ev := range events {
+		handle(ev)
+	}
+	if !p.synced {
+		p.synced = true
+		for _, r := range p.routes {
+			if err := r.Repair(Repairs{}, true); err != nil {
+				klog.Errorf("%s: routes into %s left from an earlier run are not cleaned up: %v", p.name, r.cfg.Network, err)
+			}
+		}
+	}
+	for _, r := range p.routes {
+		if r.Failed() {
+			p.kick.Kick()
+			return
+		}
+	}
+}
+
+// Heal keeps every peer's route in place, watching namespace ns (nil: the
+// current one); see Healer.
+func (p *Peers) Heal(ctx context.Context, cfg HealConfig, ns *netns.NsHandle) {
+	RunHealer(ctx, HealLoop{
+		Name: p.name, NS: ns, Config: cfg, Reconcile: p.reconcile, Kick: p.kick,
+		Owned: func() *Owned { return p.owned },
+	})
+}
+
+// reconcile restores missing routes and, once the leases are known,
+// removes routes no lease accounts for.
+func (p *Peers) reconcile() (Repairs, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	r := Repairs{}
+	if p.check != nil {
+		if err := p.check(); err != nil {
+			return r, fmt.Errorf("%s: %w", p.name, err)
+		}
+	}
+	var errs []error
+	for _, routes := range p.routes {
+		if err := routes.Repair(r, p.synced); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", p.name, err))
+		}
+	}
+	return r, errors.Join(errs...)
+}
+
+// inLine asks the PeerRoutes of the notification's family.
+func (p *Peers) inLine(u netlink.RouteUpdate) bool {
+	dst, ok := PrefixOf(u.Dst)
+	if !ok {
+		return false
+	}
+	for _, r := range p.routes {
+		if r.cfg.Network.Addr().Is6() == dst.Addr().Is6() {
+			return r.InLine(u)
+		}
+	}
+	return false
 }

@@ -7,6 +7,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/flannelgo/flannel/internal/lease"
 )
 
 // fakeRoutes is a kernel routing table in memory: one route per
@@ -176,5 +178,30 @@ func TestPeerRoutesInLine(t *testing.T) {
 		if got := p.InLine(c.u); got != c.in {
 			t.Errorf("%s: InLine = %v, want %v", c.name, got, c.in)
 		}
+	}
+}
+
+func TestPeersPruneAfterFirstBatchAndKickOnFailure(t *testing.T) {
+	k := newFakeRoutes()
+	routes := newTestEngine(k)
+	p := NewPeers(PeersConfig{Name: "test", Routes: []*PeerRoutes{routes}})
+	_ = k.Replace(route("10.244.7.0/24", "198.51.100.7").Netlink())
+	k.fail[netip.MustParsePrefix("10.244.2.0/24")] = errors.New("no buffer space")
+	set := func(ev lease.Event) {
+		routes.Set(ev.Lease.Key(), route(ev.Lease.Subnet.String(), ev.Lease.Attrs.PublicIP.String()))
+	}
+	p.Apply([]lease.Event{{Type: lease.Added, Lease: lease.Lease{
+		Subnet: netip.MustParsePrefix("10.244.2.0/24"), Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("198.51.100.3")},
+	}}}, set)
+	if k.gw(t, "10.244.7.0/24") != "" {
+		t.Error("the first batch did not prune a route no lease wants")
+	}
+	select {
+	case <-p.kick:
+	default:
+		t.Error("a failed write did not kick the healer")
+	}
+	if !p.owned.RouteInLine(netlink.RouteUpdate{Type: unix.RTM_DELROUTE, Route: netlink.Route{Dst: IPNet(netip.MustParsePrefix("10.244.9.0/24")), Table: unix.RT_TABLE_MAIN}}) {
+		t.Error("Owned.RouteInLine does not ask the family's PeerRoutes")
 	}
 }

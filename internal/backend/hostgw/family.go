@@ -2,7 +2,6 @@ package hostgw
 
 import (
 	"fmt"
-	"net"
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
@@ -126,19 +125,4 @@ func (f *family) reportOffSegment(dst netip.Prefix, gw netip.Addr, why error) {
 		"host-gw needs all nodes on one L2 segment; use the vxlan backend, or vxlan with \"DirectRouting\": true "+
 		"to keep plain routes between nodes that share a segment",
 		dst, f.publicField(), gw, f.local, f.b.ext.Iface.Name, why)
-}
-
-// repair re-installs every desired route the kernel lacks (deleted by hand,
-// flushed when the external interface went down) and counts each one;
-// with prune it removes routes on the external interface into the cluster
-// network that no current peer accounts for.
-func (f *family) repair(r backend.Repairs, prune bool) error {
-	ext, err := f.b.nl.LinkByIndex(f.b.ext.Iface.Index)
-	if err != nil {
-		return fmt.Errorf("look up %s: %w", f.b.ext.Iface.Name, err)
-	}
-	if ext.Attrs().Flags&net.FlagUp == 0 {
-		return fmt.Errorf("%s is down; its routes are restored when it comes back up", f.b.ext.Iface.Name)
-	}
-	return f.routes.Repair(r, prune)
 }

@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"sync"
 	"syscall"
 
 	"github.com/vishvananda/netlink"
@@ -137,16 +136,11 @@ func setUp(h *netlink.Handle, l netlink.Link, mtu int) error {
 }
 
 type network struct {
-	b       *Backend
-	dev     netlink.Link
-	mtu     int
-	network netip.Prefix
-	kick    backend.Kicker // asks the healer for a reconcile now
-	owned   *backend.Owned // what the healer watches; never changes
-
-	mu         sync.Mutex
-	routes     *backend.PeerRoutes
-	reconciled bool
+	b      *Backend
+	dev    netlink.Link
+	mtu    int
+	routes *backend.PeerRoutes
+	peers  *backend.Peers
 }
 
 func newNetwork(b *Backend, dev netlink.Link, mtu int, cluster netip.Prefix) *network {
@@ -154,12 +148,11 @@ func newNetwork(b *Backend, dev netlink.Link, mtu int, cluster netip.Prefix) *ne
 	if b.Opts.DirectRouting {
 		links[b.Ext.Iface.Index] = b.Ext.Iface.Name
 	}
-	n := &network{b: b, dev: dev, mtu: mtu, network: cluster, kick: backend.NewKicker()}
+	n := &network{b: b, dev: dev, mtu: mtu}
 	n.routes = backend.NewPeerRoutes(backend.PeerRoutesConfig{Name: "ipip", Writer: backend.NetlinkRoutes{H: b.NL}, Network: cluster, Links: links})
-	n.owned = &backend.Owned{
-		Devices: map[int]bool{dev.Attrs().Index: true}, Names: map[string]bool{DeviceName: true},
-		Ext: b.Ext.Iface.Index, Networks: []netip.Prefix{cluster}, RouteInLine: n.routes.InLine,
-	}
+	n.peers = backend.NewPeers(backend.PeersConfig{Name: "ipip", Routes: []*backend.PeerRoutes{n.routes}, Owned: &backend.Owned{
+		Devices: map[int]bool{dev.Attrs().Index: true}, Names: map[string]bool{DeviceName: true}, Ext: b.Ext.Iface.Index,
+	}})
 	return n
 }
 
@@ -173,9 +166,7 @@ func (n *network) Transport() string { return "IP protocol 4 (IPIP)" }
 // Activate gives the device the subnet's network address as a /32: the
 // source address of traffic the node itself sends to other nodes' pods.
 func (n *network) Activate(ctx context.Context, own *lease.Lease) error {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	n.routes.SetOwn(own.Subnet)
+	n.peers.Locked(func() { n.routes.SetOwn(own.Subnet) })
 	addr := &netlink.Addr{IPNet: backend.IPNet(netip.PrefixFrom(own.Subnet.Addr(), 32))}
 	if err := n.b.NL.AddrReplace(n.dev, addr); err != nil {
 		return fmt.Errorf("ipip: ip addr add %s dev %s: %w", addr.IPNet, DeviceName, err)

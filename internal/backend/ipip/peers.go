@@ -2,7 +2,6 @@ package ipip
 
 import (
 	"context"
-	"fmt"
 	"net/netip"
 
 	"k8s.io/klog/v2"
@@ -11,26 +10,10 @@ import (
 	"github.com/flannelgo/flannel/internal/lease"
 )
 
-// HandleEvents installs, replaces and removes peer routes; after the first
-// (full) batch, routes into the cluster network on flannel.ipip (or, with
-// DirectRouting, the external interface) that no peer accounts for are
-// left from an earlier run and removed. A failed kernel write stays
-// wanted and asks the healer to retry at once.
+// HandleEvents installs, replaces and removes peer routes on flannel.ipip
+// (or, with DirectRouting, the external interface); see backend.Peers.
 func (n *network) HandleEvents(ctx context.Context, events []lease.Event) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	for _, ev := range events {
-		n.handle(ev)
-	}
-	if !n.reconciled {
-		n.reconciled = true
-		if err := n.routes.Repair(backend.Repairs{}, true); err != nil {
-			klog.Errorf("ipip: routes left from an earlier run are not cleaned up: %v", err)
-		}
-	}
-	if n.routes.Failed() {
-		n.kick.Kick()
-	}
+	n.peers.Apply(events, n.handle)
 }
 
 func (n *network) handle(ev lease.Event) {
@@ -62,19 +45,4 @@ func (n *network) routeFor(subnet netip.Prefix, gw netip.Addr) backend.PeerRoute
 // Heal keeps every peer's route in place; see backend.Healer. A deleted
 // flannel.ipip is not re-created: its routes fail to install and the
 // healer says so with back-off until flanneld restarts.
-func (n *network) Heal(ctx context.Context, cfg backend.HealConfig) {
-	backend.RunHealer(ctx, backend.HealLoop{
-		Name: "ipip", NS: n.b.ns, Config: cfg, Reconcile: n.reconcile, Kick: n.kick,
-		Owned: func() *backend.Owned { return n.owned },
-	})
-}
-
-func (n *network) reconcile() (backend.Repairs, error) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	r := backend.Repairs{}
-	if err := n.routes.Repair(r, n.reconciled); err != nil {
-		return r, fmt.Errorf("ipip: %w", err)
-	}
-	return r, nil
-}
+func (n *network) Heal(ctx context.Context, cfg backend.HealConfig) { n.peers.Heal(ctx, cfg, n.b.ns) }
