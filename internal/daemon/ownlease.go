@@ -4,37 +4,90 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"math"
 	"net/netip"
 	"time"
 
 	"k8s.io/klog/v2"
 
-	"github.com/flannelgo/flannel/internal/config"
 	"github.com/flannelgo/flannel/internal/ctxwait"
 	"github.com/flannelgo/flannel/internal/lease"
-	"github.com/flannelgo/flannel/internal/metrics"
 	"github.com/flannelgo/flannel/internal/pace"
+	"github.com/flannelgo/flannel/internal/subnet"
 )
 
-// screen reports other nodes advertising this node's address, then lets
-// through only the leases the guard accepts, logging each refusal once.
-func (d *Daemon) screen(others []lease.Event, own *lease.Lease, twins map[string]bool) []lease.Event {
-	for _, ev := range others {
-		reportSameAddress(ev, own, twins)
-	}
-	if d.guard == nil {
-		return others
-	}
-	out, refused, err := d.guard.Filter(others)
-	if err != nil {
-		klog.Warningf("read this node's addresses and routes to screen leases: %v (checking leases without them)", err)
-	}
-	for _, r := range refused {
-		d.metrics.LeasesRejected.WithLabelValues(r.Reason).Inc()
-		klog.Errorf("%s; it is not programmed (fix or delete the key in the datastore)", r)
+// otherNodes drops this node's own lease from a batch. If the own lease was
+// deleted behind our back, it asks the renew loop to re-create it at once.
+func (d *Daemon) otherNodes(batch []lease.Event, own *lease.Lease, renewNow chan<- struct{}) []lease.Event {
+	out := make([]lease.Event, 0, len(batch))
+	for _, ev := range batch {
+		if ev.Lease.Key() != own.Key() {
+			out = append(out, ev)
+			continue
+		}
+		d.noticeOverwrite(ev, own)
+		if ev.Type == lease.Removed {
+			klog.Warningf("this node's lease %s was removed from the datastore; re-creating it", own.Key())
+			select {
+			case renewNow <- struct{}{}:
+			default:
+			}
+		}
 	}
 	return out
+}
+
+// renewLoop renews the lease RenewMargin before it expires, and at once
+// when asked to. When another node has taken the subnet it stops the
+// daemon with that error.
+func (d *Daemon) renewLoop(ctx context.Context, own *lease.Lease, renewNow <-chan struct{}, stop context.CancelCauseFunc) {
+	const retryEvery = 10 * time.Second
+	wait := d.untilRenewal(own)
+	var fight fightState
+	for {
+		timer := time.NewTimer(max(wait, 0))
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return
+		case seen := <-d.reassert:
+			timer.Stop()
+			d.reassertOwn(ctx, own, seen, &fight)
+			wait = d.untilRenewal(own)
+			continue
+		case <-renewNow:
+			timer.Stop()
+		case <-timer.C:
+		}
+		if err := d.mgr.RenewLease(ctx, own); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			d.metrics.LeaseRenewals.WithLabelValues("error").Inc()
+			if errors.Is(err, subnet.ErrLeaseTaken) {
+				stop(err)
+				return
+			}
+			klog.Errorf("renew lease %s: %v (retrying in %s; it expires %s)", own.Key(), err, retryEvery, own.Expiration.Format(time.RFC3339))
+			wait = retryEvery
+			continue
+		}
+		d.metrics.LeaseRenewals.WithLabelValues("ok").Inc()
+		d.metrics.LeaseExpiry.Set(float64(own.Expiration.Unix()))
+		klog.Infof("renewed lease %s until %s", own.Key(), own.Expiration.Format(time.RFC3339))
+		wait = d.untilRenewal(own)
+	}
+}
+
+// untilRenewal is how long to wait before renewing own. A lease without
+// expiry (the Kubernetes manager's) is renewed only when asked to.
+func (d *Daemon) untilRenewal(own *lease.Lease) time.Duration {
+	if own.Expiration.IsZero() {
+		return time.Duration(math.MaxInt64)
+	}
+	return time.Until(own.Expiration.Add(-d.opts.RenewMargin))
 }
 
 // reasserter is a subnet manager that can write this node's lease back
@@ -150,64 +203,4 @@ func vtepMAC(a lease.Attrs) string {
 		return "-"
 	}
 	return data.VtepMAC
-}
-
-// configPollEvery is how often a running daemon compares the datastore's
-// network config with the one it runs with.
-const configPollEvery = 5 * time.Second
-
-// watchConfig reports, instead of silently ignoring, a network config that
-// changed under the running daemon: it takes effect only on restart, and
-// until then leases of the new network are refused as outside the network.
-func (d *Daemon) watchConfig(ctx context.Context, running *config.Config) {
-	reported := ""
-	pace.Every(ctx, configPollEvery, 0.1, func(ctx context.Context) bool {
-		cur, err := d.mgr.GetNetworkConfig(ctx)
-		if err != nil {
-			klog.V(1).Infof("re-read network config: %v", err)
-			return true
-		}
-		diff := configDiff(running, cur)
-		if diff == "" {
-			if reported != "" {
-				klog.Infof("network config in %s matches the running one again", d.mgr.Name())
-				d.metrics.ConfigMismatch.Set(0)
-				d.metrics.Pass(metrics.CondConfig)
-				reported = ""
-			}
-			return true
-		}
-		if diff != reported {
-			reported = diff
-			klog.Errorf("network config in %s changed under the running daemon: %s; it takes effect when flanneld restarts", d.mgr.Name(), diff)
-			d.metrics.ConfigMismatch.Set(1)
-			d.metrics.Fail(metrics.CondConfig, "network config changed: "+diff+"; restart flanneld to apply it")
-		}
-		return true
-	})
-}
-
-// configDiff names what differs between the running and the current
-// config, or "" when nothing that matters does.
-func configDiff(run, cur *config.Config) string {
-	switch {
-	case run.Network != cur.Network || run.SubnetLen != cur.SubnetLen:
-		return fmt.Sprintf("Network %s/SubnetLen %d is now %s/SubnetLen %d", run.Network, run.SubnetLen, cur.Network, cur.SubnetLen)
-	case run.IPv6Network != cur.IPv6Network || run.IPv6SubnetLen != cur.IPv6SubnetLen:
-		return fmt.Sprintf("IPv6Network %s/IPv6SubnetLen %d is now %s/IPv6SubnetLen %d", run.IPv6Network, run.IPv6SubnetLen, cur.IPv6Network, cur.IPv6SubnetLen)
-	case run.BackendType != cur.BackendType || !sameJSON(run.Backend, cur.Backend):
-		return fmt.Sprintf("Backend %s is now %s", cut(run.Backend), cut(cur.Backend))
-	case run.SubnetMin != cur.SubnetMin || run.SubnetMax != cur.SubnetMax:
-		return fmt.Sprintf("SubnetMin..SubnetMax %s..%s is now %s..%s", run.SubnetMin, run.SubnetMax, cur.SubnetMin, cur.SubnetMax)
-	}
-	return ""
-}
-
-// cut bounds raw JSON for a log line.
-func cut(b []byte) string {
-	const n = 200
-	if len(b) > n {
-		return fmt.Sprintf("%s...(%d bytes)", b[:n], len(b))
-	}
-	return string(b)
 }
