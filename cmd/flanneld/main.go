@@ -26,6 +26,7 @@ import (
 	"github.com/flannelgo/flannel/internal/backend/vxlan"
 	"github.com/flannelgo/flannel/internal/backend/wireguard"
 	"github.com/flannelgo/flannel/internal/daemon"
+	"github.com/flannelgo/flannel/internal/daemon/policy"
 	"github.com/flannelgo/flannel/internal/iface"
 	"github.com/flannelgo/flannel/internal/metrics"
 	"github.com/flannelgo/flannel/internal/subnet"
@@ -94,10 +95,10 @@ func serve(ctx context.Context, o *options) error {
 		return err
 	}
 	defer closeMgr()
-	if err := networkPolicy(ctx, o, mgr, m); err != nil {
+	if err := policy.NetworkPolicy(ctx, o.networkPolicy, mgr, m); err != nil {
 		return err
 	}
-	if err := antiSpoofing(ctx, o, m); err != nil {
+	if err := policy.AntiSpoofing(ctx, o.antiSpoofing.value(o.networkPolicy), o.subnetFile, o.cniCacheDir, m); err != nil {
 		return err
 	}
 	d := daemon.New(daemon.Options{

@@ -1,4 +1,4 @@
-package main
+package policy
 
 import (
 	"context"
@@ -9,11 +9,12 @@ import (
 	"github.com/flannelgo/flannel/internal/metrics"
 )
 
-// antiSpoofing pins every pod of this node to its own addresses (on by
-// default with --network-policy). Off, a table an earlier run left is
-// removed, so no pod stays pinned to entries nobody updates.
-func antiSpoofing(ctx context.Context, o *options, m *metrics.Metrics) error {
-	on := o.antiSpoofing.value(o.networkPolicy)
+// AntiSpoofing pins every pod of this node to its own addresses when on
+// (by default with --network-policy), reading the records the CNI plugin
+// writes beside subnetFile and libcni's cache in cniCacheDir. Off, a table
+// an earlier run left is removed, so no pod stays pinned to entries nobody
+// updates.
+func AntiSpoofing(ctx context.Context, on bool, subnetFile, cniCacheDir string, m *metrics.Metrics) error {
 	tbl, err := antispoof.NewTable()
 	if !on {
 		if err != nil {
@@ -26,7 +27,7 @@ func antiSpoofing(ctx context.Context, o *options, m *metrics.Metrics) error {
 		return err
 	}
 	ctl := antispoof.NewController(antispoof.Options{
-		RecordDir: antispoof.RecordDir(o.subnetFile), CNICacheDir: o.cniCacheDir,
+		RecordDir: antispoof.RecordDir(subnetFile), CNICacheDir: cniCacheDir,
 	}, tbl)
 	// The first sync before anything else: pods made while flanneld was
 	// away are pinned before it reports ready.
@@ -37,7 +38,7 @@ func antiSpoofing(ctx context.Context, o *options, m *metrics.Metrics) error {
 		return err
 	}
 	klog.Infof("anti-spoofing: each pod on this node may send only from its own addresses and MAC (nftables table bridge %s; pod records in %s)",
-		antispoof.TableName, antispoof.RecordDir(o.subnetFile))
+		antispoof.TableName, antispoof.RecordDir(subnetFile))
 	go func() {
 		if err := ctl.Run(ctx); err != nil {
 			klog.Errorf("anti-spoofing stopped: %v", err)

@@ -1,4 +1,8 @@
-package main
+// Package policy wires flanneld's pod filtering: NetworkPolicy
+// enforcement (internal/netpol) and anti-spoofing (internal/antispoof), or
+// the removal of their tables when they are off. The daemon's main only
+// parses the flags that turn them on.
+package policy
 
 import (
 	"context"
@@ -23,12 +27,12 @@ var bridgeSysctls = []string{
 	"/proc/sys/net/bridge/bridge-nf-call-ip6tables",
 }
 
-// networkPolicy starts enforcing NetworkPolicies with --network-policy.
-// Without it, a table an earlier run left is removed: turning the flag
-// off must not leave pods isolated by rules nobody updates.
-func networkPolicy(ctx context.Context, o *options, mgr subnet.Manager, m *metrics.Metrics) error {
+// NetworkPolicy starts enforcing NetworkPolicies when on (--network-policy).
+// Off, a table an earlier run left is removed: turning the flag off must
+// not leave pods isolated by rules nobody updates.
+func NetworkPolicy(ctx context.Context, on bool, mgr subnet.Manager, m *metrics.Metrics) error {
 	tbl, err := netpol.NewTable()
-	if !o.networkPolicy {
+	if !on {
 		if err != nil {
 			klog.V(2).Infof("no nftables, so no network policy table to remove: %v", err)
 			return nil
