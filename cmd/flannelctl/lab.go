@@ -13,7 +13,7 @@ import (
 
 	"k8s.io/klog/v2"
 
-	"github.com/flannelgo/flannel/internal/lab"
+	"github.com/flannelgo/flannel/internal/tools/lab"
 )
 
 // labCmd is one `flannelctl lab` subcommand.

@@ -105,7 +105,7 @@ func hostPrefixes() ([]usedPrefix, error) {
 // Remove deletes what a testbed called name left behind, without the
 // process that built it: every namespace fl-<name>-* (pods first) and the
 // testbed's entries in stateDir. It stops no process: only a recorder
-// (internal/lab) knows them. It is idempotent.
+// (internal/tools/lab) knows them. It is idempotent.
 func Remove(name, stateDir string) error {
 	if !testbedName.MatchString(name) {
 		return fmt.Errorf("testbed name %q: use 1 to 12 characters a-z, 0-9", name)

@@ -81,7 +81,7 @@ func (tb *Testbed) StartProcessEnv(ctx context.Context, ns, logFile string, env 
 }
 
 // ProcRecorder keeps a record of running processes for a program that
-// must find them again from another process (internal/lab). Started is
+// must find them again from another process (internal/tools/lab). Started is
 // called once the process runs (an error stops it again); Exited once it
 // is gone and reaped.
 type ProcRecorder interface {

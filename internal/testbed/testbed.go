@@ -4,7 +4,7 @@
 // It serves the end-to-end tests and `flannelctl lab`, so it never depends
 // on package testing: everything takes a context and returns errors. It only
 // builds clusters: keeping a record of one so that another process can find
-// it again is internal/lab's job, through the Recorder hook.
+// it again is internal/tools/lab's job, through the Recorder hook.
 //
 // Nothing is ever created in the caller's (root) namespace: veth pairs are
 // created directly between the namespaces they join. Every namespace of a
@@ -65,7 +65,7 @@ type Options struct {
 }
 
 // Recorder keeps a record of a testbed for a program that must find it
-// again from another process (internal/lab). Topology gets the testbed's
+// again from another process (internal/tools/lab). Topology gets the testbed's
 // layout as JSON (FromTopology reads it back) after every change, with the
 // testbed locked: it must not call the testbed.
 type Recorder interface {

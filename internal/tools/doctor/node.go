@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/flannelgo/flannel/internal/kernelstate"
+	"github.com/flannelgo/flannel/internal/tools/kernelstate"
 )
 
 // checkFlanneld: a flanneld process in this network namespace, and, when

@@ -16,10 +16,10 @@ import (
 	"time"
 
 	"github.com/flannelgo/flannel/internal/config"
-	"github.com/flannelgo/flannel/internal/kernelstate"
 	"github.com/flannelgo/flannel/internal/lease"
 	"github.com/flannelgo/flannel/internal/probe"
 	"github.com/flannelgo/flannel/internal/subnetenv"
+	"github.com/flannelgo/flannel/internal/tools/kernelstate"
 )
 
 // Status is a check's verdict.
