@@ -15,7 +15,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 
-	"github.com/flannelgo/flannel/internal/testbed/tbtest"
+	"github.com/flannelgo/flannel/internal/harness/testbed/tbtest"
 )
 
 // flanneldFlags builds cmd/flanneld and returns the flag names its --help

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flannelgo/flannel/internal/testbed"
+	"github.com/flannelgo/flannel/internal/harness/testbed"
 	"github.com/flannelgo/flannel/internal/tools/kernelstate"
 	"github.com/vishvananda/netlink"
 )

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/flannelgo/flannel/internal/backend"
-	bt "github.com/flannelgo/flannel/internal/testbed/tbtest"
+	bt "github.com/flannelgo/flannel/internal/harness/testbed/tbtest"
 )
 
 // A peer's route deleted by hand is back within 1 s; after the external

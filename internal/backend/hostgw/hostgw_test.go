@@ -10,8 +10,8 @@ import (
 	"testing"
 
 	"github.com/flannelgo/flannel/internal/backend"
+	bt "github.com/flannelgo/flannel/internal/harness/testbed/tbtest"
 	"github.com/flannelgo/flannel/internal/lease"
-	bt "github.com/flannelgo/flannel/internal/testbed/tbtest"
 	"github.com/flannelgo/flannel/internal/tools/kernelstate"
 )
 

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/flannelgo/flannel/internal/backend"
-	bt "github.com/flannelgo/flannel/internal/testbed/tbtest"
+	bt "github.com/flannelgo/flannel/internal/harness/testbed/tbtest"
 )
 
 // healPair is tbtest's HealPair of two VXLAN nodes (IPv4 only).

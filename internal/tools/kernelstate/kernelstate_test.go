@@ -10,7 +10,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/flannelgo/flannel/internal/testbed/tbtest"
+	"github.com/flannelgo/flannel/internal/harness/testbed/tbtest"
 )
 
 // newNS makes a namespace with a VXLAN device programmed for one peer the

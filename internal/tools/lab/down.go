@@ -11,7 +11,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/flannelgo/flannel/internal/testbed"
+	"github.com/flannelgo/flannel/internal/harness/testbed"
 )
 
 // stopGrace is how long the lab process gets to stop flanneld and etcd

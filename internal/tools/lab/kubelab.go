@@ -20,8 +20,8 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"k8s.io/klog/v2"
 
-	"github.com/flannelgo/flannel/internal/kubetest"
-	"github.com/flannelgo/flannel/internal/testbed"
+	"github.com/flannelgo/flannel/internal/harness/kubetest"
+	"github.com/flannelgo/flannel/internal/harness/testbed"
 )
 
 // kubeLab is the Kubernetes part of a running lab: the control plane in
@@ -67,7 +67,7 @@ func (r *running) upKube(ctx context.Context) error {
 	return nil
 }
 
-// startControlPlane runs etcd and kube-apiserver (as internal/kubetest
+// startControlPlane runs etcd and kube-apiserver (as internal/harness/kubetest
 // does for the tests, but with what real nodes need), then, once the API
 // server is ready, the controller manager and the scheduler, all in the
 // hub namespace on the underlay.

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/flannelgo/flannel/internal/ctxwait"
-	"github.com/flannelgo/flannel/internal/testbed"
+	"github.com/flannelgo/flannel/internal/harness/testbed"
 )
 
 // kubeNode is a lab node that is a Kubernetes node: its network namespace

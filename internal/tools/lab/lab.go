@@ -20,7 +20,7 @@ import (
 	"time"
 
 	"github.com/flannelgo/flannel/internal/atomicfile"
-	"github.com/flannelgo/flannel/internal/testbed"
+	"github.com/flannelgo/flannel/internal/harness/testbed"
 )
 
 // Defaults of `lab up`.

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/flannelgo/flannel/internal/testbed"
+	"github.com/flannelgo/flannel/internal/harness/testbed"
 )
 
 func TestSpecValidate(t *testing.T) {

@@ -14,7 +14,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/flannelgo/flannel/internal/testbed"
+	"github.com/flannelgo/flannel/internal/harness/testbed"
 )
 
 // UpOptions are `lab up`'s settings beyond the Spec.

@@ -1,4 +1,4 @@
-// Package tbtest is the testing.TB adapter of internal/testbed: the
+// Package tbtest is the testing.TB adapter of internal/harness/testbed: the
 // helpers every namespace test needs (root and tool checks that fail in
 // CI, namespaces removed at the end of the test, commands that fail the
 // test, ping with retries) and Net, a small hand-laid network of
@@ -24,7 +24,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
-	"github.com/flannelgo/flannel/internal/testbed"
+	"github.com/flannelgo/flannel/internal/harness/testbed"
 )
 
 // InCI reports whether the tests run in CI ($CI=true), where a test that

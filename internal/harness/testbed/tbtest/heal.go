@@ -11,8 +11,8 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/flannelgo/flannel/internal/backend"
+	"github.com/flannelgo/flannel/internal/harness/testbed"
 	"github.com/flannelgo/flannel/internal/lease"
-	"github.com/flannelgo/flannel/internal/testbed"
 )
 
 // Repairs records what a Healer reports.

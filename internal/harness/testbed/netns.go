@@ -312,7 +312,7 @@ func prefixToIPNet(p netip.Prefix) *net.IPNet {
 }
 
 // The exported builders below serve tests that lay out their own
-// namespaces (internal/testbed/tbtest): same primitives as the testbed's
+// namespaces (internal/harness/testbed/tbtest): same primitives as the testbed's
 // own underlay, one implementation.
 
 // AddAddress puts addr on link inside ns (IPv6 without duplicate address

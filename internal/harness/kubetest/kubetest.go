@@ -5,7 +5,7 @@
 // system:masters) and a ServiceAccount token signer, so tests can exercise a
 // client with exactly the permissions a DaemonSet would have.
 //
-// Like internal/testbed it never imports package testing: everything takes a
+// Like internal/harness/testbed it never imports package testing: everything takes a
 // context and returns errors. A missing binary is reported as ErrUnavailable,
 // which tests turn into a skip.
 package kubetest
@@ -27,7 +27,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/klog/v2"
 
-	"github.com/flannelgo/flannel/internal/testbed"
+	"github.com/flannelgo/flannel/internal/harness/testbed"
 )
 
 // DefaultVersion is the k8s.io/kubernetes release scripts/build-kube-apiserver.sh
