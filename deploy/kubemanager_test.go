@@ -19,7 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/flannelgo/flannel/internal/kubetest"
+	"github.com/flannelgo/flannel/internal/harness/kubetest"
 	"github.com/flannelgo/flannel/internal/lease"
 	"github.com/flannelgo/flannel/internal/subnet/kube"
 )

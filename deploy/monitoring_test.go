@@ -13,8 +13,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
 
+	"github.com/flannelgo/flannel/internal/harness/testbed/tbtest"
 	"github.com/flannelgo/flannel/internal/metrics/catalog"
-	"github.com/flannelgo/flannel/internal/testbed/tbtest"
 )
 
 const (

@@ -15,7 +15,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 
-	"github.com/flannelgo/flannel/internal/testbed/tbtest"
+	"github.com/flannelgo/flannel/internal/harness/testbed/tbtest"
 )
 
 // flanneldFlags builds cmd/flanneld and returns the flag names its --help
@@ -292,7 +292,7 @@ func TestFlanneldCrossCompilesAsTheDockerfileDoes(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	out := t.TempDir()
-	build := exec.CommandContext(ctx, goTool(), append([]string{"build", "-trimpath", "-o", out + "/"}, pkgs...)...)
+	build := exec.CommandContext(ctx, goTool(), append([]string{"build", "-trimpath", "-tags", "nodeimage", "-o", out + "/"}, pkgs...)...)
 	build.Dir = repoRoot(t)
 	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=arm64")
 	if b, err := build.CombinedOutput(); err != nil {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds kube-apiserver from the k8s.io/kubernetes module at a pinned release,
-# for tests that need a real API server (internal/kubetest), with
+# for tests that need a real API server (internal/harness/kubetest), with
 # scripts/build-kube.sh (the Go module proxy is the only source; see there
 # how the staging modules are pinned). 10 to 45 minutes on 2 cores the
 # first time; a binary already in the cache is reused.

@@ -29,7 +29,9 @@ out="${OUT:-bin/flannel-image.tar}"
 bindir="$(mktemp -d /tmp/flannel-image-bin.XXXXXX)"
 trap 'rm -rf "$bindir"' EXIT
 echo "image.sh: building flanneld, flannel, flannelctl, install-conf ($version)" >&2
-CGO_ENABLED=0 nice -n 10 go build -trimpath \
+# -tags nodeimage: flannelctl without the lab (its embedded etcd and test
+# harnesses); a node needs doctor and policy only.
+CGO_ENABLED=0 nice -n 10 go build -trimpath -tags nodeimage \
   -ldflags "-s -w -X github.com/flannelgo/flannel/internal/version.Version=$version" \
   -o "$bindir/" ./cmd/flanneld ./cmd/flannel ./cmd/flannelctl ./cmd/install-conf
 go build -o "$bindir/imagebuild" ./scripts/imagebuild

@@ -9,7 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/flannelgo/flannel/internal/lab"
+	"github.com/flannelgo/flannel/internal/tools/lab"
 	"github.com/flannelgo/flannel/internal/version"
 )
 

@@ -20,12 +20,12 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/flannelgo/flannel/internal/atomicfile"
-	"github.com/flannelgo/flannel/internal/doctor"
 	"github.com/flannelgo/flannel/internal/subnet"
 	etcdmgr "github.com/flannelgo/flannel/internal/subnet/etcd"
 	kubemgr "github.com/flannelgo/flannel/internal/subnet/kube"
 	"github.com/flannelgo/flannel/internal/subnet/storeflags"
 	"github.com/flannelgo/flannel/internal/supportbundle"
+	"github.com/flannelgo/flannel/internal/tools/doctor"
 )
 
 const doctorHelp = `Checks this node for the known flannel failure modes and prints one line per

@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flannelgo/flannel/internal/lab"
-	"github.com/flannelgo/flannel/internal/testbed/tbtest"
+	"github.com/flannelgo/flannel/internal/harness/testbed/tbtest"
+	"github.com/flannelgo/flannel/internal/tools/lab"
 )
 
 // kubeLabPrereqs says what `lab up --kubernetes` lacks on this machine

@@ -1,3 +1,5 @@
+//go:build !nodeimage
+
 package main
 
 import (
@@ -15,7 +17,7 @@ import (
 	"github.com/spf13/cobra"
 	"k8s.io/klog/v2"
 
-	"github.com/flannelgo/flannel/internal/lab"
+	"github.com/flannelgo/flannel/internal/tools/lab"
 )
 
 // labCmd is one `flannelctl lab` subcommand.

@@ -17,7 +17,7 @@ import (
 	"github.com/prometheus/procfs"
 	"github.com/vishvananda/netlink"
 
-	"github.com/flannelgo/flannel/internal/testbed/tbtest"
+	"github.com/flannelgo/flannel/internal/harness/testbed/tbtest"
 )
 
 // These tests drive the built flannelctl (with flanneld and the flannel

@@ -5,13 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/netip"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -50,7 +46,7 @@ func explainCommand() *cobra.Command {
 			if from == "" || to == "" {
 				return usagef("both --from and --to are needed")
 			}
-			if _, _, err := parseTarget(to); err != nil {
+			if _, _, err := netpol.ParseTarget(to); err != nil {
 				return usageError{err}
 			}
 			if err := explain(from, to, kubeconfig, cmd.OutOrStdout()); err != nil {
@@ -67,7 +63,7 @@ func explainCommand() *cobra.Command {
 }
 
 func explain(from, to, kubeconfig string, out io.Writer) error {
-	target, ports, err := parseTarget(to)
+	target, ports, err := netpol.ParseTarget(to)
 	if err != nil {
 		return err
 	}
@@ -81,87 +77,7 @@ func explain(from, to, kubeconfig string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	src, _, err := endpoint(in, from)
-	if err != nil {
-		return err
-	}
-	dst, dstPod, err := endpoint(in, target)
-	if err != nil {
-		return err
-	}
-	if len(ports) == 0 {
-		if ports = declaredPorts(dstPod); len(ports) == 0 {
-			return fmt.Errorf("%s declares no container ports: give the port as %s:PORT/PROTO", target, target)
-		}
-	}
-	m := netpol.Compile(in, nil)
-	for _, p := range ports {
-		fmt.Fprint(out, m.Decide(src, dst, p.Proto, p.From).Explain(from, fmt.Sprintf("%s:%d/%s", target, p.From, p.Proto)))
-	}
-	return nil
-}
-
-// parseTarget splits NS/POD[:PORT/PROTO].
-func parseTarget(s string) (string, []netpol.PortRange, error) {
-	target, port, ok := strings.Cut(s, ":")
-	if !ok || strings.Count(s, ":") > 1 && !strings.Contains(s, "/") {
-		return s, nil, nil // no port, or a bare IPv6 address
-	}
-	num, proto, _ := strings.Cut(port, "/")
-	n, err := strconv.ParseUint(num, 10, 16)
-	if err != nil {
-		return "", nil, fmt.Errorf("port %q in %q: want PORT/PROTO such as 80/TCP", port, s)
-	}
-	p := netpol.Proto(strings.ToUpper(proto))
-	switch p {
-	case "":
-		p = netpol.TCP
-	case netpol.TCP, netpol.UDP, netpol.SCTP:
-	default:
-		return "", nil, fmt.Errorf("protocol %q in %q: want TCP, UDP or SCTP", proto, s)
-	}
-	return target, []netpol.PortRange{{Proto: p, From: uint16(n), To: uint16(n)}}, nil
-}
-
-// endpoint finds the address of a pod (its first) or takes an address.
-func endpoint(in netpol.Input, s string) (netip.Addr, *corev1.Pod, error) {
-	if a, err := netip.ParseAddr(s); err == nil {
-		return a, nil, nil
-	}
-	ns, name, ok := strings.Cut(s, "/")
-	if !ok {
-		return netip.Addr{}, nil, fmt.Errorf("%q: want NAMESPACE/POD or an IP address", s)
-	}
-	for _, p := range in.Pods {
-		if p.Namespace != ns || p.Name != name {
-			continue
-		}
-		if p.Spec.HostNetwork {
-			return netip.Addr{}, nil, fmt.Errorf("pod %s uses the host network: NetworkPolicy does not apply to it; give the node's address instead", s)
-		}
-		if a, err := netip.ParseAddr(p.Status.PodIP); err == nil {
-			return a, p, nil
-		}
-		return netip.Addr{}, nil, fmt.Errorf("pod %s has no address yet (status.podIP is empty)", s)
-	}
-	return netip.Addr{}, nil, fmt.Errorf("pod %s not found", s)
-}
-
-func declaredPorts(p *corev1.Pod) []netpol.PortRange {
-	if p == nil {
-		return nil
-	}
-	var out []netpol.PortRange
-	for _, c := range p.Spec.Containers {
-		for _, cp := range c.Ports {
-			proto := netpol.Proto(cp.Protocol)
-			if proto == "" {
-				proto = netpol.TCP
-			}
-			out = append(out, netpol.PortRange{Proto: proto, From: uint16(cp.ContainerPort), To: uint16(cp.ContainerPort)})
-		}
-	}
-	return out
+	return netpol.Explain(in, from, target, ports, out)
 }
 
 func kubeClient(kubeconfig string) (kubernetes.Interface, error) {

@@ -24,6 +24,7 @@ import (
 	"github.com/flannelgo/flannel/internal/backend/vxlan"
 	"github.com/flannelgo/flannel/internal/backend/wireguard"
 	"github.com/flannelgo/flannel/internal/daemon"
+	"github.com/flannelgo/flannel/internal/daemon/policy"
 	"github.com/flannelgo/flannel/internal/iface"
 	"github.com/flannelgo/flannel/internal/metrics"
 	"github.com/flannelgo/flannel/internal/preflight"
@@ -96,11 +97,11 @@ func serve(ctx context.Context, o *options) error {
 		return err
 	}
 	defer closeMgr()
-	drops, err := networkPolicy(ctx, o, mgr, m)
+	drops, err := policy.NetworkPolicy(ctx, o.networkPolicy, o.dropLog.DropLogOptions, mgr, m)
 	if err != nil {
 		return err
 	}
-	if err := antiSpoofing(ctx, o, m, drops); err != nil {
+	if err := policy.AntiSpoofing(ctx, o.antiSpoofing.value(o.networkPolicy), o.subnetFile, o.cniCacheDir, o.dropLog.DropLogOptions, drops, m); err != nil {
 		return err
 	}
 	d := daemon.New(daemon.Options{

@@ -11,6 +11,9 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"k8s.io/klog/v2"
+
+	"github.com/flannelgo/flannel/internal/nldump"
+	"github.com/flannelgo/flannel/internal/pace"
 )
 
 // DefaultBridge is the bridge the flannel CNI plugin's delegate uses
@@ -91,23 +94,17 @@ func (c *Controller) Run(ctx context.Context) error {
 // a second costs nothing worth an inotify dependency.
 func (c *Controller) watchRecords(ctx context.Context) {
 	var last time.Time
-	t := time.NewTicker(100 * time.Millisecond)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	pace.Every(ctx, 100*time.Millisecond, 0, func(context.Context) bool {
 		fi, err := os.Stat(c.opts.RecordDir)
 		if err != nil {
-			continue
+			return true
 		}
 		if mt := fi.ModTime(); !mt.Equal(last) {
 			last = mt
 			c.changed()
 		}
-	}
+		return true
+	})
 }
 
 func (c *Controller) changed() {
@@ -196,7 +193,7 @@ func (c *Controller) podOf(port string) (namespace, name string) {
 
 // bridgePorts lists the interfaces enslaved to one of the named bridges.
 func bridgePorts(bridges []string) (map[string]bool, error) {
-	links, err := netlink.LinkList()
+	links, err := nldump.List(func() ([]netlink.Link, error) { return netlink.LinkList() })
 	if err != nil {
 		return nil, fmt.Errorf("list links: %w", err)
 	}

@@ -6,8 +6,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/flannelgo/flannel/internal/testbed"
-	"github.com/flannelgo/flannel/internal/testbed/tbtest"
+	"github.com/flannelgo/flannel/internal/harness/testbed"
+	"github.com/flannelgo/flannel/internal/harness/testbed/tbtest"
 )
 
 // With the drop log on, the spoofed chain logs a rate-limited sample to

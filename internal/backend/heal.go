@@ -11,6 +11,9 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"k8s.io/klog/v2"
+
+	"github.com/flannelgo/flannel/internal/ctxwait"
+	"github.com/flannelgo/flannel/internal/pace"
 )
 
 // DefaultReconcileInterval is how often a Healer compares the whole kernel
@@ -127,7 +130,7 @@ func RunHealer(ctx context.Context, l HealLoop) {
 	go watchKernel(ctx, l, wake)
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
-	b := retryBackoff{max: min(interval, 10*time.Second)}
+	b := pace.New(pace.Policy{Min: 100 * time.Millisecond, Max: min(interval, 10*time.Second)})
 	var retry <-chan time.Time
 	for {
 		select {
@@ -142,12 +145,12 @@ func RunHealer(ctx context.Context, l HealLoop) {
 		}
 		retry = nil
 		if err := runOnce(l); err != nil {
-			wait := b.next()
+			wait := b.Next()
 			klog.Errorf("%s: reconcile kernel state: %v (retrying in %s)", l.Name, err, wait)
 			retry = time.After(wait)
 			continue
 		}
-		b.reset()
+		b.Reset()
 	}
 }
 
@@ -166,16 +169,6 @@ func runOnce(l HealLoop) error {
 	}
 	return err
 }
-
-// retryBackoff doubles from 100 ms up to max.
-type retryBackoff struct{ cur, max time.Duration }
-
-func (b *retryBackoff) next() time.Duration {
-	b.cur = min(max(2*b.cur, 100*time.Millisecond), b.max)
-	return b.cur
-}
-
-func (b *retryBackoff) reset() { b.cur = 0 }
 
 func poke(wake chan<- struct{}) {
 	select {
@@ -203,10 +196,7 @@ func watchKernel(ctx context.Context, l HealLoop, wake chan<- struct{}) {
 			}
 		}
 		close(done)
-		select {
-		case <-ctx.Done():
-		case <-time.After(time.Second):
-		}
+		_ = ctxwait.Sleep(ctx, time.Second)
 	}
 }
 

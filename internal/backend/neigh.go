@@ -7,6 +7,8 @@ import (
 	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/flannelgo/flannel/internal/nldump"
 )
 
 // EachNeigh passes each neighbour entry of family (AF_BRIDGE: the FDB) on
@@ -14,8 +16,9 @@ import (
 // caller's). A reconcile at 10000 peers held every entry at once with
 // netlink's NeighList, twice per table, which grew the heap by tens of
 // MiB every 30 s. The entry's IP and HardwareAddr point into the receive
-// buffer: clone them to keep them past f.
-func EachNeigh(ns *netns.NsHandle, link, family int, f func(netlink.Neigh)) error {
+// buffer: clone them to keep them past f. An interrupted dump is read
+// again; reset is called first, to forget what f was shown.
+func EachNeigh(ns *netns.NsHandle, link, family int, reset func(), f func(netlink.Neigh)) error {
 	target := netns.None()
 	if ns != nil {
 		target = *ns
@@ -25,14 +28,16 @@ func EachNeigh(ns *netns.NsHandle, link, family int, f func(netlink.Neigh)) erro
 		return fmt.Errorf("open netlink socket: %w", err)
 	}
 	defer s.Close()
-	req := nl.NewNetlinkRequest(unix.RTM_GETNEIGH, unix.NLM_F_DUMP)
-	req.Sockets = map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: {Socket: s}}
-	req.AddData(&netlink.Ndmsg{Family: uint8(family), Index: uint32(link)})
-	return req.ExecuteIter(unix.NETLINK_ROUTE, unix.RTM_NEWNEIGH, func(m []byte) bool {
-		ne, err := netlink.NeighDeserialize(m)
-		if err == nil && ne.LinkIndex == link && ne.Family == family {
-			f(*ne)
-		}
-		return true
+	return nldump.Visit(reset, func() error {
+		req := nl.NewNetlinkRequest(unix.RTM_GETNEIGH, unix.NLM_F_DUMP)
+		req.Sockets = map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: {Socket: s}}
+		req.AddData(&netlink.Ndmsg{Family: uint8(family), Index: uint32(link)})
+		return req.ExecuteIter(unix.NETLINK_ROUTE, unix.RTM_NEWNEIGH, func(m []byte) bool {
+			ne, err := netlink.NeighDeserialize(m)
+			if err == nil && ne.LinkIndex == link && ne.Family == family {
+				f(*ne)
+			}
+			return true
+		})
 	})
 }

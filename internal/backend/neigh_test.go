@@ -9,7 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/flannelgo/flannel/internal/backend"
-	"github.com/flannelgo/flannel/internal/testbed/tbtest"
+	"github.com/flannelgo/flannel/internal/harness/testbed/tbtest"
 )
 
 // TestEachNeighReadsTheNamespaceOfTheHandle lists neighbour and FDB
@@ -40,7 +40,7 @@ func TestEachNeighReadsTheNamespaceOfTheHandle(t *testing.T) {
 	}
 	nsh := tbtest.NSHandle(t, ns)
 	var got []string
-	if err := backend.EachNeigh(&nsh, vx.Attrs().Index, unix.AF_INET, func(ne netlink.Neigh) { got = append(got, ne.IP.String()) }); err != nil {
+	if err := backend.EachNeigh(&nsh, vx.Attrs().Index, unix.AF_INET, func() { got = got[:0] }, func(ne netlink.Neigh) { got = append(got, ne.IP.String()) }); err != nil {
 		t.Fatal(err)
 	}
 	slices.Sort(got)
@@ -49,7 +49,7 @@ func TestEachNeighReadsTheNamespaceOfTheHandle(t *testing.T) {
 		t.Errorf("EachNeigh listed %d entries %v..., want the %d on vx0", len(got), got[:min(len(got), 3)], len(want))
 	}
 	var fdb []string
-	if err := backend.EachNeigh(&nsh, vx.Attrs().Index, unix.AF_BRIDGE, func(ne netlink.Neigh) {
+	if err := backend.EachNeigh(&nsh, vx.Attrs().Index, unix.AF_BRIDGE, func() { fdb = fdb[:0] }, func(ne netlink.Neigh) {
 		fdb = append(fdb, ne.HardwareAddr.String()+" "+ne.IP.String())
 	}); err != nil {
 		t.Fatal(err)
@@ -59,7 +59,7 @@ func TestEachNeighReadsTheNamespaceOfTheHandle(t *testing.T) {
 	}
 	// The same index in the test's own namespace is another device, or none.
 	var here int
-	if err := backend.EachNeigh(nil, vx.Attrs().Index, unix.AF_INET, func(netlink.Neigh) { here++ }); err != nil {
+	if err := backend.EachNeigh(nil, vx.Attrs().Index, unix.AF_INET, func() { here = 0 }, func(netlink.Neigh) { here++ }); err != nil {
 		t.Fatal(err)
 	}
 	if here == len(want) {

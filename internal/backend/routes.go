@@ -8,6 +8,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/flannelgo/flannel/internal/nldump"
 )
 
 // StaleRoutes lists the routes a flannel backend would have installed on
@@ -28,11 +30,14 @@ func StaleRoutes(h *netlink.Handle, links []int, network netip.Prefix, keep map[
 	for _, link := range links {
 		// Visited one by one as the dump arrives: with thousands of peers,
 		// a listing of every route would be the daemon's largest allocation.
-		err := h.RouteListFilteredIter(family, &netlink.Route{LinkIndex: link}, netlink.RT_FILTER_OIF, func(r netlink.Route) bool {
-			if dst, ok := FlannelShaped(r, network); ok && !keep[dst.Masked()] {
-				stale = append(stale, r)
-			}
-			return true
+		mark := len(stale)
+		err := nldump.Visit(func() { stale = stale[:mark] }, func() error {
+			return h.RouteListFilteredIter(family, &netlink.Route{LinkIndex: link}, netlink.RT_FILTER_OIF, func(r netlink.Route) bool {
+				if dst, ok := FlannelShaped(r, network); ok && !keep[dst.Masked()] {
+					stale = append(stale, r)
+				}
+				return true
+			})
 		})
 		if err != nil {
 			return nil, fmt.Errorf("list routes on %s: %w", linkName(h, link), err)

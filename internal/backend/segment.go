@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/flannelgo/flannel/internal/nldump"
 )
 
 // CheckOnSegment returns nil when addr can be reached from the link with
@@ -47,7 +49,7 @@ func checkCovered(h *netlink.Handle, link netlink.Link, addr netip.Addr) error {
 	if addr.Is6() {
 		family = netlink.FAMILY_V6
 	}
-	addrs, err := h.AddrList(link, family)
+	addrs, err := nldump.List(func() ([]netlink.Addr, error) { return h.AddrList(link, family) })
 	if err != nil {
 		return fmt.Errorf("list addresses of %s: %w", link.Attrs().Name, err)
 	}

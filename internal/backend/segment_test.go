@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/flannelgo/flannel/internal/backend"
-	bt "github.com/flannelgo/flannel/internal/testbed/tbtest"
+	bt "github.com/flannelgo/flannel/internal/harness/testbed/tbtest"
 )
 
 func TestCheckOnSegment(t *testing.T) {

@@ -12,6 +12,8 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/flannelgo/flannel/internal/lease"
+	"github.com/flannelgo/flannel/internal/nldump"
+	"github.com/flannelgo/flannel/internal/pace"
 )
 
 // blackholeMetric is far above the bridge's connected route (metric 0), so
@@ -36,7 +38,9 @@ func ensureBlackholeRoutes(own *lease.Lease) ([]netip.Prefix, error) {
 		if p.Addr().Is6() {
 			family = netlink.FAMILY_V6
 		}
-		have, err := netlink.RouteListFiltered(family, r, netlink.RT_FILTER_DST|netlink.RT_FILTER_TYPE|netlink.RT_FILTER_PRIORITY)
+		have, err := nldump.List(func() ([]netlink.Route, error) {
+			return netlink.RouteListFiltered(family, r, netlink.RT_FILTER_DST|netlink.RT_FILTER_TYPE|netlink.RT_FILTER_PRIORITY)
+		})
 		if err == nil && len(have) > 0 {
 			continue
 		}
@@ -55,14 +59,7 @@ func keepBlackholeRoutes(ctx context.Context, own *lease.Lease, every time.Durat
 	if every <= 0 {
 		every = 5 * time.Second // upstream's --iptables-resync default
 	}
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	pace.Every(ctx, every, 0, func(context.Context) bool {
 		added, err := ensureBlackholeRoutes(own)
 		if err != nil {
 			klog.Errorf("%v (retrying in %s)", err, every)
@@ -70,5 +67,6 @@ func keepBlackholeRoutes(ctx context.Context, own *lease.Lease, every time.Durat
 		for _, p := range added {
 			klog.Infof("blackhole route for %s was missing; restored it", p)
 		}
-	}
+		return true
+	})
 }

@@ -4,18 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
-	"os"
-	"runtime/debug"
 	"time"
 
 	"k8s.io/klog/v2"
 
 	"github.com/flannelgo/flannel/internal/backend"
 	"github.com/flannelgo/flannel/internal/ctxwait"
-	"github.com/flannelgo/flannel/internal/imagetrim"
 	"github.com/flannelgo/flannel/internal/lease"
 	"github.com/flannelgo/flannel/internal/metrics"
+	"github.com/flannelgo/flannel/internal/pace"
 	"github.com/flannelgo/flannel/internal/subnet"
 )
 
@@ -94,49 +91,6 @@ func (d *Daemon) peerCount(peers map[string]struct{}) int {
 	return len(peers)
 }
 
-// bigBatch is the size from which a batch counts as a start-up or re-list
-// burst after which memory is handed back at once.
-const bigBatch = 1000
-
-// releaseMemory returns the heap freed by a burst to the kernel, and the
-// pages of the program image the burst touched. Applying the full lease
-// set at start-up (the listing, the backend's state, its listing of the
-// kernel's routes and neighbours to reconcile) leaves tens of MiB of
-// garbage that the runtime would otherwise give back only over minutes;
-// and start-up runs code (every package's init, the first listing and
-// programming) that never runs again but stays mapped. It costs one extra
-// garbage collection of the live heap and a few thousand minor faults to
-// map back the code still in use, about 15 ms of CPU per burst. With 10000
-// peers (test/scale, etcd mode, steady state) the resident size falls by
-// about a quarter; docs/SCALE.md has the figures.
-func releaseMemory() {
-	start := time.Now()
-	debug.FreeOSMemory()
-	res, err := imagetrim.Trim()
-	if err != nil {
-		klog.Warningf("could not release the program's start-up pages (harmless: only the resident size stays higher): %v", err)
-	}
-	klog.V(2).Infof("returned freed memory and %.1f MiB of program pages (%d mappings) to the kernel in %s",
-		float64(res.Resident)/(1<<20), res.Mappings, time.Since(start))
-}
-
-// steadyGCPercent is the garbage collector's target once the node is ready:
-// the heap grows to 1.1 times the live data before a collection, not twice.
-// What a running node allocates is the 30 s reconcile's kernel dumps and
-// the peer probes, garbage at once; at Go's default the heap, and with it
-// the resident size, settles at twice the live data. Measured with 10000
-// peers 40 s after start-up (test/scale -settle 40s, two runs each): RSS
-// 46.4 MiB at 50, 39.6-40.2 at 20, 38.6-39.3 at 10, for 1.3, 1.4 and 1.7 %
-// of one core. The start-up burst itself runs with Go's default of 100 for
-// speed. A GOGC in the environment wins.
-const steadyGCPercent = 10
-
-func tightenGC() {
-	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(steadyGCPercent)
-	}
-}
-
 // watchStatus hears from a subnet manager that rides out outages itself.
 func (d *Daemon) watchStatus(err error) {
 	if err != nil {
@@ -158,25 +112,22 @@ type watchBatch struct {
 // then; if it returns earlier (an error), the node is deaf: it says so on
 // /readyz and re-establishes the watch with back-off.
 func (d *Daemon) watch(ctx context.Context, out chan<- watchBatch) {
-	const maxWait = 10 * time.Second
-	wait := 200 * time.Millisecond
+	bo := pace.New(pace.Policy{Min: 200 * time.Millisecond, Max: 10 * time.Second, Stable: time.Minute})
 	for {
 		started := time.Now()
 		err := d.watchOnce(ctx, out)
 		if ctx.Err() != nil {
 			return
 		}
-		if time.Since(started) > time.Minute {
-			wait = 200 * time.Millisecond
-		}
+		bo.Settled(time.Since(started))
 		d.metrics.DatastoreFails.Inc()
+		wait := bo.Next()
 		reason := fmt.Sprintf("the lease watch on %s ended: %v; re-establishing it", d.mgr.Name(), err)
 		klog.Errorf("%s (in %s)", reason, wait)
 		d.ready.deaf(reason)
 		if ctxwait.Sleep(ctx, wait) != nil {
 			return
 		}
-		wait = min(wait*2, maxWait)
 	}
 }
 
@@ -254,99 +205,6 @@ func (d *Daemon) readyWithoutPeers(ctx context.Context) {
 	go d.announceReady(ctx)
 	releaseMemory()
 	<-ctx.Done()
-}
-
-// otherNodes drops this node's own lease from a batch. If the own lease was
-// deleted behind our back, it asks the renew loop to re-create it at once.
-func (d *Daemon) otherNodes(batch []lease.Event, own *lease.Lease, renewNow chan<- struct{}) []lease.Event {
-	out := make([]lease.Event, 0, len(batch))
-	for _, ev := range batch {
-		if ev.Lease.Key() != own.Key() {
-			out = append(out, ev)
-			continue
-		}
-		d.noticeOverwrite(ev, own)
-		if ev.Type == lease.Removed {
-			klog.Warningf("this node's lease %s was removed from the datastore; re-creating it", own.Key())
-			select {
-			case renewNow <- struct{}{}:
-			default:
-			}
-		}
-	}
-	return out
-}
-
-// renewLoop renews the lease RenewMargin before it expires, and at once
-// when asked to. When another node has taken the subnet it stops the
-// daemon with that error.
-func (d *Daemon) renewLoop(ctx context.Context, own *lease.Lease, renewNow <-chan struct{}, stop context.CancelCauseFunc) {
-	const retryEvery = 10 * time.Second
-	wait := d.untilRenewal(own)
-	var fight fightState
-	for {
-		timer := time.NewTimer(max(wait, 0))
-		select {
-		case <-ctx.Done():
-			timer.Stop()
-			return
-		case seen := <-d.reassert:
-			timer.Stop()
-			d.reassertOwn(ctx, own, seen, &fight)
-			wait = d.untilRenewal(own)
-			continue
-		case <-renewNow:
-			timer.Stop()
-		case <-timer.C:
-		}
-		if err := d.mgr.RenewLease(ctx, own); err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			d.metrics.LeaseRenewals.WithLabelValues("error").Inc()
-			if errors.Is(err, subnet.ErrLeaseTaken) {
-				stop(err)
-				return
-			}
-			klog.Errorf("renew lease %s: %v (retrying in %s; it expires %s)", own.Key(), err, retryEvery, own.Expiration.Format(time.RFC3339))
-			wait = retryEvery
-			continue
-		}
-		d.metrics.LeaseRenewals.WithLabelValues("ok").Inc()
-		d.metrics.LeaseExpiry.Set(float64(own.Expiration.Unix()))
-		klog.Infof("renewed lease %s until %s", own.Key(), own.Expiration.Format(time.RFC3339))
-		wait = d.untilRenewal(own)
-	}
-}
-
-// untilRenewal is how long to wait before renewing own. A lease without
-// expiry (the Kubernetes manager's) is renewed only when asked to.
-func (d *Daemon) untilRenewal(own *lease.Lease) time.Duration {
-	if own.Expiration.IsZero() {
-		return time.Duration(math.MaxInt64)
-	}
-	return time.Until(own.Expiration.Add(-d.opts.RenewMargin))
-}
-
-// reportSameAddress logs, once per lease, another node that advertises this
-// node's public address: the VXLAN FDB (or host-gw route) for one of the two
-// subnets then leads to the wrong machine.
-func reportSameAddress(ev lease.Event, own *lease.Lease, reported map[string]bool) {
-	key := ev.Lease.Key()
-	if ev.Type == lease.Removed {
-		delete(reported, key)
-		return
-	}
-	a, b := ev.Lease.Attrs, own.Attrs
-	same := (b.PublicIP.IsValid() && !b.PublicIP.IsUnspecified() && a.PublicIP == b.PublicIP) ||
-		(b.PublicIPv6.IsValid() && a.PublicIPv6 == b.PublicIPv6)
-	if !same || reported[key] {
-		return
-	}
-	reported[key] = true
-	klog.Errorf("duplicate public address: lease %s (another node) advertises the same address as this node's lease %s (%s): "+
-		"one of them will not receive its traffic; give each node its own address with --iface, --iface-regex, --iface-can-reach or --public-ip",
-		key, own.Key(), b.PublicIP)
 }
 
 // readyAnnouncer is a subnet manager that tells its datastore when the node's

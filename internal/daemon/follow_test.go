@@ -15,11 +15,11 @@ import (
 
 	"github.com/flannelgo/flannel/internal/backend"
 	"github.com/flannelgo/flannel/internal/config"
+	"github.com/flannelgo/flannel/internal/harness/testbed/tbtest"
 	"github.com/flannelgo/flannel/internal/lease"
 	"github.com/flannelgo/flannel/internal/leaseguard"
 	"github.com/flannelgo/flannel/internal/metrics"
 	"github.com/flannelgo/flannel/internal/subnet"
-	"github.com/flannelgo/flannel/internal/testbed/tbtest"
 )
 
 // fakeManager feeds scripted lease batches and counts renewals.

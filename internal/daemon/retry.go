@@ -7,8 +7,8 @@ import (
 
 	"k8s.io/klog/v2"
 
-	"github.com/flannelgo/flannel/internal/ctxwait"
 	"github.com/flannelgo/flannel/internal/metrics"
+	"github.com/flannelgo/flannel/internal/pace"
 )
 
 // permanent marks an error that retrying cannot fix.
@@ -22,7 +22,7 @@ func (p permanent) Unwrap() error { return p.error }
 // one line in the log, not one per second.
 func retry(ctx context.Context, what string, m *metrics.Metrics, fn func() error) error {
 	const maxWait = 10 * time.Second
-	wait := 500 * time.Millisecond
+	bo := pace.New(pace.Policy{Min: 500 * time.Millisecond, Max: maxWait})
 	failed := false
 	for {
 		err := fn()
@@ -43,9 +43,8 @@ func retry(ctx context.Context, what string, m *metrics.Metrics, fn func() error
 		} else {
 			klog.V(1).Infof("%s: still failing: %v", what, err)
 		}
-		if err := ctxwait.Sleep(ctx, wait); err != nil {
+		if err := bo.Sleep(ctx); err != nil {
 			return err
 		}
-		wait = min(wait*2, maxWait)
 	}
 }

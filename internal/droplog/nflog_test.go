@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flannelgo/flannel/internal/harness/testbed/tbtest"
 	"github.com/flannelgo/flannel/internal/netpol"
-	"github.com/flannelgo/flannel/internal/testbed/tbtest"
 )
 
 // The kernel logs a packet to the group and Read hands it back whole

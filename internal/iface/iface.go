@@ -18,6 +18,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/flannelgo/flannel/internal/backend"
+	"github.com/flannelgo/flannel/internal/nldump"
 )
 
 // Options are flanneld's interface-selection flags plus the address families
@@ -207,7 +208,7 @@ func lookupIface(s string) (candidate, error) {
 
 // linkWithAddr finds the interface carrying ip.
 func linkWithAddr(ip netip.Addr) (netlink.Link, error) {
-	addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
+	addrs, err := nldump.List(func() ([]netlink.Addr, error) { return netlink.AddrList(nil, netlink.FAMILY_ALL) })
 	if err != nil {
 		return nil, fmt.Errorf("list addresses: %w", err)
 	}
@@ -323,7 +324,7 @@ func byDefaultRoute(opts Options) (*backend.ExternalInterface, error) {
 // defaultRouteLink returns the interface index of the main table's default
 // route with the lowest metric (the one the kernel uses), or 0 if none.
 func defaultRouteLink(family int) (int, error) {
-	routes, err := netlink.RouteList(nil, family)
+	routes, err := nldump.List(func() ([]netlink.Route, error) { return netlink.RouteList(nil, family) })
 	if err != nil {
 		return 0, fmt.Errorf("list routes: %w", err)
 	}
@@ -413,7 +414,7 @@ func globalAddrs(link netlink.Link, opts Options) ([]netip.Addr, error) {
 		if !f.on {
 			continue
 		}
-		addrs, err := netlink.AddrList(link, f.family)
+		addrs, err := nldump.List(func() ([]netlink.Addr, error) { return netlink.AddrList(link, f.family) })
 		if err != nil {
 			return nil, fmt.Errorf("list addresses of %s: %w", link.Attrs().Name, err)
 		}
@@ -430,7 +431,7 @@ func globalAddrs(link netlink.Link, opts Options) ([]netip.Addr, error) {
 }
 
 func sortedLinks() ([]netlink.Link, error) {
-	links, err := netlink.LinkList()
+	links, err := nldump.List(func() ([]netlink.Link, error) { return netlink.LinkList() })
 	if err != nil {
 		return nil, fmt.Errorf("list interfaces: %w", err)
 	}

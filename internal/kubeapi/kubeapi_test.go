@@ -13,10 +13,10 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/flannelgo/flannel/internal/harness/kubetest"
+	"github.com/flannelgo/flannel/internal/harness/testbed/tbtest"
 	"github.com/flannelgo/flannel/internal/kubeapi"
-	"github.com/flannelgo/flannel/internal/kubetest"
 	"github.com/flannelgo/flannel/internal/netpol"
-	"github.com/flannelgo/flannel/internal/testbed/tbtest"
 )
 
 func startServer(t *testing.T) *kubetest.Server {

@@ -8,6 +8,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/flannelgo/flannel/internal/nldump"
 )
 
 // NetlinkHost reads the node's addresses and main-table routes with
@@ -35,7 +37,7 @@ func (n NetlinkHost) read() ([]HostPrefix, map[int]bool, error) {
 		}
 		defer h.Close()
 	}
-	links, err := h.LinkList()
+	links, err := nldump.List(func() ([]netlink.Link, error) { return h.LinkList() })
 	if err != nil {
 		return nil, nil, fmt.Errorf("list links: %w", err)
 	}
@@ -52,20 +54,23 @@ func (n NetlinkHost) read() ([]HostPrefix, map[int]bool, error) {
 	}
 	// Visited as the dump arrives rather than listed: with thousands of
 	// peers the table holds thousands of flannel routes, read per batch.
-	err = h.RouteListFilteredIter(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE, func(r netlink.Route) bool {
-		p, ok := prefixOf(r.Dst)
-		name := names[r.LinkIndex]
-		if !ok || flannelOwned(name) {
+	mark := len(out)
+	err = nldump.Visit(func() { out = out[:mark] }, func() error {
+		return h.RouteListFilteredIter(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE, func(r netlink.Route) bool {
+			p, ok := prefixOf(r.Dst)
+			name := names[r.LinkIndex]
+			if !ok || flannelOwned(name) {
+				return true
+			}
+			hp := HostPrefix{Prefix: p, Route: true, Connected: r.Protocol == unix.RTPROT_KERNEL, What: "route " + p.String() + " dev " + name}
+			if r.Type == unix.RTN_BLACKHOLE {
+				hp.What = "blackhole route " + p.String()
+			} else if gw, ok := netip.AddrFromSlice(r.Gw); ok {
+				hp.What = "route " + p.String() + " via " + gw.Unmap().String() + " dev " + name
+			}
+			out = append(out, hp)
 			return true
-		}
-		hp := HostPrefix{Prefix: p, Route: true, Connected: r.Protocol == unix.RTPROT_KERNEL, What: "route " + p.String() + " dev " + name}
-		if r.Type == unix.RTN_BLACKHOLE {
-			hp.What = "blackhole route " + p.String()
-		} else if gw, ok := netip.AddrFromSlice(r.Gw); ok {
-			hp.What = "route " + p.String() + " via " + gw.Unmap().String() + " dev " + name
-		}
-		out = append(out, hp)
-		return true
+		})
 	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("list routes: %w", err)
@@ -74,7 +79,7 @@ func (n NetlinkHost) read() ([]HostPrefix, map[int]bool, error) {
 }
 
 func addrPrefixes(h *netlink.Handle, names map[int]string) ([]HostPrefix, error) {
-	addrs, err := h.AddrList(nil, netlink.FAMILY_ALL)
+	addrs, err := nldump.List(func() ([]netlink.Addr, error) { return h.AddrList(nil, netlink.FAMILY_ALL) })
 	if err != nil {
 		return nil, fmt.Errorf("list addresses: %w", err)
 	}

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flannelgo/flannel/internal/testbed/tbtest"
+	"github.com/flannelgo/flannel/internal/harness/testbed/tbtest"
 	"github.com/vishvananda/netns"
 )
 

@@ -18,7 +18,9 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
 
+	"github.com/flannelgo/flannel/internal/ctxwait"
 	"github.com/flannelgo/flannel/internal/kubeapi"
+	"github.com/flannelgo/flannel/internal/pace"
 )
 
 // Rules is where a controller puts compiled models (a Table in flanneld).
@@ -128,7 +130,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	}
 	klog.Infof("network policy: following pods, namespaces and networkpolicies; enforcing for the pods of node %s", node)
 	c.changed()
-	retry := time.Second
+	retry := pace.New(pace.Policy{Min: time.Second, Max: 30 * time.Second})
 	for {
 		select {
 		case <-ctx.Done():
@@ -137,12 +139,12 @@ func (c *Controller) Run(ctx context.Context) error {
 		}
 		c.gather(ctx)
 		if err := c.sync(ctx, node); err != nil {
-			klog.Errorf("network policy: %v; retrying in %s (the previous rules stay in force)", err, retry)
-			time.AfterFunc(retry, c.changed)
-			retry = min(2*retry, 30*time.Second)
+			wait := retry.Next()
+			klog.Errorf("network policy: %v; retrying in %s (the previous rules stay in force)", err, wait)
+			time.AfterFunc(wait, c.changed)
 			continue
 		}
-		retry = time.Second
+		retry.Reset()
 	}
 }
 
@@ -163,19 +165,17 @@ func (c *Controller) gather(ctx context.Context) {
 }
 
 func (c *Controller) nodeName(ctx context.Context) (string, error) {
-	delay := time.Second
+	bo := pace.New(pace.Policy{Min: time.Second, Max: 30 * time.Second})
 	for {
 		name, err := c.opts.NodeName(ctx)
 		if err == nil {
 			return name, nil
 		}
+		delay := bo.Next()
 		klog.Errorf("network policy: %v; retrying in %s", err, delay)
-		select {
-		case <-ctx.Done():
-			return "", ctx.Err()
-		case <-time.After(delay):
+		if err := ctxwait.Sleep(ctx, delay); err != nil {
+			return "", err
 		}
-		delay = min(2*delay, 30*time.Second)
 	}
 }
 

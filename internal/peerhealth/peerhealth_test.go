@@ -15,9 +15,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/flannelgo/flannel/internal/harness/testbed/tbtest"
 	"github.com/flannelgo/flannel/internal/lease"
 	"github.com/flannelgo/flannel/internal/probe"
-	"github.com/flannelgo/flannel/internal/testbed/tbtest"
 )
 
 // fakePinger stands in for probe.Pinger. With answering set it answers

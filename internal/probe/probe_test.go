@@ -15,8 +15,8 @@ import (
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
 
-	"github.com/flannelgo/flannel/internal/testbed"
-	"github.com/flannelgo/flannel/internal/testbed/tbtest"
+	"github.com/flannelgo/flannel/internal/harness/testbed"
+	"github.com/flannelgo/flannel/internal/harness/testbed/tbtest"
 )
 
 // In a namespace whose loopback has MTU 1280: an echo answers, a DF probe

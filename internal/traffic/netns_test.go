@@ -23,8 +23,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 
-	"github.com/flannelgo/flannel/internal/testbed"
-	"github.com/flannelgo/flannel/internal/testbed/tbtest"
+	"github.com/flannelgo/flannel/internal/harness/testbed"
+	"github.com/flannelgo/flannel/internal/harness/testbed/tbtest"
 )
 
 const nsPrefix = "ttr-"

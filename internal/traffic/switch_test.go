@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/flannelgo/flannel/internal/testbed/tbtest"
+	"github.com/flannelgo/flannel/internal/harness/testbed/tbtest"
 )
 
 // Starting in one mode removes the rules the other mode left (a switch of

@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"k8s.io/klog/v2"
+
+	"github.com/flannelgo/flannel/internal/pace"
 )
 
 // Config says which rules to install for which networks.
@@ -155,25 +157,18 @@ func (m *manager) Run(ctx context.Context, resync time.Duration) {
 	if resync <= 0 {
 		resync = defaultResync
 	}
-	t := time.NewTicker(resync)
-	defer t.Stop()
 	lastErr := ""
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	pace.Every(ctx, resync, 0, func(ctx context.Context) bool {
 		repaired, err := m.Apply(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
-				return
+				return false
 			}
 			if msg := err.Error(); msg != lastErr {
 				klog.Errorf("%v (retrying every %s)", err, resync)
 				lastErr = msg
 			}
-			continue
+			return true
 		}
 		if lastErr != "" {
 			klog.Infof("%s masquerade/forward rules are in place again", m.kind)
@@ -182,5 +177,6 @@ func (m *manager) Run(ctx context.Context, resync time.Duration) {
 		if repaired {
 			klog.Infof("%s masquerade/forward rules were deleted or changed behind our back; restored", m.kind)
 		}
-	}
+		return true
+	})
 }

@@ -17,7 +17,7 @@ import (
 
 	"github.com/flannelgo/flannel/internal/antispoof"
 	"github.com/flannelgo/flannel/internal/droplog"
-	"github.com/flannelgo/flannel/internal/testbed"
+	"github.com/flannelgo/flannel/internal/harness/testbed"
 )
 
 const dualStackConf = `{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}`

@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flannelgo/flannel/internal/backend/awsvpc/ec2server"
-	"github.com/flannelgo/flannel/internal/testbed"
+	"github.com/flannelgo/flannel/internal/harness/ec2server"
+	"github.com/flannelgo/flannel/internal/harness/testbed"
 )
 
 // aws-vpc with the real flanneld on each node, the real AWS SDK inside it,

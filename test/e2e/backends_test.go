@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flannelgo/flannel/internal/testbed"
-	"github.com/flannelgo/flannel/internal/testbed/tbtest"
+	"github.com/flannelgo/flannel/internal/harness/testbed"
+	"github.com/flannelgo/flannel/internal/harness/testbed/tbtest"
 )
 
 // alloc leases subnets and writes subnet.env, and programs nothing: no
@@ -118,6 +118,19 @@ func TestIPIPBackend(t *testing.T) {
 	if err := ping(testCtx(t, time.Minute), pods[0].NS, pods[1].IP, 1452, true); err != nil {
 		t.Errorf("1452-byte DF ping over ipip (pod MTU 1480) should pass: %v", err)
 	}
+	// A peer's route deleted by hand is back within 1 s (the shared
+	// per-peer engine's healer, as for vxlan and host-gw).
+	n1, n2 := c.Nodes[0], c.Nodes[1]
+	sub2 := envs[n2].Subnet.Masked()
+	start := time.Now()
+	breakIt(t, "ip", "-n", n1.NS, "route", "del", sub2.String())
+	measure(t, start, time.Second, "ipip route deleted by hand -> restored", func() error {
+		if via, err := routeVia(n1.NS, sub2); err != nil || via.gw != n2.Addr || via.dev != "flannel.ipip" {
+			return fmt.Errorf("route to %s: %+v %v", sub2, via, err)
+		}
+		return nil
+	})
+	allPairsPing(t, pods)
 }
 
 // kernelHasIPIP tries to create an ipip device in a scratch namespace.

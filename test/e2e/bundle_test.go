@@ -12,8 +12,8 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/flannelgo/flannel/internal/harness/testbed"
 	"github.com/flannelgo/flannel/internal/supportbundle"
-	"github.com/flannelgo/flannel/internal/testbed"
 )
 
 // TestDoctorBundle: on a WireGuard node whose network config holds a PSK,

@@ -1,5 +1,5 @@
 // Package e2e proves flanneld's claims on real kernels: every test builds a
-// cluster of network namespaces with internal/testbed, runs the real
+// cluster of network namespaces with internal/harness/testbed, runs the real
 // flanneld binary in each node against a real etcd, and checks traffic and
 // kernel state. Without root or a binary they need, tests fail in CI and
 // skip elsewhere (tbtest.Unavailable).
@@ -18,9 +18,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flannelgo/flannel/internal/harness/testbed"
+	"github.com/flannelgo/flannel/internal/harness/testbed/tbtest"
 	"github.com/flannelgo/flannel/internal/subnetenv"
-	"github.com/flannelgo/flannel/internal/testbed"
-	"github.com/flannelgo/flannel/internal/testbed/tbtest"
 )
 
 // binaries are built once per test binary run, in TestMain.

@@ -16,10 +16,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flannelgo/flannel/internal/doctor"
+	"github.com/flannelgo/flannel/internal/harness/testbed"
 	"github.com/flannelgo/flannel/internal/offload"
 	"github.com/flannelgo/flannel/internal/subnetenv"
-	"github.com/flannelgo/flannel/internal/testbed"
+	"github.com/flannelgo/flannel/internal/tools/doctor"
 )
 
 // doctorConfig leaves 7 subnets (10.244.1-7.0/24) so that a few extra

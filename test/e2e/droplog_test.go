@@ -19,7 +19,7 @@ import (
 	"github.com/prometheus/procfs"
 
 	"github.com/flannelgo/flannel/internal/droplog"
-	"github.com/flannelgo/flannel/internal/testbed"
+	"github.com/flannelgo/flannel/internal/harness/testbed"
 )
 
 // flood is how many denied packets TestPolicyDropLog sends at once.

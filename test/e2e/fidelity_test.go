@@ -13,8 +13,8 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 
+	"github.com/flannelgo/flannel/internal/harness/testbed"
 	"github.com/flannelgo/flannel/internal/subnetenv"
-	"github.com/flannelgo/flannel/internal/testbed"
 )
 
 // A DROP rule that another firewall appended to FORWARD before flanneld

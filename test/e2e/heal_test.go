@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flannelgo/flannel/internal/testbed"
+	"github.com/flannelgo/flannel/internal/harness/testbed"
 )
 
 // Self-healing: flanneld watches the kernel objects it owns and repairs

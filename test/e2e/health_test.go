@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flannelgo/flannel/internal/harness/testbed"
 	"github.com/flannelgo/flannel/internal/subnetenv"
-	"github.com/flannelgo/flannel/internal/testbed"
 )
 
 // /healthz, /readyz and /metrics answer on --healthz-ip:--healthz-port;

@@ -15,9 +15,9 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sys/unix"
 
-	"github.com/flannelgo/flannel/internal/kernelstate"
+	"github.com/flannelgo/flannel/internal/harness/testbed"
 	"github.com/flannelgo/flannel/internal/lease"
-	"github.com/flannelgo/flannel/internal/testbed"
+	"github.com/flannelgo/flannel/internal/tools/kernelstate"
 )
 
 // hostile is the shared 3-node cluster of TestHostileDatastore.

@@ -12,8 +12,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/flannelgo/flannel/internal/harness/testbed"
 	"github.com/flannelgo/flannel/internal/lease"
-	"github.com/flannelgo/flannel/internal/testbed"
 )
 
 // A lease for the underlay itself, and one overlapping an address node 1

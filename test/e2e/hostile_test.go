@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flannelgo/flannel/internal/testbed"
+	"github.com/flannelgo/flannel/internal/harness/testbed"
 )
 
 // Hostile and broken datastore contents (issue 15) on one 3-node VXLAN

@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flannelgo/flannel/internal/harness/testbed"
 	"github.com/flannelgo/flannel/internal/subnetenv"
-	"github.com/flannelgo/flannel/internal/testbed"
 	"github.com/vishvananda/netlink"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )

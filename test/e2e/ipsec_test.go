@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flannelgo/flannel/internal/testbed"
+	"github.com/flannelgo/flannel/internal/harness/testbed"
 )
 
 // ipsec over charon: where the kernel lacks ESP (as here) charon's

@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flannelgo/flannel/internal/kernelstate"
-	"github.com/flannelgo/flannel/internal/testbed"
+	"github.com/flannelgo/flannel/internal/harness/testbed"
+	"github.com/flannelgo/flannel/internal/tools/kernelstate"
 )
 
 // vxlanPeer is what a node's kernel holds for one remote VXLAN lease.

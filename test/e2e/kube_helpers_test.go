@@ -31,11 +31,11 @@ import (
 	"k8s.io/client-go/kubernetes/scheme"
 
 	"github.com/flannelgo/flannel/deploy"
-	"github.com/flannelgo/flannel/internal/kernelstate"
-	"github.com/flannelgo/flannel/internal/kubetest"
+	"github.com/flannelgo/flannel/internal/harness/kubetest"
+	"github.com/flannelgo/flannel/internal/harness/testbed"
+	"github.com/flannelgo/flannel/internal/harness/testbed/tbtest"
 	"github.com/flannelgo/flannel/internal/subnetenv"
-	"github.com/flannelgo/flannel/internal/testbed"
-	"github.com/flannelgo/flannel/internal/testbed/tbtest"
+	"github.com/flannelgo/flannel/internal/tools/kernelstate"
 )
 
 // annPrefix is flanneld's default --kube-annotation-prefix.

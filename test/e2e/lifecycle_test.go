@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flannelgo/flannel/internal/harness/testbed"
 	"github.com/flannelgo/flannel/internal/subnetenv"
-	"github.com/flannelgo/flannel/internal/testbed"
 )
 
 // A restarted flanneld keeps its subnet, and while it is down (SIGTERM)

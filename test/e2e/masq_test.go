@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flannelgo/flannel/internal/testbed"
+	"github.com/flannelgo/flannel/internal/harness/testbed"
 )
 
 // With --ip-masq a pod talking to a host outside the cluster is seen with

@@ -18,8 +18,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/flannelgo/flannel/internal/harness/testbed"
 	"github.com/flannelgo/flannel/internal/netpol"
-	"github.com/flannelgo/flannel/internal/testbed"
 )
 
 // The Kubernetes NetworkPolicy e2e suite's world: namespaces x, y, z

@@ -15,9 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flannelgo/flannel/internal/harness/testbed"
 	"github.com/flannelgo/flannel/internal/lease"
 	"github.com/flannelgo/flannel/internal/subnetenv"
-	"github.com/flannelgo/flannel/internal/testbed"
 )
 
 // secret is a payload no packet header contains by chance: the tests look

@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flannelgo/flannel/internal/kernelstate"
-	"github.com/flannelgo/flannel/internal/testbed"
+	"github.com/flannelgo/flannel/internal/harness/testbed"
+	"github.com/flannelgo/flannel/internal/tools/kernelstate"
 	"github.com/vishvananda/netlink"
 )
 

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flannelgo/flannel/internal/testbed"
+	"github.com/flannelgo/flannel/internal/harness/testbed"
 )
 
 // iptables and nftables modes give the same masquerade behaviour, and

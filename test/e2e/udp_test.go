@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flannelgo/flannel/internal/testbed"
+	"github.com/flannelgo/flannel/internal/harness/testbed"
 )
 
 const udpConfig = `{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}`

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flannelgo/flannel/internal/testbed"
+	"github.com/flannelgo/flannel/internal/harness/testbed"
 )
 
 // A cluster of upstream flanneld nodes (one etcd) is replaced by ours one

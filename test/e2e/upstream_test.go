@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/flannelgo/flannel/internal/testbed"
+	"github.com/flannelgo/flannel/internal/harness/testbed"
 )
 
 // Interop with upstream flanneld, whose binary this repository does not

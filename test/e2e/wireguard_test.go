@@ -14,9 +14,9 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/flannelgo/flannel/internal/backend/wireguard"
+	"github.com/flannelgo/flannel/internal/harness/testbed"
 	"github.com/flannelgo/flannel/internal/lease"
 	"github.com/flannelgo/flannel/internal/subnetenv"
-	"github.com/flannelgo/flannel/internal/testbed"
 )
 
 const wgConfig = `{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}`

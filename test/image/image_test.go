@@ -32,7 +32,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/flannelgo/flannel/internal/testbed/tbtest"
+	"github.com/flannelgo/flannel/internal/harness/testbed/tbtest"
 )
 
 const (

@@ -17,8 +17,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/flannelgo/flannel/internal/lab"
-	"github.com/flannelgo/flannel/internal/testbed/tbtest"
+	"github.com/flannelgo/flannel/internal/harness/testbed/tbtest"
+	"github.com/flannelgo/flannel/internal/tools/lab"
 )
 
 // kubeLab is one `flannelctl lab up --kubernetes` under test, with its own

@@ -13,8 +13,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/flannelgo/flannel/internal/kubetest"
-	"github.com/flannelgo/flannel/internal/testbed"
+	"github.com/flannelgo/flannel/internal/harness/kubetest"
+	"github.com/flannelgo/flannel/internal/harness/testbed"
 )
 
 const annPrefix = "flannel.alpha.coreos.com/"

@@ -34,7 +34,7 @@ import (
 
 	"k8s.io/klog/v2"
 
-	"github.com/flannelgo/flannel/internal/testbed"
+	"github.com/flannelgo/flannel/internal/harness/testbed"
 )
 
 // netConf is the network every run uses: /30 subnets leave room for 16383

@@ -21,8 +21,8 @@ import (
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
+	"github.com/flannelgo/flannel/internal/harness/testbed"
 	"github.com/flannelgo/flannel/internal/subnetenv"
-	"github.com/flannelgo/flannel/internal/testbed"
 )
 
 const vxlanDev = "flannel.1"

@@ -22,6 +22,7 @@ import (
 	"github.com/flannelgo/flannel/internal/backend"
 	"github.com/flannelgo/flannel/internal/config"
 	"github.com/flannelgo/flannel/internal/lease"
+	"github.com/flannelgo/flannel/internal/pace"
 )
 
 // TypeName is the Backend "Type" this package serves.
@@ -161,20 +162,14 @@ func (n *network) Activate(ctx context.Context, own *lease.Lease) error {
 }
 
 func (n *network) keepRoute(ctx context.Context, subnet netip.Prefix) {
-	t := time.NewTicker(n.every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	pace.Every(ctx, n.every, 0, func(ctx context.Context) bool {
 		for _, table := range n.tables {
 			if err := n.ensureRoute(ctx, table, subnet); err != nil && ctx.Err() == nil {
 				klog.Errorf("%v (retrying in %s)", err, n.every)
 			}
 		}
-	}
+		return true
+	})
 }
 
 // HandleEvents removes the routes of nodes that left. New peers need

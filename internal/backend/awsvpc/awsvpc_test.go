@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/flannelgo/flannel/internal/backend"
-	"github.com/flannelgo/flannel/internal/backend/awsvpc/ec2server"
 	"github.com/flannelgo/flannel/internal/config"
+	"github.com/flannelgo/flannel/internal/harness/ec2server"
 	"github.com/flannelgo/flannel/internal/lease"
 )
 

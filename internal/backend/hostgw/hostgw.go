@@ -9,9 +9,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"sync"
+	"net"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -91,7 +90,7 @@ func (b *Backend) RegisterNetwork(ctx context.Context, cfg *config.Config) (back
 	if err != nil {
 		return nil, err
 	}
-	n := &network{b: b, mtu: mtu, kick: backend.NewKicker()}
+	n := &network{b: b, mtu: mtu}
 	if cfg.EnableIPv4 {
 		if !b.ext.IfaceAddr.Unmap().Is4() {
 			return nil, fmt.Errorf("host-gw: interface %s has no IPv4 address to route IPv4 pod traffic through", b.ext.Iface.Name)
@@ -104,11 +103,11 @@ func (b *Backend) RegisterNetwork(ctx context.Context, cfg *config.Config) (back
 		}
 		n.v6 = newFamily(b, true, cfg.IPv6Network, b.ext.IfaceV6Addr)
 	}
-	o := &backend.Owned{Ext: b.ext.Iface.Index}
+	var routes []*backend.PeerRoutes
 	for _, f := range n.families() {
-		o.Networks = append(o.Networks, f.network)
+		routes = append(routes, f.routes)
 	}
-	n.owned = o
+	n.peers = backend.NewPeers(backend.PeersConfig{Name: "host-gw", Routes: routes, Owned: &backend.Owned{Ext: b.ext.Iface.Index}, Check: b.extUp})
 	return n, nil
 }
 
@@ -128,16 +127,10 @@ func (b *Backend) mtu(cfg *config.Config) (int, error) {
 }
 
 type network struct {
-	b   *Backend
-	mtu int
-
-	mu     sync.Mutex
+	b      *Backend
+	mtu    int
 	v4, v6 *family // nil when the network lacks that family
-	// synced is set once the first (complete) batch of leases is applied;
-	// only then may routes that no lease accounts for be removed.
-	synced bool
-	kick   backend.Kicker // asks the healer for a reconcile now
-	owned  *backend.Owned // what the healer watches; never changes
+	peers  *backend.Peers
 }
 
 func (n *network) families() []*family {
@@ -159,69 +152,41 @@ func (n *network) MTU() int { return n.mtu }
 // Activate only records the node's own subnets: host-gw creates no device,
 // and the subnets' local routes belong to the pods' bridge.
 func (n *network) Activate(ctx context.Context, own *lease.Lease) error {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	for _, f := range n.families() {
-		subnet := own.Subnet
-		if f.v6 {
-			subnet = own.IPv6Subnet
+	var err error
+	n.peers.Locked(func() {
+		for _, f := range n.families() {
+			subnet := f.subnetOf(own)
+			if !subnet.IsValid() {
+				err = fmt.Errorf("host-gw: own lease %s has no %s subnet although the network enables %s", own.Key(), f.name(), f.name())
+				return
+			}
+			f.routes.SetOwn(subnet)
 		}
-		if !subnet.IsValid() {
-			return fmt.Errorf("host-gw: own lease %s has no %s subnet although the network enables %s", own.Key(), f.name(), f.name())
-		}
-		f.own = subnet
-	}
-	return nil
+	})
+	return err
 }
 
-// HandleEvents adds, moves and removes peer routes. The first batch is the
-// full set of leases, so after it any route of ours that no current peer
-// accounts for is left over from an earlier run and removed. A failed
-// kernel write asks the healer to retry at once.
+// HandleEvents adds, moves and removes peer routes; see backend.Peers.
 func (n *network) HandleEvents(ctx context.Context, events []lease.Event) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	failed := false
-	for _, f := range n.families() {
-		for _, ev := range events {
+	n.peers.Apply(events, func(ev lease.Event) {
+		for _, f := range n.families() {
 			f.handle(ev)
 		}
-		failed = failed || f.failed
-	}
-	if !n.synced {
-		n.synced = true
-		for _, f := range n.families() {
-			f.reconcile()
-		}
-	}
-	if failed {
-		n.kick.Kick()
-	}
-}
-
-// Heal keeps every peer's route in place; see backend.Healer.
-func (n *network) Heal(ctx context.Context, cfg backend.HealConfig) {
-	backend.RunHealer(ctx, backend.HealLoop{
-		Name: "host-gw", NS: n.b.ns, Config: cfg, Reconcile: n.reconcile, Kick: n.kick,
-		Owned: func() *backend.Owned { return n.owned },
 	})
 }
 
-// reconcile restores missing routes and, once the leases are known,
-// removes routes no lease accounts for.
-func (n *network) reconcile() (backend.Repairs, error) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	r := backend.Repairs{}
-	var errs []error
-	for _, f := range n.families() {
-		f.failed = false
-		if err := f.repair(r); err != nil {
-			errs = append(errs, fmt.Errorf("host-gw %s: %w", f.name(), err))
-		}
-		if n.synced {
-			f.reconcile()
-		}
+// Heal keeps every peer's route in place; see backend.Healer.
+func (n *network) Heal(ctx context.Context, cfg backend.HealConfig) { n.peers.Heal(ctx, cfg, n.b.ns) }
+
+// extUp says why routes through the external interface cannot be
+// restored now: it is gone or down (which flushed them).
+func (b *Backend) extUp() error {
+	ext, err := b.nl.LinkByIndex(b.ext.Iface.Index)
+	if err != nil {
+		return fmt.Errorf("look up %s: %w", b.ext.Iface.Name, err)
 	}
-	return r, errors.Join(errs...)
+	if ext.Attrs().Flags&net.FlagUp == 0 {
+		return fmt.Errorf("%s is down; its routes are restored when it comes back up", b.ext.Iface.Name)
+	}
+	return nil
 }

@@ -10,9 +10,9 @@ import (
 	"testing"
 
 	"github.com/flannelgo/flannel/internal/backend"
-	"github.com/flannelgo/flannel/internal/kernelstate"
+	bt "github.com/flannelgo/flannel/internal/harness/testbed/tbtest"
 	"github.com/flannelgo/flannel/internal/lease"
-	bt "github.com/flannelgo/flannel/internal/testbed/tbtest"
+	"github.com/flannelgo/flannel/internal/tools/kernelstate"
 )
 
 var ctx = context.Background()
@@ -28,7 +28,7 @@ func up(t *testing.T, n *bt.Node, raw string, v4, v6 bool, subnet4, subnet6 stri
 }
 
 // routes is n's route to dst in `ip route` form ("" when none), read with
-// internal/kernelstate; family ("-4", "-6") only documents the call.
+// internal/tools/kernelstate; family ("-4", "-6") only documents the call.
 func routes(t *testing.T, n *bt.Node, _, dst string) string {
 	t.Helper()
 	var rt *kernelstate.Route

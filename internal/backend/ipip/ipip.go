@@ -12,10 +12,10 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"sync"
 	"syscall"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	"k8s.io/klog/v2"
 
 	"github.com/flannelgo/flannel/internal/backend"
@@ -56,7 +56,12 @@ func parseOptions(raw json.RawMessage) (Options, error) {
 // Backend is an ipip backend bound to one external interface.
 type Backend struct {
 	backend.Tunnel[Options]
+	ns *netns.NsHandle // where NL works, for netlink notifications; nil: here
 }
+
+// WatchNamespace names the network namespace NL is bound to, so that the
+// healer subscribes to that namespace's netlink notifications.
+func (b *Backend) WatchNamespace(ns netns.NsHandle) { b.ns = &ns }
 
 // New is the backend.Factory for "ipip".
 func New(ext *backend.ExternalInterface, raw json.RawMessage) (backend.Backend, error) {
@@ -64,7 +69,7 @@ func New(ext *backend.ExternalInterface, raw json.RawMessage) (backend.Backend, 
 	if err != nil {
 		return nil, err
 	}
-	return &Backend{t}, nil
+	return &Backend{Tunnel: t}, nil
 }
 
 // RegisterNetwork creates (or adopts) flannel.ipip, sending from the
@@ -86,7 +91,7 @@ func (b *Backend) RegisterNetwork(ctx context.Context, cfg *config.Config) (back
 		return nil, err
 	}
 	klog.Infof("ipip: %s local %s MTU %d, DirectRouting=%v", DeviceName, local, underlay-overhead, b.Opts.DirectRouting)
-	return &network{b: b, dev: dev, mtu: underlay - overhead, network: cfg.Network, routes: map[string]netlink.Route{}}, nil
+	return newNetwork(b, dev, underlay-overhead, cfg.Network), nil
 }
 
 // ensureDevice creates flannel.ipip, or adopts an existing one whose local
@@ -131,15 +136,24 @@ func setUp(h *netlink.Handle, l netlink.Link, mtu int) error {
 }
 
 type network struct {
-	b       *Backend
-	dev     netlink.Link
-	mtu     int
-	network netip.Prefix
+	b      *Backend
+	dev    netlink.Link
+	mtu    int
+	routes *backend.PeerRoutes
+	peers  *backend.Peers
+}
 
-	mu         sync.Mutex
-	own        netip.Prefix
-	routes     map[string]netlink.Route // by lease key
-	reconciled bool
+func newNetwork(b *Backend, dev netlink.Link, mtu int, cluster netip.Prefix) *network {
+	links := map[int]string{dev.Attrs().Index: DeviceName}
+	if b.Opts.DirectRouting {
+		links[b.Ext.Iface.Index] = b.Ext.Iface.Name
+	}
+	n := &network{b: b, dev: dev, mtu: mtu}
+	n.routes = backend.NewPeerRoutes(backend.PeerRoutesConfig{Name: "ipip", Writer: backend.NetlinkRoutes{H: b.NL}, Network: cluster, Links: links})
+	n.peers = backend.NewPeers(backend.PeersConfig{Name: "ipip", Routes: []*backend.PeerRoutes{n.routes}, Owned: &backend.Owned{
+		Devices: map[int]bool{dev.Attrs().Index: true}, Names: map[string]bool{DeviceName: true}, Ext: b.Ext.Iface.Index,
+	}})
+	return n
 }
 
 func (n *network) LeaseAttrs() lease.Attrs { return lease.Attrs{BackendType: TypeName} }
@@ -152,9 +166,7 @@ func (n *network) Transport() string { return "IP protocol 4 (IPIP)" }
 // Activate gives the device the subnet's network address as a /32: the
 // source address of traffic the node itself sends to other nodes' pods.
 func (n *network) Activate(ctx context.Context, own *lease.Lease) error {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	n.own = own.Subnet
+	n.peers.Locked(func() { n.routes.SetOwn(own.Subnet) })
 	addr := &netlink.Addr{IPNet: backend.IPNet(netip.PrefixFrom(own.Subnet.Addr(), 32))}
 	if err := n.b.NL.AddrReplace(n.dev, addr); err != nil {
 		return fmt.Errorf("ipip: ip addr add %s dev %s: %w", addr.IPNet, DeviceName, err)

@@ -11,6 +11,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/flannelgo/flannel/internal/backend"
+	"github.com/flannelgo/flannel/internal/nldump"
 	"github.com/flannelgo/flannel/internal/offload"
 )
 
@@ -127,7 +128,7 @@ func ensureOnlyAddress(h *netlink.Handle, link netlink.Link, want netip.Prefix) 
 	if want.Addr().Is6() {
 		family = netlink.FAMILY_V6
 	}
-	addrs, err := h.AddrList(link, family)
+	addrs, err := nldump.List(func() ([]netlink.Addr, error) { return h.AddrList(link, family) })
 	if err != nil {
 		return false, fmt.Errorf("list addresses of %s: %w", link.Attrs().Name, err)
 	}

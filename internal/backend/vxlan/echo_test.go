@@ -12,9 +12,9 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/flannelgo/flannel/internal/backend"
-	"github.com/flannelgo/flannel/internal/kernelstate"
+	bt "github.com/flannelgo/flannel/internal/harness/testbed/tbtest"
 	"github.com/flannelgo/flannel/internal/lease"
-	bt "github.com/flannelgo/flannel/internal/testbed/tbtest"
+	"github.com/flannelgo/flannel/internal/tools/kernelstate"
 )
 
 // The kernel's notifications about what the network itself programs

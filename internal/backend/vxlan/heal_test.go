@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/flannelgo/flannel/internal/backend"
-	bt "github.com/flannelgo/flannel/internal/testbed/tbtest"
+	bt "github.com/flannelgo/flannel/internal/harness/testbed/tbtest"
 )
 
 // healPair is tbtest's HealPair of two VXLAN nodes (IPv4 only).
@@ -113,6 +113,14 @@ func TestHealPeerEntries(t *testing.T) {
 		bt.Run(t, tc.del...)
 		took := bt.WaitFor(t, time.Second, tc.kind+" restored", func() error { return h.programmed(t) })
 		t.Logf("%s restored %s after deletion", tc.kind, took)
+		// The healer counts a repair after the reconcile that made it
+		// returns: the entry can be back a moment before its count.
+		bt.WaitFor(t, time.Second, tc.kind+" repair counted", func() error {
+			if got := h.Rep.Count(tc.kind); got != before[tc.kind]+1 {
+				return fmt.Errorf("%s repairs %d, want %d", tc.kind, got, before[tc.kind]+1)
+			}
+			return nil
+		})
 		// Only what was deleted is repaired: entries still in place are
 		// recognised as such, not rewritten.
 		for _, k := range kinds {

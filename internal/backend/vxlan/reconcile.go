@@ -12,6 +12,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/flannelgo/flannel/internal/backend"
+	"github.com/flannelgo/flannel/internal/nldump"
 )
 
 // desiredState is the kernel state all current peers together ask for,
@@ -116,23 +117,29 @@ func (s *stack) redirect() {
 func (s *stack) syncRoutes(d desiredState, r backend.Repairs, prune bool) error {
 	in := make(map[netip.Prefix]bool, len(d.routes)) // destinations whose route is as wanted
 	var stale []netlink.Route
-	for _, link := range []int{s.dev.Index, s.b.ext.Iface.Index} {
-		err := s.b.nl.RouteListFilteredIter(s.netlinkFamily(), &netlink.Route{LinkIndex: link}, netlink.RT_FILTER_OIF, func(rt netlink.Route) bool {
-			dst, ok := backend.PrefixOf(rt.Dst)
-			if !ok {
-				return true
-			}
-			want, wanted := d.routes[dst]
-			if wanted && s.routeMatches(rt, want) {
-				in[dst] = true
-			} else if _, shaped := backend.FlannelShaped(rt, s.network); prune && shaped && !wanted && dst.Masked() != s.own {
-				stale = append(stale, rt)
-			}
+	visit := func(rt netlink.Route) bool {
+		dst, ok := backend.PrefixOf(rt.Dst)
+		if !ok {
 			return true
-		})
-		if err != nil {
-			return fmt.Errorf("list routes: %w", err)
 		}
+		want, wanted := d.routes[dst]
+		if wanted && s.routeMatches(rt, want) {
+			in[dst] = true
+		} else if _, shaped := backend.FlannelShaped(rt, s.network); prune && shaped && !wanted && dst.Masked() != s.own {
+			stale = append(stale, rt)
+		}
+		return true
+	}
+	err := nldump.Visit(func() { clear(in); stale = stale[:0] }, func() error {
+		for _, link := range []int{s.dev.Index, s.b.ext.Iface.Index} {
+			if err := s.b.nl.RouteListFilteredIter(s.netlinkFamily(), &netlink.Route{LinkIndex: link}, netlink.RT_FILTER_OIF, visit); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("list routes: %w", err)
 	}
 	for _, rt := range stale {
 		klog.Infof("vxlan: removing stale route %s via %s", rt.Dst, rt.Gw)
@@ -175,7 +182,7 @@ func (s *stack) routeMatches(rt netlink.Route, want route) bool {
 func (s *stack) syncNeighbours(d desiredState, r backend.Repairs, prune bool) error {
 	seen := make(map[netip.Addr]bool, len(d.neigh))
 	var stale []netlink.Neigh
-	err := backend.EachNeigh(s.b.ns, s.dev.Index, s.netlinkFamily(), func(ne netlink.Neigh) {
+	err := backend.EachNeigh(s.b.ns, s.dev.Index, s.netlinkFamily(), func() { clear(seen); stale = stale[:0] }, func(ne netlink.Neigh) {
 		a, ok := netip.AddrFromSlice(ne.IP)
 		mac, isMAC := macOf(ne.HardwareAddr)
 		if !ok || ne.State&netlink.NUD_PERMANENT == 0 {
@@ -218,7 +225,7 @@ func (s *stack) syncNeighbours(d desiredState, r backend.Repairs, prune bool) er
 func (s *stack) syncFDB(d desiredState, r backend.Repairs, prune bool) error {
 	seen := make(map[vtepMAC]bool, len(d.fdb))
 	var stale []netlink.Neigh
-	err := backend.EachNeigh(s.b.ns, s.dev.Index, unix.AF_BRIDGE, func(ne netlink.Neigh) {
+	err := backend.EachNeigh(s.b.ns, s.dev.Index, unix.AF_BRIDGE, func() { clear(seen); stale = stale[:0] }, func(ne netlink.Neigh) {
 		a, ok := netip.AddrFromSlice(ne.IP)
 		mac, isMAC := macOf(ne.HardwareAddr)
 		if !ok || !isMAC {

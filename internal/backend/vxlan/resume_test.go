@@ -5,8 +5,8 @@ import (
 	"testing"
 
 	"github.com/flannelgo/flannel/internal/backend"
+	bt "github.com/flannelgo/flannel/internal/harness/testbed/tbtest"
 	"github.com/flannelgo/flannel/internal/lease"
-	bt "github.com/flannelgo/flannel/internal/testbed/tbtest"
 )
 
 // After a reboot (flannel.1 gone, the Node's backend-data annotation

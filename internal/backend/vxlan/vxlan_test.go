@@ -10,9 +10,9 @@ import (
 	"testing"
 
 	"github.com/flannelgo/flannel/internal/backend"
-	"github.com/flannelgo/flannel/internal/kernelstate"
+	bt "github.com/flannelgo/flannel/internal/harness/testbed/tbtest"
 	"github.com/flannelgo/flannel/internal/lease"
-	bt "github.com/flannelgo/flannel/internal/testbed/tbtest"
+	"github.com/flannelgo/flannel/internal/tools/kernelstate"
 	"golang.org/x/sys/unix"
 )
 
@@ -115,7 +115,7 @@ func assertLine(t *testing.T, got, want string) {
 	}
 }
 
-// Kernel state, read with internal/kernelstate (the inspector the e2e
+// Kernel state, read with internal/tools/kernelstate (the inspector the e2e
 // tests, `flannelctl lab check` and doctor share), one entry per line, "\n"
 // around each: routes and neighbours as `ip` prints them, FDB entries as
 // "<mac> dst <ip> dev <dev> permanent". The t-less forms serve waits, in

@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"k8s.io/klog/v2"
+
+	"github.com/flannelgo/flannel/internal/pace"
 )
 
 // handshakeTimeout is how long packets may go to a peer without a
@@ -28,20 +30,15 @@ const sessionLifetime = 180 * time.Second
 // a handshake. WireGuard itself stays silent then; the usual causes are a
 // PSK that differs between the nodes and a blocked UDP port.
 func (n *network) watchHandshakes(ctx context.Context, every time.Duration) {
-	tick := time.NewTicker(every)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case now := <-tick.C:
-			n.mu.Lock()
-			for _, t := range n.tunnels {
-				t.checkHandshakes(now)
-			}
-			n.mu.Unlock()
+	pace.Every(ctx, every, 0, func(context.Context) bool {
+		now := time.Now()
+		n.mu.Lock()
+		for _, t := range n.tunnels {
+			t.checkHandshakes(now)
 		}
-	}
+		n.mu.Unlock()
+		return true
+	})
 }
 
 func (t *tunnel) checkHandshakes(now time.Time) {

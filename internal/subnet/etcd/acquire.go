@@ -16,8 +16,8 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/flannelgo/flannel/internal/config"
-	"github.com/flannelgo/flannel/internal/ctxwait"
 	"github.com/flannelgo/flannel/internal/lease"
+	"github.com/flannelgo/flannel/internal/pace"
 	"github.com/flannelgo/flannel/internal/subnet"
 )
 
@@ -48,9 +48,10 @@ func (m *Manager) AcquireLease(ctx context.Context, attrs *lease.Attrs) (*lease.
 	if err != nil {
 		return nil, fmt.Errorf("acquire lease for %s: %w", who, err)
 	}
+	bo := raceBackoff()
 	for attempt := range maxAttempts {
 		if attempt > 0 {
-			if err := ctxwait.Sleep(ctx, jitter(attempt)); err != nil {
+			if err := bo.Sleep(ctx); err != nil {
 				return nil, fmt.Errorf("acquire lease for %s: %w", who, err)
 			}
 		}
@@ -256,9 +257,10 @@ func (m *Manager) RenewLease(ctx context.Context, l *lease.Lease) error {
 // recreate writes l's key again after it expired, provided no other lease
 // has taken either of its subnets meanwhile.
 func (m *Manager) recreate(ctx context.Context, cli *clientv3.Client, l *lease.Lease) error {
+	bo := raceBackoff()
 	for attempt := range renewAttempts {
 		if attempt > 0 {
-			if err := ctxwait.Sleep(ctx, jitter(attempt)); err != nil {
+			if err := bo.Sleep(ctx); err != nil {
 				return fmt.Errorf("renew lease %s: %w", l, err)
 			}
 		}
@@ -426,8 +428,8 @@ func describeNode(a lease.Attrs) string {
 	}
 }
 
-// jitter spreads retries of nodes that lost the same race.
-func jitter(attempt int) time.Duration {
-	ceiling := 20 * time.Millisecond << min(attempt, 4)
-	return ceiling/2 + rand.N(ceiling/2)
+// raceBackoff spreads retries of nodes that lost the same race: 20-40 ms
+// after the first loss, doubling up to 160-320 ms.
+func raceBackoff() *pace.Backoff {
+	return pace.New(pace.Policy{Min: 30 * time.Millisecond, Max: 240 * time.Millisecond, Jitter: 1.0 / 3})
 }

@@ -159,10 +159,10 @@ func TestOutageLogsOnce(t *testing.T) {
 }
 
 func TestBackoffCaps(t *testing.T) {
-	var b backoff
+	b := watchBackoff()
 	var last time.Duration
 	for range 20 {
-		last = b.next()
+		last = b.Next()
 		if last > backoffMax*6/5 {
 			t.Fatalf("back-off %s exceeds the cap", last)
 		}

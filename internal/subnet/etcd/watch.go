@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
-	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"strings"
@@ -20,8 +19,8 @@ import (
 	"google.golang.org/grpc/connectivity"
 	"k8s.io/klog/v2"
 
-	"github.com/flannelgo/flannel/internal/ctxwait"
 	"github.com/flannelgo/flannel/internal/lease"
+	"github.com/flannelgo/flannel/internal/pace"
 )
 
 // Watch tuning. The connection grace lets etcd restart (a rolling upgrade)
@@ -71,7 +70,7 @@ func (m *Manager) WatchLeases(ctx context.Context, events chan<- []lease.Event) 
 			m.status.report(nil)
 		},
 	}
-	var bo backoff
+	bo := watchBackoff()
 	for {
 		cli, err := m.client()
 		if errors.Is(err, errClosed) {
@@ -86,7 +85,7 @@ func (m *Manager) WatchLeases(ctx context.Context, events chan<- []lease.Event) 
 		}
 		if err != nil {
 			health.fail(err)
-			if ctxwait.Sleep(ctx, bo.next()) != nil {
+			if bo.Sleep(ctx) != nil {
 				return ctx.Err()
 			}
 			continue
@@ -107,10 +106,8 @@ func (m *Manager) WatchLeases(ctx context.Context, events chan<- []lease.Event) 
 		default:
 			klog.Infof("watch of %s interrupted: %v; re-listing", m.subnetsPrefix(), err)
 		}
-		if time.Since(started) > stableWatch {
-			bo = backoff{}
-		}
-		if ctxwait.Sleep(ctx, bo.next()) != nil {
+		bo.Settled(time.Since(started))
+		if bo.Sleep(ctx) != nil {
 			return ctx.Err()
 		}
 	}
@@ -308,33 +305,27 @@ func (w *watcher) seen(rev int64) {
 // falls below one seen, and with errHoldOver once leases held since a reset
 // are due to be re-checked. A failed read is left to connLost.
 func (w *watcher) probe(ctx context.Context, cli *clientv3.Client, cancel context.CancelCauseFunc, due time.Time) {
-	t := time.NewTicker(probeEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	pace.Every(ctx, probeEvery, 0.1, func(ctx context.Context) bool {
 		if !due.IsZero() && time.Now().After(due) {
 			cancel(errHoldOver)
-			return
+			return false
 		}
 		rctx, rcancel := context.WithTimeout(ctx, requestTimeout)
 		resp, err := cli.Get(rctx, w.m.subnetsPrefix(), clientv3.WithPrefix(), clientv3.WithCountOnly())
 		rcancel()
 		if err != nil {
-			continue
+			return true
 		}
 		w.mu.Lock()
 		last := w.rev
 		w.mu.Unlock()
 		if resp.Header.Revision < last {
 			cancel(fmt.Errorf("%w (from %d to %d)", errRevisionBack, last, resp.Header.Revision))
-			return
+			return false
 		}
 		w.seen(resp.Header.Revision)
-	}
+		return true
+	})
 }
 
 // apply folds watch events into known and returns what the receiver must
@@ -414,11 +405,8 @@ func (o *outage) ok() {
 	}
 }
 
-// backoff doubles from backoffMin to backoffMax, with jitter so that nodes
+// watchBackoff paces re-lists after a failure, with jitter so that nodes
 // do not return to a recovering etcd in lockstep.
-type backoff struct{ cur time.Duration }
-
-func (b *backoff) next() time.Duration {
-	b.cur = min(max(2*b.cur, backoffMin), backoffMax)
-	return b.cur*4/5 + rand.N(b.cur*2/5)
+func watchBackoff() *pace.Backoff {
+	return pace.New(pace.Policy{Min: backoffMin, Max: backoffMax, Jitter: 0.2, Stable: stableWatch})
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/flannelgo/flannel/internal/config"
 	"github.com/flannelgo/flannel/internal/ctxwait"
 	"github.com/flannelgo/flannel/internal/lease"
+	"github.com/flannelgo/flannel/internal/pace"
 )
 
 // WatchLeases follows every node through an informer; see subnet.Manager.
@@ -85,17 +86,17 @@ func (m *Manager) watchConfig(ctx context.Context) (*config.Config, error) {
 	if cfg != nil {
 		return cfg, nil
 	}
-	wait := time.Second
+	bo := pace.New(pace.Policy{Min: time.Second, Max: 30 * time.Second})
 	for {
 		cfg, err := m.GetNetworkConfig(ctx)
 		if err == nil {
 			return cfg, nil
 		}
+		wait := bo.Next()
 		klog.Errorf("watch leases: %v; retrying in %s", err, wait)
 		if err := ctxwait.Sleep(ctx, wait); err != nil {
 			return nil, err
 		}
-		wait = min(2*wait, 30*time.Second)
 	}
 }
 
