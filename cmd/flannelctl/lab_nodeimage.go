@@ -4,14 +4,22 @@ package main
 
 import (
 	"fmt"
-	"io"
+
+	"github.com/spf13/cobra"
 )
 
-// runLab in the node image's flannelctl: the lab builds whole clusters
+// labCommand in the node image's flannelctl: the lab builds whole clusters
 // with an embedded etcd and kube-apiserver harness, which a node never
 // needs; leaving it out keeps them out of the image.
-func runLab(_ []string, _, stderr io.Writer) int {
-	fmt.Fprintln(stderr, "flannelctl lab: not in this build (the node image's flannelctl has doctor and policy only); "+
-		"build flannelctl from source on a machine for labs: go build ./cmd/flannelctl")
-	return 2
+func labCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:                "lab",
+		Short:              "Not in this build: the node image's flannelctl has doctor and policy only",
+		DisableFlagParsing: true,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			fmt.Fprintln(cmd.ErrOrStderr(), "flannelctl lab: not in this build (the node image's flannelctl has doctor and policy only); "+
+				"build flannelctl from source on a machine for labs: go build ./cmd/flannelctl")
+			return exitCode(2)
+		},
+	}
 }
