@@ -116,7 +116,11 @@ func buildRuleset(m *Model) *ruleset {
 		dir := Direction(d)
 		for _, c := range cs {
 			name := fmt.Sprintf("%s-%016x", dirPrefix(dir), c.hash())
-			r.classChain(dir, name, c)
+			if c.tiers.hasTiers() {
+				r.tierChains(dir, name, c)
+			} else {
+				r.classChain(dir, name, c)
+			}
 			r.podElements(dir, name, c)
 		}
 	}

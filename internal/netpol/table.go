@@ -182,12 +182,18 @@ func fill(tx *knftables.Transaction, have, want *ruleset) {
 			}
 		}
 	}
+	// Every chain exists before any rule is added: a ClusterNetworkPolicy
+	// class chain jumps to a second chain (cnp_nft.go).
+	var changed []string
 	for name, rules := range want.chains {
 		if old, ok := have.chains[name]; ok && slices.Equal(old, rules) {
 			continue
 		}
 		tx.Add(&knftables.Chain{Name: name})
-		for _, r := range rules {
+		changed = append(changed, name)
+	}
+	for _, name := range changed {
+		for _, r := range want.chains[name] {
 			tx.Add(&knftables.Rule{Chain: name, Rule: r})
 		}
 	}
