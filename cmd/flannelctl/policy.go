@@ -13,6 +13,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/flannelgo/flannel/internal/netpol"
@@ -22,7 +23,8 @@ const policyUsage = `usage:
   flannelctl policy explain --from NS/POD --to NS/POD[:PORT/PROTO] [--kubeconfig FILE]
 
 Prints whether a new connection from one pod to another is allowed by the
-cluster's NetworkPolicies, and which policies and rules decide it, from the
+cluster's NetworkPolicies and ClusterNetworkPolicies, and which tier,
+policy and rule decide it, from the
 same compiler flanneld --network-policy enforces with. Either side may be an
 IP address instead of a pod. Without :PORT/PROTO every container port the
 destination pod declares is explained.
@@ -59,12 +61,15 @@ func explain(from, to, kubeconfig string, out io.Writer) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cs, err := kubeClient(kubeconfig)
+	cs, rc, err := kubeClient(kubeconfig)
 	if err != nil {
 		return err
 	}
 	in, err := netpol.ListInput(ctx, cs.CoreV1().RESTClient(), cs.NetworkingV1().RESTClient())
 	if err != nil {
+		return err
+	}
+	if err := netpol.ListClusterInput(ctx, rc, &in); err != nil {
 		return err
 	}
 	src, _, err := endpoint(in, from)
@@ -150,18 +155,18 @@ func declaredPorts(p *corev1.Pod) []netpol.PortRange {
 	return out
 }
 
-func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
+func kubeClient(kubeconfig string) (kubernetes.Interface, *rest.Config, error) {
 	rules := clientcmd.NewDefaultClientConfigLoadingRules()
 	if kubeconfig != "" {
 		rules.ExplicitPath = kubeconfig
 	}
 	rc, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{}).ClientConfig()
 	if err != nil {
-		return nil, fmt.Errorf("kubernetes client config (--kubeconfig %q): %w", kubeconfig, err)
+		return nil, nil, fmt.Errorf("kubernetes client config (--kubeconfig %q): %w", kubeconfig, err)
 	}
 	cs, err := kubernetes.NewForConfig(rc)
 	if err != nil {
-		return nil, errors.Join(fmt.Errorf("kubernetes client for %s", rc.Host), err)
+		return nil, nil, errors.Join(fmt.Errorf("kubernetes client for %s", rc.Host), err)
 	}
-	return cs, nil
+	return cs, rc, nil
 }
