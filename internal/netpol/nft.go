@@ -92,6 +92,9 @@ type ruleset struct {
 	sets     map[string]*setSpec
 	maps     map[string]map[string]string // map -> key -> value
 	counters map[string]bool
+	// tierSetNames caches the sets of ClusterNetworkPolicy rules
+	// (cnp_nft.go).
+	tierSetNames map[string][2]string
 }
 
 type setSpec struct {
