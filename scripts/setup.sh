@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
 
-pkgs=(etcd-server etcd-client iperf3 iproute2 iptables nftables tcpdump iputils-ping systemd strongswan-charon strongswan-swanctl libcharon-extra-plugins runc busybox-static)
+pkgs=(etcd-server etcd-client iperf3 iproute2 iptables nftables tcpdump iputils-ping systemd strongswan-charon strongswan-swanctl libcharon-extra-plugins runc busybox-static curl)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

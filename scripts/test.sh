@@ -42,6 +42,7 @@ fi
 echo "== go vet"
 go vet ./...
 go vet -tags image ./test/image
+go vet -tags kubernetes ./test/k8s
 echo "== gofmt"
 unformatted=$(gofmt -l cmd internal test deploy scripts 2>/dev/null || true)
 if [ -n "$unformatted" ]; then
@@ -50,6 +51,7 @@ fi
 
 : >/tmp/flannel-unit.log
 : >/tmp/flannel-e2e.log
+: >/tmp/flannel-k8s.log
 report=$(mktemp -d)
 trap 'rm -rf "$report"' EXIT
 go build -o "$report/testreport" ./scripts/testreport
@@ -87,10 +89,14 @@ run e2e /tmp/flannel-e2e.log -count=1 -timeout 25m -v ./test/e2e/... || rc=$?
 # download about 1.
 echo "== image test (scripts/image.sh, then the image in a private containerd; log: /tmp/flannel-e2e.log)"
 run image /tmp/flannel-e2e.log -tags image -count=1 -timeout 20m -v ./test/image || rc=$?
+# Upstream's e2e matrix on the Kubernetes lab: one lab per backend, flannel
+# installed from deploy/ with the image built above.
+echo "== Kubernetes end-to-end tests (test/k8s; log: /tmp/flannel-k8s.log)"
+run k8s /tmp/flannel-k8s.log -tags kubernetes -count=1 -timeout 45m -v ./test/k8s || rc=$?
 
 verdict=0
 "$report/testreport" "$report"/*.json || verdict=$?
 if [ "$rc" -ne 0 ] || [ "$verdict" -ne 0 ]; then
-  echo "test suite failed (go test exit $rc, verdict exit $verdict); logs: /tmp/flannel-unit.log, /tmp/flannel-e2e.log"
+  echo "test suite failed (go test exit $rc, verdict exit $verdict); logs: /tmp/flannel-unit.log, /tmp/flannel-e2e.log, /tmp/flannel-k8s.log"
   exit 1
 fi

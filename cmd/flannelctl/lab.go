@@ -41,7 +41,7 @@ func labCommands() []labCmd {
 		{name: "up", help: upHelp, run: labUp, flags: upFlags},
 		{name: "status", help: "Shows the lab process, etcd, each node's flanneld, subnet and MTU, and the pods.\nExits 1 when any of them is down.", run: labStatus},
 		{name: "check", help: checkHelp, run: labCheck},
-		{name: "exec", args: " POD|NODE -- CMD [ARGS...]", help: "Runs CMD in the namespace of a pod (n1-p1) or node (n1), with this terminal's\nstdin/stdout/stderr; exits with CMD's exit code.", run: labExec},
+		{name: "exec", args: " POD|NODE -- CMD [ARGS...]", help: "Runs CMD in the namespace of a pod (n1-p1; in a Kubernetes lab NAMESPACE/NAME,\nwith this machine's tools in the pod's network namespace) or node (n1), with\nthis terminal's stdin/stdout/stderr; exits with CMD's exit code.", run: labExec},
 		{name: "doctor", args: " NODE [DOCTOR FLAGS...]", help: "Runs `flannelctl doctor` inside the node's namespace with the lab's etcd, subnet file and\nhealth address; doctor flags (--output json) may follow NODE. Exits with doctor's code.", run: labDoctor},
 		{name: "kubectl", args: " -- KUBECTL ARGS...", help: "Runs kubectl against a Kubernetes lab (lab up --kubernetes) as its admin; exits with kubectl's code.", run: labKubectl},
 		{name: "kubeconfig", help: "Prints the path of a Kubernetes lab's admin kubeconfig, valid on this machine while the lab runs.", run: labKubeconfig},
@@ -125,6 +125,11 @@ func upFlags(fs *flag.FlagSet, c *labCtx) {
 	fs.StringVar(&c.kubeSpec.FlannelImage, "image-tar", "", "--kubernetes: the flannel image archive to import into every node (default bin/flannel-image.tar of the source tree, from scripts/image.sh)")
 	fs.StringVar(&c.kubeSpec.ContainerdDir, "containerd-dir", "", "--kubernetes: directory with containerd, ctr and containerd-shim-runc-v2, 1.x or 2.x (default "+lab.DefaultContainerdDir+", from scripts/build-containerd.sh)")
 	fs.StringVar(&c.kubeSpec.Manifest, "manifest", "", "--kubernetes: the manifest to apply (default deploy/kube-flannel.yml of the source tree)")
+	fs.BoolVar(&c.kubeSpec.Helm, "helm", false, "--kubernetes: install flannel with helm install of the chart instead of kubectl apply of the manifest")
+	fs.StringVar(&c.kubeSpec.Chart, "chart", "", "--kubernetes --helm: the chart (default deploy/chart/flannel of the source tree)")
+	fs.BoolVar(&c.kubeSpec.NetworkPolicy, "network-policy", false, "--kubernetes: turn on flanneld --network-policy as the manifest's comments (or the chart's netpol.enabled) tell")
+	fs.BoolVar(&c.kubeSpec.NFTables, "nftables", false, `--kubernetes: net-conf.json "EnableNFTables": true (nftables instead of iptables for flannel's rules)`)
+	fs.BoolVar(&c.kubeSpec.DualStack, "dual-stack", false, "--kubernetes: IPv6 next to IPv4 (underlay, podCIDRs, Services, net-conf.json IPv6Network)")
 }
 
 func serveFlags(fs *flag.FlagSet, c *labCtx) {
@@ -158,6 +163,9 @@ func labUp(ctx context.Context, c *labCtx) int {
 	c.spec.Name = c.name
 	if c.kube {
 		c.spec.Kube = &c.kubeSpec
+	} else if c.kubeSpec != (lab.KubeSpec{}) {
+		fmt.Fprintln(c.stderr, "flannelctl lab up: --helm, --chart, --network-policy, --nftables, --dual-stack, --image-tar, --manifest and --containerd-dir need --kubernetes")
+		return 2
 	}
 	if c.spec.Name == "" {
 		c.spec.Name = lab.DefaultName
@@ -202,7 +210,7 @@ func labCheck(ctx context.Context, c *labCtx) int {
 func labExec(ctx context.Context, c *labCtx) int {
 	args := c.args
 	if len(args) < 2 {
-		fmt.Fprintln(c.stderr, "usage: flannelctl lab exec [--name N] POD|NODE -- CMD [ARGS...]")
+		fmt.Fprintln(c.stderr, "usage: flannelctl lab exec [--name N] POD|NAMESPACE/POD|NODE -- CMD [ARGS...]")
 		return 2
 	}
 	target, argv := args[0], args[1:]

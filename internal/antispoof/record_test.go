@@ -93,6 +93,12 @@ func TestReadCNICache(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "results", "cbr0-def-eth0"), []byte(old), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// containerd caches its loopback network's result too: no bridge port,
+	// nothing to pin, nothing to complain about.
+	lo := `{"kind":"cniCacheV1","containerId":"abc","ifName":"lo","networkName":"cni-loopback","result":{"cniVersion":"1.1.0","interfaces":[{"name":"lo","mac":"00:00:00:00:00:00","sandbox":"/var/run/netns/cni-1"}],"ips":[{"interface":0,"address":"127.0.0.1/8"}]}}`
+	if err := os.WriteFile(filepath.Join(dir, "results", "cni-loopback-abc-lo"), []byte(lo), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	pods, err := ReadCNICache(dir)
 	if err != nil {
 		t.Fatal(err)

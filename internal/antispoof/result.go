@@ -38,13 +38,13 @@ func FromResult(res types.Result, containerID, bridge, cniArgs string) (Pod, err
 			p.Bridge = ifc.Name
 		case ifc.Name != p.Bridge:
 			if p.HostIf != "" {
-				return Pod{}, fmt.Errorf("CNI result has two host-side interfaces, %s and %s: not a bridge plugin's result", p.HostIf, ifc.Name)
+				return Pod{}, fmt.Errorf("CNI result has two host-side interfaces, %s and %s: %w", p.HostIf, ifc.Name, errNotBridgeResult)
 			}
 			p.HostIf = ifc.Name
 		}
 	}
 	if sandbox < 0 || p.HostIf == "" {
-		return Pod{}, errors.New("CNI result has no sandbox interface with a host-side peer: not a bridge plugin's result")
+		return Pod{}, fmt.Errorf("CNI result has no sandbox interface with a host-side peer: %w", errNotBridgeResult)
 	}
 	for _, ipc := range r.IPs {
 		if ipc.Interface != nil && *ipc.Interface != sandbox {
@@ -81,6 +81,9 @@ type cacheEntry struct {
 	Result      json.RawMessage `json:"result"`
 }
 
+// errNotBridgeResult: the result names no pod behind a bridge port.
+var errNotBridgeResult = errors.New("not a bridge plugin's result")
+
 // ReadCNICache reads the pods that libcni's cache in dir/results knows:
 // pods added before the flannel CNI plugin wrote records of its own (an
 // upgrade, or a migration from upstream flannel) keep their addresses
@@ -95,6 +98,9 @@ func ReadCNICache(dir string) ([]Pod, error) {
 	var errs []error
 	for _, f := range files {
 		p, err := readCacheEntry(f)
+		if errors.Is(err, errNotBridgeResult) {
+			continue // e.g. containerd's loopback network: no bridge port to pin
+		}
 		if err != nil {
 			errs = append(errs, err)
 			continue

@@ -21,6 +21,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"time"
 
 	"k8s.io/client-go/kubernetes"
@@ -227,7 +228,9 @@ func Start(ctx context.Context, opts Options) (s *Server, err error) {
 // including the first service IP that in-cluster clients would use.
 func (s *Server) servingIPs() []net.IP {
 	ips := []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback, s.opts.Address.AsSlice()}
-	if p, err := netip.ParsePrefix(s.opts.ServiceCIDR); err == nil {
+	// Dual stack names two ranges; in-cluster clients use the first.
+	first, _, _ := strings.Cut(s.opts.ServiceCIDR, ",")
+	if p, err := netip.ParsePrefix(first); err == nil {
 		ips = append(ips, p.Masked().Addr().Next().AsSlice())
 	}
 	return ips

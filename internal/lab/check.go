@@ -11,6 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/flannelgo/flannel/internal/lease"
 	"github.com/flannelgo/flannel/internal/subnetenv"
 	"github.com/flannelgo/flannel/internal/testbed"
 )
@@ -31,6 +32,9 @@ type checker struct {
 	envs map[string]*subnetenv.Env // by node name
 	mtus map[string]int            // pod eth0 MTU by pod name
 	pods []*testbed.Pod
+	// leases reads the leases the walk checks against: etcd's, or the
+	// nodes' annotations in a Kubernetes lab.
+	leases func(context.Context) (map[netip.Prefix]lease.Attrs, error)
 
 	mu       sync.Mutex
 	failures []failure
@@ -61,14 +65,15 @@ func Check(ctx context.Context, out io.Writer, dir string) error {
 	if err != nil {
 		return err
 	}
-	if spec.Kube != nil {
-		return fmt.Errorf("lab %s is a Kubernetes lab: `lab check` does not know its pods yet; use `flannelctl lab kubectl --name %s -- ...`", spec.Name, spec.Name)
-	}
 	tb, err := loadTestbed(spec.Name, dir)
 	if err != nil {
 		return fmt.Errorf("%w; `flannelctl lab down --name %s` removes what is left", err, spec.Name)
 	}
-	c := &checker{spec: spec, tb: tb, out: out, envs: map[string]*subnetenv.Env{}, mtus: map[string]int{}}
+	if spec.Kube != nil {
+		return checkKube(ctx, out, dir, spec, tb)
+	}
+	c := &checker{spec: spec, tb: tb, out: out, envs: map[string]*subnetenv.Env{}, mtus: map[string]int{},
+		leases: func(ctx context.Context) (map[netip.Prefix]lease.Attrs, error) { return readLeases(ctx, tb.Testbed) }}
 	fmt.Fprintf(out, "lab %s: backend %s, %d node(s), underlay MTU %d, pod MTU %s\n",
 		spec.Name, spec.Backend, len(tb.Nodes), spec.UnderlayMTU, podMTUString(spec.PodMTU))
 	c.checkProcesses()

@@ -89,8 +89,8 @@ func leftovers(name, dir string) []string {
 	return out
 }
 
-// Exec runs argv in the namespace of a pod (n1-p1) or node (n1) of the
-// lab, with this process's stdio, and returns the command's exit code.
+// Exec runs argv in the namespace of a pod (n1-p1, or NAMESPACE/NAME in a
+// Kubernetes lab) or node (n1) of the lab, with this process's stdio, and returns the command's exit code.
 func Exec(ctx context.Context, dir, target string, argv []string) (int, error) {
 	if err := NeedRoot(); err != nil {
 		return 0, err
@@ -106,16 +106,11 @@ func Exec(ctx context.Context, dir, target string, argv []string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	ns, err := findNS(tb.Testbed, target)
+	pre, err := enterArgv(ctx, dir, spec, tb.Testbed, target)
 	if err != nil {
 		return 0, err
 	}
-	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns}, argv...)...)
-	if spec.Kube != nil {
-		if pre := kubeNodeEnter(dir, tb.Testbed, target); pre != nil {
-			cmd = exec.CommandContext(ctx, pre[0], append(pre[1:], argv...)...)
-		}
-	}
+	cmd := exec.CommandContext(ctx, pre[0], append(pre[1:], argv...)...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	err = cmd.Run()
 	var ee *exec.ExitError
@@ -126,9 +121,27 @@ func Exec(ctx context.Context, dir, target string, argv []string) (int, error) {
 		return ee.ExitCode(), nil
 	}
 	if err != nil {
-		return 0, fmt.Errorf("run %s in %s: %w", argv[0], ns, err)
+		return 0, fmt.Errorf("run %s in %s: %w", argv[0], target, err)
 	}
 	return 0, nil
+}
+
+// enterArgv is the command prefix that enters target: a pod or node of
+// the lab, or NAMESPACE/NAME of a Kubernetes lab's pod.
+func enterArgv(ctx context.Context, dir string, spec *Spec, tb *testbed.Testbed, target string) ([]string, error) {
+	if isPodTarget(spec, target) {
+		return kubePodEnter(ctx, dir, spec, target)
+	}
+	ns, err := findNS(tb, target)
+	if err != nil {
+		return nil, err
+	}
+	if spec.Kube != nil {
+		if pre := kubeNodeEnter(dir, tb, target); pre != nil {
+			return pre, nil
+		}
+	}
+	return []string{"ip", "netns", "exec", ns}, nil
 }
 
 func findNS(tb *testbed.Testbed, target string) (string, error) {

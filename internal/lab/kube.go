@@ -30,6 +30,14 @@ type KubeSpec struct {
 	// ContainerdMajor is containerd's major version (1 or 2), which
 	// decides the configuration's format.
 	ContainerdMajor int
+
+	// How flannel is installed, as an operator would choose.
+	Helm          bool   // install the chart with helm instead of kubectl apply of the manifest
+	Chart         string // deploy/chart/flannel
+	HelmBin       string // the helm binary (scripts/install-helm.sh)
+	NetworkPolicy bool   // flanneld --network-policy (the manifest's commented lines, or the chart's value)
+	NFTables      bool   // "EnableNFTables": true in net-conf.json
+	DualStack     bool   // IPv6 next to IPv4: underlay, podCIDRs, services, net-conf.json
 }
 
 // Defaults of `lab up --kubernetes`; scripts/setup.sh builds them there.
@@ -40,6 +48,8 @@ const (
 	DefaultImageDir         = "/var/cache/flannel-go/images"
 	defaultFlannelImageFile = "bin/flannel-image.tar"
 	defaultManifestFile     = "deploy/kube-flannel.yml"
+	defaultChartDir         = "deploy/chart/flannel"
+	DefaultHelm             = "/var/cache/flannel-go/bin/helm"
 	// Image names and tags of k8s.io/kubernetes v1.37.2: the kubelet's
 	// default sandbox image (test/utils/image/manifest.go lists it too).
 	pauseImage = "registry.k8s.io/pause:3.10.2"
@@ -82,6 +92,12 @@ func (k *KubeSpec) fill(root string) {
 	if k.Runc == "" {
 		k.Runc = "/usr/sbin/runc"
 	}
+	if k.Chart == "" && root != "" {
+		k.Chart = filepath.Join(root, defaultChartDir)
+	}
+	if k.HelmBin == "" {
+		k.HelmBin = DefaultHelm
+	}
 }
 
 // bin is the path of a Kubernetes binary.
@@ -120,6 +136,15 @@ func (k *KubeSpec) check() error {
 	k.ContainerdMajor = major
 	if k.FlannelImage == "" || !exists(k.FlannelImage) {
 		return fmt.Errorf("no flannel image archive at %q: build it with scripts/image.sh (writes bin/flannel-image.tar), or give one with --image-tar", k.FlannelImage)
+	}
+	if k.Helm {
+		if !isExec(k.HelmBin) {
+			return fmt.Errorf("--helm: no helm at %s: run scripts/install-helm.sh (setup.sh does)", k.HelmBin)
+		}
+		if k.Chart == "" || !exists(filepath.Join(k.Chart, "Chart.yaml")) {
+			return fmt.Errorf("--helm: no chart at %q: run inside the source tree or give deploy/chart/flannel with --chart", k.Chart)
+		}
+		return nil
 	}
 	if k.Manifest == "" || !exists(k.Manifest) {
 		return fmt.Errorf("no manifest at %q: run inside the source tree or give deploy/kube-flannel.yml with --manifest", k.Manifest)
@@ -206,7 +231,11 @@ func prepareKube(spec *Spec, say func(string, ...any)) error {
 		return errors.New("--kubernetes: one segment only for now (nodes get a default route via the hub, which only segment 1 reaches)")
 	}
 	say("Kubernetes %s from %s, containerd from %s, images from %s", spec.Kube.Version, spec.Kube.KubeBinDir, spec.Kube.ContainerdDir, spec.Kube.ImageDir)
-	say("flannel: %s applied with image %s", spec.Kube.Manifest, spec.Kube.FlannelImage)
+	if spec.Kube.Helm {
+		say("flannel: chart %s installed with %s, image %s", spec.Kube.Chart, spec.Kube.HelmBin, spec.Kube.FlannelImage)
+	} else {
+		say("flannel: %s applied with image %s", spec.Kube.Manifest, spec.Kube.FlannelImage)
+	}
 	return nil
 }
 

@@ -2,10 +2,16 @@ package lab
 
 import (
 	"archive/tar"
+	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/yaml"
 )
 
 func TestParseCgroupMount(t *testing.T) {
@@ -49,7 +55,7 @@ spec:
     - image: ghcr.io/flannelgo/flannel:v0.1.0
       name: kube-flannel
 `
-	out, err := flannelManifest([]byte(in), "example.org/flannel:lab", "host-gw")
+	out, err := flannelManifest([]byte(in), "example.org/flannel:lab", &KubeSpec{}, "host-gw")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,8 +71,95 @@ spec:
 	if strings.Count(s, "\n") != strings.Count(in, "\n") || !strings.Contains(s, "name: kube-flannel") {
 		t.Errorf("manifest otherwise changed:\n%s", s)
 	}
-	if _, err := flannelManifest([]byte("kind: ConfigMap\n"), "x:1", "vxlan"); err == nil {
+	if _, err := flannelManifest([]byte("kind: ConfigMap\n"), "x:1", &KubeSpec{}, "vxlan"); err == nil {
 		t.Error("a manifest without image lines was accepted")
+	}
+}
+
+// Every option edits the shipped manifest as an operator would, and the
+// result still decodes into the DaemonSet and net-conf.json flanneld reads.
+func TestFlannelManifestOptions(t *testing.T) {
+	raw, err := os.ReadFile("../../deploy/kube-flannel.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := &KubeSpec{NetworkPolicy: true, NFTables: true, DualStack: true}
+	out, err := flannelManifest(raw, "example.org/flannel:lab", k, "udp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds, conf := decodeManifest(t, out)
+	var nc struct {
+		Network, IPv6Network string
+		EnableIPv6           bool
+		EnableNFTables       bool
+		Backend              struct{ Type string }
+	}
+	if err := json.Unmarshal([]byte(conf), &nc); err != nil {
+		t.Fatalf("net-conf.json %q: %v", conf, err)
+	}
+	if nc.Backend.Type != "udp" || !nc.EnableNFTables || !nc.EnableIPv6 || nc.IPv6Network != kubeClusterCIDR6 || nc.Network != kubeClusterCIDR {
+		t.Errorf("net-conf.json: %+v", nc)
+	}
+	c := ds.Spec.Template.Spec.Containers[0]
+	if !slices.Contains(c.Args, "--network-policy") {
+		t.Errorf("args %q lack --network-policy", c.Args)
+	}
+	if !slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return m.Name == "tun" && m.MountPath == "/dev/net/tun" }) {
+		t.Errorf("no /dev/net/tun mount: %+v", c.VolumeMounts)
+	}
+	if !slices.ContainsFunc(ds.Spec.Template.Spec.Volumes, func(v corev1.Volume) bool {
+		return v.Name == "tun" && v.HostPath != nil && v.HostPath.Path == "/dev/net/tun" && *v.HostPath.Type == corev1.HostPathCharDev
+	}) {
+		t.Errorf("no tun volume: %+v", ds.Spec.Template.Spec.Volumes)
+	}
+	// vxlan needs none of it.
+	out, err = flannelManifest(raw, "example.org/flannel:lab", &KubeSpec{}, "vxlan")
+	if err != nil {
+		t.Fatal(err)
+	}
+	decodeManifest(t, out)
+	if strings.Contains(string(out), "/dev/net/tun") {
+		t.Error("vxlan got a TUN device")
+	}
+}
+
+func decodeManifest(t *testing.T, m []byte) (*appsv1.DaemonSet, string) {
+	t.Helper()
+	var ds *appsv1.DaemonSet
+	var conf string
+	for _, doc := range strings.Split(string(m), "\n---") {
+		var meta struct{ Kind string }
+		if err := yaml.Unmarshal([]byte(doc), &meta); err != nil {
+			t.Fatalf("decode %q: %v", doc, err)
+		}
+		switch meta.Kind {
+		case "DaemonSet":
+			ds = &appsv1.DaemonSet{}
+			if err := yaml.UnmarshalStrict([]byte(doc), ds); err != nil {
+				t.Fatal(err)
+			}
+		case "ConfigMap":
+			var cm corev1.ConfigMap
+			if err := yaml.UnmarshalStrict([]byte(doc), &cm); err != nil {
+				t.Fatal(err)
+			}
+			conf = cm.Data["net-conf.json"]
+		}
+	}
+	if ds == nil || conf == "" {
+		t.Fatal("no DaemonSet or net-conf.json in the manifest")
+	}
+	return ds, conf
+}
+
+func TestHelmValues(t *testing.T) {
+	got := strings.Join(helmValues("example.org/flannel:v1", &KubeSpec{DualStack: true, NetworkPolicy: true}, "host-gw"), " ")
+	for _, want := range []string{"flannel.image.repository=example.org/flannel", "flannel.image.tag=v1",
+		"flannel.backend=host-gw", "netpol.enabled=true", "flannel.enableNFTables=false", "podCidrv6=" + kubeClusterCIDR6} {
+		if !strings.Contains(got, "--set "+want) {
+			t.Errorf("helm values %q lack %s", got, want)
+		}
 	}
 }
 

@@ -11,6 +11,9 @@ const (
 	kubeClusterCIDR = "10.244.0.0/16"
 	kubeServiceCIDR = "10.96.0.0/16"
 	kubeDNSAddr     = "10.96.0.10"
+	// Their IPv6 twins under --dual-stack.
+	kubeClusterCIDR6 = "fd00:10:244::/56"
+	kubeServiceCIDR6 = "fd00:10:96::/112"
 )
 
 // containerdConfig is the node's containerd configuration (version 3,
@@ -128,7 +131,7 @@ evictionHard:
 // kubeProxyConfig is the node's KubeProxyConfiguration, iptables mode.
 // The conntrack table size and timeouts are the kernel's, not the
 // namespace's: zero leaves them alone.
-func kubeProxyConfig(n *kubeNode, kubeconfig string) string {
+func kubeProxyConfig(n *kubeNode, kubeconfig, clusterCIDRs string) string {
 	return fmt.Sprintf(`apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 mode: iptables
@@ -144,7 +147,25 @@ conntrack:
 oomScoreAdj: 0
 metricsBindAddress: 127.0.0.1:10249
 healthzBindAddress: 127.0.0.1:10256
-`, n.Name, kubeClusterCIDR, kubeconfig)
+`, n.Name, clusterCIDRs, kubeconfig)
+}
+
+// clusterCIDRs is the pod network: --cluster-cidr of the controller
+// manager and kube-proxy.
+func (k *KubeSpec) clusterCIDRs() string {
+	if k.DualStack {
+		return kubeClusterCIDR + "," + kubeClusterCIDR6
+	}
+	return kubeClusterCIDR
+}
+
+// serviceCIDRs is --service-cluster-ip-range (API server, controller
+// manager).
+func (k *KubeSpec) serviceCIDRs() string {
+	if k.DualStack {
+		return kubeServiceCIDR + "," + kubeServiceCIDR6
+	}
+	return kubeServiceCIDR
 }
 
 // nodeResolvConf is the resolv.conf kubelet gives pods with dnsPolicy

@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/flannelgo/flannel/deploy"
 	"github.com/flannelgo/flannel/internal/ctxwait"
 	"github.com/flannelgo/flannel/internal/testbed"
 )
@@ -73,25 +74,63 @@ func baseNames(paths []string) string {
 var (
 	imageLine   = regexp.MustCompile(`(?m)^(\s*-?\s*image:\s*)\S+\s*$`)
 	backendType = regexp.MustCompile(`("Type":\s*)"vxlan"`)
+	nftLine     = regexp.MustCompile(`("EnableNFTables":\s*)false`)
+	networkLine = regexp.MustCompile(`("Network":\s*"[^"]+",)`)
+	// The flanneld container's mounts and the pod's volumes, where a TUN
+	// device is added for udp and userspace WireGuard.
+	runMount   = regexp.MustCompile(`(?m)^(\s*)volumeMounts:\n(\s*)- name: run\n`)
+	volumesKey = regexp.MustCompile(`(?m)^(\s*)volumes:\n`)
 )
 
+// manifestEdit is one change an operator makes to kube-flannel.yml.
+type manifestEdit struct {
+	what string
+	re   *regexp.Regexp
+	repl string
+}
+
 // flannelManifest is the manifest as a user would edit it: the image
-// references point at the local image, and the backend is the lab's.
-func flannelManifest(manifest []byte, image, backend string) ([]byte, error) {
-	if !imageLine.Match(manifest) {
-		return nil, fmt.Errorf("the manifest has no image: lines to point at %s", image)
-	}
-	out := imageLine.ReplaceAll(manifest, []byte("${1}"+image))
+// references point at the local image, and the backend, nftables, dual
+// stack, network policy and the TUN device are the lab's, each edited the
+// way the manifest's comments and docs/INSTALL.md tell.
+func flannelManifest(manifest []byte, image string, k *KubeSpec, backend string) ([]byte, error) {
+	edits := []manifestEdit{{"image: lines", imageLine, "${1}" + image}}
 	if backend != "" && backend != "vxlan" {
-		if !backendType.Match(out) {
-			return nil, fmt.Errorf(`the manifest's net-conf.json has no "Type": "vxlan" to change to %q`, backend)
+		edits = append(edits, manifestEdit{`net-conf.json "Type": "vxlan"`, backendType, `${1}"` + backend + `"`})
+	}
+	if k.NFTables {
+		edits = append(edits, manifestEdit{`net-conf.json "EnableNFTables": false`, nftLine, "${1}true"})
+	}
+	if k.DualStack {
+		edits = append(edits, manifestEdit{`net-conf.json "Network"`, networkLine,
+			"${1}\n      \"EnableIPv6\": true,\n      \"IPv6Network\": \"" + kubeClusterCIDR6 + "\","})
+	}
+	if needsTUN(backend) {
+		edits = append(edits,
+			manifestEdit{"the flanneld container's volumeMounts (- name: run first)", runMount,
+				"${1}volumeMounts:\n${2}- name: tun\n${2}  mountPath: /dev/net/tun\n${2}- name: run\n"},
+			manifestEdit{"volumes:", volumesKey,
+				"${1}volumes:\n${1}  - name: tun\n${1}    hostPath:\n${1}      path: /dev/net/tun\n${1}      type: CharDevice\n"})
+	}
+	out := manifest
+	for _, e := range edits {
+		if !e.re.Match(out) {
+			return nil, fmt.Errorf("the manifest has no %s to edit", e.what)
 		}
-		out = backendType.ReplaceAll(out, []byte(`${1}"`+backend+`"`))
+		out = e.re.ReplaceAll(out, []byte(e.repl))
+	}
+	if k.NetworkPolicy {
+		return deploy.WithNetworkPolicy(out)
 	}
 	return out, nil
 }
 
-// installFlannel applies the manifest with kubectl, as a user does.
+// needsTUN: udp and userspace WireGuard (this kernel has no wireguard
+// module) open /dev/net/tun, which the DaemonSet must then mount.
+func needsTUN(backend string) bool { return backend == "udp" || backend == "wireguard" }
+
+// installFlannel installs flannel as a user does: kubectl apply of the
+// manifest, or helm install of the chart.
 func (kl *kubeLab) installFlannel(ctx context.Context) error {
 	ref, err := imageRef(kl.k.FlannelImage)
 	if err != nil {
@@ -100,11 +139,14 @@ func (kl *kubeLab) installFlannel(ctx context.Context) error {
 	if strings.HasSuffix(ref, ":latest") || !strings.Contains(ref[strings.LastIndex(ref, "/")+1:], ":") {
 		return fmt.Errorf("flannel image %s (in %s) has no tag or :latest, which kubelet always pulls, and nothing can be pulled here: tag it with a version", ref, kl.k.FlannelImage)
 	}
+	if kl.k.Helm {
+		return kl.helmInstall(ctx, ref)
+	}
 	raw, err := os.ReadFile(kl.k.Manifest)
 	if err != nil {
 		return fmt.Errorf("read manifest: %w", err)
 	}
-	m, err := flannelManifest(raw, ref, kl.spec.Backend)
+	m, err := flannelManifest(raw, ref, kl.k, kl.spec.Backend)
 	if err != nil {
 		return fmt.Errorf("%s: %w", kl.k.Manifest, err)
 	}
@@ -112,13 +154,38 @@ func (kl *kubeLab) installFlannel(ctx context.Context) error {
 	if err := os.WriteFile(path, m, 0o644); err != nil {
 		return err
 	}
-	out, err := exec.CommandContext(ctx, kl.k.bin("kubectl"), "--kubeconfig", KubeconfigPath(kl.spec.StateDir),
-		"apply", "-f", path).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("kubectl apply -f %s: %w: %s", path, err, strings.TrimSpace(string(out)))
+	if err := kl.kubectl(ctx, "apply", "-f", path); err != nil {
+		return err
 	}
-	kl.rep.say("kubectl apply -f %s (image %s, backend %s)", kl.k.Manifest, ref, kl.spec.Backend)
+	kl.rep.say("kubectl apply -f %s (image %s, backend %s%s)", kl.k.Manifest, ref, kl.spec.Backend, kl.k.options())
 	return nil
+}
+
+// kubectl runs kubectl as the lab's admin.
+func (kl *kubeLab) kubectl(ctx context.Context, args ...string) error {
+	out, err := exec.CommandContext(ctx, kl.k.bin("kubectl"),
+		append([]string{"--kubeconfig", KubeconfigPath(kl.spec.StateDir)}, args...)...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("kubectl %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// options names the lab's choices beyond the backend, for the report.
+func (k *KubeSpec) options() string {
+	var o []string
+	for _, c := range []struct {
+		on   bool
+		name string
+	}{{k.NFTables, "nftables"}, {k.DualStack, "dual stack"}, {k.NetworkPolicy, "network policy"}} {
+		if c.on {
+			o = append(o, c.name)
+		}
+	}
+	if len(o) == 0 {
+		return ""
+	}
+	return ", " + strings.Join(o, ", ")
 }
 
 // waitReady waits until every node is Ready and the flannel DaemonSet has
@@ -143,10 +210,25 @@ func (kl *kubeLab) waitReady(ctx context.Context) error {
 				return nil
 			}
 		}
+		if dead := kl.deadControlPlane(); dead != "" {
+			return fmt.Errorf("cluster not ready: %s", dead)
+		}
 		if werr := ctxwait.Sleep(ctx, 500*time.Millisecond); werr != nil {
 			return fmt.Errorf("cluster not ready: %w; %s\n%s", werr, st.describe(err), kl.logTails())
 		}
 	}
+}
+
+// deadControlPlane names a controller that exited, with its log's end: a
+// cluster without its controller manager never gets podCIDRs, so waiting
+// on would only time out.
+func (kl *kubeLab) deadControlPlane() string {
+	for _, p := range kl.cp {
+		if !p.Running() {
+			return fmt.Sprintf("%s exited; end of %s:\n%s", p.Role, p.LogFile, testbed.LogTail(p.LogFile))
+		}
+	}
+	return ""
 }
 
 // clusterView is what waitReady watches.
@@ -232,12 +314,15 @@ func (v *clusterView) describe(err error) string {
 		strings.Join(names, ", "), flannelNamespace, flannelDaemonSet, v.dsReady, v.dsDesired, strings.Join(v.pending, " | "))
 }
 
-// logTails shows the end of each node's kubelet and containerd logs.
+// logTails shows the end of each node's kubelet and containerd logs, and
+// of the flannel container's, which says why it did not become ready.
 func (kl *kubeLab) logTails() string {
 	var b strings.Builder
 	for _, n := range kl.nodes {
-		for _, f := range []string{"kubelet.log", "containerd.log"} {
-			p := filepath.Join(n.dir, f)
+		files := []string{filepath.Join(n.dir, "kubelet.log"), filepath.Join(n.dir, "containerd.log")}
+		pods, _ := filepath.Glob(n.root("/var/log/pods/" + flannelNamespace + "_*/kube-flannel/*.log"))
+		files = append(files, pods...)
+		for _, p := range files {
 			fmt.Fprintf(&b, "--- %s:\n%s\n", p, testbed.LogTail(p))
 		}
 	}

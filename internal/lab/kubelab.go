@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -56,7 +57,7 @@ func (r *running) upKube(ctx context.Context) error {
 		return err
 	}
 	steps := []func(context.Context) error{
-		kl.startControlPlane, kl.startNodes, kl.importImages, kl.installFlannel, kl.waitReady,
+		kl.startControlPlane, kl.startNodes, kl.importImages, kl.installFlannel, kl.installDNS, kl.waitReady,
 	}
 	for _, step := range steps {
 		if err := step(ctx); err != nil {
@@ -75,7 +76,7 @@ func (kl *kubeLab) startControlPlane(ctx context.Context) error {
 	hub := kl.tb.Hub
 	api, err := kubetest.Start(ctx, kubetest.Options{
 		Binary: kl.k.bin("kube-apiserver"), NetNS: hub.NS, Address: hub.Addr, Port: 6443,
-		Dir: filepath.Join(kubeDir(kl.spec.StateDir), "apiserver"), ServiceCIDR: kubeServiceCIDR,
+		Dir: filepath.Join(kubeDir(kl.spec.StateDir), "apiserver"), ServiceCIDR: kl.k.serviceCIDRs(),
 		// Pods need ServiceAccount tokens and the "kubernetes" Service an
 		// endpoint (the hub); flannel's DaemonSet may be privileged. Nodes
 		// have no DNS names: logs and exec reach kubelets by address.
@@ -100,12 +101,15 @@ func (kl *kubeLab) startControllers(ctx context.Context) error {
 	auth := []string{"--kubeconfig=" + kl.api.AdminKubeconfig,
 		"--authentication-kubeconfig=" + kl.api.AdminKubeconfig, "--authorization-kubeconfig=" + kl.api.AdminKubeconfig}
 	cm := []string{kl.k.bin("kube-controller-manager"),
-		"--allocate-node-cidrs=true", "--cluster-cidr=" + kubeClusterCIDR, "--node-cidr-mask-size=24",
-		"--service-cluster-ip-range=" + kubeServiceCIDR,
+		"--allocate-node-cidrs=true", "--cluster-cidr=" + kl.k.clusterCIDRs(), "--node-cidr-mask-size-ipv4=24",
+		"--service-cluster-ip-range=" + kl.k.serviceCIDRs(),
 		"--service-account-private-key-file=" + kl.api.SAKeyFile, "--root-ca-file=" + kl.api.CAFile,
 		"--use-service-account-credentials=false", "--leader-elect=false",
 		"--flex-volume-plugin-dir=" + filepath.Join(dir, "flex"),
 		"--bind-address=127.0.0.1", "--profiling=false",
+	}
+	if kl.k.DualStack {
+		cm = append(cm, "--node-cidr-mask-size-ipv6=64") // refused in a single-stack cluster
 	}
 	sched := []string{kl.k.bin("kube-scheduler"), "--leader-elect=false",
 		"--bind-address=127.0.0.1", "--profiling=false",
@@ -122,7 +126,7 @@ func (kl *kubeLab) startControllers(ctx context.Context) error {
 		}
 		kl.cp = append(kl.cp, p)
 	}
-	kl.rep.say("kube-controller-manager (--allocate-node-cidrs %s) and kube-scheduler started", kubeClusterCIDR)
+	kl.rep.say("kube-controller-manager (--allocate-node-cidrs %s) and kube-scheduler started", kl.k.clusterCIDRs())
 	return nil
 }
 
@@ -215,7 +219,7 @@ func (kl *kubeLab) startNode(ctx context.Context, n *kubeNode) error {
 	files := map[string]string{
 		"containerd.toml": containerdConfig(n, kl.k.ContainerdMajor),
 		"kubelet.yaml":    kubeletConfig(n),
-		"kube-proxy.yaml": kubeProxyConfig(n, kl.api.AdminKubeconfig),
+		"kube-proxy.yaml": kubeProxyConfig(n, kl.api.AdminKubeconfig, kl.k.clusterCIDRs()),
 		"resolv.conf":     nodeResolvConf,
 	}
 	for name, data := range files {
@@ -234,7 +238,7 @@ func (kl *kubeLab) startNode(ctx context.Context, n *kubeNode) error {
 	}
 	if _, err := n.start(ctx, kl.hs, "kubelet", nil, kl.k.bin("kubelet"),
 		"--config="+filepath.Join(n.dir, "kubelet.yaml"), "--kubeconfig="+kl.api.AdminKubeconfig,
-		"--hostname-override="+n.Name, "--node-ip="+n.Addr.String()); err != nil {
+		"--hostname-override="+n.Name, "--node-ip="+nodeIPs(n)); err != nil {
 		return err
 	}
 	if _, err := n.start(ctx, kl.hs, "kube-proxy", nil, kl.k.bin("kube-proxy"),
@@ -328,18 +332,33 @@ func rssBytes(pid int) uint64 {
 
 // defaultRoute gives the node a default route via the hub, as a real node
 // has one: flanneld, started by the manifest without --iface, picks the
-// interface of the default route. The hub forwards nothing (ip_forward is
-// off there) and has no way out, so the lab stays closed.
+// interface of the default route (of each family under dual stack). The
+// hub forwards nothing (ip_forward is off there) and has no way out, so
+// the lab stays closed.
 func (kl *kubeLab) defaultRoute(n *kubeNode) error {
 	return testbed.WithHandle(n.NS, func(nh *netlink.Handle) error {
 		link, err := nh.LinkByName(n.Iface)
 		if err != nil {
 			return fmt.Errorf("node %s: %s: %w", n.Name, n.Iface, err)
 		}
-		rt := &netlink.Route{LinkIndex: link.Attrs().Index, Gw: kl.tb.Hub.Addr.AsSlice()}
-		if err := nh.RouteReplace(rt); err != nil {
-			return fmt.Errorf("node %s: ip route replace default via %s dev %s: %w", n.Name, kl.tb.Hub.Addr, n.Iface, err)
+		for _, gw := range []netip.Addr{kl.tb.Hub.Addr, kl.tb.Hub.Addr6} {
+			if !gw.IsValid() {
+				continue
+			}
+			rt := &netlink.Route{LinkIndex: link.Attrs().Index, Gw: gw.AsSlice()}
+			if err := nh.RouteReplace(rt); err != nil {
+				return fmt.Errorf("node %s: ip route replace default via %s dev %s: %w", n.Name, gw, n.Iface, err)
+			}
 		}
 		return nil
 	})
+}
+
+// nodeIPs is kubelet's --node-ip: the underlay address, and its IPv6
+// twin under dual stack.
+func nodeIPs(n *kubeNode) string {
+	if n.Addr6.IsValid() {
+		return n.Addr.String() + "," + n.Addr6.String()
+	}
+	return n.Addr.String()
 }

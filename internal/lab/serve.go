@@ -114,7 +114,7 @@ func Serve(ctx context.Context, stateDir string, progress io.Writer) error {
 func (r *running) up(ctx context.Context) error {
 	s := r.spec
 	tb, err := testbed.New(ctx, testbed.Options{
-		Name: s.Name, Segments: s.Segments, UnderlayMTU: s.UnderlayMTU,
+		Name: s.Name, Segments: s.Segments, UnderlayMTU: s.UnderlayMTU, IPv6: s.Kube != nil && s.Kube.DualStack,
 		StateDir: s.StateDir, FlanneldPath: s.FlanneldPath, Recorder: record{s.StateDir},
 	})
 	if err != nil {

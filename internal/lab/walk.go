@@ -52,9 +52,9 @@ func (c *checker) walk(ctx context.Context) {
 	if env := c.envs[src.Node.Name]; env != nil {
 		w.srcEnvGW = env.Subnet.Addr()
 	}
-	leases, err := readLeases(ctx, c.tb.Testbed)
+	leases, err := c.leases(ctx)
 	if err != nil {
-		c.fail("packet walk", fmt.Sprintf("cannot read leases from etcd: %v", err))
+		c.fail("packet walk", fmt.Sprintf("cannot read the leases: %v", err))
 		return
 	}
 	for p, a := range leases {
@@ -63,7 +63,7 @@ func (c *checker) walk(ctx context.Context) {
 		}
 	}
 	if !w.dstNet.IsValid() {
-		c.fail("packet walk", fmt.Sprintf("no lease in etcd covers %s (%s's subnet)", dst.IP, dst.Node.Name))
+		c.fail("packet walk", fmt.Sprintf("no lease covers %s (%s's subnet)", dst.IP, dst.Node.Name))
 		return
 	}
 	fmt.Fprintf(c.out, "\npacket walk %s (%s) -> %s (%s); %s's lease %s: PublicIP %s, backend %s%s\n",

@@ -331,3 +331,14 @@ func parseAddr(a map[string]string, key string) (netip.Addr, error) {
 	}
 	return ip, nil
 }
+
+// NodeLease is the lease a node's annotations (under prefix) publish, as
+// peers route to it; ok is false for a node that is not a flannel node
+// yet. Tools that read a cluster from outside (flannelctl lab check) use it.
+func NodeLease(node *corev1.Node, prefix string, cfg *config.Config) (l lease.Lease, ok bool, err error) {
+	k, err := newKeys(prefix)
+	if err != nil {
+		return lease.Lease{}, false, err
+	}
+	return k.nodeLease(node, cfg)
+}
