@@ -40,7 +40,14 @@ if [ ! -x "$suite" ]; then
   trap 'rm -rf "$work"' EXIT
   (
     cd "$work"
-    printf 'module flannel.local/npapi\n\ngo 1.26\n\nrequire sigs.k8s.io/network-policy-api %s\n' "$npapi" > go.mod
+    # The Kubernetes libraries at the lab's release: the packages the
+    # Kubernetes build compiled are reused from the build cache.
+    {
+      printf 'module flannel.local/npapi\n\ngo 1.26\n\nrequire sigs.k8s.io/network-policy-api %s\n' "$npapi"
+      for m in api apimachinery client-go apiextensions-apiserver; do
+        printf 'require k8s.io/%s v0.%s\n' "$m" "$(echo "${KUBE_VERSION:-v1.37.2}" | sed 's/^v1\.//')"
+      done
+    } > go.mod
     printf '//go:build tools\n\npackage tools\n\nimport _ "sigs.k8s.io/network-policy-api/conformance/tests"\n' > tools.go
     go mod tidy >&2
     go mod download -json sigs.k8s.io/network-policy-api@"$npapi" >/dev/null
@@ -49,6 +56,8 @@ if [ ! -x "$suite" ]; then
     mkdir -p "$bindir"
     CGO_ENABLED=0 nice -n 19 go test -c -vet=off -trimpath -o "$suite" sigs.k8s.io/network-policy-api/conformance
   )
+  rm -rf "$work"
+  trap - EXIT
 fi
 
 if [ -z "$kubeconfig" ]; then
