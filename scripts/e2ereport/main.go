@@ -37,10 +37,13 @@ func (s spec) name() string {
 	return strings.Join(append(append([]string{}, s.ContainerHierarchyTexts...), s.LeafNodeText), " ")
 }
 
-// ran: the spec was run, or skipped from inside (a Skip with a reason);
-// specs outside the focus are skipped without ever starting.
+// ran: the spec ran, or skipped itself with a reason; specs outside the
+// focus, or left when the run was interrupted, are skipped without one.
 func (s spec) ran() bool {
-	return s.LeafNodeType == "It" && (!s.StartTime.IsZero() || s.Failure != nil && s.Failure.Message != "")
+	if s.LeafNodeType != "It" || s.StartTime.IsZero() {
+		return false
+	}
+	return s.State != "skipped" || s.Failure != nil && s.Failure.Message != ""
 }
 
 func (s spec) reason() string {

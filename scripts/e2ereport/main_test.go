@@ -13,6 +13,7 @@ const sample = `[{"SpecReports":[
  {"ContainerHierarchyTexts":["[sig-network] DNS"],"LeafNodeType":"It","LeafNodeText":"should resolve","State":"failed","StartTime":"2026-12-05T19:00:00Z","RunTime":1000000000,"Failure":{"Message":"timed out | waiting\nmore"}},
  {"ContainerHierarchyTexts":["[sig-network] SCTP"],"LeafNodeType":"It","LeafNodeText":"should connect","State":"skipped","StartTime":"2026-12-05T19:00:00Z","Failure":{"Message":"kernel lacks sctp"}},
  {"ContainerHierarchyTexts":["[sig-storage] X"],"LeafNodeType":"It","LeafNodeText":"not focused","State":"skipped"},
+ {"ContainerHierarchyTexts":["[sig-network] Y"],"LeafNodeType":"It","LeafNodeText":"not reached","State":"skipped","Failure":{"Message":"interrupted"}},
  {"LeafNodeType":"SynchronizedBeforeSuite","State":"passed","StartTime":"2026-12-05T19:00:00Z"}
 ]}]`
 
@@ -36,7 +37,7 @@ func TestWrite(t *testing.T) {
 			t.Errorf("report lacks %q:\n%s", want, got)
 		}
 	}
-	if strings.Contains(got, "not focused") || strings.Contains(got, "BeforeSuite") {
+	if strings.Contains(got, "not focused") || strings.Contains(got, "not reached") || strings.Contains(got, "BeforeSuite") {
 		t.Errorf("report lists what did not run:\n%s", got)
 	}
 }
