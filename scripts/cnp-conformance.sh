@@ -70,7 +70,7 @@ if [ -z "$kubeconfig" ]; then
   # The suite's pods name agnhost:2.45; the lab has the agnhost of its
   # Kubernetes release, which serves the same commands.
   for node in $(bin/flannelctl lab kubectl --name "$name" -- get nodes -o name | sed 's#node/##'); do
-    bin/flannelctl lab exec --name "$name" "$node" -- ctr -n k8s.io images tag --force \
+    bin/flannelctl lab exec --name "$name" "$node" -- "${CONTAINERD_DIR:-/var/cache/flannel-go/containerd-v2.2.9}/ctr" -n k8s.io images tag --force \
       registry.k8s.io/e2e-test-images/agnhost:2.66.1 registry.k8s.io/e2e-test-images/agnhost:2.45 >&2
   done
 fi
