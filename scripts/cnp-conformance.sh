@@ -88,6 +88,6 @@ moddir="$(go mod download -json sigs.k8s.io/network-policy-api@"$npapi" | sed -n
   KUBECONFIG="$kubeconfig" go tool test2json -t -p npapi-conformance "$suite" -test.v -test.timeout 2h \
     -test.run TestConformanceProfiles -conformance-profiles ClusterNetworkPolicy \
     -supported-features "$features" -organization flannel-go -project flannel-go -url https://github.com/flannelgo/flannel \
-    -version "$(git -C "$OLDPWD" describe --always --dirty)" -contact flannel-go -report-output "$out/report.yaml" "$@"
+    -version "$(git -C "$OLDPWD" describe --always --dirty)" -contact flannel-go -additional-info "scripts/cnp-conformance.sh of flannel-go (run by hand, not CI)" -report-output "$out/report.yaml" "$@"
 ) >"$out/suite.json" 2>"$out/suite.log" || true
 go run ./scripts/testreport "$out/suite.json" | tee "$out/summary.txt"
