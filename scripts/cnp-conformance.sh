@@ -5,8 +5,8 @@
 # cluster of --kubeconfig. The suite's test binary is built once from the
 # module proxy (at nice 19) and cached beside the Kubernetes binaries.
 # Installs the ClusterNetworkPolicy CRD the chart ships when the cluster
-# lacks it, and tags the lab's agnhost image with the tag the suite's pods
-# name (nothing is pulled in the lab). Prints each test's result and the
+# lacks it, and gives the lab an agnhost image with the tag the suite's pods
+# name (nothing is pulled in the lab), fitted to what they need. Prints each test's result and the
 # closing "N passed, N failed, N skipped"; not in CI (about 10 minutes).
 #
 # Usage: scripts/cnp-conformance.sh [--kubeconfig F] [--name NAME] [--out DIR] [-- GO TEST FLAGS]
@@ -67,11 +67,21 @@ if [ -z "$kubeconfig" ]; then
   trap 'bin/flannelctl lab down --name "$name" >&2' EXIT
   bin/flannelctl lab up --name "$name" --nodes 3 --kubernetes --network-policy >&2
   kubeconfig="$(bin/flannelctl lab kubeconfig --name "$name")"
-  # The suite's pods name agnhost:2.45; the lab has the agnhost of its
-  # Kubernetes release, which serves the same commands.
+  # The suite's pods name agnhost:2.45 and need what upstream's image has
+  # and the lab's lacks (docs/CONFORMANCE.md): bash (here busybox sh), a
+  # default command (pause); and this kernel has no SCTP, so the SCTP
+  # servers only sleep, or no pod would ever be Ready.
+  images="${KUBE_IMAGES_DIR:-/var/cache/flannel-go/images}"
+  printf '#!/bin/sh\nexec /bin/sh "$@"\n' > "$out/bash"
+  printf '#!/bin/sh\n[ $# -eq 0 ] && exec /agnhost.real pause\ncase "$*" in *--sctp*) exec sleep 2147483647 ;; esac\nexec /agnhost.real "$@"\n' > "$out/agnhost"
+  chmod +x "$out/bash" "$out/agnhost"
+  links=()
+  for l in sh ls cat ping wget nslookup ip sleep nc hostname; do links+=(-link "/bin/$l=busybox"); done
+  "$images/.tools/kubeimages" -o "$out/agnhost-2.45.tar" -tag registry.k8s.io/e2e-test-images/agnhost:2.45 -entrypoint /agnhost \
+    -file "/agnhost.real=$bindir/agnhost-${KUBE_VERSION:-v1.37.2}" -file "/agnhost=$out/agnhost" -file /bin/busybox=/bin/busybox \
+    -file "/bin/bash=$out/bash" "${links[@]}"
   for node in $(bin/flannelctl lab kubectl --name "$name" -- get nodes -o name | sed 's#node/##'); do
-    bin/flannelctl lab exec --name "$name" "$node" -- "${CONTAINERD_DIR:-/var/cache/flannel-go/containerd-v2.2.9}/ctr" -n k8s.io images tag --force \
-      registry.k8s.io/e2e-test-images/agnhost:2.66.1 registry.k8s.io/e2e-test-images/agnhost:2.45 >&2
+    bin/flannelctl lab exec --name "$name" "$node" -- "${CONTAINERD_DIR:-/var/cache/flannel-go/containerd-v2.2.9}/ctr" -n k8s.io images import "$out/agnhost-2.45.tar" >&2
   done
 fi
 kubectl="$bindir/kubectl-${KUBE_VERSION:-v1.37.2}"
