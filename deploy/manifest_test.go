@@ -79,9 +79,9 @@ func TestManifestNetworkPolicyLines(t *testing.T) {
 			changed++
 		}
 	}
-	// Six lines of rules and the flag.
-	if changed != 7 {
-		t.Errorf("%d lines uncommented, want 7 (two ClusterRole rules of three lines, and --network-policy)", changed)
+	// Nine lines of rules and the flag.
+	if changed != 10 {
+		t.Errorf("%d lines uncommented, want 10 (three ClusterRole rules of three lines, and --network-policy)", changed)
 	}
 	objs, err := decodeStream(data)
 	if err != nil {
@@ -141,6 +141,7 @@ func checkClusterRole(t *testing.T, objs []object, netpol bool) {
 			{"", "pods", "list"}, {"", "pods", "watch"},
 			{"", "namespaces", "list"}, {"", "namespaces", "watch"},
 			{"networking.k8s.io", "networkpolicies", "list"}, {"networking.k8s.io", "networkpolicies", "watch"},
+			{"policy.networking.k8s.io", "clusternetworkpolicies", "list"}, {"policy.networking.k8s.io", "clusternetworkpolicies", "watch"},
 		} {
 			want[p] = true
 		}

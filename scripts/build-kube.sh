@@ -6,6 +6,11 @@
 # throwaway module pins each staging module to its published v0.x.y release.
 # All of them are built by one `go build`, so the packages they share are
 # compiled once (kubelet alone is about 8 min cold on 2 cores, 2 GB peak).
+# The component e2e.test (not built by default; scripts/k8s-e2e.sh asks for
+# it) is Kubernetes' e2e suite binary, `go test -c` of a main that links the
+# network suites only (test/e2e/network, its netpol, test/e2e/common/network:
+# every [sig-network] spec lives there), not the storage, apps and node
+# suites nobody runs here.
 #
 # Usage: scripts/build-kube.sh [KUBE_VERSION]
 # Env:   KUBE_VERSION (default v1.37.2), KUBE_BIN_DIR (default
@@ -24,19 +29,64 @@ pkgs=()
 for c in "${cmds[@]}"; do
   pkg="k8s.io/kubernetes/cmd/$c"
   [ "$c" = agnhost ] && pkg="k8s.io/kubernetes/test/images/agnhost"
-  [ -x "$bindir/$c-$version" ] || pkgs+=("$pkg")
+  [ -x "$bindir/$c-$version" ] && continue
+  if [ "$c" = e2e.test ]; then e2e=1; else pkgs+=("$pkg"); fi
 done
-if [ ${#pkgs[@]} -eq 0 ]; then
+e2e="${e2e:-0}"
+if [ ${#pkgs[@]} -eq 0 ] && [ "$e2e" = 0 ]; then
   echo "$bindir"
   exit 0
 fi
+
+# write_e2e_main DIR: the e2e suite's test main, as test/e2e/e2e_test.go
+# has it, linking only the network suites.
+write_e2e_main() {
+  mkdir -p "$1"
+  cat > "$1/e2e_test.go" <<'GO'
+package e2e
+
+import (
+	"flag"
+	"os"
+	"testing"
+
+	"k8s.io/kubernetes/test/e2e"
+	"k8s.io/kubernetes/test/e2e/framework"
+	"k8s.io/kubernetes/test/e2e/framework/config"
+	"k8s.io/kubernetes/test/e2e/framework/testfiles"
+	e2etestingmanifests "k8s.io/kubernetes/test/e2e/testing-manifests"
+	testfixtures "k8s.io/kubernetes/test/fixtures"
+
+	_ "k8s.io/kubernetes/test/e2e/common/network"
+	_ "k8s.io/kubernetes/test/e2e/feature"
+	_ "k8s.io/kubernetes/test/e2e/framework/debug/init"
+	_ "k8s.io/kubernetes/test/e2e/framework/metrics/init"
+	_ "k8s.io/kubernetes/test/e2e/framework/node/init"
+	_ "k8s.io/kubernetes/test/e2e/network"
+	_ "k8s.io/kubernetes/test/utils/ktesting/format"
+)
+
+func TestMain(m *testing.M) {
+	config.CopyFlags(config.Flags, flag.CommandLine)
+	framework.RegisterCommonFlags(flag.CommandLine)
+	framework.RegisterClusterFlags(flag.CommandLine)
+	flag.Parse()
+	testfiles.AddFileSource(e2etestingmanifests.GetE2ETestingManifestsFS())
+	testfiles.AddFileSource(testfixtures.GetTestFixturesFS())
+	framework.AfterReadingAllFlags(&framework.TestContext)
+	os.Exit(m.Run())
+}
+
+func TestE2E(t *testing.T) { e2e.RunE2ETests(t) }
+GO
+}
 
 staging="v0.${version#v1.}"
 mkdir -p "$bindir"
 work="$(mktemp -d /tmp/kube-build.XXXXXX)"
 trap 'rm -rf "$work"' EXIT
 cd "$work"
-echo "build-kube: k8s.io/kubernetes $version: ${pkgs[*]} in $work" >&2
+echo "build-kube: k8s.io/kubernetes $version: ${pkgs[*]}$([ "$e2e" = 1 ] && echo " e2e.test") in $work" >&2
 
 cat > go.mod <<GOMOD
 module flannel.local/kubebuild
@@ -85,6 +135,7 @@ cat replace.txt >> go.mod
   echo
   for p in "${pkgs[@]}"; do echo "import _ \"$p\""; done
 } > tools.go
+[ "$e2e" = 1 ] && write_e2e_main e2e
 go mod tidy >&2
 
 start=$(date +%s)
@@ -95,7 +146,13 @@ minor="${version#v1.}"; minor="${minor%%.*}"
 ldflags+=" -X k8s.io/component-base/version.gitMinor=$minor"
 ldflags+=" -X k8s.io/component-base/version.gitTreeState=clean"
 mkdir out
-CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o out/ "${pkgs[@]}"
+if [ ${#pkgs[@]} -gt 0 ]; then
+  CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o out/ "${pkgs[@]}"
+fi
+if [ "$e2e" = 1 ]; then
+  CGO_ENABLED=0 go test -c -vet=off -trimpath -ldflags "$ldflags" -o out/e2e.test ./e2e
+  pkgs+=(e2e.test)
+fi
 for f in out/*; do
   mv "$f" "$bindir/$(basename "$f")-$version"
 done

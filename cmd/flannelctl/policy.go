@@ -9,13 +9,15 @@ import (
 
 	"github.com/spf13/cobra"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/flannelgo/flannel/internal/netpol"
 )
 
 const explainHelp = `Prints whether a new connection from one pod to another is allowed by the
-cluster's NetworkPolicies, and which policies and rules decide it, from the
+cluster's NetworkPolicies and ClusterNetworkPolicies, and which tier,
+policy and rule decide it, from the
 same compiler flanneld --network-policy enforces with. Either side may be an
 IP address instead of a pod. Without :PORT/PROTO every container port the
 destination pod declares is explained. Exits 0 after explaining (ALLOW or
@@ -69,7 +71,7 @@ func explain(from, to, kubeconfig string, out io.Writer) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cs, err := kubeClient(kubeconfig)
+	cs, rc, err := kubeClient(kubeconfig)
 	if err != nil {
 		return err
 	}
@@ -77,21 +79,24 @@ func explain(from, to, kubeconfig string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if err := netpol.ListClusterInput(ctx, rc, &in); err != nil {
+		return err
+	}
 	return netpol.Explain(in, from, target, ports, out)
 }
 
-func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
+func kubeClient(kubeconfig string) (kubernetes.Interface, *rest.Config, error) {
 	rules := clientcmd.NewDefaultClientConfigLoadingRules()
 	if kubeconfig != "" {
 		rules.ExplicitPath = kubeconfig
 	}
 	rc, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{}).ClientConfig()
 	if err != nil {
-		return nil, fmt.Errorf("kubernetes client config (--kubeconfig %q): %w", kubeconfig, err)
+		return nil, nil, fmt.Errorf("kubernetes client config (--kubeconfig %q): %w", kubeconfig, err)
 	}
 	cs, err := kubernetes.NewForConfig(rc)
 	if err != nil {
-		return nil, errors.Join(fmt.Errorf("kubernetes client for %s", rc.Host), err)
+		return nil, nil, errors.Join(fmt.Errorf("kubernetes client for %s", rc.Host), err)
 	}
-	return cs, nil
+	return cs, rc, nil
 }

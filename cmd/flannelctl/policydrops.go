@@ -177,7 +177,7 @@ func dropAddresses(ctx context.Context, f dropsFlags) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--address %q: %w", f.address, err)
 	}
-	cs, err := kubeClient(f.kubeconfig)
+	cs, _, err := kubeClient(f.kubeconfig)
 	if err != nil {
 		return nil, err
 	}

@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/rest"
 	"k8s.io/klog/v2"
+	cnpv1 "sigs.k8s.io/network-policy-api/apis/v1alpha2"
 )
 
 // Input is the cluster state a model is compiled from.
@@ -21,6 +22,10 @@ type Input struct {
 	Policies   []*networkingv1.NetworkPolicy
 	Pods       []*corev1.Pod
 	Namespaces []*corev1.Namespace
+	// ClusterPolicies are the ClusterNetworkPolicies (none when the CRD
+	// is not installed); Nodes are read for their egress node peers.
+	ClusterPolicies []*cnpv1.ClusterNetworkPolicy
+	Nodes           []*corev1.Node
 }
 
 // compiler holds the indexes of one compilation.
@@ -32,6 +37,9 @@ type compiler struct {
 	peers    map[string][]IPRange // peerRanges by namespace and peers
 	grants   map[string]*Grant
 	model    *Model
+	// for ClusterNetworkPolicies (cnp_compile.go)
+	nodes     []*corev1.Node
+	tierRules map[string]*TierRule
 }
 
 // Compile computes the rules of every pod that target accepts (nil: all
@@ -40,11 +48,12 @@ type compiler struct {
 // nobody's.
 func Compile(in Input, target func(*corev1.Pod) bool) *Model {
 	c := &compiler{
-		nsLabels: map[string]labels.Set{},
-		grants:   map[string]*Grant{},
-		byNS:     map[string][]*corev1.Pod{},
-		ips:      map[*corev1.Pod][]netip.Addr{},
-		peers:    map[string][]IPRange{},
+		nsLabels:  map[string]labels.Set{},
+		grants:    map[string]*Grant{},
+		tierRules: map[string]*TierRule{},
+		byNS:      map[string][]*corev1.Pod{},
+		ips:       map[*corev1.Pod][]netip.Addr{},
+		peers:     map[string][]IPRange{},
 		model: &Model{
 			Rules: [2]map[netip.Addr]*PodRules{{}, {}},
 			Pods:  map[netip.Addr]PodRef{},
@@ -69,6 +78,7 @@ func Compile(in Input, target func(*corev1.Pod) bool) *Model {
 			c.model.PolicyCount++
 		}
 	}
+	c.addClusterPolicies(in, target)
 	return c.model
 }
 

@@ -3,6 +3,7 @@ package netpol
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -41,6 +42,9 @@ type ControllerOptions struct {
 	// enforced within one.
 	Debounce time.Duration
 	Metrics  *Metrics
+	// CRDPoll is how often the controller looks for the
+	// ClusterNetworkPolicy CRD while it is not installed; default 10 s.
+	CRDPoll time.Duration
 }
 
 // Controller follows NetworkPolicies, Pods and Namespaces and keeps the
@@ -53,6 +57,9 @@ type Controller struct {
 	nss       listerscorev1.NamespaceLister
 	pols      listersnetv1.NetworkPolicyLister
 	informers []cache.SharedIndexInformer
+	// ClusterNetworkPolicies, once their CRD is found (cnp_controller.go)
+	core, cnpAPI rest.Interface
+	cluster      atomic.Pointer[clusterListers]
 }
 
 // NewController sets up the informers; nothing runs until Run.
@@ -70,7 +77,14 @@ func NewController(opts ControllerOptions, rules Rules) (*Controller, error) {
 	if err != nil {
 		return nil, fmt.Errorf("network policy: %w", err)
 	}
-	c := &Controller{opts: opts, rules: rules, kick: make(chan struct{}, 1)}
+	cnpAPI, err := kubeapi.ClusterPolicy(opts.RestConfig)
+	if err != nil {
+		return nil, fmt.Errorf("network policy: %w", err)
+	}
+	if opts.CRDPoll <= 0 {
+		opts.CRDPoll = 10 * time.Second
+	}
+	c := &Controller{opts: opts, rules: rules, kick: make(chan struct{}, 1), core: core.REST, cnpAPI: cnpAPI.REST}
 	pods := c.informer(core.REST, "pods", &corev1.Pod{})
 	nss := c.informer(core.REST, "namespaces", &corev1.Namespace{})
 	pols := c.informer(netv1.REST, "networkpolicies", &networkingv1.NetworkPolicy{})
@@ -83,6 +97,12 @@ func NewController(opts ControllerOptions, rules Rules) (*Controller, error) {
 // informer watches one resource of the whole cluster, keeping only what
 // strip leaves.
 func (c *Controller) informer(rc cache.Getter, resource string, obj runtime.Object) cache.SharedIndexInformer {
+	inf := c.newInformer(rc, resource, obj)
+	c.informers = append(c.informers, inf)
+	return inf
+}
+
+func (c *Controller) newInformer(rc cache.Getter, resource string, obj runtime.Object) cache.SharedIndexInformer {
 	lw := cache.NewListWatchFromClient(rc, resource, metav1.NamespaceAll, fields.Everything())
 	inf := cache.NewSharedIndexInformer(lw, obj, 0, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
 	_ = inf.SetTransform(strip)
@@ -91,7 +111,6 @@ func (c *Controller) informer(rc cache.Getter, resource string, obj runtime.Obje
 		UpdateFunc: func(old, cur any) { c.updated(old, cur) },
 		DeleteFunc: func(any) { c.changed() },
 	})
-	c.informers = append(c.informers, inf)
 	return inf
 }
 
@@ -129,6 +148,7 @@ func (c *Controller) Run(ctx context.Context) error {
 		return fmt.Errorf("network policy: caches of pods, namespaces and networkpolicies not filled: %w", ctx.Err())
 	}
 	klog.Infof("network policy: following pods, namespaces and networkpolicies; enforcing for the pods of node %s", node)
+	go c.followClusterPolicies(ctx)
 	c.changed()
 	retry := pace.New(pace.Policy{Min: time.Second, Max: 30 * time.Second})
 	for {
@@ -210,7 +230,7 @@ func (c *Controller) input() (Input, error) {
 	if in.Policies, err = c.pols.List(labels.Everything()); err != nil {
 		return in, fmt.Errorf("list networkpolicies from cache: %w", err)
 	}
-	return in, nil
+	return in, c.clusterInput(&in)
 }
 
 // strip keeps of each object only what the compiler reads, so the caches
@@ -233,7 +253,7 @@ func strip(obj any) (any, error) {
 		o.ManagedFields, o.Annotations = nil, nil
 		return o, nil
 	}
-	return obj, nil
+	return stripCluster(obj), nil
 }
 
 func portsOnly(cs []corev1.Container) []corev1.Container {
@@ -261,5 +281,5 @@ func withoutVersion(obj any) any {
 		c.ResourceVersion, c.Generation = "", 0
 		return &c
 	}
-	return obj
+	return clusterWithoutVersion(obj)
 }

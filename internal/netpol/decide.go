@@ -16,10 +16,19 @@ type Side struct {
 	Policies []string
 	// AllowedBy are the rules that let the connection through.
 	AllowedBy []*Grant
+	// Rule is the ClusterNetworkPolicy rule that decided (Admin tier
+	// before NetworkPolicy, Baseline tier after), nil when none did;
+	// Passed the Admin rule that passed the decision on.
+	Rule, Passed *TierRule
 }
 
 // Allowed is true when the side lets the connection through.
-func (s Side) Allowed() bool { return !s.Isolated || len(s.AllowedBy) > 0 }
+func (s Side) Allowed() bool {
+	if s.Rule != nil {
+		return s.Rule.Action == Accept
+	}
+	return !s.Isolated || len(s.AllowedBy) > 0
+}
 
 // Decision is the fate of a new connection from one address to another.
 type Decision struct {
@@ -37,12 +46,10 @@ func (d Decision) Allowed() bool { return d.Egress.Allowed() && d.Ingress.Allowe
 func (m *Model) Decide(src, dst netip.Addr, proto Proto, port uint16) Decision {
 	d := Decision{Egress: Side{Direction: Egress}, Ingress: Side{Direction: Ingress}}
 	if r := m.Rules[Egress][src]; r != nil {
-		d.Egress.Isolated, d.Egress.Policies = true, r.Policies
-		d.Egress.AllowedBy = r.allows(dst, proto, port)
+		d.Egress = r.side(Egress, dst, proto, port)
 	}
 	if r := m.Rules[Ingress][dst]; r != nil {
-		d.Ingress.Isolated, d.Ingress.Policies = true, r.Policies
-		d.Ingress.AllowedBy = r.allows(src, proto, port)
+		d.Ingress = r.side(Ingress, src, proto, port)
 	}
 	return d
 }
@@ -60,12 +67,15 @@ func (d Decision) Explain(from, to string) string {
 		side Side
 		pod  string
 	}{{d.Egress, from}, {d.Ingress, to}} {
-		fmt.Fprintf(&b, "  %s of %s: %s\n", s.side.Direction, s.pod, s.side.describe())
+		fmt.Fprintf(&b, "  %s of %s: %s%s\n", s.side.Direction, s.pod, s.side.describe(), s.side.passedNote())
 	}
 	return b.String()
 }
 
 func (s Side) describe() string {
+	if tier, ok := s.describeTier(); ok {
+		return tier
+	}
 	switch {
 	case !s.Isolated:
 		return fmt.Sprintf("allowed: no NetworkPolicy selects the pod for %s", s.Direction)

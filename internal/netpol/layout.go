@@ -12,9 +12,12 @@ import (
 // map lookup to find the class and two set lookups in it, however many
 // policies there are.
 type class struct {
-	key    string // the sorted keys of its grants
+	key    string // the sorted keys of its grants, then its tier rules'
 	grants []*Grant
 	pods   []*PodRules
+	// tiers is the first pod's rules, for the ClusterNetworkPolicy rules
+	// and NetworkPolicy isolation every pod of the class shares.
+	tiers *PodRules
 }
 
 // hash identifies the class by its grants (the same grants give the same
@@ -43,10 +46,10 @@ func layout(m *Model) [2][]*class {
 				keys[i] = g.key
 			}
 			slices.Sort(keys)
-			key := strings.Join(slices.Compact(keys), "\x00")
+			key := strings.Join(slices.Compact(keys), "\x00") + r.tierKey()
 			c := byKey[key]
 			if c == nil {
-				c = &class{key: key, grants: r.Grants}
+				c = &class{key: key, grants: r.Grants, tiers: r}
 				byKey[key] = c
 				out[d] = append(out[d], c)
 			}

@@ -95,18 +95,24 @@ func (p PodRef) String() string { return p.Namespace + "/" + p.Name }
 // PodRules is the compiled policy of one pod in one direction.
 type PodRules struct {
 	Pod PodRef
-	// Isolated is true when at least one policy selects the pod for this
-	// direction: then only what Grants allow passes.
+	// Isolated is true when at least one NetworkPolicy selects the pod
+	// for this direction: then only what Grants allow passes (unless the
+	// Admin tier decided first).
 	Isolated bool
 	// Policies are the names of the policies that isolate the pod.
 	Policies []string
 	Grants   []*Grant
+	// Admin and Baseline are the ClusterNetworkPolicy rules that apply,
+	// in precedence order (cnp_model.go). A pod they apply to has
+	// PodRules even when no NetworkPolicy isolates it.
+	Admin, Baseline []*TierRule
 }
 
 // Model is the compiled policy of a set of target pods.
 type Model struct {
-	// Rules holds, per direction, the isolated target pods by address.
-	// A pod not in the map is not isolated in that direction.
+	// Rules holds, per direction, the target pods that some policy
+	// applies to, by address. A pod not in the map is not restricted in
+	// that direction.
 	Rules [2]map[netip.Addr]*PodRules
 	// Pods are all pods known with an address (targets or not), by
 	// address, for naming peers.
@@ -120,12 +126,19 @@ type Model struct {
 func (r *PodRules) allows(peer netip.Addr, proto Proto, port uint16) []*Grant {
 	var by []*Grant
 	for _, g := range r.Grants {
-		for _, e := range g.Entries {
-			if e.Peer.Contains(peer) && (e.AllPorts || e.Port.Proto == proto && e.Port.From <= port && port <= e.Port.To) {
-				by = append(by, g)
-				break
-			}
+		if entriesMatch(g.Entries, peer, proto, port) {
+			by = append(by, g)
 		}
 	}
 	return by
+}
+
+// entriesMatch reports whether any entry covers peer:port/proto.
+func entriesMatch(es []Entry, peer netip.Addr, proto Proto, port uint16) bool {
+	for _, e := range es {
+		if e.Peer.Contains(peer) && (e.AllPorts || e.Port.Proto == proto && e.Port.From <= port && port <= e.Port.To) {
+			return true
+		}
+	}
+	return false
 }

@@ -92,6 +92,9 @@ type ruleset struct {
 	sets     map[string]*setSpec
 	maps     map[string]map[string]string // map -> key -> value
 	counters map[string]bool
+	// tierSetNames caches the sets of ClusterNetworkPolicy rules
+	// (cnp_nft.go).
+	tierSetNames map[string][2]string
 }
 
 type setSpec struct {
@@ -117,7 +120,11 @@ func buildRuleset(m *Model, log DropLog) *ruleset {
 		dir := Direction(d)
 		for _, c := range cs {
 			name := fmt.Sprintf("%s-%016x", dirPrefix(dir), c.hash())
-			r.classChain(dir, name, c)
+			if c.tiers.hasTiers() {
+				r.tierChains(dir, name, c)
+			} else {
+				r.classChain(dir, name, c)
+			}
 			r.podElements(dir, name, c)
 		}
 	}

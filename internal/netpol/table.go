@@ -191,7 +191,8 @@ func fill(tx *knftables.Transaction, have, want *ruleset) {
 		changed = append(changed, name)
 		tx.Add(&knftables.Chain{Name: name})
 	}
-	// Rules after every chain exists: a class chain jumps to a log chain.
+	// Rules after every chain exists: a class chain jumps to a log chain,
+	// and a ClusterNetworkPolicy class chain to a second chain (cnp_nft.go).
 	for _, name := range changed {
 		for _, r := range want.chains[name] {
 			tx.Add(&knftables.Rule{Chain: name, Rule: r})

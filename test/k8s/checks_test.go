@@ -236,6 +236,10 @@ func (l *kubeLab) iperf(t *testing.T, srcTarget, dstTarget string, dst netip.Add
 	var err error
 	for deadline := time.Now().Add(90 * time.Second); ; { // until the server listens
 		out, err = l.exec(30*time.Second, srcTarget, "iperf3", "-c", dst.String(), "-p", "5201", "-t", "3", "-J")
+		if err == nil && !bitsPerSecond.MatchString(out) {
+			// iperf3 -J may exit 0 with "unable to connect" in its JSON.
+			err = fmt.Errorf("no result: %s", strings.Join(strings.Fields(out), " "))
+		}
 		if err == nil || time.Now().After(deadline) {
 			break
 		}
