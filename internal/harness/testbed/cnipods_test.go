@@ -34,7 +34,7 @@ func cniPods(t *testing.T) *CNIPods {
 		goBin = "/usr/local/go/bin/go"
 	}
 	dir := t.TempDir()
-	if out, err := exec.Command(goBin, "build", "-o", filepath.Join(dir, "flannel"), "../../cmd/flannel").CombinedOutput(); err != nil {
+	if out, err := exec.Command(goBin, "build", "-o", filepath.Join(dir, "flannel"), "../../../cmd/flannel").CombinedOutput(); err != nil {
 		t.Fatalf("build the flannel CNI plugin: %v\n%s", err, out)
 	}
 	c := &CNIPods{PluginDir: dir, BinDir: binDir}
