@@ -84,13 +84,19 @@ func Check(ctx context.Context, out io.Writer, dir string) error {
 	return c.summary()
 }
 
-func (c *checker) checkProcesses() {
+// checkLabProc: the lab process, which holds the lab's namespaces and
+// processes, is alive (both kinds of lab).
+func (c *checker) checkLabProc() {
 	lp, err := readLabProc(c.tb.Opts.StateDir)
 	if err != nil || !lp.alive() {
 		c.fail("lab process", fmt.Sprintf("not running (crashed or killed?); see %s; `flannelctl lab down --name %s` and up again", LogPath(c.tb.Opts.StateDir), c.spec.Name))
-	} else {
-		c.pass()
+		return
 	}
+	c.pass()
+}
+
+func (c *checker) checkProcesses() {
+	c.checkLabProc()
 	for _, n := range c.tb.Nodes {
 		if c.tb.flanneld(n) == nil {
 			c.fail("flanneld on "+n.Name, "not running; see "+n.LogFile)

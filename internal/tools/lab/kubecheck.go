@@ -59,12 +59,7 @@ func checkKube(ctx context.Context, out io.Writer, dir string, spec *Spec, tb *r
 }
 
 func (c *checker) checkKubeProcesses(ctx context.Context, cs kubernetes.Interface) {
-	lp, err := readLabProc(c.tb.Opts.StateDir)
-	if err != nil || !lp.alive() {
-		c.fail("lab process", fmt.Sprintf("not running (crashed or killed?); see %s; `flannelctl lab down --name %s` and up again", LogPath(c.tb.Opts.StateDir), c.spec.Name))
-	} else {
-		c.pass()
-	}
+	c.checkLabProc()
 	st, err := clusterState(ctx, cs)
 	if err != nil {
 		c.fail("API server", err.Error())
