@@ -198,7 +198,7 @@ func waitProbes(ctx context.Context, cs kubernetes.Interface, nodes int) (map[st
 // the probe pods' MTUs.
 func (c *checker) readKubeNodes(dir string) {
 	for _, n := range c.tb.Nodes {
-		kn := &kubeNode{dir: filepath.Join(kubeDir(dir), n.Name)}
+		kn := nodeAt(dir, n.Name)
 		env, err := subnetenv.Read(kn.root("/run/flannel/subnet.env"))
 		if err != nil {
 			c.fail("subnet.env of "+n.Name, err.Error())

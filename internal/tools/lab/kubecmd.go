@@ -97,7 +97,7 @@ func describeKube(ctx context.Context, out io.Writer, spec *Spec, tb *recorded) 
 // DaemonSet's flanneld runs: kube subnet manager, the node's own
 // subnet.env (the DaemonSet's hostPath /run/flannel), its health port.
 func kubeDoctorArgv(dir, node, self string) []string {
-	n := &kubeNode{dir: filepath.Join(kubeDir(dir), node)}
+	n := nodeAt(dir, node)
 	return []string{self, "doctor", "--kube-subnet-mgr",
 		"--kubeconfig-file=" + filepath.Join(kubeDir(dir), "apiserver", "admin.kubeconfig"),
 		"--node-name=" + node, "--subnet-file=" + n.root("/run/flannel/subnet.env"),
@@ -112,7 +112,7 @@ func kubeNodeEnter(dir string, tb *testbed.Testbed, target string) []string {
 		if nd.Name != target && nd.NS != target {
 			continue
 		}
-		n := &kubeNode{dir: filepath.Join(kubeDir(dir), nd.Name)}
+		n := nodeAt(dir, nd.Name)
 		data, err := os.ReadFile(n.holderPidFile())
 		if err != nil {
 			return nil

@@ -54,6 +54,10 @@ func nodeSysctls() map[string]string {
 	}
 }
 
+// nodeAt is a node of the Kubernetes lab in dir, for reading its files
+// (subnet.env, the holder's pid) from another process.
+func nodeAt(dir, name string) *kubeNode { return &kubeNode{dir: filepath.Join(kubeDir(dir), name)} }
+
 func (n *kubeNode) root(p string) string  { return filepath.Join(n.dir, "root", p) }
 func (n *kubeNode) readyFile() string     { return filepath.Join(n.dir, "mounts.ready") }
 func (n *kubeNode) socket() string        { return n.root("/run/containerd/containerd.sock") }
