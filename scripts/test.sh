@@ -74,6 +74,10 @@ export FLANNEL_IMAGE_TAR="$PWD/bin/flannel-image.tar"
 echo "== unit and component tests (-race; log: /tmp/flannel-unit.log)"
 rc=0
 run unit /tmp/flannel-unit.log -race -count=1 -timeout 15m $(go list ./... | grep -v /test/e2e) || rc=$?
+# The policy compiler's CPU budgets hold for the binary flanneld ships,
+# which has no race detector (it inflates CPU time several-fold).
+echo "== CPU budgets of the policy compiler (without -race)"
+run budgets /tmp/flannel-unit.log -count=1 -timeout 5m -run 'TestScale' ./internal/netpol || rc=$?
 echo "== fuzz tests (a few seconds each, on the seed corpus and beyond)"
 # Counted, not timed: with a duration, Go's fuzz coordinator can report its
 # own end-of-time as "context deadline exceeded" on a loaded machine

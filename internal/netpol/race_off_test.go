@@ -1,0 +1,5 @@
+//go:build !race
+
+package netpol
+
+const raceDetector = false
