@@ -4,9 +4,14 @@
 # tiny static program, scripts/kubeimages/pause), agnhost under the name
 # and tag Kubernetes' own e2e tests use (test/utils/image/manifest.go of
 # the release), and CoreDNS at the version kubeadm of that release deploys.
-# Each is a docker-archive written by scripts/kubeimages (go-containerregistry).
-# agnhost comes from scripts/build-kube.sh; it gets busybox (Debian's
-# busybox-static) for `sh`, as tests exec into it.
+# Each is a docker-archive (go-containerregistry): pause, busybox and CoreDNS
+# written by scripts/kubeimages; agnhost (the program from
+# scripts/build-kube.sh) and glibc-dns-testing by scripts/imagebuild over
+# Debian packages of the tools the e2e suites' commands call (curl,
+# netcat-openbsd, dig, getent, bash; internal/imagebuild/recipes.go), with
+# agnhost's default command `pause` as upstream's image has.
+# An archive's file name changes whenever its recipe does, so that a
+# cached archive of an older recipe is rebuilt rather than reused.
 #
 # Usage: scripts/build-kube-images.sh
 # Env:   IMAGE_DIR (default /var/cache/flannel-go/images), KUBE_VERSION,
@@ -23,6 +28,8 @@ dir="${IMAGE_DIR:-/var/cache/flannel-go/images}"
 # and cmd/kubeadm/app/constants (CoreDNS).
 pause_tag=3.10.2
 agnhost_tag=2.66.1
+glibc_dns_tag=2.1.1
+busybox_tag=1.37.0-2
 coredns_version=v1.14.6
 
 mkdir -p "$dir"
@@ -38,14 +45,23 @@ if [ ! -f "$dir/pause-$pause_tag.tar" ]; then
     -entrypoint /pause -file "/pause=$tool/pause"
 fi
 
-if [ ! -f "$dir/agnhost-$agnhost_tag.tar" ]; then
+if [ ! -f "$dir/agnhost-$agnhost_tag-tools.tar" ] || [ ! -f "$dir/glibc-dns-testing-$glibc_dns_tag.tar" ]; then
   agnhost="$kubedir/agnhost-$version"
   [ -x "$agnhost" ] || { echo "build-kube-images: $agnhost missing: run scripts/build-kube.sh first" >&2; exit 1; }
+  (cd "$here/.." && go build -o "$tool/imagebuild" ./scripts/imagebuild)
+  cache="${IMAGE_CACHE:-/var/cache/flannel-go/image}"
+  "$tool/imagebuild" -recipe agnhost -agnhost "$agnhost" -cache "$cache" -version "$agnhost_tag" \
+    -tag "registry.k8s.io/e2e-test-images/agnhost:$agnhost_tag" -out "$dir/agnhost-$agnhost_tag-tools.tar"
+  "$tool/imagebuild" -recipe glibc-dns-testing -cache "$cache" -version "$glibc_dns_tag" \
+    -tag "registry.k8s.io/e2e-test-images/glibc-dns-testing:$glibc_dns_tag" -out "$dir/glibc-dns-testing-$glibc_dns_tag.tar"
+fi
+
+if [ ! -f "$dir/busybox-$busybox_tag.tar" ]; then
   [ -x /bin/busybox ] || { echo "build-kube-images: /bin/busybox missing: apt-get install busybox-static" >&2; exit 1; }
   links=()
-  for l in sh ls cat ping wget nslookup ip sleep nc hostname; do links+=(-link "/bin/$l=busybox"); done
-  "$tool/kubeimages" -o "$dir/agnhost-$agnhost_tag.tar" -tag "registry.k8s.io/e2e-test-images/agnhost:$agnhost_tag" \
-    -entrypoint /agnhost -file "/agnhost=$agnhost" -file /bin/busybox=/bin/busybox "${links[@]}"
+  for l in sh ls cat echo ping wget nslookup ip sleep nc hostname test seq grep; do links+=(-link "/bin/$l=busybox"); done
+  "$tool/kubeimages" -o "$dir/busybox-$busybox_tag.tar" -tag "registry.k8s.io/e2e-test-images/busybox:$busybox_tag" \
+    -cmd sh -file /bin/busybox=/bin/busybox "${links[@]}"
 fi
 
 if [ ! -f "$dir/coredns-$coredns_version.tar" ]; then

@@ -67,19 +67,15 @@ if [ -z "$kubeconfig" ]; then
   trap 'bin/flannelctl lab down --name "$name" >&2' EXIT
   bin/flannelctl lab up --name "$name" --nodes 3 --kubernetes --network-policy >&2
   kubeconfig="$(bin/flannelctl lab kubeconfig --name "$name")"
-  # The suite's pods name agnhost:2.45 and need what upstream's image has
-  # and the lab's lacks (docs/CONFORMANCE.md): bash (here busybox sh), a
-  # default command (pause); and this kernel has no SCTP, so the SCTP
-  # servers only sleep, or no pod would ever be Ready.
-  images="${KUBE_IMAGES_DIR:-/var/cache/flannel-go/images}"
-  printf '#!/bin/sh\nexec /bin/sh "$@"\n' > "$out/bash"
-  printf '#!/bin/sh\n[ $# -eq 0 ] && exec /agnhost.real pause\ncase "$*" in *--sctp*) exec sleep 2147483647 ;; esac\nexec /agnhost.real "$@"\n' > "$out/agnhost"
-  chmod +x "$out/bash" "$out/agnhost"
-  links=()
-  for l in sh ls cat ping wget nslookup ip sleep nc hostname; do links+=(-link "/bin/$l=busybox"); done
-  "$images/.tools/kubeimages" -o "$out/agnhost-2.45.tar" -tag registry.k8s.io/e2e-test-images/agnhost:2.45 -entrypoint /agnhost \
-    -file "/agnhost.real=$bindir/agnhost-${KUBE_VERSION:-v1.37.2}" -file "/agnhost=$out/agnhost" -file /bin/busybox=/bin/busybox \
-    -file "/bin/bash=$out/bash" "${links[@]}"
+  # The suite's pods name agnhost:2.45: the lab's agnhost image (its tools
+  # and default command, scripts/build-kube-images.sh) under that tag. This
+  # kernel has no SCTP, so the SCTP servers only sleep, or no pod would
+  # ever be Ready.
+  go build -o "$out/imagebuild" ./scripts/imagebuild
+  printf '#!/bin/sh\ncase "$*" in *--sctp*) exec sleep 2147483647 ;; esac\nexec /agnhost.real "$@"\n' > "$out/agnhost"
+  chmod +x "$out/agnhost"
+  "$out/imagebuild" -recipe agnhost -agnhost "$out/agnhost" -file "/agnhost.real=$bindir/agnhost-${KUBE_VERSION:-v1.37.2}" \
+    -cache "${IMAGE_CACHE:-/var/cache/flannel-go/image}" -tag registry.k8s.io/e2e-test-images/agnhost:2.45 -out "$out/agnhost-2.45.tar"
   for node in $(bin/flannelctl lab kubectl --name "$name" -- get nodes -o name | sed 's#node/##'); do
     bin/flannelctl lab exec --name "$name" "$node" -- "${CONTAINERD_DIR:-/var/cache/flannel-go/containerd-v2.2.9}/ctr" -n k8s.io images import "$out/agnhost-2.45.tar" >&2
   done

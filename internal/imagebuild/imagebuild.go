@@ -40,8 +40,9 @@ const revision = "1"
 
 // Options says what to build and where.
 type Options struct {
-	RepoDir  string // the repository root, for Layout's Source files
-	BinDir   string // the programs of Layout, built with CGO off
+	Recipe   Recipe // what the image holds: Flannel(), or a test image of recipes.go
+	RepoDir  string // the repository root, for the recipe's Source files
+	BinDir   string // the recipe's Binary files, built with CGO off
 	CacheDir string // .debs and the Debian layer, kept between builds
 	Out      string // the docker-archive tarball to write
 	Tag      string // the image's name, e.g. ghcr.io/flannelgo/flannel:v0.1.0
@@ -78,11 +79,11 @@ func Build(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	fl, err := flannelLayer(o)
+	top, err := topLayer(o)
 	if err != nil {
 		return err
 	}
-	img, err := assemble(o, pkgs, deb, fl)
+	img, err := assemble(o, pkgs, deb, top)
 	if err != nil {
 		return err
 	}
@@ -97,17 +98,21 @@ func Build(ctx context.Context, o Options) error {
 	return os.Rename(tmp, o.Out)
 }
 
-func assemble(o Options, pkgs []Package, deb, fl v1.Layer) (v1.Image, error) {
+// assemble stacks the Debian layer and, when the recipe adds files, the
+// layer of those files (an image of packages alone, such as
+// glibc-dns-testing, then shares every layer with one that adds files).
+func assemble(o Options, pkgs []Package, deb, top v1.Layer) (v1.Image, error) {
 	created := v1.Time{Time: o.Created}
 	cfg := &v1.ConfigFile{
 		Architecture: o.Arch,
 		OS:           "linux",
 		Created:      created,
 		Config: v1.Config{
-			Entrypoint: []string{"/opt/bin/flanneld"},
+			Entrypoint: o.Recipe.Entrypoint,
+			Cmd:        o.Recipe.Cmd,
 			Env:        []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
 			Labels: map[string]string{
-				"org.opencontainers.image.title":   "flannel",
+				"org.opencontainers.image.title":   o.Recipe.Title,
 				"org.opencontainers.image.version": o.Version,
 				"org.opencontainers.image.source":  "https://github.com/flannelgo/flannel",
 			},
@@ -122,12 +127,13 @@ func assemble(o Options, pkgs []Package, deb, fl v1.Layer) (v1.Image, error) {
 	for i, p := range pkgs {
 		names[i] = p.String()
 	}
-	return mutate.Append(img,
-		mutate.Addendum{Layer: deb, History: v1.History{Created: created,
-			CreatedBy: "imagebuild: Debian " + strings.Join(names, " ")}},
-		mutate.Addendum{Layer: fl, History: v1.History{Created: created,
-			CreatedBy: "imagebuild: flannel " + o.Version}},
-	)
+	layers := []mutate.Addendum{{Layer: deb, History: v1.History{Created: created,
+		CreatedBy: "imagebuild: Debian " + strings.Join(names, " ")}}}
+	if top != nil {
+		layers = append(layers, mutate.Addendum{Layer: top, History: v1.History{Created: created,
+			CreatedBy: "imagebuild: " + o.Recipe.Title + " " + o.Version}})
+	}
+	return mutate.Append(img, layers...)
 }
 
 // debianLayer returns the layer of Debian packages, from the cache when
@@ -186,7 +192,7 @@ func debianTree(ctx context.Context, o Options, pkgs []Package) (*tree, error) {
 		return nil, err
 	}
 	t.entries["var/lib/dpkg/status"] = &entry{typ: tar.TypeReg, data: status, mode: 0o644, mtime: debianTime(), from: "imagebuild"}
-	if err := t.checkLinking([]string{"/usr/lib/" + triplet(o.Arch), "/usr/lib"}, Unlinked()); err != nil {
+	if err := t.checkLinking([]string{"/usr/lib/" + triplet(o.Arch), "/usr/lib"}, o.Recipe.Unlinked); err != nil {
 		return nil, err
 	}
 	return t, nil
@@ -208,7 +214,7 @@ func fetchWithUpdate(ctx context.Context, o Options) ([]Package, error) {
 }
 
 func fetch(ctx context.Context, o Options) ([]Package, error) {
-	pkgs, err := Resolve(ctx, Packages(), Skipped())
+	pkgs, err := Resolve(ctx, o.Recipe.Packages, o.Recipe.Skipped)
 	if err != nil {
 		return nil, err
 	}
@@ -253,23 +259,29 @@ func addSystemFiles(t *tree, mtime time.Time) {
 	}
 }
 
-// flannelLayer holds Layout's files and the links that put the iptables
-// wrapper in front of iptables.
-func flannelLayer(o Options) (v1.Layer, error) {
+// topLayer holds the recipe's files and links (nil when it has none).
+func topLayer(o Options) (v1.Layer, error) {
+	r := o.Recipe
+	if len(r.Files) == 0 && len(r.Links) == 0 {
+		return nil, nil
+	}
 	t := newTree()
-	for _, f := range Layout() {
-		src := filepath.Join(o.RepoDir, f.Source)
-		if f.Binary != "" {
+	for _, f := range r.Files {
+		src := f.Host
+		switch {
+		case f.Binary != "":
 			src = filepath.Join(o.BinDir, f.Binary)
+		case f.Source != "":
+			src = filepath.Join(o.RepoDir, f.Source)
 		}
 		data, err := os.ReadFile(src)
 		if err != nil {
 			return nil, fmt.Errorf("%s for the image's %s: %w", src, f.Path, err)
 		}
-		t.put(f.Path, &entry{typ: tar.TypeReg, data: data, mode: 0o755, mtime: o.Created, from: "flannel"})
+		t.put(f.Path, &entry{typ: tar.TypeReg, data: data, mode: 0o755, mtime: o.Created, from: r.Title})
 	}
-	for _, c := range WrappedCommands() {
-		t.put("/usr/sbin/"+c, &entry{typ: tar.TypeSymlink, link: "iptables-wrapper", mode: 0o777, mtime: o.Created, from: "flannel"})
+	for _, l := range r.Links {
+		t.put(l.Path, &entry{typ: tar.TypeSymlink, link: l.Target, mode: 0o777, mtime: o.Created, from: r.Title})
 	}
 	// The directories this layer names (opt, usr/sbin, ...) replace the
 	// lower layer's; they are root's and 0755 in both.
@@ -294,16 +306,17 @@ func gzipTree(t *tree, dirTime time.Time) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
-// Files lists the paths of the image's regular files and links that come
-// from flannel rather than from Debian, sorted: the list deploy/Dockerfile
-// must produce too.
+// Files lists the paths of the flannel image's regular files and links
+// that come from flannel rather than from Debian, sorted: the list
+// deploy/Dockerfile must produce too.
 func Files() []string {
+	r := Flannel()
 	var ps []string
-	for _, f := range Layout() {
+	for _, f := range r.Files {
 		ps = append(ps, f.Path)
 	}
-	for _, c := range WrappedCommands() {
-		ps = append(ps, "/usr/sbin/"+c)
+	for _, l := range r.Links {
+		ps = append(ps, l.Path)
 	}
 	slices.Sort(ps)
 	return ps

@@ -1,12 +1,45 @@
 package imagebuild
 
-// File is one file flannel adds on top of the Debian packages.
+// Recipe says what an image is made of: Debian packages (with their
+// dependencies, less Skipped) in one layer, and Files and Links on top.
+type Recipe struct {
+	Title    string // the image's org.opencontainers.image.title
+	Packages []string
+	Skipped  map[string]string // package: why the image leaves it out
+	Unlinked map[string]string // library: why files may link it unresolved
+	Files    []File
+	Links    []Link
+	// Entrypoint and Cmd as in a Dockerfile.
+	Entrypoint, Cmd []string
+}
+
+// File is one file a recipe adds on top of the Debian packages.
 type File struct {
 	// Path is where the file sits in the image.
 	Path string
 	// Binary names a program built from cmd/<Binary> (CGO off), found in
-	// Options.BinDir; Source names a file of the repository instead.
-	Binary, Source string
+	// Options.BinDir; Source names a file of the repository; Host an
+	// absolute path on the building machine.
+	Binary, Source, Host string
+}
+
+// Link is a symbolic link a recipe adds on top of the Debian packages.
+type Link struct{ Path, Target string }
+
+// Flannel is flannel's image, in upstream flannel's layout.
+func Flannel() Recipe {
+	r := Recipe{
+		Title:      "flannel",
+		Packages:   Packages(),
+		Skipped:    Skipped(),
+		Unlinked:   Unlinked(),
+		Files:      Layout(),
+		Entrypoint: []string{"/opt/bin/flanneld"},
+	}
+	for _, c := range WrappedCommands() {
+		r.Links = append(r.Links, Link{Path: "/usr/sbin/" + c, Target: "iptables-wrapper"})
+	}
+	return r
 }
 
 // Layout is upstream flannel's image layout, which the manifest and every

@@ -1,6 +1,7 @@
-// Command imagebuild writes flannel's container image as a docker-archive
-// tarball, without Docker or a registry (see internal/imagebuild).
-// scripts/image.sh builds the programs and runs it; run that instead.
+// Command imagebuild writes a container image as a docker-archive tarball,
+// without Docker or a registry (see internal/imagebuild): flannel's, which
+// scripts/image.sh builds the programs for (run that instead), or the
+// Kubernetes lab's e2e test images (scripts/build-kube-images.sh).
 package main
 
 import (
@@ -11,6 +12,7 @@ import (
 	"os/signal"
 	"runtime"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/flannelgo/flannel/internal/imagebuild"
@@ -23,10 +25,33 @@ func main() {
 	flag.StringVar(&o.CacheDir, "cache", "/var/cache/flannel-go/image", "cache of .debs and the Debian layer")
 	flag.StringVar(&o.Out, "out", "bin/flannel-image.tar", "the docker-archive tarball to write")
 	flag.StringVar(&o.Tag, "tag", "", "the image's name and tag")
-	flag.StringVar(&o.Version, "version", "v0.0.0-dev", "flannel's version, for the image's label")
+	flag.StringVar(&o.Version, "version", "v0.0.0-dev", "the image's version label")
+	recipe := flag.String("recipe", "flannel", "the image: flannel, or agnhost or glibc-dns-testing for the Kubernetes lab's e2e suites")
+	agnhost := flag.String("agnhost", "", "the agnhost program (-recipe agnhost)")
+	var extra []imagebuild.File
+	flag.Func("file", "DEST=SRC: also copy SRC of this machine to DEST in the image; repeatable", func(v string) error {
+		dest, src, ok := strings.Cut(v, "=")
+		if !ok || !strings.HasPrefix(dest, "/") || src == "" {
+			return fmt.Errorf("want /DEST=SRC, got %q", v)
+		}
+		extra = append(extra, imagebuild.File{Path: dest, Host: src})
+		return nil
+	})
 	flag.Parse()
-	if o.BinDir == "" || o.Tag == "" {
-		fmt.Fprintln(os.Stderr, "imagebuild: -bin and -tag are required")
+	switch *recipe {
+	case "flannel":
+		o.Recipe = imagebuild.Flannel()
+	case "agnhost":
+		o.Recipe = imagebuild.Agnhost(*agnhost)
+	case "glibc-dns-testing":
+		o.Recipe = imagebuild.GlibcDNSTesting()
+	default:
+		fmt.Fprintf(os.Stderr, "imagebuild: -recipe %q: want flannel, agnhost or glibc-dns-testing\n", *recipe)
+		os.Exit(2)
+	}
+	o.Recipe.Files = append(o.Recipe.Files, extra...)
+	if (*recipe == "flannel" && o.BinDir == "") || (*recipe == "agnhost" && *agnhost == "") || o.Tag == "" {
+		fmt.Fprintln(os.Stderr, "imagebuild: -tag is required, and -bin for flannel, -agnhost for agnhost")
 		os.Exit(2)
 	}
 	// SOURCE_DATE_EPOCH, the reproducible-builds convention, dates the

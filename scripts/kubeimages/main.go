@@ -5,7 +5,7 @@
 //
 // Usage:
 //
-//	kubeimages -o OUT.tar -tag REF -entrypoint /bin [-file DEST=SRC]... [-link DEST=TARGET]...
+//	kubeimages -o OUT.tar -tag REF [-entrypoint /bin] [-cmd CMD] [-file DEST=SRC]... [-link DEST=TARGET]...
 package main
 
 import (
@@ -45,6 +45,7 @@ func main() {
 	out := flag.String("o", "", "docker-archive to write")
 	tag := flag.String("tag", "", "image reference, e.g. registry.k8s.io/pause:3.10.2")
 	entry := flag.String("entrypoint", "", "entrypoint, words separated by spaces")
+	cmd := flag.String("cmd", "", "default command (Dockerfile CMD), words separated by spaces")
 	flag.Var(files, "file", "DEST=SRC: copy file SRC (mode kept) to DEST in the image; repeatable")
 	flag.Var(links, "link", "DEST=TARGET: symlink in the image; repeatable")
 	flag.Parse()
@@ -52,13 +53,13 @@ func main() {
 		fmt.Fprintln(os.Stderr, "kubeimages: -o, -tag and at least one -file are required")
 		os.Exit(2)
 	}
-	if err := build(*out, *tag, *entry, files, links); err != nil {
+	if err := build(*out, *tag, *entry, *cmd, files, links); err != nil {
 		fmt.Fprintf(os.Stderr, "kubeimages: %s: %v\n", *tag, err)
 		os.Exit(1)
 	}
 }
 
-func build(out, tag, entry string, files, links pairs) error {
+func build(out, tag, entry, cmd string, files, links pairs) error {
 	ref, err := name.ParseReference(tag)
 	if err != nil {
 		return err
@@ -84,6 +85,7 @@ func build(out, tag, entry string, files, links pairs) error {
 	cfg = cfg.DeepCopy()
 	cfg.OS, cfg.Architecture = "linux", "amd64"
 	cfg.Config.Entrypoint = strings.Fields(entry)
+	cfg.Config.Cmd = strings.Fields(cmd)
 	cfg.Config.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 	if img, err = mutate.ConfigFile(img, cfg); err != nil {
 		return err

@@ -58,7 +58,7 @@ const (
 // kubeImages are the archives from ImageDir every node imports, besides
 // the flannel image (scripts/build-kube-images.sh names them so).
 func kubeImages() []string {
-	return []string{"pause-3.10.2.tar", "agnhost-2.66.1.tar", "coredns-v1.14.6.tar"}
+	return []string{"pause-3.10.2.tar", "agnhost-2.66.1-tools.tar", "glibc-dns-testing-2.1.1.tar", "busybox-1.37.0-2.tar", "coredns-v1.14.6.tar"}
 }
 
 // kubeCommands are the Kubernetes binaries the lab runs.

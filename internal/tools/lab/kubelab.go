@@ -58,6 +58,7 @@ func (r *running) upKube(ctx context.Context) error {
 	}
 	steps := []func(context.Context) error{
 		kl.startControlPlane, kl.startNodes, kl.importImages, kl.installFlannel, kl.installDNS, kl.waitReady,
+		kl.routeControlPlaneToPods,
 	}
 	for _, step := range steps {
 		if err := step(ctx); err != nil {
