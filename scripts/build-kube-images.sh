@@ -45,15 +45,17 @@ if [ ! -f "$dir/pause-$pause_tag.tar" ]; then
     -entrypoint /pause -file "/pause=$tool/pause"
 fi
 
-if [ ! -f "$dir/agnhost-$agnhost_tag-tools.tar" ] || [ ! -f "$dir/glibc-dns-testing-$glibc_dns_tag.tar" ]; then
+if [ ! -f "$dir/agnhost-$agnhost_tag-r4.tar" ] || [ ! -f "$dir/glibc-dns-testing-$glibc_dns_tag-r2.tar" ]; then
   agnhost="$kubedir/agnhost-$version"
   [ -x "$agnhost" ] || { echo "build-kube-images: $agnhost missing: run scripts/build-kube.sh first" >&2; exit 1; }
   (cd "$here/.." && go build -o "$tool/imagebuild" ./scripts/imagebuild)
   cache="${IMAGE_CACHE:-/var/cache/flannel-go/image}"
-  "$tool/imagebuild" -recipe agnhost -agnhost "$agnhost" -cache "$cache" -version "$agnhost_tag" \
-    -tag "registry.k8s.io/e2e-test-images/agnhost:$agnhost_tag" -out "$dir/agnhost-$agnhost_tag-tools.tar"
+  # porter's TLS certificate and key, from the source agnhost was built of.
+  src="$(cd "$here/.." && go mod download -json "k8s.io/kubernetes@$version" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+  "$tool/imagebuild" -recipe agnhost -agnhost "$agnhost" -porter "$src/test/images/agnhost/porter" -cache "$cache" -version "$agnhost_tag" \
+    -tag "registry.k8s.io/e2e-test-images/agnhost:$agnhost_tag" -out "$dir/agnhost-$agnhost_tag-r4.tar"
   "$tool/imagebuild" -recipe glibc-dns-testing -cache "$cache" -version "$glibc_dns_tag" \
-    -tag "registry.k8s.io/e2e-test-images/glibc-dns-testing:$glibc_dns_tag" -out "$dir/glibc-dns-testing-$glibc_dns_tag.tar"
+    -tag "registry.k8s.io/e2e-test-images/glibc-dns-testing:$glibc_dns_tag" -out "$dir/glibc-dns-testing-$glibc_dns_tag-r2.tar"
 fi
 
 if [ ! -f "$dir/busybox-$busybox_tag.tar" ]; then

@@ -74,7 +74,8 @@ if [ -z "$kubeconfig" ]; then
   go build -o "$out/imagebuild" ./scripts/imagebuild
   printf '#!/bin/sh\ncase "$*" in *--sctp*) exec sleep 2147483647 ;; esac\nexec /agnhost.real "$@"\n' > "$out/agnhost"
   chmod +x "$out/agnhost"
-  "$out/imagebuild" -recipe agnhost -agnhost "$out/agnhost" -file "/agnhost.real=$bindir/agnhost-${KUBE_VERSION:-v1.37.2}" \
+  src="$(go mod download -json "k8s.io/kubernetes@${KUBE_VERSION:-v1.37.2}" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+  "$out/imagebuild" -recipe agnhost -agnhost "$out/agnhost" -porter "$src/test/images/agnhost/porter" -file "/agnhost.real=$bindir/agnhost-${KUBE_VERSION:-v1.37.2}" \
     -cache "${IMAGE_CACHE:-/var/cache/flannel-go/image}" -tag registry.k8s.io/e2e-test-images/agnhost:2.45 -out "$out/agnhost-2.45.tar"
   for node in $(bin/flannelctl lab kubectl --name "$name" -- get nodes -o name | sed 's#node/##'); do
     bin/flannelctl lab exec --name "$name" "$node" -- "${CONTAINERD_DIR:-/var/cache/flannel-go/containerd-v2.2.9}/ctr" -n k8s.io images import "$out/agnhost-2.45.tar" >&2

@@ -36,7 +36,7 @@ import (
 // revision changes whenever the Debian layer would come out different from
 // the same packages, so that a cached layer of an older builder is not
 // reused.
-const revision = "1"
+const revision = "2"
 
 // Options says what to build and where.
 type Options struct {
@@ -247,6 +247,12 @@ func addSystemFiles(t *tree, mtime time.Time) {
 	// base-files' postinst moves these to /run.
 	t.entries["var/run"] = &entry{typ: tar.TypeSymlink, link: "/run", mode: 0o777, mtime: mtime, from: "base-files"}
 	t.entries["var/lock"] = &entry{typ: tar.TypeSymlink, link: "/run/lock", mode: 0o777, mtime: mtime, from: "base-files"}
+	// libc-bin's postinst installs its default name-service order, without
+	// which glibc asks DNS before /etc/hosts and never reads the file when
+	// DNS answers "no such name" (the hosts kubelet writes into a pod).
+	if e, ok := t.entries["usr/share/libc-bin/nsswitch.conf"]; ok {
+		file("etc/nsswitch.conf", string(e.data), 0o644)
+	}
 	var bundle bytes.Buffer
 	for _, p := range t.paths() {
 		if strings.HasPrefix(p, "usr/share/ca-certificates/") && path.Ext(p) == ".crt" {
@@ -262,7 +268,7 @@ func addSystemFiles(t *tree, mtime time.Time) {
 // topLayer holds the recipe's files and links (nil when it has none).
 func topLayer(o Options) (v1.Layer, error) {
 	r := o.Recipe
-	if len(r.Files) == 0 && len(r.Links) == 0 {
+	if len(r.Files) == 0 && len(r.Links) == 0 && len(r.Dirs) == 0 {
 		return nil, nil
 	}
 	t := newTree()
@@ -282,6 +288,9 @@ func topLayer(o Options) (v1.Layer, error) {
 	}
 	for _, l := range r.Links {
 		t.put(l.Path, &entry{typ: tar.TypeSymlink, link: l.Target, mode: 0o777, mtime: o.Created, from: r.Title})
+	}
+	for _, d := range r.Dirs {
+		t.put(d, &entry{typ: tar.TypeDir, mode: 0o755, mtime: o.Created, from: r.Title})
 	}
 	// The directories this layer names (opt, usr/sbin, ...) replace the
 	// lower layer's; they are root's and 0755 in both.

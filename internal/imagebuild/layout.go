@@ -9,6 +9,7 @@ type Recipe struct {
 	Unlinked map[string]string // library: why files may link it unresolved
 	Files    []File
 	Links    []Link
+	Dirs     []string // empty directories
 	// Entrypoint and Cmd as in a Dockerfile.
 	Entrypoint, Cmd []string
 }

@@ -1,5 +1,7 @@
 package imagebuild
 
+import "path/filepath"
+
 // The Kubernetes lab runs Kubernetes' own e2e suites (scripts/k8s-e2e.sh),
 // whose pods exec shell pipelines of curl, `nc -v -t -w`, dig and getent in
 // the agnhost and glibc-dns-testing images. No registry is reachable, so the
@@ -18,37 +20,58 @@ func testToolPackages() []string {
 		"findutils",
 		"grep",
 		"iproute2",
+		"iperf", // iperf2, as upstream's image has
 		"iputils-ping",
 		"libc-bin", // getent, for /etc/hosts specs
 		"netcat-openbsd",
 		"procps",
 		"sed",
+		"socat",
 	}
 }
 
-// Agnhost is Kubernetes' e2e test image: agnhost (built from
-// k8s.io/kubernetes at the lab's version, at agnhost) over the tools, with
-// upstream's default command, so that a container naming none pauses.
-func Agnhost(agnhost string) Recipe {
+// testToolAlternatives are the links the tools' maintainer scripts make
+// with update-alternatives, which the builder does not run: the specs call
+// nc and awk, not nc.openbsd and mawk.
+func testToolAlternatives() []Link {
+	return []Link{
+		{Path: "/usr/bin/nc", Target: "nc.openbsd"},
+		{Path: "/usr/bin/netcat", Target: "nc.openbsd"},
+		{Path: "/usr/bin/awk", Target: "mawk"},
+	}
+}
+
+// Agnhost is Kubernetes' e2e test image: the agnhost program (built from
+// k8s.io/kubernetes at the lab's version) over the tools, in upstream's
+// layout: porter's TLS certificate and key (of the source's
+// test/images/agnhost/porter, at porterDir) in /, netexec's /uploads, the
+// agnhost-2 link the entrypoint specs call, and the default command pause,
+// so that a container naming none pauses.
+func Agnhost(program, porterDir string) Recipe {
 	return Recipe{
-		Title:      "agnhost",
-		Packages:   testToolPackages(),
-		Skipped:    Skipped(),
-		Unlinked:   Unlinked(),
-		Files:      []File{{Path: "/agnhost", Host: agnhost}},
+		Title:    "agnhost",
+		Packages: testToolPackages(),
+		Skipped:  Skipped(),
+		Unlinked: Unlinked(),
+		Files: []File{{Path: "/agnhost", Host: program},
+			{Path: "/localhost.crt", Host: filepath.Join(porterDir, "localhost.crt")},
+			{Path: "/localhost.key", Host: filepath.Join(porterDir, "localhost.key")}},
+		Links:      append(testToolAlternatives(), Link{Path: "/agnhost-2", Target: "agnhost"}),
+		Dirs:       []string{"/uploads"},
 		Entrypoint: []string{"/agnhost"},
 		Cmd:        []string{"pause"},
 	}
 }
 
 // GlibcDNSTesting is the tools alone: the DNS specs' glibc querier. Its
-// one layer is Agnhost's lower one, so a node stores it once.
+// Debian layer is Agnhost's, so a node stores that once.
 func GlibcDNSTesting() Recipe {
 	return Recipe{
 		Title:    "glibc-dns-testing",
 		Packages: testToolPackages(),
 		Skipped:  Skipped(),
 		Unlinked: Unlinked(),
+		Links:    testToolAlternatives(),
 		Cmd:      []string{"sleep", "infinity"},
 	}
 }

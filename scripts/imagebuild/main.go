@@ -28,6 +28,7 @@ func main() {
 	flag.StringVar(&o.Version, "version", "v0.0.0-dev", "the image's version label")
 	recipe := flag.String("recipe", "flannel", "the image: flannel, or agnhost or glibc-dns-testing for the Kubernetes lab's e2e suites")
 	agnhost := flag.String("agnhost", "", "the agnhost program (-recipe agnhost)")
+	porter := flag.String("porter", "", "k8s.io/kubernetes' test/images/agnhost/porter, for its TLS certificate and key (-recipe agnhost)")
 	var extra []imagebuild.File
 	flag.Func("file", "DEST=SRC: also copy SRC of this machine to DEST in the image; repeatable", func(v string) error {
 		dest, src, ok := strings.Cut(v, "=")
@@ -42,7 +43,7 @@ func main() {
 	case "flannel":
 		o.Recipe = imagebuild.Flannel()
 	case "agnhost":
-		o.Recipe = imagebuild.Agnhost(*agnhost)
+		o.Recipe = imagebuild.Agnhost(*agnhost, *porter)
 	case "glibc-dns-testing":
 		o.Recipe = imagebuild.GlibcDNSTesting()
 	default:
@@ -50,8 +51,8 @@ func main() {
 		os.Exit(2)
 	}
 	o.Recipe.Files = append(o.Recipe.Files, extra...)
-	if (*recipe == "flannel" && o.BinDir == "") || (*recipe == "agnhost" && *agnhost == "") || o.Tag == "" {
-		fmt.Fprintln(os.Stderr, "imagebuild: -tag is required, and -bin for flannel, -agnhost for agnhost")
+	if (*recipe == "flannel" && o.BinDir == "") || (*recipe == "agnhost" && (*agnhost == "" || *porter == "")) || o.Tag == "" {
+		fmt.Fprintln(os.Stderr, "imagebuild: -tag is required, and -bin for flannel, -agnhost and -porter for agnhost")
 		os.Exit(2)
 	}
 	// SOURCE_DATE_EPOCH, the reproducible-builds convention, dates the

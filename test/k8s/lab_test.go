@@ -39,7 +39,7 @@ func imageTar(t *testing.T) string {
 	}
 	var missing []string
 	for _, f := range []string{p, filepath.Join(lab.DefaultKubeBinDir, "kubelet-"+lab.DefaultKubeVersion),
-		filepath.Join(lab.DefaultContainerdDir, "containerd"), filepath.Join(lab.DefaultImageDir, "agnhost-2.66.1-tools.tar"),
+		filepath.Join(lab.DefaultContainerdDir, "containerd"), filepath.Join(lab.DefaultImageDir, "agnhost-2.66.1-r4.tar"),
 		filepath.Join(lab.DefaultImageDir, "coredns-v1.14.6.tar")} {
 		if _, err := os.Stat(f); err != nil {
 			missing = append(missing, f)

@@ -55,10 +55,11 @@ const (
 	pauseImage = "registry.k8s.io/pause:3.10.2"
 )
 
-// kubeImages are the archives from ImageDir every node imports, besides
-// the flannel image (scripts/build-kube-images.sh names them so).
-func kubeImages() []string {
-	return []string{"pause-3.10.2.tar", "agnhost-2.66.1-tools.tar", "glibc-dns-testing-2.1.1.tar", "busybox-1.37.0-2.tar", "coredns-v1.14.6.tar"}
+// KubeImages are the archives from ImageDir every node imports, besides
+// the flannel image (scripts/build-kube-images.sh names them so): pause
+// first, the one a node cannot come up without.
+func KubeImages() []string {
+	return []string{"pause-3.10.2.tar", "agnhost-2.66.1-r4.tar", "glibc-dns-testing-2.1.1-r2.tar", "busybox-1.37.0-2.tar", "coredns-v1.14.6.tar"}
 }
 
 // kubeCommands are the Kubernetes binaries the lab runs.
@@ -120,7 +121,7 @@ func (k *KubeSpec) check() error {
 	}
 	// Only the pause image is needed to come up; agnhost and CoreDNS are
 	// for tests, imported when there.
-	if p := filepath.Join(k.ImageDir, kubeImages()[0]); !exists(p) {
+	if p := filepath.Join(k.ImageDir, KubeImages()[0]); !exists(p) {
 		missing = append(missing, p)
 	}
 	if !isExec(k.Runc) {

@@ -30,7 +30,7 @@ const (
 // k8s.io namespace): nothing is pulled, no registry is reachable.
 func (kl *kubeLab) importImages(ctx context.Context) error {
 	archives := []string{kl.k.FlannelImage}
-	for _, img := range kubeImages() {
+	for _, img := range KubeImages() {
 		p := filepath.Join(kl.k.ImageDir, img)
 		if !exists(p) {
 			kl.rep.say("WARNING: no %s (scripts/build-kube-images.sh builds it): pods that use it will not start", p)
