@@ -10,6 +10,8 @@
 # closing "N passed, N failed, N skipped"; not in CI (about 10 minutes).
 #
 # Usage: scripts/cnp-conformance.sh [--kubeconfig F] [--name NAME] [--out DIR] [-- GO TEST FLAGS]
+#   --name NAME  the lab to start, or, with --kubeconfig, the running lab
+#                whose nodes get the suite's agnhost image
 # Env:   NPAPI_VERSION (default v0.3.0), FEATURES (default
 #        ClusterNetworkPolicy,ClusterNetworkPolicyNamedPorts,ClusterNetworkPolicyEgressNodePeers)
 set -euo pipefail
@@ -67,6 +69,8 @@ if [ -z "$kubeconfig" ]; then
   trap 'bin/flannelctl lab down --name "$name" >&2' EXIT
   bin/flannelctl lab up --name "$name" --nodes 3 --kubernetes --network-policy >&2
   kubeconfig="$(bin/flannelctl lab kubeconfig --name "$name")"
+fi
+if bin/flannelctl lab kubeconfig --name "$name" >/dev/null 2>&1; then
   # The suite's pods name agnhost:2.45: the lab's agnhost image (its tools
   # and default command, scripts/build-kube-images.sh) under that tag. This
   # kernel has no SCTP, so the SCTP servers only sleep, or no pod would
