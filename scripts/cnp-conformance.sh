@@ -73,10 +73,16 @@ fi
 if bin/flannelctl lab kubeconfig --name "$name" >/dev/null 2>&1; then
   # The suite's pods name agnhost:2.45: the lab's agnhost image (its tools
   # and default command, scripts/build-kube-images.sh) under that tag. This
-  # kernel has no SCTP, so the SCTP servers only sleep, or no pod would
-  # ever be Ready.
+  # kernel has no SCTP, so the SCTP servers (serve-hostname --sctp, and
+  # porter with SERVE_SCTP_PORT_* set) only sleep, or no pod would ever be
+  # Ready.
   go build -o "$out/imagebuild" ./scripts/imagebuild
-  printf '#!/bin/sh\ncase "$*" in *--sctp*) exec sleep 2147483647 ;; esac\nexec /agnhost.real "$@"\n' > "$out/agnhost"
+  cat > "$out/agnhost" <<'WRAP'
+#!/bin/sh
+case "$*" in *--sctp*) exec sleep 2147483647 ;; esac
+if [ "$1" = porter ] && env | grep -q '^SERVE_SCTP_PORT_'; then exec sleep 2147483647; fi
+exec /agnhost.real "$@"
+WRAP
   chmod +x "$out/agnhost"
   src="$(go mod download -json "k8s.io/kubernetes@${KUBE_VERSION:-v1.37.2}" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
   "$out/imagebuild" -recipe agnhost -agnhost "$out/agnhost" -porter "$src/test/images/agnhost/porter" -file "/agnhost.real=$bindir/agnhost-${KUBE_VERSION:-v1.37.2}" \
