@@ -277,7 +277,7 @@ func (d *Daemon) shutdown() {
 	klog.Info("shutting down; routes, devices and traffic rules are left in place so pod traffic keeps flowing")
 }
 
-// guardHost is where the lease guard reads the node's own addresses and
+// guardHost is where the lease set's guard reads the node's own addresses and
 // routes: kept from netlink notifications, or read in full for every
 // lease batch when notifications cannot be followed.
 func guardHost(ctx context.Context) leaseset.Host {

@@ -210,8 +210,9 @@ func diff(old, next knownLeases, cur map[string]lease.Lease) []lease.Event {
 // knownLeases is what the receiver was told, by key below
 // <prefix>/subnets/: a digest of the attributes, enough to tell a change,
 // since the subnets are in the key. A removal names the lease by its
-// subnets; the daemon's lease guard hands the backend the attributes it
-// accepted. The attributes themselves per key cost 2.8 MB at 10000 peers.
+// subnets, as subnet.Manager allows; the daemon's lease set holds the
+// attributes and hands them to the backend. A second copy of them here
+// would cost 2.8 MB at 10000 peers.
 type knownLeases map[string]uint64
 
 // subnetsOf is the lease named name, without attributes. Names are stored
