@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -22,6 +21,7 @@ import (
 
 	"github.com/flannelgo/flannel/internal/config"
 	"github.com/flannelgo/flannel/internal/harness/kubetest"
+	"github.com/flannelgo/flannel/internal/harness/leasewatch"
 	"github.com/flannelgo/flannel/internal/harness/testbed"
 	"github.com/flannelgo/flannel/internal/harness/testbed/tbtest"
 	"github.com/flannelgo/flannel/internal/lease"
@@ -63,10 +63,12 @@ func TestWatchLeasesContract(t *testing.T) {
 func checkContract(t *testing.T, ds datastore) {
 	a := peer("10.244.5.0/24", "198.51.100.15", "ae:00:00:00:00:05")
 	ds.put(t, a)
-	f := follow(t, ds.mgr)
-	first := f.batch(t, 0, 2*time.Minute)
+	backend := &handed{}
+	w := leasewatch.Start(t, ds.mgr, throughLeaseSet(t, backend))
+	w.WaitFor(t, "first batch", 2*time.Minute, func(b [][]lease.Event) bool { return len(b) > 0 })
+	first := w.Batches()[0]
 	if got, ok := find(first, a.Key()); !ok || got.Type != lease.Added || !sameAttrs(got.Lease.Attrs, a.Attrs) {
-		t.Fatalf("first batch %s: want %s Added with its attributes", describe(first), a.Key())
+		t.Fatalf("first batch %s: want %s Added with its attributes", leasewatch.Describe(first), a.Key())
 	}
 	for _, ev := range first {
 		if ev.Type != lease.Added {
@@ -76,20 +78,20 @@ func checkContract(t *testing.T, ds datastore) {
 
 	b := peer("10.244.6.0/24", "198.51.100.16", "ae:00:00:00:00:06")
 	ds.put(t, b)
-	f.await(t, "new lease "+b.Key(), lease.Added, b)
+	await(t, w, "new lease "+b.Key(), lease.Added, b)
 	changed := a
 	changed.Attrs.BackendData = json.RawMessage(`{"VNI":1,"VtepMAC":"ae:00:00:00:00:50"}`)
 	ds.put(t, changed)
-	f.await(t, "changed lease "+a.Key(), lease.Added, changed)
+	await(t, w, "changed lease "+a.Key(), lease.Added, changed)
 	ds.del(t, changed)
-	gone := f.await(t, "removed lease "+a.Key(), lease.Removed, lease.Lease{Subnet: a.Subnet})
+	gone := await(t, w, "removed lease "+a.Key(), lease.Removed, lease.Lease{Subnet: a.Subnet})
 	if !sameAttrs(gone.Attrs, lease.Attrs{}) && !sameAttrs(gone.Attrs, changed.Attrs) {
 		t.Errorf("Removed event carries %+v: the attributes last stored (%+v), or none", gone.Attrs, changed.Attrs)
 	}
-	f.checkKeys(t)
+	checkKeys(t, w.Batches())
 
 	// What a backend is handed: the removal with the attributes it was given.
-	got, ok := f.handedEvent(lease.Removed, a.Key())
+	got, ok := backend.find(lease.Removed, a.Key())
 	if !ok || !sameAttrs(got.Attrs, changed.Attrs) || got.Subnet != a.Subnet {
 		t.Errorf("the backend got removal %v (%+v); want %s with %s", ok, got, a.Key(), changed.Attrs.BackendData)
 	}
@@ -116,66 +118,16 @@ func find(evs []lease.Event, key string) (lease.Event, bool) {
 	return lease.Event{}, false
 }
 
-func describe(evs []lease.Event) string {
-	parts := make([]string, len(evs))
-	for i, ev := range evs {
-		parts[i] = fmt.Sprintf("%s %s %s", ev.Type, ev.Lease.String(), ev.Lease.Attrs.BackendData)
-	}
-	return "[" + strings.Join(parts, "; ") + "]"
-}
-
-// follower runs WatchLeases and feeds each batch, as the daemon does,
-// through a lease set to a backend's stand-in that records what it is
-// handed.
-type follower struct {
-	mu      sync.Mutex
-	batches [][]lease.Event // as the manager sent them
-	handed  []lease.Event   // as the lease set passed them on
-	got     chan struct{}
-}
-
-func (f *follower) HandleEvents(_ context.Context, evs []lease.Event) {
-	f.mu.Lock()
-	f.handed = append(f.handed, evs...)
-	f.mu.Unlock()
-}
-
-func follow(t *testing.T, mgr subnet.Manager) *follower {
+// throughLeaseSet passes each batch, as the daemon does, through a lease
+// set (this node 10.244.1.0/24) to receiver.
+func throughLeaseSet(t *testing.T, receiver leaseset.Receiver) func(context.Context, []lease.Event) {
 	cfg, err := config.Parse([]byte(netConf))
 	if err != nil {
 		t.Fatal(err)
 	}
 	own := peer("10.244.1.0/24", "198.51.100.11", "ae:00:00:00:00:01")
 	set := leaseset.New(cfg, &own, noHost{})
-	f := &follower{got: make(chan struct{}, 1)}
-	ctx, cancel := context.WithCancel(context.Background())
-	events := make(chan []lease.Event)
-	done := make(chan error, 1)
-	go func() { done <- mgr.WatchLeases(ctx, events) }()
-	go func() {
-		for {
-			select {
-			case b := <-events:
-				f.mu.Lock()
-				f.batches = append(f.batches, b)
-				f.mu.Unlock()
-				set.Apply(ctx, b, false, f)
-				select {
-				case f.got <- struct{}{}:
-				default:
-				}
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; !errors.Is(err, context.Canceled) {
-			t.Errorf("WatchLeases returned %v, want context.Canceled", err)
-		}
-	})
-	return f
+	return func(ctx context.Context, b []lease.Event) { set.Apply(ctx, b, false, receiver) }
 }
 
 // noHost is a node without addresses or routes in the pod network.
@@ -183,27 +135,36 @@ type noHost struct{}
 
 func (noHost) Prefixes() ([]leaseset.HostPrefix, error) { return nil, nil }
 
-// batch waits for the i-th batch.
-func (f *follower) batch(t *testing.T, i int, within time.Duration) []lease.Event {
-	t.Helper()
-	var out []lease.Event
-	f.wait(t, fmt.Sprintf("batch %d", i), within, func() bool {
-		if len(f.batches) > i {
-			out = f.batches[i]
-			return true
+// handed is the backend's stand-in: it keeps what the lease set hands it.
+type handed struct {
+	mu     sync.Mutex
+	events []lease.Event
+}
+
+func (h *handed) HandleEvents(_ context.Context, evs []lease.Event) {
+	h.mu.Lock()
+	h.events = append(h.events, evs...)
+	h.mu.Unlock()
+}
+
+func (h *handed) find(typ lease.EventType, key string) (lease.Lease, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, ev := range h.events {
+		if ev.Type == typ && ev.Lease.Key() == key {
+			return ev.Lease, true
 		}
-		return false
-	})
-	return out
+	}
+	return lease.Lease{}, false
 }
 
 // await waits for an event of type typ for want's key whose attributes,
 // for an Added event, are want's; it returns the event's lease.
-func (f *follower) await(t *testing.T, what string, typ lease.EventType, want lease.Lease) lease.Lease {
+func await(t *testing.T, w *leasewatch.Recorder, what string, typ lease.EventType, want lease.Lease) lease.Lease {
 	t.Helper()
 	var got lease.Lease
-	f.wait(t, what, 30*time.Second, func() bool {
-		for _, b := range f.batches {
+	w.WaitFor(t, what, 30*time.Second, func(batches [][]lease.Event) bool {
+		for _, b := range batches {
 			for _, ev := range b {
 				if ev.Type == typ && ev.Lease.Key() == want.Key() && (typ == lease.Removed || sameAttrs(ev.Lease.Attrs, want.Attrs)) {
 					got = ev.Lease
@@ -218,51 +179,14 @@ func (f *follower) await(t *testing.T, what string, typ lease.EventType, want le
 
 // checkKeys checks that every lease the manager sent has network
 // addresses for subnets: its key parses back to them.
-func (f *follower) checkKeys(t *testing.T) {
+func checkKeys(t *testing.T, batches [][]lease.Event) {
 	t.Helper()
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	for _, b := range f.batches {
+	for _, b := range batches {
 		for _, ev := range b {
 			v4, v6, err := lease.ParseKey(ev.Lease.Key())
 			if err != nil || v4 != ev.Lease.Subnet || v6 != ev.Lease.IPv6Subnet {
 				t.Errorf("%s %s: the key does not parse back to the subnets (%v)", ev.Type, ev.Lease.Key(), err)
 			}
-		}
-	}
-}
-
-func (f *follower) handedEvent(typ lease.EventType, key string) (lease.Lease, bool) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	for _, ev := range f.handed {
-		if ev.Type == typ && ev.Lease.Key() == key {
-			return ev.Lease, true
-		}
-	}
-	return lease.Lease{}, false
-}
-
-func (f *follower) wait(t *testing.T, what string, within time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.After(within)
-	for {
-		f.mu.Lock()
-		ok := cond()
-		all := f.batches
-		f.mu.Unlock()
-		if ok {
-			return
-		}
-		select {
-		case <-f.got:
-		case <-time.After(100 * time.Millisecond):
-		case <-deadline:
-			var evs []lease.Event
-			for _, b := range all {
-				evs = append(evs, b...)
-			}
-			t.Fatalf("%s: not seen within %s; events %s", what, within, describe(evs))
 		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/flannelgo/flannel/internal/config"
+	"github.com/flannelgo/flannel/internal/harness/leasewatch"
 	"github.com/flannelgo/flannel/internal/lease"
 	"github.com/flannelgo/flannel/internal/subnet"
 )
@@ -126,7 +127,7 @@ func TestDiff(t *testing.T) {
 		"added 10.244.3.0-24",
 	}
 	if len(got) != len(want) {
-		t.Fatalf("diff = %s, want %v", describe(got), want)
+		t.Fatalf("diff = %s, want %v", leasewatch.Describe(got), want)
 	}
 	for i, e := range got {
 		if s := e.Type.String() + " " + e.Lease.Key(); s != want[i] {
