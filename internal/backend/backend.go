@@ -45,7 +45,9 @@ type Network interface {
 	// MTU is the MTU pods must use on this network.
 	MTU() int
 	// HandleEvents programs or removes peers. Events never include the
-	// node's own lease. Errors for one peer are logged and do not stop
+	// node's own lease, and carry the lease's subnets and attributes; a
+	// Removed event those the Network was last given for the lease (see
+	// lease.Event, from either datastore). Errors for one peer are logged and do not stop
 	// others; a Network that also implements Healer (heal.go) retries them
 	// with back-off, others on the next event for that peer.
 	HandleEvents(ctx context.Context, events []lease.Event)

@@ -16,7 +16,7 @@ import (
 	"github.com/flannelgo/flannel/internal/config"
 	"github.com/flannelgo/flannel/internal/iface"
 	"github.com/flannelgo/flannel/internal/lease"
-	"github.com/flannelgo/flannel/internal/leaseguard"
+	"github.com/flannelgo/flannel/internal/leaseset"
 	"github.com/flannelgo/flannel/internal/metrics"
 	"github.com/flannelgo/flannel/internal/peerhealth"
 	"github.com/flannelgo/flannel/internal/subnet"
@@ -60,8 +60,7 @@ type Daemon struct {
 	ready    *readiness
 	prober   *peerhealth.Prober // nil when --peer-probe-interval=0
 
-	guard    *leaseguard.Guard // screens other nodes' leases; set in Run
-	reassert chan int64        // revisions of foreign values at our own key
+	reassert chan int64 // revisions of foreign values at our own key
 }
 
 // New wires a daemon; nothing happens until Run.
@@ -136,26 +135,26 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	klog.Infof("wrote %s (subnet %s, MTU %d)", d.opts.SubnetFile, own.Key(), nw.MTU())
 
-	d.guard = leaseguard.New(cfg, own, guardHost(ctx))
+	peers := leaseset.New(cfg, own, guardHost(ctx))
 	d.metrics.SetBuildInfo(cfg.BackendType)
 	if cfg.EnableIPv4 {
 		d.metrics.PoolCapacity.Set(float64(cfg.SubnetCount()))
 	}
 	go d.watchConfig(ctx, cfg)
-	return d.follow(ctx, nw, own)
+	return d.follow(ctx, peers, nw, own)
 }
 
 // follow renews the own lease and follows other nodes' until ctx ends or
 // the own lease is lost for good (another node took its subnet): then it
 // returns that error, and flanneld exits non-zero so that its supervisor
 // restarts it into a fresh subnet.
-func (d *Daemon) follow(parent context.Context, nw backend.Network, own *lease.Lease) error {
+func (d *Daemon) follow(parent context.Context, peers *leaseset.Set, nw backend.Network, own *lease.Lease) error {
 	ctx, stop := context.WithCancelCause(parent)
 	defer stop(nil)
 	renewNow := make(chan struct{}, 1)
 	go d.renewLoop(ctx, own, renewNow, stop)
 	d.prober = d.startProber(ctx, nw)
-	d.followPeers(ctx, nw, own, renewNow)
+	d.followPeers(ctx, peers, nw, own, renewNow)
 	d.shutdown()
 	if err := context.Cause(ctx); errors.Is(err, subnet.ErrLeaseTaken) {
 		return err
@@ -278,14 +277,14 @@ func (d *Daemon) shutdown() {
 	klog.Info("shutting down; routes, devices and traffic rules are left in place so pod traffic keeps flowing")
 }
 
-// guardHost is where the lease guard reads the node's own addresses and
+// guardHost is where the lease set's guard reads the node's own addresses and
 // routes: kept from netlink notifications, or read in full for every
 // lease batch when notifications cannot be followed.
-func guardHost(ctx context.Context) leaseguard.Host {
-	w, err := leaseguard.WatchHost(ctx, nil)
+func guardHost(ctx context.Context) leaseset.Host {
+	w, err := leaseset.WatchHost(ctx, nil)
 	if err != nil {
 		klog.Warningf("lease guard: %v; reading the host's routes for every lease batch instead", err)
-		return leaseguard.NetlinkHost{}
+		return leaseset.NetlinkHost{}
 	}
 	return w
 }

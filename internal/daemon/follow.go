@@ -11,15 +11,16 @@ import (
 	"github.com/flannelgo/flannel/internal/backend"
 	"github.com/flannelgo/flannel/internal/ctxwait"
 	"github.com/flannelgo/flannel/internal/lease"
+	"github.com/flannelgo/flannel/internal/leaseset"
 	"github.com/flannelgo/flannel/internal/metrics"
 	"github.com/flannelgo/flannel/internal/pace"
 	"github.com/flannelgo/flannel/internal/subnet"
 )
 
-// followPeers feeds other nodes' lease events to the backend until ctx
-// ends. The node becomes ready once the first (complete) batch is applied,
-// and is not ready while the lease watch is broken.
-func (d *Daemon) followPeers(ctx context.Context, nw backend.Network, own *lease.Lease, renewNow chan<- struct{}) {
+// followPeers feeds other nodes' lease events through the lease set to the
+// backend until ctx ends. The node becomes ready once the first (complete)
+// batch is applied, and is not ready while the lease watch is broken.
+func (d *Daemon) followPeers(ctx context.Context, peers *leaseset.Set, nw backend.Network, own *lease.Lease, renewNow chan<- struct{}) {
 	if _, ok := nw.(backend.PeerIndifferent); ok {
 		d.readyWithoutPeers(ctx)
 		return
@@ -29,9 +30,11 @@ func (d *Daemon) followPeers(ctx context.Context, nw backend.Network, own *lease
 		r.ReportWatchStatus(d.watchStatus)
 	}
 	go d.watch(ctx, batches)
-	known := map[string]struct{}{} // keys of every lease the watch reported, own included
-	peers := map[string]struct{}{} // keys of the leases the backend programs, without a guard
-	twins := map[string]bool{}     // leases already reported for sharing our address
+	to := []leaseset.Receiver{nw}
+	if d.prober != nil {
+		to = append(to, d.prober)
+	}
+	self := ownView{lease: own}
 	first := true
 	for {
 		var b watchBatch
@@ -40,55 +43,49 @@ func (d *Daemon) followPeers(ctx context.Context, nw backend.Network, own *lease
 			return
 		case b = <-batches:
 		}
-		batch := b.events
-		if b.snapshot && !first {
-			batch = resnapshot(known, batch)
-		}
-		others := d.screen(d.otherNodes(batch, own, renewNow), own, twins)
-		for _, ev := range others {
-			d.metrics.LeaseEvents.WithLabelValues(ev.Type.String()).Inc()
-		}
-		trackKeys(known, batch)
-		if d.guard == nil {
-			trackKeys(peers, others)
-		}
+		others := d.otherNodes(b, &self, renewNow)
 		start := time.Now()
-		nw.HandleEvents(ctx, others)
-		if d.prober != nil {
-			d.prober.Update(others)
-		}
-		klog.V(2).Infof("applied %d lease events in %s", len(others), time.Since(start))
-		if len(others) > 0 {
-			d.metrics.LeaseApply.Observe(time.Since(b.arrived).Seconds())
-		}
-		d.metrics.Peers.Set(float64(d.peerCount(peers)))
-		d.metrics.PoolUsed.Set(float64(len(known)))
-		if b.snapshot {
-			d.ready.hearing()
-		}
+		o := peers.Apply(ctx, others, b.snapshot && !first, to...)
+		klog.V(2).Infof("applied %d lease events in %s", len(o.Applied), time.Since(start))
+		d.account(b, o, peers, &self)
 		switch {
 		case first:
 			first = false
 			d.ready.applied()
-			klog.Infof("ready: %d peers programmed", d.peerCount(peers))
+			klog.Infof("ready: %d peers programmed", peers.Accepted())
 			go d.announceReady(ctx)
 			notifySystemd("READY=1")
 			tightenGC()
 			releaseMemory()
-		case len(others) >= bigBatch:
+		case len(o.Applied) >= bigBatch:
 			releaseMemory()
 		}
 	}
 }
 
-// peerCount is the number of leases the backend programs: the guard's
-// accepted ones (a second set of 10000 keys here cost about 1 MB), or
-// without a guard the keys tracked in peers.
-func (d *Daemon) peerCount(peers map[string]struct{}) int {
-	if d.guard != nil {
-		return d.guard.Accepted()
+// account records one applied batch: its events and refusals, the time
+// from the watch to the backend, the peers programmed, the leases the
+// datastore holds (the pool), and that the watch hears again after a
+// snapshot.
+func (d *Daemon) account(b watchBatch, o leaseset.Outcome, peers *leaseset.Set, self *ownView) {
+	if o.HostErr != nil {
+		klog.Warningf("read this node's addresses and routes to screen leases: %v (checking leases without them)", o.HostErr)
 	}
-	return len(peers)
+	for _, r := range o.Rejected {
+		d.metrics.LeasesRejected.WithLabelValues(r.Reason).Inc()
+		klog.Errorf("%s; it is not programmed (fix or delete the key in the datastore)", r)
+	}
+	for _, ev := range o.Applied {
+		d.metrics.LeaseEvents.WithLabelValues(ev.Type.String()).Inc()
+	}
+	if len(o.Applied) > 0 {
+		d.metrics.LeaseApply.Observe(time.Since(b.arrived).Seconds())
+	}
+	d.metrics.Peers.Set(float64(peers.Accepted()))
+	d.metrics.PoolUsed.Set(float64(peers.Len() + self.count()))
+	if b.snapshot {
+		d.ready.hearing()
+	}
 }
 
 // watchStatus hears from a subnet manager that rides out outages itself.
@@ -153,46 +150,6 @@ func (d *Daemon) watchOnce(ctx context.Context, out chan<- watchBatch) error {
 			case <-ctx.Done():
 				return ctx.Err()
 			}
-		}
-	}
-}
-
-// resnapshot turns the full set sent by a re-established watch into the
-// difference the backend needs: Removed events for leases it was told
-// about that are gone now, then the set itself (unchanged leases are
-// no-ops for a backend). Only keys are kept (a copy of 10000 leases would
-// cost MiB): a Removed event carries the lease's subnets, and the lease
-// guard hands the backend the full lease it had accepted.
-func resnapshot(known map[string]struct{}, snapshot []lease.Event) []lease.Event {
-	present := map[string]bool{}
-	for _, ev := range snapshot {
-		if ev.Type != lease.Removed {
-			present[ev.Lease.Key()] = true
-		}
-	}
-	var out []lease.Event
-	for key := range known {
-		if present[key] {
-			continue
-		}
-		v4, v6, err := lease.ParseKey(key)
-		if err != nil {
-			klog.Errorf("forget lease %s: %v", key, err)
-			continue
-		}
-		out = append(out, lease.Event{Type: lease.Removed, Lease: lease.Lease{Subnet: v4, IPv6Subnet: v6}})
-	}
-	return append(out, snapshot...)
-}
-
-// trackKeys folds a batch into a set of keys: for counting, a copy of
-// each lease (10000 of them at scale) would be wasted memory.
-func trackKeys(keys map[string]struct{}, batch []lease.Event) {
-	for _, ev := range batch {
-		if ev.Type == lease.Removed {
-			delete(keys, ev.Lease.Key())
-		} else {
-			keys[ev.Lease.Key()] = struct{}{}
 		}
 	}
 }

@@ -17,7 +17,7 @@ import (
 	"github.com/flannelgo/flannel/internal/config"
 	"github.com/flannelgo/flannel/internal/harness/testbed/tbtest"
 	"github.com/flannelgo/flannel/internal/lease"
-	"github.com/flannelgo/flannel/internal/leaseguard"
+	"github.com/flannelgo/flannel/internal/leaseset"
 	"github.com/flannelgo/flannel/internal/metrics"
 	"github.com/flannelgo/flannel/internal/subnet"
 )
@@ -89,6 +89,25 @@ func mkLease(subnet, publicIP string) *lease.Lease {
 	return &lease.Lease{Subnet: netip.MustParsePrefix(subnet), Attrs: lease.Attrs{PublicIP: netip.MustParseAddr(publicIP), BackendType: "vxlan"}}
 }
 
+// hostList is a node's addresses and routes, given up front.
+type hostList []leaseset.HostPrefix
+
+func (h hostList) Prefixes() ([]leaseset.HostPrefix, error) { return h, nil }
+
+// newPeers is the lease set Run builds, for mkLease's network and a node
+// whose underlay is 198.51.100.0/24.
+func newPeers(t *testing.T, own *lease.Lease) *leaseset.Set {
+	t.Helper()
+	cfg, err := config.Parse([]byte(`{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return leaseset.New(cfg, own, hostList{
+		{Prefix: netip.MustParsePrefix("198.51.100.0/24"), Route: true, Connected: true, What: "route 198.51.100.0/24 dev eth0"},
+		{Prefix: netip.PrefixFrom(own.Attrs.PublicIP, 32), What: "address " + own.Attrs.PublicIP.String() + "/24 on eth0"},
+	})
+}
+
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	tbtest.Eventually(t, 5*time.Second, what, func() error {
@@ -113,7 +132,7 @@ func TestFollowPeers(t *testing.T) {
 	defer cancel()
 	renewNow := make(chan struct{}, 1)
 	go d.renewLoop(ctx, own, renewNow, func(error) {})
-	go d.followPeers(ctx, nw, own, renewNow)
+	go d.followPeers(ctx, newPeers(t, own), nw, own, renewNow)
 
 	if m.IsReady() {
 		t.Fatal("ready before the first batch")
@@ -164,7 +183,7 @@ func TestLeaseTakenStopsDaemon(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			done := make(chan error, 1)
-			go func() { done <- d.follow(ctx, &fakeNetwork{}, own) }()
+			go func() { done <- d.follow(ctx, newPeers(t, own), &fakeNetwork{}, own) }()
 			mgr.batches <- []lease.Event{{Type: lease.Added, Lease: *own}}
 			mgr.batches <- []lease.Event{{Type: lease.Removed, Lease: *own}}
 			select {
@@ -181,25 +200,20 @@ func TestLeaseTakenStopsDaemon(t *testing.T) {
 	}
 }
 
-// With the lease guard, flannel_peers counts the leases it let through:
+// flannel_peers counts the leases it let through:
 // a refused lease is not a programmed peer, and a removal frees its place.
 func TestFollowPeersCountsAcceptedLeases(t *testing.T) {
-	cfg, err := config.Parse([]byte(`{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}`))
-	if err != nil {
-		t.Fatal(err)
-	}
 	mgr := &fakeManager{batches: make(chan []lease.Event)}
 	m := metrics.New()
 	d := New(Options{RenewMargin: time.Minute}, mgr, nil, m)
 	own := mkLease("10.244.1.0/24", "198.51.100.11")
 	own.Expiration = time.Now().Add(time.Hour)
-	d.guard = leaseguard.New(cfg, own, nil)
 	good, good2 := mkLease("10.244.2.0/24", "198.51.100.12"), mkLease("10.244.3.0/24", "198.51.100.13")
 	bad := mkLease("10.245.0.0/24", "198.51.100.14") // outside the network
 	nw := &fakeNetwork{}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go d.followPeers(ctx, nw, own, make(chan struct{}, 1))
+	go d.followPeers(ctx, newPeers(t, own), nw, own, make(chan struct{}, 1))
 
 	mgr.batches <- []lease.Event{{Type: lease.Added, Lease: *own}, {Type: lease.Added, Lease: *good}, {Type: lease.Added, Lease: *bad}, {Type: lease.Added, Lease: *good2}}
 	waitFor(t, "first batch applied", func() bool { return len(nw.batches()) == 1 })

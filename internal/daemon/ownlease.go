@@ -18,25 +18,52 @@ import (
 	"github.com/flannelgo/flannel/internal/subnet"
 )
 
+// ownView is what the follow loop knows of this node's own lease.
+type ownView struct {
+	lease  *lease.Lease
+	listed bool // the datastore holds it, as far as the watch said
+}
+
+// count is 1 while the datastore holds the own lease: its part of the pool.
+func (v *ownView) count() int {
+	if v.listed {
+		return 1
+	}
+	return 0
+}
+
 // otherNodes drops this node's own lease from a batch. If the own lease was
-// deleted behind our back, it asks the renew loop to re-create it at once.
-func (d *Daemon) otherNodes(batch []lease.Event, own *lease.Lease, renewNow chan<- struct{}) []lease.Event {
-	out := make([]lease.Event, 0, len(batch))
-	for _, ev := range batch {
+// deleted behind our back (a Removed event, or a re-established watch that
+// no longer lists it), it asks the renew loop to re-create it at once.
+func (d *Daemon) otherNodes(b watchBatch, self *ownView, renewNow chan<- struct{}) []lease.Event {
+	own := self.lease
+	out := make([]lease.Event, 0, len(b.events))
+	listedNow := false
+	for _, ev := range b.events {
 		if ev.Lease.Key() != own.Key() {
 			out = append(out, ev)
 			continue
 		}
 		d.noticeOverwrite(ev, own)
-		if ev.Type == lease.Removed {
-			klog.Warningf("this node's lease %s was removed from the datastore; re-creating it", own.Key())
-			select {
-			case renewNow <- struct{}{}:
-			default:
-			}
+		listedNow = ev.Type != lease.Removed
+		if !listedNow {
+			ownGone(own, renewNow)
 		}
+		self.listed = listedNow
+	}
+	if b.snapshot && !listedNow && self.listed {
+		self.listed = false
+		ownGone(own, renewNow)
 	}
 	return out
+}
+
+func ownGone(own *lease.Lease, renewNow chan<- struct{}) {
+	klog.Warningf("this node's lease %s was removed from the datastore; re-creating it", own.Key())
+	select {
+	case renewNow <- struct{}{}:
+	default:
+	}
 }
 
 // renewLoop renews the lease RenewMargin before it expires, and at once

@@ -51,7 +51,9 @@ func (b *breakingManager) callCount() int {
 
 // A watch that ends with an error makes the node not ready, with the
 // reason, until the re-established watch's snapshot is applied; a peer
-// missing from that snapshot is removed from the backend.
+// missing from that snapshot is removed from the backend, with the
+// attributes the backend was given, and the own lease missing from it is
+// re-created.
 func TestWatchErrorIsReestablished(t *testing.T) {
 	own := mkLease("10.244.1.0/24", "198.51.100.11")
 	p2 := mkLease("10.244.2.0/24", "198.51.100.12")
@@ -63,13 +65,14 @@ func TestWatchErrorIsReestablished(t *testing.T) {
 		}
 		return evs
 	}
-	mgr := &breakingManager{snapshots: [][]lease.Event{add(own, p2, p3), add(own, p2)}, fail: make(chan error)}
+	mgr := &breakingManager{snapshots: [][]lease.Event{add(own, p2, p3), add(p2)}, fail: make(chan error)}
 	m := metrics.New()
 	d := New(Options{}, mgr, nil, m)
 	nw := &fakeNetwork{}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go d.followPeers(ctx, nw, own, make(chan struct{}, 1))
+	renewNow := make(chan struct{}, 1)
+	go d.followPeers(ctx, newPeers(t, own), nw, own, renewNow)
 	waitFor(t, "ready after the first snapshot", m.IsReady)
 
 	mgr.fail <- errors.New("etcd: mvcc: required revision has been compacted")
@@ -84,6 +87,9 @@ func TestWatchErrorIsReestablished(t *testing.T) {
 	var removed, added []string
 	for _, ev := range nw.batches()[1] {
 		if ev.Type == lease.Removed {
+			if ev.Lease.Attrs.PublicIP != p3.Attrs.PublicIP || ev.Lease.Attrs.BackendType != p3.Attrs.BackendType {
+				t.Errorf("removal of %s carries %+v, want the attributes the backend was given", p3.Key(), ev.Lease.Attrs)
+			}
 			removed = append(removed, ev.Lease.Key())
 		} else {
 			added = append(added, ev.Lease.Key())
@@ -94,6 +100,11 @@ func TestWatchErrorIsReestablished(t *testing.T) {
 	}
 	if v := gauge(t, m.Peers); v != 1 {
 		t.Errorf("flannel_peers = %v, want 1", v)
+	}
+	select {
+	case <-renewNow:
+	default:
+		t.Error("the own lease, missing from the new snapshot, was not re-created")
 	}
 
 	// A manager that rides out outages itself reports them instead.

@@ -171,7 +171,15 @@ func (t EventType) String() string {
 	return "added"
 }
 
-// Event is one change to the set of leases.
+// Event is one change to the set of leases. What it carries depends on
+// the side of the daemon it is on:
+//   - from a subnet manager (subnet.Manager.WatchLeases), an Added event
+//     carries the whole lease and a Removed event the lease's subnets,
+//     with or without its attributes (etcd has no value left to give);
+//   - to a backend (backend.Network.HandleEvents, fed by the daemon's lease
+//     set, internal/leaseset), every event carries the subnets and the
+//     attributes: a Removed event those of the lease as the backend was
+//     last given it, whichever datastore it came from.
 type Event struct {
 	Type  EventType
 	Lease Lease

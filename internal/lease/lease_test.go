@@ -2,6 +2,7 @@ package lease
 
 import (
 	"encoding/json"
+	"hash/maphash"
 	"net/netip"
 	"testing"
 )
@@ -65,5 +66,33 @@ func TestAttrsIPv6Only(t *testing.T) {
 	var back Attrs
 	if err := json.Unmarshal(out, &back); err != nil || back.PublicIP.IsValid() || back.PublicIPv6 != a.PublicIPv6 {
 		t.Fatalf("round trip: %+v %v", back, err)
+	}
+}
+
+// Equal attributes digest equally (also when their JSON is another copy);
+// a change of any one field changes the digest, as does moving bytes from
+// one field to the next.
+func TestDigestTellsChanges(t *testing.T) {
+	seed := maphash.MakeSeed()
+	base := Attrs{PublicIP: netip.MustParseAddr("198.51.100.2"), PublicIPv6: netip.MustParseAddr("2001:db8::2"),
+		BackendType: "vxlan", BackendData: json.RawMessage(`{"VNI":1}`), BackendV6Data: json.RawMessage(`{"VNI":2}`)}
+	same := base
+	same.BackendData = append(json.RawMessage(nil), base.BackendData...)
+	if base.Digest(seed) != same.Digest(seed) {
+		t.Fatal("equal attributes, different digests")
+	}
+	for name, change := range map[string]func(*Attrs){
+		"PublicIP":      func(a *Attrs) { a.PublicIP = netip.MustParseAddr("198.51.100.3") },
+		"PublicIPv6":    func(a *Attrs) { a.PublicIPv6 = netip.Addr{} },
+		"BackendType":   func(a *Attrs) { a.BackendType = "host-gw" },
+		"BackendData":   func(a *Attrs) { a.BackendData = json.RawMessage(`{"VNI":3}`) },
+		"BackendV6Data": func(a *Attrs) { a.BackendV6Data = nil },
+		"field border":  func(a *Attrs) { a.BackendType, a.BackendData = "vxlan{", json.RawMessage(`"VNI":1}`) },
+	} {
+		c := base
+		change(&c)
+		if c.Digest(seed) == base.Digest(seed) {
+			t.Errorf("%s changed, digest did not", name)
+		}
 	}
 }

@@ -171,6 +171,10 @@ func Target(l lease.Lease) netip.Addr {
 	return l.Attrs.PublicIP
 }
 
+// HandleEvents is Update as the daemon's lease set feeds its receivers
+// (leaseset.Receiver), the backend's Network among them.
+func (p *Prober) HandleEvents(_ context.Context, evs []lease.Event) { p.Update(evs) }
+
 // Update applies a batch of other nodes' lease events.
 func (p *Prober) Update(evs []lease.Event) {
 	p.mu.Lock()

@@ -33,11 +33,23 @@ type Manager interface {
 	// subnet meanwhile: then the error wraps ErrLeaseTaken.
 	RenewLease(ctx context.Context, l *lease.Lease) error
 	// WatchLeases sends batches of events until ctx ends. The first batch is
-	// the full current set as Added events (possibly empty). After any gap
-	// (outage, compaction) the manager re-lists and sends the difference,
-	// including Removed events for leases that vanished meanwhile, so the
-	// receiver's view converges without it keeping its own bookkeeping.
-	// It returns only when ctx is done.
+	// the full current set as Added events (possibly empty), this node's
+	// own lease included. After any gap (outage, compaction) the manager
+	// re-lists and sends the difference, including Removed events for
+	// leases that vanished meanwhile. It returns only when ctx is done.
+	//
+	// What the events carry, the same from every manager
+	// (contract_test.go holds both to it):
+	//   - a lease's subnets are network addresses, so its Key parses back
+	//     to them (lease.ParseKey);
+	//   - an Added event, for a new lease or one whose attributes changed,
+	//     carries the whole lease as the datastore holds it now;
+	//   - a Removed event names the lease by its subnets. Its attributes
+	//     are either those last sent for it or none at all: etcd keeps no
+	//     value for a deleted key, and a manager need not keep a copy of
+	//     every lease to restore them. The daemon keeps
+	//     them in its lease set (internal/leaseset), which is what hands
+	//     the backends full leases for removals as for additions.
 	WatchLeases(ctx context.Context, events chan<- []lease.Event) error
 	// Name identifies the manager in logs ("etcd", "kube").
 	Name() string

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/flannelgo/flannel/internal/config"
+	"github.com/flannelgo/flannel/internal/harness/leasewatch"
 	"github.com/flannelgo/flannel/internal/lease"
 	"github.com/flannelgo/flannel/internal/subnet"
 )
@@ -102,9 +103,9 @@ func mkLease(key, mac string) lease.Lease {
 func TestDiff(t *testing.T) {
 	w := &watcher{seed: maphash.MakeSeed()}
 	w.known = knownLeases{
-		"10.244.1.0-24": w.digest(mkLease("10.244.1.0-24", "a").Attrs),
-		"10.244.2.0-24": w.digest(mkLease("10.244.2.0-24", "b").Attrs),
-		"10.244.3.0-24": w.digest(mkLease("10.244.3.0-24", "c").Attrs),
+		"10.244.1.0-24": mkLease("10.244.1.0-24", "a").Attrs.Digest(w.seed),
+		"10.244.2.0-24": mkLease("10.244.2.0-24", "b").Attrs.Digest(w.seed),
+		"10.244.3.0-24": mkLease("10.244.3.0-24", "c").Attrs.Digest(w.seed),
 	}
 	cur := map[string]lease.Lease{
 		"10.244.0.0-24": mkLease("10.244.0.0-24", "new"),
@@ -116,7 +117,7 @@ func TestDiff(t *testing.T) {
 	}
 	next := knownLeases{}
 	for name, l := range cur {
-		next[name] = w.digest(l.Attrs)
+		next[name] = l.Attrs.Digest(w.seed)
 	}
 	got := diff(w.known, next, cur)
 	want := []string{
@@ -126,7 +127,7 @@ func TestDiff(t *testing.T) {
 		"added 10.244.3.0-24",
 	}
 	if len(got) != len(want) {
-		t.Fatalf("diff = %s, want %v", describe(got), want)
+		t.Fatalf("diff = %s, want %v", leasewatch.Describe(got), want)
 	}
 	for i, e := range got {
 		if s := e.Type.String() + " " + e.Lease.Key(); s != want[i] {

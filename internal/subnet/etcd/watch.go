@@ -2,11 +2,9 @@ package etcd
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/maphash"
-	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -155,7 +153,7 @@ func (w *watcher) resync(ctx context.Context, cli *clientv3.Client) (int64, erro
 		if w.held[name] {
 			next[name] = w.known[name] // kept as it was: cur has its subnets only
 		} else {
-			next[name] = w.digest(l.Attrs)
+			next[name] = l.Attrs.Digest(w.seed)
 		}
 	}
 	batch := diff(w.known, next, cur)
@@ -210,8 +208,9 @@ func diff(old, next knownLeases, cur map[string]lease.Lease) []lease.Event {
 // knownLeases is what the receiver was told, by key below
 // <prefix>/subnets/: a digest of the attributes, enough to tell a change,
 // since the subnets are in the key. A removal names the lease by its
-// subnets; the daemon's lease guard hands the backend the attributes it
-// accepted. The attributes themselves per key cost 2.8 MB at 10000 peers.
+// subnets, as subnet.Manager allows; the daemon's lease set holds the
+// attributes and hands them to the backend. A second copy of them here
+// would cost 2.8 MB at 10000 peers.
 type knownLeases map[string]uint64
 
 // subnetsOf is the lease named name, without attributes. Names are stored
@@ -219,25 +218,6 @@ type knownLeases map[string]uint64
 func subnetsOf(name string) lease.Lease {
 	v4, v6, _ := lease.ParseKey(name)
 	return lease.Lease{Subnet: v4, IPv6Subnet: v6}
-}
-
-// digest hashes a's fields with the watcher's seed: two attributes with
-// one digest are taken as equal (a chance of 2^-64 per comparison).
-func (w *watcher) digest(a lease.Attrs) uint64 {
-	var h maphash.Hash
-	h.SetSeed(w.seed)
-	for _, ip := range []netip.Addr{a.PublicIP, a.PublicIPv6} {
-		b, _ := ip.MarshalBinary()
-		h.WriteByte(byte(len(b)))
-		h.Write(b)
-	}
-	for _, f := range [][]byte{[]byte(a.BackendType), a.BackendData, a.BackendV6Data} {
-		var n [8]byte
-		binary.LittleEndian.PutUint64(n[:], uint64(len(f)))
-		h.Write(n[:])
-		h.Write(f)
-	}
-	return h.Sum64()
 }
 
 func sortedKeys[V any](m map[string]V) []string {
@@ -339,7 +319,7 @@ func (w *watcher) apply(evs []*clientv3.Event) []lease.Event {
 		old, had := w.known[name]
 		if ev.Type == mvccpb.PUT {
 			if r, ok := w.m.decode(ev.Kv, exp); ok {
-				d := w.digest(r.l.Attrs)
+				d := r.l.Attrs.Digest(w.seed)
 				w.known[name] = d
 				if !had || old != d {
 					batch = append(batch, lease.Event{Type: lease.Added, Lease: r.l})

@@ -11,6 +11,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/flannelgo/flannel/internal/harness/leasewatch"
 	"github.com/flannelgo/flannel/internal/lease"
 )
 
@@ -61,7 +62,7 @@ func (w *watchRun) quiet(d time.Duration) {
 	w.t.Helper()
 	select {
 	case b := <-w.events:
-		w.t.Fatalf("unexpected events %s", describe(b))
+		w.t.Fatalf("unexpected events %s", leasewatch.Describe(b))
 	case <-time.After(d):
 	}
 }
@@ -76,18 +77,10 @@ func (w *watchRun) collect(n int, timeout time.Duration) []lease.Event {
 		case b := <-w.events:
 			all = append(all, b...)
 		case <-deadline:
-			w.t.Fatalf("after %s got %d events %s, want %d", timeout, len(all), describe(all), n)
+			w.t.Fatalf("after %s got %d events %s, want %d", timeout, len(all), leasewatch.Describe(all), n)
 		}
 	}
 	return all
-}
-
-func describe(evs []lease.Event) string {
-	parts := make([]string, len(evs))
-	for i, e := range evs {
-		parts[i] = fmt.Sprintf("%s %s %s", e.Type, e.Lease.String(), e.Lease.Attrs.BackendData)
-	}
-	return "[" + strings.Join(parts, "; ") + "]"
 }
 
 // expectEvents checks the set of (type, key) pairs, ignoring order across
@@ -100,13 +93,13 @@ func expectEvents(t *testing.T, got []lease.Event, want ...string) {
 	}
 	for _, w := range want {
 		if have[w] == 0 {
-			t.Errorf("missing event %q in %s", w, describe(got))
+			t.Errorf("missing event %q in %s", w, leasewatch.Describe(got))
 		}
 		have[w]--
 	}
 	for k, n := range have {
 		if n > 0 {
-			t.Errorf("unexpected event %q in %s", k, describe(got))
+			t.Errorf("unexpected event %q in %s", k, leasewatch.Describe(got))
 		}
 	}
 }
@@ -215,7 +208,7 @@ func TestWatchResyncsAfterCompaction(t *testing.T) {
 	got := w.collect(3, 30*time.Second)
 	expectEvents(t, got, "removed "+a.Key(), "added "+b.Key(), "added "+cKey)
 	if got[0].Type != lease.Removed {
-		t.Errorf("removals must come first: %s", describe(got))
+		t.Errorf("removals must come first: %s", leasewatch.Describe(got))
 	}
 	w.quiet(time.Second)
 

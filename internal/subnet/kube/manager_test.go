@@ -23,6 +23,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/flannelgo/flannel/internal/harness/kubetest"
+	"github.com/flannelgo/flannel/internal/harness/leasewatch"
 	"github.com/flannelgo/flannel/internal/harness/testbed/tbtest"
 	"github.com/flannelgo/flannel/internal/lease"
 )
@@ -212,79 +213,6 @@ func TestAcquireDualStackAndOverwrite(t *testing.T) {
 	}
 }
 
-// collector gathers batches from WatchLeases and answers questions about
-// the nodes a test cares about.
-type collector struct {
-	mu      sync.Mutex
-	batches [][]lease.Event
-	got     chan struct{}
-}
-
-func watchLeases(t *testing.T, m *Manager) *collector {
-	ctx, cancel := context.WithCancel(context.Background())
-	events := make(chan []lease.Event)
-	c := &collector{got: make(chan struct{}, 1)}
-	done := make(chan error, 1)
-	go func() { done <- m.WatchLeases(ctx, events) }()
-	go func() {
-		for {
-			select {
-			case b := <-events:
-				c.mu.Lock()
-				c.batches = append(c.batches, b)
-				c.mu.Unlock()
-				select {
-				case c.got <- struct{}{}:
-				default:
-				}
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; !errors.Is(err, context.Canceled) {
-			t.Errorf("WatchLeases returned %v, want context.Canceled", err)
-		}
-	})
-	return c
-}
-
-// waitFor waits until pred holds for the batches received so far.
-func (c *collector) waitFor(t *testing.T, what string, within time.Duration, pred func(batches [][]lease.Event) bool) time.Duration {
-	t.Helper()
-	start := time.Now()
-	deadline := time.After(within)
-	for {
-		c.mu.Lock()
-		ok := pred(c.batches)
-		c.mu.Unlock()
-		if ok {
-			return time.Since(start)
-		}
-		select {
-		case <-c.got:
-		case <-time.After(50 * time.Millisecond):
-		case <-deadline:
-			c.mu.Lock()
-			defer c.mu.Unlock()
-			t.Fatalf("%s: not seen within %s; batches: %v", what, within, c.batches)
-		}
-	}
-}
-
-func hasEvent(batches [][]lease.Event, typ lease.EventType, key string) bool {
-	for _, b := range batches {
-		for _, ev := range b {
-			if ev.Type == typ && ev.Lease.Key() == key {
-				return true
-			}
-		}
-	}
-	return false
-}
-
 func TestWatchLeases(t *testing.T) {
 	e := newEnv(t)
 	e.createNode(t, node("w-own", nil, "10.244.10.0/24"))
@@ -296,13 +224,11 @@ func TestWatchLeases(t *testing.T) {
 	if _, err := m.AcquireLease(ctxT(t, time.Minute), vxlanAttrs("198.51.100.10")); err != nil {
 		t.Fatal(err)
 	}
-	c := watchLeases(t, m)
+	c := leasewatch.Start(t, m)
 
 	// First batch: the full snapshot, own node included.
-	c.waitFor(t, "first batch", 60*time.Second, func(b [][]lease.Event) bool { return len(b) > 0 })
-	c.mu.Lock()
-	first := c.batches[0]
-	c.mu.Unlock()
+	c.WaitFor(t, "first batch", 60*time.Second, func(b [][]lease.Event) bool { return len(b) > 0 })
+	first := c.Batches()[0]
 	keys := map[string]lease.Event{}
 	for _, ev := range first {
 		if ev.Type != lease.Added {
@@ -318,12 +244,12 @@ func TestWatchLeases(t *testing.T) {
 
 	t0 := time.Now()
 	e.deleteNode(t, "w-peer")
-	c.waitFor(t, "w-peer removed", 5*time.Second, func(b [][]lease.Event) bool { return hasEvent(b, lease.Removed, "10.244.11.0-24") })
+	c.WaitFor(t, "w-peer removed", 5*time.Second, func(b [][]lease.Event) bool { return leasewatch.HasEvent(b, lease.Removed, "10.244.11.0-24") })
 	t.Logf("deleted node seen as Removed %s after the delete call", time.Since(t0).Round(time.Microsecond))
 
 	t0 = time.Now()
 	e.createNode(t, node("w-late", flannelAnn("198.51.100.12"), "10.244.12.0/24"))
-	c.waitFor(t, "w-late added", 5*time.Second, func(b [][]lease.Event) bool { return hasEvent(b, lease.Added, "10.244.12.0-24") })
+	c.WaitFor(t, "w-late added", 5*time.Second, func(b [][]lease.Event) bool { return leasewatch.HasEvent(b, lease.Added, "10.244.12.0-24") })
 	t.Logf("new node seen as Added %s after the create call", time.Since(t0).Round(time.Microsecond))
 
 	// The bare node gets a pod CIDR and, later, its flanneld's annotations.
@@ -336,21 +262,21 @@ func TestWatchLeases(t *testing.T) {
 	if _, err := e.cs.CoreV1().Nodes().Patch(context.Background(), "w-bare", types.MergePatchType, ann, metav1.PatchOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	c.waitFor(t, "w-bare added", 5*time.Second, func(b [][]lease.Event) bool { return hasEvent(b, lease.Added, "10.244.13.0-24") })
+	c.WaitFor(t, "w-bare added", 5*time.Second, func(b [][]lease.Event) bool { return leasewatch.HasEvent(b, lease.Added, "10.244.13.0-24") })
 
 	// Its annotations removed (flannel uninstalled there): Removed.
 	strip := []byte(`{"metadata":{"annotations":{"flannel.alpha.coreos.com/kube-subnet-manager":null}}}`)
 	if _, err := e.cs.CoreV1().Nodes().Patch(context.Background(), "w-bare", types.MergePatchType, strip, metav1.PatchOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	c.waitFor(t, "w-bare removed", 5*time.Second, func(b [][]lease.Event) bool { return hasEvent(b, lease.Removed, "10.244.13.0-24") })
+	c.WaitFor(t, "w-bare removed", 5*time.Second, func(b [][]lease.Event) bool { return leasewatch.HasEvent(b, lease.Removed, "10.244.13.0-24") })
 
 	// A changed public address is an Added event for the same key.
 	newIP, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{"flannel.alpha.coreos.com/public-ip": "198.51.100.22"}}})
 	if _, err := e.cs.CoreV1().Nodes().Patch(context.Background(), "w-late", types.MergePatchType, newIP, metav1.PatchOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	c.waitFor(t, "w-late changed", 5*time.Second, func(b [][]lease.Event) bool {
+	c.WaitFor(t, "w-late changed", 5*time.Second, func(b [][]lease.Event) bool {
 		for _, ev := range b[len(b)-1] {
 			if ev.Type == lease.Added && ev.Lease.Attrs.PublicIP == netip.MustParseAddr("198.51.100.22") {
 				return true
@@ -558,8 +484,8 @@ func TestServiceAccountPermissions(t *testing.T) {
 	if _, err := m.AcquireLease(ctx, vxlanAttrs("198.51.100.70")); err != nil {
 		t.Fatalf("acquire with upstream's RBAC: %v", err)
 	}
-	c := watchLeases(t, m)
-	c.waitFor(t, "first batch", 30*time.Second, func(b [][]lease.Event) bool { return hasEvent(b, lease.Added, "10.244.70.0-24") })
+	c := leasewatch.Start(t, m)
+	c.WaitFor(t, "first batch", 30*time.Second, func(b [][]lease.Event) bool { return leasewatch.HasEvent(b, lease.Added, "10.244.70.0-24") })
 	if err := m.MarkReady(ctx); err != nil {
 		t.Fatalf("MarkReady: %v", err)
 	}

@@ -331,7 +331,7 @@ func TestReadNetConfMessages(t *testing.T) {
 
 func TestRefreshDiffs(t *testing.T) {
 	store := cache.NewStore(cache.MetaNamespaceKeyFunc)
-	w := &nodeWatcher{keys: mustKeys(t), cfg: mustConfig(t, v4Conf), store: store, known: map[string]lease.Lease{}, bad: map[string]string{}}
+	w := newNodeWatcher(mustKeys(t), mustConfig(t, v4Conf), store)
 	if got := w.snapshot(); got == nil || len(got) != 0 {
 		t.Fatalf("empty snapshot = %#v, want empty non-nil", got)
 	}
@@ -458,4 +458,9 @@ func TestStoredBackend(t *testing.T) {
 	if typ, v4, v6 := k.storedBackend(node("n2", nil)); typ != "" || v4 != nil || v6 != nil {
 		t.Errorf("no annotations: storedBackend = %q, %s, %s", typ, v4, v6)
 	}
+}
+
+func sameAttrs(a, b lease.Attrs) bool {
+	return a.PublicIP == b.PublicIP && a.PublicIPv6 == b.PublicIPv6 && a.BackendType == b.BackendType &&
+		string(a.BackendData) == string(b.BackendData) && string(a.BackendV6Data) == string(b.BackendV6Data)
 }

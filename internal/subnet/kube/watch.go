@@ -3,6 +3,8 @@ package kube
 import (
 	"context"
 	"fmt"
+	"hash/maphash"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -58,7 +60,7 @@ func (m *Manager) WatchLeases(ctx context.Context, events chan<- []lease.Event) 
 	if !cache.WaitForCacheSync(wctx.Done(), inf.HasSynced) {
 		return ctx.Err()
 	}
-	w := &nodeWatcher{keys: m.keys, cfg: cfg, store: inf.GetStore(), known: map[string]lease.Lease{}, bad: map[string]string{}}
+	w := newNodeWatcher(m.keys, cfg, inf.GetStore())
 	dirty.take() // the snapshot below covers them
 	if err := send(ctx, events, w.snapshot()); err != nil {
 		return err
@@ -233,13 +235,36 @@ func (d *dirtySet) take() []string {
 	return out
 }
 
-// nodeWatcher remembers the lease each node was last reported with.
+// nodeWatcher remembers what the receiver was told of each node's lease.
 type nodeWatcher struct {
 	keys  keys
 	cfg   *config.Config
 	store cache.Store
-	known map[string]lease.Lease // by node name
-	bad   map[string]string      // node name -> last reported problem
+	known map[string]sent   // by node name
+	bad   map[string]string // node name -> last reported problem
+	seed  maphash.Seed
+}
+
+// sent is a node's lease as far as a later event needs it: the subnets,
+// which name a removal, and a digest of the attributes, to tell a change.
+// The attributes themselves are the daemon's lease set's to keep
+// (subnet.Manager.WatchLeases); a whole lease per node here cost about
+// 300 bytes each.
+type sent struct {
+	v4, v6 netip.Prefix
+	digest uint64
+}
+
+func newNodeWatcher(k keys, cfg *config.Config, store cache.Store) *nodeWatcher {
+	return &nodeWatcher{keys: k, cfg: cfg, store: store, known: map[string]sent{}, bad: map[string]string{}, seed: maphash.MakeSeed()}
+}
+
+func (w *nodeWatcher) record(l lease.Lease) sent {
+	return sent{v4: l.Subnet, v6: l.IPv6Subnet, digest: l.Attrs.Digest(w.seed)}
+}
+
+func (s sent) removal() lease.Event {
+	return lease.Event{Type: lease.Removed, Lease: lease.Lease{Subnet: s.v4, IPv6Subnet: s.v6}}
 }
 
 // snapshot is the first batch: every current lease as Added, possibly none.
@@ -261,21 +286,22 @@ func (w *nodeWatcher) refresh(names []string) []lease.Event {
 	for _, name := range names {
 		cur, ok := w.current(name)
 		old, had := w.known[name]
-		switch {
-		case !ok && had:
-			delete(w.known, name)
-			removed = append(removed, lease.Event{Type: lease.Removed, Lease: old})
-		case ok && !had:
-			w.known[name] = cur
-			added = append(added, lease.Event{Type: lease.Added, Lease: cur})
-		case ok && had && old.Key() != cur.Key():
-			w.known[name] = cur
-			removed = append(removed, lease.Event{Type: lease.Removed, Lease: old})
-			added = append(added, lease.Event{Type: lease.Added, Lease: cur})
-		case ok && had && !sameAttrs(old.Attrs, cur.Attrs):
-			w.known[name] = cur
-			added = append(added, lease.Event{Type: lease.Added, Lease: cur})
+		if !ok {
+			if had {
+				delete(w.known, name)
+				removed = append(removed, old.removal())
+			}
+			continue
 		}
+		now := w.record(cur)
+		if had && now == old {
+			continue
+		}
+		w.known[name] = now
+		if had && (old.v4 != now.v4 || old.v6 != now.v6) {
+			removed = append(removed, old.removal())
+		}
+		added = append(added, lease.Event{Type: lease.Added, Lease: cur})
 	}
 	return append(removed, added...)
 }
@@ -309,9 +335,4 @@ func (w *nodeWatcher) reportBad(name string, err error) {
 	}
 	w.bad[name] = msg
 	klog.Warningf("ignoring node %q: %v", name, err)
-}
-
-func sameAttrs(a, b lease.Attrs) bool {
-	return a.PublicIP == b.PublicIP && a.PublicIPv6 == b.PublicIPv6 && a.BackendType == b.BackendType &&
-		string(a.BackendData) == string(b.BackendData) && string(a.BackendV6Data) == string(b.BackendV6Data)
 }

@@ -1,4 +1,4 @@
-package leaseguard
+package leaseset
 
 import (
 	"fmt"
