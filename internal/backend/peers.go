@@ -124,9 +124,13 @@ func (p *Peers) Apply(events []lease.Event, handle func(lease.Event)) {
 // Heal keeps every peer's entries in place, watching namespace ns (nil:
 // the current one); see Healer.
 func (p *Peers) Heal(ctx context.Context, cfg HealConfig, ns *netns.NsHandle) {
-	RunHealer(ctx, HealLoop{
-		Name: p.name, NS: ns, Config: cfg, Reconcile: p.reconcile, Kick: p.kick, Owned: p.cur.Load,
-	})
+	RunHealer(ctx, p.Loop(cfg, ns))
+}
+
+// Loop is the healer's moving parts, for Heal (and for a test that counts
+// the reconciles).
+func (p *Peers) Loop(cfg HealConfig, ns *netns.NsHandle) HealLoop {
+	return HealLoop{Name: p.name, NS: ns, Config: cfg, Reconcile: p.reconcile, Kick: p.kick, Owned: p.cur.Load}
 }
 
 // reconcile restores what the peers rest on, then their missing entries,
