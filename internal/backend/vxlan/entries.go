@@ -44,7 +44,9 @@ func (w neighbours) Visit(reset func(), f func(netip.Addr, vtepMAC, bool)) error
 // its public address.
 type fdbEntries struct{ s *stack }
 
-func (w fdbEntries) Set(mac vtepMAC, dst netip.Addr) error { return w.s.b.nl.NeighSet(w.s.fdb(mac, dst)) }
+func (w fdbEntries) Set(mac vtepMAC, dst netip.Addr) error {
+	return w.s.b.nl.NeighSet(w.s.fdb(mac, dst))
+}
 
 func (w fdbEntries) Delete(mac vtepMAC, dst netip.Addr) error {
 	return gone(w.s.b.nl.NeighDel(w.s.fdb(mac, dst)))
