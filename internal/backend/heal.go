@@ -10,6 +10,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
 	"github.com/flannelgo/flannel/internal/ctxwait"
@@ -251,7 +252,14 @@ func (o *Owned) link(u netlink.LinkUpdate) bool {
 	return o.Devices[i] || i == o.Ext || (u.Link != nil && o.Names[u.Link.Attrs().Name])
 }
 
+// addr passes changes of the owned devices' addresses, except the IPv6
+// link-local ones the kernel adds by itself when a device comes up (its
+// duplicate address detection ends a second or two later): flannel sets
+// none of them.
 func (o *Owned) addr(u netlink.AddrUpdate) bool {
+	if u.LinkAddress.IP.IsLinkLocalUnicast() {
+		return false
+	}
 	return o.Devices[u.LinkIndex] || u.LinkIndex == o.Ext
 }
 
@@ -259,7 +267,13 @@ func (o *Owned) route(u netlink.RouteUpdate) bool {
 	return o.watchedRoute(u) && (o.RouteInLine == nil || !o.RouteInLine(u))
 }
 
+// watchedRoute passes routes of the main table on the owned devices or
+// into the networks; the local table's (the kernel's own, for each
+// address) follow the addresses.
 func (o *Owned) watchedRoute(u netlink.RouteUpdate) bool {
+	if u.Table != unix.RT_TABLE_MAIN {
+		return false
+	}
 	if o.Devices[u.LinkIndex] {
 		return true
 	}

@@ -77,11 +77,7 @@ type Routes struct {
 // index, the devices peer routes go out of: a reconcile reads them, and
 // prunes flannel-shaped routes on them that no peer wants.
 func NewRoutes(kernel RouteKernel, network netip.Prefix, links map[int]string) *Routes {
-	family := netlink.FAMILY_V4
-	if network.Addr().Is6() {
-		family = netlink.FAMILY_V6
-	}
-	return &Routes{kernel: kernel, network: network, family: family, links: links}
+	return &Routes{kernel: kernel, network: network, family: familyOf(network.Addr()), links: links}
 }
 
 // SetOwn records this node's subnet: a route into it is never stale.

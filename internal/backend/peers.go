@@ -80,6 +80,10 @@ func (p *Peers) Locked(fn func()) {
 	fn()
 }
 
+// Kick asks the healer for a reconcile now: the backend learnt of drift
+// that no netlink notification reports.
+func (p *Peers) Kick() { p.kick.Kick() }
+
 // perPeerLogMax is the largest batch whose peers are each logged at level
 // 0: at start-up with 10000 peers, a line per peer cost about 0.1 s of the
 // convergence and buried everything else in the log.

@@ -24,7 +24,7 @@ func (w neighbours) Delete(ip netip.Addr, mac vtepMAC) error {
 func (w neighbours) Same(want, have vtepMAC) bool { return want == have }
 
 func (w neighbours) Describe(ip netip.Addr, mac vtepMAC) string {
-	return fmt.Sprintf("neighbour %s lladdr %s dev %s", ip, mac, w.s.dev.Name)
+	return fmt.Sprintf("%s lladdr %s dev %s", ip, mac, w.s.dev.Name)
 }
 
 // Visit reads the device's permanent entries, as the dump arrives; one
@@ -55,7 +55,7 @@ func (w fdbEntries) Delete(mac vtepMAC, dst netip.Addr) error {
 func (w fdbEntries) Same(want, have netip.Addr) bool { return want == have }
 
 func (w fdbEntries) Describe(mac vtepMAC, dst netip.Addr) string {
-	return fmt.Sprintf("fdb %s dst %s dev %s self permanent", mac, dst, w.s.dev.Name)
+	return fmt.Sprintf("%s dst %s dev %s self permanent", mac, dst, w.s.dev.Name)
 }
 
 // Visit reads the device's FDB, as the dump arrives; a permanent entry
