@@ -17,7 +17,7 @@ type peer struct {
 }
 
 func (p peer) String() string {
-	return fmt.Sprintf("%s at %s", p.subnet, netip.AddrPortFrom(p.addr, p.port))
+	return fmt.Sprintf("peer %s at %s", p.subnet, netip.AddrPortFrom(p.addr, p.port))
 }
 
 // peerTable maps a destination address to the node owning it. It is built
