@@ -92,7 +92,7 @@ func (b *Backend) RegisterNetwork(ctx context.Context, cfg *config.Config) (back
 		return nil, err
 	}
 	klog.Infof("ipip: %s local %s MTU %d, DirectRouting=%v", DeviceName, local, underlay-overhead, b.Opts.DirectRouting)
-	return newNetwork(b, dev, local, underlay-overhead, cfg.Network), nil
+	return newNetwork(b, backend.NetlinkRoutes{H: b.NL}, dev, local, underlay-overhead, cfg.Network), nil
 }
 
 // ensureDevice creates flannel.ipip, or adopts an existing one whose local
@@ -151,13 +151,15 @@ type network struct {
 	peers  *backend.Peers
 }
 
-func newNetwork(b *Backend, dev netlink.Link, local netip.Addr, mtu int, cluster netip.Prefix) *network {
+// newNetwork programs routes through kernel (netlink on b.NL; a fake in
+// tests).
+func newNetwork(b *Backend, kernel backend.RouteKernel, dev netlink.Link, local netip.Addr, mtu int, cluster netip.Prefix) *network {
 	links := map[int]string{dev.Attrs().Index: DeviceName}
 	if b.Opts.DirectRouting {
 		links[b.Ext.Iface.Index] = b.Ext.Iface.Name
 	}
 	n := &network{b: b, dev: dev, local: local, mtu: mtu, cluster: cluster}
-	n.routes = backend.NewRoutes(backend.NetlinkRoutes{H: b.NL}, cluster, links)
+	n.routes = backend.NewRoutes(kernel, cluster, links)
 	n.table = backend.NewRouteTable(n.routeFor, n.routes)
 	n.set = backend.NewPeerSet("ipip", n.table)
 	n.peers = backend.NewPeers(backend.PeersConfig{Name: "ipip", Sets: []backend.PeerEngine{n.set}, Owned: n.owned, Check: n.repairDevice})

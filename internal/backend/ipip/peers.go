@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 
+	"github.com/vishvananda/netlink"
 	"k8s.io/klog/v2"
 
 	"github.com/flannelgo/flannel/internal/backend"
@@ -77,9 +78,7 @@ func (n *network) repairDevice(r backend.Repairs) error {
 		if l, err = ensureDevice(n.b.NL, n.local, n.mtu); err != nil {
 			return err
 		}
-		n.routes.Relink(n.dev.Attrs().Index, l.Attrs().Index)
-		n.dev = l
-		n.set.Rebuild()
+		n.adopt(l)
 		r.Add("device")
 	} else if l.Attrs().Flags&net.FlagUp == 0 || l.Attrs().MTU != n.mtu {
 		if err := setUp(n.b.NL, l, n.mtu); err != nil {
@@ -96,4 +95,12 @@ func (n *network) repairDevice(r backend.Repairs) error {
 		r.Add("address")
 	}
 	return err
+}
+
+// adopt makes l the device every tunnelled peer's route goes out of; the
+// next repair writes them there.
+func (n *network) adopt(l netlink.Link) {
+	n.routes.Relink(n.dev.Attrs().Index, l.Attrs().Index)
+	n.dev = l
+	n.set.Rebuild()
 }
