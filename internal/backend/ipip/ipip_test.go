@@ -15,7 +15,9 @@ import (
 
 // This kernel has no ipip module, so the backend's peer logic is tested
 // through its route writer: a routing table in memory.
-type fakeKernel struct{ routes map[netip.Prefix]netlink.Route }
+type fakeKernel struct {
+	routes map[netip.Prefix]netlink.Route
+}
 
 func (k *fakeKernel) Replace(r *netlink.Route) error {
 	dst, _ := backend.PrefixOf(r.Dst)

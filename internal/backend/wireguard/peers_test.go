@@ -16,7 +16,9 @@ import (
 
 // fakeDevice is a WireGuard device's peer list in memory, standing in for
 // the kernel module this machine lacks.
-type fakeDevice struct{ peers map[wgtypes.Key]wgtypes.PeerConfig }
+type fakeDevice struct {
+	peers map[wgtypes.Key]wgtypes.PeerConfig
+}
 
 func (d *fakeDevice) Name() string { return DeviceName }
 func (d *fakeDevice) Kind() string { return "fake" }
