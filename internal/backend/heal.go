@@ -13,7 +13,6 @@ import (
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
-	"github.com/flannelgo/flannel/internal/ctxwait"
 	"github.com/flannelgo/flannel/internal/pace"
 )
 
@@ -183,7 +182,11 @@ func poke(wake chan<- struct{}) {
 // subscription that breaks (the socket overflowed) is renewed, and a
 // reconcile is asked for, since notifications were lost.
 func watchKernel(ctx context.Context, l HealLoop, wake chan<- struct{}) {
+	// A subscription that lived a minute was healthy: its end starts the
+	// back-off afresh.
+	b := pace.New(pace.Policy{Min: 100 * time.Millisecond, Max: 10 * time.Second, Jitter: 0.2, Stable: time.Minute})
 	for ctx.Err() == nil {
+		started := time.Now()
 		done := make(chan struct{})
 		ended := make(chan string, 4)
 		if err := subscribe(l, wake, done, ended); err != nil {
@@ -197,7 +200,8 @@ func watchKernel(ctx context.Context, l HealLoop, wake chan<- struct{}) {
 			}
 		}
 		close(done)
-		_ = ctxwait.Sleep(ctx, time.Second)
+		b.Settled(time.Since(started))
+		_ = b.Sleep(ctx)
 	}
 }
 

@@ -93,9 +93,6 @@ func (w *Routes) Relink(old, new int) {
 	}
 }
 
-// Network is the cluster network the routes go into.
-func (w *Routes) Network() netip.Prefix { return w.network }
-
 // Set is `ip route replace`.
 func (w *Routes) Set(_ netip.Prefix, r PeerRoute) error { return w.kernel.Replace(r.Netlink()) }
 
