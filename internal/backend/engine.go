@@ -6,6 +6,8 @@ import (
 	"sync"
 
 	"k8s.io/klog/v2"
+
+	"github.com/flannelgo/flannel/internal/lease"
 )
 
 // EntryWriter is the kernel side of one Table: it writes, deletes and lists
@@ -139,6 +141,27 @@ func (s *PeerSet[P]) Remove(key string) {
 		t.release(old.p, s.newest)
 	}
 	s.Log.Infof("%s: removed %s", s.name, old.p)
+}
+
+// Handle applies one lease event: a removal forgets the lease; an addition
+// or change sets what peerFor makes of it, or, when the lease is of no use
+// (peerFor says why, for the operator), forgets it too. It returns the
+// peer set, if any.
+func (s *PeerSet[P]) Handle(ev lease.Event, peerFor func(*lease.Lease) (P, error)) (P, bool) {
+	var none P
+	key := ev.Lease.Key()
+	if ev.Type == lease.Removed {
+		s.Remove(key)
+		return none, false
+	}
+	p, err := peerFor(&ev.Lease)
+	if err != nil {
+		klog.Errorf("%s: cannot program peer %s: %v", s.name, ev.Lease.String(), err)
+		s.Remove(key)
+		return none, false
+	}
+	s.Set(key, p)
+	return p, true
 }
 
 // Rebuild recomputes the wanted entries from the peers, after something

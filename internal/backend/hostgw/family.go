@@ -75,19 +75,10 @@ func (f *family) routeFor(l *lease.Lease) (backend.PeerRoute, error) {
 }
 
 func (f *family) handle(ev lease.Event) {
-	key := ev.Lease.Key()
 	if ev.Type == lease.Removed {
 		delete(f.offSegment, f.subnetOf(&ev.Lease))
-		f.peers.Remove(key)
-		return
 	}
-	r, err := f.routeFor(&ev.Lease)
-	if err != nil {
-		klog.Errorf("host-gw: cannot route to %s peer %s: %v", f.name(), ev.Lease.String(), err)
-		f.peers.Remove(key)
-		return
-	}
-	f.peers.Set(key, r)
+	f.peers.Handle(ev, f.routeFor)
 }
 
 // segmentWriter installs a peer's route only when its next hop is on this

@@ -37,22 +37,17 @@ func (n *network) HandleEvents(ctx context.Context, events []lease.Event) {
 	n.peers.Apply(events, n.handle)
 }
 
-func (n *network) handle(ev lease.Event) {
-	key := ev.Lease.Key()
-	if ev.Type == lease.Removed {
-		n.set.Remove(key)
-		return
-	}
-	l := &ev.Lease
+func (n *network) handle(ev lease.Event) { n.set.Handle(ev, n.peerFor) }
+
+// peerFor checks a lease and says whether DirectRouting reaches it
+// without the tunnel.
+func (n *network) peerFor(l *lease.Lease) (peer, error) {
 	if l.Attrs.BackendType != TypeName || !l.Subnet.IsValid() || !l.Attrs.PublicIP.Unmap().Is4() {
-		klog.Errorf("ipip: cannot route to peer %s: it uses backend %q (every node must use ipip) or has no IPv4 subnet and PublicIP",
-			l, l.Attrs.BackendType)
-		n.set.Remove(key)
-		return
+		return peer{}, fmt.Errorf("it uses backend %q (every node must use ipip) or has no IPv4 subnet and PublicIP", l.Attrs.BackendType)
 	}
 	gw := l.Attrs.PublicIP.Unmap()
 	direct := n.b.Opts.DirectRouting && backend.CheckOnSegment(n.b.NL, n.b.Ext.Iface.Index, gw) == nil
-	n.set.Set(key, peer{subnet: l.Subnet, gw: gw, direct: direct})
+	return peer{subnet: l.Subnet, gw: gw, direct: direct}, nil
 }
 
 // routeFor is "<subnet> via <peer> dev flannel.ipip onlink", or for a

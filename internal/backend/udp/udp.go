@@ -193,20 +193,7 @@ func (n *network) HandleEvents(ctx context.Context, events []lease.Event) {
 	})
 }
 
-func (n *network) handle(ev lease.Event) {
-	key := ev.Lease.Key()
-	if ev.Type == lease.Removed {
-		n.set.Remove(key)
-		return
-	}
-	p, err := n.peerFor(&ev.Lease)
-	if err != nil {
-		klog.Errorf("udp: cannot reach peer %s: %v", ev.Lease.String(), err)
-		n.set.Remove(key)
-		return
-	}
-	n.set.Set(key, p)
-}
+func (n *network) handle(ev lease.Event) { n.set.Handle(ev, n.peerFor) }
 
 // peerFor checks a lease: upstream's udp leases carry no BackendType, so
 // an empty one is accepted too.

@@ -154,17 +154,4 @@ func (s *stack) peerFor(l *lease.Lease) (peer, error) {
 }
 
 // handle applies one event; see backend.PeerSet.
-func (s *stack) handle(ev lease.Event) {
-	key := ev.Lease.Key()
-	if ev.Type == lease.Removed {
-		s.set.Remove(key)
-		return
-	}
-	p, err := s.peerFor(&ev.Lease)
-	if err != nil {
-		klog.Errorf("vxlan: cannot program %s peer %s: %v", s.family(), ev.Lease.String(), err)
-		s.set.Remove(key)
-		return
-	}
-	s.set.Set(key, p)
-}
+func (s *stack) handle(ev lease.Event) { s.set.Handle(ev, s.peerFor) }

@@ -73,21 +73,12 @@ func (t *tunnel) repair(own *lease.Lease, r backend.Repairs) error {
 	return nil
 }
 
+// handle applies one event; a new peer (or a node with a new key) is
+// greeted.
 func (t *tunnel) handle(ev lease.Event) {
-	key := ev.Lease.Key()
-	if ev.Type == lease.Removed {
-		t.set.Remove(key)
-		return
-	}
-	p, err := t.peerFor(&ev.Lease)
-	if err != nil {
-		klog.Errorf("wireguard: %s: cannot add peer %s: %v", t.dev.Name(), ev.Lease.String(), err)
-		t.set.Remove(key)
-		return
-	}
-	old, had := t.set.Get(key)
-	t.set.Set(key, p)
-	if !had || old.key != p.key {
+	old, had := t.set.Get(ev.Lease.Key())
+	p, ok := t.set.Handle(ev, t.peerFor)
+	if ok && (!had || old.key != p.key) {
 		if err := t.dev.Greet(p.key, *t.n.b.Opts.keepalive()); err != nil {
 			klog.V(1).Infof("wireguard: %s: greet peer %s: %v", t.dev.Name(), p.allowed, err)
 		}
