@@ -271,12 +271,17 @@ func (t *Table[P, K, V]) setWant(k K, v V, dn int32) {
 func (t *Table[P, K, V]) set(p, old P, had bool, newest newestFunc[P]) {
 	k, v, ok := t.of(p)
 	var k0 K
+	var v0 V
 	ok0 := false
 	if had {
-		k0, _, ok0 = t.of(old)
+		k0, v0, ok0 = t.of(old)
 	}
 	same := ok && ok0 && k0 == k // the same lease, the same key
-	if ok {
+	switch {
+	case same && v0 == v && t.newestOf(k, v):
+		// The lease changed elsewhere (a VXLAN peer's public address
+		// moves its FDB entry, not its neighbour): nothing to write.
+	case ok:
 		dn := int32(1)
 		if same {
 			dn = 0
@@ -288,6 +293,14 @@ func (t *Table[P, K, V]) set(p, old P, had bool, newest newestFunc[P]) {
 	if ok0 && !same {
 		t.release(old, newest)
 	}
+}
+
+// newestOf says whether v is k's wanted form already.
+func (t *Table[P, K, V]) newestOf(k K, v V) bool {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	w, ok := t.want[k]
+	return ok && w.v == v
 }
 
 // release takes old's entry out of the kernel: its key goes to the

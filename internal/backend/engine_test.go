@@ -172,3 +172,14 @@ func TestPeerSetRebuild(t *testing.T) {
 		t.Fatalf("after the relink: route %+v, repairs %v; want it through link 9", got, r)
 	}
 }
+
+// A lease whose change moves one entry leaves its other entries unwritten.
+func TestPeerSetWritesOnlyWhatChanged(t *testing.T) {
+	s, neigh, fdb := newVTEPs()
+	s.Set("a", vtep{"10.244.2.0", "m2", "198.51.100.2"})
+	nw := neigh.writes
+	s.Set("a", vtep{"10.244.2.0", "m2", "198.51.100.9"})
+	if neigh.writes != nw || fdb.m["m2"] != "198.51.100.9" {
+		t.Fatalf("neighbour written %d more times, fdb %v; want only the FDB entry rewritten", neigh.writes-nw, fdb.m)
+	}
+}
