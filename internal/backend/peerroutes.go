@@ -32,6 +32,23 @@ func (r PeerRoute) Netlink() *netlink.Route {
 	return nr
 }
 
+// Hop is how a route reaches its destination: what the Table of routes
+// keeps per destination (a whole PeerRoute there cost 40 bytes more per
+// peer, about 0.6 MiB at 10000 peers).
+type Hop struct {
+	Gw     netip.Addr
+	Link   int32
+	Onlink bool
+}
+
+// Hop is r's next hop.
+func (r PeerRoute) Hop() Hop { return Hop{Gw: r.Gw, Link: int32(r.Link), Onlink: r.Onlink} }
+
+// To is the route to dst through h.
+func (h Hop) To(dst netip.Prefix) PeerRoute {
+	return PeerRoute{Dst: dst, Gw: h.Gw, Link: int(h.Link), Onlink: h.Onlink}
+}
+
 // RouteKernel is the routing table as Routes writes it, passed in so that
 // tests run without root. NetlinkRoutes is the real one.
 type RouteKernel interface {
@@ -94,19 +111,19 @@ func (w *Routes) Relink(old, new int) {
 }
 
 // Set is `ip route replace`.
-func (w *Routes) Set(_ netip.Prefix, r PeerRoute) error { return w.kernel.Replace(r.Netlink()) }
+func (w *Routes) Set(dst netip.Prefix, h Hop) error { return w.kernel.Replace(h.To(dst).Netlink()) }
 
 // Delete is `ip route del`.
-func (w *Routes) Delete(_ netip.Prefix, r PeerRoute) error { return w.kernel.Delete(r.Netlink()) }
+func (w *Routes) Delete(dst netip.Prefix, h Hop) error { return w.kernel.Delete(h.To(dst).Netlink()) }
 
 // Same compares device and next hop: a route is in place when the kernel
 // sends the destination through the wanted device to the wanted gateway.
-func (w *Routes) Same(want, have PeerRoute) bool { return want.Link == have.Link && want.Gw == have.Gw }
+func (w *Routes) Same(want, have Hop) bool { return want.Link == have.Link && want.Gw == have.Gw }
 
 // Describe is the route in `ip route` syntax.
-func (w *Routes) Describe(_ netip.Prefix, r PeerRoute) string {
-	s := fmt.Sprintf("%s via %s dev %s", r.Dst, r.Gw, w.linkName(r.Link))
-	if r.Onlink {
+func (w *Routes) Describe(dst netip.Prefix, h Hop) string {
+	s := fmt.Sprintf("%s via %s dev %s", dst, h.Gw, w.linkName(int(h.Link)))
+	if h.Onlink {
 		s += " onlink"
 	}
 	return s
@@ -122,12 +139,12 @@ func (w *Routes) linkName(index int) string {
 // Visit reads the routes on the links once, as the dump arrives: with
 // thousands of peers, a listing of every route would be the daemon's
 // largest allocation.
-func (w *Routes) Visit(reset func(), f func(netip.Prefix, PeerRoute, bool)) error {
+func (w *Routes) Visit(reset func(), f func(netip.Prefix, Hop, bool)) error {
 	return nldump.Visit(reset, func() error {
 		for link := range w.links {
 			err := w.kernel.Visit(w.family, link, func(k netlink.Route) bool {
 				if dst, ok := PrefixOf(k.Dst); ok {
-					f(dst, routeOf(dst, k), w.ours(k))
+					f(dst, hopOf(k), w.ours(k))
 				}
 				return true
 			})
@@ -146,20 +163,20 @@ func (w *Routes) ours(k netlink.Route) bool {
 	return shaped && dst.Masked() != w.own
 }
 
-func routeOf(dst netip.Prefix, k netlink.Route) PeerRoute {
+func hopOf(k netlink.Route) Hop {
 	gw, _ := netip.AddrFromSlice(k.Gw)
-	return PeerRoute{Dst: dst, Gw: gw.Unmap(), Link: k.LinkIndex, Onlink: k.Flags&int(netlink.FLAG_ONLINK) != 0}
+	return Hop{Gw: gw.Unmap(), Link: int32(k.LinkIndex), Onlink: k.Flags&int(netlink.FLAG_ONLINK) != 0}
 }
 
 // RouteTable is the Table of peer routes, keyed by destination.
-type RouteTable[P any] = Table[P, netip.Prefix, PeerRoute]
+type RouteTable[P any] = Table[P, netip.Prefix, Hop]
 
 // NewRouteTable returns the Table of the routes of derives from a peer
 // (false: this peer wants none), written by w.
-func NewRouteTable[P any](of func(P) (PeerRoute, bool), w EntryWriter[netip.Prefix, PeerRoute]) *RouteTable[P] {
-	return NewTable("route", func(p P) (netip.Prefix, PeerRoute, bool) {
+func NewRouteTable[P any](of func(P) (PeerRoute, bool), w EntryWriter[netip.Prefix, Hop]) *RouteTable[P] {
+	return NewTable("route", func(p P) (netip.Prefix, Hop, bool) {
 		r, ok := of(p)
-		return r.Dst, r, ok
+		return r.Dst, r.Hop(), ok
 	}, w)
 }
 
@@ -172,5 +189,5 @@ func RouteInLine[P any](t *RouteTable[P], u netlink.RouteUpdate) bool {
 	if !ok || u.Table != unix.RT_TABLE_MAIN {
 		return false
 	}
-	return t.InLine(dst, routeOf(dst, u.Route), u.Type == unix.RTM_DELROUTE)
+	return t.InLine(dst, hopOf(u.Route), u.Type == unix.RTM_DELROUTE)
 }

@@ -87,11 +87,11 @@ type unroutable struct {
 	off map[netip.Addr]bool
 }
 
-func (u unroutable) Set(dst netip.Prefix, r PeerRoute) error {
-	if u.off[r.Gw] {
+func (u unroutable) Set(dst netip.Prefix, h Hop) error {
+	if u.off[h.Gw] {
 		return ErrUnroutable
 	}
-	return u.Routes.Set(dst, r)
+	return u.Routes.Set(dst, h)
 }
 
 func TestPeerRoutesTwinLeaseKeepsTheRoute(t *testing.T) {

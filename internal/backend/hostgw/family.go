@@ -89,18 +89,18 @@ type segmentWriter struct {
 	f *family
 }
 
-func (w segmentWriter) Set(dst netip.Prefix, r backend.PeerRoute) error {
-	if err := backend.CheckOnSegment(w.f.b.nl, w.f.b.ext.Iface.Index, r.Gw); err != nil {
+func (w segmentWriter) Set(dst netip.Prefix, h backend.Hop) error {
+	if err := backend.CheckOnSegment(w.f.b.nl, w.f.b.ext.Iface.Index, h.Gw); err != nil {
 		// A route already installed for this peer, through whatever next
 		// hop, now leads nowhere.
-		if derr := w.Delete(dst, backend.PeerRoute{Dst: dst, Link: r.Link}); derr != nil {
-			klog.Errorf("host-gw: delete route %s: %v", w.Describe(dst, r), derr)
+		if derr := w.Delete(dst, backend.Hop{Link: h.Link}); derr != nil {
+			klog.Errorf("host-gw: delete route %s: %v", w.Describe(dst, h), derr)
 		}
-		w.f.reportOffSegment(dst, r.Gw, err)
+		w.f.reportOffSegment(dst, h.Gw, err)
 		return fmt.Errorf("%w: %v", backend.ErrUnroutable, err)
 	}
 	delete(w.f.offSegment, dst)
-	return w.Routes.Set(dst, r)
+	return w.Routes.Set(dst, h)
 }
 
 // reportOffSegment tells the operator, once per peer and address, why the
