@@ -19,7 +19,6 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 	"k8s.io/klog/v2"
 
@@ -223,7 +222,8 @@ func (n *network) Transport() string {
 func (n *network) Activate(ctx context.Context, own *lease.Lease) error {
 	var err error
 	n.peers.Locked(func() {
-		n.own = own
+		mine := *own
+		n.own = &mine
 		err = n.repair(backend.Repairs{})
 	})
 	if err != nil {
