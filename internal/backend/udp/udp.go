@@ -171,10 +171,12 @@ func (n *network) repair(r backend.Repairs) error {
 // owned is what the healer watches: flannel0 and the network's route
 // through it.
 func (n *network) owned() *backend.Owned {
-	return &backend.Owned{
-		Devices: map[int]bool{n.dev: n.dev > 0}, Names: map[string]bool{DeviceName: true}, Ext: -1,
-		Networks: []netip.Prefix{n.cfg.Network}, RouteInLine: backend.TunnelRoutesInLine(n.dev, n.cfg.Network),
+	o := &backend.Owned{Devices: map[int]bool{}, Names: map[string]bool{DeviceName: true}, Ext: -1,
+		Networks: []netip.Prefix{n.cfg.Network}, RouteInLine: backend.TunnelRoutesInLine(n.dev, n.cfg.Network)}
+	if n.dev > 0 {
+		o.Devices[n.dev] = true
 	}
+	return o
 }
 
 // Heal keeps flannel0's address and the network's route in place; see
