@@ -10,9 +10,9 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
-	"github.com/flannelgo/flannel/internal/ctxwait"
 	"github.com/flannelgo/flannel/internal/pace"
 )
 
@@ -182,7 +182,11 @@ func poke(wake chan<- struct{}) {
 // subscription that breaks (the socket overflowed) is renewed, and a
 // reconcile is asked for, since notifications were lost.
 func watchKernel(ctx context.Context, l HealLoop, wake chan<- struct{}) {
+	// A subscription that lived a minute was healthy: its end starts the
+	// back-off afresh.
+	b := pace.New(pace.Policy{Min: 100 * time.Millisecond, Max: 10 * time.Second, Jitter: 0.2, Stable: time.Minute})
 	for ctx.Err() == nil {
+		started := time.Now()
 		done := make(chan struct{})
 		ended := make(chan string, 4)
 		if err := subscribe(l, wake, done, ended); err != nil {
@@ -196,7 +200,8 @@ func watchKernel(ctx context.Context, l HealLoop, wake chan<- struct{}) {
 			}
 		}
 		close(done)
-		_ = ctxwait.Sleep(ctx, time.Second)
+		b.Settled(time.Since(started))
+		_ = b.Sleep(ctx)
 	}
 }
 
@@ -251,7 +256,14 @@ func (o *Owned) link(u netlink.LinkUpdate) bool {
 	return o.Devices[i] || i == o.Ext || (u.Link != nil && o.Names[u.Link.Attrs().Name])
 }
 
+// addr passes changes of the owned devices' addresses, except the IPv6
+// link-local ones the kernel adds by itself when a device comes up (its
+// duplicate address detection ends a second or two later): flannel sets
+// none of them.
 func (o *Owned) addr(u netlink.AddrUpdate) bool {
+	if u.LinkAddress.IP.IsLinkLocalUnicast() {
+		return false
+	}
 	return o.Devices[u.LinkIndex] || u.LinkIndex == o.Ext
 }
 
@@ -259,7 +271,13 @@ func (o *Owned) route(u netlink.RouteUpdate) bool {
 	return o.watchedRoute(u) && (o.RouteInLine == nil || !o.RouteInLine(u))
 }
 
+// watchedRoute passes routes of the main table on the owned devices or
+// into the networks; the local table's (the kernel's own, for each
+// address) follow the addresses.
 func (o *Owned) watchedRoute(u netlink.RouteUpdate) bool {
+	if u.Table != unix.RT_TABLE_MAIN {
+		return false
+	}
 	if o.Devices[u.LinkIndex] {
 		return true
 	}

@@ -67,8 +67,31 @@ func route(dst, gw string) PeerRoute {
 	return PeerRoute{Dst: netip.MustParsePrefix(dst), Gw: netip.MustParseAddr(gw), Link: testLink}
 }
 
-func newTestEngine(w RouteWriter) *PeerRoutes {
-	return NewPeerRoutes(PeerRoutesConfig{Name: "test", Writer: w, Network: netip.MustParsePrefix("10.244.0.0/16"), Links: map[int]string{testLink: "eth0"}})
+// testEngine is a PeerSet of plain routes over a fake kernel, as host-gw
+// has.
+type testEngine struct {
+	*PeerSet[PeerRoute]
+	routes *Routes
+	table  *RouteTable[PeerRoute]
+}
+
+func newTestEngine(k RouteKernel) testEngine {
+	w := NewRoutes(k, netip.MustParsePrefix("10.244.0.0/16"), map[int]string{testLink: "eth0"})
+	t := NewRouteTable(func(r PeerRoute) (PeerRoute, bool) { return r, true }, w)
+	return testEngine{NewPeerSet("test", t), w, t}
+}
+
+// unroutable is host-gw's writer in miniature: it refuses some next hops.
+type unroutable struct {
+	*Routes
+	off map[netip.Addr]bool
+}
+
+func (u unroutable) Set(dst netip.Prefix, h Hop) error {
+	if u.off[h.Gw] {
+		return ErrUnroutable
+	}
+	return u.Routes.Set(dst, h)
 }
 
 func TestPeerRoutesTwinLeaseKeepsTheRoute(t *testing.T) {
@@ -110,8 +133,9 @@ func TestPeerRoutesKeepsFailedWritesAndRetries(t *testing.T) {
 
 func TestPeerRoutesUnroutableIsNoFailure(t *testing.T) {
 	k := newFakeRoutes()
-	p := newTestEngine(k)
-	k.fail[netip.MustParsePrefix("10.244.3.0/24")] = ErrUnroutable
+	w := NewRoutes(k, netip.MustParsePrefix("10.244.0.0/16"), map[int]string{testLink: "eth0"})
+	p := NewPeerSet("test", NewRouteTable(func(r PeerRoute) (PeerRoute, bool) { return r, true },
+		unroutable{w, map[netip.Addr]bool{netip.MustParseAddr("203.0.113.4"): true}}))
 	p.Set("c", route("10.244.3.0/24", "203.0.113.4"))
 	if p.Failed() {
 		t.Fatal("an unroutable peer counts as a failed write; the healer would retry it at once forever")
@@ -121,7 +145,7 @@ func TestPeerRoutesUnroutableIsNoFailure(t *testing.T) {
 func TestPeerRoutesRepairRestoresAndPrunes(t *testing.T) {
 	k := newFakeRoutes()
 	p := newTestEngine(k)
-	p.SetOwn(netip.MustParsePrefix("10.244.0.0/24"))
+	p.routes.SetOwn(netip.MustParsePrefix("10.244.0.0/24"))
 	p.Set("a", route("10.244.1.0/24", "198.51.100.2"))
 	p.Set("b", route("10.244.2.0/24", "198.51.100.3"))
 	stranger := route("10.244.7.0/24", "198.51.100.7")
@@ -175,7 +199,7 @@ func TestPeerRoutesInLine(t *testing.T) {
 		{"a route no peer wants deleted", upd(unix.RTM_DELROUTE, route("10.244.9.0/24", "198.51.100.9")), true},
 	}
 	for _, c := range cases {
-		if got := p.InLine(c.u); got != c.in {
+		if got := RouteInLine(p.table, c.u); got != c.in {
 			t.Errorf("%s: InLine = %v, want %v", c.name, got, c.in)
 		}
 	}
@@ -183,12 +207,12 @@ func TestPeerRoutesInLine(t *testing.T) {
 
 func TestPeersPruneAfterFirstBatchAndKickOnFailure(t *testing.T) {
 	k := newFakeRoutes()
-	routes := newTestEngine(k)
-	p := NewPeers(PeersConfig{Name: "test", Routes: []*PeerRoutes{routes}})
+	e := newTestEngine(k)
+	p := NewPeers(PeersConfig{Name: "test", Sets: []PeerEngine{e.PeerSet}})
 	_ = k.Replace(route("10.244.7.0/24", "198.51.100.7").Netlink())
 	k.fail[netip.MustParsePrefix("10.244.2.0/24")] = errors.New("no buffer space")
 	set := func(ev lease.Event) {
-		routes.Set(ev.Lease.Key(), route(ev.Lease.Subnet.String(), ev.Lease.Attrs.PublicIP.String()))
+		e.Set(ev.Lease.Key(), route(ev.Lease.Subnet.String(), ev.Lease.Attrs.PublicIP.String()))
 	}
 	p.Apply([]lease.Event{{Type: lease.Added, Lease: lease.Lease{
 		Subnet: netip.MustParsePrefix("10.244.2.0/24"), Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("198.51.100.3")},
@@ -200,8 +224,5 @@ func TestPeersPruneAfterFirstBatchAndKickOnFailure(t *testing.T) {
 	case <-p.kick:
 	default:
 		t.Error("a failed write did not kick the healer")
-	}
-	if !p.owned.RouteInLine(netlink.RouteUpdate{Type: unix.RTM_DELROUTE, Route: netlink.Route{Dst: IPNet(netip.MustParsePrefix("10.244.9.0/24")), Table: unix.RT_TABLE_MAIN}}) {
-		t.Error("Owned.RouteInLine does not ask the family's PeerRoutes")
 	}
 }

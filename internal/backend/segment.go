@@ -45,11 +45,7 @@ func CheckOnSegment(h *netlink.Handle, linkIndex int, addr netip.Addr) error {
 // checkCovered is the connected-prefix half of CheckOnSegment. Host
 // prefixes (/32, /128) cover only the node itself and do not count.
 func checkCovered(h *netlink.Handle, link netlink.Link, addr netip.Addr) error {
-	family := netlink.FAMILY_V4
-	if addr.Is6() {
-		family = netlink.FAMILY_V6
-	}
-	addrs, err := nldump.List(func() ([]netlink.Addr, error) { return h.AddrList(link, family) })
+	addrs, err := nldump.List(func() ([]netlink.Addr, error) { return h.AddrList(link, familyOf(addr)) })
 	if err != nil {
 		return fmt.Errorf("list addresses of %s: %w", link.Attrs().Name, err)
 	}

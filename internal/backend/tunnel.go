@@ -2,10 +2,13 @@ package backend
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/flannelgo/flannel/internal/nldump"
 )
 
 // ConfigureTunnel gives a point-to-point overlay device (udp's flannel0,
@@ -16,24 +19,90 @@ import (
 // route, so only traffic for other nodes enters the tunnel. The address is
 // the source of traffic the node itself sends into the overlay.
 func ConfigureTunnel(h *netlink.Handle, name string, own netip.Addr, network netip.Prefix) error {
+	_, err := RepairTunnel(h, name, own, network, Repairs{})
+	return err
+}
+
+// RepairTunnel makes the device what ConfigureTunnel makes it, writing
+// only what is missing and counting it in r, and returns the device's
+// index. A device that is gone is an error: these devices live with the
+// process that opened them.
+func RepairTunnel(h *netlink.Handle, name string, own netip.Addr, network netip.Prefix, r Repairs) (int, error) {
 	link, err := h.LinkByName(name)
 	if err != nil {
-		return fmt.Errorf("find device %s: %w", name, err)
+		return 0, fmt.Errorf("find device %s: %w (restart flanneld to create it again)", name, err)
 	}
+	if err := tunnelAddress(h, link, own, r); err != nil {
+		return 0, err
+	}
+	if link.Attrs().Flags&net.FlagUp == 0 {
+		if err := h.LinkSetUp(link); err != nil {
+			return 0, fmt.Errorf("ip link set %s up: %w", name, err)
+		}
+		r.Add("device")
+	}
+	route := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: IPNet(network.Masked()), Scope: netlink.SCOPE_LINK}
+	have, err := nldump.List(func() ([]netlink.Route, error) {
+		return h.RouteListFiltered(familyOf(own), route, netlink.RT_FILTER_OIF|netlink.RT_FILTER_DST)
+	})
+	if err != nil {
+		return 0, fmt.Errorf("ip route show %s dev %s: %w", network.Masked(), name, err)
+	}
+	if len(have) == 0 {
+		if err := h.RouteReplace(route); err != nil {
+			return 0, fmt.Errorf("ip route replace %s dev %s: %w", network.Masked(), name, err)
+		}
+		r.Add("route")
+	}
+	return link.Attrs().Index, nil
+}
+
+// tunnelAddress gives link the host prefix of own unless it has it.
+func tunnelAddress(h *netlink.Handle, link netlink.Link, own netip.Addr, r Repairs) error {
 	host := netip.PrefixFrom(own, own.BitLen())
+	addrs, err := nldump.List(func() ([]netlink.Addr, error) { return h.AddrList(link, familyOf(own)) })
+	if err != nil {
+		return fmt.Errorf("ip addr show dev %s: %w", link.Attrs().Name, err)
+	}
+	for _, a := range addrs {
+		if p, ok := PrefixOf(a.IPNet); ok && p == host {
+			return nil
+		}
+	}
 	addr := &netlink.Addr{IPNet: IPNet(host)}
 	if own.Is6() {
 		addr.Flags = unix.IFA_F_NODAD // a tunnel has no neighbours to collide with
 	}
 	if err := h.AddrReplace(link, addr); err != nil {
-		return fmt.Errorf("ip addr replace %s dev %s: %w", host, name, err)
+		return fmt.Errorf("ip addr replace %s dev %s: %w", host, link.Attrs().Name, err)
 	}
-	if err := h.LinkSetUp(link); err != nil {
-		return fmt.Errorf("ip link set %s up: %w", name, err)
-	}
-	route := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: IPNet(network.Masked()), Scope: netlink.SCOPE_LINK}
-	if err := h.RouteReplace(route); err != nil {
-		return fmt.Errorf("ip route replace %s dev %s: %w", network.Masked(), name, err)
-	}
+	r.Add("address")
 	return nil
+}
+
+func familyOf(a netip.Addr) int {
+	if a.Is6() {
+		return netlink.FAMILY_V6
+	}
+	return netlink.FAMILY_V4
+}
+
+// TunnelRoutesInLine says, for the healer, whether a route notification
+// leaves the networks routed through the tunnel device dev: a network's
+// route through dev deleted (by hand, or with the device going down), or
+// one through another device added, is drift; every other route inside
+// the networks (the pods' bridge route) is none of the tunnel's business.
+func TunnelRoutesInLine(dev int, networks ...netip.Prefix) func(netlink.RouteUpdate) bool {
+	return func(u netlink.RouteUpdate) bool {
+		dst, ok := PrefixOf(u.Dst)
+		if !ok || u.Table != unix.RT_TABLE_MAIN {
+			return true
+		}
+		for _, n := range networks {
+			if dst == n.Masked() {
+				return (u.LinkIndex == dev) == (u.Type != unix.RTM_DELROUTE)
+			}
+		}
+		return true
+	}
 }

@@ -56,7 +56,7 @@ func TestUDPThreeNodes(t *testing.T) {
 	}
 	deleteLease(t, c, n3, envs[n3])
 	for _, n := range []*testbed.Node{n1, n2} {
-		logHas(t, n, 5*time.Second, "udp: forgot peer "+envs[n3].Subnet.Masked().String())
+		logHas(t, n, 5*time.Second, "udp: removed peer "+envs[n3].Subnet.Masked().String())
 	}
 	// Exactly three echoes, each of which must be dropped and counted.
 	if out, err := testbed.PingWith(ctx, pods[0].NS, pods[2].IP, testbed.PingOptions{Count: 3, Interval: 200 * time.Millisecond}); err == nil {

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net/netip"
 
-	"github.com/vishvananda/netlink"
 	"k8s.io/klog/v2"
 
 	"github.com/flannelgo/flannel/internal/backend"
@@ -19,8 +18,10 @@ type family struct {
 	network netip.Prefix // the cluster network of this family
 	local   netip.Addr   // this node's address on the external interface
 
-	// routes is the desired state by lease key and its kernel writer.
-	routes *backend.PeerRoutes
+	// peers is the desired state by lease key; routes its kernel writer.
+	peers  *backend.PeerSet[backend.PeerRoute]
+	table  *backend.RouteTable[backend.PeerRoute]
+	routes *backend.Routes
 	// offSegment holds, by destination, the next hop a peer was last
 	// reported unreachable at, so that the error is logged once per peer
 	// and address rather than on every reconcile.
@@ -29,10 +30,9 @@ type family struct {
 
 func newFamily(b *Backend, v6 bool, network netip.Prefix, local netip.Addr) *family {
 	f := &family{b: b, v6: v6, network: network, local: local, offSegment: map[netip.Prefix]netip.Addr{}}
-	f.routes = backend.NewPeerRoutes(backend.PeerRoutesConfig{
-		Name: "host-gw", Writer: segmentWriter{backend.NetlinkRoutes{H: b.nl}, f}, Network: network,
-		Links: map[int]string{b.ext.Iface.Index: b.ext.Iface.Name},
-	})
+	f.routes = backend.NewRoutes(backend.NetlinkRoutes{H: b.nl}, network, map[int]string{b.ext.Iface.Index: b.ext.Iface.Name})
+	f.table = backend.NewRouteTable(func(r backend.PeerRoute) (backend.PeerRoute, bool) { return r, true }, segmentWriter{f.routes, f})
+	f.peers = backend.NewPeerSet("host-gw", f.table)
 	return f
 }
 
@@ -75,42 +75,32 @@ func (f *family) routeFor(l *lease.Lease) (backend.PeerRoute, error) {
 }
 
 func (f *family) handle(ev lease.Event) {
-	key := ev.Lease.Key()
 	if ev.Type == lease.Removed {
 		delete(f.offSegment, f.subnetOf(&ev.Lease))
-		f.routes.Remove(key)
-		return
 	}
-	r, err := f.routeFor(&ev.Lease)
-	if err != nil {
-		klog.Errorf("host-gw: cannot route to %s peer %s: %v", f.name(), ev.Lease.String(), err)
-		f.routes.Remove(key)
-		return
-	}
-	f.routes.Set(key, r)
+	f.peers.Handle(ev, f.routeFor)
 }
 
 // segmentWriter installs a peer's route only when its next hop is on this
 // node's segment; otherwise it takes out what an earlier form of the route
 // left there and tells the operator.
 type segmentWriter struct {
-	backend.NetlinkRoutes
+	*backend.Routes
 	f *family
 }
 
-func (w segmentWriter) Replace(r *netlink.Route) error {
-	gw, _ := netip.AddrFromSlice(r.Gw)
-	dst, _ := backend.PrefixOf(r.Dst)
-	if err := backend.CheckOnSegment(w.H, w.f.b.ext.Iface.Index, gw.Unmap()); err != nil {
-		// A route already installed for this peer now leads nowhere.
-		if derr := w.Delete(r); derr != nil {
-			klog.Errorf("host-gw: delete route %s via %s dev %s: %v", dst, gw, w.f.b.ext.Iface.Name, derr)
+func (w segmentWriter) Set(dst netip.Prefix, h backend.Hop) error {
+	if err := backend.CheckOnSegment(w.f.b.nl, w.f.b.ext.Iface.Index, h.Gw); err != nil {
+		// A route already installed for this peer, through whatever next
+		// hop, now leads nowhere.
+		if derr := w.Delete(dst, backend.Hop{Link: h.Link}); derr != nil {
+			klog.Errorf("host-gw: delete route %s: %v", w.Describe(dst, h), derr)
 		}
-		w.f.reportOffSegment(dst, gw.Unmap(), err)
+		w.f.reportOffSegment(dst, h.Gw, err)
 		return fmt.Errorf("%w: %v", backend.ErrUnroutable, err)
 	}
 	delete(w.f.offSegment, dst)
-	return w.NetlinkRoutes.Replace(r)
+	return w.Routes.Set(dst, h)
 }
 
 // reportOffSegment tells the operator, once per peer and address, why the

@@ -103,11 +103,11 @@ func (b *Backend) RegisterNetwork(ctx context.Context, cfg *config.Config) (back
 		}
 		n.v6 = newFamily(b, true, cfg.IPv6Network, b.ext.IfaceV6Addr)
 	}
-	var routes []*backend.PeerRoutes
+	var sets []backend.PeerEngine
 	for _, f := range n.families() {
-		routes = append(routes, f.routes)
+		sets = append(sets, f.peers)
 	}
-	n.peers = backend.NewPeers(backend.PeersConfig{Name: "host-gw", Routes: routes, Owned: &backend.Owned{Ext: b.ext.Iface.Index}, Check: b.extUp})
+	n.peers = backend.NewPeers(backend.PeersConfig{Name: "host-gw", Sets: sets, Owned: n.owned, Check: func(backend.Repairs) error { return b.extUp() }})
 	return n, nil
 }
 
@@ -173,6 +173,24 @@ func (n *network) HandleEvents(ctx context.Context, events []lease.Event) {
 			f.handle(ev)
 		}
 	})
+}
+
+// owned is what the healer watches: the external interface, and routes
+// into the networks that differ from what the peers want.
+func (n *network) owned() *backend.Owned {
+	o := &backend.Owned{Ext: n.b.ext.Iface.Index}
+	for _, f := range n.families() {
+		o.Networks = append(o.Networks, f.network)
+	}
+	v4, v6 := n.v4, n.v6
+	o.RouteInLine = func(u netlink.RouteUpdate) bool {
+		f := v4
+		if dst, ok := backend.PrefixOf(u.Dst); ok && dst.Addr().Is6() {
+			f = v6
+		}
+		return f != nil && backend.RouteInLine(f.table, u)
+	}
+	return o
 }
 
 // Heal keeps every peer's route in place; see backend.Healer.

@@ -21,6 +21,7 @@ import (
 	"github.com/flannelgo/flannel/internal/backend"
 	"github.com/flannelgo/flannel/internal/config"
 	"github.com/flannelgo/flannel/internal/lease"
+	"github.com/flannelgo/flannel/internal/nldump"
 )
 
 const (
@@ -91,7 +92,7 @@ func (b *Backend) RegisterNetwork(ctx context.Context, cfg *config.Config) (back
 		return nil, err
 	}
 	klog.Infof("ipip: %s local %s MTU %d, DirectRouting=%v", DeviceName, local, underlay-overhead, b.Opts.DirectRouting)
-	return newNetwork(b, dev, underlay-overhead, cfg.Network), nil
+	return newNetwork(b, backend.NetlinkRoutes{H: b.NL}, dev, local, underlay-overhead, cfg.Network), nil
 }
 
 // ensureDevice creates flannel.ipip, or adopts an existing one whose local
@@ -136,24 +137,44 @@ func setUp(h *netlink.Handle, l netlink.Link, mtu int) error {
 }
 
 type network struct {
-	b      *Backend
+	b       *Backend
+	local   netip.Addr // the external interface's address, the tunnel's source
+	mtu     int
+	cluster netip.Prefix
+	// dev is flannel.ipip as last seen; the healer re-creates it when it
+	// is deleted. Read and written under the peers' lock.
 	dev    netlink.Link
-	mtu    int
-	routes *backend.PeerRoutes
+	own    netip.Prefix
+	routes *backend.Routes
+	set    *backend.PeerSet[peer]
+	table  *backend.RouteTable[peer]
 	peers  *backend.Peers
 }
 
-func newNetwork(b *Backend, dev netlink.Link, mtu int, cluster netip.Prefix) *network {
+// newNetwork programs routes through kernel (netlink on b.NL; a fake in
+// tests).
+func newNetwork(b *Backend, kernel backend.RouteKernel, dev netlink.Link, local netip.Addr, mtu int, cluster netip.Prefix) *network {
 	links := map[int]string{dev.Attrs().Index: DeviceName}
 	if b.Opts.DirectRouting {
 		links[b.Ext.Iface.Index] = b.Ext.Iface.Name
 	}
-	n := &network{b: b, dev: dev, mtu: mtu}
-	n.routes = backend.NewPeerRoutes(backend.PeerRoutesConfig{Name: "ipip", Writer: backend.NetlinkRoutes{H: b.NL}, Network: cluster, Links: links})
-	n.peers = backend.NewPeers(backend.PeersConfig{Name: "ipip", Routes: []*backend.PeerRoutes{n.routes}, Owned: &backend.Owned{
-		Devices: map[int]bool{dev.Attrs().Index: true}, Names: map[string]bool{DeviceName: true}, Ext: b.Ext.Iface.Index,
-	}})
+	n := &network{b: b, dev: dev, local: local, mtu: mtu, cluster: cluster}
+	n.routes = backend.NewRoutes(kernel, cluster, links)
+	n.table = backend.NewRouteTable(n.routeFor, n.routes)
+	n.set = backend.NewPeerSet("ipip", n.table)
+	n.peers = backend.NewPeers(backend.PeersConfig{Name: "ipip", Sets: []backend.PeerEngine{n.set}, Owned: n.owned, Check: n.repairDevice})
 	return n
+}
+
+// owned is what the healer watches: the device (by its index now, and by
+// name to see it re-created), the external interface, and routes into the
+// network that differ from what the peers want.
+func (n *network) owned() *backend.Owned {
+	return &backend.Owned{
+		Devices: map[int]bool{n.dev.Attrs().Index: true}, Names: map[string]bool{DeviceName: true},
+		Ext: n.b.Ext.Iface.Index, Networks: []netip.Prefix{n.cluster},
+		RouteInLine: func(u netlink.RouteUpdate) bool { return backend.RouteInLine(n.table, u) },
+	}
 }
 
 func (n *network) LeaseAttrs() lease.Attrs { return lease.Attrs{BackendType: TypeName} }
@@ -166,10 +187,30 @@ func (n *network) Transport() string { return "IP protocol 4 (IPIP)" }
 // Activate gives the device the subnet's network address as a /32: the
 // source address of traffic the node itself sends to other nodes' pods.
 func (n *network) Activate(ctx context.Context, own *lease.Lease) error {
-	n.peers.Locked(func() { n.routes.SetOwn(own.Subnet) })
-	addr := &netlink.Addr{IPNet: backend.IPNet(netip.PrefixFrom(own.Subnet.Addr(), 32))}
-	if err := n.b.NL.AddrReplace(n.dev, addr); err != nil {
-		return fmt.Errorf("ipip: ip addr add %s dev %s: %w", addr.IPNet, DeviceName, err)
+	var err error
+	n.peers.Locked(func() {
+		n.own = own.Subnet
+		n.routes.SetOwn(own.Subnet)
+		_, err = n.ensureAddress()
+	})
+	return err
+}
+
+// ensureAddress gives the device the subnet's network address as a /32
+// unless it has it, and says whether it had to.
+func (n *network) ensureAddress() (bool, error) {
+	host := netip.PrefixFrom(n.own.Addr(), 32)
+	addrs, err := nldump.List(func() ([]netlink.Addr, error) { return n.b.NL.AddrList(n.dev, netlink.FAMILY_V4) })
+	if err != nil {
+		return false, fmt.Errorf("ipip: ip addr show dev %s: %w", DeviceName, err)
 	}
-	return nil
+	for _, a := range addrs {
+		if p, ok := backend.PrefixOf(a.IPNet); ok && p == host {
+			return false, nil
+		}
+	}
+	if err := n.b.NL.AddrReplace(n.dev, &netlink.Addr{IPNet: backend.IPNet(host)}); err != nil {
+		return false, fmt.Errorf("ipip: ip addr add %s dev %s: %w", host, DeviceName, err)
+	}
+	return true, nil
 }

@@ -1,6 +1,7 @@
 package udp
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 
@@ -15,6 +16,10 @@ type peer struct {
 	port   uint16
 }
 
+func (p peer) String() string {
+	return fmt.Sprintf("peer %s at %s", p.subnet, netip.AddrPortFrom(p.addr, p.port))
+}
+
 // peerTable maps a destination address to the node owning it. It is built
 // whole on every change and never modified, so the packet loops read it
 // without locks.
@@ -23,7 +28,7 @@ type peerTable struct {
 	eps  map[netip.Prefix]conn.Endpoint
 }
 
-func newPeerTable(peers map[string]peer) *peerTable {
+func newPeerTable(peers []peer) *peerTable {
 	t := &peerTable{eps: make(map[netip.Prefix]conn.Endpoint, len(peers))}
 	for _, p := range peers {
 		t.eps[p.subnet] = &conn.StdNetEndpoint{AddrPort: netip.AddrPortFrom(p.addr, p.port)}

@@ -16,7 +16,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"sync"
+	"net/netip"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/klog/v2"
@@ -102,18 +102,26 @@ func (b *Backend) RegisterNetwork(ctx context.Context, cfg *config.Config) (back
 		return nil, fmt.Errorf("udp: %w", err)
 	}
 	klog.Infof("udp: %s (MTU %d) and UDP port %d open; TUN offloads %v, batches of %d", DeviceName, mtu, b.Opts.Port, dp.offloads(), dp.dev.BatchSize())
-	return &network{b: b, cfg: cfg, mtu: mtu, dp: dp, peers: map[string]peer{}}, nil
+	n := &network{b: b, cfg: cfg, mtu: mtu, dp: dp, set: backend.NewPeerSet[peer]("udp")}
+	n.peers = backend.NewPeers(backend.PeersConfig{Name: "udp", Sets: []backend.PeerEngine{n.set}, Owned: n.owned, Check: n.repair})
+	return n, nil
 }
 
+// network keeps the peers by lease key in a PeerSet with no kernel
+// entries: a udp peer lives in the data path's table, which flanneld
+// alone writes. What the kernel holds (flannel0's address, up state and
+// the network's route through it) the healer repairs.
 type network struct {
 	b   *Backend
 	cfg *config.Config
 	mtu int
 	dp  *dataPath
 
-	mu    sync.Mutex
+	// Under the peers' lock:
 	own   lease.Lease
-	peers map[string]peer // by lease key: what the data path knows now
+	dev   int // flannel0's index, once activated
+	set   *backend.PeerSet[peer]
+	peers *backend.Peers
 }
 
 // LeaseAttrs carries no backend data: peers need only the public address,
@@ -134,52 +142,60 @@ func (n *network) Activate(ctx context.Context, own *lease.Lease) error {
 	if !own.Subnet.IsValid() {
 		return fmt.Errorf("udp: own lease %s has no IPv4 subnet", own.Key())
 	}
-	n.mu.Lock()
-	n.own = *own
-	n.mu.Unlock()
-	if err := backend.ConfigureTunnel(n.b.NL, DeviceName, own.Subnet.Masked().Addr(), n.cfg.Network); err != nil {
-		return fmt.Errorf("udp: %w", err)
+	var err error
+	n.peers.Locked(func() {
+		n.own = *own
+		err = n.repair(backend.Repairs{})
+	})
+	if err != nil {
+		return err
 	}
 	n.dp.start(ctx)
 	return nil
 }
 
+// repair gives flannel0 its address, up state and the network's route,
+// as far as they are missing; under the peers' lock.
+func (n *network) repair(r backend.Repairs) error {
+	if !n.own.Subnet.IsValid() {
+		return nil // not activated yet
+	}
+	dev, err := backend.RepairTunnel(n.b.NL, DeviceName, n.own.Subnet.Masked().Addr(), n.cfg.Network, r)
+	if err != nil {
+		return fmt.Errorf("udp: %w", err)
+	}
+	n.dev = dev
+	return nil
+}
+
+// owned is what the healer watches: flannel0 and the network's route
+// through it.
+func (n *network) owned() *backend.Owned {
+	o := &backend.Owned{Devices: map[int]bool{}, Names: map[string]bool{DeviceName: true}, Ext: -1,
+		Networks: []netip.Prefix{n.cfg.Network}, RouteInLine: backend.TunnelRoutesInLine(n.dev, n.cfg.Network)}
+	if n.dev > 0 {
+		o.Devices[n.dev] = true
+	}
+	return o
+}
+
+// Heal keeps flannel0's address and the network's route in place; see
+// backend.Healer.
+func (n *network) Heal(ctx context.Context, cfg backend.HealConfig) { n.peers.Heal(ctx, cfg, nil) }
+
 // HandleEvents adds and forgets peers. A removed lease's subnet is dropped
 // from the table at once, so its traffic is counted as having no peer
 // rather than sent to a node that no longer owns it.
 func (n *network) HandleEvents(ctx context.Context, events []lease.Event) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	for _, ev := range events {
-		n.handle(ev)
-	}
-	n.dp.setPeers(newPeerTable(n.peers))
+	n.peers.Apply(events, n.handle)
+	n.peers.Locked(func() {
+		peers := make([]peer, 0, n.set.Len())
+		n.set.Each(func(_ string, p peer) { peers = append(peers, p) })
+		n.dp.setPeers(newPeerTable(peers))
+	})
 }
 
-func (n *network) handle(ev lease.Event) {
-	key := ev.Lease.Key()
-	if ev.Type == lease.Removed {
-		if old, had := n.peers[key]; had {
-			delete(n.peers, key)
-			klog.Infof("udp: forgot peer %s at %s", old.subnet, old.addr)
-		}
-		return
-	}
-	p, err := n.peerFor(&ev.Lease)
-	if err != nil {
-		klog.Errorf("udp: cannot reach peer %s: %v", ev.Lease.String(), err)
-		delete(n.peers, key)
-		return
-	}
-	old, had := n.peers[key]
-	n.peers[key] = p
-	switch {
-	case !had:
-		klog.Infof("udp: added peer %s at %s", p.subnet, p.addr)
-	case old != p:
-		klog.Infof("udp: peer %s moved to %s (was %s)", p.subnet, p.addr, old.addr)
-	}
-}
+func (n *network) handle(ev lease.Event) { n.set.Handle(ev, n.peerFor) }
 
 // peerFor checks a lease: upstream's udp leases carry no BackendType, so
 // an empty one is accepted too.

@@ -34,10 +34,10 @@ func ipv4Packet(dst string) []byte {
 // The table finds the node owning a destination, longest subnet first,
 // and nothing for addresses no node owns or packets that are not IPv4.
 func TestPeerTableLookup(t *testing.T) {
-	tab := newPeerTable(map[string]peer{
-		"a": {subnet: netip.MustParsePrefix("10.244.1.0/24"), addr: netip.MustParseAddr("198.51.100.2"), port: 8285},
-		"b": {subnet: netip.MustParsePrefix("10.244.2.0/24"), addr: netip.MustParseAddr("198.51.100.3"), port: 8285},
-		"c": {subnet: netip.MustParsePrefix("10.244.2.128/25"), addr: netip.MustParseAddr("198.51.100.4"), port: 8286},
+	tab := newPeerTable([]peer{
+		{subnet: netip.MustParsePrefix("10.244.1.0/24"), addr: netip.MustParseAddr("198.51.100.2"), port: 8285},
+		{subnet: netip.MustParsePrefix("10.244.2.0/24"), addr: netip.MustParseAddr("198.51.100.3"), port: 8285},
+		{subnet: netip.MustParsePrefix("10.244.2.128/25"), addr: netip.MustParseAddr("198.51.100.4"), port: 8286},
 	})
 	for dst, want := range map[string]string{
 		"10.244.1.7":   "198.51.100.2:8285",

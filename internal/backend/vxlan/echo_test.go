@@ -40,9 +40,10 @@ func TestOwnWritesDoNotWakeHealer(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		backend.RunHealer(hctx, backend.HealLoop{Name: "vxlan", NS: &nsh, Config: backend.HealConfig{Interval: time.Hour},
-			Owned: n.owned.Load, Kick: n.kick,
-			Reconcile: func() (backend.Repairs, error) { passes.Add(1); return n.reconcile() }})
+		l := n.peers.Loop(backend.HealConfig{Interval: time.Hour}, &nsh)
+		reconcile := l.Reconcile
+		l.Reconcile = func() (backend.Repairs, error) { passes.Add(1); return reconcile() }
+		backend.RunHealer(hctx, l)
 	}()
 	defer func() { cancel(); <-done }()
 	// Subscribing pokes the loop once: the first pass.

@@ -85,11 +85,16 @@ func TestHealDeletedDevice(t *testing.T) {
 	if err := bt.TryPing(h.PA.NS, h.PB.Addr, 2*time.Second-took); err != nil {
 		t.Fatalf("pods do not talk within 2 s of deleting flannel.1: %v", err)
 	}
-	for _, kind := range []string{"device", "address", "route", "neighbour", "fdb"} {
-		if h.Rep.Count(kind) < 1 {
-			t.Errorf("no %s repair counted", kind)
+	// The healer counts repairs after the reconcile that made them
+	// returns: the entries can be back a moment before their counts.
+	bt.WaitFor(t, time.Second, "every kind of repair counted", func() error {
+		for _, kind := range []string{"device", "address", "route", "neighbour", "fdb"} {
+			if h.Rep.Count(kind) < 1 {
+				return fmt.Errorf("no %s repair counted", kind)
+			}
 		}
-	}
+		return nil
+	})
 }
 
 // Each of a peer's kernel entries deleted by hand is back within 1 s; a
@@ -240,7 +245,10 @@ func TestHealDeletedIPv6Device(t *testing.T) {
 		t.Fatalf("IPv6 pods do not talk within 2 s of deleting flannel-v6.1: %v", err)
 	}
 	bt.Ping(t, pa.NS, pb.Addr, 56, false)
-	if rep.Count("device") < 1 || rep.Count("route") != 1 || rep.Count("fdb") != 1 {
-		t.Errorf("repairs device=%d route=%d fdb=%d, want >=1, 1, 1 (the IPv4 half needed none)", rep.Count("device"), rep.Count("route"), rep.Count("fdb"))
-	}
+	bt.WaitFor(t, time.Second, "the IPv6 repairs counted", func() error {
+		if rep.Count("device") < 1 || rep.Count("route") != 1 || rep.Count("fdb") != 1 {
+			return fmt.Errorf("repairs device=%d route=%d fdb=%d, want >=1, 1, 1 (the IPv4 half needed none)", rep.Count("device"), rep.Count("route"), rep.Count("fdb"))
+		}
+		return nil
+	})
 }

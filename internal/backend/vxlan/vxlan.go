@@ -10,8 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"sync"
-	"sync/atomic"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -86,22 +84,24 @@ func (b *Backend) RegisterNetwork(ctx context.Context, cfg *config.Config) (back
 		}
 		specs = append(specs, s)
 	}
-	n := &network{b: b, kick: backend.NewKicker()}
+	n := &network{b: b}
 	for _, spec := range specs {
 		dev, err := ensureDevice(b.nl, spec)
 		if err != nil {
 			return nil, fmt.Errorf("vxlan: %w", err)
 		}
 		spec.mac = dev.HardwareAddr
-		s := &stack{b: b, v6: spec.srcAddr.Is6(), dev: dev, mtu: spec.mtu, network: cfg.Network, spec: spec,
-			peers: map[string]peer{}, want: newWanted()}
-		if s.v6 {
-			s.network, n.v6 = cfg.IPv6Network, s
+		if spec.srcAddr.Is6() {
+			n.v6 = newStack(b, dev, spec, cfg.IPv6Network)
 		} else {
-			n.v4 = s
+			n.v4 = newStack(b, dev, spec, cfg.Network)
 		}
 	}
-	n.publishOwned()
+	var sets []backend.PeerEngine
+	for _, s := range n.stacks() {
+		sets = append(sets, s.set)
+	}
+	n.peers = backend.NewPeers(backend.PeersConfig{Name: "vxlan", Sets: sets, Owned: n.owned, Check: n.check})
 	return n, nil
 }
 
@@ -181,13 +181,8 @@ func publishedMAC(raw json.RawMessage) (net.HardwareAddr, error) {
 
 type network struct {
 	b      *Backend
-	mu     sync.Mutex
 	v4, v6 *stack // nil when the network lacks that family
-	// synced is set once the first (complete) batch of leases is applied;
-	// only then may state that no lease accounts for be removed.
-	synced bool
-	kick   backend.Kicker                // asks the healer for a reconcile now
-	owned  atomic.Pointer[backend.Owned] // what the healer watches
+	peers  *backend.Peers
 }
 
 func (n *network) stacks() []*stack {
@@ -232,82 +227,47 @@ func (n *network) LeaseAttrs() lease.Attrs {
 // prefix, the source address of traffic the node itself sends into the
 // overlay.
 func (n *network) Activate(ctx context.Context, own *lease.Lease) error {
-	for _, s := range n.stacks() {
-		if err := s.activate(own); err != nil {
-			return fmt.Errorf("vxlan: %w", err)
+	var err error
+	n.peers.Locked(func() {
+		for _, s := range n.stacks() {
+			if err = s.activate(own); err != nil {
+				err = fmt.Errorf("vxlan: %w", err)
+				return
+			}
 		}
-	}
-	return nil
+	})
+	return err
 }
 
-// perPeerLogMax is the largest batch whose peers are each logged at level
-// 0: at start-up with 10000 peers, a line per peer cost about 0.1 s of the
-// convergence and buried everything else in the log.
-const perPeerLogMax = 100
-
-// HandleEvents programs and removes peers. The first batch is the full set
-// of leases, so after it any flannel-shaped state the kernel still holds for
-// leases that no longer exist is left over from an earlier run and removed.
-// A failed kernel write asks the healer to retry at once.
+// HandleEvents programs and removes peers; see backend.Peers.
 func (n *network) HandleEvents(ctx context.Context, events []lease.Event) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	failed := false
-	for _, s := range n.stacks() {
-		s.log = klog.V(0)
-		if len(events) > perPeerLogMax {
-			s.log = klog.V(2)
-		}
-		for _, ev := range events {
+	n.peers.Apply(events, func(ev lease.Event) {
+		for _, s := range n.stacks() {
 			s.handle(ev)
 		}
-		if len(events) > perPeerLogMax {
-			klog.Infof("vxlan: applied %d lease events; %d %s peers programmed (each peer's line at -v=2)", len(events), len(s.peers), s.family())
-		}
-		failed = failed || s.failed
-	}
-	if !n.synced {
-		n.synced = true
-		for _, s := range n.stacks() {
-			s.prune(s.desired())
-		}
-	}
-	if failed {
-		n.kick.Kick()
-	}
+	})
 }
 
 // Heal keeps the devices and every peer's route, neighbour and FDB entry in
 // place; see backend.Healer.
-func (n *network) Heal(ctx context.Context, cfg backend.HealConfig) {
-	backend.RunHealer(ctx, backend.HealLoop{
-		Name: "vxlan", NS: n.b.ns, Config: cfg, Owned: n.owned.Load, Reconcile: n.reconcile, Kick: n.kick,
-	})
-}
+func (n *network) Heal(ctx context.Context, cfg backend.HealConfig) { n.peers.Heal(ctx, cfg, n.b.ns) }
 
-// reconcile brings the kernel in line with the current peers.
-func (n *network) reconcile() (backend.Repairs, error) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	r := backend.Repairs{}
+// check restores each device before the peers' entries are repaired.
+func (n *network) check(r backend.Repairs) error {
 	var errs []error
 	for _, s := range n.stacks() {
-		s.failed = false
-		if err := s.repair(r, n.synced); err != nil {
-			errs = append(errs, fmt.Errorf("vxlan %s: %w", s.family(), err))
-		}
-		if s.failed {
-			errs = append(errs, fmt.Errorf("vxlan %s: a peer could not be programmed", s.family()))
+		if err := s.check(r); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", s.family(), err))
 		}
 	}
-	n.publishOwned()
-	return r, errors.Join(errs...)
+	return errors.Join(errs...)
 }
 
-// publishOwned tells the healer's notification filter what to watch: the
+// owned tells the healer's notification filter what to watch: the
 // devices (whose index changes when one is re-created) and the external
-// interface, and routes into the cluster networks.
-func (n *network) publishOwned() {
+// interface, and routes into the cluster networks; and which of those
+// notifications are the echo of the network's own writes.
+func (n *network) owned() *backend.Owned {
 	o := &backend.Owned{Devices: map[int]bool{}, Names: map[string]bool{}, Ext: n.b.ext.Iface.Index}
 	for _, s := range n.stacks() {
 		o.Devices[s.dev.Index] = true
@@ -335,7 +295,7 @@ func (n *network) publishOwned() {
 		if dst.Addr().Is6() {
 			v = views[1]
 		}
-		return v.s != nil && v.s.routeInLine(u, v.dev)
+		return v.s != nil && backend.RouteInLine(v.s.routeT, u)
 	}
 	o.NeighInLine = func(u netlink.NeighUpdate) bool {
 		for _, v := range views {
@@ -345,5 +305,5 @@ func (n *network) publishOwned() {
 		}
 		return false
 	}
-	n.owned.Store(o)
+	return o
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -14,15 +15,26 @@ import (
 )
 
 // tunnel is one device and the peers programmed on it. It carries IPv4,
-// IPv6 or both.
+// IPv6 or both. Its peers are kept by lease key in the shared engine,
+// whose one Table is the device's peer list.
 type tunnel struct {
 	n      *network
 	dev    device
 	port   int
 	v4, v6 bool
 
-	peers map[string]peer // by lease key: what the device holds now
+	// Under the network's lock:
+	index int // the device's kernel index, once activated
+	set   *backend.PeerSet[peer]
+	peerT *backend.Table[peer, wgtypes.Key, peer]
 	watch map[wgtypes.Key]*handshakeWatch
+}
+
+func newTunnel(n *network, dev device, port int, v4, v6 bool) *tunnel {
+	t := &tunnel{n: n, dev: dev, port: port, v4: v4, v6: v6, watch: map[wgtypes.Key]*handshakeWatch{}}
+	t.peerT = backend.NewTable("peer", func(p peer) (wgtypes.Key, peer, bool) { return p.key, p, true }, devicePeers{t})
+	t.set = backend.NewPeerSet("wireguard: "+dev.Name(), t.peerT)
+	return t
 }
 
 // peer is one remote node on a tunnel. Comparable, so a change is
@@ -30,66 +42,47 @@ type tunnel struct {
 type peer struct {
 	key      wgtypes.Key
 	endpoint netip.AddrPort
-	allowed  string // comma-separated prefixes, for comparison and logs
+	allowed  string // sorted, comma-separated prefixes, for comparison and logs
 }
 
-func (t *tunnel) activate(own *lease.Lease) error {
-	if t.v4 {
-		if !own.Subnet.IsValid() {
-			return fmt.Errorf("wireguard: own lease %s has no IPv4 subnet", own.Key())
+func (p peer) String() string {
+	return fmt.Sprintf("peer %s at %s, public key %s", p.allowed, p.endpoint, p.key)
+}
+
+// repair gives the device its addresses, up state and the networks'
+// routes, as far as they are missing, and records its index.
+func (t *tunnel) repair(own *lease.Lease, r backend.Repairs) error {
+	for _, f := range []struct {
+		on      bool
+		subnet  netip.Prefix
+		network netip.Prefix
+		name    string
+	}{{t.v4, own.Subnet, t.n.cfg.Network, "IPv4"}, {t.v6, own.IPv6Subnet, t.n.cfg.IPv6Network, "IPv6"}} {
+		if !f.on {
+			continue
 		}
-		if err := backend.ConfigureTunnel(t.n.b.NL, t.dev.Name(), own.Subnet.Masked().Addr(), t.n.cfg.Network); err != nil {
+		if !f.subnet.IsValid() {
+			return fmt.Errorf("wireguard: own lease %s has no %s subnet", own.Key(), f.name)
+		}
+		index, err := backend.RepairTunnel(t.n.b.NL, t.dev.Name(), f.subnet.Masked().Addr(), f.network, r)
+		if err != nil {
 			return fmt.Errorf("wireguard: %w", err)
 		}
-	}
-	if t.v6 {
-		if !own.IPv6Subnet.IsValid() {
-			return fmt.Errorf("wireguard: own lease %s has no IPv6 subnet", own.Key())
-		}
-		if err := backend.ConfigureTunnel(t.n.b.NL, t.dev.Name(), own.IPv6Subnet.Masked().Addr(), t.n.cfg.IPv6Network); err != nil {
-			return fmt.Errorf("wireguard: %w", err)
-		}
+		t.index = index
 	}
 	return nil
 }
 
+// handle applies one event; a new peer (or a node with a new key) is
+// greeted.
 func (t *tunnel) handle(ev lease.Event) {
-	key := ev.Lease.Key()
-	if ev.Type == lease.Removed {
-		if old, had := t.peers[key]; had {
-			t.remove(key, old)
-			klog.Infof("wireguard: %s: removed peer %s (%s, public key %s)", t.dev.Name(), old.allowed, old.endpoint, old.key)
-		}
-		return
-	}
-	p, err := t.peerFor(&ev.Lease)
-	if err != nil {
-		klog.Errorf("wireguard: %s: cannot add peer %s: %v", t.dev.Name(), ev.Lease.String(), err)
-		if old, had := t.peers[key]; had {
-			t.remove(key, old)
-		}
-		return
-	}
-	old, had := t.peers[key]
-	if had && old == p {
-		return
-	}
-	if had && old.key != p.key {
-		t.remove(key, old) // the node restarted with a new key
-		had = false
-	}
-	if err := t.dev.Configure(wgtypes.Config{Peers: []wgtypes.PeerConfig{t.peerConfig(p)}}); err != nil {
-		klog.Errorf("wireguard: %s: add peer %s at %s: %v", t.dev.Name(), p.allowed, p.endpoint, err)
-		delete(t.peers, key)
-		return
-	}
-	t.peers[key] = p
-	if !had {
+	old, had := t.set.Get(ev.Lease.Key())
+	p, ok := t.set.Handle(ev, t.peerFor)
+	if ok && (!had || old.key != p.key) {
 		if err := t.dev.Greet(p.key, *t.n.b.Opts.keepalive()); err != nil {
 			klog.V(1).Infof("wireguard: %s: greet peer %s: %v", t.dev.Name(), p.allowed, err)
 		}
 	}
-	klog.Infof("wireguard: %s: peer %s at %s, public key %s", t.dev.Name(), p.allowed, p.endpoint, p.key)
 }
 
 func (t *tunnel) peerConfig(p peer) wgtypes.PeerConfig {
@@ -103,13 +96,54 @@ func (t *tunnel) peerConfig(p peer) wgtypes.PeerConfig {
 	return pc
 }
 
-func (t *tunnel) remove(key string, p peer) {
-	delete(t.peers, key)
-	delete(t.watch, p.key)
-	err := t.dev.Configure(wgtypes.Config{Peers: []wgtypes.PeerConfig{{PublicKey: p.key, Remove: true}}})
+// devicePeers is the EntryWriter of a tunnel's peer list, on the device
+// (kernel or userspace) by public key.
+type devicePeers struct{ t *tunnel }
+
+func (w devicePeers) Set(_ wgtypes.Key, p peer) error {
+	return w.t.dev.Configure(wgtypes.Config{Peers: []wgtypes.PeerConfig{w.t.peerConfig(p)}})
+}
+
+func (w devicePeers) Delete(k wgtypes.Key, _ peer) error {
+	delete(w.t.watch, k)
+	return w.t.dev.Configure(wgtypes.Config{Peers: []wgtypes.PeerConfig{{PublicKey: k, Remove: true}}})
+}
+
+// Same compares the allowed IPs: the endpoint is where the peer was last
+// heard from, which WireGuard itself updates when a peer roams.
+func (w devicePeers) Same(want, have peer) bool { return want.allowed == have.allowed }
+
+func (w devicePeers) Describe(k wgtypes.Key, p peer) string {
+	return fmt.Sprintf("%s allowed-ips %s endpoint %s on %s", k, p.allowed, p.endpoint, w.t.dev.Name())
+}
+
+// Visit lists the device's peers; every peer on a flannel device is
+// flannel's.
+func (w devicePeers) Visit(reset func(), f func(wgtypes.Key, peer, bool)) error {
+	have, err := w.t.dev.Peers()
 	if err != nil {
-		klog.Errorf("wireguard: %s: remove peer %s (public key %s): %v", t.dev.Name(), p.allowed, p.key, err)
+		return err
 	}
+	reset()
+	for _, p := range have {
+		var allowed []string
+		for _, a := range p.AllowedIPs {
+			if pfx, ok := backend.PrefixOf(&a); ok {
+				allowed = append(allowed, pfx.Masked().String())
+			}
+		}
+		var ep netip.AddrPort
+		if p.Endpoint != nil {
+			ep = p.Endpoint.AddrPort()
+		}
+		f(p.PublicKey, peer{key: p.PublicKey, endpoint: ep, allowed: joinSorted(allowed)}, true)
+	}
+	return nil
+}
+
+func joinSorted(s []string) string {
+	slices.Sort(s)
+	return strings.Join(s, ",")
 }
 
 // peerFor reads a lease: its key, the subnets this tunnel carries, and the
@@ -143,7 +177,7 @@ func (t *tunnel) peerFor(l *lease.Lease) (peer, error) {
 	if err != nil {
 		return peer{}, err
 	}
-	return peer{key: key, endpoint: netip.AddrPortFrom(addr, uint16(t.port)), allowed: strings.Join(allowed, ",")}, nil
+	return peer{key: key, endpoint: netip.AddrPortFrom(addr, uint16(t.port)), allowed: joinSorted(allowed)}, nil
 }
 
 // endpoint is the peer address for this tunnel: its family's in Mode
@@ -173,26 +207,4 @@ func (t *tunnel) endpoint(ip4, ip6 netip.Addr) (netip.Addr, error) {
 		return netip.Addr{}, fmt.Errorf("lease has no IPv4 PublicIP to reach it at")
 	}
 	return ip4, nil
-}
-
-// reconcile removes peers the device holds that no lease accounts for.
-func (t *tunnel) reconcile() {
-	have, err := t.dev.Peers()
-	if err != nil {
-		klog.Errorf("wireguard: %s: list peers: %v", t.dev.Name(), err)
-		return
-	}
-	keep := map[wgtypes.Key]bool{}
-	for _, p := range t.peers {
-		keep[p.key] = true
-	}
-	for _, p := range have {
-		if keep[p.PublicKey] {
-			continue
-		}
-		klog.Infof("wireguard: %s: removing stale peer %s", t.dev.Name(), p.PublicKey)
-		if err := t.dev.Configure(wgtypes.Config{Peers: []wgtypes.PeerConfig{{PublicKey: p.PublicKey, Remove: true}}}); err != nil {
-			klog.Errorf("wireguard: %s: remove stale peer %s: %v", t.dev.Name(), p.PublicKey, err)
-		}
-	}
 }

@@ -15,9 +15,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sync"
+	"net/netip"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 	"k8s.io/klog/v2"
 
@@ -71,6 +72,11 @@ func (b *Backend) RegisterNetwork(ctx context.Context, cfg *config.Config) (back
 		n.close()
 		return nil, err
 	}
+	var sets []backend.PeerEngine
+	for _, t := range n.tunnels {
+		sets = append(sets, t.set)
+	}
+	n.peers = backend.NewPeers(backend.PeersConfig{Name: "wireguard", Sets: sets, Owned: n.owned, Check: n.repair})
 	return n, nil
 }
 
@@ -110,10 +116,11 @@ type network struct {
 	key wgtypes.Key
 	mtu int
 
-	mu         sync.Mutex
-	tunnels    []*tunnel // one, or two in Mode separate with dual stack
-	fellBack   bool      // the userspace fallback was logged
-	reconciled bool
+	tunnels  []*tunnel // one, or two in Mode separate with dual stack
+	fellBack bool      // the userspace fallback was logged
+	// peers is the lock over the tunnels' peers, and their healer.
+	peers *backend.Peers
+	own   *lease.Lease // under the peers' lock, once activated
 }
 
 // createTunnels makes flannel-wg (and flannel-wg-v6 in Mode separate).
@@ -138,7 +145,7 @@ func (n *network) addTunnel(name string, port int, v4, v6 bool) error {
 	if err != nil {
 		return err
 	}
-	t := &tunnel{n: n, dev: dev, port: port, v4: v4, v6: v6, peers: map[string]peer{}, watch: map[wgtypes.Key]*handshakeWatch{}}
+	t := newTunnel(n, dev, port, v4, v6)
 	n.tunnels = append(n.tunnels, t)
 	err = dev.Configure(wgtypes.Config{PrivateKey: &n.key, ListenPort: &port, ReplacePeers: true})
 	if err != nil {
@@ -213,39 +220,86 @@ func (n *network) Transport() string {
 // Activate addresses the devices, routes the networks through them and
 // starts watching handshakes. Userspace devices end with ctx.
 func (n *network) Activate(ctx context.Context, own *lease.Lease) error {
-	for _, t := range n.tunnels {
-		if err := t.activate(own); err != nil {
-			return err
-		}
+	var err error
+	n.peers.Locked(func() {
+		mine := *own
+		n.own = &mine
+		err = n.repair(backend.Repairs{})
+	})
+	if err != nil {
+		return err
 	}
 	go n.watchHandshakes(ctx, 5*time.Second)
 	go func() {
 		<-ctx.Done()
-		n.mu.Lock()
-		defer n.mu.Unlock()
-		for _, t := range n.tunnels {
-			if _, user := t.dev.(*userDevice); user {
-				_ = t.dev.Close()
+		n.peers.Locked(func() {
+			for _, t := range n.tunnels {
+				if _, user := t.dev.(*userDevice); user {
+					_ = t.dev.Close()
+				}
 			}
-		}
+		})
 	}()
 	return nil
 }
 
-// HandleEvents adds, updates and removes peers. The first batch is the
-// full set of leases; after it, peers no lease accounts for are removed.
-func (n *network) HandleEvents(ctx context.Context, events []lease.Event) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
+// repair gives each device its addresses and routes, as far as they are
+// missing; under the peers' lock.
+func (n *network) repair(r backend.Repairs) error {
+	if n.own == nil {
+		return nil // not activated yet
+	}
 	for _, t := range n.tunnels {
-		for _, ev := range events {
+		if err := t.repair(n.own, r); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// owned is what the healer watches: the devices and the networks' routes
+// through them. A peer removed from a device by hand sends no netlink
+// notification; the handshake watch notices it (see checkHandshakes).
+func (n *network) owned() *backend.Owned {
+	o := &backend.Owned{Devices: map[int]bool{}, Names: map[string]bool{}, Ext: -1}
+	var inLine []func(netlink.RouteUpdate) bool
+	for _, t := range n.tunnels {
+		o.Names[t.dev.Name()] = true
+		var nets []netip.Prefix
+		if t.v4 {
+			nets = append(nets, n.cfg.Network)
+		}
+		if t.v6 {
+			nets = append(nets, n.cfg.IPv6Network)
+		}
+		o.Networks = append(o.Networks, nets...)
+		if t.index > 0 {
+			o.Devices[t.index] = true
+		}
+		inLine = append(inLine, backend.TunnelRoutesInLine(t.index, nets...))
+	}
+	o.RouteInLine = func(u netlink.RouteUpdate) bool {
+		for _, f := range inLine {
+			if !f(u) {
+				return false
+			}
+		}
+		return true
+	}
+	return o
+}
+
+// HandleEvents adds, updates and removes peers; see backend.Peers. The
+// first batch is the full set of leases; after it, peers no lease
+// accounts for are removed.
+func (n *network) HandleEvents(ctx context.Context, events []lease.Event) {
+	n.peers.Apply(events, func(ev lease.Event) {
+		for _, t := range n.tunnels {
 			t.handle(ev)
 		}
-	}
-	if !n.reconciled {
-		n.reconciled = true
-		for _, t := range n.tunnels {
-			t.reconcile()
-		}
-	}
+	})
 }
+
+// Heal keeps the devices' addresses, routes and peers in place; see
+// backend.Healer.
+func (n *network) Heal(ctx context.Context, cfg backend.HealConfig) { n.peers.Heal(ctx, cfg, nil) }
