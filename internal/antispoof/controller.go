@@ -2,7 +2,6 @@ package antispoof
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"slices"
@@ -141,21 +140,7 @@ func (c *Controller) Sync(ctx context.Context) error {
 
 // pods reads the records, and libcni's cache for ports that have none.
 func (c *Controller) pods() ([]Pod, error) {
-	pods, err := ReadRecords(c.opts.RecordDir)
-	if c.opts.CNICacheDir == "" {
-		return pods, err
-	}
-	cached, cacheErr := ReadCNICache(c.opts.CNICacheDir)
-	seen := map[string]bool{}
-	for _, p := range pods {
-		seen[p.HostIf] = true
-	}
-	for _, p := range cached {
-		if !seen[p.HostIf] {
-			pods = append(pods, p)
-		}
-	}
-	return pods, errors.Join(err, cacheErr)
+	return ReadPods(c.opts.RecordDir, c.opts.CNICacheDir)
 }
 
 // remember keeps the pods by port for the metrics and logs each port that

@@ -189,3 +189,24 @@ func ReadRecords(dir string) ([]Pod, error) {
 	}
 	return pods, errors.Join(errs...)
 }
+
+// ReadPods reads the records in recordDir, and libcni's cache in
+// cniCacheDir ("": none) for host interfaces that have no record: what
+// flanneld knows of the pods on its bridge.
+func ReadPods(recordDir, cniCacheDir string) ([]Pod, error) {
+	pods, err := ReadRecords(recordDir)
+	if cniCacheDir == "" {
+		return pods, err
+	}
+	cached, cacheErr := ReadCNICache(cniCacheDir)
+	seen := map[string]bool{}
+	for _, p := range pods {
+		seen[p.HostIf] = true
+	}
+	for _, p := range cached {
+		if !seen[p.HostIf] {
+			pods = append(pods, p)
+		}
+	}
+	return pods, errors.Join(err, cacheErr)
+}
