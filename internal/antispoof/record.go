@@ -20,6 +20,7 @@
 package antispoof
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -29,9 +30,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/flannelgo/flannel/internal/atomicfile"
 	"github.com/flannelgo/flannel/internal/containerid"
+	"github.com/flannelgo/flannel/internal/pace"
 )
 
 // Pod is what a pod owns on the bridge: its host-side veth, its MAC and
@@ -209,4 +212,22 @@ func ReadPods(recordDir, cniCacheDir string) ([]Pod, error) {
 		}
 	}
 	return pods, errors.Join(err, cacheErr)
+}
+
+// WatchRecords calls changed whenever a record in dir comes or goes, until
+// ctx ends. A stat of one directory ten times a second costs nothing worth
+// an inotify dependency.
+func WatchRecords(ctx context.Context, dir string, changed func()) {
+	var last time.Time
+	pace.Every(ctx, 100*time.Millisecond, 0, func(context.Context) bool {
+		fi, err := os.Stat(dir)
+		if err != nil {
+			return true
+		}
+		if mt := fi.ModTime(); !mt.Equal(last) {
+			last = mt
+			changed()
+		}
+		return true
+	})
 }

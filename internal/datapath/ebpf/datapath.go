@@ -17,9 +17,6 @@ import (
 	"github.com/flannelgo/flannel/internal/pace"
 )
 
-// DefaultBridge is the pod bridge the flannel CNI plugin's delegate makes.
-const DefaultBridge = "cni0"
-
 // Options configure a Datapath.
 type Options struct {
 	Cluster netip.Prefix // the cluster's IPv4 pod network
@@ -27,7 +24,7 @@ type Options struct {
 	// Uplink is where other nodes' pods are reached: the external
 	// interface for host-gw, flannel.<VNI> for vxlan.
 	Uplink string
-	Bridge string // "": DefaultBridge
+	Bridge string // "": antispoof.DefaultBridge
 	// RecordDir and CNICacheDir are where the pods' addresses and MACs
 	// are read (see antispoof.ReadPods).
 	RecordDir, CNICacheDir string
@@ -53,7 +50,7 @@ type Datapath struct {
 // ctx ends; then it detaches them, and pods take the kernel path.
 func Start(ctx context.Context, opts Options) (*Datapath, error) {
 	if opts.Bridge == "" {
-		opts.Bridge = DefaultBridge
+		opts.Bridge = antispoof.DefaultBridge
 	}
 	if !opts.Cluster.Addr().Is4() || !opts.Local.Addr().Is4() {
 		return nil, errors.New(`"Datapath": "ebpf" handles IPv4 pod networks only: enable IPv4 (EnableIPv4) or set "Datapath" to "kernel"`)
@@ -97,6 +94,13 @@ func (d *Datapath) run(ctx context.Context) {
 	}); err != nil {
 		klog.Warningf("eBPF fast path: cannot follow link changes (%v); new pods are found every %s", err, interval)
 	}
+	records := make(chan struct{}, 1)
+	go antispoof.WatchRecords(ctx, d.opts.RecordDir, func() {
+		select {
+		case records <- struct{}{}:
+		default:
+		}
+	})
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	bo := pace.New(pace.Policy{Min: 100 * time.Millisecond, Max: min(interval, 10*time.Second)})
@@ -105,7 +109,11 @@ func (d *Datapath) run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-links:
+		case _, ok := <-links:
+			if !ok {
+				links = nil // notifications ended: the ticker still finds new pods
+			}
+		case <-records:
 		case <-d.opts.Policy.changed():
 		case <-tick.C:
 		case <-retry:
