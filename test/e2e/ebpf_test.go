@@ -21,6 +21,7 @@ import (
 	"github.com/flannelgo/flannel/internal/antispoof"
 	fastpath "github.com/flannelgo/flannel/internal/datapath/ebpf"
 	"github.com/flannelgo/flannel/internal/harness/testbed"
+	"github.com/flannelgo/flannel/internal/tools/doctor"
 )
 
 // ebpfConfig is a net-conf with the eBPF fast path on for backend.
@@ -59,6 +60,7 @@ func TestEBPFDatapath(t *testing.T) {
 			t.Run("detached program is attached again", func(t *testing.T) {
 				checkReattached(t, ctx, a)
 			})
+			checkDoctorPath(t, c, n1, "ebpf (tcx)")
 			// Restart on the kernel path (the cluster's helpers report to
 			// this test, not to a subtest).
 			for _, n := range c.Nodes {
@@ -78,6 +80,7 @@ func TestEBPFDatapath(t *testing.T) {
 			if got, err := sourceSeen(ctx, a.NS, remote.NS, remote.IP); err != nil || got != a.IP {
 				t.Errorf("pod %s -> %s on the kernel path: saw %s, %v", a.Name, remote.Name, got, err)
 			}
+			checkDoctorPath(t, c, n1, "kernel")
 		})
 	}
 }
@@ -352,3 +355,48 @@ func attachedAnywhere(t *testing.T, ns string) []string {
 	return on
 }
 
+// With the fast path on and --network-policy, a pod a policy selects is
+// left to the kernel path, where the policy holds: x/b (node 2) receives
+// nothing, y/c (node 3) sends nothing, and every other pair still talks,
+// pods no policy selects over the fast path.
+func TestEBPFNetworkPolicy(t *testing.T) {
+	t.Setenv("FLANNEL_E2E_DATAPATH", "ebpf")
+	l := newNPCluster(t)
+	ctx := testCtx(t, 5*time.Minute)
+	l.check(ctx, allowAll)
+	l.change(ctx, func() {
+		l.createPolicy(ctx, "x", "deny-to-b", npSpec{PodSelector: *lsel("pod", "b"), PolicyTypes: npIngress})
+		l.createPolicy(ctx, "y", "deny-from-c", npSpec{PodSelector: *lsel("pod", "c"), PolicyTypes: npEgress})
+	})
+	policyBefore, err := ebpfCounter(ctx, l.Nodes[1], "fallback", "policy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fastBefore, err := ebpfCounter(ctx, l.Nodes[0], "redirect", "remote")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.check(ctx, func(from, to *npPod, _ int, _ string) bool { return !to.is("x/b") && !from.is("y/c") })
+	if after, _ := ebpfCounter(ctx, l.Nodes[1], "fallback", "policy"); after <= policyBefore {
+		t.Errorf("traffic to x/b on %s was not left to the kernel path (policy fallbacks %v -> %v)", l.Nodes[1].Name, policyBefore, after)
+	}
+	if after, _ := ebpfCounter(ctx, l.Nodes[0], "redirect", "remote"); after <= fastBefore {
+		t.Errorf("pods of %s no policy selects did not keep the fast path (remote redirects %v -> %v)", l.Nodes[0].Name, fastBefore, after)
+	}
+}
+
+// checkDoctorPath runs flannelctl doctor on n and wants its data path check
+// to pass and name path for each of the node's pods.
+func checkDoctorPath(t *testing.T, c *cluster, n *testbed.Node, path string) {
+	t.Helper()
+	r := c.runDoctor(t, n)
+	ch, ok := r.checks["data path"]
+	if !ok || ch.Status != doctor.OK || len(ch.Evidence) != len(n.Pods) {
+		t.Fatalf("doctor on %s: data path check %+v, want ok with one line for each of %d pods", n.Name, ch, len(n.Pods))
+	}
+	for _, line := range ch.Evidence {
+		if !strings.HasSuffix(line, ": "+path) {
+			t.Errorf("doctor on %s: %q, want the pod on %s", n.Name, line, path)
+		}
+	}
+}
