@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/netip"
 	"sync"
-	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
@@ -14,7 +13,6 @@ import (
 
 	"github.com/flannelgo/flannel/internal/antispoof"
 	"github.com/flannelgo/flannel/internal/backend"
-	"github.com/flannelgo/flannel/internal/pace"
 )
 
 // Options configure a Datapath.
@@ -80,69 +78,42 @@ func Start(ctx context.Context, opts Options) (*Datapath, error) {
 	return d, nil
 }
 
-// run reconciles on link changes, policy changes and every interval, until
-// ctx ends.
+// run reconciles on link changes, new pod records, policy changes and
+// every interval, with back-off after a failure (backend.RunHealer), until
+// ctx ends; then it detaches the programs.
 func (d *Datapath) run(ctx context.Context) {
 	defer d.close()
-	interval := d.opts.Heal.Interval
-	if interval <= 0 {
-		interval = backend.DefaultReconcileInterval
-	}
+	kick := backend.NewKicker()
+	go d.watch(ctx, kick)
+	backend.RunHealer(ctx, backend.HealLoop{
+		Name: "eBPF fast path", Config: d.opts.Heal, Kick: kick, Reconcile: d.reconcile,
+		// New pods' veths are no device of the healer's: watch kicks for them.
+		Owned: func() *backend.Owned { return &backend.Owned{} },
+	})
+}
+
+// watch kicks a reconcile when a link changes (a pod's veth comes or
+// goes), a pod record is written and the policy's selection changes.
+func (d *Datapath) watch(ctx context.Context, kick backend.Kicker) {
 	links := make(chan netlink.LinkUpdate, 64)
 	if err := netlink.LinkSubscribeWithOptions(links, ctx.Done(), netlink.LinkSubscribeOptions{
 		ErrorCallback: func(err error) { klog.Warningf("eBPF fast path: link notifications: %v", err) },
 	}); err != nil {
-		klog.Warningf("eBPF fast path: cannot follow link changes (%v); new pods are found every %s", err, interval)
+		klog.Warningf("eBPF fast path: cannot follow link changes (%v); new pods are found at the next reconcile", err)
 	}
-	records := make(chan struct{}, 1)
-	go antispoof.WatchRecords(ctx, d.opts.RecordDir, func() {
-		select {
-		case records <- struct{}{}:
-		default:
-		}
-	})
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
-	bo := pace.New(pace.Policy{Min: 100 * time.Millisecond, Max: min(interval, 10*time.Second)})
-	var retry <-chan time.Time
+	go antispoof.WatchRecords(ctx, d.opts.RecordDir, kick.Kick)
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case _, ok := <-links:
 			if !ok {
-				links = nil // notifications ended: the ticker still finds new pods
+				links = nil // notifications ended: records and the interval still find new pods
 			}
-		case <-records:
 		case <-d.opts.Policy.changed():
-		case <-tick.C:
-		case <-retry:
 		}
-		retry = nil
-		if err := d.reconcileAndReport(); err != nil {
-			wait := bo.Next()
-			klog.Errorf("eBPF fast path: %v (retrying in %s)", err, wait)
-			retry = time.After(wait)
-			continue
-		}
-		bo.Reset()
+		kick.Kick()
 	}
-}
-
-func (d *Datapath) reconcileAndReport() error {
-	repairs, err := d.reconcile()
-	if r := d.opts.Heal.Report; r != nil {
-		for kind, n := range repairs {
-			r.Repaired(kind, n)
-		}
-		if err != nil {
-			r.ReconcileFailed()
-		}
-	}
-	if len(repairs) > 0 {
-		klog.Infof("eBPF fast path: re-attached what was detached: %s", repairs)
-	}
-	return err
 }
 
 // repairKind is how re-attached programs are counted among the healer's
