@@ -82,8 +82,8 @@ func datapathBenchRows(ctx context.Context, b *testing.B) []*benchRow {
 	cases := slices.Clone(datapathRows)
 	if up := os.Getenv("FLANNEL_UPSTREAM_FLANNELD"); up != "" {
 		cases = append(cases,
-			struct{ name, short, config, bin string }{"upstream host-gw", "bduhg", datapathRows[0].config, up},
-			struct{ name, short, config, bin string }{"upstream vxlan", "bduvx", defaultConfig, up})
+			struct{ name, short, config, bin string }{"upstream-host-gw", "bduhg", datapathRows[0].config, up},
+			struct{ name, short, config, bin string }{"upstream-vxlan", "bduvx", defaultConfig, up})
 	}
 	var rows []*benchRow
 	for _, be := range cases {
@@ -117,7 +117,7 @@ func printDatapathBench(b *testing.B, under *benchRow, rows []*benchRow, rr map[
 	for _, be := range []string{"host-gw", "vxlan"} {
 		k, f := byName[be], byName[be+"+ebpf"]
 		fmt.Printf("%s+ebpf / %s: throughput %.3f, request/response rate %.3f\n", be, be, f.bps/k.bps, rr[f]/rr[k])
-		if up := byName["upstream "+be]; up != nil {
+		if up := byName["upstream-"+be]; up != nil {
 			fmt.Printf("ours %s / upstream %s (kernel path): throughput %.3f, request/response rate %.3f\n", be, be, k.bps/up.bps, rr[k]/rr[up])
 		}
 	}
