@@ -110,6 +110,9 @@ func Parse(data []byte) (*Config, error) {
 	if c.Datapath, err = parseDatapath(c.Backend, c.BackendType); err != nil {
 		return nil, err
 	}
+	if c.Datapath == DatapathEBPF && !c.EnableIPv4 {
+		return nil, errors.New(`Backend: "Datapath": "ebpf" speeds up IPv4 pod traffic only, and this network has no IPv4: remove the key or enable IPv4`)
+	}
 	return c, nil
 }
 

@@ -462,6 +462,7 @@ func TestParseDatapath(t *testing.T) {
 		{`{"Type":"udp","Datapath":"ebpf"}`, "", "host-gw and vxlan backends only, not udp"},
 		{`{"Type":"vxlan","Datapath":"xdp"}`, "", `Datapath "xdp" is not known`},
 		{`{"Type":"vxlan","Datapath":1}`, "", "Datapath must be a string"},
+		{`{"Type":"vxlan","Datapath":"ebpf"},"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56"`, "", "this network has no IPv4"},
 	} {
 		c, err := Parse([]byte(`{"Network":"10.244.0.0/16","Backend":` + tc.backend + `}`))
 		switch {

@@ -94,10 +94,10 @@ const defaultConfig = `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}`
 // onDatapath runs a test on the data path $FLANNEL_E2E_DATAPATH names
 // ("ebpf": the whole suite as the eBPF fast path's specification): it adds
 // "Datapath" to the host-gw and vxlan Backend objects of conf. Unset, conf
-// is unchanged.
+// is unchanged, and so is an IPv6-only conf (the fast path is IPv4's).
 func onDatapath(conf string) string {
 	dp := os.Getenv("FLANNEL_E2E_DATAPATH")
-	if dp == "" {
+	if dp == "" || strings.Contains(conf, `"EnableIPv4":false`) {
 		return conf
 	}
 	for _, typ := range []string{`"Type":"vxlan"`, `"Type":"host-gw"`} {
