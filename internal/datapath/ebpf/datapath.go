@@ -70,8 +70,9 @@ func Start(ctx context.Context, opts Options) (*Datapath, error) {
 	}
 	d.hook, d.attached[up.Attrs().Index], d.uplink = h, a, up.Attrs().Index
 	if _, err := d.reconcile(); err != nil {
-		d.close()
-		return nil, err
+		// A pod's veth going away mid-way, say: the loop retries, and
+		// meanwhile the pods concerned take the kernel path.
+		klog.Warningf("eBPF fast path: %v (retrying)", err)
 	}
 	klog.Infof("eBPF fast path on: programs attached with %s to %s and the ports of %s", h, opts.Uplink, opts.Bridge)
 	go d.run(ctx)
