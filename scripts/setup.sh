@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what building and testing need on a fresh Debian machine with Go:
-# Debian packages (etcd, iperf3, iptables, nftables, runc, prometheus for
+# Debian packages (clang, llvm and libbpf-dev for the eBPF programs, etcd, iperf3, iptables, nftables, runc, prometheus for
 # promtool and the dashboard test, ...) and the
 # pinned reference CNI tools, and (unless --lab) the Kubernetes binaries,
 # containerd, the images of the Kubernetes lab, Helm, and Debian's
@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
 
-pkgs=(etcd-server etcd-client iperf3 iproute2 iptables nftables tcpdump iputils-ping systemd strongswan-charon strongswan-swanctl libcharon-extra-plugins runc busybox-static curl prometheus)
+pkgs=(clang llvm libbpf-dev etcd-server etcd-client iperf3 iproute2 iptables nftables tcpdump iputils-ping systemd strongswan-charon strongswan-swanctl libcharon-extra-plugins runc busybox-static curl prometheus)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

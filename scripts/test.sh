@@ -28,7 +28,7 @@ cni="${CNI_BIN_DIR:-/opt/cni/bin}"
 containerd="${CONTAINERD_DIR:-/var/cache/flannel-go/containerd-debian}/usr/bin"
 need=(go ip bridge ping nft iptables ip6tables tcpdump iperf3 unshare mount systemd-analyze
   /usr/bin/etcd /usr/lib/ipsec/charon "$cni/bridge" "$cni/host-local" "$cni/loopback" "$cni/portmap" "$cni/cnitool"
-  "$kube_apiserver" "$helm" apt-get dpkg-deb runc promtool prometheus "$containerd/containerd" "$containerd/ctr" "$containerd/containerd-shim-runc-v2")
+  "$kube_apiserver" "$helm" clang apt-get dpkg-deb runc promtool prometheus "$containerd/containerd" "$containerd/ctr" "$containerd/containerd-shim-runc-v2")
 missing=()
 for t in "${need[@]}"; do
   if [[ "$t" == /* ]]; then [ -x "$t" ] || missing+=("$t"); else command -v "$t" >/dev/null || missing+=("$t"); fi
@@ -48,6 +48,8 @@ unformatted=$(gofmt -l cmd internal test deploy scripts 2>/dev/null || true)
 if [ -n "$unformatted" ]; then
   echo "gofmt needed on:"; echo "$unformatted"; exit 1
 fi
+echo "== eBPF objects match their C sources"
+scripts/bpf-check.sh
 
 : >/tmp/flannel-unit.log
 : >/tmp/flannel-e2e.log

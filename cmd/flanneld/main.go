@@ -25,6 +25,7 @@ import (
 	"github.com/flannelgo/flannel/internal/backend/wireguard"
 	"github.com/flannelgo/flannel/internal/daemon"
 	"github.com/flannelgo/flannel/internal/daemon/policy"
+	"github.com/flannelgo/flannel/internal/datapath/ebpf"
 	"github.com/flannelgo/flannel/internal/iface"
 	"github.com/flannelgo/flannel/internal/metrics"
 	"github.com/flannelgo/flannel/internal/preflight"
@@ -97,7 +98,11 @@ func serve(ctx context.Context, o *options) error {
 		return err
 	}
 	defer closeMgr()
-	drops, err := policy.NetworkPolicy(ctx, o.networkPolicy, o.dropLog.DropLogOptions, mgr, m)
+	var selected *ebpf.Selected
+	if o.networkPolicy {
+		selected = ebpf.NewSelected()
+	}
+	drops, err := policy.NetworkPolicy(ctx, o.networkPolicy, o.dropLog.DropLogOptions, mgr, m, selectedPods(selected))
 	if err != nil {
 		return err
 	}
@@ -115,8 +120,17 @@ func serve(ctx context.Context, o *options) error {
 		ReconcileInterval: o.reconcileInterval, SelfHealOff: o.reconcileInterval == 0,
 		PeerProbeInterval: o.peerProbeInterval,
 		Preflight:         preflight.Host{}.Check,
+		CNICacheDir:       o.cniCacheDir, PolicySelected: selected,
 	}, mgr, backends(), m)
 	return d.Run(ctx)
+}
+
+// selectedPods keeps a nil set a nil interface: policy then tells no one.
+func selectedPods(s *ebpf.Selected) policy.SelectedPods {
+	if s == nil {
+		return nil
+	}
+	return s
 }
 
 // subnetManager picks the datastore: the Kubernetes API with

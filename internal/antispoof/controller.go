@@ -2,9 +2,7 @@ package antispoof
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"os"
 	"slices"
 	"sync"
 	"time"
@@ -13,7 +11,6 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/flannelgo/flannel/internal/nldump"
-	"github.com/flannelgo/flannel/internal/pace"
 )
 
 // DefaultBridge is the bridge the flannel CNI plugin's delegate uses
@@ -90,21 +87,9 @@ func (c *Controller) Run(ctx context.Context) error {
 // watchRecords kicks a sync when a record comes or goes. Where the CNI
 // plugin cannot pin a pod itself (no nft binary on the host), this is how
 // the pod gets its entries: its frames are dropped, not let through, for
-// the fraction of a second until then. A stat of one directory ten times
-// a second costs nothing worth an inotify dependency.
+// the fraction of a second until then.
 func (c *Controller) watchRecords(ctx context.Context) {
-	var last time.Time
-	pace.Every(ctx, 100*time.Millisecond, 0, func(context.Context) bool {
-		fi, err := os.Stat(c.opts.RecordDir)
-		if err != nil {
-			return true
-		}
-		if mt := fi.ModTime(); !mt.Equal(last) {
-			last = mt
-			c.changed()
-		}
-		return true
-	})
+	WatchRecords(ctx, c.opts.RecordDir, c.changed)
 }
 
 func (c *Controller) changed() {
@@ -141,21 +126,7 @@ func (c *Controller) Sync(ctx context.Context) error {
 
 // pods reads the records, and libcni's cache for ports that have none.
 func (c *Controller) pods() ([]Pod, error) {
-	pods, err := ReadRecords(c.opts.RecordDir)
-	if c.opts.CNICacheDir == "" {
-		return pods, err
-	}
-	cached, cacheErr := ReadCNICache(c.opts.CNICacheDir)
-	seen := map[string]bool{}
-	for _, p := range pods {
-		seen[p.HostIf] = true
-	}
-	for _, p := range cached {
-		if !seen[p.HostIf] {
-			pods = append(pods, p)
-		}
-	}
-	return pods, errors.Join(err, cacheErr)
+	return ReadPods(c.opts.RecordDir, c.opts.CNICacheDir)
 }
 
 // remember keeps the pods by port for the metrics and logs each port that

@@ -20,6 +20,7 @@
 package antispoof
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -29,9 +30,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/flannelgo/flannel/internal/atomicfile"
 	"github.com/flannelgo/flannel/internal/containerid"
+	"github.com/flannelgo/flannel/internal/pace"
 )
 
 // Pod is what a pod owns on the bridge: its host-side veth, its MAC and
@@ -188,4 +191,43 @@ func ReadRecords(dir string) ([]Pod, error) {
 		pods = append(pods, p)
 	}
 	return pods, errors.Join(errs...)
+}
+
+// ReadPods reads the records in recordDir, and libcni's cache in
+// cniCacheDir ("": none) for host interfaces that have no record: what
+// flanneld knows of the pods on its bridge.
+func ReadPods(recordDir, cniCacheDir string) ([]Pod, error) {
+	pods, err := ReadRecords(recordDir)
+	if cniCacheDir == "" {
+		return pods, err
+	}
+	cached, cacheErr := ReadCNICache(cniCacheDir)
+	seen := map[string]bool{}
+	for _, p := range pods {
+		seen[p.HostIf] = true
+	}
+	for _, p := range cached {
+		if !seen[p.HostIf] {
+			pods = append(pods, p)
+		}
+	}
+	return pods, errors.Join(err, cacheErr)
+}
+
+// WatchRecords calls changed whenever a record in dir comes or goes, until
+// ctx ends. A stat of one directory ten times a second costs nothing worth
+// an inotify dependency.
+func WatchRecords(ctx context.Context, dir string, changed func()) {
+	var last time.Time
+	pace.Every(ctx, 100*time.Millisecond, 0, func(context.Context) bool {
+		fi, err := os.Stat(dir)
+		if err != nil {
+			return true
+		}
+		if mt := fi.ModTime(); !mt.Equal(last) {
+			last = mt
+			changed()
+		}
+		return true
+	})
 }

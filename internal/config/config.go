@@ -29,6 +29,9 @@ type Config struct {
 	BackendType string
 	// Backend is the raw backend object; each backend decodes its own options.
 	Backend json.RawMessage
+	// Datapath is Backend's "Datapath" field: DatapathKernel (the default)
+	// or DatapathEBPF, the opt-in eBPF fast path (host-gw and vxlan only).
+	Datapath string
 
 	// Warnings are what Parse accepted but the operator should fix (no
 	// backend named, host bits in a network). Parse runs again whenever the

@@ -107,7 +107,42 @@ func Parse(data []byte) (*Config, error) {
 	if warn != "" {
 		c.Warnings = append(c.Warnings, warn)
 	}
+	if c.Datapath, err = parseDatapath(c.Backend, c.BackendType); err != nil {
+		return nil, err
+	}
+	if c.Datapath == DatapathEBPF && !c.EnableIPv4 {
+		return nil, errors.New(`Backend: "Datapath": "ebpf" speeds up IPv4 pod traffic only, and this network has no IPv4: remove the key or enable IPv4`)
+	}
 	return c, nil
+}
+
+// The values of Backend's "Datapath" key.
+const (
+	DatapathKernel = "kernel"
+	DatapathEBPF   = "ebpf"
+)
+
+// parseDatapath reads Backend's "Datapath": absent means the kernel path;
+// the eBPF fast path exists for host-gw and vxlan only.
+func parseDatapath(raw json.RawMessage, backendType string) (string, error) {
+	var o struct{ Datapath *string }
+	if err := json.Unmarshal(raw, &o); err != nil {
+		return "", fmt.Errorf("Backend: Datapath must be a string, \"kernel\" or \"ebpf\": %w", err)
+	}
+	if o.Datapath == nil {
+		return DatapathKernel, nil
+	}
+	switch dp := strings.ToLower(strings.TrimSpace(*o.Datapath)); dp {
+	case "", DatapathKernel:
+		return DatapathKernel, nil
+	case DatapathEBPF:
+		if backendType != "host-gw" && backendType != "vxlan" {
+			return "", fmt.Errorf("Backend: \"Datapath\": \"ebpf\" works with the host-gw and vxlan backends only, not %s: remove the key or change the backend's Type", backendType)
+		}
+		return dp, nil
+	default:
+		return "", fmt.Errorf("Backend: Datapath %q is not known: use \"kernel\" (the default) or \"ebpf\" (host-gw and vxlan)", *o.Datapath)
+	}
 }
 
 type resolved struct {

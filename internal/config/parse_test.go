@@ -450,3 +450,28 @@ func TestUnknownKeysWarnOncePerKey(t *testing.T) {
 		}
 	}
 }
+
+func TestParseDatapath(t *testing.T) {
+	for _, tc := range []struct {
+		backend, want, err string
+	}{
+		{`{"Type":"vxlan"}`, "kernel", ""},
+		{`{"Type":"vxlan","Datapath":"ebpf"}`, "ebpf", ""},
+		{`{"Type":"host-gw","Datapath":"eBPF"}`, "ebpf", ""},
+		{`{"Type":"host-gw","Datapath":"kernel"}`, "kernel", ""},
+		{`{"Type":"udp","Datapath":"ebpf"}`, "", "host-gw and vxlan backends only, not udp"},
+		{`{"Type":"vxlan","Datapath":"xdp"}`, "", `Datapath "xdp" is not known`},
+		{`{"Type":"vxlan","Datapath":1}`, "", "Datapath must be a string"},
+		{`{"Type":"vxlan","Datapath":"ebpf"},"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56"`, "", "this network has no IPv4"},
+	} {
+		c, err := Parse([]byte(`{"Network":"10.244.0.0/16","Backend":` + tc.backend + `}`))
+		switch {
+		case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
+			t.Errorf("%s: err = %v, want one containing %q", tc.backend, err, tc.err)
+		case tc.err == "" && err != nil:
+			t.Errorf("%s: %v", tc.backend, err)
+		case tc.err == "" && c.Datapath != tc.want:
+			t.Errorf("%s: Datapath = %q, want %q", tc.backend, c.Datapath, tc.want)
+		}
+	}
+}

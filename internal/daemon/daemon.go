@@ -14,6 +14,7 @@ import (
 
 	"github.com/flannelgo/flannel/internal/backend"
 	"github.com/flannelgo/flannel/internal/config"
+	"github.com/flannelgo/flannel/internal/datapath/ebpf"
 	"github.com/flannelgo/flannel/internal/iface"
 	"github.com/flannelgo/flannel/internal/lease"
 	"github.com/flannelgo/flannel/internal/leaseset"
@@ -49,6 +50,12 @@ type Options struct {
 	// this host can run cfg's backend at all (a DaemonSet without
 	// /dev/net/tun for udp, say); its error stops the start.
 	Preflight func(cfg *config.Config) error
+	// CNICacheDir is libcni's cache, where the eBPF fast path finds pods
+	// the CNI plugin made before it wrote records.
+	CNICacheDir string
+	// PolicySelected, when set (--network-policy), names the pods the eBPF
+	// fast path must leave to the kernel path.
+	PolicySelected *ebpf.Selected
 }
 
 // Daemon runs one node's flannel network.
@@ -122,6 +129,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 		klog.Warning("self-healing is off (--reconcile-interval=0): kernel state changed by hand stays as it is until a lease changes")
 	}
 	if err := d.startRules(ctx, cfg, own); err != nil {
+		return err
+	}
+	if err := d.startDatapath(ctx, cfg, own, ext); err != nil {
 		return err
 	}
 	if d.opts.BlackholeRoute {

@@ -65,7 +65,7 @@ func New() *Metrics {
 	}
 	m.Readiness = newReadiness(m.Ready)
 	m.ReconcileRepairs = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flannel_reconcile_repairs_total",
-		Help: "Kernel objects (device, address, route, neighbour, fdb) found missing or wrong and restored, by kind."}, []string{"kind"})
+		Help: "Kernel objects (device, address, route, neighbour, fdb, ebpf-program) found missing or wrong and restored, by kind."}, []string{"kind"})
 	m.ReconcileErrors = prometheus.NewCounter(prometheus.CounterOpts{Name: "flannel_reconcile_errors_total",
 		Help: "Reconciles of the kernel state that failed and were retried with back-off."})
 	m.registry.MustRegister(m.ReconcileRepairs, m.ReconcileErrors)

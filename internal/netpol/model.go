@@ -142,3 +142,18 @@ func entriesMatch(es []Entry, peer netip.Addr, proto Proto, port uint16) bool {
 	}
 	return false
 }
+
+// Selected returns the target pods that some policy applies to in either
+// direction: the pods whose traffic the node's policy rules must see.
+func (m *Model) Selected() []netip.Addr {
+	var out []netip.Addr
+	for a := range m.Rules[Ingress] {
+		out = append(out, a)
+	}
+	for a := range m.Rules[Egress] {
+		if _, dup := m.Rules[Ingress][a]; !dup {
+			out = append(out, a)
+		}
+	}
+	return out
+}

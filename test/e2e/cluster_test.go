@@ -91,6 +91,21 @@ type clusterOpts struct {
 
 const defaultConfig = `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}`
 
+// onDatapath runs a test on the data path $FLANNEL_E2E_DATAPATH names
+// ("ebpf": the whole suite as the eBPF fast path's specification): it adds
+// "Datapath" to the host-gw and vxlan Backend objects of conf. Unset, conf
+// is unchanged, and so is an IPv6-only conf (the fast path is IPv4's).
+func onDatapath(conf string) string {
+	dp := os.Getenv("FLANNEL_E2E_DATAPATH")
+	if dp == "" || strings.Contains(conf, `"EnableIPv4":false`) {
+		return conf
+	}
+	for _, typ := range []string{`"Type":"vxlan"`, `"Type":"host-gw"`} {
+		conf = strings.ReplaceAll(conf, typ, typ+`,"Datapath":"`+dp+`"`)
+	}
+	return conf
+}
+
 // newCluster builds the namespaces and starts etcd; flanneld is started by
 // the test. Everything goes away when the test ends, also on failure.
 func newCluster(t testing.TB, name string, o clusterOpts) *cluster {
@@ -99,6 +114,7 @@ func newCluster(t testing.TB, name string, o clusterOpts) *cluster {
 	if o.config == "" {
 		o.config = defaultConfig
 	}
+	o.config = onDatapath(o.config)
 	ctx := testCtx(t, 2*time.Minute)
 	state := filepath.Join(t.TempDir(), "testbed")
 	name = taggedName(name)

@@ -164,7 +164,7 @@ func TestDoctor(t *testing.T) {
 	stale, foreign := fmt.Sprintf("10.244.%d.0", free), fmt.Sprintf("10.244.%d.1/24", free)
 	c.requireHealthy(t, n1, 30*time.Second)
 	text := c.runDoctor(t, n1, "--output=text")
-	if text.code != 0 || !strings.Contains(text.out, "all 14 checks passed") {
+	if text.code != 0 || !strings.Contains(text.out, "all 15 checks passed") {
 		t.Errorf("text report: exit %d\n%s", text.code, text.out)
 	}
 

@@ -195,7 +195,7 @@ func (k *kubeCluster) startKube(n *testbed.Node, r kubeRun) {
 		r.env = []string{"NODE_NAME=" + n.Name}
 	}
 	if r.netConf == "" {
-		r.netConf = netConf(k.t, n, defaultConfig)
+		r.netConf = netConf(k.t, n, onDatapath(defaultConfig))
 	}
 	args := append([]string{
 		"--kube-subnet-mgr", "--kubeconfig-file=" + r.kubeconfig, "--net-config-path=" + r.netConf,

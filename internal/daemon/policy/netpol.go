@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/netip"
 	"os"
 	"strings"
 
@@ -31,8 +32,10 @@ var bridgeSysctls = []string{
 // NetworkPolicy starts enforcing NetworkPolicies when on (--network-policy).
 // Off, a table an earlier run left is removed: turning the flag off must
 // not leave pods isolated by rules nobody updates. The drop log it returns
-// (nil when off) records anti-spoofing drops too.
-func NetworkPolicy(ctx context.Context, on bool, dl DropLogOptions, mgr subnet.Manager, m *metrics.Metrics) (*droplog.Log, error) {
+// (nil when off) records anti-spoofing drops too. selected, when set, is
+// told before each rule update which pods a policy selects (the eBPF fast
+// path sends those to the kernel path, where the rules see them).
+func NetworkPolicy(ctx context.Context, on bool, dl DropLogOptions, mgr subnet.Manager, m *metrics.Metrics, selected SelectedPods) (*droplog.Log, error) {
 	tbl, err := netpol.NewTable()
 	if !on {
 		if err != nil {
@@ -59,6 +62,9 @@ func NetworkPolicy(ctx context.Context, on bool, dl DropLogOptions, mgr subnet.M
 	if err != nil {
 		return nil, err
 	}
+	if selected != nil {
+		rules = tellSelected{Rules: rules, to: selected}
+	}
 	ctl, err := netpol.NewController(netpol.ControllerOptions{RestConfig: km.RestConfig(), NodeName: km.NodeName, Metrics: met}, rules)
 	if err != nil {
 		return nil, err
@@ -69,6 +75,22 @@ func NetworkPolicy(ctx context.Context, on bool, dl DropLogOptions, mgr subnet.M
 		}
 	}()
 	return log, nil
+}
+
+// SelectedPods is told which of the node's pods a policy selects.
+type SelectedPods interface{ Set(addrs []netip.Addr) }
+
+// tellSelected passes each compiled model on, first telling which pods it
+// selects, so that a pod newly selected leaves the fast path no later
+// than its rules load.
+type tellSelected struct {
+	netpol.Rules
+	to SelectedPods
+}
+
+func (t tellSelected) Sync(ctx context.Context, m *netpol.Model) error {
+	t.to.Set(m.Selected())
+	return t.Rules.Sync(ctx, m)
 }
 
 // enableBridgeNetfilter turns the sysctls on unless they are on already

@@ -15,6 +15,7 @@ import (
 
 	"github.com/flannelgo/flannel/internal/antispoof"
 	"github.com/flannelgo/flannel/internal/backend/udp"
+	"github.com/flannelgo/flannel/internal/datapath/ebpf"
 	"github.com/flannelgo/flannel/internal/droplog"
 	"github.com/flannelgo/flannel/internal/metrics"
 	"github.com/flannelgo/flannel/internal/netpol"
@@ -48,6 +49,7 @@ func sources() []source {
 		{"--network-policy with --policy-drop-log-group > 0 (the default)", droplog.New("", nil, nil).Collectors()},
 		{"--anti-spoofing on", []prometheus.Collector{antispoof.NewCollector(nil)}},
 		{"the udp backend", udp.CatalogCollectors()},
+		{`"Datapath": "ebpf" in the Backend config`, []prometheus.Collector{ebpf.NewCollector(nil)}},
 	}
 }
 

@@ -109,7 +109,7 @@ func Run(ctx context.Context, in Inputs) []Result {
 	checks := []func(context.Context) Result{
 		f.checkFlanneld, f.checkDatastore, f.checkSubnetEnv, f.checkDevice, f.checkBridge,
 		f.checkKernelState, f.checkPublicAddress, f.checkReachability, f.checkPathMTU,
-		f.checkForward, f.checkMasquerade, f.checkExhaustion, f.checkChecksum, f.checkAntiSpoofing,
+		f.checkForward, f.checkMasquerade, f.checkExhaustion, f.checkChecksum, f.checkAntiSpoofing, f.checkDatapath,
 	}
 	out := make([]Result, 0, len(checks)+1)
 	for _, c := range checks {
