@@ -272,7 +272,7 @@ func TestLabVXLAN(t *testing.T) {
 	if addr, code := l.run(time.Minute, "exec", "n1-p1", "--", "ip", "-4", "-o", "addr", "show", "eth0"); code != 0 || !strings.Contains(addr, "10.244.") {
 		t.Errorf("lab exec ip addr: exit %d\n%s", code, addr)
 	}
-	if out, code := l.run(time.Minute, "doctor", "n1"); code != 0 || !strings.Contains(out, "all 14 checks passed") {
+	if out, code := l.run(time.Minute, "doctor", "n1"); code != 0 || !strings.Contains(out, "all 15 checks passed") {
 		t.Errorf("lab doctor n1 on a healthy lab: exit %d\n%s", code, out)
 	}
 	// A firewall drop on VXLAN's port: the lab's flanneld heals kernel
