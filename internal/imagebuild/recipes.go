@@ -41,6 +41,18 @@ func testToolAlternatives() []Link {
 	}
 }
 
+// testTools is the recipe both test images start from: the packages, and
+// the links their maintainer scripts would have made.
+func testTools(title string) Recipe {
+	return Recipe{
+		Title:    title,
+		Packages: testToolPackages(),
+		Skipped:  Skipped(),
+		Unlinked: Unlinked(),
+		Links:    testToolAlternatives(),
+	}
+}
+
 // Agnhost is Kubernetes' e2e test image: the agnhost program (built from
 // k8s.io/kubernetes at the lab's version) over the tools, in upstream's
 // layout: porter's TLS certificate and key (of the source's
@@ -48,30 +60,20 @@ func testToolAlternatives() []Link {
 // agnhost-2 link the entrypoint specs call, and the default command pause,
 // so that a container naming none pauses.
 func Agnhost(program, porterDir string) Recipe {
-	return Recipe{
-		Title:    "agnhost",
-		Packages: testToolPackages(),
-		Skipped:  Skipped(),
-		Unlinked: Unlinked(),
-		Files: []File{{Path: "/agnhost", Host: program},
-			{Path: "/localhost.crt", Host: filepath.Join(porterDir, "localhost.crt")},
-			{Path: "/localhost.key", Host: filepath.Join(porterDir, "localhost.key")}},
-		Links:      append(testToolAlternatives(), Link{Path: "/agnhost-2", Target: "agnhost"}),
-		Dirs:       []string{"/uploads"},
-		Entrypoint: []string{"/agnhost"},
-		Cmd:        []string{"pause"},
-	}
+	r := testTools("agnhost")
+	r.Files = []File{{Path: "/agnhost", Host: program},
+		{Path: "/localhost.crt", Host: filepath.Join(porterDir, "localhost.crt")},
+		{Path: "/localhost.key", Host: filepath.Join(porterDir, "localhost.key")}}
+	r.Links = append(r.Links, Link{Path: "/agnhost-2", Target: "agnhost"})
+	r.Dirs = []string{"/uploads"}
+	r.Entrypoint, r.Cmd = []string{"/agnhost"}, []string{"pause"}
+	return r
 }
 
 // GlibcDNSTesting is the tools alone: the DNS specs' glibc querier. Its
 // Debian layer is Agnhost's, so a node stores that once.
 func GlibcDNSTesting() Recipe {
-	return Recipe{
-		Title:    "glibc-dns-testing",
-		Packages: testToolPackages(),
-		Skipped:  Skipped(),
-		Unlinked: Unlinked(),
-		Links:    testToolAlternatives(),
-		Cmd:      []string{"sleep", "infinity"},
-	}
+	r := testTools("glibc-dns-testing")
+	r.Cmd = []string{"sleep", "infinity"}
+	return r
 }
