@@ -11,6 +11,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/flannelgo/flannel/internal/nldump"
+	"github.com/flannelgo/flannel/internal/pace"
 )
 
 // DefaultBridge is the bridge the flannel CNI plugin's delegate uses
@@ -65,20 +66,22 @@ func (c *Controller) Run(ctx context.Context) error {
 		}
 	}()
 	go c.watchRecords(ctx)
-	tick := time.NewTicker(c.opts.Resync)
+	tick := pace.NewTicker(c.opts.Resync, 0.1)
 	defer tick.Stop()
 	c.changed()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-tick.C:
+		case <-tick.C():
 		case <-c.kick:
 			// A pod's veth comes with a burst of changes; one sync
 			// serves them all.
 			time.Sleep(50 * time.Millisecond)
 		}
-		if err := c.Sync(ctx); err != nil && ctx.Err() == nil {
+		err := c.Sync(ctx)
+		tick.Next()
+		if err != nil && ctx.Err() == nil {
 			klog.Errorf("anti-spoofing: %v (retried at the next change or within %s; the pods pinned before stay pinned)", err, c.opts.Resync)
 		}
 	}

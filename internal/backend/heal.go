@@ -128,7 +128,7 @@ func RunHealer(ctx context.Context, l HealLoop) {
 	}
 	wake := make(chan struct{}, 1)
 	go watchKernel(ctx, l, wake)
-	tick := time.NewTicker(interval)
+	tick := pace.NewTicker(interval, 0.1)
 	defer tick.Stop()
 	b := pace.New(pace.Policy{Min: 100 * time.Millisecond, Max: min(interval, 10*time.Second)})
 	var retry <-chan time.Time
@@ -140,11 +140,15 @@ func RunHealer(ctx context.Context, l HealLoop) {
 			// Let a teardown in progress (ip link del) finish first.
 			time.Sleep(10 * time.Millisecond)
 		case <-l.Kick:
-		case <-tick.C:
+		case <-tick.C():
 		case <-retry:
 		}
 		retry = nil
-		if err := runOnce(l); err != nil {
+		err := runOnce(l)
+		// Every reconcile is a full one: the periodic one counts from
+		// the last, whatever woke it.
+		tick.Next()
+		if err != nil {
 			wait := b.Next()
 			klog.Errorf("%s: reconcile kernel state: %v (retrying in %s)", l.Name, err, wait)
 			retry = time.After(wait)

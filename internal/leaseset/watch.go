@@ -11,6 +11,8 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
+
+	"github.com/flannelgo/flannel/internal/pace"
 )
 
 // WatchedHost is the Host of a running daemon: it reads the node's
@@ -94,16 +96,16 @@ func (w *WatchedHost) touch(index int, alwaysRelevant bool) {
 // subscription (the socket overflowed) is renewed and the cache marked
 // stale, since notifications were lost.
 func (w *WatchedHost) follow(ctx context.Context, ns netns.NsHandle) {
+	b := pace.New(pace.Policy{Min: time.Second, Max: 30 * time.Second, Jitter: 0.2, Stable: time.Minute})
 	for ctx.Err() == nil {
+		started := time.Now()
 		done := make(chan struct{})
 		if err := w.subscribe(ctx, ns, done); err != nil {
 			klog.Errorf("lease guard: follow netlink notifications: %v; re-reading the host's routes for every lease batch until it works", err)
 		}
 		w.touch(0, true)
-		select {
-		case <-ctx.Done():
-		case <-time.After(time.Second):
-		}
+		b.Settled(time.Since(started))
+		_ = b.Sleep(ctx)
 		close(done)
 	}
 }

@@ -87,3 +87,31 @@ func spread(d time.Duration, jitter float64) time.Duration {
 	delta := time.Duration(jitter * float64(d))
 	return d - delta + rand.N(2*delta+1)
 }
+
+// Ticker fires every period, spread by ± jitter, for loops that also wait
+// on other events (a kick, a notification) and so cannot use Every. Unlike
+// time.Ticker, each period is drawn anew: nodes started together drift
+// apart instead of reconciling in lockstep.
+type Ticker struct {
+	period time.Duration
+	jitter float64
+	timer  *time.Timer
+}
+
+// NewTicker starts a Ticker whose first tick comes one (spread) period
+// from now.
+func NewTicker(period time.Duration, jitter float64) *Ticker {
+	return &Ticker{period: period, jitter: jitter, timer: time.NewTimer(spread(period, jitter))}
+}
+
+// C delivers the ticks. After a tick is received, Next must be called
+// for the one after it.
+func (t *Ticker) C() <-chan time.Time { return t.timer.C }
+
+// Next schedules the next tick one (spread) period from now. Calling it
+// after work done for another reason postpones the tick, which is what a
+// periodic safety net wants.
+func (t *Ticker) Next() { t.timer.Reset(spread(t.period, t.jitter)) }
+
+// Stop releases the timer.
+func (t *Ticker) Stop() { t.timer.Stop() }

@@ -70,3 +70,24 @@ func TestSpread(t *testing.T) {
 		}
 	}
 }
+
+func TestTickerFiresAgainOnlyAfterNext(t *testing.T) {
+	tk := NewTicker(5*time.Millisecond, 0.5)
+	defer tk.Stop()
+	start := time.Now()
+	<-tk.C()
+	if d := time.Since(start); d < 2*time.Millisecond {
+		t.Fatalf("first tick after %s, want at least 2.5ms", d)
+	}
+	select {
+	case <-tk.C():
+		t.Fatal("ticked again without Next")
+	case <-time.After(30 * time.Millisecond):
+	}
+	tk.Next()
+	select {
+	case <-tk.C():
+	case <-time.After(5 * time.Second):
+		t.Fatal("no tick within 5s of Next")
+	}
+}

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/flannelgo/flannel/internal/ctxwait"
+	"github.com/flannelgo/flannel/internal/pace"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"k8s.io/klog/v2"
@@ -115,11 +115,16 @@ func (m *Manager) waitMarkers(d time.Duration) {
 // after an etcd outage. On return it revokes the marker so that a restart
 // of this node finds its lease free to reuse.
 func (m *Manager) holdAlive(ctx context.Context, leaseName string) {
+	// A marker kept alive for a minute was healthy: its loss starts the
+	// back-off afresh.
+	b := pace.New(pace.Policy{Min: 2 * time.Second, Max: 30 * time.Second, Jitter: 0.2, Stable: time.Minute})
 	for ctx.Err() == nil && !m.markersOff() {
+		started := time.Now()
 		if err := m.holdAliveOnce(ctx, leaseName); err != nil && ctx.Err() == nil {
 			klog.V(1).Infof("liveness marker for %s: %v (retrying)", leaseName, err)
 		}
-		if err := ctxwait.Sleep(ctx, 2*time.Second); err != nil {
+		b.Settled(time.Since(started))
+		if err := b.Sleep(ctx); err != nil {
 			return
 		}
 	}

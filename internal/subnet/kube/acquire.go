@@ -17,6 +17,7 @@ import (
 
 	"github.com/flannelgo/flannel/internal/config"
 	"github.com/flannelgo/flannel/internal/lease"
+	"github.com/flannelgo/flannel/internal/pace"
 )
 
 // remindEvery repeats the "pod cidr not assigned" message while waiting,
@@ -163,15 +164,16 @@ func (m *Manager) watchUntilAssigned(ctx context.Context, name, rv string, waiti
 		return nil, apiError("watch", "nodes", name, err)
 	}
 	defer w.Stop()
-	remind := time.NewTicker(remindEvery)
+	remind := pace.NewTicker(remindEvery, 0)
 	defer remind.Stop()
 	var last *corev1.Node
 	for {
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
-		case <-remind.C:
+		case <-remind.C():
 			waiting(last)
+			remind.Next()
 		case ev, ok := <-w.ResultChan():
 			if !ok {
 				return nil, nil
