@@ -33,10 +33,10 @@ type healCase struct {
 
 // Per-peer healing under every backend that programs routes: on node 1,
 // what node 2 needs in the kernel is deleted by hand, one entry at a time,
-// and is back within 1 s (a WireGuard peer removed from the userspace
-// device, which no netlink notification reports, within the handshake
-// watch's 5 s), and the pods talk again. The periodic reconcile is an
-// hour away: every repair comes from a notification. (ipip and kernel
+// and is back within 1 s, and the pods talk again. The periodic reconcile
+// is an hour away: every repair comes from a notification (for a peer
+// removed from the userspace WireGuard device, the control socket's own
+// report of a change). (ipip and kernel
 // WireGuard are not in this kernel; their engine is unit-tested through
 // its writer.)
 func TestSelfHealingPeerEntries(t *testing.T) {
@@ -103,12 +103,17 @@ func hostGWBreakages(t *testing.T, c *cluster, n1, n2 *testbed.Node, sub2 netip.
 }
 
 // tunnelBreakages: udp and WireGuard route the whole network through
-// their device; that route is what a peer needs in the kernel.
+// their device; that route is what a peer needs in the kernel. The
+// device itself, a TUN interface that flanneld holds open, is made again
+// when deleted.
 func tunnelBreakages(dev string) func(*testing.T, *cluster, *testbed.Node, *testbed.Node, netip.Prefix) []breakage {
 	return func(t *testing.T, c *cluster, n1, n2 *testbed.Node, sub2 netip.Prefix) []breakage {
 		network := netip.MustParsePrefix("10.244.0.0/16")
-		return []breakage{{"route " + network.String() + " dev " + dev,
-			run("ip", "-n", n1.NS, "route", "del", network.String(), "dev", dev), devRoute(n1.NS, network, dev), time.Second}}
+		routed := devRoute(n1.NS, network, dev)
+		return []breakage{
+			{"route " + network.String() + " dev " + dev, run("ip", "-n", n1.NS, "route", "del", network.String(), "dev", dev), routed, time.Second},
+			{"device " + dev, run("ip", "-n", n1.NS, "link", "del", dev), routed, time.Second},
+		}
 	}
 }
 
@@ -128,8 +133,16 @@ func wireguardBreakages(t *testing.T, c *cluster, n1, n2 *testbed.Node, sub2 net
 		}
 		return nil
 	}
-	return append(tunnelBreakages("flannel-wg")(t, c, n1, n2, sub2),
-		breakage{"WireGuard peer " + sub2.String(), func(t *testing.T) { wgRemovePeer(t, n1, "flannel-wg", key) }, hasPeer, 6 * time.Second})
+	// After the device is re-created, its peer must be back too.
+	routedWithPeer := func() error {
+		if err := devRoute(n1.NS, netip.MustParsePrefix("10.244.0.0/16"), "flannel-wg")(); err != nil {
+			return err
+		}
+		return hasPeer()
+	}
+	bs := tunnelBreakages("flannel-wg")(t, c, n1, n2, sub2)
+	bs[len(bs)-1].restored = routedWithPeer
+	return append(bs, breakage{"WireGuard peer " + sub2.String(), func(t *testing.T) { wgRemovePeer(t, n1, "flannel-wg", key) }, hasPeer, time.Second})
 }
 
 // devRoute checks that network is routed through dev in ns.

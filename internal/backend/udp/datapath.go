@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -13,6 +14,8 @@ import (
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/tun"
 	"k8s.io/klog/v2"
+
+	"github.com/flannelgo/flannel/internal/pace"
 )
 
 const (
@@ -25,20 +28,30 @@ const (
 
 // dataPath moves packets between flannel0 and the UDP socket.
 type dataPath struct {
-	dev   tun.Device
+	name  string
+	mtu   int
+	dev   atomic.Pointer[tunDevice]
 	bind  conn.Bind
 	recv  []conn.ReceiveFunc
 	peers atomic.Pointer[peerTable]
+
+	// mu orders a re-creation of flannel0 against the shutdown, so that
+	// no device outlives the data path.
+	mu     sync.Mutex
+	closed bool
 
 	noPeer    atomic.Uint64 // packets from flannel0 for an address no peer owns
 	malformed atomic.Uint64 // datagrams that are not an IPv4 packet
 	sendErrs  atomic.Uint64
 }
 
+// tunDevice boxes the interface for atomic.Pointer.
+type tunDevice struct{ tun.Device }
+
 func openDataPath(name string, mtu int, port uint16) (*dataPath, error) {
-	dev, err := tun.CreateTUN(name, mtu)
+	dev, err := createTUN(name, mtu)
 	if err != nil {
-		return nil, fmt.Errorf("create TUN device %s: %w (is another flanneld running on this node?)", name, err)
+		return nil, err
 	}
 	bind := conn.NewStdNetBind()
 	recv, _, err := bind.Open(port)
@@ -46,32 +59,67 @@ func openDataPath(name string, mtu int, port uint16) (*dataPath, error) {
 		dev.Close()
 		return nil, fmt.Errorf("listen on UDP port %d: %w (another process holds it; choose another Backend Port for the whole network)", port, err)
 	}
-	dp := &dataPath{dev: dev, bind: bind, recv: recv}
+	dp := &dataPath{name: name, mtu: mtu, bind: bind, recv: recv}
+	dp.dev.Store(&tunDevice{dev})
 	dp.peers.Store(newPeerTable(nil))
 	return dp, nil
 }
 
+func createTUN(name string, mtu int) (tun.Device, error) {
+	dev, err := tun.CreateTUN(name, mtu)
+	if err != nil {
+		return nil, fmt.Errorf("create TUN device %s: %w (is another flanneld running on this node?)", name, err)
+	}
+	return dev, nil
+}
+
 // offloads says whether the TUN device hands over whole TCP segments.
-func (dp *dataPath) offloads() bool { return dp.dev.BatchSize() > 1 }
+func (dp *dataPath) offloads() bool { return dp.dev.Load().BatchSize() > 1 }
 
 func (dp *dataPath) setPeers(t *peerTable) { dp.peers.Store(t) }
 
 // start runs the packet loops until ctx ends, then closes the device and
 // the socket, which ends the loops.
 func (dp *dataPath) start(ctx context.Context) {
-	go func() {
-		for range dp.dev.Events() { // the device blocks if nobody listens
-		}
-	}()
-	go dp.fromTUN()
+	dp.readFrom(dp.dev.Load())
 	for _, fn := range dp.recv {
 		go dp.toTUN(fn)
 	}
 	go func() {
 		<-ctx.Done()
+		dp.mu.Lock()
+		defer dp.mu.Unlock()
+		dp.closed = true
 		dp.bind.Close()
-		dp.dev.Close()
+		dp.dev.Load().Close()
 	}()
+}
+
+// readFrom starts the loops that drain one device.
+func (dp *dataPath) readFrom(dev *tunDevice) {
+	go func() {
+		for range dev.Events() { // the device blocks if nobody listens
+		}
+	}()
+	go dp.fromTUN(dev)
+}
+
+// reopen replaces a flannel0 that was deleted: reads from the old one
+// fail, which ended its loop. The socket and the peers stay.
+func (dp *dataPath) reopen() error {
+	dp.mu.Lock()
+	defer dp.mu.Unlock()
+	if dp.closed {
+		return fmt.Errorf("re-create %s: the data path is shut down", dp.name)
+	}
+	dev, err := createTUN(dp.name, dp.mtu)
+	if err != nil {
+		return err
+	}
+	box := &tunDevice{dev}
+	dp.dev.Swap(box).Close()
+	dp.readFrom(box)
+	return nil
 }
 
 func newBuffers(n int) [][]byte {
@@ -86,23 +134,27 @@ func newBuffers(n int) [][]byte {
 
 // fromTUN reads packets for other nodes from flannel0 and sends each, as
 // it is, to the node owning its destination, consecutive packets for one
-// node in one batch.
-func (dp *dataPath) fromTUN() {
-	bufs := newBuffers(dp.dev.BatchSize())
+// node in one batch. It ends when dev is closed or deleted.
+func (dp *dataPath) fromTUN(dev *tunDevice) {
+	bufs := newBuffers(dev.BatchSize())
 	sizes := make([]int, len(bufs))
 	out := make([][]byte, 0, len(bufs))
+	// A persistent error must not make a hot loop of this one.
+	slow := pace.New(pace.Policy{Min: 10 * time.Millisecond, Max: time.Second})
 	for {
-		n, err := dp.dev.Read(bufs, sizes, headroom)
+		n, err := dev.Read(bufs, sizes, headroom)
 		if err != nil {
 			if errors.Is(err, os.ErrClosed) {
 				return
 			}
 			if !errors.Is(err, tun.ErrTooManySegments) {
-				klog.Errorf("udp: read from %s: %v", DeviceName, err)
-				time.Sleep(10 * time.Millisecond) // not a hot loop on a persistent error
+				wait := slow.Next()
+				klog.Errorf("udp: read from %s: %v (next read in %s)", DeviceName, err, wait)
+				time.Sleep(wait)
 			}
 			continue
 		}
+		slow.Reset()
 		table := dp.peers.Load()
 		var cur conn.Endpoint
 		out = out[:0]
@@ -165,7 +217,7 @@ func (dp *dataPath) toTUN(recv conn.ReceiveFunc) {
 		if len(out) == 0 {
 			continue
 		}
-		if _, err := dp.dev.Write(out, headroom); err != nil && !errors.Is(err, os.ErrClosed) {
+		if _, err := dp.dev.Load().Write(out, headroom); err != nil && !errors.Is(err, os.ErrClosed) {
 			klog.V(2).Infof("udp: write to %s: %v", DeviceName, err)
 		}
 	}

@@ -15,10 +15,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/vishvananda/netlink"
 	"k8s.io/klog/v2"
 
 	"github.com/flannelgo/flannel/internal/backend"
@@ -101,7 +103,7 @@ func (b *Backend) RegisterNetwork(ctx context.Context, cfg *config.Config) (back
 	if err != nil {
 		return nil, fmt.Errorf("udp: %w", err)
 	}
-	klog.Infof("udp: %s (MTU %d) and UDP port %d open; TUN offloads %v, batches of %d", DeviceName, mtu, b.Opts.Port, dp.offloads(), dp.dev.BatchSize())
+	klog.Infof("udp: %s (MTU %d) and UDP port %d open; TUN offloads %v, batches of %d", DeviceName, mtu, b.Opts.Port, dp.offloads(), dp.dev.Load().BatchSize())
 	n := &network{b: b, cfg: cfg, mtu: mtu, dp: dp, set: backend.NewPeerSet[peer]("udp")}
 	n.peers = backend.NewPeers(backend.PeersConfig{Name: "udp", Sets: []backend.PeerEngine{n.set}, Owned: n.owned, Check: n.repair})
 	return n, nil
@@ -154,11 +156,19 @@ func (n *network) Activate(ctx context.Context, own *lease.Lease) error {
 	return nil
 }
 
-// repair gives flannel0 its address, up state and the network's route,
-// as far as they are missing; under the peers' lock.
+// repair re-creates a deleted flannel0 and gives it its address, up state
+// and the network's route, as far as they are missing; under the peers'
+// lock.
 func (n *network) repair(r backend.Repairs) error {
 	if !n.own.Subnet.IsValid() {
 		return nil // not activated yet
+	}
+	if _, err := n.b.NL.LinkByName(DeviceName); errors.As(err, new(netlink.LinkNotFoundError)) {
+		klog.Warningf("udp: %s was deleted; creating it again", DeviceName)
+		if err := n.dp.reopen(); err != nil {
+			return fmt.Errorf("udp: %w", err)
+		}
+		r.Add("device")
 	}
 	dev, err := backend.RepairTunnel(n.b.NL, DeviceName, n.own.Subnet.Masked().Addr(), n.cfg.Network, r)
 	if err != nil {

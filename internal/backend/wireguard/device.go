@@ -26,6 +26,9 @@ type device interface {
 	Greet(peer wgtypes.Key, keepalive time.Duration) error
 	// Kind is "kernel" or "userspace", for logs.
 	Kind() string
+	// Recreate makes the interface again after it was deleted; it comes
+	// without key, port or peers.
+	Recreate(mtu int) error
 	Close() error
 }
 
@@ -48,20 +51,30 @@ func newKernelDevice(h *netlink.Handle, name string, mtu int) (*kernelDevice, er
 			return nil, fmt.Errorf("ip link del %s: %w", name, err)
 		}
 	}
-	link := &netlink.GenericLink{LinkAttrs: netlink.LinkAttrs{Name: name, MTU: mtu}, LinkType: "wireguard"}
-	if err := h.LinkAdd(link); err != nil {
-		if errors.Is(err, syscall.EOPNOTSUPP) { // "Unknown device type"
-			return nil, fmt.Errorf("ip link add %s type wireguard: %w: %w", name, errNoKernelModule, err)
-		}
-		return nil, fmt.Errorf("ip link add %s type wireguard: %w", name, err)
+	if err := addKernelLink(h, name, mtu); err != nil {
+		return nil, err
 	}
 	c, err := wgctrl.New()
 	if err != nil {
-		_ = h.LinkDel(link)
+		_ = h.LinkDel(&netlink.GenericLink{LinkAttrs: netlink.LinkAttrs{Name: name}, LinkType: "wireguard"})
 		return nil, fmt.Errorf("open wgctrl: %w", err)
 	}
 	return &kernelDevice{name: name, nl: h, wg: c}, nil
 }
+
+func addKernelLink(h *netlink.Handle, name string, mtu int) error {
+	link := &netlink.GenericLink{LinkAttrs: netlink.LinkAttrs{Name: name, MTU: mtu}, LinkType: "wireguard"}
+	if err := h.LinkAdd(link); err != nil {
+		if errors.Is(err, syscall.EOPNOTSUPP) { // "Unknown device type"
+			return fmt.Errorf("ip link add %s type wireguard: %w: %w", name, errNoKernelModule, err)
+		}
+		return fmt.Errorf("ip link add %s type wireguard: %w", name, err)
+	}
+	return nil
+}
+
+// Recreate adds the link again; wgctrl finds it by name.
+func (d *kernelDevice) Recreate(mtu int) error { return addKernelLink(d.nl, d.name, mtu) }
 
 func (d *kernelDevice) Name() string { return d.name }
 func (d *kernelDevice) Kind() string { return "kernel" }

@@ -24,6 +24,11 @@ func (d *fakeDevice) Name() string { return DeviceName }
 func (d *fakeDevice) Kind() string { return "fake" }
 func (d *fakeDevice) Close() error { return nil }
 
+func (d *fakeDevice) Recreate(int) error {
+	clear(d.peers)
+	return nil
+}
+
 func (d *fakeDevice) Greet(wgtypes.Key, time.Duration) error { return nil }
 
 func (d *fakeDevice) Configure(cfg wgtypes.Config) error {

@@ -1,12 +1,14 @@
 package wireguard
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"slices"
 	"strings"
 
+	"github.com/vishvananda/netlink"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 	"k8s.io/klog/v2"
 
@@ -25,9 +27,12 @@ type tunnel struct {
 
 	// Under the network's lock:
 	index int // the device's kernel index, once activated
-	set   *backend.PeerSet[peer]
-	peerT *backend.Table[peer, wgtypes.Key, peer]
-	watch map[wgtypes.Key]*handshakeWatch
+	// regreet, set from a re-creation of the device until the next
+	// reconcile, makes every peer put back greeted: none has a session.
+	regreet bool
+	set     *backend.PeerSet[peer]
+	peerT   *backend.Table[peer, wgtypes.Key, peer]
+	watch   map[wgtypes.Key]*handshakeWatch
 }
 
 func newTunnel(n *network, dev device, port int, v4, v6 bool) *tunnel {
@@ -49,9 +54,14 @@ func (p peer) String() string {
 	return fmt.Sprintf("peer %s at %s, public key %s", p.allowed, p.endpoint, p.key)
 }
 
-// repair gives the device its addresses, up state and the networks'
-// routes, as far as they are missing, and records its index.
+// repair re-creates the device if it was deleted, gives it its
+// addresses, up state and the networks' routes, as far as they are
+// missing, and records its index.
 func (t *tunnel) repair(own *lease.Lease, r backend.Repairs) error {
+	t.regreet = false
+	if err := t.recreateIfGone(r); err != nil {
+		return err
+	}
 	for _, f := range []struct {
 		on      bool
 		subnet  netip.Prefix
@@ -70,6 +80,26 @@ func (t *tunnel) repair(own *lease.Lease, r backend.Repairs) error {
 		}
 		t.index = index
 	}
+	return nil
+}
+
+// recreateIfGone makes a deleted device again with the node's key and
+// port; the engine's reconcile that follows puts the peers back, and the
+// peers' sessions start again with a handshake.
+func (t *tunnel) recreateIfGone(r backend.Repairs) error {
+	_, err := t.n.b.NL.LinkByName(t.dev.Name())
+	if err == nil || !errors.As(err, new(netlink.LinkNotFoundError)) {
+		return nil // present, or unknown: RepairTunnel reports it
+	}
+	klog.Warningf("wireguard: %s was deleted; creating it again (%s)", t.dev.Name(), t.dev.Kind())
+	if err := t.dev.Recreate(t.n.mtu); err != nil {
+		return fmt.Errorf("wireguard: re-create %s: %w", t.dev.Name(), err)
+	}
+	if err := t.dev.Configure(wgtypes.Config{PrivateKey: &t.n.key, ListenPort: &t.port, ReplacePeers: true}); err != nil {
+		return fmt.Errorf("wireguard: configure re-created %s (private key, listen port %d): %w", t.dev.Name(), t.port, err)
+	}
+	r.Add("device")
+	t.regreet = true
 	return nil
 }
 
@@ -101,7 +131,15 @@ func (t *tunnel) peerConfig(p peer) wgtypes.PeerConfig {
 type devicePeers struct{ t *tunnel }
 
 func (w devicePeers) Set(_ wgtypes.Key, p peer) error {
-	return w.t.dev.Configure(wgtypes.Config{Peers: []wgtypes.PeerConfig{w.t.peerConfig(p)}})
+	if err := w.t.dev.Configure(wgtypes.Config{Peers: []wgtypes.PeerConfig{w.t.peerConfig(p)}}); err != nil {
+		return err
+	}
+	if w.t.regreet {
+		if err := w.t.dev.Greet(p.key, *w.t.n.b.Opts.keepalive()); err != nil {
+			klog.V(1).Infof("wireguard: %s: greet peer %s: %v", w.t.dev.Name(), p.allowed, err)
+		}
+	}
+	return nil
 }
 
 func (w devicePeers) Delete(k wgtypes.Key, _ peer) error {

@@ -1,11 +1,13 @@
 package wireguard
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"golang.zx2c4.com/wireguard/conn"
@@ -32,37 +34,60 @@ func SocketDir() string {
 }
 
 // userDevice is wireguard-go running inside flanneld on a TUN device. It
-// lives as long as the process: a restart re-creates it.
+// lives as long as the process: a restart re-creates it, and so does the
+// healer when someone deletes the TUN interface.
 type userDevice struct {
 	name   string
-	dev    *wgdevice.Device
+	dev    atomic.Pointer[wgdevice.Device]
 	ln     net.Listener
 	socket string
+	// setByHand is called after a control-socket client changed the
+	// device (`wg set`): no netlink notification reports that, and the
+	// healer must compare the peers with the leases at once.
+	setByHand atomic.Pointer[func()]
 }
 
 func newUserDevice(name string, mtu int) (*userDevice, error) {
-	t, err := tun.CreateTUN(name, mtu)
-	if err != nil {
-		return nil, fmt.Errorf("create TUN device %s for userspace WireGuard: %w (is another flanneld running on this node? "+
-			"In a DaemonSet, /dev/net/tun must be mounted: %s)", name, err, preflight.TunPatch)
+	d := &userDevice{name: name}
+	if err := d.open(mtu); err != nil {
+		return nil, err
 	}
-	logger := &wgdevice.Logger{
-		Verbosef: func(format string, args ...any) {
-			klog.V(4).Infof("wireguard-go %s: "+format, append([]any{name}, args...)...)
-		},
-		Errorf: func(format string, args ...any) {
-			klog.V(1).Infof("wireguard-go %s: "+format, append([]any{name}, args...)...)
-		},
-	}
-	// Throughput rests on the offloads: whole TCP segments in and
-	// coalesced ones out of the TUN device, batches on the UDP socket.
-	klog.Infof("wireguard: %s: TUN offloads %v, batches of %d", name, t.BatchSize() > 1, t.BatchSize())
-	d := &userDevice{name: name, dev: wgdevice.NewDevice(t, conn.NewStdNetBind(), logger)}
 	if err := d.listen(); err != nil {
 		// Only `wg show` is lost; flanneld configures the device directly.
 		klog.Warningf("wireguard: no control socket for %s (`wg show %s` will not see it): %v", name, name, err)
 	}
 	return d, nil
+}
+
+// open creates the TUN interface and starts wireguard-go on it.
+func (d *userDevice) open(mtu int) error {
+	t, err := tun.CreateTUN(d.name, mtu)
+	if err != nil {
+		return fmt.Errorf("create TUN device %s for userspace WireGuard: %w (is another flanneld running on this node? "+
+			"In a DaemonSet, /dev/net/tun must be mounted: %s)", d.name, err, preflight.TunPatch)
+	}
+	logger := &wgdevice.Logger{
+		Verbosef: func(format string, args ...any) {
+			klog.V(4).Infof("wireguard-go %s: "+format, append([]any{d.name}, args...)...)
+		},
+		Errorf: func(format string, args ...any) {
+			klog.V(1).Infof("wireguard-go %s: "+format, append([]any{d.name}, args...)...)
+		},
+	}
+	// Throughput rests on the offloads: whole TCP segments in and
+	// coalesced ones out of the TUN device, batches on the UDP socket.
+	klog.Infof("wireguard: %s: TUN offloads %v, batches of %d", d.name, t.BatchSize() > 1, t.BatchSize())
+	d.dev.Store(wgdevice.NewDevice(t, conn.NewStdNetBind(), logger))
+	return nil
+}
+
+// Recreate starts afresh on a new TUN interface after the old one was
+// deleted. wireguard-go has closed itself when its interface went (its
+// reads fail); Close here waits until that has released the UDP port.
+// The caller configures the key, the port and the peers again.
+func (d *userDevice) Recreate(mtu int) error {
+	d.dev.Load().Close()
+	return d.open(mtu)
 }
 
 // listen serves the UAPI control socket that `wg` and wgctrl use.
@@ -91,25 +116,53 @@ func (d *userDevice) listen() error {
 				}
 				return
 			}
-			go d.dev.IpcHandle(c)
+			go d.serve(c)
 		}
 	}()
 	return nil
 }
 
+// serve answers one control-socket client, then reports a change it made.
+func (d *userDevice) serve(c net.Conn) {
+	w := &setWatch{Conn: c}
+	d.dev.Load().IpcHandle(w)
+	if f := d.setByHand.Load(); w.set && f != nil {
+		(*f)()
+	}
+}
+
+// setWatch notes whether a control-socket client sent a "set" operation.
+type setWatch struct {
+	net.Conn
+	set bool
+}
+
+func (w *setWatch) Read(p []byte) (int, error) {
+	n, err := w.Conn.Read(p)
+	if bytes.Contains(p[:n], []byte("set=1\n")) {
+		w.set = true
+	}
+	return n, err
+}
+
+// OnSetByHand makes f run after each change made through the control
+// socket.
+func (d *userDevice) OnSetByHand(f func()) { d.setByHand.Store(&f) }
+
 func (d *userDevice) Name() string { return d.name }
 func (d *userDevice) Kind() string { return "userspace" }
 
 func (d *userDevice) Configure(cfg wgtypes.Config) error {
-	if err := d.dev.IpcSet(uapiSet(cfg)); err != nil {
+	dev := d.dev.Load()
+	if err := dev.IpcSet(uapiSet(cfg)); err != nil {
 		return err
 	}
 	// A fresh device is down until told otherwise.
-	return d.dev.Up()
+	return dev.Up()
 }
 
 func (d *userDevice) Peers() ([]wgtypes.Peer, error) {
-	s, err := d.dev.IpcGet()
+	s, err := d.dev.Load().IpcGet()
 	if err != nil {
 		return nil, err
 	}
@@ -117,7 +170,7 @@ func (d *userDevice) Peers() ([]wgtypes.Peer, error) {
 }
 
 func (d *userDevice) Greet(peer wgtypes.Key, _ time.Duration) error {
-	p := d.dev.LookupPeer(wgdevice.NoisePublicKey(peer))
+	p := d.dev.Load().LookupPeer(wgdevice.NoisePublicKey(peer))
 	if p == nil {
 		return fmt.Errorf("no peer %s", peer)
 	}
@@ -131,6 +184,6 @@ func (d *userDevice) Close() error {
 		d.ln.Close()
 		_ = os.Remove(d.socket)
 	}
-	d.dev.Close()
+	d.dev.Load().Close()
 	return nil
 }

@@ -77,6 +77,11 @@ func (b *Backend) RegisterNetwork(ctx context.Context, cfg *config.Config) (back
 		sets = append(sets, t.set)
 	}
 	n.peers = backend.NewPeers(backend.PeersConfig{Name: "wireguard", Sets: sets, Owned: n.owned, Check: n.repair})
+	for _, t := range n.tunnels {
+		if u, ok := t.dev.(*userDevice); ok {
+			u.OnSetByHand(n.peers.Kick)
+		}
+	}
 	return n, nil
 }
 
