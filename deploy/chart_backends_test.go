@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -68,15 +69,43 @@ func TestPatchesGiveTheManifestTheChartsBackendSettings(t *testing.T) {
 	bin := helmBinary(t)
 	const ds = "DaemonSet/kube-flannel/kube-flannel-ds"
 	manifest := byKey(t, loadManifest(t))[ds]
-	for backend, patch := range map[string]string{"udp": "tun.yaml", "wireguard": "tun.yaml", "ipsec": "ipsec.yaml"} {
-		chart := byKey(t, renderChartArgs(t, bin, chartDir, "-n", "kube-system", "-f", valuesFile("manifest"), "--set", "flannel.backend="+backend))[ds]
-		patched := applyPatch(t, manifest, filepath.Join("patches", patch))
+	for _, c := range []struct{ set, patch string }{
+		{"flannel.backend=udp", "tun.yaml"}, {"flannel.backend=wireguard", "tun.yaml"}, {"flannel.backend=ipsec", "ipsec.yaml"},
+		{"flannel.datapath=ebpf", "ebpf.yaml"},
+	} {
+		chart := byKey(t, renderChartArgs(t, bin, chartDir, "-n", "kube-system", "-f", valuesFile("manifest"), "--set", c.set))[ds]
+		patched := applyPatch(t, manifest, filepath.Join("patches", c.patch))
 		// kubectl puts merged list items first, the chart last: the order
 		// of volumes and mounts means nothing.
 		byName := cmpopts.SortSlices(func(a, b any) bool { return nameOf(a) < nameOf(b) })
 		if diff := cmp.Diff(chart, patched, byName); diff != "" {
-			t.Errorf("backend %s: chart (-) vs manifest + patches/%s (+):\n%s", backend, patch, diff)
+			t.Errorf("%s: chart (-) vs manifest + patches/%s (+):\n%s", c.set, c.patch, diff)
 		}
+	}
+}
+
+// flannel.datapath=ebpf puts "Datapath": "ebpf" into the Backend and
+// gives flanneld BPF and PERFMON, which loading the fast path's programs
+// needs (internal/preflight refuses to start without them); a backend
+// without a fast path fails the render.
+func TestChartDatapathEBPF(t *testing.T) {
+	bin := helmBinary(t)
+	for _, backend := range []string{"host-gw", "vxlan"} {
+		sets := []string{"flannel.backend=" + backend, "flannel.datapath=ebpf"}
+		if got := backendOf(t, bin, sets...); got["Datapath"] != "ebpf" {
+			t.Errorf("%s: Backend %v has no \"Datapath\": \"ebpf\"", backend, got)
+		}
+		c := container(t, podSpec(t, renderChart(t, bin, sets...)), "kube-flannel")
+		if got, want := c.SecurityContext.Capabilities.Add, []corev1.Capability{"NET_ADMIN", "NET_RAW", "BPF", "PERFMON"}; !slices.Equal(got, want) {
+			t.Errorf("%s: capabilities %v, want %v", backend, got, want)
+		}
+	}
+	if _, ok := backendOf(t, bin)["Datapath"]; ok {
+		t.Errorf("the default Backend has a Datapath key; upstream's has none")
+	}
+	_, err := helm(t, bin, "template", "flannel", chartDir, "--set", "flannel.backend=udp", "--set", "flannel.datapath=ebpf")
+	if err == nil || !strings.Contains(err.Error(), "host-gw or vxlan") {
+		t.Errorf("flannel.backend=udp with flannel.datapath=ebpf: %v, want a failed render naming host-gw or vxlan", err)
 	}
 }
 

@@ -145,6 +145,7 @@ when everything matches; otherwise lists what failed and why.`
 func upFlags(fs *flag.FlagSet, c *labCtx) {
 	fs.IntVar(&c.spec.Nodes, "nodes", lab.DefaultNodes, "number of nodes")
 	fs.StringVar(&c.spec.Backend, "backend", lab.DefaultBackend, "flannel backend: vxlan, host-gw, udp or wireguard (userspace where the kernel has no module)")
+	fs.StringVar(&c.spec.Datapath, "datapath", "kernel", `kernel, or ebpf: net-conf.json Backend "Datapath": "ebpf", the eBPF fast path (host-gw and vxlan); lab check shows each pod's path`)
 	fs.IntVar(&c.spec.PodsPerNode, "pods-per-node", lab.DefaultPodsPerNode, "pods created on each node through the flannel CNI plugin")
 	fs.IntVar(&c.spec.Segments, "segments", 1, "1: one L2 underlay; 2: two segments joined by a router namespace")
 	fs.IntVar(&c.spec.UnderlayMTU, "underlay-mtu", 1500, "MTU of the underlay links")

@@ -329,6 +329,26 @@ func TestLabHostGW(t *testing.T) {
 	if hop == nil || hop[1] != lease[2] {
 		t.Errorf("host-gw walk: node route %q, want one via %s dev eth0:\n%s", hop, lease[2], check)
 	}
+	if n := len(regexp.MustCompile(`(?m)^  n\d+ +n\d+-p\d+ \(\S+\) +kernel$`).FindAllString(check, -1)); n != 3 {
+		t.Errorf("check shows %d pods on the kernel path, want all 3:\n%s", n, check)
+	}
+	l.downAndVerify(links)
+}
+
+// --datapath ebpf: every pod's host-side veth carries the fast path's
+// program, and check says so pod by pod.
+func TestLabEBPFDatapath(t *testing.T) {
+	t.Parallel()
+	l := needLab(t, "tleb")
+	links := rootLinks(t)
+	l.up("--nodes", "2", "--backend", "vxlan", "--datapath", "ebpf")
+	check := l.check()
+	if !strings.Contains(check, "data path per pod (net-conf.json asks for ebpf)") {
+		t.Errorf("check has no data path section for ebpf:\n%s", check)
+	}
+	if n := len(regexp.MustCompile(`(?m)^  n\d+ +n\d+-p\d+ \(\S+\) +ebpf \((tcx|clsact)\)$`).FindAllString(check, -1)); n != 2 {
+		t.Errorf("check shows %d pods on the eBPF path, want both:\n%s", n, check)
+	}
 	l.downAndVerify(links)
 }
 

@@ -1,8 +1,8 @@
 // Package preflight tells, before flanneld sets anything up, whether the
 // host or container it runs in grants what the configured backend needs
-// beyond NET_ADMIN: the TUN device (udp, userspace WireGuard) and
-// CAP_SYS_ADMIN (ipsec's charon runs in a mount namespace of its
-// own). The shipped DaemonSet grants these only when asked, so a missing
+// beyond NET_ADMIN: the TUN device (udp, userspace WireGuard),
+// CAP_SYS_ADMIN (ipsec's charon runs in a mount namespace of its own) and
+// CAP_BPF with CAP_PERFMON (the eBPF fast path). The shipped DaemonSet grants these only when asked, so a missing
 // one is the likely cause, and the error names the setting to add.
 package preflight
 
@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -22,6 +23,10 @@ import (
 // TunPatch is the DaemonSet change that gives flanneld the TUN device,
 // written as the operator applies it (docs/INSTALL.md shows it whole).
 const TunPatch = `add to the DaemonSet a volume "tun" (hostPath: {path: /dev/net/tun, type: CharDevice}) and mount it in the kube-flannel container at /dev/net/tun (the Helm chart does this for flannel.backend udp, wireguard and ipsec; see docs/INSTALL.md, "Backends that need more")`
+
+// EBPFPatch is the DaemonSet change that lets flanneld load the eBPF fast
+// path's programs.
+const EBPFPatch = `add "BPF" and "PERFMON" to the kube-flannel container's securityContext.capabilities.add (deploy/patches/ebpf.yaml; the Helm chart does this for flannel.datapath=ebpf), or set "Datapath" back to "kernel"`
 
 // SysAdminPatch is the DaemonSet change that lets charon start.
 const SysAdminPatch = `add "SYS_ADMIN" to the kube-flannel container's securityContext.capabilities.add (the Helm chart does this for flannel.backend=ipsec; see docs/INSTALL.md, "Backends that need more")`
@@ -63,7 +68,42 @@ func (h Host) Check(cfg *config.Config) error {
 			errs = append(errs, fmt.Errorf("the ipsec backend needs CAP_SYS_ADMIN (charon runs in a mount namespace of its own), which this process lacks: %s", SysAdminPatch))
 		}
 	}
+	if cfg.Datapath == config.DatapathEBPF {
+		if err := h.ebpfCaps(); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	return errors.Join(errs...)
+}
+
+// ebpfCaps: loading the fast path takes CAP_BPF, and its programs read
+// conntrack entries, which the verifier allows only with CAP_PERFMON;
+// CAP_SYS_ADMIN covers both.
+func (h Host) ebpfCaps() error {
+	readErr := func(err error) error {
+		return fmt.Errorf("the eBPF fast path needs CAP_BPF and CAP_PERFMON and the capabilities cannot be read: %w", err)
+	}
+	if all, err := h.hasCap(unix.CAP_SYS_ADMIN); err != nil {
+		return readErr(err)
+	} else if all {
+		return nil
+	}
+	var missing []string
+	for c, name := range map[int]string{unix.CAP_BPF: "CAP_BPF", unix.CAP_PERFMON: "CAP_PERFMON"} {
+		has, err := h.hasCap(c)
+		if err != nil {
+			return readErr(err)
+		}
+		if !has {
+			missing = append(missing, name)
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	slices.Sort(missing)
+	return fmt.Errorf(`"Datapath": "ebpf" needs CAP_BPF (to load the fast path's programs) and CAP_PERFMON (they read conntrack entries), and this process lacks %s: %s`,
+		strings.Join(missing, " and "), EBPFPatch)
 }
 
 // tunNeeded says why cfg's backend needs TUN for certain, or "" when it

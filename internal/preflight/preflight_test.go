@@ -33,6 +33,13 @@ const netAdminRaw = "0000000000003000"
 // With SYS_ADMIN (21) too.
 const withSysAdmin = "0000000000203000"
 
+// deploy/patches/ebpf.yaml's: also PERFMON (38) and BPF (39); and BPF
+// alone.
+const (
+	withBPFPerfmon = "000000c000003000"
+	withBPFOnly    = "0000008000003000"
+)
+
 func TestBackendsRefuseAContainerThatLacksTheirSetting(t *testing.T) {
 	for _, tc := range []struct {
 		name, backend string
@@ -51,6 +58,12 @@ func TestBackendsRefuseAContainerThatLacksTheirSetting(t *testing.T) {
 		{"ipsec without SYS_ADMIN", `{"Type":"ipsec","PSK":"x"}`, true, netAdminRaw,
 			[]string{"the ipsec backend needs CAP_SYS_ADMIN", `add "SYS_ADMIN" to the kube-flannel container's securityContext.capabilities.add`}},
 		{"ipsec with SYS_ADMIN", `{"Type":"ipsec","PSK":"x"}`, true, withSysAdmin, nil},
+		{"eBPF fast path without BPF", `{"Type":"host-gw","Datapath":"ebpf"}`, false, netAdminRaw,
+			[]string{`"Datapath": "ebpf" needs CAP_BPF`, "lacks CAP_BPF and CAP_PERFMON", "deploy/patches/ebpf.yaml", "flannel.datapath=ebpf"}},
+		{"eBPF fast path without PERFMON", `{"Type":"vxlan","Datapath":"ebpf"}`, false, withBPFOnly,
+			[]string{"lacks CAP_PERFMON:", "they read conntrack entries"}},
+		{"eBPF fast path with BPF and PERFMON", `{"Type":"vxlan","Datapath":"ebpf"}`, false, withBPFPerfmon, nil},
+		{"eBPF fast path with SYS_ADMIN", `{"Type":"host-gw","Datapath":"ebpf"}`, false, withSysAdmin, nil},
 	} {
 		cfg, err := config.Parse([]byte(`{"Network":"10.244.0.0/16","Backend":` + tc.backend + `}`))
 		if err != nil {

@@ -38,13 +38,17 @@ func matrix() []backendCase {
 		{name: "wireguard", lab: "kwg", nodes: 2, args: []string{"--backend", "wireguard"}, maxLoss: userspace},
 		{name: "vxlan-dual-stack", lab: "kds", nodes: 2, args: []string{"--dual-stack"}, dual: true, maxLoss: kernel},
 		{name: "host-gw-dual-stack", lab: "khd", nodes: 2, args: []string{"--backend", "host-gw", "--dual-stack"}, dual: true, maxLoss: kernel},
+		// The eBPF fast path under a real kubelet and kube-proxy: lab
+		// check fails a pod without the program; Service and hostPort
+		// replies, which conntrack translates, must take the kernel path.
+		{name: "host-gw-ebpf", lab: "khe", nodes: 2, args: []string{"--backend", "host-gw", "--datapath", "ebpf"}, maxLoss: kernel},
 	}
 }
 
 // TestBackends runs upstream's e2e checks on each backend: the DaemonSet
 // Ready on every node (lab up waits for it), each node's subnet inside its
 // podCIDR, pods on different nodes reaching each other, a ClusterIP Service
-// found by name, a recreated pod reachable again, a rollout restart of the
+// found by name, a hostPort, a recreated pod reachable again, a rollout restart of the
 // DaemonSet that keeps every FLANNEL_SUBNET, and pod-to-pod throughput
 // next to the underlay's.
 func TestBackends(t *testing.T) {
@@ -56,6 +60,7 @@ func TestBackends(t *testing.T) {
 			l.podToPod(t, pods)
 			l.check(t)
 			l.serviceByName(t, pods["n1"], pods["n2"])
+			l.hostPortOf(t, pods["n1"], pods["n2"], under["n2"])
 			if t.Failed() {
 				t.FailNow()
 			}

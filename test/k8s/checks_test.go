@@ -85,6 +85,17 @@ func (l *kubeLab) serviceByName(t *testing.T, src, dst webPod) {
 	}
 }
 
+// hostPortOf: from src's pod, dst's hostPort on its node's underlay
+// address leads to the pod on dst (DNAT by portmap on dst's node; the
+// reply is translated back by conntrack, which the eBPF fast path must
+// leave to the kernel).
+func (l *kubeLab) hostPortOf(t *testing.T, src, dst webPod, node netip.Addr) {
+	t.Helper()
+	if got, err := l.dial(src, node.String(), hostPort); err != nil || got != dst.name {
+		t.Errorf("%s -> hostPort %s:%d of %s: %q, %v", src.name, node, hostPort, dst.name, got, err)
+	}
+}
+
 // pinger pings dst from a pod every 100 ms until stopped, and reports the
 // longest run of lost replies.
 type pinger struct {

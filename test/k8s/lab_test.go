@@ -145,4 +145,8 @@ func (l *kubeLab) check(t *testing.T) {
 		return
 	}
 	t.Logf("lab check passed (%s)", time.Since(start).Round(100*time.Millisecond))
+	if _, paths, ok := strings.Cut(out, "\ndata path per pod"); ok {
+		paths, _, _ = strings.Cut(paths, "\n\n")
+		t.Logf("data path per pod%s", paths)
+	}
 }

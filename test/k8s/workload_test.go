@@ -24,6 +24,9 @@ const (
 	testNS      = "e2e"
 	agnhost     = "registry.k8s.io/e2e-test-images/agnhost:2.66.1"
 	netexecPort = 8080
+	// hostPort is where each web pod is also published on its node's
+	// address (the portmap plugin of the manifest's CNI configuration).
+	hostPort = 18080
 )
 
 // webPod is one running workload pod.
@@ -43,7 +46,7 @@ func podSpec(node string) *corev1.Pod {
 			Containers: []corev1.Container{{
 				Name: "netexec", Image: agnhost, ImagePullPolicy: corev1.PullIfNotPresent,
 				Args:  []string{"netexec", fmt.Sprintf("--http-port=%d", netexecPort)},
-				Ports: []corev1.ContainerPort{{ContainerPort: netexecPort}},
+				Ports: []corev1.ContainerPort{{ContainerPort: netexecPort, HostPort: hostPort}},
 				ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{
 					HTTPGet: &corev1.HTTPGetAction{Path: "/healthz", Port: intstr.FromInt(netexecPort)}}, PeriodSeconds: 1},
 			}},

@@ -80,6 +80,7 @@ func Check(ctx context.Context, out io.Writer, dir string) error {
 	c.readNodes()
 	conn := c.connectivity(ctx)
 	c.mtuBoundaries(ctx, conn)
+	c.dataPaths(func(n *testbed.Node) string { return n.SubnetFile })
 	c.walk(ctx)
 	return c.summary()
 }

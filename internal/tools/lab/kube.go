@@ -37,7 +37,10 @@ type KubeSpec struct {
 	HelmBin       string // the helm binary (scripts/install-helm.sh)
 	NetworkPolicy bool   // flanneld --network-policy (the manifest's commented lines, or the chart's value)
 	NFTables      bool   // "EnableNFTables": true in net-conf.json
-	DualStack     bool   // IPv6 next to IPv4: underlay, podCIDRs, services, net-conf.json
+	// EBPF is the lab's --datapath ebpf: "Datapath": "ebpf" in the
+	// Backend, and the BPF and PERFMON capabilities (Spec.Validate sets it).
+	EBPF      bool `json:",omitempty"`
+	DualStack bool // IPv6 next to IPv4: underlay, podCIDRs, services, net-conf.json
 }
 
 // Defaults of `lab up --kubernetes`; scripts/setup.sh builds them there.

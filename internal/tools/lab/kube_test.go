@@ -113,6 +113,24 @@ func TestFlannelManifestOptions(t *testing.T) {
 	}) {
 		t.Errorf("no tun volume: %+v", ds.Spec.Template.Spec.Volumes)
 	}
+	if got := c.SecurityContext.Capabilities.Add; slices.Contains(got, "BPF") {
+		t.Errorf("capabilities %v without --datapath ebpf", got)
+	}
+	// --datapath ebpf: the Backend's "Datapath" and deploy/patches/ebpf.yaml.
+	out, err = flannelManifest(raw, "example.org/flannel:lab", &KubeSpec{EBPF: true}, "host-gw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds, conf = decodeManifest(t, out)
+	var eb struct {
+		Backend struct{ Type, Datapath string }
+	}
+	if err := json.Unmarshal([]byte(conf), &eb); err != nil || eb.Backend.Type != "host-gw" || eb.Backend.Datapath != "ebpf" {
+		t.Errorf("net-conf.json %q with --datapath ebpf: %+v %v", conf, eb, err)
+	}
+	if got, want := ds.Spec.Template.Spec.Containers[0].SecurityContext.Capabilities.Add, []corev1.Capability{"NET_ADMIN", "NET_RAW", "BPF", "PERFMON"}; !slices.Equal(got, want) {
+		t.Errorf("capabilities %v with --datapath ebpf, want %v", got, want)
+	}
 	// vxlan needs none of it.
 	out, err = flannelManifest(raw, "example.org/flannel:lab", &KubeSpec{}, "vxlan")
 	if err != nil {

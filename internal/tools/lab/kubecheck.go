@@ -54,6 +54,7 @@ func checkKube(ctx context.Context, out io.Writer, dir string, spec *Spec, tb *r
 	c.readKubeNodes(dir)
 	conn := c.connectivity(ctx)
 	c.mtuBoundaries(ctx, conn)
+	c.dataPaths(func(n *testbed.Node) string { return nodeAt(dir, n.Name).root("/run/flannel/subnet.env") })
 	c.walk(ctx)
 	return c.summary()
 }

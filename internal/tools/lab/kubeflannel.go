@@ -75,6 +75,8 @@ var (
 	imageLine   = regexp.MustCompile(`(?m)^(\s*-?\s*image:\s*)\S+\s*$`)
 	backendType = regexp.MustCompile(`("Type":\s*)"vxlan"`)
 	nftLine     = regexp.MustCompile(`("EnableNFTables":\s*)false`)
+	anyType     = regexp.MustCompile(`("Type":\s*"[^"]+")`)
+	capsLine    = regexp.MustCompile(`(add: \["NET_ADMIN", "NET_RAW")\]`)
 	networkLine = regexp.MustCompile(`("Network":\s*"[^"]+",)`)
 	// The flanneld container's mounts and the pod's volumes, where a TUN
 	// device is added for udp and userspace WireGuard.
@@ -100,6 +102,10 @@ func flannelManifest(manifest []byte, image string, k *KubeSpec, backend string)
 	}
 	if k.NFTables {
 		edits = append(edits, manifestEdit{`net-conf.json "EnableNFTables": false`, nftLine, "${1}true"})
+	}
+	if k.EBPF {
+		edits = append(edits, manifestEdit{`net-conf.json's Backend "Type"`, anyType, "${1},\n        \"Datapath\": \"ebpf\""},
+			manifestEdit{`the kube-flannel container's capabilities (deploy/patches/ebpf.yaml)`, capsLine, `${1}, "BPF", "PERFMON"]`})
 	}
 	if k.DualStack {
 		edits = append(edits, manifestEdit{`net-conf.json "Network"`, networkLine,
@@ -177,7 +183,7 @@ func (k *KubeSpec) options() string {
 	for _, c := range []struct {
 		on   bool
 		name string
-	}{{k.NFTables, "nftables"}, {k.DualStack, "dual stack"}, {k.NetworkPolicy, "network policy"}} {
+	}{{k.NFTables, "nftables"}, {k.DualStack, "dual stack"}, {k.NetworkPolicy, "network policy"}, {k.EBPF, "eBPF fast path"}} {
 		if c.on {
 			o = append(o, c.name)
 		}

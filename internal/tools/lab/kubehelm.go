@@ -46,6 +46,9 @@ func helmValues(ref string, k *KubeSpec, backend string) []string {
 	if k.DualStack {
 		set = append(set, "podCidrv6="+kubeClusterCIDR6)
 	}
+	if k.EBPF {
+		set = append(set, "flannel.datapath=ebpf")
+	}
 	var args []string
 	for _, s := range set {
 		args = append(args, "--set", s)

@@ -46,6 +46,9 @@ type Spec struct {
 	// PodMTU 0 means "auto": pods get FLANNEL_MTU.
 	PodMTU   int
 	StateDir string
+	// Datapath is net-conf.json's Backend "Datapath": "" (the kernel
+	// path) or "ebpf" (`lab up --datapath ebpf`, host-gw and vxlan).
+	Datapath string `json:",omitempty"`
 
 	FlanneldPath string // the flanneld binary
 	PluginDir    string // holds the flannel CNI plugin, named "flannel"
@@ -95,6 +98,12 @@ func (s *Spec) Validate() error {
 	if s.Timeout == 0 {
 		s.Timeout = 5 * time.Minute
 	}
+	if err := s.checkDatapath(); err != nil {
+		return err
+	}
+	if s.Kube != nil {
+		s.Kube.EBPF = s.wantsEBPF()
+	}
 	return nil
 }
 
@@ -112,6 +121,9 @@ func ParsePodMTU(v string) (int, error) {
 
 // NetConf is the network configuration the lab writes to etcd.
 func (s *Spec) NetConf() string {
+	if s.wantsEBPF() {
+		return fmt.Sprintf(`{"Network":"10.244.0.0/16","Backend":{"Type":%q,"Datapath":"ebpf"}}`, s.Backend)
+	}
 	return fmt.Sprintf(`{"Network":"10.244.0.0/16","Backend":{"Type":%q}}`, s.Backend)
 }
 

@@ -31,10 +31,16 @@ func TestSpecValidate(t *testing.T) {
 		{Nodes: 2, UnderlayMTU: 1000},
 		{Nodes: 2, PodMTU: 100},
 		{Nodes: 2, PodsPerNode: -1},
+		{Nodes: 2, Backend: "udp", Datapath: "ebpf"},
+		{Nodes: 2, Datapath: "xdp"},
 	} {
 		if err := bad.Validate(); err == nil {
 			t.Errorf("accepted %+v", bad)
 		}
+	}
+	eb := Spec{Nodes: 2, Backend: "host-gw", Datapath: "ebpf", Kube: &KubeSpec{}}
+	if err := eb.Validate(); err != nil || eb.NetConf() != `{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw","Datapath":"ebpf"}}` || !eb.Kube.EBPF {
+		t.Errorf("--datapath ebpf: %v, net-conf %s, kube %+v", err, eb.NetConf(), eb.Kube)
 	}
 	hg := Spec{Nodes: 2, Backend: "Host-GW"}
 	if err := hg.Validate(); err != nil || !strings.Contains(hg.NetConf(), `"Type":"host-gw"`) {

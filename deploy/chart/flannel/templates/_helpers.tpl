@@ -59,6 +59,12 @@ JSON is well formed whatever is set (upstream writes tunnelMode unquoted).
 {{- else if eq $f.backend "udp" -}}
 {{- if $f.backendPort }}{{ $_ := set $b "Port" (int $f.backendPort) }}{{ end -}}
 {{- end -}}
+{{- if eq (toString $f.datapath) "ebpf" -}}
+{{- if not (has $f.backend (list "host-gw" "vxlan")) -}}
+{{- fail (printf "flannel.datapath=ebpf works with flannel.backend host-gw or vxlan, not %s" $f.backend) -}}
+{{- end -}}
+{{- $_ := set $b "Datapath" "ebpf" -}}
+{{- end -}}
 {{- toJson (merge $b ($f.extraBackendOptions | default dict)) -}}
 {{- end -}}
 
