@@ -100,6 +100,9 @@ func (t *tunnel) recreateIfGone(r backend.Repairs) error {
 	}
 	r.Add("device")
 	t.regreet = true
+	// The new device counts its traffic from zero: the handshake watch
+	// starts afresh too.
+	clear(t.watch)
 	return nil
 }
 
