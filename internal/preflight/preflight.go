@@ -2,8 +2,9 @@
 // host or container it runs in grants what the configured backend needs
 // beyond NET_ADMIN: the TUN device (udp, userspace WireGuard),
 // CAP_SYS_ADMIN (ipsec's charon runs in a mount namespace of its own) and
-// CAP_BPF with CAP_PERFMON (the eBPF fast path). The shipped DaemonSet grants these only when asked, so a missing
-// one is the likely cause, and the error names the setting to add.
+// CAP_BPF with CAP_PERFMON (the eBPF fast path). The shipped DaemonSet
+// grants these only when asked, so a missing one is the likely cause, and
+// the error names the setting to add.
 package preflight
 
 import (
