@@ -317,12 +317,8 @@ func checkReattached(t *testing.T, ctx context.Context, p *testbed.Pod) {
 
 func pathOf(ns, ifname string) (string, error) {
 	var path string
-	err := testbed.InNamespace(ns, func() error {
-		l, err := netlink.LinkByName(ifname)
-		if err != nil {
-			return err
-		}
-		path, err = fastpath.Path(l.Attrs().Index)
+	err := testbed.InNamespace(ns, func() (err error) {
+		path, err = fastpath.PathOf(ifname)
 		return err
 	})
 	return path, err

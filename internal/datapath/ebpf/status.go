@@ -35,6 +35,17 @@ func Path(ifindex int) (string, error) {
 	return "kernel", nil
 }
 
+// PathOf is Path of the interface called name in the current network
+// namespace. An interface that is gone gives an error that wraps
+// netlink.LinkNotFoundError, which callers listing pods skip.
+func PathOf(name string) (string, error) {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return "", fmt.Errorf("find interface %s: %w", name, err)
+	}
+	return Path(l.Attrs().Index)
+}
+
 func isFastPath(id ebpf.ProgramID) (bool, error) {
 	p, err := ebpf.NewProgramFromID(id)
 	if err != nil {

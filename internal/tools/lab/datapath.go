@@ -86,12 +86,8 @@ func (c *checker) dataPaths(subnetFile func(*testbed.Node) string) {
 // hostIfPath reads the path of interface name in namespace ns.
 func hostIfPath(ns, name string) (string, error) {
 	var path string
-	err := testbed.InNamespace(ns, func() error {
-		l, err := netlink.LinkByName(name)
-		if err != nil {
-			return err
-		}
-		path, err = ebpf.Path(l.Attrs().Index)
+	err := testbed.InNamespace(ns, func() (err error) {
+		path, err = ebpf.PathOf(name)
 		return err
 	})
 	return path, err
