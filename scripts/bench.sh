@@ -9,8 +9,9 @@
 # Then the data paths: host-gw and vxlan on the kernel path and with
 # "Datapath": "ebpf", throughput and TCP request/response rate, all with
 # --ip-masq, as ratios of the underlay (BENCH_DATAPATH_RUNS rounds, default
-# BENCH_RUNS); with FLANNEL_UPSTREAM_FLANNELD, upstream's host-gw and vxlan
-# too, alternating with ours: the kernel path's parity.
+# BENCH_RUNS; BENCH_IP_MASQ=false leaves masquerade off); with
+# FLANNEL_UPSTREAM_FLANNELD, upstream's host-gw and vxlan too, alternating
+# with ours: the kernel path's parity.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
