@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
+	"github.com/flannelgo/flannel/internal/ipnet"
 	"github.com/flannelgo/flannel/internal/pace"
 )
 
@@ -285,7 +286,7 @@ func (o *Owned) watchedRoute(u netlink.RouteUpdate) bool {
 	if o.Devices[u.LinkIndex] {
 		return true
 	}
-	dst, ok := PrefixOf(u.Dst)
+	dst, ok := ipnet.Prefix(u.Dst)
 	if !ok {
 		return false
 	}

@@ -8,6 +8,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/flannelgo/flannel/internal/ipnet"
 	"github.com/flannelgo/flannel/internal/nldump"
 )
 
@@ -25,7 +26,7 @@ func (r PeerRoute) String() string { return fmt.Sprintf("%s via %s", r.Dst, r.Gw
 
 // Netlink is r as netlink writes it.
 func (r PeerRoute) Netlink() *netlink.Route {
-	nr := &netlink.Route{Dst: IPNet(r.Dst), Gw: net.IP(r.Gw.AsSlice()), LinkIndex: r.Link}
+	nr := &netlink.Route{Dst: ipnet.FromPrefix(r.Dst), Gw: net.IP(r.Gw.AsSlice()), LinkIndex: r.Link}
 	if r.Onlink {
 		nr.Flags = int(netlink.FLAG_ONLINK)
 	}
@@ -143,7 +144,7 @@ func (w *Routes) Visit(reset func(), f func(netip.Prefix, Hop, bool)) error {
 	return nldump.Visit(reset, func() error {
 		for link := range w.links {
 			err := w.kernel.Visit(w.family, link, func(k netlink.Route) bool {
-				if dst, ok := PrefixOf(k.Dst); ok {
+				if dst, ok := ipnet.Prefix(k.Dst); ok {
 					f(dst, hopOf(k), w.ours(k))
 				}
 				return true
@@ -185,7 +186,7 @@ func NewRouteTable[P any](of func(P) (PeerRoute, bool), w EntryWriter[netip.Pref
 // no peer wants in that form (typically the echo of the engine's own
 // write). Anything else is drift for the healer.
 func RouteInLine[P any](t *RouteTable[P], u netlink.RouteUpdate) bool {
-	dst, ok := PrefixOf(u.Dst)
+	dst, ok := ipnet.Prefix(u.Dst)
 	if !ok || u.Table != unix.RT_TABLE_MAIN {
 		return false
 	}

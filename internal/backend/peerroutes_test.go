@@ -8,6 +8,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/flannelgo/flannel/internal/ipnet"
 	"github.com/flannelgo/flannel/internal/lease"
 )
 
@@ -24,7 +25,7 @@ func newFakeRoutes() *fakeRoutes {
 }
 
 func (f *fakeRoutes) Replace(r *netlink.Route) error {
-	dst, _ := PrefixOf(r.Dst)
+	dst, _ := ipnet.Prefix(r.Dst)
 	if err := f.fail[dst]; err != nil {
 		return err
 	}
@@ -36,7 +37,7 @@ func (f *fakeRoutes) Replace(r *netlink.Route) error {
 }
 
 func (f *fakeRoutes) Delete(r *netlink.Route) error {
-	dst, _ := PrefixOf(r.Dst)
+	dst, _ := ipnet.Prefix(r.Dst)
 	if have, ok := f.routes[dst]; ok && have.Gw.Equal(r.Gw) {
 		delete(f.routes, dst)
 	}

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"syscall"
 
+	"github.com/flannelgo/flannel/internal/ipnet"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -16,7 +17,7 @@ import (
 // other protocols (a routing daemon's, DHCP's) never are, so an
 // operator's own routes into the pod range survive a prune.
 func FlannelShaped(r netlink.Route, network netip.Prefix) (netip.Prefix, bool) {
-	dst, ok := PrefixOf(r.Dst)
+	dst, ok := ipnet.Prefix(r.Dst)
 	return dst, ok && r.Gw != nil && r.Protocol == unix.RTPROT_BOOT && within(dst, network)
 }
 

@@ -8,6 +8,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/flannelgo/flannel/internal/ipnet"
 	"github.com/flannelgo/flannel/internal/nldump"
 )
 
@@ -51,7 +52,7 @@ func checkCovered(h *netlink.Handle, link netlink.Link, addr netip.Addr) error {
 	}
 	var have []string
 	for _, a := range addrs {
-		p, ok := PrefixOf(a.IPNet)
+		p, ok := ipnet.Prefix(a.IPNet)
 		if !ok {
 			continue
 		}
@@ -72,27 +73,4 @@ func linkName(h *netlink.Handle, index int) string {
 		return fmt.Sprintf("interface %d", index)
 	}
 	return l.Attrs().Name
-}
-
-// PrefixOf converts a netlink address or route destination; ok is false for
-// nil or malformed values.
-func PrefixOf(n *net.IPNet) (netip.Prefix, bool) {
-	if n == nil {
-		return netip.Prefix{}, false
-	}
-	a, ok := netip.AddrFromSlice(n.IP)
-	if !ok {
-		return netip.Prefix{}, false
-	}
-	ones, bits := n.Mask.Size()
-	a = a.Unmap()
-	if bits != a.BitLen() {
-		return netip.Prefix{}, false
-	}
-	return netip.PrefixFrom(a, ones), true
-}
-
-// IPNet converts p for netlink, keeping p's address (not masked).
-func IPNet(p netip.Prefix) *net.IPNet {
-	return &net.IPNet{IP: net.IP(p.Addr().AsSlice()), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }

@@ -1,6 +1,7 @@
 package backend
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -8,6 +9,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/flannelgo/flannel/internal/ipnet"
 	"github.com/flannelgo/flannel/internal/nldump"
 )
 
@@ -19,16 +21,24 @@ import (
 // route, so only traffic for other nodes enters the tunnel. The address is
 // the source of traffic the node itself sends into the overlay.
 func ConfigureTunnel(h *netlink.Handle, name string, own netip.Addr, network netip.Prefix) error {
-	_, err := RepairTunnel(h, name, own, network, Repairs{})
+	_, err := RepairTunnel(h, name, own, network, Repairs{}, nil)
 	return err
 }
 
 // RepairTunnel makes the device what ConfigureTunnel makes it, writing
 // only what is missing and counting it in r, and returns the device's
-// index. A device that is gone is an error: these devices live with the
-// process that opened them.
-func RepairTunnel(h *netlink.Handle, name string, own netip.Addr, network netip.Prefix, r Repairs) (int, error) {
+// index. These devices live with the process that opened them: one that is
+// gone is made again by recreate, the backend's, which knows how; with a
+// nil recreate that is an error.
+func RepairTunnel(h *netlink.Handle, name string, own netip.Addr, network netip.Prefix, r Repairs, recreate func() error) (int, error) {
 	link, err := h.LinkByName(name)
+	if errors.As(err, new(netlink.LinkNotFoundError)) && recreate != nil {
+		if err := recreate(); err != nil {
+			return 0, fmt.Errorf("re-create deleted device %s: %w", name, err)
+		}
+		r.Add("device")
+		link, err = h.LinkByName(name)
+	}
 	if err != nil {
 		return 0, fmt.Errorf("find device %s: %w (restart flanneld to create it again)", name, err)
 	}
@@ -41,7 +51,7 @@ func RepairTunnel(h *netlink.Handle, name string, own netip.Addr, network netip.
 		}
 		r.Add("device")
 	}
-	route := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: IPNet(network.Masked()), Scope: netlink.SCOPE_LINK}
+	route := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: ipnet.FromPrefix(network.Masked()), Scope: netlink.SCOPE_LINK}
 	have, err := nldump.List(func() ([]netlink.Route, error) {
 		return h.RouteListFiltered(familyOf(own), route, netlink.RT_FILTER_OIF|netlink.RT_FILTER_DST)
 	})
@@ -65,11 +75,11 @@ func tunnelAddress(h *netlink.Handle, link netlink.Link, own netip.Addr, r Repai
 		return fmt.Errorf("ip addr show dev %s: %w", link.Attrs().Name, err)
 	}
 	for _, a := range addrs {
-		if p, ok := PrefixOf(a.IPNet); ok && p == host {
+		if p, ok := ipnet.Prefix(a.IPNet); ok && p == host {
 			return nil
 		}
 	}
-	addr := &netlink.Addr{IPNet: IPNet(host)}
+	addr := &netlink.Addr{IPNet: ipnet.FromPrefix(host)}
 	if own.Is6() {
 		addr.Flags = unix.IFA_F_NODAD // a tunnel has no neighbours to collide with
 	}
@@ -94,7 +104,7 @@ func familyOf(a netip.Addr) int {
 // the networks (the pods' bridge route) is none of the tunnel's business.
 func TunnelRoutesInLine(dev int, networks ...netip.Prefix) func(netlink.RouteUpdate) bool {
 	return func(u netlink.RouteUpdate) bool {
-		dst, ok := PrefixOf(u.Dst)
+		dst, ok := ipnet.Prefix(u.Dst)
 		if !ok || u.Table != unix.RT_TABLE_MAIN {
 			return true
 		}

@@ -2,13 +2,13 @@ package leaseset
 
 import (
 	"fmt"
-	"net"
 	"net/netip"
 	"strings"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/flannelgo/flannel/internal/ipnet"
 	"github.com/flannelgo/flannel/internal/nldump"
 )
 
@@ -57,7 +57,8 @@ func (n NetlinkHost) read() ([]HostPrefix, map[int]bool, error) {
 	mark := len(out)
 	err = nldump.Visit(func() { out = out[:mark] }, func() error {
 		return h.RouteListFilteredIter(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE, func(r netlink.Route) bool {
-			p, ok := prefixOf(r.Dst)
+			p, ok := ipnet.Prefix(r.Dst)
+			p = p.Masked()
 			name := names[r.LinkIndex]
 			if !ok || flannelOwned(name) {
 				return true
@@ -94,18 +95,6 @@ func addrPrefixes(h *netlink.Handle, names map[int]string) ([]HostPrefix, error)
 		out = append(out, HostPrefix{Prefix: netip.PrefixFrom(ip, ip.BitLen()), What: "address " + a.IPNet.String() + " on " + name})
 	}
 	return out, nil
-}
-
-func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
-	if n == nil {
-		return netip.Prefix{}, false
-	}
-	ip, ok := netip.AddrFromSlice(n.IP)
-	if !ok {
-		return netip.Prefix{}, false
-	}
-	bits, _ := n.Mask.Size()
-	return netip.PrefixFrom(ip.Unmap(), bits).Masked(), true
 }
 
 // flannelOwned reports whether a link is one of the devices flannel's

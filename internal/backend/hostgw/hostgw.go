@@ -17,6 +17,7 @@ import (
 
 	"github.com/flannelgo/flannel/internal/backend"
 	"github.com/flannelgo/flannel/internal/config"
+	"github.com/flannelgo/flannel/internal/ipnet"
 	"github.com/flannelgo/flannel/internal/lease"
 )
 
@@ -185,7 +186,7 @@ func (n *network) owned() *backend.Owned {
 	v4, v6 := n.v4, n.v6
 	o.RouteInLine = func(u netlink.RouteUpdate) bool {
 		f := v4
-		if dst, ok := backend.PrefixOf(u.Dst); ok && dst.Addr().Is6() {
+		if dst, ok := ipnet.Prefix(u.Dst); ok && dst.Addr().Is6() {
 			f = v6
 		}
 		return f != nil && backend.RouteInLine(f.table, u)

@@ -20,6 +20,7 @@ import (
 
 	"github.com/flannelgo/flannel/internal/backend"
 	"github.com/flannelgo/flannel/internal/config"
+	"github.com/flannelgo/flannel/internal/ipnet"
 	"github.com/flannelgo/flannel/internal/lease"
 	"github.com/flannelgo/flannel/internal/nldump"
 )
@@ -205,11 +206,11 @@ func (n *network) ensureAddress() (bool, error) {
 		return false, fmt.Errorf("ipip: ip addr show dev %s: %w", DeviceName, err)
 	}
 	for _, a := range addrs {
-		if p, ok := backend.PrefixOf(a.IPNet); ok && p == host {
+		if p, ok := ipnet.Prefix(a.IPNet); ok && p == host {
 			return false, nil
 		}
 	}
-	if err := n.b.NL.AddrReplace(n.dev, &netlink.Addr{IPNet: backend.IPNet(host)}); err != nil {
+	if err := n.b.NL.AddrReplace(n.dev, &netlink.Addr{IPNet: ipnet.FromPrefix(host)}); err != nil {
 		return false, fmt.Errorf("ipip: ip addr add %s dev %s: %w", host, DeviceName, err)
 	}
 	return true, nil

@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/flannelgo/flannel/internal/backend"
+	"github.com/flannelgo/flannel/internal/ipnet"
 	"github.com/flannelgo/flannel/internal/lease"
 )
 
@@ -20,7 +21,7 @@ type fakeKernel struct {
 }
 
 func (k *fakeKernel) Replace(r *netlink.Route) error {
-	dst, _ := backend.PrefixOf(r.Dst)
+	dst, _ := ipnet.Prefix(r.Dst)
 	c := *r
 	c.Protocol = unix.RTPROT_BOOT
 	k.routes[dst] = c
@@ -28,7 +29,7 @@ func (k *fakeKernel) Replace(r *netlink.Route) error {
 }
 
 func (k *fakeKernel) Delete(r *netlink.Route) error {
-	dst, _ := backend.PrefixOf(r.Dst)
+	dst, _ := ipnet.Prefix(r.Dst)
 	if have, ok := k.routes[dst]; ok && (r.Gw == nil || have.Gw.Equal(r.Gw)) {
 		delete(k.routes, dst)
 	}
@@ -70,7 +71,7 @@ func testNetwork(k *fakeKernel) *network {
 func TestPeerRoutes(t *testing.T) {
 	k := &fakeKernel{routes: map[netip.Prefix]netlink.Route{}}
 	n := testNetwork(k)
-	stale := netlink.Route{Dst: backend.IPNet(netip.MustParsePrefix("10.244.9.0/24")), Gw: net.ParseIP("198.51.100.9"), LinkIndex: 7, Protocol: unix.RTPROT_BOOT}
+	stale := netlink.Route{Dst: ipnet.FromPrefix(netip.MustParsePrefix("10.244.9.0/24")), Gw: net.ParseIP("198.51.100.9"), LinkIndex: 7, Protocol: unix.RTPROT_BOOT}
 	k.routes[netip.MustParsePrefix("10.244.9.0/24")] = stale
 	other := ipipLease("10.244.4.0/24", "198.51.100.14")
 	other.Attrs.BackendType = "vxlan"

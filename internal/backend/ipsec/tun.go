@@ -8,6 +8,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/flannelgo/flannel/internal/backend"
+	"github.com/flannelgo/flannel/internal/ipnet"
 )
 
 // libipsecDevice is the TUN device charon's kernel-libipsec creates.
@@ -39,7 +40,7 @@ func newTunRoutes() (*tunRoutes, error) {
 }
 
 func (t *tunRoutes) route(subnet netip.Prefix) *netlink.Route {
-	return &netlink.Route{Dst: backend.IPNet(subnet), LinkIndex: t.dev.Attrs().Index}
+	return &netlink.Route{Dst: ipnet.FromPrefix(subnet), LinkIndex: t.dev.Attrs().Index}
 }
 
 func (t *tunRoutes) add(subnet netip.Prefix) error {
@@ -65,7 +66,7 @@ func (t *tunRoutes) setSource(own netip.Prefix) error {
 	if t == nil {
 		return nil
 	}
-	addr := &netlink.Addr{IPNet: backend.IPNet(netip.PrefixFrom(own.Addr(), 32))}
+	addr := &netlink.Addr{IPNet: ipnet.FromPrefix(netip.PrefixFrom(own.Addr(), 32))}
 	if err := t.nl.AddrReplace(t.dev, addr); err != nil {
 		return fmt.Errorf("ipsec: ip addr add %s dev %s: %w", addr.IPNet, libipsecDevice, err)
 	}

@@ -15,12 +15,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/netip"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/vishvananda/netlink"
 	"k8s.io/klog/v2"
 
 	"github.com/flannelgo/flannel/internal/backend"
@@ -163,14 +161,11 @@ func (n *network) repair(r backend.Repairs) error {
 	if !n.own.Subnet.IsValid() {
 		return nil // not activated yet
 	}
-	if _, err := n.b.NL.LinkByName(DeviceName); errors.As(err, new(netlink.LinkNotFoundError)) {
+	reopen := func() error {
 		klog.Warningf("udp: %s was deleted; creating it again", DeviceName)
-		if err := n.dp.reopen(); err != nil {
-			return fmt.Errorf("udp: %w", err)
-		}
-		r.Add("device")
+		return n.dp.reopen()
 	}
-	dev, err := backend.RepairTunnel(n.b.NL, DeviceName, n.own.Subnet.Masked().Addr(), n.cfg.Network, r)
+	dev, err := backend.RepairTunnel(n.b.NL, DeviceName, n.own.Subnet.Masked().Addr(), n.cfg.Network, r, reopen)
 	if err != nil {
 		return fmt.Errorf("udp: %w", err)
 	}

@@ -10,7 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
-	"github.com/flannelgo/flannel/internal/backend"
+	"github.com/flannelgo/flannel/internal/ipnet"
 	"github.com/flannelgo/flannel/internal/nldump"
 	"github.com/flannelgo/flannel/internal/offload"
 )
@@ -134,7 +134,7 @@ func ensureOnlyAddress(h *netlink.Handle, link netlink.Link, want netip.Prefix) 
 	}
 	have, changed := false, false
 	for _, a := range addrs {
-		p, ok := backend.PrefixOf(a.IPNet)
+		p, ok := ipnet.Prefix(a.IPNet)
 		if ok && p == want {
 			have = true
 			continue
@@ -151,7 +151,7 @@ func ensureOnlyAddress(h *netlink.Handle, link netlink.Link, want netip.Prefix) 
 	if have {
 		return changed, nil
 	}
-	addr := &netlink.Addr{IPNet: backend.IPNet(want)}
+	addr := &netlink.Addr{IPNet: ipnet.FromPrefix(want)}
 	if want.Addr().Is6() {
 		// Duplicate address detection would hold the address back as
 		// tentative for a second or more; the lease already makes it unique.

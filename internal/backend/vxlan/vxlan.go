@@ -18,6 +18,7 @@ import (
 
 	"github.com/flannelgo/flannel/internal/backend"
 	"github.com/flannelgo/flannel/internal/config"
+	"github.com/flannelgo/flannel/internal/ipnet"
 	"github.com/flannelgo/flannel/internal/lease"
 )
 
@@ -287,7 +288,7 @@ func (n *network) owned() *backend.Owned {
 		}
 	}
 	o.RouteInLine = func(u netlink.RouteUpdate) bool {
-		dst, ok := backend.PrefixOf(u.Dst)
+		dst, ok := ipnet.Prefix(u.Dst)
 		if !ok {
 			return false
 		}

@@ -1,18 +1,17 @@
 package wireguard
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"slices"
 	"strings"
 
-	"github.com/vishvananda/netlink"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 	"k8s.io/klog/v2"
 
 	"github.com/flannelgo/flannel/internal/backend"
+	"github.com/flannelgo/flannel/internal/ipnet"
 	"github.com/flannelgo/flannel/internal/lease"
 )
 
@@ -59,9 +58,6 @@ func (p peer) String() string {
 // missing, and records its index.
 func (t *tunnel) repair(own *lease.Lease, r backend.Repairs) error {
 	t.regreet = false
-	if err := t.recreateIfGone(r); err != nil {
-		return err
-	}
 	for _, f := range []struct {
 		on      bool
 		subnet  netip.Prefix
@@ -74,7 +70,7 @@ func (t *tunnel) repair(own *lease.Lease, r backend.Repairs) error {
 		if !f.subnet.IsValid() {
 			return fmt.Errorf("wireguard: own lease %s has no %s subnet", own.Key(), f.name)
 		}
-		index, err := backend.RepairTunnel(t.n.b.NL, t.dev.Name(), f.subnet.Masked().Addr(), f.network, r)
+		index, err := backend.RepairTunnel(t.n.b.NL, t.dev.Name(), f.subnet.Masked().Addr(), f.network, r, t.recreate)
 		if err != nil {
 			return fmt.Errorf("wireguard: %w", err)
 		}
@@ -83,22 +79,18 @@ func (t *tunnel) repair(own *lease.Lease, r backend.Repairs) error {
 	return nil
 }
 
-// recreateIfGone makes a deleted device again with the node's key and
-// port; the engine's reconcile that follows puts the peers back, and the
-// peers' sessions start again with a handshake.
-func (t *tunnel) recreateIfGone(r backend.Repairs) error {
-	_, err := t.n.b.NL.LinkByName(t.dev.Name())
-	if err == nil || !errors.As(err, new(netlink.LinkNotFoundError)) {
-		return nil // present, or unknown: RepairTunnel reports it
-	}
+// recreate makes a deleted device again with the node's key and port
+// (backend.RepairTunnel calls it); the engine's reconcile that follows
+// puts the peers back, and the peers' sessions start again with a
+// handshake.
+func (t *tunnel) recreate() error {
 	klog.Warningf("wireguard: %s was deleted; creating it again (%s)", t.dev.Name(), t.dev.Kind())
 	if err := t.dev.Recreate(t.n.mtu); err != nil {
-		return fmt.Errorf("wireguard: re-create %s: %w", t.dev.Name(), err)
+		return err
 	}
 	if err := t.dev.Configure(wgtypes.Config{PrivateKey: &t.n.key, ListenPort: &t.port, ReplacePeers: true}); err != nil {
-		return fmt.Errorf("wireguard: configure re-created %s (private key, listen port %d): %w", t.dev.Name(), t.port, err)
+		return fmt.Errorf("configure the new device (private key, listen port %d): %w", t.port, err)
 	}
-	r.Add("device")
 	t.regreet = true
 	// The new device counts its traffic from zero: the handshake watch
 	// starts afresh too.
@@ -124,7 +116,7 @@ func (t *tunnel) peerConfig(p peer) wgtypes.PeerConfig {
 		PersistentKeepaliveInterval: t.n.b.Opts.keepalive(), ReplaceAllowedIPs: true,
 	}
 	for _, s := range strings.Split(p.allowed, ",") {
-		pc.AllowedIPs = append(pc.AllowedIPs, *backend.IPNet(netip.MustParsePrefix(s)))
+		pc.AllowedIPs = append(pc.AllowedIPs, *ipnet.FromPrefix(netip.MustParsePrefix(s)))
 	}
 	return pc
 }
@@ -169,7 +161,7 @@ func (w devicePeers) Visit(reset func(), f func(wgtypes.Key, peer, bool)) error 
 	for _, p := range have {
 		var allowed []string
 		for _, a := range p.AllowedIPs {
-			if pfx, ok := backend.PrefixOf(&a); ok {
+			if pfx, ok := ipnet.Prefix(&a); ok {
 				allowed = append(allowed, pfx.Masked().String())
 			}
 		}

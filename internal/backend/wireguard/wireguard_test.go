@@ -12,6 +12,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/flannelgo/flannel/internal/backend"
+	"github.com/flannelgo/flannel/internal/ipnet"
 )
 
 func TestParseOptions(t *testing.T) {
@@ -122,7 +123,7 @@ func TestUAPIRoundTrip(t *testing.T) {
 	cfg := wgtypes.Config{PrivateKey: &priv, ListenPort: &port, ReplacePeers: true, Peers: []wgtypes.PeerConfig{{
 		PublicKey: pub.PublicKey(), PresharedKey: &psk, Endpoint: &net.UDPAddr{IP: net.ParseIP("198.51.100.2"), Port: 51820},
 		PersistentKeepaliveInterval: &ka, ReplaceAllowedIPs: true,
-		AllowedIPs: []net.IPNet{*backend.IPNet(netip.MustParsePrefix("10.244.1.0/24")), *backend.IPNet(netip.MustParsePrefix("fd00:10:244:1::/64"))},
+		AllowedIPs: []net.IPNet{*ipnet.FromPrefix(netip.MustParsePrefix("10.244.1.0/24")), *ipnet.FromPrefix(netip.MustParsePrefix("fd00:10:244:1::/64"))},
 	}}}
 	set := uapiSet(cfg)
 	for _, line := range []string{"listen_port=51820", "replace_peers=true", "endpoint=198.51.100.2:51820",

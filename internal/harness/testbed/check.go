@@ -12,7 +12,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/flannelgo/flannel/internal/backend"
+	"github.com/flannelgo/flannel/internal/ipnet"
 	"github.com/flannelgo/flannel/internal/nldump"
 )
 
@@ -83,7 +83,7 @@ func hostPrefixes() ([]usedPrefix, error) {
 		return nil, err
 	}
 	for _, a := range addrs {
-		if p, ok := backend.PrefixOf(a.IPNet); ok {
+		if p, ok := ipnet.Prefix(a.IPNet); ok {
 			out = append(out, usedPrefix{p.Masked(), "address " + a.IPNet.String()})
 		}
 	}
@@ -95,7 +95,7 @@ func hostPrefixes() ([]usedPrefix, error) {
 	}
 	for _, r := range routes {
 		// A default route covers everything and claims nothing.
-		if p, ok := backend.PrefixOf(r.Dst); ok && p.Bits() > 0 {
+		if p, ok := ipnet.Prefix(r.Dst); ok && p.Bits() > 0 {
 			out = append(out, usedPrefix{p.Masked(), fmt.Sprintf("route %s table %d", p, r.Table)})
 		}
 	}

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/flannelgo/flannel/internal/ipnet"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -193,7 +194,7 @@ func addAddr(h *netlink.Handle, link string, addr netip.Prefix) error {
 	if err != nil {
 		return fmt.Errorf("find link %s: %w", link, err)
 	}
-	a := &netlink.Addr{IPNet: prefixToIPNet(addr)}
+	a := &netlink.Addr{IPNet: ipnet.FromPrefix(addr)}
 	if addr.Addr().Is6() {
 		a.Flags = unix.IFA_F_NODAD
 	}
@@ -204,7 +205,7 @@ func addAddr(h *netlink.Handle, link string, addr netip.Prefix) error {
 }
 
 func addRoute(h *netlink.Handle, dst netip.Prefix, gw netip.Addr) error {
-	r := &netlink.Route{Dst: prefixToIPNet(dst.Masked()), Gw: gw.AsSlice()}
+	r := &netlink.Route{Dst: ipnet.FromPrefix(dst.Masked()), Gw: gw.AsSlice()}
 	if dst.Bits() == 0 {
 		r.Dst = nil
 		if dst.Addr().Is6() {
@@ -307,10 +308,6 @@ func PingWithin(ctx context.Context, fromNS string, to netip.Addr, size int, don
 	}
 }
 
-func prefixToIPNet(p netip.Prefix) *net.IPNet {
-	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
-}
-
 // The exported builders below serve tests that lay out their own
 // namespaces (internal/harness/testbed/tbtest): same primitives as the testbed's
 // own underlay, one implementation.
@@ -372,7 +369,7 @@ func ReplaceRoute(ns string, dst netip.Prefix, gw netip.Addr, dev string) error 
 		if err != nil {
 			return fmt.Errorf("find link %s: %w", dev, err)
 		}
-		r := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: prefixToIPNet(dst.Masked()), Gw: gw.AsSlice()}
+		r := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: ipnet.FromPrefix(dst.Masked()), Gw: gw.AsSlice()}
 		if err := h.RouteReplace(r); err != nil {
 			return fmt.Errorf("route %s via %s dev %s: %w", dst, gw, dev, err)
 		}

@@ -17,6 +17,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/flannelgo/flannel/internal/ipnet"
 	"github.com/flannelgo/flannel/internal/nldump"
 )
 
@@ -108,7 +109,7 @@ func (r *Reader) device(l netlink.Link) (*Device, error) {
 		return nil, fmt.Errorf("list addresses of %s in %s: %w", a.Name, r.label, err)
 	}
 	for _, ad := range addrs {
-		if p, ok := prefixOf(ad.IPNet); ok {
+		if p, ok := ipnet.Prefix(ad.IPNet); ok {
 			d.Addrs = append(d.Addrs, p)
 		}
 	}
@@ -144,18 +145,6 @@ func (r *Reader) Addresses() (map[string][]netip.Prefix, error) {
 func addrOf(ip net.IP) netip.Addr {
 	a, _ := netip.AddrFromSlice(ip)
 	return a.Unmap()
-}
-
-func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
-	if n == nil {
-		return netip.Prefix{}, false
-	}
-	a := addrOf(n.IP)
-	ones, bits := n.Mask.Size()
-	if !a.IsValid() || bits == 0 {
-		return netip.Prefix{}, false
-	}
-	return netip.PrefixFrom(a, ones), true
 }
 
 func familyOf(a netip.Addr) int {

@@ -9,6 +9,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/flannelgo/flannel/internal/ipnet"
 	"github.com/flannelgo/flannel/internal/nldump"
 )
 
@@ -105,7 +106,7 @@ func (r *Reader) linkName(idx int) string {
 
 func (r *Reader) route(nr netlink.Route) Route {
 	rt := Route{Gw: addrOf(nr.Gw), LinkIndex: nr.LinkIndex, Dev: r.linkName(nr.LinkIndex), OnLink: nr.Flags&unix.RTNH_F_ONLINK != 0}
-	if p, ok := prefixOf(nr.Dst); ok && p.Bits() > 0 {
+	if p, ok := ipnet.Prefix(nr.Dst); ok && p.Bits() > 0 {
 		rt.Dst = p
 	}
 	return rt
