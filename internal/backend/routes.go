@@ -5,9 +5,10 @@ import (
 	"net/netip"
 	"syscall"
 
-	"github.com/flannelgo/flannel/internal/ipnet"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/flannelgo/flannel/internal/ipnet"
 )
 
 // FlannelShaped says whether r looks like a route a flannel backend

@@ -15,10 +15,11 @@ import (
 	"strings"
 	"time"
 
-	"github.com/flannelgo/flannel/internal/ipnet"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/flannelgo/flannel/internal/ipnet"
 )
 
 // netnsDir is where iproute2 and vishvananda/netns keep named namespaces.
